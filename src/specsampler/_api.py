@@ -1,0 +1,198 @@
+"""`specsampler.verify` and `specsampler.verify_probs`: validation and dispatch to a backend."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from .torch_backend import verify_torch
+
+_SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TOKEN_DTYPES = (torch.int32, torch.int64)
+
+
+class VerifyResult(NamedTuple):
+    """Output of :func:`verify`.
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        [B, K+1] int64: the accepted drafts, then one more token (correction or bonus), then -1.
+    num_accepted : torch.Tensor
+        [B] int64: the number of accepted drafts of each row.
+    """
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+
+
+def _check_scores(name: str, x: torch.Tensor, batch: int | None, rows: int | None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape [B, {'K' if rows is None else rows}, V], got {tuple(x.shape)}")
+    if x.dtype not in _SCORE_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if batch is not None and (x.shape[0], x.shape[1]) != (batch, rows):
+        raise ValueError(f"{name} must have shape [B, K, *] = [{batch}, {rows}, *], got {tuple(x.shape)}")
+    if x.shape[2] == 0:
+        raise ValueError(f"{name} has an empty vocabulary: shape {tuple(x.shape)}")
+
+
+def _check_device(name: str, x: torch.Tensor, device: torch.device) -> None:
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device}, but target scores are on {device}")
+
+
+def _row_tensor(name: str, value, batch: int, device: torch.device, dtypes: tuple) -> torch.Tensor:
+    if value.dim() != 1 or value.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [B] = [{batch}], got {tuple(value.shape)}")
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {value.dtype}")
+    _check_device(name, value, device)
+    return value
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and interpreted):
+        raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got {device}")
+    return backend
+
+
+def _prepare(target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise):
+    """Validate metadata (no host synchronisation on CUDA) and normalise the arguments."""
+    _check_scores("target", target, None, None)
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    device = target.device
+    if not isinstance(draft_tokens, torch.Tensor):
+        raise TypeError(f"draft_tokens must be a torch.Tensor, got {type(draft_tokens).__name__}")
+    if draft_tokens.dtype not in _TOKEN_DTYPES:
+        raise TypeError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
+    if draft_tokens.dim() != 2 or tuple(draft_tokens.shape) != (batch, k):
+        raise ValueError(f"draft_tokens must have shape [B, K] = [{batch}, {k}] (target is [B, K+1, V]), "
+                         f"got {tuple(draft_tokens.shape)}")
+    _check_device("draft_tokens", draft_tokens, device)
+    if draft is not None:
+        _check_scores("draft", draft, batch, k)
+        _check_device("draft", draft, device)
+        if draft.shape[2] > vocab:
+            raise ValueError(f"the draft vocabulary ({draft.shape[2]}) is larger than the target's ({vocab})")
+    if num_draft_tokens is not None:
+        if not isinstance(num_draft_tokens, torch.Tensor):
+            num_draft_tokens = torch.as_tensor(num_draft_tokens, dtype=torch.int64, device=device)
+        _row_tensor("num_draft_tokens", num_draft_tokens, batch, device, _TOKEN_DTYPES)
+        if device.type == "cpu" and bool(((num_draft_tokens < 0) | (num_draft_tokens > k)).any()):
+            raise ValueError(f"num_draft_tokens must lie in [0, K] = [0, {k}], got {num_draft_tokens.tolist()}")
+    if isinstance(temperature, torch.Tensor):
+        _row_tensor("temperature", temperature, batch, device, _SCORE_DTYPES)
+        temperature = temperature.float()
+        if device.type == "cpu" and bool((temperature < 0).any()):
+            raise ValueError("temperature must be >= 0")
+    else:
+        temperature = float(temperature)
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    elif isinstance(seed, torch.Tensor):
+        _row_tensor("seed", seed, batch, device, _TOKEN_DTYPES)
+        seed = seed.to(torch.int64)
+    elif not isinstance(seed, int):
+        raise TypeError(f"seed must be None, an int or a [B] int64 tensor, got {type(seed).__name__}")
+    if (uniforms is None) != (noise is None):
+        raise ValueError("_uniforms and _noise go together")
+    return num_draft_tokens, temperature, seed, _pick_backend(backend, device)
+
+
+def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, seed=None,
+           backend="auto", _uniforms=None, _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
+    """Verify K drafted tokens per row against the target model: the speculative-decoding acceptance step.
+
+    Draft token x_t is accepted iff u_t * q_t(x_t) < p_t(x_t), u_t ~ U[0, 1), with p_t = softmax(target_logits[b, t]
+    / T_b) and q_t likewise from `draft_logits`. At the first rejection n < K_b one correction token is drawn from
+    norm(max(0, p_n - q_n)) (from p_n when that has no mass); when all K_b drafts are accepted a bonus token is drawn
+    from p_{K_b}. The emitted tokens follow p exactly. Rows with T_b = 0 are greedy: drafts are accepted while they
+    equal argmax p_t (lowest index on ties) and the next token is argmax p_n.
+
+    Parameters
+    ----------
+    target_logits : torch.Tensor
+        [B, K+1, V] float32, bfloat16 or float16: the target's scores at the K draft positions and one more.
+    draft_tokens : torch.Tensor
+        [B, K] int32 or int64: the drafted tokens. Positions at or past a row's K_b are ignored (-1 is fine).
+    draft_logits : torch.Tensor, optional
+        [B, K, Vd] (Vd <= V; ids >= Vd have q = 0): the scores the drafts were sampled from. None means one-hot
+        drafts (greedy or n-gram drafters): x_t is accepted with probability p_t(x_t).
+    num_draft_tokens : torch.Tensor, optional
+        [B] int32/int64 in [0, K]: the drafts each row really has (a ragged batch). None: K for every row.
+    temperature : float or torch.Tensor
+        A float, or [B] float tensor; 0 makes a row greedy.
+    seed : int or torch.Tensor, optional
+        An int, or [B] int64 per-row seeds (a row's tokens then do not depend on its place in the batch). None draws
+        a seed from torch's default CPU generator. Under CUDA-graph capture pass a device tensor and advance it.
+    backend : {"auto", "triton", "torch"}
+        "auto" runs the Triton kernel on CUDA tensors and the torch backend elsewhere.
+
+    Returns
+    -------
+    VerifyResult
+        ``tokens`` [B, K+1] int64 (accepted drafts, the next token, then -1) and ``num_accepted`` [B] int64.
+
+    Examples
+    --------
+    >>> import torch, specsampler
+    >>> target = torch.randn(2, 4, 100)                  # B = 2, K = 3, V = 100
+    >>> draft = target[:, :3] + 0.1 * torch.randn(2, 3, 100)
+    >>> drafts = torch.distributions.Categorical(logits=draft).sample()
+    >>> res = specsampler.verify(target, drafts, draft, seed=0)
+    >>> res.tokens.shape, res.num_accepted.shape
+    (torch.Size([2, 4]), torch.Size([2]))
+    """
+    num_draft_tokens, temperature, seed, backend = _prepare(
+        target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed, backend, _uniforms, _noise)
+    if backend == "torch":
+        return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
+                                          seed, uniforms=_uniforms, noise=_noise))
+    from .triton_kernels import row_stats, verify_rows
+
+    stats = row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits)
+    return VerifyResult(*verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed,
+                                     stats, _uniforms, _noise, _block_v, _num_splits))
+
+
+def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, backend="auto",
+                 _uniforms=None, _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
+    """:func:`verify` from already-normalised probabilities: one kernel launch, every row sampled.
+
+    Parameters
+    ----------
+    target_probs : torch.Tensor
+        [B, K+1, V] float32, bfloat16 or float16 probabilities (NaN and negative entries count as 0).
+    draft_tokens : torch.Tensor
+        [B, K] int32 or int64.
+    draft_probs : torch.Tensor, optional
+        [B, K, Vd] probabilities, Vd <= V; None for one-hot drafts.
+    num_draft_tokens, seed, backend
+        As in :func:`verify`.
+
+    Returns
+    -------
+    VerifyResult
+    """
+    num_draft_tokens, _, seed, backend = _prepare(
+        target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend, _uniforms, _noise)
+    if backend == "torch":
+        return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
+                                          from_probs=True, uniforms=_uniforms, noise=_noise))
+    from .triton_kernels import verify_rows
+
+    return VerifyResult(*verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, None,
+                                     _uniforms, _noise, _block_v, _num_splits))

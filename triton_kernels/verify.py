@@ -1,0 +1,464 @@
+"""Fused speculative-decoding verification: at most two Triton launches from logits, one from probabilities.
+
+Algorithm (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318). p target, q draft,
+x_t the drafted tokens, K_b the drafts row b really has, T_b its temperature (0: greedy).
+
+Launch 1, ``_row_stats_kernel`` (logits only), grid (B*(K+1), S1, 2): program (row, split, which) walks one split of
+one target (which = 0) or draft (which = 1) row in BLOCK_V tiles and writes that split's max, sum of
+exp((l - max) / T) and argmax (lowest index on ties). Rows no decision can reach (t > K_b; draft rows of greedy rows)
+are skipped. Padding lanes load -inf and NaN is read as -inf, so neither ever wins a max or an argmax.
+
+Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
+and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
+u_t * q_t(x_t) < p_t(x_t) (greedy: x_t == argmax p_t). n is the first rejection, K_b if none. A greedy row emits
+argmax p_n and is done. A sampled row runs the exponential race over its split of row n: the key of id x is
+r(x) / E_x with r = max(0, p_n - q_n) (r = p_n for the bonus row) and E_x ~ Exp(1); argmax of the keys is a draw
+from r / sum(r) with no normalisation and no prefix sum. The program also races p_n / E_x (the fallback when
+sum(r) <= RESIDUAL_EPS, i.e. p equals q up to rounding). Each program folds its best (key, id) pairs, packed in an
+int64 so that a larger key and then a lower id wins, and its residual mass into a per-row workspace with atomics;
+the last program of the row (an acq_rel counter) reads them back, resets the workspace to zero and writes the row.
+
+Randomness is counter-based: Philox keyed by the seed (per batch or per row) with counters (vocab id, position,
+row, stream); the same seed gives the same tokens, and nothing is drawn on the host. A test hook replaces it with
+given uniforms [B, K] and noise [B, V], which the torch backend accepts too, so both can be compared token for token.
+
+Bytes per launch, with s the element size of the scores and S1, S2 the split counts:
+- launch 1 reads each needed logit once, at most B*(K+1)*V*s + B*K*Vd*s, and writes 12 * B*(2K+1) * S1;
+- launch 2 reads the statistics (12 * B*(2K+1) * S1 per program, from cache), 2K gathered scores, the K drafts, and
+  for each sampled row one residual row pair, (V + Vd) * s; it writes the tokens, 8 * B*(K+2), and touches a
+  workspace of 28 bytes per row with atomics.
+From probabilities there is only launch 2. Nothing of size B*(K+1)*V is allocated; there is no host synchronisation,
+and the workspace is zero again after every launch, so the call can be captured in a CUDA graph.
+
+References: vLLM's Triton rejection sampler (vllm/v1/sample/rejection_sampler.py) and the fix for padding lanes
+winning a tie (GHSA-8wr5-jm2h-8r4f); FlashInfer's chain_speculative_sampling; Triton's tutorials 02-fused-softmax
+and 04-low-memory-dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.random import philox
+
+RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a test checks)
+BLOCK_K = 16  # positions decided per step of the loop over K
+BLOCK_S = 32  # the most statistics splits per row (S1 <= BLOCK_S)
+
+
+@triton.jit
+def _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP: tl.constexpr):
+    """Returns (T, 1 / T) for row b, with 1 / T = 1 on greedy rows (T = 0)."""
+    if ROW_TEMP:
+        temp = tl.load(temp_ptr + b).to(tl.float32)
+    else:
+        temp = tl.cast(temperature, tl.float32)
+    inv_t = 1.0 / tl.where(temp == 0.0, 1.0, temp)
+    return temp, inv_t
+
+
+@triton.jit
+def _num_drafts(num_draft_ptr, b, K, RAGGED: tl.constexpr):
+    """K_b, clamped to [0, K] so that no value of num_draft_tokens reads out of bounds."""
+    if RAGGED:
+        k_b = tl.minimum(tl.maximum(tl.load(num_draft_ptr + b).to(tl.int64), 0), K)
+    else:
+        k_b = tl.cast(K, tl.int64)
+    return k_b
+
+
+@triton.jit
+def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, BLOCK_V: tl.constexpr):
+    """Max, sum of exp((l - max) * inv_t) and argmax of row_ptr[lo:hi], walked in BLOCK_V tiles."""
+    m = -float("inf")
+    z = 0.0
+    arg = lo
+    for start in range(lo, hi, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        x = tl.load(row_ptr + offs * stride_v, mask=offs < hi, other=-float("inf")).to(tl.float32)
+        x = tl.where(x == x, x, -float("inf"))
+        tile_max = tl.max(x, axis=0)
+        arg = tl.where(tile_max > m, start + tl.argmax(x, axis=0), arg)
+        m_new = tl.maximum(m, tile_max)
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        z = z * tl.exp((m - m_safe) * inv_t) + tl.sum(tl.exp((x - m_safe) * inv_t), axis=0)
+        m = m_new
+    return m, z, arg
+
+
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "chunk", "S1", "temperature"])
+def _row_stats_kernel(
+    target_ptr, t_sb, t_st, t_sv,  # [B, K+1, V] logits
+    draft_ptr, d_sb, d_st, d_sv,  # [B, K, Vd] logits (the target when there are none; never read then)
+    num_draft_ptr,  # [B] int, read when RAGGED
+    temp_ptr,  # [B] float32, read when ROW_TEMP
+    max_ptr, sum_ptr, arg_ptr,  # [B*(K+1) + B*K, S1] float32, float32, int32: the split statistics
+    B, K, V, Vd, chunk, S1, temperature,
+    BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    which = tl.program_id(2)
+    b = row // (K + 1)
+    t = row % (K + 1)
+    k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
+    temp, inv_t = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    lo = split * chunk
+    if which == 0:
+        if t <= k_b:
+            hi = tl.minimum(lo + chunk, V)
+            m, z, arg = _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, lo, hi, inv_t, BLOCK_V)
+            out = row * S1 + split
+            tl.store(max_ptr + out, m)
+            tl.store(sum_ptr + out, z)
+            tl.store(arg_ptr + out, arg.to(tl.int32))
+    else:
+        if (t < k_b) & (temp != 0.0):
+            hi = tl.minimum(lo + chunk, Vd)
+            m, z, arg = _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, lo, hi, inv_t, BLOCK_V)
+            out = (B * (K + 1) + b * K + t) * S1 + split
+            tl.store(max_ptr + out, m)
+            tl.store(sum_ptr + out, z)
+            tl.store(arg_ptr + out, arg.to(tl.int32))
+
+
+@triton.jit
+def _combine_stats(max_ptr, sum_ptr, arg_ptr, rows, row_mask, S1, inv_t, BLOCK_S: tl.constexpr):
+    """Row max (0 when -inf), sum of exponentials (1 when 0) and argmax from the split statistics of `rows`."""
+    s = tl.arange(0, BLOCK_S)
+    mask = row_mask[:, None] & (s < S1)[None, :]
+    offs = rows[:, None] * S1 + s[None, :]
+    m_s = tl.load(max_ptr + offs, mask=mask, other=-float("inf"))
+    m = tl.max(m_s, axis=1)
+    m_safe = tl.where(m == -float("inf"), 0.0, m)
+    z = tl.sum(tl.load(sum_ptr + offs, mask=mask, other=0.0) * tl.exp((m_s - m_safe[:, None]) * inv_t), axis=1)
+    arg_s = tl.load(arg_ptr + offs, mask=mask, other=0)
+    arg = tl.min(tl.where(mask & (m_s == m[:, None]), arg_s, 2147483647), axis=1)
+    return m_safe, tl.where(z > 0.0, z, 1.0), arg.to(tl.int64)
+
+
+@triton.jit
+def _philox_uniform(seed, c0, c1, c2, c3, OPEN: tl.constexpr):
+    """Uniform float32 keyed by (seed, c0..c3): in [0, 1), or in (0, 1) when OPEN; multiples of 2**-24."""
+    c0 = c0.to(tl.uint32)
+    zero = c0 * 0
+    r, _, _, _ = philox(seed, c0, (zero + c1).to(tl.uint32), (zero + c2).to(tl.uint32), (zero + c3).to(tl.uint32))
+    u = (r >> 8).to(tl.float32)
+    if OPEN:
+        u = u + 0.5
+    return u * 5.9604644775390625e-08
+
+
+@triton.jit
+def _load_probs(row_ptr, offs, stride_v, mask, m, z, inv_t, FROM_PROBS: tl.constexpr):
+    """p (or q) at `offs` of one row: exp((l - m) * inv_t) / z from logits, or the probabilities (NaN -> 0)."""
+    if FROM_PROBS:
+        x = tl.load(row_ptr + offs * stride_v, mask=mask, other=0.0).to(tl.float32)
+        return tl.where(x > 0.0, x, 0.0)
+    else:
+        x = tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")).to(tl.float32)
+        x = tl.where(x == x, x, -float("inf"))
+        return tl.exp((x - m) * inv_t) / z
+
+
+@triton.jit
+def _pack(key, idx):
+    """(key >= 0, idx) -> int64 that orders by key, then by lower idx."""
+    bits = key.to(tl.int32, bitcast=True).to(tl.int64)
+    return (bits << 32) | (2147483647 - idx.to(tl.int64))
+
+
+@triton.jit
+def _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, next_token, BLOCK_K: tl.constexpr):
+    """tokens[b] = accepted drafts, the next token, then -1; num_accepted[b] = n."""
+    for t0 in range(0, K + 1, BLOCK_K):
+        t = t0 + tl.arange(0, BLOCK_K)
+        x = tl.load(tokens_ptr + b * x_sb + t * x_st, mask=t < n, other=0).to(tl.int64)
+        val = tl.where(t < n, x, tl.where(t == n, next_token, -1))
+        tl.store(out_ptr + b * o_sb + t * o_st, val, mask=t <= K)
+    tl.store(nacc_ptr + b, n)
+
+
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "chunk", "S1", "S2", "temperature", "seed"])
+def _verify_kernel(
+    target_ptr, t_sb, t_st, t_sv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
+    draft_ptr, d_sb, d_st, d_sv,  # [B, K, Vd] like the target, read when HAS_DRAFT
+    tokens_ptr, x_sb, x_st,  # [B, K] int32/int64 drafted tokens
+    num_draft_ptr,  # [B] int, read when RAGGED
+    temp_ptr,  # [B] float32, read when ROW_TEMP
+    seed_ptr,  # [B] int64, read when ROW_SEED
+    uniform_ptr, u_sb, u_st,  # [B, K] float32 acceptance uniforms, read when GIVEN_RANDOM
+    noise_ptr, e_sb, e_sv,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
+    max_ptr, sum_ptr, arg_ptr,  # [B*(K+1) + B*K, S1] split statistics from launch 1, read unless FROM_PROBS
+    ws_ptr,  # [>= B, 4] int64 workspace (best residual key, best p key, residual mass, counter), zero between launches
+    out_ptr, o_sb, o_st,  # [B, K+1] int64 tokens
+    nacc_ptr,  # [B] int64 number accepted
+    B, K, V, Vd, chunk, S1, S2, temperature, seed,
+    EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+    FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
+    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
+    temp, inv_t = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    greedy = temp == 0.0
+    if ROW_SEED:
+        seed_b = tl.load(seed_ptr + b)
+        row_key = b * 0
+    else:
+        seed_b = seed
+        row_key = b
+    t_row = target_ptr + b * t_sb
+    d_row = draft_ptr + b * d_sb
+
+    # 1. Acceptance: n = the first rejected position (K_b if none), and the statistics of row n.
+    n = k_b
+    m_p = 0.0
+    z_p = 1.0
+    arg_p = b * 0
+    m_q = 0.0
+    z_q = 1.0
+    x_n = b * 0 - 1
+    for t0 in range(0, K + 1, BLOCK_K):
+        t = t0 + tl.arange(0, BLOCK_K)
+        decide = t < k_b
+        x = tl.load(tokens_ptr + b * x_sb + t * x_st, mask=decide, other=-1).to(tl.int64)
+        x_ok = (x >= 0) & (x < V)
+        gather = decide & x_ok
+        gather_q = gather & (x < Vd)
+        if FROM_PROBS:
+            m_t = tl.zeros([BLOCK_K], tl.float32)
+            z_t = m_t + 1.0
+            arg_t = tl.zeros([BLOCK_K], tl.int64)
+            mq_t = m_t
+            zq_t = z_t
+        else:
+            m_t, z_t, arg_t = _combine_stats(max_ptr, sum_ptr, arg_ptr, b * (K + 1) + t, t <= k_b, S1, inv_t, BLOCK_S)
+            draft_rows = B * (K + 1) + b * K + t
+            mq_t, zq_t, _ = _combine_stats(max_ptr, sum_ptr, arg_ptr, draft_rows, decide & ((t * 0.0 + temp) != 0.0), S1, inv_t,
+                                           BLOCK_S)
+        p_x = _load_probs(t_row + t * t_st, x, t_sv, gather, m_t, z_t, inv_t, FROM_PROBS)
+        if HAS_DRAFT:
+            q_x = _load_probs(d_row + t * d_st, x, d_sv, gather_q, mq_t, zq_t, inv_t, FROM_PROBS)
+            q_x = tl.where(gather_q, q_x, 0.0)
+        else:
+            q_x = tl.where(gather, 1.0, 0.0)
+        if GIVEN_RANDOM:
+            u = tl.load(uniform_ptr + b * u_sb + t * u_st, mask=decide, other=0.0)
+        else:
+            u = _philox_uniform(seed_b, t * 0, t, row_key, 0, False)
+        accepted = tl.where(greedy, x == arg_t, u * q_x < p_x) & gather
+        first = tl.min(tl.where(decide & ~accepted, t, K + 1), axis=0)
+        n = tl.minimum(n, first)
+        here = t == n
+        if tl.sum(here.to(tl.int32), axis=0) > 0:
+            m_p = tl.sum(tl.where(here, m_t, 0.0), axis=0)
+            z_p = tl.sum(tl.where(here, z_t, 0.0), axis=0)
+            arg_p = tl.sum(tl.where(here, arg_t, 0), axis=0)
+            m_q = tl.sum(tl.where(here, mq_t, 0.0), axis=0)
+            z_q = tl.sum(tl.where(here, zq_t, 0.0), axis=0)
+            x_n = tl.sum(tl.where(here, x, 0), axis=0)
+
+    if greedy:
+        if split == 0:
+            _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, arg_p, BLOCK_K)
+    else:
+        # 2. The exponential race over this program's split of row n: residual r = max(0, p - q), and p itself.
+        lo = split * chunk
+        hi = tl.minimum(lo + chunk, V)
+        best_r = -1.0
+        arg_r = lo
+        best_p = -1.0
+        arg_pr = lo
+        mass = 0.0
+        for start in range(lo, hi, BLOCK_V):
+            offs = start + tl.arange(0, BLOCK_V)
+            mask = offs < hi
+            p = _load_probs(t_row + n * t_st, offs, t_sv, mask, m_p, z_p, inv_t, FROM_PROBS)
+            if HAS_DRAFT:
+                q_mask = mask & (offs < Vd) & ((offs * 0 + n) < k_b)  # (a vector: the interpreter needs one)
+                q = tl.where(q_mask, _load_probs(d_row + n * d_st, offs, d_sv, q_mask, m_q, z_q, inv_t, FROM_PROBS),
+                             0.0)
+            else:
+                q = tl.where((offs == x_n) & ((offs * 0 + n) < k_b), 1.0, 0.0)
+            r = tl.maximum(p - q, 0.0)
+            if GIVEN_RANDOM:
+                e = tl.load(noise_ptr + b * e_sb + offs * e_sv, mask=mask, other=1.0)
+            else:
+                e = -tl.log(_philox_uniform(seed_b, offs, n, row_key, 1, True))
+            key_r = tl.where(mask, r / e, -1.0)
+            key_p = tl.where(mask, p / e, -1.0)
+            tile_r = tl.max(key_r, axis=0)
+            arg_r = tl.where(tile_r > best_r, start + tl.argmax(key_r, axis=0), arg_r)
+            best_r = tl.maximum(best_r, tile_r)
+            tile_p = tl.max(key_p, axis=0)
+            arg_pr = tl.where(tile_p > best_p, start + tl.argmax(key_p, axis=0), arg_pr)
+            best_p = tl.maximum(best_p, tile_p)
+            mass += tl.sum(tl.where(mask, r, 0.0), axis=0)
+
+        # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
+        # The mass is summed in 2**-40 fixed point: exact and independent of the order the programs finish in.
+        ws = ws_ptr + b * 4
+        tl.atomic_max(ws, _pack(tl.maximum(best_r, 0.0), arg_r))
+        tl.atomic_max(ws + 1, _pack(tl.maximum(best_p, 0.0), arg_pr))
+        mass = tl.where(mass == mass, tl.minimum(mass, 4.0), 0.0)
+        tl.atomic_add(ws + 2, (mass * 1099511627776.0).to(tl.int64))
+        done = tl.atomic_add(ws + 3, 1)
+        if done == S2 - 1:
+            packed_r = tl.atomic_xchg(ws, 0)
+            packed_p = tl.atomic_xchg(ws + 1, 0)
+            total = tl.atomic_xchg(ws + 2, 0)
+            tl.atomic_xchg(ws + 3, 0)
+            packed = tl.where(total > EPS * 1099511627776.0, packed_r, packed_p)
+            next_token = 2147483647 - (packed & 2147483647)
+            next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
+            _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, next_token, BLOCK_K)
+
+
+def _seed_arg(seed: int) -> int:
+    """Every int seed as a distinct value in [2**62, 2**63), so that Triton always types it int64."""
+    return (seed % (1 << 62)) + (1 << 62)
+
+
+_WORKSPACES: dict[tuple, torch.Tensor] = {}
+
+
+def _workspace(device: torch.device, batch: int) -> torch.Tensor:
+    """Zeroed per-(device, stream) workspace that every launch leaves zeroed; grown when B outgrows it."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.shape[0] < batch:
+        ws = torch.zeros(max(batch, 64), 4, dtype=torch.int64, device=device)
+        _WORKSPACES[key] = ws
+    return ws
+
+
+def _launch_config(device: torch.device, rows: int, vocab: int, block_v: int | None, num_splits: int | None,
+                   max_splits: int) -> tuple[int, int, int, int]:
+    """(BLOCK_V, splits, chunk, num_warps): enough programs to fill the device, each split a whole number of tiles."""
+    if block_v is None:
+        block_v = 2048 if device.type == "cuda" else 8192
+    tiles = triton.cdiv(vocab, block_v)
+    if num_splits is None:
+        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        num_splits = triton.cdiv(programs, rows)
+    num_splits = max(1, min(num_splits, tiles, max_splits))
+    tiles_per_split = triton.cdiv(tiles, num_splits)
+    return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split * block_v, 8 if block_v >= 2048 else 4
+
+
+def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None):
+    """Launch 1: split statistics (max, sum of exponentials, argmax) of every target and draft row a decision needs.
+
+    Parameters
+    ----------
+    target : torch.Tensor
+        [B, K+1, V] float32/bfloat16/float16 logits.
+    draft : torch.Tensor or None
+        [B, K, Vd] logits, Vd <= V.
+    num_draft_tokens : torch.Tensor or None
+        [B] int.
+    temperature : float or torch.Tensor
+        Float, or [B] float32 on the target's device; 0 marks a greedy row.
+    block_v, num_splits : int or None
+        Tile width and splits per row; None picks them for the device.
+
+    Returns
+    -------
+    tuple
+        (max [R, S1] float32, sum [R, S1] float32, argmax [R, S1] int32, S1) with R = B*(K+1) + B*K.
+    """
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    vd = draft.shape[2] if draft is not None else 0
+    rows = batch * k_plus_1 + batch * k
+    block_v, s1, chunk, num_warps = _launch_config(target.device, rows, vocab, block_v, num_splits, BLOCK_S)
+    stats_max = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
+    stats_sum = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
+    stats_arg = torch.empty(rows, s1, dtype=torch.int32, device=target.device)
+    d = draft if draft is not None else target
+    row_temp = isinstance(temperature, torch.Tensor)
+    grid = (batch * k_plus_1, s1, 2 if draft is not None and k > 0 else 1)
+    _row_stats_kernel[grid](
+        target, *target.stride(),
+        d, *d.stride(),
+        num_draft_tokens if num_draft_tokens is not None else target,
+        temperature if row_temp else target,
+        stats_max, stats_sum, stats_arg,
+        batch, k, vocab, vd, chunk, s1, 0.0 if row_temp else float(temperature),
+        BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, num_warps=num_warps,
+    )
+    return stats_max, stats_sum, stats_arg, s1
+
+
+def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
+                noise=None, block_v=None, num_splits=None):
+    """Launch 2: acceptance, first rejection and the correction or bonus token of every row.
+
+    Parameters
+    ----------
+    target : torch.Tensor
+        [B, K+1, V] logits (with `stats` from :func:`row_stats`) or probabilities (``stats=None``).
+    draft_tokens : torch.Tensor
+        [B, K] int32/int64.
+    draft : torch.Tensor or None
+        [B, K, Vd] scores of the same kind as `target`; None for one-hot drafts.
+    num_draft_tokens : torch.Tensor or None
+        [B] int.
+    temperature : float or torch.Tensor
+        Float or [B] float32; 0 marks a greedy row (from probabilities: 1, every row sampled).
+    seed : int or torch.Tensor
+        Philox key: an int (the row index joins the counters) or [B] int64 per-row seeds.
+    stats : tuple or None
+        The output of :func:`row_stats` when `target` holds logits.
+    uniforms, noise : torch.Tensor or None
+        Test hook: [B, K] float32 uniforms and [B, V] float32 positive noise replacing Philox.
+    block_v, num_splits : int or None
+        Tile width and vocabulary splits per row; None picks them for the device.
+
+    Returns
+    -------
+    tokens : torch.Tensor
+        [B, K+1] int64, -1 padded.
+    num_accepted : torch.Tensor
+        [B] int64.
+    """
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    device = target.device
+    block_v, s2, chunk, num_warps = _launch_config(device, batch, vocab, block_v, num_splits, 1 << 16)
+    tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
+    num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
+    ws = _workspace(device, batch)
+    d = draft if draft is not None else target
+    given = uniforms is not None
+    if given and (uniforms.shape != (batch, k) or noise is None or noise.shape != (batch, vocab)):
+        raise ValueError(f"uniforms must be [B, K] = {(batch, k)} and noise [B, V] = {(batch, vocab)}")
+    u = uniforms if given else target
+    e = noise if given else target
+    stats_max, stats_sum, stats_arg, s1 = stats if stats is not None else (target, target, target, 1)
+    row_temp = isinstance(temperature, torch.Tensor)
+    row_seed = isinstance(seed, torch.Tensor)
+    _verify_kernel[(batch, s2)](
+        target, *target.stride(),
+        d, *d.stride(),
+        draft_tokens, *draft_tokens.stride(),
+        num_draft_tokens if num_draft_tokens is not None else target,
+        temperature if row_temp else target,
+        seed if row_seed else target,
+        u, u.stride(0), u.stride(1),
+        e, e.stride(0), e.stride(1),
+        stats_max, stats_sum, stats_arg,
+        ws,
+        tokens, *tokens.stride(),
+        num_accepted,
+        batch, k, vocab, d.shape[2], chunk, s1, s2, 0.0 if row_temp else float(temperature),
+        0 if row_seed else _seed_arg(seed),
+        EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
+        HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, ROW_SEED=row_seed,
+        GIVEN_RANDOM=given, num_warps=num_warps,
+    )
+    return tokens, num_accepted
