@@ -7,13 +7,12 @@ Notation: p target, q draft; x_t the drafted token at position t; K_b the drafts
 2. At n < K_b the correction is drawn from r = max(0, p_n - q_n) (from p_n when r has no mass, sum r <= EPS); at
    n = K_b the bonus token is drawn from p_{K_b}; greedy rows take argmax p_n.
 
-Sampling uses one uniform per row and the inverse CDF (a cumulative sum and a binary search), because the CPU's `exp`
-and `exponential_` are slow: the backend computes one fused softmax per row it needs and no per-vocabulary noise.
-When the caller supplies exponential noise E (the test hook that makes the backend replay the kernel's random
-numbers), it draws argmax r(x)/E_x instead: the exponential race the kernel uses.
-
-On the CPU the loop over positions stops as soon as every row has rejected (the check is free there); on other
-devices it runs all K positions, with no host synchronisation.
+The CPU's `exp` and `exponential_` are slow and every torch call costs microseconds there, so the backend is a short
+fixed sequence of batched ops with no loop and no host synchronisation: one fused softmax over the target's K+1 rows
+and one over the draft's K rows (the same 2K+1 rows of exponentials transformers computes), gathers, a cumulative
+product for the first rejection, and the inverse CDF of the one row to sample (a cumulative sum and a binary search,
+one uniform per row, no per-vocabulary noise). When the caller supplies exponential noise E (the test hook that
+makes the backend replay the kernel's random numbers), it draws argmax r(x)/E_x instead: the kernel's exponential race.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import torch
 
 # A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
 RESIDUAL_EPS = 1e-6
+_CPU_CHUNK_BYTES = 4 << 20
 
 _MASK64 = (1 << 64) - 1
 
@@ -49,14 +49,14 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def counter_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torch.device) -> torch.Tensor:
-    """Counter-based uniforms keyed by (seed, row, position).
+def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torch.device) -> torch.Tensor:
+    """The backend's uniforms: from a generator seeded with an int seed, or counter-based from per-row seeds.
 
     Parameters
     ----------
     seed : int or torch.Tensor
-        One seed for the batch (then the row index is part of the key), or a [B] int64 tensor of per-row seeds (then
-        a row's numbers do not depend on where it sits in the batch).
+        One seed for the batch (a torch.Generator on `device`), or a [B] int64 tensor of per-row seeds, hashed with
+        the position (splitmix64) so that a row's numbers do not depend on where it sits in the batch.
     batch, count : int
         B and the number of uniforms per row.
     device : torch.device
@@ -66,37 +66,30 @@ def counter_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: t
     torch.Tensor
         [B, count] float32 in [0, 1), multiples of 2**-24.
     """
+    if not isinstance(seed, torch.Tensor):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        return torch.rand(batch, count, generator=generator, device=device)
     pos = torch.arange(count, device=device, dtype=torch.int64)
-    if isinstance(seed, torch.Tensor):
-        key = _mix(seed.to(device=device, dtype=torch.int64))[:, None]
-    else:
-        key = _mix(torch.tensor(_signed64(seed), device=device, dtype=torch.int64) + torch.arange(batch, device=device))
-        key = key[:, None]
-    bits = _mix(key ^ pos[None, :])
+    bits = _mix(_mix(seed.to(device=device, dtype=torch.int64))[:, None] ^ pos[None, :])
     return _shr(bits, 40).to(torch.float32) * (2.0**-24)
 
 
-def _softmax(rows: torch.Tensor, temperature: float | torch.Tensor, from_probs: bool) -> torch.Tensor:
-    """[B, V] scores -> [B, V] float32 probabilities; NaN counts as -inf (as probability 0)."""
-    rows = rows.float()
+def _softmax(scores: torch.Tensor, temperature: float | torch.Tensor, from_probs: bool, vocab: int) -> torch.Tensor:
+    """[B, R, V'] scores -> [B, R, vocab] float32 probabilities, ids >= V' at 0. NaN is not handled here."""
+    scores = scores.float()
     if from_probs:
-        return torch.nan_to_num(rows, nan=0.0).clamp_min_(0.0)
-    rows = torch.nan_to_num(rows, nan=float("-inf"))
-    if isinstance(temperature, torch.Tensor):
-        rows = rows / temperature[:, None]
-    elif temperature != 1.0:
-        rows = rows / temperature
-    return torch.softmax(rows, dim=-1)
+        probs = scores.clamp_min(0.0)
+    elif isinstance(temperature, torch.Tensor):
+        probs = torch.softmax(scores / temperature[:, None, None], dim=-1)
+    else:
+        probs = torch.softmax(scores if temperature == 1.0 else scores / temperature, dim=-1)
+    return probs if probs.shape[-1] == vocab else torch.nn.functional.pad(probs, (0, vocab - probs.shape[-1]))
 
 
-def _pad_vocab(q: torch.Tensor, vocab: int) -> torch.Tensor:
-    """A draft row over a smaller vocabulary gives probability 0 to the ids it lacks."""
-    return q if q.shape[-1] == vocab else torch.nn.functional.pad(q, (0, vocab - q.shape[-1]))
-
-
-def _argmax(rows: torch.Tensor) -> torch.Tensor:
+def _argmax(scores: torch.Tensor) -> torch.Tensor:
     """Lowest index of the maximum, NaN treated as -inf."""
-    return torch.nan_to_num(rows.float(), nan=float("-inf")).argmax(dim=-1)
+    return torch.nan_to_num(scores.float(), nan=float("-inf")).argmax(dim=-1)
 
 
 def _draw(dist: torch.Tensor, uniform: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -104,10 +97,10 @@ def _draw(dist: torch.Tensor, uniform: torch.Tensor, noise: torch.Tensor | None)
     if noise is not None:
         return (dist / noise).argmax(dim=-1)
     cdf = dist.cumsum(dim=-1)
-    total = cdf[:, -1:]
-    # u * total < total, so the id found has positive mass: cdf[id] > u * total >= cdf[id - 1].
-    target = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=dist.shape[-1] - 1)
+    # u <= 1 - 2**-24 (24-bit uniforms), so u * total rounds below total and the id found has positive mass:
+    # cdf[id] > u * total >= cdf[id - 1]. The clamp only matters for a row with no mass at all.
+    found = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True)
+    return found[:, 0].clamp_(max=dist.shape[-1] - 1)
 
 
 def verify_torch(
@@ -132,11 +125,11 @@ def verify_torch(
     draft : torch.Tensor or None
         [B, K, Vd] (Vd <= V) scores the drafts were sampled from; None for one-hot drafts.
     num_draft_tokens : torch.Tensor or None
-        [B] int64 in [0, K]; None means K for every row.
+        [B] int in [0, K]; None means K for every row.
     temperature : float or torch.Tensor
         A float, or [B] float32; 0 marks a greedy row. Ignored when `from_probs`.
     seed : int or torch.Tensor
-        Key of the counter-based uniforms (see :func:`counter_uniforms`).
+        Key of the backend's uniforms (see :func:`draw_uniforms`).
     uniforms, noise : torch.Tensor or None
         Test hook: [B, K] acceptance uniforms in [0, 1) and [B, V] positive exponential noise, replacing the
         backend's own random numbers (the kernel accepts the same two tensors).
@@ -148,67 +141,105 @@ def verify_torch(
     num_accepted : torch.Tensor
         [B] int64.
     """
-    batch, k_plus_1, vocab = target.shape
+    batch, k_plus_1, _ = target.shape
     k = k_plus_1 - 1
     device = target.device
-    on_cpu = device.type == "cpu"
-    rows = torch.arange(batch, device=device)
-    nd = torch.full((batch,), k, device=device) if num_draft_tokens is None else num_draft_tokens.to(torch.int64)
-
-    if from_probs:
-        greedy = torch.zeros(batch, dtype=torch.bool, device=device)
-    elif isinstance(temperature, torch.Tensor):
+    nd = None if num_draft_tokens is None else num_draft_tokens.to(torch.int64)
+    greedy = None
+    if isinstance(temperature, torch.Tensor):
         greedy = temperature == 0
-        temperature = torch.where(greedy, 1.0, temperature.float())
-    else:
-        greedy = torch.full((batch,), temperature == 0, device=device)
-        temperature = 1.0 if temperature == 0 else temperature
-    any_greedy = bool(greedy.any()) if on_cpu else True
-    any_sampled = not bool(greedy.all()) if on_cpu else True
-
-    u = counter_uniforms(seed, batch, k + 1, device)
+        temperature = torch.where(greedy, 1.0, temperature)
+    elif temperature == 0 and not from_probs:
+        greedy, temperature = torch.ones(batch, dtype=torch.bool, device=device), 1.0
+    u = draw_uniforms(seed, batch, k_plus_1, device)
     if uniforms is not None:
         u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
 
-    n = nd.clone()
-    alive = torch.ones(batch, dtype=torch.bool, device=device)
-    residual = torch.zeros(batch, vocab, device=device) if any_sampled else None
-    for t in range(k):
-        active = alive & (t < nd)
-        if on_cpu and not bool(active.any()):
-            break
-        x = draft_tokens[:, t].to(torch.int64)
-        valid = (x >= 0) & (x < vocab)
-        xs = x.clamp(0, vocab - 1)
-        accepted = torch.zeros(batch, dtype=torch.bool, device=device)
-        if any_greedy:
-            accepted = torch.where(greedy, xs == _argmax(target[:, t]), accepted)
-        if any_sampled:
-            p = _softmax(target[:, t], temperature, from_probs)
-            if draft is None:
-                q = torch.zeros_like(p).scatter_(1, xs[:, None], valid[:, None].float())
-            else:
-                q = _pad_vocab(_softmax(draft[:, t], temperature, from_probs), vocab)
-            p_x, q_x = p.gather(1, xs[:, None])[:, 0], q.gather(1, xs[:, None])[:, 0]
-            accepted = torch.where(greedy, accepted, u[:, t] * q_x < p_x)
-        rejected = active & ~(accepted & valid)
-        n = torch.where(rejected, t, n)
-        alive = active & ~rejected
-        if any_sampled and (not on_cpu or bool(rejected.any())):
-            residual = torch.where(rejected[:, None], (p - q).clamp_min_(0.0), residual)
+    # On the CPU, rows go through in chunks whose scores fit in the cache: one pass over 40 MB is several times
+    # slower per byte than over 4 MB there. Elsewhere the whole batch is one chunk.
+    row_bytes = 4 * (2 * k + 1) * target.shape[2]
+    step = max(1, _CPU_CHUNK_BYTES // row_bytes) if device.type == "cpu" else batch
+    out = []
+    for lo in range(0, batch, step):
+        c = slice(lo, lo + step)
+        args = (target[c], draft_tokens[c], None if draft is None else draft[c], None if nd is None else nd[c],
+                temperature[c] if isinstance(temperature, torch.Tensor) else temperature,
+                None if greedy is None else greedy[c], u[c], None if noise is None else noise[c], from_probs)
+        tokens, n, finite = _verify_chunk(*args, sanitize=device.type != "cpu" or from_probs)
+        # NaN scores: the fast path leaves NaN in the probabilities it read (the check is free on the CPU), so run
+        # the chunk again with NaN read as -inf logits, or as probability 0.
+        out.append((tokens, n) if bool(finite) else _verify_chunk(*args, sanitize=True)[:2])
+    if len(out) == 1:
+        return out[0]
+    return torch.cat([t for t, _ in out]), torch.cat([n for _, n in out])
 
-    # Rows that need p_n itself: the bonus (n == K_b) and corrections whose residual has no mass.
-    last = target[rows, n]
-    if any_sampled:
-        use_p = (n == nd) | (residual.sum(dim=-1) <= RESIDUAL_EPS)
-        if not on_cpu or bool(use_p.any()):
-            residual = torch.where(use_p[:, None], _softmax(last, temperature, from_probs), residual)
-        sampled = _draw(residual, u[:, k], None if noise is None else noise.float())
+
+def _rows_at(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """x[arange(B), n] for x [B, R, V]: [B, V]. On the CPU by views (its advanced-indexing kernel is slow there)."""
+    if x.device.type != "cpu":
+        return x[torch.arange(x.shape[0], device=x.device), n]
+    picked = [x[b, i] for b, i in enumerate(n.tolist())]
+    return picked[0][None] if len(picked) == 1 else torch.stack(picked)
+
+
+def _verify_chunk(target, draft_tokens, draft, nd, temperature, greedy, u, noise, from_probs, sanitize):
+    """:func:`verify_torch` on a chunk of rows: shapes as there, `nd` [B] int64 or None (K for all), `greedy` [B] bool
+    or None, `u` [B, K+1] float32 (the acceptance uniforms, then the sampling uniform). Also returns whether the row
+    it drew from was free of NaN; with `sanitize`, NaN scores are read as -inf logits (probability 0) first."""
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    pos = torch.arange(k_plus_1, device=target.device)
+    if sanitize:
+        nan = 0.0 if from_probs else float("-inf")
+        target = torch.nan_to_num(target, nan=nan)
+        draft = None if draft is None else torch.nan_to_num(draft, nan=nan)
+
+    # 1. Acceptance of every position at once; n = the number of leading accepted drafts.
+    x = draft_tokens.to(torch.int64)
+    xs = x.clamp(0, vocab - 1)
+    valid = xs == x
+    p = _softmax(target[:, :k], temperature, from_probs, vocab)
+    p_x = p.gather(2, xs[:, :, None])[:, :, 0]
+    if draft is None:
+        q, q_x = None, valid.float()
     else:
-        sampled = n
-    next_token = torch.where(greedy, _argmax(last), sampled) if any_greedy else sampled
+        q = _softmax(draft, temperature, from_probs, vocab)
+        q_x = q.gather(2, xs[:, :, None])[:, :, 0]
+    accepted = (u[:, :k] * q_x < p_x) & valid
+    if greedy is not None:
+        argmax = _argmax(target)
+        accepted = torch.where(greedy[:, None], (xs == argmax[:, :k]) & valid, accepted)
+    if nd is not None:
+        accepted &= pos[None, :k] < nd[:, None]
+    n = accepted.cumprod(dim=1).sum(dim=1)
 
-    pos = torch.arange(k_plus_1, device=device)[None, :]
-    drafts = torch.cat([draft_tokens.to(torch.int64), torch.zeros_like(n)[:, None]], dim=1)
-    tokens = torch.where(pos < n[:, None], drafts, torch.where(pos == n[:, None], next_token[:, None], -1))
-    return tokens, n
+    # 2. Row n: the correction from r = max(0, p_n - q_n), or p_n itself (the bonus; a residual with no mass).
+    # Rows n < K already have p_n in p; only a bonus at n = K needs the target's last row.
+    cpu = target.device.type == "cpu"
+    bonus_at_k = n == k
+    at = n.clamp(max=k - 1)
+    if k == 0 or (cpu and bool(bonus_at_k.all())):
+        p_n = _softmax(target[:, k:], temperature, from_probs, vocab)[:, 0]
+    elif cpu and not bool(bonus_at_k.any()):
+        p_n = _rows_at(p, at)
+    else:
+        p_last = _softmax(target[:, k:], temperature, from_probs, vocab)[:, 0]
+        p_n = torch.where(bonus_at_k[:, None], p_last, _rows_at(p, at))
+    dist = p_n
+    if k > 0:
+        if q is None:
+            q_n = torch.zeros_like(p_n).scatter_(1, xs.gather(1, at[:, None]), valid.gather(1, at[:, None]).float())
+        else:
+            q_n = _rows_at(q, at)
+        r = (p_n - q_n).clamp_min_(0.0)
+        use_p = (r.sum(dim=1) <= RESIDUAL_EPS) | (n == (k if nd is None else nd))  # no mass, or the bonus
+        dist = r if cpu and not bool(use_p.any()) else torch.where(use_p[:, None], p_n, r)
+    next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
+    if greedy is not None:
+        next_token = torch.where(greedy, argmax.gather(1, n[:, None])[:, 0], next_token)
+
+    tokens = torch.where(pos < n[:, None], torch.nn.functional.pad(x, (0, 1)), -1)
+    tokens.scatter_(1, n[:, None], next_token[:, None])
+    # A NaN score makes its whole softmax row NaN; a NaN row before n would have been rejected, so only row n (p_n,
+    # and q_n through r) can carry one into what was drawn: `dist` shows it.
+    return tokens, n, ~dist[:, :1].isnan().any()
