@@ -2,17 +2,25 @@
 
 Notation: p target, q draft; x_t the drafted token at position t; K_b the drafts row b really has.
 
-1. For t = 0, 1, ...: p_t = softmax(target_logits[:, t] / T), q_t likewise; x_t is accepted iff
-   u_t * q_t(x_t) < p_t(x_t) (greedy rows: iff x_t == argmax p_t). n = the first rejected position, K_b if none.
+1. p_t = softmax(target_logits[b, t] / T_b), q_t likewise; x_t is accepted iff u_t * q_t(x_t) < p_t(x_t) (greedy rows:
+   iff x_t == argmax p_t). n = the first rejected position, K_b if none.
 2. At n < K_b the correction is drawn from r = max(0, p_n - q_n) (from p_n when r has no mass, sum r <= EPS); at
    n = K_b the bonus token is drawn from p_{K_b}; greedy rows take argmax p_n.
 
-The CPU's `exp` and `exponential_` are slow and every torch call costs microseconds there, so the backend is a short
-fixed sequence of batched ops with no loop and no host synchronisation: one fused softmax over the target's K+1 rows
-and one over the draft's K rows (the same 2K+1 rows of exponentials transformers computes), gathers, a cumulative
-product for the first rejection, and the inverse CDF of the one row to sample (a cumulative sum and a binary search,
-one uniform per row, no per-vocabulary noise). When the caller supplies exponential noise E (the test hook that
-makes the backend replay the kernel's random numbers), it draws argmax r(x)/E_x instead: the kernel's exponential race.
+Two paths compute exactly this:
+- On the CPU, where `exp` is slow and every torch call costs microseconds, rows and positions go one at a time with
+  the decisions in Python: the softmax of position t is computed only if x_0..x_{t-1} were accepted, the bonus row's
+  only if every draft was; the correction is drawn by the inverse CDF (a cumulative sum and a binary search, one
+  uniform), with no per-vocabulary noise. transformers' `_speculative_sampling` computes all 2K+1 softmax rows and an
+  `exponential_` over the vocabulary for its `multinomial`.
+- Elsewhere the whole batch goes through one fixed sequence of batched ops: no loop, no host synchronisation
+  (CUDA-graph and torch.compile friendly).
+When the caller supplies exponential noise E (the test hook that makes the backend replay the kernel's random
+numbers), both draw argmax r(x)/E_x instead: the kernel's exponential race.
+
+NaN scores read as -inf logits (probability 0). The fast paths do not scrub them: a NaN makes its whole softmax row
+NaN, a NaN row is never accepted, so a NaN can only reach the row drawn from, where it is seen and the row is redone
+from scrubbed scores.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ import torch
 
 # A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
 RESIDUAL_EPS = 1e-6
-_CPU_CHUNK_BYTES = 4 << 20
 
 _MASK64 = (1 << 64) - 1
 
@@ -76,7 +83,9 @@ def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torc
 
 
 def _softmax(scores: torch.Tensor, temperature: float | torch.Tensor, from_probs: bool, vocab: int) -> torch.Tensor:
-    """[B, R, V'] scores -> [B, R, vocab] float32 probabilities, ids >= V' at 0. NaN is not handled here."""
+    """[..., V'] scores -> [..., vocab] float32 probabilities, ids >= V' at 0 (NaN passes through).
+
+    A tensor `temperature` is [B] against scores [B, R, V']."""
     scores = scores.float()
     if from_probs:
         probs = scores.clamp_min(0.0)
@@ -87,20 +96,25 @@ def _softmax(scores: torch.Tensor, temperature: float | torch.Tensor, from_probs
     return probs if probs.shape[-1] == vocab else torch.nn.functional.pad(probs, (0, vocab - probs.shape[-1]))
 
 
+def _scrub(scores: torch.Tensor | None, from_probs: bool) -> torch.Tensor | None:
+    """NaN -> -inf (logits) or 0 (probabilities)."""
+    return None if scores is None else torch.nan_to_num(scores, nan=0.0 if from_probs else float("-inf"))
+
+
 def _argmax(scores: torch.Tensor) -> torch.Tensor:
     """Lowest index of the maximum, NaN treated as -inf."""
     return torch.nan_to_num(scores.float(), nan=float("-inf")).argmax(dim=-1)
 
 
-def _draw(dist: torch.Tensor, uniform: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """One id per row from the unnormalised non-negative rows `dist` [B, V]."""
+def _draw(dist: torch.Tensor, uniform: torch.Tensor | float, noise: torch.Tensor | None) -> torch.Tensor:
+    """One id per row of the unnormalised non-negative `dist` [..., V]: the race with `noise`, else the inverse CDF."""
     if noise is not None:
         return (dist / noise).argmax(dim=-1)
     cdf = dist.cumsum(dim=-1)
-    # u <= 1 - 2**-24 (24-bit uniforms), so u * total rounds below total and the id found has positive mass:
+    # u < 1 in float32, so u * total rounds below total and the id found has positive mass:
     # cdf[id] > u * total >= cdf[id - 1]. The clamp only matters for a row with no mass at all.
-    found = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True)
-    return found[:, 0].clamp_(max=dist.shape[-1] - 1)
+    value = cdf[..., -1:] * (uniform[:, None] if isinstance(uniform, torch.Tensor) else uniform)
+    return torch.searchsorted(cdf, value, right=True)[..., 0].clamp_(max=dist.shape[-1] - 1)
 
 
 def verify_torch(
@@ -113,6 +127,7 @@ def verify_torch(
     from_probs: bool = False,
     uniforms: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    vectorized: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify B rows of K drafts each; arguments already validated by :func:`specsampler.verify`.
 
@@ -133,6 +148,8 @@ def verify_torch(
     uniforms, noise : torch.Tensor or None
         Test hook: [B, K] acceptance uniforms in [0, 1) and [B, V] positive exponential noise, replacing the
         backend's own random numbers (the kernel accepts the same two tensors).
+    vectorized : bool or None
+        Force the batched path (True) or the per-row path (False); None: per-row on the CPU only.
 
     Returns
     -------
@@ -144,62 +161,90 @@ def verify_torch(
     batch, k_plus_1, _ = target.shape
     k = k_plus_1 - 1
     device = target.device
-    nd = None if num_draft_tokens is None else num_draft_tokens.to(torch.int64)
+    if from_probs:
+        temperature = 1.0
+    u = draw_uniforms(seed, batch, k_plus_1, device)
+    if uniforms is not None:
+        u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
+    if vectorized is None:
+        vectorized = device.type != "cpu"
+    if vectorized:
+        args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
+        tokens, n, clean = _verify_batch(*args, scrub=False)
+        return (tokens, n) if bool(clean) or device.type != "cpu" else _verify_batch(*args, scrub=True)[:2]
+
+    drafts = draft_tokens.tolist()
+    k_rows = [k] * batch if num_draft_tokens is None else num_draft_tokens.tolist()
+    temps = temperature.tolist() if isinstance(temperature, torch.Tensor) else [temperature] * batch
+    u_rows = u.tolist()
+    tokens, counts = [], []
+    for b in range(batch):
+        args = (target[b], drafts[b], None if draft is None else draft[b], k_rows[b], temps[b], u_rows[b],
+                None if noise is None else noise[b], from_probs)
+        n, token, clean = _verify_row(*args)
+        if not clean:
+            n, token, _ = _verify_row(_scrub(args[0], from_probs), args[1], _scrub(args[2], from_probs), *args[3:])
+        tokens.append(drafts[b][:n] + [token] + [-1] * (k - n))
+        counts.append(n)
+    return torch.tensor(tokens, dtype=torch.int64), torch.tensor(counts, dtype=torch.int64)
+
+
+def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs):
+    """One row on the CPU: target [K+1, V], x K ints, draft [K, Vd] or None, k_b int, temperature float (0: greedy),
+    u K+1 floats, noise [V] or None. Returns (n, next token, whether the row drawn from was free of NaN)."""
+    vocab = target.shape[-1]
+    if temperature == 0 and not from_probs:
+        best = _argmax(target[: k_b + 1]).tolist()
+        n = next((t for t in range(k_b) if x[t] != best[t]), k_b)
+        return n, best[n], True
+
+    # 1. Decisions, one position at a time: a row's later softmax rows are computed only if its drafts get there.
+    n, p_n, q_n = k_b, None, None
+    for t in range(k_b):
+        p_t = _softmax(target[t], temperature, from_probs, vocab)
+        q_t = None if draft is None else _softmax(draft[t], temperature, from_probs, vocab)
+        valid = 0 <= x[t] < vocab
+        if not (valid and u[t] * (1.0 if q_t is None else float(q_t[x[t]])) < float(p_t[x[t]])):
+            if q_t is None:  # one-hot at x_t (nothing for an id outside the vocabulary)
+                q_t = torch.zeros(vocab)
+                if valid:
+                    q_t[x[t]] = 1.0
+            n, p_n, q_n = t, p_t, q_t
+            break
+
+    # 2. The row to draw from: the residual, or p_n itself (the bonus; a residual with no mass).
+    if n == k_b:
+        dist = _softmax(target[k_b], temperature, from_probs, vocab)
+    else:
+        r = (p_n - q_n).clamp_min_(0.0)
+        dist = p_n if float(r.sum()) <= RESIDUAL_EPS else r
+    token = int(_draw(dist, u[-1], noise))
+    return n, token, bool(dist[0] == dist[0])
+
+
+def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_probs, scrub):
+    """The batched path: shapes as in :func:`verify_torch`, `nd` [B] or None, `u` [B, K+1] float32 (acceptance
+    uniforms, then the sampling uniform). Also returns whether the rows drawn from were free of NaN."""
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    device = target.device
+    if scrub or device.type != "cpu":
+        target, draft = _scrub(target, from_probs), _scrub(draft, from_probs)
+    rows = torch.arange(batch, device=device)
+    pos = torch.arange(k_plus_1, device=device)
     greedy = None
     if isinstance(temperature, torch.Tensor):
         greedy = temperature == 0
         temperature = torch.where(greedy, 1.0, temperature)
     elif temperature == 0 and not from_probs:
         greedy, temperature = torch.ones(batch, dtype=torch.bool, device=device), 1.0
-    u = draw_uniforms(seed, batch, k_plus_1, device)
-    if uniforms is not None:
-        u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
-
-    # On the CPU, rows go through in chunks whose scores fit in the cache: one pass over 40 MB is several times
-    # slower per byte than over 4 MB there. Elsewhere the whole batch is one chunk.
-    row_bytes = 4 * (2 * k + 1) * target.shape[2]
-    step = max(1, _CPU_CHUNK_BYTES // row_bytes) if device.type == "cpu" else batch
-    out = []
-    for lo in range(0, batch, step):
-        c = slice(lo, lo + step)
-        args = (target[c], draft_tokens[c], None if draft is None else draft[c], None if nd is None else nd[c],
-                temperature[c] if isinstance(temperature, torch.Tensor) else temperature,
-                None if greedy is None else greedy[c], u[c], None if noise is None else noise[c], from_probs)
-        tokens, n, finite = _verify_chunk(*args, sanitize=device.type != "cpu" or from_probs)
-        # NaN scores: the fast path leaves NaN in the probabilities it read (the check is free on the CPU), so run
-        # the chunk again with NaN read as -inf logits, or as probability 0.
-        out.append((tokens, n) if bool(finite) else _verify_chunk(*args, sanitize=True)[:2])
-    if len(out) == 1:
-        return out[0]
-    return torch.cat([t for t, _ in out]), torch.cat([n for _, n in out])
-
-
-def _rows_at(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """x[arange(B), n] for x [B, R, V]: [B, V]. On the CPU by views (its advanced-indexing kernel is slow there)."""
-    if x.device.type != "cpu":
-        return x[torch.arange(x.shape[0], device=x.device), n]
-    picked = [x[b, i] for b, i in enumerate(n.tolist())]
-    return picked[0][None] if len(picked) == 1 else torch.stack(picked)
-
-
-def _verify_chunk(target, draft_tokens, draft, nd, temperature, greedy, u, noise, from_probs, sanitize):
-    """:func:`verify_torch` on a chunk of rows: shapes as there, `nd` [B] int64 or None (K for all), `greedy` [B] bool
-    or None, `u` [B, K+1] float32 (the acceptance uniforms, then the sampling uniform). Also returns whether the row
-    it drew from was free of NaN; with `sanitize`, NaN scores are read as -inf logits (probability 0) first."""
-    batch, k_plus_1, vocab = target.shape
-    k = k_plus_1 - 1
-    pos = torch.arange(k_plus_1, device=target.device)
-    if sanitize:
-        nan = 0.0 if from_probs else float("-inf")
-        target = torch.nan_to_num(target, nan=nan)
-        draft = None if draft is None else torch.nan_to_num(draft, nan=nan)
 
     # 1. Acceptance of every position at once; n = the number of leading accepted drafts.
     x = draft_tokens.to(torch.int64)
     xs = x.clamp(0, vocab - 1)
     valid = xs == x
-    p = _softmax(target[:, :k], temperature, from_probs, vocab)
-    p_x = p.gather(2, xs[:, :, None])[:, :, 0]
+    p = _softmax(target, temperature, from_probs, vocab)
+    p_x = p[:, :k].gather(2, xs[:, :, None])[:, :, 0]
     if draft is None:
         q, q_x = None, valid.float()
     else:
@@ -214,32 +259,21 @@ def _verify_chunk(target, draft_tokens, draft, nd, temperature, greedy, u, noise
     n = accepted.cumprod(dim=1).sum(dim=1)
 
     # 2. Row n: the correction from r = max(0, p_n - q_n), or p_n itself (the bonus; a residual with no mass).
-    # Rows n < K already have p_n in p; only a bonus at n = K needs the target's last row.
-    cpu = target.device.type == "cpu"
-    bonus_at_k = n == k
-    at = n.clamp(max=k - 1)
-    if k == 0 or (cpu and bool(bonus_at_k.all())):
-        p_n = _softmax(target[:, k:], temperature, from_probs, vocab)[:, 0]
-    elif cpu and not bool(bonus_at_k.any()):
-        p_n = _rows_at(p, at)
-    else:
-        p_last = _softmax(target[:, k:], temperature, from_probs, vocab)[:, 0]
-        p_n = torch.where(bonus_at_k[:, None], p_last, _rows_at(p, at))
+    p_n = p[rows, n]
     dist = p_n
     if k > 0:
+        at = n.clamp(max=k - 1)
         if q is None:
-            q_n = torch.zeros_like(p_n).scatter_(1, xs.gather(1, at[:, None]), valid.gather(1, at[:, None]).float())
+            q_n = torch.zeros_like(p_n).scatter_(1, xs[rows, at][:, None], valid[rows, at][:, None].float())
         else:
-            q_n = _rows_at(q, at)
+            q_n = q[rows, at]
         r = (p_n - q_n).clamp_min_(0.0)
-        use_p = (r.sum(dim=1) <= RESIDUAL_EPS) | (n == (k if nd is None else nd))  # no mass, or the bonus
-        dist = r if cpu and not bool(use_p.any()) else torch.where(use_p[:, None], p_n, r)
+        no_mass = r.sum(dim=1) <= RESIDUAL_EPS
+        dist = torch.where((no_mass | (n == (k if nd is None else nd)))[:, None], p_n, r)
     next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
     if greedy is not None:
-        next_token = torch.where(greedy, argmax.gather(1, n[:, None])[:, 0], next_token)
+        next_token = torch.where(greedy, argmax[rows, n], next_token)
 
     tokens = torch.where(pos < n[:, None], torch.nn.functional.pad(x, (0, 1)), -1)
     tokens.scatter_(1, n[:, None], next_token[:, None])
-    # A NaN score makes its whole softmax row NaN; a NaN row before n would have been rejected, so only row n (p_n,
-    # and q_n through r) can carry one into what was drawn: `dist` shows it.
     return tokens, n, ~dist[:, :1].isnan().any()
