@@ -3,8 +3,8 @@
 Algorithm (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318). p target, q draft,
 x_t the drafted tokens, K_b the drafts row b really has, T_b its temperature (0: greedy).
 
-Launch 1, ``_row_stats_kernel`` (logits only), grid (B*(K+1), S1, 2): program (row, split, which) walks one split of
-one target (which = 0) or draft (which = 1) row in BLOCK_V tiles and writes that split's max, sum of
+Launch 1, ``_row_stats_kernel`` (logits only), grid (B*(K+1) + B*K, S1): program (row, split) walks one split of
+one target or draft row in BLOCK_V tiles and writes that split's max, sum of
 exp((l - max) / T) and argmax (lowest index on ties). Rows no decision can reach (t > K_b; draft rows of greedy rows)
 are skipped. Padding lanes load -inf and NaN is read as -inf, so neither ever wins a max or an argmax.
 
@@ -97,27 +97,26 @@ def _row_stats_kernel(
     B, K, V, Vd, chunk, S1, temperature,
     BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.program_id(0).to(tl.int64)  # target rows b*(K+1)+t, then draft rows B*(K+1) + b*K+t
     split = tl.program_id(1).to(tl.int64)
-    which = tl.program_id(2)
-    b = row // (K + 1)
-    t = row % (K + 1)
+    is_draft = row >= B * (K + 1)
+    b = tl.where(is_draft, (row - B * (K + 1)) // tl.maximum(K, 1), row // (K + 1))
+    t = tl.where(is_draft, (row - B * (K + 1)) % tl.maximum(K, 1), row % (K + 1))
     k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
     temp, inv_t = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
     lo = split * chunk
-    if which == 0:
-        if t <= k_b:
-            hi = tl.minimum(lo + chunk, V)
-            m, z, arg = _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, lo, hi, inv_t, BLOCK_V)
-            out = row * S1 + split
+    out = row * S1 + split
+    if is_draft:
+        if (t < k_b) & (temp != 0.0):
+            hi = tl.minimum(lo + chunk, Vd)
+            m, z, arg = _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, lo, hi, inv_t, BLOCK_V)
             tl.store(max_ptr + out, m)
             tl.store(sum_ptr + out, z)
             tl.store(arg_ptr + out, arg.to(tl.int32))
     else:
-        if (t < k_b) & (temp != 0.0):
-            hi = tl.minimum(lo + chunk, Vd)
-            m, z, arg = _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, lo, hi, inv_t, BLOCK_V)
-            out = (B * (K + 1) + b * K + t) * S1 + split
+        if t <= k_b:
+            hi = tl.minimum(lo + chunk, V)
+            m, z, arg = _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, lo, hi, inv_t, BLOCK_V)
             tl.store(max_ptr + out, m)
             tl.store(sum_ptr + out, z)
             tl.store(arg_ptr + out, arg.to(tl.int32))
@@ -381,7 +380,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     stats_arg = torch.empty(rows, s1, dtype=torch.int32, device=target.device)
     d = draft if draft is not None else target
     row_temp = isinstance(temperature, torch.Tensor)
-    grid = (batch * k_plus_1, s1, 2 if draft is not None and k > 0 else 1)
+    grid = (batch * k_plus_1 + (batch * k if draft is not None else 0), s1)
     _row_stats_kernel[grid](
         target, *target.stride(),
         d, *d.stride(),

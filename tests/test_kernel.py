@@ -1,0 +1,169 @@
+"""The Triton kernel against the torch oracle, token for token, on identical random numbers; its own randomness;
+its shape (launches, allocations); its split statistics."""
+
+import os
+import sys
+
+import pytest
+import torch
+from util import STATS_TOL, check_structure, make_case
+
+import specsampler
+from specsampler import torch_backend
+from specsampler.triton_kernels import verify as kernels
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+# (B, K, V, dtype, options): every B in {1, 7, 33}, K in {0, 1, 4, 8}, V in {7, 1000, 8193, 50000} and dtype appears,
+# with one-hot drafts, ragged rows, greedy rows, per-row temperature and greedy/sampled mixes.
+CASES = [
+    (1, 0, 7, F32, {}),
+    (1, 4, 8193, BF16, {}),
+    (1, 8, 50000, F16, dict(draft=False)),
+    (7, 1, 1000, F16, dict(ragged=True)),
+    (7, 8, 7, F32, dict(temperature="row", ragged=True)),
+    (7, 4, 50000, BF16, dict(temperature=0.0)),
+    (33, 4, 1000, BF16, dict(temperature="mixed", ragged=True)),
+    (33, 1, 7, F16, dict(draft=False, temperature="mixed")),
+    (33, 0, 1000, F32, dict(temperature="row")),
+    (7, 4, 8193, F32, dict(draft=False, ragged=True, temperature=0.6)),
+    (7, 8, 1000, F32, dict(draft_vocab=900, temperature=1.3)),
+]
+
+
+def _ids(case):
+    b, k, v, dtype, opts = case
+    return f"B{b}-K{k}-V{v}-{str(dtype)[6:]}-" + "-".join(f"{a}={c}" for a, c in opts.items())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_kernel_matches_torch_oracle(case, device):
+    batch, k, vocab, dtype, opts = case
+    args = make_case(batch, k, vocab, dtype, seed=batch * 100 + k, device=device, **opts)
+    # Small tiles and several splits so that the tile loop, the split combine and the last-program fold all run.
+    kernel = specsampler.verify(**args, backend="triton", _block_v=1024, _num_splits=3)
+    oracle = specsampler.verify(**args, backend="torch")
+    check_structure(kernel, args["draft_tokens"], args.get("num_draft_tokens"), vocab)
+    assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
+    assert torch.equal(kernel.num_accepted.cpu(), oracle.num_accepted.cpu())
+    # The oracle's two paths agree with each other too.
+    batched = torch_backend.verify_torch(
+        args["target_logits"], args["draft_tokens"], args["draft_logits"], args.get("num_draft_tokens"),
+        args["temperature"] if isinstance(args["temperature"], torch.Tensor) else float(args["temperature"]), 0,
+        uniforms=args["_uniforms"], noise=args["_noise"], vectorized=True)
+    assert torch.equal(batched[0].cpu(), oracle.tokens.cpu())
+
+
+def test_grid_is_not_degenerate():
+    """Across the grid many rows accept some drafts and many reject one: both branches are compared above."""
+    accepted, rejected = 0, 0
+    for batch, k, vocab, dtype, opts in CASES:
+        args = make_case(batch, k, vocab, dtype, seed=batch * 100 + k, **opts)
+        n = specsampler.verify(**args, backend="torch").num_accepted
+        nd = args.get("num_draft_tokens", torch.full((batch,), k))
+        accepted += int((n > 0).sum())
+        rejected += int((n < nd).sum())
+    assert accepted >= 40 and rejected >= 40, (accepted, rejected)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+def test_kernel_default_config_and_probs(dtype, device):
+    """Default tiles and splits; and the one-launch path from probabilities against the oracle's."""
+    args = make_case(7, 4, 8193, dtype, seed=3, device=device)
+    assert torch.equal(specsampler.verify(**args, backend="triton").tokens.cpu(),
+                       specsampler.verify(**args, backend="torch").tokens.cpu())
+    probs = dict(target_probs=args["target_logits"].float().softmax(-1).to(dtype), draft_tokens=args["draft_tokens"],
+                 draft_probs=args["draft_logits"].float().softmax(-1).to(dtype), _uniforms=args["_uniforms"],
+                 _noise=args["_noise"])
+    kernel = specsampler.verify_probs(**probs, backend="triton", _block_v=1024, _num_splits=2)
+    oracle = specsampler.verify_probs(**probs, backend="torch")
+    check_structure(kernel, args["draft_tokens"], None, 8193)
+    assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
+
+
+def test_kernel_seeds(device):
+    """Philox randomness: the same seed gives the same tokens; other seeds differ; per-row seeds follow the row."""
+    args = make_case(7, 4, 1000, seed=5, device=device)
+    del args["_uniforms"], args["_noise"]
+    a = specsampler.verify(**args, seed=123, backend="triton")
+    b = specsampler.verify(**args, seed=123, backend="triton")
+    c = specsampler.verify(**args, seed=124, backend="triton")
+    check_structure(a, args["draft_tokens"], None, 1000)
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens)
+    seeds = torch.arange(7, dtype=torch.int64, device=device) * 7919
+    whole = specsampler.verify(**args, seed=seeds, backend="triton")
+    perm = torch.tensor([3, 1, 6, 0, 2, 5, 4])
+    shuffled = {key: (v[perm.to(v.device)] if isinstance(v, torch.Tensor) else v) for key, v in args.items()}
+    part = specsampler.verify(**shuffled, seed=seeds[perm.to(device)], backend="triton")
+    assert torch.equal(whole.tokens[perm.to(device)], part.tokens)
+
+
+def _from_triton_interpreter():
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(os.path.join("triton", "runtime", "interpreter.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_kernel_launches_and_allocations(device, monkeypatch):
+    """Two launches from logits, one from probabilities; nothing of B*(K+1)*V elements allocated in the call."""
+    launches = []
+    for kernel in (kernels._row_stats_kernel, kernels._verify_kernel):
+        run = kernel.run
+        monkeypatch.setattr(kernel, "run", lambda *a, _run=run, _k=kernel, **kw: (launches.append(_k), _run(*a, **kw))[1])
+    args = make_case(7, 4, 1000, seed=1, device=device)
+    del args["_uniforms"], args["_noise"]
+    kernels._workspace(torch.device(device), 7)  # the workspace is allocated once per device and stream
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sizes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not _from_triton_interpreter():  # its host copies of the arguments are not the call's allocations
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor):
+                        self.largest = max(self.largest, t.numel())
+            return out
+
+    with Sizes() as sizes:
+        specsampler.verify(**args, seed=0, backend="triton")
+    assert launches == [kernels._row_stats_kernel, kernels._verify_kernel]
+    assert sizes.largest < 7 * 5 * 1000 // 4
+    launches.clear()
+    specsampler.verify_probs(args["target_logits"].softmax(-1), args["draft_tokens"], args["draft_logits"].softmax(-1),
+                             seed=0, backend="triton")
+    assert launches == [kernels._verify_kernel]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+def test_row_stats_against_torch(dtype, device):
+    """Launch 1 alone: split maxima, sums of exponentials and argmaxes combine to torch's max, logsumexp, argmax."""
+    batch, k, vocab = 3, 2, 8193
+    args = make_case(batch, k, vocab, dtype, seed=9, device=device, temperature="row")
+    target, draft, temp = args["target_logits"], args["draft_logits"], args["temperature"]
+    target[0, 1, 5000] = float("nan")  # NaN reads as -inf
+    target[1, 0, -1] = 100.0  # the last lane of the last tile wins
+    s_max, s_sum, s_arg, s1 = kernels.row_stats(target, draft, None, temp, block_v=1024, num_splits=3)
+    assert s1 == 3
+    scores = torch.cat([target.float().reshape(-1, vocab), draft.float().reshape(-1, vocab)])
+    scores = torch.nan_to_num(scores, nan=float("-inf"))
+    t_rows = torch.cat([temp.repeat_interleave(k + 1), temp.repeat_interleave(k)]).float()
+    m = s_max.max(1).values
+    lse = m / t_rows + torch.log((s_sum * torch.exp((s_max - m[:, None]) / t_rows[:, None])).sum(1))
+    torch.testing.assert_close(m.cpu(), scores.amax(1).cpu(), rtol=0, atol=0)
+    torch.testing.assert_close(lse.cpu(), torch.logsumexp(scores / t_rows[:, None], 1).cpu(), **STATS_TOL[dtype])
+    arg = torch.where(s_max == m[:, None], s_arg, 2**31 - 1).min(1).values
+    assert torch.equal(arg.cpu().long(), scores.argmax(1).cpu())
+    assert int(arg[k + 1]) == vocab - 1
+
+
+def test_residual_eps_is_shared():
+    assert kernels.RESIDUAL_EPS == torch_backend.RESIDUAL_EPS == specsampler.RESIDUAL_EPS

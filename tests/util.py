@@ -1,0 +1,92 @@
+"""Shared test helpers: random cases, structural checks, exact distributions and a chi-square test."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Tolerances for comparing the kernel's split statistics with torch, per input dtype (both compute in float32 from
+# the same upcast values, so only the order of summation differs).
+STATS_TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-5, atol=1e-5),
+}
+
+
+def make_case(batch, k, vocab, dtype=torch.float32, *, seed=0, draft=True, draft_vocab=None, ragged=False,
+              temperature=1.0, device="cpu"):
+    """Random verify() inputs whose drafts are accepted often but not always.
+
+    temperature: a float, "row" (per-row positive values), or "mixed" (per-row, some rows 0 = greedy).
+    """
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(batch, k + 1, vocab, generator=g) * 2.0
+    kwargs = {}
+    if isinstance(temperature, str):
+        t = 0.5 + torch.rand(batch, generator=g)
+        if temperature == "mixed":
+            t[torch.arange(batch) % 3 == 0] = 0.0
+        kwargs["temperature"] = t.to(device)
+    else:
+        kwargs["temperature"] = temperature
+    vd = vocab if draft_vocab is None else draft_vocab
+    draft_logits = target[:, :k, :vd] + 0.7 * torch.randn(batch, k, vd, generator=g)
+    if draft:
+        gumbel = -torch.log(torch.empty(batch, k, vd).exponential_(generator=g))
+        drafts = (draft_logits.float() + gumbel).argmax(-1)  # x_t ~ q_t
+    else:  # a drafter that proposes the target's argmax most of the time
+        drafts = torch.where(torch.rand(batch, k, generator=g) < 0.7, target[:, :k].argmax(-1),
+                             torch.randint(0, vocab, (batch, k), generator=g))
+    greedy_rows = kwargs["temperature"] == 0 if isinstance(kwargs["temperature"], torch.Tensor) else None
+    if greedy_rows is not None and k > 0:  # greedy rows: mostly the argmax so that some are accepted
+        drafts[greedy_rows.cpu()] = target[greedy_rows.cpu(), :k].argmax(-1)
+        flip = (torch.rand(batch, k, generator=g) < 0.3) & greedy_rows.cpu()[:, None]
+        drafts[flip] = (drafts[flip] + 1) % vocab
+    if ragged:
+        kwargs["num_draft_tokens"] = torch.randint(0, k + 1, (batch,), generator=g).to(device)
+    uniforms = torch.rand(batch, k, generator=g)
+    noise = torch.empty(batch, vocab).exponential_(generator=g)
+    return dict(
+        target_logits=target.to(dtype).to(device),
+        draft_tokens=drafts.to(device),
+        draft_logits=draft_logits.to(dtype).to(device) if draft else None,
+        _uniforms=uniforms.to(device),
+        _noise=noise.to(device),
+        **kwargs,
+    )
+
+
+def check_structure(res, drafts, num_draft_tokens, vocab):
+    """Accepted prefix equals the drafts, one token after it, -1 after that, ids in range, n <= K_b."""
+    tokens, n = res.tokens.cpu(), res.num_accepted.cpu()
+    batch, k = drafts.shape
+    assert tokens.shape == (batch, k + 1) and tokens.dtype == torch.int64
+    assert n.shape == (batch,) and n.dtype == torch.int64
+    nd = torch.full((batch,), k) if num_draft_tokens is None else num_draft_tokens.cpu()
+    assert bool((n >= 0).all()) and bool((n <= nd).all())
+    for b in range(batch):
+        m = int(n[b])
+        assert tokens[b, :m].tolist() == drafts[b, :m].cpu().tolist()
+        assert 0 <= int(tokens[b, m]) < vocab
+        assert bool((tokens[b, m + 1 :] == -1).all())
+
+
+def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson chi-square p-value of `counts` against `probs` (cells with probability 0 must have count 0)."""
+    counts, probs = counts.double(), probs.double()
+    assert bool((counts[probs == 0] == 0).all()), f"tokens of probability 0 drawn: {counts} vs {probs}"
+    keep = probs > 0
+    expected = probs[keep] * counts.sum()
+    stat = ((counts[keep] - expected) ** 2 / expected).sum()
+    dof = int(keep.sum()) - 1
+    if dof == 0:
+        return 1.0
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2.0))
+
+
+def expected_accepted(p: torch.Tensor, q: torch.Tensor) -> float:
+    """E[n] = sum_i prod_{j<i} beta_j, beta_t = sum_x min(p_t(x), q_t(x)); p [K+1, V], q [K, V]."""
+    beta = torch.minimum(p[:-1], q).sum(-1).double()
+    return float(sum(math.prod(beta[:i].tolist()) for i in range(1, q.shape[0] + 1)))
