@@ -234,10 +234,11 @@ def _verify_kernel(
             mq_t = m_t
             zq_t = z_t
         else:
-            m_t, z_t, arg_t = _combine_stats(max_ptr, sum_ptr, arg_ptr, b * (K + 1) + t, t <= k_b, S1, inv_t, BLOCK_S)
+            target_rows = b * (K + 1) + t
+            m_t, z_t, arg_t = _combine_stats(max_ptr, sum_ptr, arg_ptr, target_rows, t <= k_b, S1, inv_t, BLOCK_S)
             draft_rows = B * (K + 1) + b * K + t
-            mq_t, zq_t, _ = _combine_stats(max_ptr, sum_ptr, arg_ptr, draft_rows, decide & ((t * 0.0 + temp) != 0.0), S1, inv_t,
-                                           BLOCK_S)
+            sampled = decide & ((t * 0.0 + temp) != 0.0)  # (a vector: the interpreter needs one)
+            mq_t, zq_t, _ = _combine_stats(max_ptr, sum_ptr, arg_ptr, draft_rows, sampled, S1, inv_t, BLOCK_S)
         p_x = _load_probs(t_row + t * t_st, x, t_sv, gather, m_t, z_t, inv_t, FROM_PROBS)
         if HAS_DRAFT:
             q_x = _load_probs(d_row + t * d_st, x, d_sv, gather_q, mq_t, zq_t, inv_t, FROM_PROBS)
