@@ -1,0 +1,107 @@
+"""Exactness in distribution: the emitted tokens follow p at every output position, for every sampling path.
+
+Fixed p_t, q_t over a small vocabulary, many identical rows, drafts drawn from q_t. The token at output position i
+(among rows that emit one there) must follow p_i: a chi-square test at significance ALPHA, fixed seeds (so each test
+is deterministic). The mean number accepted must equal sum_i prod_{j<i} beta_j within 5 standard errors.
+"""
+
+import math
+
+import pytest
+import torch
+from util import chi2_pvalue, expected_accepted
+
+import specsampler
+from specsampler import torch_backend
+
+ALPHA = 1e-4
+# p_t [K+1, V] and q_t [K, V]: a token the target gives 0 that the draft likes (x=4 at t=0), tokens the draft gives 0
+# that the target likes (x=0 at t=2), and p_3 = q_... nowhere equal, so every branch runs.
+P = torch.tensor([
+    [0.40, 0.30, 0.20, 0.10, 0.00],
+    [0.10, 0.20, 0.30, 0.20, 0.20],
+    [0.30, 0.05, 0.40, 0.20, 0.05],
+    [0.25, 0.25, 0.25, 0.15, 0.10],
+])
+Q = torch.tensor([
+    [0.10, 0.10, 0.30, 0.20, 0.30],
+    [0.30, 0.30, 0.20, 0.10, 0.10],
+    [0.00, 0.05, 0.60, 0.15, 0.20],
+])
+
+
+def _rows(n_rows, temperature, seed, one_hot=False, ragged=False):
+    g = torch.Generator().manual_seed(seed)
+    k = Q.shape[0]
+    logits = torch.log(P) * temperature  # softmax(logits / T) = P
+    draft = torch.log(Q) * temperature
+    if one_hot:  # a deterministic drafter: always proposes token 2
+        drafts = torch.full((n_rows, k), 2)
+    else:
+        drafts = torch.multinomial(Q, n_rows, replacement=True, generator=g).T.contiguous()
+    nd = torch.randint(0, k + 1, (n_rows,), generator=g) if ragged else None
+    return (logits.expand(n_rows, -1, -1).contiguous(), drafts,
+            None if one_hot else draft.expand(n_rows, -1, -1).contiguous(), nd)
+
+
+def _one_hot_q():
+    """q of a drafter that always proposes token 2."""
+    q = torch.zeros_like(Q)
+    q[:, 2] = 1.0
+    return q
+
+
+def _check(tokens, n, nd, q):
+    """Chi-square at every output position; mean accepted against the formula."""
+    k = Q.shape[0]
+    for i in range(k + 1):
+        emitted = n >= i
+        if nd is not None:
+            emitted &= nd >= i
+        counts = torch.bincount(tokens[emitted, i], minlength=P.shape[1])
+        assert int(emitted.sum()) > 0
+        p_value = chi2_pvalue(counts, P[i])
+        assert p_value > ALPHA, f"position {i}: counts {counts.tolist()} vs p {P[i].tolist()}, p-value {p_value}"
+    if nd is None:
+        mean, se = n.double().mean(), n.double().std() / math.sqrt(n.numel())
+        assert abs(float(mean) - expected_accepted(P, q)) < 5 * float(se) + 1e-9
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+@pytest.mark.parametrize("vectorized", [False, True], ids=["per-row", "batched"])
+def test_torch_backend_follows_p(temperature, vectorized):
+    target, drafts, draft, _ = _rows(20000, temperature, seed=1)
+    tokens, n = torch_backend.verify_torch(target, drafts, draft, None, temperature, 7, vectorized=vectorized)
+    _check(tokens, n, None, Q)
+
+
+@pytest.mark.parametrize("vectorized", [False, True], ids=["per-row", "batched"])
+def test_torch_backend_one_hot_and_ragged(vectorized):
+    target, drafts, _, nd = _rows(20000, 1.0, seed=2, one_hot=True, ragged=True)
+    tokens, n = torch_backend.verify_torch(target, drafts, None, nd, 1.0, 11, vectorized=vectorized)
+    _check(tokens, n, nd, None)
+    # One-hot q: x_t is accepted with probability p_t(x_t), so E[n] = sum_i prod_{j<i} p_j(2) over full rows.
+    full = nd == Q.shape[0]
+    mean, se = n[full].double().mean(), n[full].double().std() / math.sqrt(int(full.sum()))
+    assert abs(float(mean) - expected_accepted(P, _one_hot_q())) < 5 * float(se)
+
+
+def test_torch_backend_from_probs():
+    target, drafts, draft, _ = _rows(20000, 1.0, seed=3)
+    res = specsampler.verify_probs(target.softmax(-1), drafts, draft.softmax(-1), seed=5, backend="torch")
+    _check(res.tokens, res.num_accepted, None, Q)
+
+
+def test_kernel_follows_p(device):
+    """The kernel with its own Philox numbers (the interpreter is slow: fewer rows on the CPU)."""
+    n_rows = 100000 if device.type == "cuda" else 240
+    target, drafts, draft, _ = _rows(n_rows, 1.0, seed=4)
+    res = specsampler.verify(target.to(device), drafts.to(device), draft.to(device), seed=99, backend="triton")
+    _check(res.tokens.cpu(), res.num_accepted.cpu(), None, Q)
+
+
+def test_kernel_from_probs_one_hot_follows_p(device):
+    n_rows = 100000 if device.type == "cuda" else 240
+    target, drafts, _, _ = _rows(n_rows, 1.0, seed=6, one_hot=True)
+    res = specsampler.verify_probs(target.softmax(-1).to(device), drafts.to(device), seed=3, backend="triton")
+    _check(res.tokens.cpu(), res.num_accepted.cpu(), None, _one_hot_q())
