@@ -1,0 +1,170 @@
+"""verify() on both backends: known cases, edge cases, seeds, argument validation."""
+
+import pytest
+import torch
+from util import check_structure, make_case
+
+import specsampler
+
+INF = float("inf")
+
+
+@pytest.fixture(params=["torch", "triton"])
+def backend(request):
+    return request.param
+
+
+def _dev(backend):
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def _verify(backend, target, drafts, draft=None, **kw):
+    d = _dev(backend)
+    return specsampler.verify(target.to(d), drafts.to(d), None if draft is None else draft.to(d), backend=backend,
+                              **kw)
+
+
+def test_transformers_case(backend):
+    """transformers' own test: vocabulary 10, candidates [1, 4, 5]; 1 and 4 accepted, 5 has p = 0, 8 is drawn."""
+    lo = -10.0
+    draft = torch.full((1, 3, 10), lo)
+    draft[0, 0, 1] = draft[0, 1, 4] = draft[0, 2, 5] = 10.0
+    target = torch.full((1, 4, 10), lo)
+    target[0, 0, 1] = target[0, 1, 4] = 10.0
+    target[0, 2] = -INF
+    target[0, 2, 8] = 10.0
+    for seed in range(4):
+        res = _verify(backend, target, torch.tensor([[1, 4, 5]]), draft, seed=seed)
+        assert res.num_accepted.tolist() == [2]
+        assert res.tokens.tolist() == [[1, 4, 8, -1]]
+
+
+def test_p_equals_q_accepts_all(backend):
+    target = torch.randn(5, 4, 50)
+    drafts = torch.randint(0, 50, (5, 3))
+    res = _verify(backend, target, drafts, target[:, :3].clone(), seed=1)
+    assert res.num_accepted.tolist() == [3] * 5
+    check_structure(res, drafts, None, 50)
+
+
+def test_disjoint_supports_reject_first(backend):
+    """q lives on ids 0..4, p on 5..9: the first draft is rejected and the correction comes from p's support."""
+    target = torch.full((6, 3, 10), -INF)
+    target[..., 5:] = torch.randn(6, 3, 5)
+    draft = torch.full((6, 2, 10), -INF)
+    draft[..., :5] = torch.randn(6, 2, 5)
+    drafts = torch.randint(0, 5, (6, 2))
+    res = _verify(backend, target, drafts, draft, seed=2)
+    assert res.num_accepted.tolist() == [0] * 6
+    assert bool((res.tokens[:, 0] >= 5).all()) and bool((res.tokens[:, 1:] == -1).all())
+
+
+def test_k_zero_draws_the_bonus(backend):
+    target = torch.full((3, 1, 20), -INF)
+    target[:, 0, 7] = 0.0
+    res = _verify(backend, target, torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0, 20), seed=0)
+    assert res.tokens.tolist() == [[7]] * 3 and res.num_accepted.tolist() == [0] * 3
+
+
+def test_tiny_temperature_is_argmax(backend):
+    args = make_case(4, 3, 100, seed=3)
+    target = args["target_logits"]
+    drafts = target[:, :3].argmax(-1)
+    res = _verify(backend, target, drafts, args["draft_logits"], temperature=1e-6, seed=4)
+    # p is one-hot at the argmax: those drafts are accepted whatever q is, and the bonus is the last argmax.
+    assert res.num_accepted.tolist() == [3] * 4
+    assert res.tokens[:, 3].tolist() == target[:, 3].argmax(-1).tolist()
+
+
+def test_draft_with_q_zero_or_p_zero(backend):
+    """A drafted id with q = 0 is accepted iff p > 0; one with p = 0 is never accepted."""
+    target = torch.zeros(4, 2, 6)
+    target[:, 0, 3] = -INF  # p(3) = 0
+    draft = torch.zeros(4, 1, 6)
+    draft[:, 0, 1] = -INF  # q(1) = 0
+    drafts = torch.tensor([[1], [1], [3], [3]])
+    res = _verify(backend, target, drafts, draft, seed=5)
+    assert res.num_accepted.tolist() == [1, 1, 0, 0]
+    assert bool((res.tokens[2:, 0] != 3).all())
+
+
+def test_greedy_rows(backend):
+    target = torch.randn(3, 4, 30)
+    target[2, 1, 4] = target[2, 1].max() + 1  # ties resolve to the lowest index
+    target[2, 1, 9] = target[2, 1, 4]
+    best = target.argmax(-1)
+    drafts = best[:, :3].clone()
+    drafts[1, 0] = (drafts[1, 0] + 1) % 30
+    res = _verify(backend, target, drafts, None, temperature=0.0, seed=0)
+    assert res.num_accepted.tolist() == [3, 0, 3]
+    assert res.tokens[0].tolist() == best[0].tolist()
+    assert res.tokens[1].tolist() == [best[1, 0].item(), -1, -1, -1]
+    assert res.tokens[2, 1].item() == 4
+
+
+def test_seeds(backend):
+    args = make_case(6, 4, 300, seed=8)
+    del args["_uniforms"], args["_noise"]
+    d = _dev(backend)
+    args = {k: (v.to(d) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    a = specsampler.verify(**args, seed=10, backend=backend)
+    b = specsampler.verify(**args, seed=10, backend=backend)
+    c = specsampler.verify(**args, seed=11, backend=backend)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    torch.manual_seed(0)
+    e = specsampler.verify(**args, backend=backend)  # seed=None draws from torch's default generator
+    torch.manual_seed(0)
+    f = specsampler.verify(**args, backend=backend)
+    assert torch.equal(e.tokens, f.tokens)
+
+
+def test_non_contiguous_and_int32(backend):
+    args = make_case(5, 3, 64, seed=12)
+    target = args["target_logits"].transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    assert not target.is_contiguous()
+    kw = dict(_uniforms=args["_uniforms"], _noise=args["_noise"])
+    a = _verify(backend, args["target_logits"], args["draft_tokens"], args["draft_logits"], **kw)
+    b = _verify(backend, target, args["draft_tokens"].int(), args["draft_logits"], **kw)
+    assert torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (dict(target_logits=torch.zeros(2, 3)), ValueError, "target"),
+        (dict(target_logits=torch.zeros(2, 3, 10, dtype=torch.float64)), TypeError, "target"),
+        (dict(draft_tokens=torch.zeros(2, 3)), TypeError, "draft_tokens"),
+        (dict(draft_tokens=torch.zeros(3, 2, dtype=torch.int64)), ValueError, "draft_tokens"),
+        (dict(draft_logits=torch.zeros(2, 3, 10)), ValueError, "draft"),
+        (dict(draft_logits=torch.zeros(2, 2, 11)), ValueError, "draft vocabulary"),
+        (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(temperature=torch.tensor([1.0, -1.0])), ValueError, "temperature"),
+        (dict(temperature=torch.ones(3)), ValueError, "temperature"),
+        (dict(num_draft_tokens=torch.ones(3, dtype=torch.int64)), ValueError, "num_draft_tokens"),
+        (dict(num_draft_tokens=torch.tensor([0, 3])), ValueError, "num_draft_tokens"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(draft_tokens=torch.zeros(2, 2, dtype=torch.int64, device="meta")), ValueError, "draft_tokens"),
+        (dict(backend="cuda"), ValueError, "backend"),
+    ],
+)
+def test_validation(change, error, words):
+    kw = dict(target_logits=torch.zeros(2, 3, 10), draft_tokens=torch.zeros(2, 2, dtype=torch.int64),
+              draft_logits=torch.zeros(2, 2, 10))
+    kw.update(change)
+    with pytest.raises(error, match=words):
+        specsampler.verify(**kw)
+
+
+def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend='triton'"):
+        specsampler.verify(torch.zeros(1, 2, 5), torch.zeros(1, 1, dtype=torch.int64), backend="triton")
+
+
+def test_auto_backend_is_torch_on_cpu(monkeypatch):
+    calls = []
+    import specsampler._api as api
+
+    monkeypatch.setattr(api, "verify_torch", lambda *a, **k: calls.append(1) or (torch.zeros(1, 2), torch.zeros(1)))
+    specsampler.verify(torch.zeros(1, 2, 5), torch.zeros(1, 1, dtype=torch.int64))
+    assert calls == [1]
