@@ -1,0 +1,122 @@
+"""CPU microbenchmark: specsampler.verify (torch backend) against transformers' `_speculative_sampling`.
+
+Same inputs for both: target logits [B, K+1, V] ~ 3 * N(0, 1), draft logits = target + sigma * N(0, 1) (sigma sets the
+acceptance rate; sigma = 0 is p = q, every draft accepted: the most work for both, as the torch backend computes the
+softmax of a position only when the drafts before it were accepted), drafts sampled from the draft.
+transformers' function takes one row at a time, so a batch of B costs B calls of it; ours takes the batch in one call.
+Times are medians of interleaved repeats (the two providers alternate, so drift on a shared machine hits both), on
+one thread.
+
+    python bench/bench_cpu.py            # the table
+    python bench/bench_cpu.py --quick    # fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import platform
+import time
+
+import torch
+
+import specsampler
+
+POOL = 64
+
+
+def hf_verify():
+    """transformers' verify step, called as its assisted generation calls it (one row, full logits)."""
+    import transformers
+    from transformers.generation.utils import _speculative_sampling
+
+    takes_done_flag = "is_done_candidate" in inspect.signature(_speculative_sampling).parameters
+
+    def call(drafts, draft_logits, target_logits):
+        k = drafts.shape[1]
+        if takes_done_flag:
+            return _speculative_sampling(drafts, draft_logits, k, target_logits, False)
+        return _speculative_sampling(drafts, draft_logits, k, target_logits)
+
+    return call, transformers.__version__
+
+
+def make_inputs(batch, k, vocab, sigma, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = 3.0 * torch.randn(batch, k + 1, vocab, generator=g)
+    draft = target[:, :k] + sigma * torch.randn(batch, k, vocab, generator=g)
+    drafts = torch.multinomial(draft.softmax(-1).reshape(-1, vocab), 1, generator=g).reshape(batch, k)
+    return target, drafts, draft
+
+
+def interleaved_medians(fns, repeats):
+    """Median seconds of each function, timed in alternation."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [sorted(ts)[len(ts) // 2] for ts in times]
+
+
+def time_case(hf, batch, k, vocab, sigma, repeats):
+    """(mean accepted, transformers seconds, specsampler seconds) for one case.
+
+    POOL rows of inputs; each call takes the next batch of them, so that at B = 1 the acceptance varies from call to
+    call as in generation. Both providers see the same sequence of inputs.
+    """
+    target, drafts, draft = make_inputs(max(batch, POOL), k, vocab, sigma)
+    batches = [slice(lo, lo + batch) for lo in range(0, target.shape[0] - batch + 1, batch)]
+    turn = {"ours": 0, "theirs": 0}
+
+    def next_rows(name):
+        turn[name] += 1
+        return batches[turn[name] % len(batches)]
+
+    def ours():
+        r = next_rows("ours")
+        specsampler.verify(target[r], drafts[r], draft[r], seed=0, backend="torch")
+
+    def theirs():
+        r = next_rows("theirs")
+        for b in range(r.start, r.stop):
+            hf(drafts[b : b + 1], draft[b : b + 1], target[b : b + 1])
+
+    t_hf, t_ours = interleaved_medians([theirs, ours], repeats)
+    accepted = specsampler.verify(target, drafts, draft, seed=0, backend="torch").num_accepted.float().mean()
+    return float(accepted), t_hf, t_ours
+
+
+def run(cases, repeats):
+    """Print the table; returns its rows (B, K, V, sigma, mean accepted, transformers s, specsampler s)."""
+    hf, hf_version = hf_verify()
+    print(f"specsampler {specsampler.__version__} (torch backend) vs transformers {hf_version} _speculative_sampling")
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads=1, "
+          f"median of {repeats} interleaved repeats (B = 1), {max(5, repeats // 10)} (B > 1)\n")
+    header = (f"{'B':>4} {'K':>3} {'V':>7} {'sigma':>6} {'accepted':>9} {'transformers':>14} {'specsampler':>13} "
+              f"{'ratio':>7}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for batch, k, vocab, sigma in cases:
+        accepted, t_hf, t_ours = time_case(hf, batch, k, vocab, sigma, repeats if batch == 1 else max(5, repeats // 10))
+        rows.append((batch, k, vocab, sigma, accepted, t_hf, t_ours))
+        print(f"{batch:>4} {k:>3} {vocab:>7} {sigma:>6.2f} {accepted:>9.2f} {t_hf * 1e6:>11.0f} us "
+              f"{t_ours * 1e6:>10.0f} us {t_hf / t_ours:>6.2f}x")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cases = [(batch, 4, 32000, sigma) for batch in (1, 64) for sigma in (1.0, 0.5, 0.0)]
+    run(cases, repeats=40 if args.quick else 200)
+
+
+if __name__ == "__main__":
+    main()
