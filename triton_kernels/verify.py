@@ -4,9 +4,10 @@ Algorithm (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302
 x_t the drafted tokens, K_b the drafts row b really has, T_b its temperature (0: greedy).
 
 Launch 1, ``_row_stats_kernel`` (logits only), grid (B*(K+1) + B*K, S1): program (row, split) walks one split of
-one target or draft row in BLOCK_V tiles and writes that split's max, sum of
-exp((l - max) / T) and argmax (lowest index on ties). Rows no decision can reach (t > K_b; draft rows of greedy rows)
-are skipped. Padding lanes load -inf and NaN is read as -inf, so neither ever wins a max or an argmax.
+one target or draft row in BLOCK_V tiles and writes that split's max, sum of exp((l - max) / T) and argmax (lowest
+index on ties). Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped. Padding lanes load -inf,
+NaN is read as -inf and +inf as the largest float32, so no padding lane ever wins a max or an argmax, and a row that
+is all -inf has sum 0: probability 0 everywhere.
 
 Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
 and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
@@ -14,9 +15,10 @@ u_t * q_t(x_t) < p_t(x_t) (greedy: x_t == argmax p_t). n is the first rejection,
 argmax p_n and is done. A sampled row runs the exponential race over its split of row n: the key of id x is
 r(x) / E_x with r = max(0, p_n - q_n) (r = p_n for the bonus row) and E_x ~ Exp(1); argmax of the keys is a draw
 from r / sum(r) with no normalisation and no prefix sum. The program also races p_n / E_x (the fallback when
-sum(r) <= RESIDUAL_EPS, i.e. p equals q up to rounding). Each program folds its best (key, id) pairs, packed in an
-int64 so that a larger key and then a lower id wins, and its residual mass into a per-row workspace with atomics;
-the last program of the row (an acq_rel counter) reads them back, resets the workspace to zero and writes the row.
+sum(r) <= RESIDUAL_EPS, i.e. p equals q up to rounding) and 1 / E_x (uniform: the fallback when p_n has no mass at
+all). Each program folds its best (key, id) pairs, packed in an int64 so that a larger key and then a lower id wins,
+and the masses into a per-row workspace with atomics; the last program of the row (an acq_rel counter) reads them
+back, resets the workspace to zero and writes the row.
 
 Randomness is counter-based: Philox keyed by the seed (per batch or per row) with counters (vocab id, position,
 row, stream); the same seed gives the same tokens, and nothing is drawn on the host. A test hook replaces it with
@@ -26,7 +28,7 @@ Bytes per launch, with s the element size of the scores and S1, S2 the split cou
 - launch 1 reads each needed logit once, at most B*(K+1)*V*s + B*K*Vd*s, and writes 12 * B*(2K+1) * S1;
 - launch 2 reads the statistics (12 * B*(2K+1) * S1 per program, from cache), 2K gathered scores, the K drafts, and
   for each sampled row one residual row pair, (V + Vd) * s; it writes the tokens, 8 * B*(K+2), and touches a
-  workspace of 28 bytes per row with atomics.
+  workspace of 48 bytes per row with atomics.
 From probabilities there is only launch 2. Nothing of size B*(K+1)*V is allocated; there is no host synchronisation,
 and the workspace is zero again after every launch, so the call can be captured in a CUDA graph.
 
@@ -69,6 +71,13 @@ def _num_drafts(num_draft_ptr, b, K, RAGGED: tl.constexpr):
 
 
 @triton.jit
+def _finite_logits(x):
+    """Logits as float32 with NaN -> -inf and +inf -> the largest float32."""
+    x = x.to(tl.float32)
+    return tl.minimum(tl.where(x == x, x, -float("inf")), 3.4028234663852886e38)
+
+
+@triton.jit
 def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, BLOCK_V: tl.constexpr):
     """Max, sum of exp((l - max) * inv_t) and argmax of row_ptr[lo:hi], walked in BLOCK_V tiles."""
     m = -float("inf")
@@ -76,8 +85,7 @@ def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, BLOCK_V: tl.constexpr):
     arg = lo
     for start in range(lo, hi, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        x = tl.load(row_ptr + offs * stride_v, mask=offs < hi, other=-float("inf")).to(tl.float32)
-        x = tl.where(x == x, x, -float("inf"))
+        x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=offs < hi, other=-float("inf")))
         tile_max = tl.max(x, axis=0)
         arg = tl.where(tile_max > m, start + tl.argmax(x, axis=0), arg)
         m_new = tl.maximum(m, tile_max)
@@ -151,13 +159,13 @@ def _philox_uniform(seed, c0, c1, c2, c3, OPEN: tl.constexpr):
 
 @triton.jit
 def _load_probs(row_ptr, offs, stride_v, mask, m, z, inv_t, FROM_PROBS: tl.constexpr):
-    """p (or q) at `offs` of one row: exp((l - m) * inv_t) / z from logits, or the probabilities (NaN -> 0)."""
+    """p (or q) at `offs` of one row: exp((l - m) * inv_t) / z from logits, or the probabilities clamped to [0, 1]
+    (NaN -> 0)."""
     if FROM_PROBS:
         x = tl.load(row_ptr + offs * stride_v, mask=mask, other=0.0).to(tl.float32)
-        return tl.where(x > 0.0, x, 0.0)
+        return tl.minimum(tl.where(x > 0.0, x, 0.0), 1.0)
     else:
-        x = tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")).to(tl.float32)
-        x = tl.where(x == x, x, -float("inf"))
+        x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")))
         return tl.exp((x - m) * inv_t) / z
 
 
@@ -190,7 +198,7 @@ def _verify_kernel(
     uniform_ptr, u_sb, u_st,  # [B, K] float32 acceptance uniforms, read when GIVEN_RANDOM
     noise_ptr, e_sb, e_sv,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
     max_ptr, sum_ptr, arg_ptr,  # [B*(K+1) + B*K, S1] split statistics from launch 1, read unless FROM_PROBS
-    ws_ptr,  # [>= B, 4] int64 workspace (best residual key, best p key, residual mass, counter), zero between launches
+    ws_ptr,  # [>= B, 6] int64 workspace (best keys of r, p, uniform; r's mass; p has mass; counter), zero between
     out_ptr, o_sb, o_st,  # [B, K+1] int64 tokens
     nacc_ptr,  # [B] int64 number accepted
     B, K, V, Vd, chunk, S1, S2, temperature, seed,
@@ -272,7 +280,10 @@ def _verify_kernel(
         arg_r = lo
         best_p = -1.0
         arg_pr = lo
+        best_u = -1.0
+        arg_u = lo
         mass = 0.0
+        mass_p = 0.0
         for start in range(lo, hi, BLOCK_V):
             offs = start + tl.arange(0, BLOCK_V)
             mask = offs < hi
@@ -290,28 +301,38 @@ def _verify_kernel(
                 e = -tl.log(_philox_uniform(seed_b, offs, n, row_key, 1, True))
             key_r = tl.where(mask, r / e, -1.0)
             key_p = tl.where(mask, p / e, -1.0)
+            key_u = tl.where(mask, 1.0 / e, -1.0)
             tile_r = tl.max(key_r, axis=0)
             arg_r = tl.where(tile_r > best_r, start + tl.argmax(key_r, axis=0), arg_r)
             best_r = tl.maximum(best_r, tile_r)
             tile_p = tl.max(key_p, axis=0)
             arg_pr = tl.where(tile_p > best_p, start + tl.argmax(key_p, axis=0), arg_pr)
             best_p = tl.maximum(best_p, tile_p)
+            tile_u = tl.max(key_u, axis=0)
+            arg_u = tl.where(tile_u > best_u, start + tl.argmax(key_u, axis=0), arg_u)
+            best_u = tl.maximum(best_u, tile_u)
             mass += tl.sum(tl.where(mask, r, 0.0), axis=0)
+            mass_p += tl.sum(tl.where(mask, p, 0.0), axis=0)
 
         # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
-        # The mass is summed in 2**-40 fixed point: exact and independent of the order the programs finish in.
-        ws = ws_ptr + b * 4
+        # The residual mass is summed in 2**-40 fixed point: exact and independent of the order the programs finish in.
+        ws = ws_ptr + b * 6
         tl.atomic_max(ws, _pack(tl.maximum(best_r, 0.0), arg_r))
         tl.atomic_max(ws + 1, _pack(tl.maximum(best_p, 0.0), arg_pr))
+        tl.atomic_max(ws + 2, _pack(tl.maximum(best_u, 0.0), arg_u))
         mass = tl.where(mass == mass, tl.minimum(mass, 4.0), 0.0)
-        tl.atomic_add(ws + 2, (mass * 1099511627776.0).to(tl.int64))
-        done = tl.atomic_add(ws + 3, 1)
+        tl.atomic_add(ws + 3, (mass * 1099511627776.0).to(tl.int64))
+        tl.atomic_max(ws + 4, (mass_p > 0.0).to(tl.int64))
+        done = tl.atomic_add(ws + 5, 1)
         if done == S2 - 1:
             packed_r = tl.atomic_xchg(ws, 0)
             packed_p = tl.atomic_xchg(ws + 1, 0)
-            total = tl.atomic_xchg(ws + 2, 0)
-            tl.atomic_xchg(ws + 3, 0)
-            packed = tl.where(total > EPS * 1099511627776.0, packed_r, packed_p)
+            packed_u = tl.atomic_xchg(ws + 2, 0)
+            total = tl.atomic_xchg(ws + 3, 0)
+            p_has_mass = tl.atomic_xchg(ws + 4, 0)
+            tl.atomic_xchg(ws + 5, 0)
+            # The residual; p when the residual has no mass; uniform when p has none either.
+            packed = tl.where(total > EPS * 1099511627776.0, packed_r, tl.where(p_has_mass > 0, packed_p, packed_u))
             next_token = 2147483647 - (packed & 2147483647)
             next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
             _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, next_token, BLOCK_K)
@@ -331,7 +352,7 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
     key = (device.type, device.index, stream)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.shape[0] < batch:
-        ws = torch.zeros(max(batch, 64), 4, dtype=torch.int64, device=device)
+        ws = torch.zeros(max(batch, 64), 6, dtype=torch.int64, device=device)
         _WORKSPACES[key] = ws
     return ws
 

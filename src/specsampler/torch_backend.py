@@ -18,9 +18,11 @@ Two paths compute exactly this:
 When the caller supplies exponential noise E (the test hook that makes the backend replay the kernel's random
 numbers), both draw argmax r(x)/E_x instead: the kernel's exponential race.
 
-NaN scores read as -inf logits (probability 0). The fast paths do not scrub them: a NaN makes its whole softmax row
-NaN, a NaN row is never accepted, so a NaN can only reach the row drawn from, where it is seen and the row is redone
-from scrubbed scores.
+Hostile values: NaN logits read as -inf, +inf as the largest float32; a row of -inf has probability 0 everywhere (no
+draft is accepted there); probabilities are clamped to [0, 1], NaN to 0; a row drawn from that has no mass at all
+gives a uniform draw. The CPU's fast path does not scrub the logits: any of those makes its softmax row NaN, a NaN row
+is never accepted, so it can only reach the row drawn from, where it is seen and the row is redone from scrubbed
+scores.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch
 
 # A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
 RESIDUAL_EPS = 1e-6
+_FMAX = torch.finfo(torch.float32).max
+_FMAX_INF = float("inf")
 
 _MASK64 = (1 << 64) - 1
 
@@ -82,23 +86,25 @@ def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torc
     return _shr(bits, 40).to(torch.float32) * (2.0**-24)
 
 
-def _softmax(scores: torch.Tensor, temperature: float | torch.Tensor, from_probs: bool, vocab: int) -> torch.Tensor:
-    """[..., V'] scores -> [..., vocab] float32 probabilities, ids >= V' at 0 (NaN passes through).
+def _softmax(scores: torch.Tensor, temperature, from_probs: bool, vocab: int, scrub: bool) -> torch.Tensor:
+    """[..., V'] scores -> [..., vocab] float32 probabilities, ids >= V' at 0.
 
-    A tensor `temperature` is [B] against scores [B, R, V']."""
+    Probabilities are clamped to [0, 1], NaN to 0. Logits with `scrub`: NaN reads as -inf, +inf as the largest float32,
+    the maximum is subtracted before dividing by T (no overflow at tiny T), and a row that is all -inf gets
+    probability 0 everywhere. Without `scrub` (the CPU's fast path) a row holding any of those comes out NaN.
+    A tensor `temperature` is [B] against scores [B, R, V'].
+    """
     scores = scores.float()
+    t = temperature[:, None, None] if isinstance(temperature, torch.Tensor) else temperature
     if from_probs:
-        probs = scores.clamp_min(0.0)
-    elif isinstance(temperature, torch.Tensor):
-        probs = torch.softmax(scores / temperature[:, None, None], dim=-1)
+        probs = torch.nan_to_num(scores, nan=0.0).clamp_(0.0, 1.0)
+    elif scrub:
+        scores = torch.nan_to_num(scores, nan=-_FMAX_INF, posinf=_FMAX, neginf=-_FMAX_INF)
+        scores = (scores - scores.amax(dim=-1, keepdim=True).clamp_min(-_FMAX)) / t
+        probs = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
     else:
-        probs = torch.softmax(scores if temperature == 1.0 else scores / temperature, dim=-1)
+        probs = torch.softmax(scores if isinstance(t, float) and t == 1.0 else scores / t, dim=-1)
     return probs if probs.shape[-1] == vocab else torch.nn.functional.pad(probs, (0, vocab - probs.shape[-1]))
-
-
-def _scrub(scores: torch.Tensor | None, from_probs: bool) -> torch.Tensor | None:
-    """NaN -> -inf (logits) or 0 (probabilities)."""
-    return None if scores is None else torch.nan_to_num(scores, nan=0.0 if from_probs else float("-inf"))
 
 
 def _argmax(scores: torch.Tensor) -> torch.Tensor:
@@ -170,8 +176,8 @@ def verify_torch(
         vectorized = device.type != "cpu"
     if vectorized:
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
-        tokens, n, clean = _verify_batch(*args, scrub=False)
-        return (tokens, n) if bool(clean) or device.type != "cpu" else _verify_batch(*args, scrub=True)[:2]
+        tokens, n, clean = _verify_batch(*args, scrub=device.type != "cpu")
+        return (tokens, n) if bool(clean) else _verify_batch(*args, scrub=True)[:2]
 
     drafts = draft_tokens.tolist()
     k_rows = [k] * batch if num_draft_tokens is None else num_draft_tokens.tolist()
@@ -181,15 +187,15 @@ def verify_torch(
     for b in range(batch):
         args = (target[b], drafts[b], None if draft is None else draft[b], k_rows[b], temps[b], u_rows[b],
                 None if noise is None else noise[b], from_probs)
-        n, token, clean = _verify_row(*args)
+        n, token, clean = _verify_row(*args, scrub=False)
         if not clean:
-            n, token, _ = _verify_row(_scrub(args[0], from_probs), args[1], _scrub(args[2], from_probs), *args[3:])
+            n, token, _ = _verify_row(*args, scrub=True)
         tokens.append(drafts[b][:n] + [token] + [-1] * (k - n))
         counts.append(n)
     return torch.tensor(tokens, dtype=torch.int64), torch.tensor(counts, dtype=torch.int64)
 
 
-def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs):
+def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub):
     """One row on the CPU: target [K+1, V], x K ints, draft [K, Vd] or None, k_b int, temperature float (0: greedy),
     u K+1 floats, noise [V] or None. Returns (n, next token, whether the row drawn from was free of NaN)."""
     vocab = target.shape[-1]
@@ -201,8 +207,8 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs):
     # 1. Decisions, one position at a time: a row's later softmax rows are computed only if its drafts get there.
     n, p_n, q_n = k_b, None, None
     for t in range(k_b):
-        p_t = _softmax(target[t], temperature, from_probs, vocab)
-        q_t = None if draft is None else _softmax(draft[t], temperature, from_probs, vocab)
+        p_t = _softmax(target[t], temperature, from_probs, vocab, scrub)
+        q_t = None if draft is None else _softmax(draft[t], temperature, from_probs, vocab, scrub)
         valid = 0 <= x[t] < vocab
         if not (valid and u[t] * (1.0 if q_t is None else float(q_t[x[t]])) < float(p_t[x[t]])):
             if q_t is None:  # one-hot at x_t (nothing for an id outside the vocabulary)
@@ -214,12 +220,16 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs):
 
     # 2. The row to draw from: the residual, or p_n itself (the bonus; a residual with no mass).
     if n == k_b:
-        dist = _softmax(target[k_b], temperature, from_probs, vocab)
+        dist = _softmax(target[k_b], temperature, from_probs, vocab, scrub)
     else:
         r = (p_n - q_n).clamp_min_(0.0)
         dist = p_n if float(r.sum()) <= RESIDUAL_EPS else r
-    token = int(_draw(dist, u[-1], noise))
-    return n, token, bool(dist[0] == dist[0])
+    total = float(dist.sum())
+    if total != total:
+        return n, -1, False
+    if total == 0.0:  # p has no mass either: uniform
+        dist = torch.ones(vocab)
+    return n, int(_draw(dist, u[-1], noise)), True
 
 
 def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_probs, scrub):
@@ -228,8 +238,6 @@ def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_p
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    if scrub or device.type != "cpu":
-        target, draft = _scrub(target, from_probs), _scrub(draft, from_probs)
     rows = torch.arange(batch, device=device)
     pos = torch.arange(k_plus_1, device=device)
     greedy = None
@@ -243,12 +251,12 @@ def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_p
     x = draft_tokens.to(torch.int64)
     xs = x.clamp(0, vocab - 1)
     valid = xs == x
-    p = _softmax(target, temperature, from_probs, vocab)
+    p = _softmax(target, temperature, from_probs, vocab, scrub)
     p_x = p[:, :k].gather(2, xs[:, :, None])[:, :, 0]
     if draft is None:
         q, q_x = None, valid.float()
     else:
-        q = _softmax(draft, temperature, from_probs, vocab)
+        q = _softmax(draft, temperature, from_probs, vocab, scrub)
         q_x = q.gather(2, xs[:, :, None])[:, :, 0]
     accepted = (u[:, :k] * q_x < p_x) & valid
     if greedy is not None:
@@ -270,10 +278,13 @@ def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_p
         r = (p_n - q_n).clamp_min_(0.0)
         no_mass = r.sum(dim=1) <= RESIDUAL_EPS
         dist = torch.where((no_mass | (n == (k if nd is None else nd)))[:, None], p_n, r)
+    total = dist.sum(dim=1, keepdim=True)
+    clean = ~total.isnan().any()
+    dist = torch.where(total > 0, dist, 1.0)  # p has no mass either: uniform
     next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
     if greedy is not None:
         next_token = torch.where(greedy, argmax[rows, n], next_token)
 
     tokens = torch.where(pos < n[:, None], torch.nn.functional.pad(x, (0, 1)), -1)
     tokens.scatter_(1, n[:, None], next_token[:, None])
-    return tokens, n, ~dist[:, :1].isnan().any()
+    return tokens, n, clean
