@@ -234,7 +234,8 @@ def _verify_kernel(
         x = tl.load(tokens_ptr + b * x_sb + t * x_st, mask=decide, other=-1).to(tl.int64)
         x_ok = (x >= 0) & (x < V)
         gather = decide & x_ok
-        gather_q = gather & (x < Vd)
+        sampled = (t * 0.0 + temp) != 0.0  # (a vector: the interpreter needs one)
+        gather_q = gather & (x < Vd) & sampled
         if FROM_PROBS:
             m_t = tl.zeros([BLOCK_K], tl.float32)
             z_t = m_t + 1.0
@@ -245,8 +246,7 @@ def _verify_kernel(
             target_rows = b * (K + 1) + t
             m_t, z_t, arg_t = _combine_stats(max_ptr, sum_ptr, arg_ptr, target_rows, t <= k_b, S1, inv_t, BLOCK_S)
             draft_rows = B * (K + 1) + b * K + t
-            sampled = decide & ((t * 0.0 + temp) != 0.0)  # (a vector: the interpreter needs one)
-            mq_t, zq_t, _ = _combine_stats(max_ptr, sum_ptr, arg_ptr, draft_rows, sampled, S1, inv_t, BLOCK_S)
+            mq_t, zq_t, _ = _combine_stats(max_ptr, sum_ptr, arg_ptr, draft_rows, decide & sampled, S1, inv_t, BLOCK_S)
         p_x = _load_probs(t_row + t * t_st, x, t_sv, gather, m_t, z_t, inv_t, FROM_PROBS)
         if HAS_DRAFT:
             q_x = _load_probs(d_row + t * d_st, x, d_sv, gather_q, mq_t, zq_t, inv_t, FROM_PROBS)
