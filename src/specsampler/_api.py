@@ -43,7 +43,7 @@ def _check_scores(name: str, x: torch.Tensor, batch: int | None, rows: int | Non
 
 def _check_device(name: str, x: torch.Tensor, device: torch.device) -> None:
     if x.device != device:
-        raise ValueError(f"{name} is on {x.device}, but target scores are on {device}")
+        raise ValueError(f"{name} is on {x.device}, but the target's scores are on {device}")
 
 
 def _row_tensor(name: str, value, batch: int, device: torch.device, dtypes: tuple) -> torch.Tensor:
@@ -66,9 +66,11 @@ def _pick_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _prepare(target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise):
-    """Validate metadata (no host synchronisation on CUDA) and normalise the arguments."""
-    _check_scores("target", target, None, None)
+def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise):
+    """Validate metadata (no host synchronisation on CUDA) and normalise the arguments; `names` are the two score
+    arguments' names."""
+    target_name, draft_name = names
+    _check_scores(target_name, target, None, None)
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
@@ -77,14 +79,14 @@ def _prepare(target, draft_tokens, draft, num_draft_tokens, temperature, seed, b
     if draft_tokens.dtype not in _TOKEN_DTYPES:
         raise TypeError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
     if draft_tokens.dim() != 2 or tuple(draft_tokens.shape) != (batch, k):
-        raise ValueError(f"draft_tokens must have shape [B, K] = [{batch}, {k}] (target is [B, K+1, V]), "
+        raise ValueError(f"draft_tokens must have shape [B, K] = [{batch}, {k}] ({target_name} is [B, K+1, V]), "
                          f"got {tuple(draft_tokens.shape)}")
     _check_device("draft_tokens", draft_tokens, device)
     if draft is not None:
-        _check_scores("draft", draft, batch, k)
-        _check_device("draft", draft, device)
+        _check_scores(draft_name, draft, batch, k)
+        _check_device(draft_name, draft, device)
         if draft.shape[2] > vocab:
-            raise ValueError(f"the draft vocabulary ({draft.shape[2]}) is larger than the target's ({vocab})")
+            raise ValueError(f"{draft_name} has a larger vocabulary ({draft.shape[2]}) than {target_name} ({vocab})")
     if num_draft_tokens is not None:
         if not isinstance(num_draft_tokens, torch.Tensor):
             num_draft_tokens = torch.as_tensor(num_draft_tokens, dtype=torch.int64, device=device)
@@ -157,7 +159,8 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     (torch.Size([2, 4]), torch.Size([2]))
     """
     num_draft_tokens, temperature, seed, backend = _prepare(
-        target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed, backend, _uniforms, _noise)
+        ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
+        seed, backend, _uniforms, _noise)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
                                           seed, uniforms=_uniforms, noise=_noise))
@@ -188,7 +191,8 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
     VerifyResult
     """
     num_draft_tokens, _, seed, backend = _prepare(
-        target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend, _uniforms, _noise)
+        ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
+        _uniforms, _noise)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
                                           from_probs=True, uniforms=_uniforms, noise=_noise))
