@@ -169,6 +169,8 @@ def verify_torch(
     device = target.device
     if from_probs:
         temperature = 1.0
+    if num_draft_tokens is not None:  # as the kernel does: no value reads out of bounds
+        num_draft_tokens = num_draft_tokens.to(torch.int64).clamp(0, k)
     u = draw_uniforms(seed, batch, k_plus_1, device)
     if uniforms is not None:
         u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
