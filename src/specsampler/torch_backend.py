@@ -179,6 +179,8 @@ def verify_torch(
     if vectorized:
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
         tokens, n, clean = _verify_batch(*args, scrub=device.type != "cpu")
+        if device.type != "cpu":  # scrubbed already: no host synchronisation (CUDA graphs, torch.compile)
+            return tokens, n
         return (tokens, n) if bool(clean) else _verify_batch(*args, scrub=True)[:2]
 
     drafts = draft_tokens.tolist()

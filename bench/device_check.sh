@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The device check: one command for a short GPU window (an H100 or H200, ~15 minutes).
+#
+#   bench/device_check.sh                  # on CUDA: the test suite natively, then the benchmarks (< 6 minutes)
+#   bench/device_check.sh --quick          # the same with a small grid
+#   bench/device_check.sh --dry-run        # on a CPU: no test suite, tiny sizes, the kernel under TRITON_INTERPRET=1
+#   bench/device_check.sh --skip-tests     # benchmarks only
+# Other options (--budget-seconds, --providers, --row-cap, ...) go to bench/bench_verify_gpu.py.
+#
+# Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
+# and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
+# Results go to $OUT (default bench/out): verify_<gpu>.csv, verify_<gpu>.png, resources_<gpu>.csv, log files.
+# Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
+# DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
+# Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${PYTHON:-python3}
+TOTAL=${DEVICE_CHECK_SECONDS:-330}
+TEST_TIMEOUT=${TEST_TIMEOUT:-150}
+OUT=${OUT:-$ROOT/bench/out}
+export OUT
+mkdir -p "$OUT"
+START=$(date +%s)
+
+DRY=0
+TESTS=1
+BENCH_ARGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1; TESTS=0; BENCH_ARGS+=("$arg") ;;
+    --skip-tests) TESTS=0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) BENCH_ARGS+=("$arg") ;;
+  esac
+done
+
+# The working tree as an importable package, installed or not.
+TREE=$(mktemp -d "${TMPDIR:-/tmp}/specsampler_tree.XXXXXX")
+trap 'rm -rf "$TREE"' EXIT
+mkdir "$TREE/specsampler"
+for f in "$ROOT"/src/specsampler/*; do
+  [ "$(basename "$f")" = __pycache__ ] || ln -s "$f" "$TREE/specsampler/"
+done
+ln -s "$ROOT/triton_kernels" "$TREE/specsampler/triton_kernels"
+export PYTHONPATH="$TREE${PYTHONPATH:+:$PYTHONPATH}"
+# FlashInfer from a wheel brought along (DEVICE_CHECK_WHEELS, default bench/wheels): unpacked to the temporary
+# folder and put last on PYTHONPATH when flashinfer does not import already; nothing is installed.
+for whl in "${DEVICE_CHECK_WHEELS:-$ROOT/bench/wheels}"/flashinfer*.whl; do
+  [ -e "$whl" ] || break
+  "$PY" -c "import flashinfer" >/dev/null 2>&1 && break
+  mkdir -p "$TREE/wheels" && "$PY" -m zipfile -e "$whl" "$TREE/wheels" && \
+    export PYTHONPATH="$PYTHONPATH:$TREE/wheels" && echo "flashinfer: unpacked $(basename "$whl") (not installed)"
+  break
+done
+if [ "$DRY" = 1 ]; then
+  export TRITON_INTERPRET=1
+fi
+cd "$ROOT" || exit 1
+
+echo "== device check: $(date -u +%FT%TZ), dry run $DRY, out $OUT"
+"$PY" - <<'EOF'
+import torch, triton
+import specsampler, specsampler.triton_kernels
+cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+print(f"python ok: torch {torch.__version__}, triton {triton.__version__}, CUDA device: {cuda}")
+print(f"specsampler {specsampler.__version__} from {specsampler.__file__}")
+EOF
+[ $? = 0 ] || { echo "FAILED: the environment does not import (see above)"; exit 1; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
+
+TEST_RC=0
+if [ "$TESTS" = 1 ]; then
+  echo "== 1. test suite on $("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")') (timeout ${TEST_TIMEOUT}s)"
+  DEVICE_CHECK_RUNNING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PY" -m pytest -q -x -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log"
+  TEST_RC=${PIPESTATUS[0]}
+  if [ "$TEST_RC" = 0 ]; then echo "tests: passed"; else echo "TESTS FAILED (status $TEST_RC; 124/130: timed out); going on to the benchmarks"; fi
+fi
+
+ELAPSED=$(( $(date +%s) - START ))
+BUDGET=$(( TOTAL - ELAPSED - 45 ))  # leave time for the plot, the table and the last case
+[ "$BUDGET" -ge 60 ] || BUDGET=60
+echo "== 2-4. copy ceiling and benchmarks (budget ${BUDGET}s)"
+timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget-seconds "$BUDGET" "${BENCH_ARGS[@]}" \
+  2>&1 | tee "$OUT/bench.log"
+BENCH_RC=${PIPESTATUS[0]}
+
+echo "== done in $(( $(date +%s) - START ))s: tests status $TEST_RC, benchmarks status $BENCH_RC; results in $OUT"
+[ "$TEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
