@@ -171,3 +171,32 @@ def test_row_stats_against_torch(dtype, device):
 
 def test_residual_eps_is_shared():
     assert kernels.RESIDUAL_EPS == torch_backend.RESIDUAL_EPS == specsampler.RESIDUAL_EPS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation and CUDA graphs exist on CUDA only")
+def test_no_host_sync_and_cuda_graph_capture():
+    """No device-to-host synchronisation in a call; a captured call replays with a seed tensor advanced in place."""
+    args = make_case(8, 4, 32000, seed=2, device="cuda")
+    del args["_uniforms"], args["_noise"]
+    seed = torch.arange(8, device="cuda", dtype=torch.int64)
+    specsampler.verify(**args, seed=seed)  # compile and allocate the workspace first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        specsampler.verify(**args, seed=seed)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        specsampler.verify(**args, seed=seed)  # the side stream's workspace
+        with torch.cuda.graph(graph, stream=stream):
+            out = specsampler.verify(**args, seed=seed)
+    outputs = []
+    for step in range(3):
+        seed.copy_(torch.arange(8, device="cuda") + 1000 * step)
+        graph.replay()
+        outputs.append(out.tokens.clone())
+        eager = specsampler.verify(**args, seed=seed)
+        assert torch.equal(out.tokens, eager.tokens)
+    assert not torch.equal(outputs[0], outputs[1])

@@ -142,6 +142,9 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
         a seed from torch's default CPU generator. Under CUDA-graph capture pass a device tensor and advance it.
     backend : {"auto", "triton", "torch"}
         "auto" runs the Triton kernel on CUDA tensors and the torch backend elsewhere.
+    _uniforms, _noise, _block_v, _num_splits
+        Test hooks: [B, K] acceptance uniforms and [B, V] exponential noise replacing the backends' own random
+        numbers (so that both can be compared token for token); the kernel's tile width and vocabulary splits.
 
     Returns
     -------
