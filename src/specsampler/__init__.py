@@ -1,7 +1,23 @@
-"""specsampler: exact, fused speculative-decoding verification for PyTorch."""
+"""specsampler: exact, fused speculative-decoding verification for PyTorch, and batched speculative generation."""
 
 from ._api import VerifyResult, verify, verify_probs
+from ._generate import GenerateOutput, GenerationStats, generate
+from .drafters import PromptLookupDrafter
+from .hf import patch_transformers, patched_transformers, speculative_generate, unpatch_transformers
 from .torch_backend import RESIDUAL_EPS
 
-__all__ = ["RESIDUAL_EPS", "VerifyResult", "verify", "verify_probs"]
+__all__ = [
+    "RESIDUAL_EPS",
+    "GenerateOutput",
+    "GenerationStats",
+    "PromptLookupDrafter",
+    "VerifyResult",
+    "generate",
+    "patch_transformers",
+    "patched_transformers",
+    "speculative_generate",
+    "unpatch_transformers",
+    "verify",
+    "verify_probs",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,167 @@
+"""End-to-end speculative generation: specsampler.generate against transformers, same models and prompts.
+
+Compares, at each batch size B:
+- ``specsampler``: :func:`specsampler.generate` on the B prompts at once (draft model, or --prompt-lookup);
+- ``hf plain``: ``target.generate`` on the B prompts at once (no speculation);
+- ``hf assisted``: ``target.generate(row, assistant_model=draft)`` one prompt at a time (transformers' assisted
+  generation is batch-size-1 only), with a constant K and no confidence cut-off so that it drafts what specsampler
+  drafts; with --sample also ``hf assisted+patch``, the same under :func:`specsampler.patched_transformers`.
+
+Models are built from configs (no hub): a Llama target, and as the draft its first --draft-layers layers with the
+target's final norm and output layer (early exit: cheap). Random weights, so the acceptance rate is set by
+--late-scale (how much the layers the draft skips change the residual stream); EOS is off, every row makes
+--new-tokens tokens.
+
+Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import transformers
+
+import specsampler
+
+
+def build_models(args):
+    """Target and early-exit draft (shares the target's embeddings, first layers, norm and head)."""
+    cfg = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                                   num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                                   num_key_value_heads=args.heads, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    target = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        target.lm_head.weight.mul_(args.head_scale)  # sharper next-token distributions than the default init
+        for layer in target.model.layers[args.draft_layers:]:  # the layers the draft skips change less: agreement
+            layer.self_attn.o_proj.weight.mul_(args.late_scale)
+            layer.mlp.down_proj.weight.mul_(args.late_scale)
+    draft = copy.deepcopy(target)
+    draft.model.layers = draft.model.layers[: args.draft_layers]
+    draft.config.num_hidden_layers = args.draft_layers
+    if hasattr(draft.config, "layer_types") and draft.config.layer_types is not None:
+        draft.config.layer_types = draft.config.layer_types[: args.draft_layers]
+    return target.to(args.dtype), draft.to(args.dtype)
+
+
+def make_prompts(n, vocab, lo, hi, seed=0):
+    """n left-padded prompts of random lengths in [lo, hi]: ids [n, hi], mask [n, hi]."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+    ids = torch.zeros(n, hi, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, m in enumerate(lengths):
+        ids[b, hi - m:] = torch.randint(3, vocab, (m,), generator=g)
+        mask[b, hi - m:] = 1
+    return ids, mask
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def sampling_kwargs(args):
+    return dict(do_sample=True, temperature=args.temperature, top_k=args.top_k) if args.sample else \
+        dict(do_sample=False)
+
+
+def run_specsampler(target, drafter, ids, mask, args):
+    return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens,
+                                num_draft_tokens=args.k, seed=0, eos_token_id=[], pad_token_id=0,
+                                **sampling_kwargs(args))
+
+
+def run_plain(target, ids, mask, args):
+    return target.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                           eos_token_id=None, pad_token_id=0, **sampling_kwargs(args))
+
+
+def run_assisted(target, draft, ids, mask, args):
+    """transformers' assisted generation, one prompt at a time."""
+    if args.prompt_lookup:
+        extra = dict(prompt_lookup_num_tokens=args.k)
+    else:
+        draft.generation_config.num_assistant_tokens = args.k
+        draft.generation_config.num_assistant_tokens_schedule = "constant"
+        draft.generation_config.assistant_confidence_threshold = 0.0
+        extra = dict(assistant_model=draft)
+    for b in range(ids.shape[0]):
+        row = ids[b, mask[b].bool()][None]
+        target.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=args.new_tokens,
+                        eos_token_id=None, pad_token_id=0, **extra, **sampling_kwargs(args))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--k", type=int, default=4, help="draft tokens per step")
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--draft-layers", type=int, default=1)
+    p.add_argument("--head-scale", type=float, default=4.0)
+    p.add_argument("--late-scale", type=float, default=0.02, help="scales the output of the target's later layers")
+    p.add_argument("--prompt-len", type=int, nargs=2, default=[16, 48])
+    p.add_argument("--sample", action="store_true", help="do_sample=True (with --temperature, --top-k)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--prompt-lookup", action="store_true", help="draft with prompt lookup, no draft model")
+    p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = p.parse_args()
+    args.dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+
+    target, draft = build_models(args)
+    drafter = specsampler.PromptLookupDrafter() if args.prompt_lookup else draft
+    ids_all, mask_all = make_prompts(max(args.batch), args.vocab, *args.prompt_len)
+    if args.prompt_lookup:  # give the n-gram drafter something to find: prompts that repeat themselves
+        half = ids_all.shape[1] // 2
+        ids_all[:, half:] = ids_all[:, :half][:, : ids_all.shape[1] - half]
+        mask_all[:] = 1
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.dtype}; target Llama {args.layers}x{args.hidden} vocab {args.vocab} "
+          f"({sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params), draft: "
+          f"{'prompt lookup' if args.prompt_lookup else f'first {args.draft_layers} layer(s)'}; K={args.k}, "
+          f"{args.new_tokens} new tokens per row, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, "
+          f"{f'sampling T={args.temperature} top_k={args.top_k}' if args.sample else 'greedy'}")
+    # warm-up
+    run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args)
+    run_plain(target, ids_all[:2], mask_all[:2], args)
+
+    header = f"{'B':>3} {'method':<20} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'vs plain':>8} " \
+             f"{'vs assisted':>11}"
+    print(header)
+    for batch in args.batch:
+        ids, mask = ids_all[:batch], mask_all[:batch]
+        tokens = batch * args.new_tokens
+        t_spec, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args))  # noqa: B023
+        t_plain, _ = timed(lambda: run_plain(target, ids, mask, args))  # noqa: B023
+        rows = [("specsampler", t_spec, f"{out.stats.acceptance_rate:7.1%}", f"{out.stats.tokens_per_forward:7.2f}"),
+                ("hf plain", t_plain, "", "")]
+        t_assist = None
+        if batch <= args.assisted_max_batch:
+            t_assist, _ = timed(lambda: run_assisted(target, draft, ids, mask, args))  # noqa: B023
+            rows.append(("hf assisted (loop)", t_assist, "", ""))
+            if args.sample and not args.prompt_lookup:
+                with specsampler.patched_transformers():
+                    t_patch, _ = timed(lambda: run_assisted(target, draft, ids, mask, args))  # noqa: B023
+                rows.append(("hf assisted+patch", t_patch, "", ""))
+        for name, t, acc, tpf in rows:
+            vs_assist = f"{t_assist / t:10.2f}x" if t_assist else ""
+            print(f"{batch:>3} {name:<20} {t:8.2f} {tokens / t:8.1f} {acc:>7} {tpf:>7} {t_plain / t:7.2f}x "
+                  f"{vs_assist:>11}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""Batched speculative generation for HuggingFace causal LMs: :func:`generate`.
+
+One step, for every unfinished row b at once (gpt-fast's loop, batched):
+
+1. the drafter proposes K_b <= K tokens d_1..d_K (a draft model: K single-token forwards, sampling each d_i from its
+   warped distribution q_i; the prompt-lookup drafter: an n-gram match, one-hot q);
+2. the target runs one forward over [last, d_1..d_K] and gives K+1 rows of scores;
+3. :func:`specsampler.verify` accepts n_b drafts and draws one more token: row b gains n_b + 1 tokens.
+
+KV caches with ragged acceptance: holes
+---------------------------------------
+Both models keep one ``DynamicCache`` whose slots are shared by the whole batch, plus a [B, L] attention mask over
+those slots (left padding of the prompts included). Invariant: each row's last token is in neither cache; it is the
+first token fed at the next step. After the target's forward over [last, d_1..d_K] the K+1 new slots of row b hold
+valid keys for [last, d_1..d_{n_b}] and stale ones for the rejected drafts; the stale slots become *holes*: their mask
+entries are set to 0, so no later query attends to them. Slots stale for every row (past max_b n_b) are cropped off.
+Position ids are counted over valid slots only (position = number of valid slots before it), so rotary (Llama,
+Qwen2) and learned (GPT-2) positions are those of the contiguous sequence, and every row computes exactly what
+``target.generate(row)`` computes, up to floating-point summation order. The draft cache works the same way; its
+forward over [last, d_1..d_{K-1}] does not contain d_K, so a row that accepted all K drafts feeds [d_K, last] at the
+next step (a hole in place of d_K for the other rows). A cache grows by max_b n_b + 1 slots per step, never more
+than the longest row. Rows that finish (EOS, max_new_tokens) are removed from the batch, caches included.
+
+Exactness: greedy rows accept a draft iff it is the target's argmax. Sampling applies temperature, top-k and top-p
+to target and draft scores alike (as transformers' warpers do), draws each draft from the warped q, and hands
+verify exactly those warped scores at temperature 1, so the tokens follow the warped target distribution.
+
+Host synchronisation: one per step (the accepted counts and tokens come to the host: stopping on EOS and length,
+and the prompt-lookup drafter, need them); everything else is queued on the devices.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from ._api import verify
+
+__all__ = ["GenerateOutput", "GenerationStats", "generate", "warp_logits"]
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one :func:`generate` call.
+
+    Attributes
+    ----------
+    target_forwards : int
+        Target forwards after the prefill (one per speculative step).
+    draft_forwards : int
+        Draft-model forwards after the prefill (0 for the prompt-lookup drafter).
+    row_steps : int
+        Sum over steps of the rows still running.
+    drafted : int
+        Draft tokens verified (sum of K_b over rows and steps).
+    accepted : int
+        Draft tokens accepted.
+    new_tokens : int
+        Tokens generated (kept), all rows together.
+    """
+
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    row_steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    new_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted draft tokens."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Mean tokens a row gains per target forward (1 + mean accepted drafts)."""
+        return self.new_tokens / self.row_steps if self.row_steps else 0.0
+
+    def __str__(self) -> str:
+        return (f"target forwards {self.target_forwards}, draft forwards {self.draft_forwards}, drafted "
+                f"{self.drafted}, accepted {self.accepted} ({self.acceptance_rate:.1%}), new tokens {self.new_tokens}, "
+                f"{self.tokens_per_forward:.2f} tokens per row per target forward")
+
+
+@dataclass
+class GenerateOutput:
+    """Result of :func:`generate`.
+
+    Attributes
+    ----------
+    sequences : torch.Tensor
+        [B, P + N] int64: the input ids (left padding kept), then the new tokens; rows that finish early are padded
+        with pad_token_id. N is the longest row's number of new tokens.
+    stats : GenerationStats
+    """
+
+    sequences: torch.Tensor
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+# ----------------------------------------------------------------------------------------------------------- warping
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p, as transformers' logits warpers (masked scores become -inf).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        [..., V] float32 scores.
+    temperature : float
+        > 0.
+    top_k : int, optional
+        Keep the k highest scores (ties with the k-th kept); None or 0: off.
+    top_p : float, optional
+        Keep the smallest set of highest scores with probability mass >= top_p (at least one); None or 1.0: off.
+
+    Returns
+    -------
+    torch.Tensor
+        [..., V] float32 warped scores.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k:
+        k = min(int(top_k), logits.shape[-1])
+        logits = logits.masked_fill(logits < torch.topk(logits, k)[0][..., -1:], float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        remove[..., -1:] = False
+        logits = logits.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
+    return logits
+
+
+def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """[B, V] warped scores -> [B] ids drawn from their softmax (the exponential race: argmax p / E, E ~ Exp(1))."""
+    probs = logits.softmax(dim=-1)
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------- model + cache
+def _input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+class _Cached:
+    """A model, its ``DynamicCache`` and the [B, L] mask over the cache's slots (0 = left padding or a hole)."""
+
+    def __init__(self, model, batch: int):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.device = _input_device(model)
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.keep_arg = "logits_to_keep" in params
+        try:
+            self.cache = DynamicCache(config=model.config)
+        except TypeError:  # older signatures
+            self.cache = DynamicCache()
+        if any(getattr(layer, "is_sliding", False) for layer in getattr(self.cache, "layers", [])):
+            raise NotImplementedError("sliding-window attention layers are not supported: a window counts cache "
+                                      "slots, and holes would shift it")
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Append [B, T] `tokens` (`valid` [B, T]: 0 marks a hole) to the cache; return their [B, T or 1, V] logits."""
+        valid = valid.to(torch.long)
+        positions = self.mask.sum(dim=1, keepdim=True) + valid.cumsum(dim=1) - valid
+        self.mask = torch.cat([self.mask, valid], dim=1)
+        kwargs = {self.cache_arg: self.cache, "use_cache": True}
+        if last_only and self.keep_arg:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions, **kwargs)
+        return out.logits[:, -1:] if last_only else out.logits
+
+    def keep(self, n: torch.Tensor, width: int, n_max: int) -> None:
+        """Of the last `width` slots, keep the first n_b + 1 of row b (`n` [B]; the rest become holes) and crop
+        the slots past the first `n_max` + 1, which no row keeps."""
+        self.mask[:, -width:] = (torch.arange(width, device=self.device)[None, :] <= n[:, None]).to(self.mask.dtype)
+        drop = width - min(n_max + 1, width)
+        if drop:
+            self.cache.crop(-drop)
+            self.mask = self.mask[:, :-drop]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` [B'] only."""
+        rows = rows.to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+
+class _DraftModel:
+    """A draft model behind the drafter interface: ``propose`` K tokens with their warped scores, ``accept`` n."""
+
+    def __init__(self, model, batch: int, k: int, warp, generator):
+        self.lm = _Cached(model, batch)
+        self.k, self.warp, self.generator = k, warp, generator
+        # ids the draft cannot embed (a target vocabulary padded further) are fed as its last id: q stays what it
+        # reports, so verification stays exact
+        self.max_id = model.get_input_embeddings().weight.shape[0] - 1
+        self.forwards = 0
+        self.behind = None  # [B] d_K of rows that accepted all K drafts (not in the draft cache), else -1
+        self.any_behind = False
+
+    def prefill(self, prompt: torch.Tensor, mask: torch.Tensor) -> None:
+        if prompt.shape[1]:
+            prompt = prompt.to(self.lm.device).clamp(max=self.max_id)
+            self.lm.forward(prompt, mask.to(self.lm.device), last_only=True)
+
+    def propose(self, last: torch.Tensor, vocab: int):
+        """`last` [B] -> drafts [B, K] and their warped scores [B, K, min(Vd, vocab)] (None when greedy)."""
+        dev = self.lm.device
+        last = last.to(dev).clamp(max=self.max_id)
+        if self.any_behind:
+            tokens = torch.stack([self.behind.clamp_min(0), last], dim=1)
+            valid = torch.stack([self.behind >= 0, torch.ones_like(last, dtype=torch.bool)], dim=1)
+        else:
+            tokens, valid = last[:, None], torch.ones(last.shape[0], 1, dtype=torch.bool, device=dev)
+        drafts, scores = [], []
+        for i in range(self.k):
+            logits = self.lm.forward(tokens, valid, last_only=True)[:, -1, :vocab].float()
+            self.forwards += 1
+            if self.warp is None:
+                token = logits.argmax(dim=-1)
+            else:
+                logits = self.warp(logits)
+                scores.append(logits)
+                token = _sample(logits, self.generator)
+            drafts.append(token)
+            if i + 1 < self.k:
+                tokens, valid = token[:, None].clamp(max=self.max_id), torch.ones_like(token[:, None], dtype=torch.bool)
+        return torch.stack(drafts, dim=1), (torch.stack(scores, dim=1) if scores else None)
+
+    def accept(self, n: torch.Tensor, drafts: torch.Tensor, n_max: int) -> None:
+        """Row b accepted `n` [B] of its drafts [B, K] (at most `n_max`): holes over the rest of this step's
+        slots, which hold [last, d_1..d_{K-1}]."""
+        n = n.to(self.lm.device)
+        self.lm.keep(n, self.k, n_max)
+        self.behind = torch.where(n == self.k, drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
+        self.any_behind = n_max == self.k
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.lm.select(rows)
+        if self.behind is not None:
+            self.behind = self.behind[rows.to(self.behind.device)]
+
+
+# -------------------------------------------------------------------------------------------------------- generate
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, torch.Tensor):
+        return [int(v) for v in x.flatten().tolist()]
+    if isinstance(x, int):
+        return [x]
+    return [int(v) for v in x]
+
+
+@torch.no_grad()
+def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+             max_new_tokens: int, num_draft_tokens: int = 4, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None, eos_token_id=None,
+             pad_token_id: int | None = None) -> GenerateOutput:
+    """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
+
+    Parameters
+    ----------
+    target : transformers.PreTrainedModel
+        The causal LM whose distribution the output follows (full attention: Llama, Qwen2, GPT-2, ...).
+    draft : transformers.PreTrainedModel or PromptLookupDrafter
+        A smaller causal LM with the same tokenizer (its vocabulary may differ by padding; scores for ids past the
+        target's vocabulary are dropped and the draft distribution renormalised), or a
+        :class:`specsampler.PromptLookupDrafter` (n-gram matches in the sequence, one-hot drafts).
+    input_ids : torch.Tensor
+        [B, P] int prompts, left padded.
+    attention_mask : torch.Tensor, optional
+        [B, P] 1 for tokens, 0 for left padding; None: all ones.
+    max_new_tokens : int
+        The most new tokens per row.
+    num_draft_tokens : int
+        K, drafts per step (the prompt-lookup drafter may propose fewer for a row).
+    do_sample : bool
+        False: greedy (each row equals ``target.generate(row, do_sample=False)``). True: sample from the target's
+        distribution warped by temperature, top_k and top_p (applied to target and draft alike).
+    temperature, top_k, top_p
+        As transformers' warpers; used when do_sample (temperature 0 means greedy).
+    seed : int, optional
+        Seeds the draft sampling and the verification; None draws from torch's default generator.
+    eos_token_id : int or list of int, optional
+        Stop a row at any of these. None: ``target.generation_config.eos_token_id`` (as transformers does).
+    pad_token_id : int, optional
+        Fills rows that finished early. None: the generation config's, else the first EOS id, else 0.
+
+    Returns
+    -------
+    GenerateOutput
+        ``sequences`` [B, P + N] int64 on input_ids' device and ``stats``.
+
+    Notes
+    -----
+    Only temperature, top-k and top-p shape the distribution: other logits processors a model's generation config
+    may hold (repetition penalty, bad words, ...) are not applied. Sliding-window attention is not supported.
+    """
+    from .drafters import PromptLookupDrafter
+
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
+    if num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+    if max_new_tokens < 1:
+        return GenerateOutput(input_ids.clone(), GenerationStats())
+    batch, plen = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left padded (attention_mask[:, -1] must be 1)")
+    gen_cfg = getattr(target, "generation_config", None)
+    eos = _as_list(eos_token_id if eos_token_id is not None else getattr(gen_cfg, "eos_token_id", None))
+    if pad_token_id is None:
+        pad_token_id = getattr(gen_cfg, "pad_token_id", None)
+        pad_token_id = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    greedy = not do_sample or temperature == 0
+    warp = None if greedy else (lambda x: warp_logits(x, temperature, top_k, top_p))
+    rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    stats = GenerationStats()
+    out_device = input_ids.device
+
+    # Prefill both models with prompt[:, :-1]; the last prompt token is fed by the first step.
+    lm = _Cached(target, batch)
+    head = target.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else target.config.get_text_config().vocab_size
+    if plen > 1:
+        lm.forward(input_ids[:, :-1].to(lm.device), attention_mask[:, :-1].to(lm.device), last_only=True)
+    if isinstance(draft, PromptLookupDrafter):
+        drafter = None
+    else:
+        generator = None
+        if not greedy:
+            generator = torch.Generator(device=_input_device(draft)).manual_seed(rng.getrandbits(62))
+        drafter = _DraftModel(draft, batch, num_draft_tokens, warp, generator)
+        drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
+
+    rows = list(range(batch))  # original index of each running row
+    seqs = [[t for t, m in zip(r, mk, strict=True) if m]
+            for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
+    new = [[] for _ in range(batch)]
+    last = input_ids[:, -1].to(lm.device)
+    while rows:
+        budget = [max_new_tokens - len(new[r]) for r in rows]
+        # 1. Draft.
+        if drafter is None:
+            drafts, counts = draft.propose([seqs[r] for r in rows], num_draft_tokens)
+            counts = [min(c, b - 1) for c, b in zip(counts, budget, strict=True)]
+            k = max(counts)
+            drafts = torch.tensor([d[:k] + [pad_token_id] * (k - len(d[:k])) for d in drafts], dtype=torch.long)
+            drafts = drafts.view(len(rows), k)
+            scores = None
+        else:
+            k = num_draft_tokens
+            drafts, scores = drafter.propose(last, vocab)
+            counts = [min(k, b - 1) for b in budget]
+        # 2. Target forward over [last, d_1..d_k].
+        drafts = drafts.to(lm.device)
+        tokens = torch.cat([last[:, None], drafts], dim=1)
+        logits = lm.forward(tokens, torch.ones_like(tokens)).float()
+        stats.target_forwards += 1
+        # 3. Verify.
+        nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
+        vseed = rng.getrandbits(62)
+        if greedy:
+            res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed)
+        else:
+            dscores = None if scores is None else scores.to(logits.device)
+            res = verify(warp(logits), drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed)
+        # 4. The one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts.
+        n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
+        n_dev = res.num_accepted.to(lm.device)
+        lm.keep(n_dev, k + 1, max(n_host))
+        if drafter is not None:
+            drafter.accept(n_dev, drafts, max(n_host))
+        last = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0].to(lm.device)
+        # 5. Append; rows that reached EOS or max_new_tokens leave the batch.
+        keep = []
+        for i, r in enumerate(rows):
+            got = tok_host[i][: n_host[i] + 1][: budget[i]]
+            done = False
+            for j, t in enumerate(got):
+                if t in eos:
+                    got, done = got[: j + 1], True
+                    break
+            new[r] += got
+            seqs[r] += got
+            stats.row_steps += 1
+            stats.drafted += counts[i]
+            stats.accepted += n_host[i]
+            stats.new_tokens += len(got)
+            if not (done or len(new[r]) >= max_new_tokens):
+                keep.append(i)
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long)
+            rows = [rows[i] for i in keep]
+            if rows:
+                lm.select(idx)
+                last = last[idx.to(last.device)]
+                if drafter is not None:
+                    drafter.select(idx)
+    if drafter is not None:
+        stats.draft_forwards = drafter.forwards
+    width = max(len(x) for x in new)
+    tail = torch.tensor([x + [pad_token_id] * (width - len(x)) for x in new], dtype=input_ids.dtype)
+    return GenerateOutput(torch.cat([input_ids, tail.to(out_device)], dim=1), stats)

@@ -1,0 +1,175 @@
+"""specsampler inside transformers' own ``generate``.
+
+- :func:`patch_transformers` replaces ``transformers.generation.utils._speculative_sampling`` (the verify step of
+  assisted generation with ``do_sample=True``, a module global looked up at call time) by a wrapper with the installed
+  version's signature that verifies with :func:`specsampler.verify`. :func:`unpatch_transformers` restores it;
+  :func:`patched_transformers` is the context manager.
+- :func:`speculative_generate` is a callable for ``model.generate(..., custom_generate=speculative_generate,
+  draft_model=draft)``: batched speculative decoding (:func:`specsampler.generate`) behind transformers' ``generate``.
+
+transformers is imported lazily: ``import specsampler`` does not need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+
+from ._api import verify
+
+__all__ = ["patch_transformers", "patched_transformers", "speculative_generate", "unpatch_transformers"]
+
+
+def _utils():
+    import transformers.generation.utils as utils
+
+    return utils
+
+
+def _make_wrapper(original):
+    """A drop-in for `original` (the installed ``_speculative_sampling``) that verifies with specsampler.
+
+    Signatures handled: 4.57 to 5.12 ``(candidate_input_ids, candidate_logits, candidate_length, new_logits,
+    is_done_candidate)``, 5.16 with ``assistant_ensemble_weight`` (not None: delegated to `original`), and later
+    ones without ``is_done_candidate``. Returns ``(valid_tokens [1, n+1], n_matches)`` like the original; both logit
+    tensors arrive already warped, so verification runs at temperature 1.
+    """
+    sig = inspect.signature(original)
+
+    @functools.wraps(original)
+    def _speculative_sampling(*args, **kwargs):
+        a = sig.bind(*args, **kwargs)
+        a.apply_defaults()
+        a = a.arguments
+        cand_ids, cand_logits = a["candidate_input_ids"], a["candidate_logits"]
+        length, new_logits = int(a["candidate_length"]), a["new_logits"]
+        if (a.get("assistant_ensemble_weight") is not None or cand_logits is None or length < 1
+                or cand_ids.shape[0] != 1 or cand_logits.shape[-1] > new_logits.shape[-1]):
+            return original(*args, **kwargs)
+        drafts = cand_ids[:, -length:]
+        res = verify(new_logits[:, : length + 1], drafts.to(new_logits.device),
+                     cand_logits[:, :length].to(new_logits.device))
+        n_matches = res.num_accepted[0]
+        n = int(n_matches)  # the host needs it anyway: the caller slices with it
+        if a.get("is_done_candidate") and n == length:
+            # the last candidate ends the sequence (EOS or max length): no bonus token
+            return drafts[:, :length], n_matches - 1
+        return res.tokens[:, : n + 1].to(cand_ids.device), n_matches
+
+    _speculative_sampling._specsampler_original = original
+    return _speculative_sampling
+
+
+def is_patched() -> bool:
+    """Whether transformers' ``_speculative_sampling`` is specsampler's."""
+    return hasattr(_utils()._speculative_sampling, "_specsampler_original")
+
+
+def patch_transformers() -> None:
+    """Make transformers' assisted generation (``do_sample=True``) verify with :func:`specsampler.verify`.
+
+    Idempotent: patching twice keeps one wrapper around the original. Options specsampler does not support
+    (``assistant_ensemble_weight``) go to the original function.
+    """
+    utils = _utils()
+    if not is_patched():
+        utils._speculative_sampling = _make_wrapper(utils._speculative_sampling)
+
+
+def unpatch_transformers() -> None:
+    """Undo :func:`patch_transformers` (a no-op when not patched)."""
+    utils = _utils()
+    if is_patched():
+        utils._speculative_sampling = utils._speculative_sampling._specsampler_original
+
+
+@contextlib.contextmanager
+def patched_transformers():
+    """Context manager: transformers verifies with specsampler inside the block (restored after, unless it was
+    already patched before the block)."""
+    was = is_patched()
+    patch_transformers()
+    try:
+        yield
+    finally:
+        if not was:
+            unpatch_transformers()
+
+
+def _warpers(logits_processor) -> dict:
+    """temperature / top_k / top_p of a prepared ``LogitsProcessorList``; anything else is not supported."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out = {}
+    for proc in logits_processor or []:
+        if isinstance(proc, TemperatureLogitsWarper):
+            out["temperature"] = float(proc.temperature)
+        elif isinstance(proc, TopKLogitsWarper):
+            out["top_k"] = int(proc.top_k)
+        elif isinstance(proc, TopPLogitsWarper):
+            out["top_p"] = float(proc.top_p)
+        else:
+            raise NotImplementedError(f"speculative_generate supports temperature, top_k and top_p only, not "
+                                      f"{type(proc).__name__}")
+    return out
+
+
+def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+                         draft_model=None, num_draft_tokens: int = 4, seed: int | None = None, **model_kwargs):
+    """Batched speculative decoding as a ``custom_generate`` callable.
+
+    Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
+    max_new_tokens=32, do_sample=True, top_k=20)``. transformers prepares the inputs, the generation config and the
+    warpers, then calls this function, which runs :func:`specsampler.generate` (the draft travels as ``draft_model``
+    because ``generate`` consumes ``assistant_model`` itself).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The target (``self`` of ``generate``).
+    input_ids : torch.Tensor
+        [B, P] left-padded prompts.
+    logits_processor : LogitsProcessorList
+        Prepared by ``generate``; only temperature, top-k and top-p warpers are supported.
+    stopping_criteria : StoppingCriteriaList
+        Ignored: max length and EOS come from `generation_config`.
+    generation_config : GenerationConfig
+        ``do_sample``, ``max_length``, EOS and pad ids.
+    draft_model : PreTrainedModel or PromptLookupDrafter, optional
+        The drafter; None: a :class:`specsampler.PromptLookupDrafter`.
+    num_draft_tokens : int
+        K.
+    seed : int, optional
+        Seeds the sampling.
+    **model_kwargs
+        ``attention_mask`` is used; the rest (the cache ``generate`` prepared, position ids) is ignored.
+
+    Returns
+    -------
+    torch.Tensor or GenerateDecoderOnlyOutput
+        [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
+    """
+    from ._generate import generate
+    from .drafters import PromptLookupDrafter
+
+    cfg = generation_config if generation_config is not None else model.generation_config
+    do_sample = bool(cfg.do_sample)
+    warp = _warpers(logits_processor) if do_sample else {}
+    eos = getattr(cfg, "_eos_token_tensor", None)
+    eos = eos if eos is not None else cfg.eos_token_id
+    eos = [] if eos is None else eos
+    pad = getattr(cfg, "_pad_token_tensor", None)
+    pad = int(pad) if pad is not None else cfg.pad_token_id
+    max_new = int(cfg.max_length) - input_ids.shape[1]
+    if max_new < 1:
+        return input_ids
+    out = generate(model, draft_model if draft_model is not None else PromptLookupDrafter(), input_ids,
+                   model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
+                   do_sample=do_sample, seed=seed, eos_token_id=eos, pad_token_id=pad, **warp)
+    if getattr(cfg, "return_dict_in_generate", False):
+        from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+        return GenerateDecoderOnlyOutput(sequences=out.sequences)
+    return out.sequences
+

@@ -1,0 +1,324 @@
+"""specsampler.generate with tiny models built from configs (CPU): greedy equality with target.generate row by row,
+the sampled distribution against the target's exact one (chi-square), EOS, max_new_tokens, K, prompt lookup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import specsampler  # noqa: E402
+from specsampler import PromptLookupDrafter  # noqa: E402
+from specsampler._generate import warp_logits  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+V = 96
+
+
+def _config(family, vocab=V, layers=2, hidden=32):
+    if family == "llama":
+        return transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256)
+    if family == "qwen2":
+        return transformers.Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256)
+    return transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256)
+
+
+def _model(config, seed):
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _perturbed(model, noise, seed=1):
+    """A draft: `model` with Gaussian noise on every weight (accepts often, not always)."""
+    draft = transformers.AutoModelForCausalLM.from_config(model.config).eval()
+    draft.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=g))
+    return draft
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and lose a lot on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def pair(request):
+    target = _model(_config(request.param), 0)
+    return target, _perturbed(target, 0.005)
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    target = _model(_config("llama"), 0)
+    return target, _perturbed(target, 0.005)
+
+
+def _ragged(lengths, seed=0, vocab=V, repeat=False):
+    """Left-padded prompts of the given lengths (pad id 0); `repeat`: each row repeats a short pattern."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        row = torch.randint(3, vocab, (n,), generator=g)
+        if repeat:
+            row = torch.randint(3, vocab, (3,), generator=g).repeat(n // 3 + 1)[:n]
+        ids[b, width - n:], mask[b, width - n:] = row, 1
+    return ids, mask
+
+
+def _reference(target, ids, mask, b, **kw):
+    """target.generate on row b alone, without padding: its new tokens."""
+    row = ids[b, mask[b].bool()][None]
+    out = target.generate(row, attention_mask=torch.ones_like(row), do_sample=False, **kw)
+    return out[0, row.shape[1]:].tolist()
+
+
+def _check_rows(target, out, ids, mask, max_new_tokens, eos=None, pad=0):
+    width = ids.shape[1]
+    for b in range(ids.shape[0]):
+        ref = _reference(target, ids, mask, b, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+        got = out.sequences[b, width:].tolist()
+        assert got[: len(ref)] == ref, f"row {b}"
+        assert all(t == pad for t in got[len(ref):]), f"row {b} not padded"
+    assert torch.equal(out.sequences[:, :width], ids)
+
+
+# ---------------------------------------------------------------------------------------------------- greedy
+def test_greedy_matches_target_generate_ragged(pair):
+    target, draft = pair
+    ids, mask = _ragged([9, 4, 1, 7])
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
+                               pad_token_id=0)
+    _check_rows(target, out, ids, mask, 16)
+    assert out.sequences.shape == (4, 9 + 16)
+    s = out.stats
+    assert s.new_tokens == 4 * 16 and 0 < s.accepted < s.drafted  # ragged acceptance was exercised
+    assert s.target_forwards < 16 and s.tokens_per_forward > 1
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k):
+    """The draft's cache (holes, the d_K fed late, rows leaving) is right iff every step proposes the draft's own
+    greedy continuation of the row: replay the steps with uncached draft.generate and count the accepted drafts."""
+    target, draft = pair
+    ids, mask = _ragged([7, 3, 9, 5], seed=11)
+    max_new = 14
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=max_new, num_draft_tokens=k, eos_token_id=[])
+    accepted = 0
+    for b in range(ids.shape[0]):
+        prompt = ids[b, mask[b].bool()].tolist()
+        new = out.sequences[b, ids.shape[1]:].tolist()
+        pos = 0
+        while pos < max_new:
+            k_b = min(k, max_new - pos - 1)
+            seq = torch.tensor([prompt + new[:pos]])
+            drafts = draft.generate(seq, attention_mask=torch.ones_like(seq), do_sample=False, max_new_tokens=k_b,
+                                    eos_token_id=None, pad_token_id=0)[0, seq.shape[1]:].tolist() if k_b else []
+            n = next((i for i, (d, t) in enumerate(zip(drafts, new[pos:], strict=False)) if d != t), len(drafts))
+            accepted += n
+            pos += n + 1
+    assert out.stats.accepted == accepted
+    assert 0 < accepted < out.stats.drafted
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_greedy_num_draft_tokens(llama_pair, k):
+    target, draft = llama_pair
+    ids, mask = _ragged([6, 3, 8], seed=k)
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=12, num_draft_tokens=k, eos_token_id=[],
+                               pad_token_id=0)
+    _check_rows(target, out, ids, mask, 12)
+
+
+def test_greedy_draft_equal_to_target_accepts_everything(llama_pair):
+    target, _ = llama_pair
+    ids, mask = _ragged([5, 8])
+    out = specsampler.generate(target, target, ids, mask, max_new_tokens=13, num_draft_tokens=4, eos_token_id=[])
+    _check_rows(target, out, ids, mask, 13)
+    assert out.stats.acceptance_rate == 1.0
+    assert out.stats.target_forwards == 3  # 5 + 5 + 3 tokens (the last step drafts only 2)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 7])
+def test_max_new_tokens(llama_pair, max_new_tokens):
+    target, draft = llama_pair
+    ids, mask = _ragged([5, 2, 6], seed=3)
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=max_new_tokens, num_draft_tokens=4,
+                               eos_token_id=[])
+    assert out.sequences.shape == (3, 6 + max_new_tokens)
+    _check_rows(target, out, ids, mask, max_new_tokens)
+
+
+def test_one_token_prompts(llama_pair):
+    target, draft = llama_pair
+    ids, mask = torch.tensor([[17], [40]]), torch.ones(2, 1, dtype=torch.long)
+    for drafter in (draft, PromptLookupDrafter()):
+        out = specsampler.generate(target, drafter, ids, mask, max_new_tokens=9, eos_token_id=[])
+        _check_rows(target, out, ids, mask, 9)
+
+
+def test_eos_per_row(llama_pair):
+    target, draft = llama_pair
+    ids, mask = _ragged([7, 4, 9, 3], seed=5)
+    free = specsampler.generate(target, draft, ids, mask, max_new_tokens=20, eos_token_id=[])
+    new = free.sequences[:, ids.shape[1]:]
+    eos = int(new[0, 4])  # row 0 stops at its 5th token; the others wherever this token first shows up, or never
+    pad = V - 1
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad)
+    _check_rows(target, out, ids, mask, 20, eos=eos, pad=pad)
+    assert out.sequences[0, ids.shape[1] + 4] == eos and (out.sequences[0, ids.shape[1] + 5:] == pad).all()
+    # a list of EOS ids works too
+    out2 = specsampler.generate(target, draft, ids, mask, max_new_tokens=20, eos_token_id=[V - 2, eos],
+                                pad_token_id=pad)
+    _check_rows(target, out2, ids, mask, 20, eos=[V - 2, eos], pad=pad)
+
+
+def test_draft_vocab_differs_by_padding(llama_pair):
+    target, _ = llama_pair
+    ids, mask = _ragged([6, 2], seed=7)
+    for vocab in (V - 8, V + 16):  # smaller: q = 0 past it; larger: trimmed and renormalised
+        draft = _model(_config("llama", vocab=vocab), 2)
+        with torch.no_grad():  # share the target's weights where the shapes allow, so that drafts are accepted
+            for (name, p), q in zip(draft.named_parameters(), target.parameters(), strict=True):
+                if p.shape == q.shape:
+                    p.copy_(q)
+                elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
+                    n = min(p.shape[0], q.shape[0])
+                    p[:n].copy_(q[:n])
+        out = specsampler.generate(target, draft, ids, mask, max_new_tokens=10, num_draft_tokens=3,
+                                   eos_token_id=[])
+        _check_rows(target, out, ids, mask, 10)
+        assert out.stats.accepted > 0
+        sampled = specsampler.generate(target, draft, ids, mask, max_new_tokens=6, do_sample=True, seed=0,
+                                       eos_token_id=[])
+        assert int(sampled.sequences.max()) < V
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_models_run(dtype):
+    target = _model(_config("llama"), 0)
+    draft = _perturbed(target, 0.005).to(dtype)
+    target = target.to(dtype)
+    ids, mask = _ragged([5, 3], seed=2)
+    for do_sample in (False, True):
+        out = specsampler.generate(target, draft, ids, mask, max_new_tokens=8, do_sample=do_sample, seed=0,
+                                   top_k=10, eos_token_id=[])
+        assert out.sequences.shape == (2, 13) and int(out.sequences.min()) >= 0 and int(out.sequences.max()) < V
+
+
+def test_rejects_what_it_cannot_do(llama_pair):
+    target, draft = llama_pair
+    ids = torch.tensor([[5, 6, 0]])
+    with pytest.raises(ValueError, match="left padded"):
+        specsampler.generate(target, draft, ids, torch.tensor([[1, 1, 0]]), max_new_tokens=3)
+    out = specsampler.generate(target, draft, ids, max_new_tokens=0)
+    assert torch.equal(out.sequences, ids)
+    cfg = transformers.Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                                   sliding_window=8, max_window_layers=0)
+    sliding = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.raises(NotImplementedError, match="sliding"):
+        specsampler.generate(sliding, PromptLookupDrafter(), ids, max_new_tokens=3)
+
+
+# ------------------------------------------------------------------------------------------------ prompt lookup
+def test_prompt_lookup_drafter_proposals():
+    d = PromptLookupDrafter(max_ngram=3)
+    assert d.propose_row([1, 2, 3, 4, 1, 2, 3], 2) == [4, 1]  # 3-gram [1, 2, 3] matched
+    assert d.propose_row([5, 2, 3, 9, 7, 2, 3], 3) == [9, 7, 2]  # 2-gram [2, 3]
+    assert d.propose_row([1, 9, 2, 9, 8, 9], 4) == [8, 9]  # 1-gram, the latest occurrence first
+    assert d.propose_row([1, 2, 3, 4], 3) == []  # nothing
+    assert d.propose_row([7], 3) == []
+    drafts, counts = d.propose([[1, 2, 1], [4, 5]], 2)
+    assert drafts == [[2, 1], []] and counts == [2, 0]
+
+
+def test_greedy_prompt_lookup_matches_target_generate(llama_pair):
+    target, _ = llama_pair
+    ids, mask = _ragged([12, 7, 2, 10], seed=4, repeat=True)
+    out = specsampler.generate(target, PromptLookupDrafter(), ids, mask, max_new_tokens=15, num_draft_tokens=4,
+                               eos_token_id=[])
+    _check_rows(target, out, ids, mask, 15)
+    assert out.stats.draft_forwards == 0 and out.stats.drafted > 0
+
+
+# --------------------------------------------------------------------------------------------- distribution
+def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's chi-square test of `counts` against `probs`, cells with expected count < 5 pooled."""
+    n = counts.sum()
+    expected = probs.double() * n
+    small = expected < 5
+    obs = torch.cat([counts[~small].double(), counts[small].double().sum()[None]])
+    exp = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    stat = ((obs - exp) ** 2 / exp).sum()
+    df = obs.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
+
+
+def _peaked(config, seed, scale):
+    """A tiny model whose next-token distributions are far from uniform (a scaled-up output layer)."""
+    model = _model(config, seed)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(scale)
+    return model
+
+
+@torch.no_grad()
+def _exact_two_tokens(target, prompt, warp):
+    """P(x1, x2 | prompt) [v, v] under the warped target, by enumeration (product of conditionals)."""
+    v = target.config.vocab_size
+    p1 = warp(target(prompt).logits[0, -1].float()).softmax(-1)
+    both = torch.cat([prompt.repeat(v, 1), torch.arange(v)[:, None]], dim=1)
+    p2 = warp(target(both).logits[:, -1].float()).softmax(-1)
+    return p1[:, None] * p2
+
+
+@pytest.mark.parametrize("drafter, warp_kw", [
+    ("model", {}),
+    ("model", dict(temperature=0.7, top_k=5, top_p=0.8)),
+    ("lookup", dict(temperature=1.3, top_p=0.9)),
+])
+def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
+    vocab, n = 8, 3000
+    target = _peaked(_config("llama", vocab=vocab, layers=1, hidden=16), 0, 8.0)
+    draft = _perturbed(target, 0.05) if drafter == "model" else PromptLookupDrafter(max_ngram=2)
+    # the target's own greedy continuation cycles soon (a peaked random model): the lookup drafter finds n-grams
+    # whose continuations the target likes
+    prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
+                             pad_token_id=0)
+    exact = _exact_two_tokens(target, prompt, lambda x: warp_logits(x, **warp_kw)).flatten()
+    # max_new_tokens=3 so that the first step verifies both drafts; the first two new tokens are checked
+    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, num_draft_tokens=2,
+                               do_sample=True, seed=1234, eos_token_id=[], **warp_kw)
+    new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    assert counts[exact == 0].sum() == 0  # nothing the warped target rules out
+    assert _chi2_pvalue(counts, exact) > 1e-4
+    if drafter == "model":  # the test has power: the draft's own distribution is told apart
+        assert _chi2_pvalue(counts, _exact_two_tokens(draft, prompt, lambda x: warp_logits(x, **warp_kw)).flatten()) \
+            < 1e-4
+    assert 0 < out.stats.accepted < out.stats.drafted  # both acceptance and the residual were exercised
+
+
+def test_warp_logits_matches_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 50, generator=g) * 3
+    ref = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(10)(None, x / 0.7))
+    assert torch.equal(warp_logits(x, 0.7, 10, 0.8), ref)

@@ -1,0 +1,234 @@
+"""The transformers drop-ins: patch_transformers (assisted generation verifies with specsampler) and the
+custom_generate callable (batched speculative decoding inside model.generate)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import transformers.generation.utils as tf_utils  # noqa: E402
+
+import specsampler  # noqa: E402
+import specsampler.hf as hf  # noqa: E402
+from specsampler._generate import warp_logits  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+V = 64
+INSTALLED = inspect.signature(tf_utils._speculative_sampling).parameters
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    """Every test starts and ends unpatched, on one thread (tiny models)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    hf.unpatch_transformers()
+    yield
+    hf.unpatch_transformers()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models():
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    target = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    draft = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    draft.load_state_dict(target.state_dict())
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(0.005 * torch.randn_like(p))
+    return target, draft
+
+
+# ------------------------------------------------------------------------------------------------- patching
+def test_patch_is_idempotent_and_revertible():
+    original = tf_utils._speculative_sampling
+    specsampler.patch_transformers()
+    wrapper = tf_utils._speculative_sampling
+    assert wrapper is not original and hf.is_patched()
+    assert inspect.signature(wrapper) == inspect.signature(original)
+    specsampler.patch_transformers()
+    assert tf_utils._speculative_sampling is wrapper  # no wrapper around the wrapper
+    specsampler.unpatch_transformers()
+    assert tf_utils._speculative_sampling is original
+    specsampler.unpatch_transformers()
+    assert tf_utils._speculative_sampling is original
+    with specsampler.patched_transformers():
+        assert hf.is_patched()
+    assert tf_utils._speculative_sampling is original
+    specsampler.patch_transformers()  # a block inside an existing patch leaves it in place
+    with specsampler.patched_transformers():
+        pass
+    assert hf.is_patched()
+
+
+def _case():
+    """transformers' own test case: vocabulary 10, candidates [1, 4, 5]; the target accepts 1 and 4, rejects 5 and
+    can only produce 8 instead."""
+    inf = float("inf")
+    ids = torch.tensor([[8, 0, 3, 9, 8, 1, 4, 5]])
+    cand = torch.full((1, 3, 10), -10.0)
+    for i, t in enumerate([1, 4, 5]):
+        cand[0, i, t] = 10.0
+    new = torch.full((1, 4, 10), -10.0)
+    new[0, 0, 1] = new[0, 1, 4] = 10.0
+    new[0, 2] = -inf
+    new[0, 2, 8] = 10.0
+    return ids, cand, 3, new
+
+
+def _args(is_done=False):
+    ids, cand, length, new = _case()
+    args = [ids, cand, length, new]
+    if "is_done_candidate" in INSTALLED:
+        args.append(is_done)
+    return args
+
+
+def test_patched_speculative_sampling_on_transformers_case():
+    with specsampler.patched_transformers():
+        tokens, n_matches = tf_utils._speculative_sampling(*_args())
+    assert tokens.tolist() == [[1, 4, 8]] and int(n_matches) == 2
+    assert isinstance(n_matches, torch.Tensor) and n_matches.numel() == 1
+
+
+def _all_accepted_case():
+    ids, cand, length, new = _case()
+    new[0, 2] = -10.0
+    new[0, 2, 5] = 10.0  # now 5 is accepted too
+    new[0, 3, 7] = 10.0  # bonus 7
+    return ids, cand, length, new
+
+
+def _fake(signature_src):
+    """A stand-in for one transformers version's _speculative_sampling that records its calls."""
+    calls = []
+    scope = {"calls": calls}
+    exec(f"def _speculative_sampling{signature_src}:\n    calls.append(1)\n    return 'original', None", scope)
+    return scope["_speculative_sampling"], calls
+
+
+SIGNATURES = {
+    "4.57-5.12": "(candidate_input_ids, candidate_logits, candidate_length, new_logits, is_done_candidate)",
+    "5.16": "(candidate_input_ids, candidate_logits, candidate_length, new_logits, is_done_candidate, "
+            "assistant_ensemble_weight=None)",
+    "5.18+": "(candidate_input_ids, candidate_logits, candidate_length, new_logits, assistant_ensemble_weight=None)",
+}
+
+
+@pytest.mark.parametrize("version", SIGNATURES)
+def test_wrapper_each_signature(version):
+    fake, calls = _fake(SIGNATURES[version])
+    wrapper = hf._make_wrapper(fake)
+    assert inspect.signature(wrapper) == inspect.signature(fake)
+    has_done = "is_done_candidate" in SIGNATURES[version]
+    ids, cand, length, new = _all_accepted_case()
+    extra = [False] if has_done else []
+    tokens, n = wrapper(ids, cand, length, new, *extra)
+    assert tokens.tolist() == [[1, 4, 5, 7]] and int(n) == 3  # all accepted, bonus token
+    if has_done:  # the last candidate ends the sequence: no bonus token
+        tokens, n = wrapper(ids, cand, length, new, True)
+        assert tokens.tolist() == [[1, 4, 5]] and int(n) == 2
+        tokens, n = wrapper(*_case(), is_done_candidate=True)  # a rejection: as usual
+        assert tokens.tolist() == [[1, 4, 8]] and int(n) == 2
+    assert calls == []
+    if "assistant_ensemble_weight" in SIGNATURES[version]:
+        assert wrapper(ids, cand, length, new, *extra, assistant_ensemble_weight=0.5) == ("original", None)
+        assert calls == [1]
+
+
+def test_assisted_generation_uses_specsampler(models, monkeypatch):
+    target, draft = models
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(args[1].shape[1])
+        return specsampler.verify(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "verify", spy)
+    prompt = torch.tensor([[5, 9, 13, 2, 40]])
+    with specsampler.patched_transformers():
+        torch.manual_seed(0)
+        out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=True,
+                              max_new_tokens=12, top_k=20, pad_token_id=0, eos_token_id=None)
+    assert out.shape == (1, 17) and int(out.max()) < V
+    assert seen  # transformers called the wrapper
+
+
+def test_sampled_first_token_follows_target_through_transformers(models, monkeypatch):
+    """transformers' assisted generation, patched: the first new token's frequencies against p (chi-square)."""
+    target, draft = models
+    lengths = []
+
+    def spy(*args, **kwargs):
+        lengths.append(args[1].shape[1])
+        return specsampler.verify(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "verify", spy)
+    prompt = torch.tensor([[5, 9, 13, 2, 40]])
+    with torch.no_grad():
+        logits = target(prompt).logits[0, -1].float()
+    p = warp_logits(logits, 1.0, 3).softmax(-1)  # top_k=3: 3 cells
+    counts = torch.zeros(V)
+    torch.manual_seed(0)
+    with specsampler.patched_transformers():
+        for _ in range(150):
+            out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft,
+                                  do_sample=True, max_new_tokens=2, top_k=3, pad_token_id=0, eos_token_id=None)
+            counts[out[0, prompt.shape[1]]] += 1
+    assert len(lengths) >= 150 and max(lengths) >= 1  # every first token went through specsampler
+    assert counts[p == 0].sum() == 0
+    expected = p[p > 0] * counts.sum()
+    stat = ((counts[p > 0] - expected) ** 2 / expected).sum()
+    df = int((p > 0).sum()) - 1
+    assert float(torch.special.gammaincc(torch.tensor(df / 2.0), stat / 2)) > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ custom_generate
+def _prompts():
+    ids = torch.tensor([[0, 0, 0, 7, 8, 9], [3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 11, 12]])
+    return ids, (torch.arange(6)[None] >= torch.tensor([[3], [0], [4]])).long()
+
+
+def test_custom_generate_greedy_batched(models):
+    target, draft = models
+    ids, mask = _prompts()
+    out = target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate,
+                          draft_model=draft, num_draft_tokens=3, max_new_tokens=10, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)
+    ref = specsampler.generate(target, draft, ids, mask, max_new_tokens=10, num_draft_tokens=3, eos_token_id=[],
+                               pad_token_id=0)
+    assert torch.equal(out, ref.sequences)
+    for b in range(3):
+        row = ids[b, mask[b].bool()][None]
+        alone = target.generate(row, attention_mask=torch.ones_like(row), do_sample=False, max_new_tokens=10,
+                                pad_token_id=0, eos_token_id=None)
+        assert out[b, 6:].tolist() == alone[0, row.shape[1]:].tolist()
+
+
+def test_custom_generate_sampling_and_return_dict(models):
+    target, draft = models
+    ids, mask = _prompts()
+    out = target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate,
+                          draft_model=draft, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10, top_p=0.9,
+                          seed=3, pad_token_id=0, eos_token_id=None, return_dict_in_generate=True)
+    assert out.sequences.shape == (3, 14) and torch.equal(out.sequences[:, :6], ids)
+    again = target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate,
+                            draft_model=draft, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10,
+                            top_p=0.9, seed=3, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(again, out.sequences)  # seeded
+
+
+def test_custom_generate_prompt_lookup_default(models):
+    target, _ = models
+    ids = torch.tensor([[4, 5, 6, 4, 5, 6, 4, 5]])
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, max_new_tokens=6, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)
+    ref = target.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(out, ref)
