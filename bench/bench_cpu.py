@@ -4,8 +4,9 @@ Same inputs for both: target logits [B, K+1, V] ~ 3 * N(0, 1), draft logits = ta
 acceptance rate; sigma = 0 is p = q, every draft accepted: the most work for both, as the torch backend computes the
 softmax of a position only when the drafts before it were accepted), drafts sampled from the draft.
 transformers' function takes one row at a time, so a batch of B costs B calls of it; ours takes the batch in one call.
-Times are medians of interleaved repeats (the two providers alternate, so drift on a shared machine hits both), on
-one thread.
+Each call gets the next inputs of a pool of 64 rows (so that the acceptance varies from call to call, as in
+generation), read once just before the timer starts (a model's fresh logits are in cache). Times are medians of
+interleaved repeats (the two providers alternate, so drift on a shared machine hits both), on one thread.
 
     python bench/bench_cpu.py            # the table
     python bench/bench_cpu.py --quick    # fewer repeats
@@ -49,16 +50,19 @@ def make_inputs(batch, k, vocab, sigma, seed=0):
     return target, drafts, draft
 
 
-def interleaved_medians(fns, repeats):
-    """Median seconds of each function, timed in alternation."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
+def interleaved_medians(providers, inputs, repeats):
+    """Median seconds of each provider, timed in alternation; each call gets the next inputs, read once just before
+    the timer starts (as a model's fresh logits are: in cache, written a moment before)."""
+    times = [[] for _ in providers]
+    for step in range(repeats + 1):
+        for fn, ts in zip(providers, times, strict=True):
+            args = inputs[step % len(inputs)]
+            for a in args:
+                a.sum()
             start = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - start)
+            fn(*args)
+            if step:  # the first round warms up
+                ts.append(time.perf_counter() - start)
     return [sorted(ts)[len(ts) // 2] for ts in times]
 
 
@@ -69,23 +73,17 @@ def time_case(hf, batch, k, vocab, sigma, repeats):
     call as in generation. Both providers see the same sequence of inputs.
     """
     target, drafts, draft = make_inputs(max(batch, POOL), k, vocab, sigma)
-    batches = [slice(lo, lo + batch) for lo in range(0, target.shape[0] - batch + 1, batch)]
-    turn = {"ours": 0, "theirs": 0}
+    inputs = [(target[lo : lo + batch], drafts[lo : lo + batch], draft[lo : lo + batch])
+              for lo in range(0, target.shape[0] - batch + 1, batch)]
 
-    def next_rows(name):
-        turn[name] += 1
-        return batches[turn[name] % len(batches)]
+    def ours(t, x, d):
+        specsampler.verify(t, x, d, seed=0, backend="torch")
 
-    def ours():
-        r = next_rows("ours")
-        specsampler.verify(target[r], drafts[r], draft[r], seed=0, backend="torch")
+    def theirs(t, x, d):
+        for b in range(t.shape[0]):
+            hf(x[b : b + 1], d[b : b + 1], t[b : b + 1])
 
-    def theirs():
-        r = next_rows("theirs")
-        for b in range(r.start, r.stop):
-            hf(drafts[b : b + 1], draft[b : b + 1], target[b : b + 1])
-
-    t_hf, t_ours = interleaved_medians([theirs, ours], repeats)
+    t_hf, t_ours = interleaved_medians([theirs, ours], inputs, repeats)
     accepted = specsampler.verify(target, drafts, draft, seed=0, backend="torch").num_accepted.float().mean()
     return float(accepted), t_hf, t_ours
 

@@ -27,6 +27,7 @@ scores.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 # A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
@@ -117,9 +118,12 @@ def _draw(dist: torch.Tensor, uniform: torch.Tensor | float, noise: torch.Tensor
     if noise is not None:
         return (dist / noise).argmax(dim=-1)
     cdf = dist.cumsum(dim=-1)
-    # u < 1 in float32, so u * total rounds below total and the id found has positive mass:
+    # u < 1 in float32, so u * total rounds below total (in float32) and the id found has positive mass:
     # cdf[id] > u * total >= cdf[id - 1]. The clamp only matters for a row with no mass at all.
-    value = cdf[..., -1:] * (uniform[:, None] if isinstance(uniform, torch.Tensor) else uniform)
+    if isinstance(uniform, float):  # one row: the product on the host, one search
+        value = float(np.float32(uniform) * np.float32(float(cdf[-1])))
+        return torch.searchsorted(cdf, value, right=True).clamp_(max=dist.shape[-1] - 1)
+    value = cdf[..., -1:] * uniform[:, None]
     return torch.searchsorted(cdf, value, right=True)[..., 0].clamp_(max=dist.shape[-1] - 1)
 
 
