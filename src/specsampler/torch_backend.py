@@ -213,6 +213,8 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub)
         return n, best[n], True
 
     # 1. Decisions, one position at a time: a row's later softmax rows are computed only if its drafts get there.
+    # (A decision needs only the row's logsumexp, but the fused softmax is faster than logsumexp on CPUs, and the
+    # rejected position needs p and q in full anyway.)
     n, p_n, q_n = k_b, None, None
     for t in range(k_b):
         p_t = _softmax(target[t], temperature, from_probs, vocab, scrub)
