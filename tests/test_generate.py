@@ -152,6 +152,16 @@ def test_greedy_draft_equal_to_target_accepts_everything(llama_pair):
     assert out.stats.target_forwards == 3  # 5 + 5 + 3 tokens (the last step drafts only 2)
 
 
+def test_callback_sees_every_new_token_in_order(llama_pair):
+    target, draft = llama_pair
+    ids, mask = _ragged([5, 8, 3], seed=4)
+    seen = {0: [], 1: [], 2: []}
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=9, num_draft_tokens=3, eos_token_id=[],
+                               callback=lambda row, tokens: seen[row].extend(tokens))
+    for b in range(3):
+        assert seen[b] == out.sequences[b, ids.shape[1]:].tolist()
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 7])
 def test_max_new_tokens(llama_pair, max_new_tokens):
     target, draft = llama_pair

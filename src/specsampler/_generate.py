@@ -265,7 +265,7 @@ def _as_list(x) -> list[int]:
 def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int, num_draft_tokens: int = 4, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None, eos_token_id=None,
-             pad_token_id: int | None = None) -> GenerateOutput:
+             pad_token_id: int | None = None, callback=None) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
     Parameters
@@ -295,6 +295,9 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
         Stop a row at any of these. None: ``target.generation_config.eos_token_id`` (as transformers does).
     pad_token_id : int, optional
         Fills rows that finished early. None: the generation config's, else the first EOS id, else 0.
+    callback : callable, optional
+        ``callback(row, tokens)`` after every step, for each row that gained tokens: the row's index in `input_ids`
+        and its new tokens (a list of ints), e.g. to stream text.
 
     Returns
     -------
@@ -395,6 +398,8 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
                     break
             new[r] += got
             seqs[r] += got
+            if callback is not None and got:
+                callback(r, got)
             stats.row_steps += 1
             stats.drafted += counts[i]
             stats.accepted += n_host[i]

@@ -431,37 +431,16 @@ def check_options(args) -> torch.device:
 
 # --------------------------------------------------------------------------------------------------------- streaming
 class _Streamer:
-    """Prints a single prompt's new text as generation goes, from a forward pre-hook on the target.
+    """Prints a single prompt's new text as generation goes: the per-step ``callback`` of ``specsampler.generate``."""
 
-    ``specsampler.generate`` has no per-step callback, so this reads what the target is fed: with one row, every step
-    feeds ``[last, d_1..d_K]`` after the cache kept the previous step's accepted slots (no holes with one row), so
-    the cache length tells how many of the previous step's tokens were kept, and ``last`` is the token just emitted.
-    What the hook cannot see (the last step's tokens) is printed from the final sequence by :meth:`finish`.
-    """
-
-    def __init__(self, tokenizer, prompt_len: int, stream):
-        self.tok, self.prompt_len, self.stream = tokenizer, prompt_len, stream
-        self.cache: list[int] = []
-        self.prev: tuple[int, list[int]] | None = None
+    def __init__(self, tokenizer, stream):
+        self.tok, self.stream = tokenizer, stream
+        self.tokens: list[int] = []
         self.printed = ""
-        self.broken = False
 
-    def hook(self, module, args, kwargs):
-        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-        if self.broken or ids is None or mask is None or ids.shape[0] != 1:
-            return
-        toks, start = ids[0].tolist(), mask.shape[1] - ids.shape[1]
-        if self.prev is not None:
-            prev_start, prev_toks = self.prev
-            self.cache += prev_toks[: start - prev_start]
-        if len(self.cache) != start or not bool(mask.all()):
-            self.broken = True  # not the layout this reads: print at the end instead
-            return
-        self.prev = (start, toks)
-        self._show((self.cache + toks[:1])[self.prompt_len:])
-
-    def _show(self, new: list[int]) -> None:
-        text = self.tok.decode(new, skip_special_tokens=True)
+    def __call__(self, row: int, tokens: list[int]) -> None:
+        self.tokens += tokens
+        text = self.tok.decode(self.tokens, skip_special_tokens=True)
         if text.startswith(self.printed) and not text.endswith("\ufffd") and len(text) > len(self.printed):
             self.stream.write(text[len(self.printed):])
             self.stream.flush()
@@ -502,20 +481,13 @@ def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenize
     n_batches = -(-len(rows) // args.batch_size)
     for i, (lo, batch) in enumerate(_batches(rows, args.batch_size)):
         ids, mask = left_pad(batch, pad_id)
-        streamer = handle = None
-        if len(rows) == 1 and not quiet:
-            streamer = _Streamer(tokenizer, len(batch[0]), sys.stdout)
-            handle = target.register_forward_pre_hook(streamer.hook, with_kwargs=True)
+        streamer = _Streamer(tokenizer, sys.stdout) if len(rows) == 1 and not quiet else None
         start = time.perf_counter()
-        try:
-            out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
-                           num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
-                           temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                           seed=None if args.seed is None else args.seed + lo, eos_token_id=eos or None,
-                           pad_token_id=pad_id)
-        finally:
-            if handle is not None:
-                handle.remove()
+        out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
+                       num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
+                       temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                       seed=None if args.seed is None else args.seed + lo, eos_token_id=eos or None,
+                       pad_token_id=pad_id, callback=streamer)
         seconds += time.perf_counter() - start
         got = new_tokens(out.sequences.cpu(), ids.shape[1], eos)
         outs += got
