@@ -632,30 +632,34 @@ def _load_bench_module(name: str):
     return module
 
 
-def plot_cpu(rows: list, path: Path) -> str:
-    """A bar chart of the CPU benchmark's rows; returns where it went, or why there is none."""
-    try:
-        import matplotlib
+def _cpu_copy_gbps() -> float:
+    """This CPU's copy bandwidth (GB/s, bytes read plus written) over a 256 MiB buffer: the plot's roofline."""
+    src = torch.ones(1 << 26)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(3))
+    return 2 * src.numel() * 4 / best / 1e9
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "no plot: matplotlib is not installed (pip install matplotlib)"
-    labels = [f"B={b} s={s:g}" for b, _, _, s, *_ in rows]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
-    ax.bar([i - 0.2 for i in x], [r[5] * 1e6 for r in rows], 0.4, label="transformers")
-    ax.bar([i + 0.2 for i in x], [r[6] * 1e6 for r in rows], 0.4, label="specsampler (torch)")
-    ax.set_xticks(list(x), labels, fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("median us per verify call")
-    ax.set_title(f"verify on CPU, K={rows[0][1]}, V={rows[0][2]}")
-    ax.legend()
-    fig.tight_layout()
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def plot_cpu(rows: list, path: Path) -> str:
+    """The CPU benchmark's rows on the device check's plot (time against the bytes a verification must read, with
+    this CPU's copy bandwidth as the roofline), by matplotlib or, without it, a PNG drawn with numpy."""
+    plot = _load_bench_module("devcheck_plot")
+    points = []
+    for batch, k, vocab, sigma, _, t_hf, t_ours in rows:
+        nbytes = 4 * batch * ((k + 1) * vocab + k * vocab + 2 * vocab)
+        for provider, seconds in (("transformers", t_hf), ("specsampler", t_ours)):
+            points.append(dict(provider=provider, median_us=seconds * 1e6, bytes=nbytes, dtype="float32",
+                               mode=f"sigma={sigma:g}"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return f"plot: {path}"
+    how = plot.write_plot(str(path), points, _cpu_copy_gbps(), f"verify on CPU, K={rows[0][1]}, V={rows[0][2]}")
+    return f"plot: {path} ({how})"
 
 
 def cmd_bench(args) -> int:
