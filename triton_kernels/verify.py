@@ -78,8 +78,8 @@ def _finite_logits(x):
 
 
 @triton.jit
-def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, BLOCK_V: tl.constexpr):
-    """Max, sum of exp((l - max) * inv_t) and argmax of row_ptr[lo:hi], walked in BLOCK_V tiles."""
+def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, max_ptr, sum_ptr, arg_ptr, out, BLOCK_V: tl.constexpr):
+    """Max, sum of exp((l - max) * inv_t) and argmax of row_ptr[lo:hi], walked in BLOCK_V tiles, stored at `out`."""
     m = -float("inf")
     z = 0.0
     arg = lo
@@ -92,7 +92,9 @@ def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, BLOCK_V: tl.constexpr):
         m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
         z = z * tl.exp((m - m_safe) * inv_t) + tl.sum(tl.exp((x - m_safe) * inv_t), axis=0)
         m = m_new
-    return m, z, arg
+    tl.store(max_ptr + out, m)
+    tl.store(sum_ptr + out, z)
+    tl.store(arg_ptr + out, arg.to(tl.int32))
 
 
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "chunk", "S1", "temperature"])
@@ -116,18 +118,12 @@ def _row_stats_kernel(
     out = row * S1 + split
     if is_draft:
         if (t < k_b) & (temp != 0.0):
-            hi = tl.minimum(lo + chunk, Vd)
-            m, z, arg = _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, lo, hi, inv_t, BLOCK_V)
-            tl.store(max_ptr + out, m)
-            tl.store(sum_ptr + out, z)
-            tl.store(arg_ptr + out, arg.to(tl.int32))
+            _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, lo, tl.minimum(lo + chunk, Vd), inv_t,
+                             max_ptr, sum_ptr, arg_ptr, out, BLOCK_V)
     else:
         if t <= k_b:
-            hi = tl.minimum(lo + chunk, V)
-            m, z, arg = _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, lo, hi, inv_t, BLOCK_V)
-            tl.store(max_ptr + out, m)
-            tl.store(sum_ptr + out, z)
-            tl.store(arg_ptr + out, arg.to(tl.int32))
+            _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, lo, tl.minimum(lo + chunk, V), inv_t,
+                             max_ptr, sum_ptr, arg_ptr, out, BLOCK_V)
 
 
 @triton.jit

@@ -33,7 +33,6 @@ import torch
 # A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
 RESIDUAL_EPS = 1e-6
 _FMAX = torch.finfo(torch.float32).max
-_FMAX_INF = float("inf")
 
 _MASK64 = (1 << 64) - 1
 
@@ -100,7 +99,7 @@ def _softmax(scores: torch.Tensor, temperature, from_probs: bool, vocab: int, sc
     if from_probs:
         probs = torch.nan_to_num(scores, nan=0.0).clamp_(0.0, 1.0)
     elif scrub:
-        scores = torch.nan_to_num(scores, nan=-_FMAX_INF, posinf=_FMAX, neginf=-_FMAX_INF)
+        scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=_FMAX, neginf=float("-inf"))
         scores = (scores - scores.amax(dim=-1, keepdim=True).clamp_min(-_FMAX)) / t
         probs = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
     else:
