@@ -105,3 +105,48 @@ def test_kernel_from_probs_one_hot_follows_p(device):
     target, drafts, _, _ = _rows(n_rows, 1.0, seed=6, one_hot=True)
     res = specsampler.verify_probs(target.softmax(-1).to(device), drafts.to(device), seed=3, backend="triton")
     _check(res.tokens.cpu(), res.num_accepted.cpu(), None, _one_hot_q())
+
+
+# The CPU's inverse CDF walks the vocabulary in chunks (torch_backend._CHUNK): mass on both sides of every chunk
+# boundary, in the tail past the last full chunk, and whole chunks without mass.
+_V_CHUNKED = 1100
+_HEAVY = [0, 255, 256, 511, 1023, 1024, 1099]
+
+
+def _chunked_dist():
+    dist = torch.zeros(_V_CHUNKED)
+    dist[_HEAVY] = torch.tensor([3.0, 1.0, 2.0, 1.5, 0.5, 2.5, 1.0])
+    dist[300:400] = 0.01  # a light band; ids 512..1022 (two chunks) have no mass
+    return dist
+
+
+def test_cpu_inverse_cdf_follows_dist():
+    dist = _chunked_dist()
+    g = torch.Generator().manual_seed(8)
+    uniforms = torch.rand(20000, generator=g).tolist()
+    ids = torch.tensor([torch_backend._draw_row(dist, u, None)[0] for u in uniforms])
+    assert bool((dist[ids] > 0).all()), "an id without mass was drawn"
+    band = torch.zeros(_V_CHUNKED, dtype=torch.bool)
+    band[300:400] = True
+    cells = torch.cat([dist[_HEAVY], dist[band].sum()[None]])
+    counts = torch.cat([torch.bincount(ids, minlength=_V_CHUNKED)[_HEAVY], band[ids].sum()[None]])
+    assert int(counts.sum()) == ids.numel()
+    p_value = chi2_pvalue(counts, cells / cells.sum())
+    assert p_value > ALPHA, f"counts {counts.tolist()} vs {(cells / cells.sum()).tolist()}, p-value {p_value}"
+
+
+def test_cpu_inverse_cdf_edges():
+    dist = _chunked_dist()
+    last_u = 1.0 - 2.0**-24  # the largest float32 uniform
+    assert torch_backend._draw_row(dist, 0.0, None)[0] == 0
+    assert torch_backend._draw_row(dist, last_u, None)[0] == 1099
+    dist[1099] = 0.0  # the last id with mass is then 1024, the tail's first
+    assert torch_backend._draw_row(dist, last_u, None)[0] == 1024
+    dist[1024] = 0.0  # a tail without mass: the last id of chunk 3
+    assert torch_backend._draw_row(dist, last_u, None)[0] == 1023
+    token, total = torch_backend._draw_row(torch.zeros(_V_CHUNKED), 0.5, None)  # no mass: uniform
+    assert (token, total) == (550, 0.0)
+    dist[7] = float("nan")
+    assert math.isnan(torch_backend._draw_row(dist, 0.5, None)[1])
+    for vocab in (1, 7, 256, 512):  # no tail, or nothing but the tail
+        assert torch_backend._draw_row(torch.ones(vocab), last_u, None)[0] == vocab - 1

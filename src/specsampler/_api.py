@@ -58,10 +58,10 @@ def _row_tensor(name: str, value, batch: int, device: torch.device, dtypes: tupl
 def _pick_backend(backend: str, device: torch.device) -> str:
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
-    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and interpreted):
+    if backend == "triton" and device.type != "cuda" and not (
+            device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got {device}")
     return backend
 

@@ -10,8 +10,8 @@ Notation: p target, q draft; x_t the drafted token at position t; K_b the drafts
 Two paths compute exactly this:
 - On the CPU, where `exp` is slow and every torch call costs microseconds, rows and positions go one at a time with
   the decisions in Python: the softmax of position t is computed only if x_0..x_{t-1} were accepted, the bonus row's
-  only if every draft was; the correction is drawn by the inverse CDF (a cumulative sum and a binary search, one
-  uniform), with no per-vocabulary noise. transformers' `_speculative_sampling` computes all 2K+1 softmax rows and an
+  only if every draft was; the correction is drawn by the inverse CDF with one uniform and no per-vocabulary noise
+  (sums of 256-id chunks to find the chunk, then a cumulative sum within it: no sequential pass over V). transformers' `_speculative_sampling` computes all 2K+1 softmax rows and an
   `exponential_` over the vocabulary for its `multinomial`.
 - Elsewhere the whole batch goes through one fixed sequence of batched ops: no loop, no host synchronisation
   (CUDA-graph and torch.compile friendly).
@@ -94,7 +94,11 @@ def _softmax(scores: torch.Tensor, temperature, from_probs: bool, vocab: int, sc
     probability 0 everywhere. Without `scrub` (the CPU's fast path) a row holding any of those comes out NaN.
     A tensor `temperature` is [B] against scores [B, R, V'].
     """
-    scores = scores.float()
+    if temperature.__class__ is float and temperature == 1.0 and not (from_probs or scrub) and (
+            scores.dtype == torch.float32 and scores.shape[-1] == vocab):  # the common case first (CPU: per call)
+        return torch.softmax(scores, dim=-1)
+    if scores.dtype != torch.float32:
+        scores = scores.float()
     t = temperature[:, None, None] if isinstance(temperature, torch.Tensor) else temperature
     if from_probs:
         probs = torch.nan_to_num(scores, nan=0.0).clamp_(0.0, 1.0)
@@ -112,16 +116,14 @@ def _argmax(scores: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scores.float(), nan=float("-inf")).argmax(dim=-1)
 
 
-def _draw(dist: torch.Tensor, uniform: torch.Tensor | float, noise: torch.Tensor | None) -> torch.Tensor:
-    """One id per row of the unnormalised non-negative `dist` [..., V]: the race with `noise`, else the inverse CDF."""
+def _draw(dist: torch.Tensor, uniform: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """One id per row of the unnormalised non-negative `dist` [B, V] with `uniform` [B]: the race with `noise`, else
+    the inverse CDF."""
     if noise is not None:
         return (dist / noise).argmax(dim=-1)
     cdf = dist.cumsum(dim=-1)
     # u < 1 in float32, so u * total rounds below total (in float32) and the id found has positive mass:
     # cdf[id] > u * total >= cdf[id - 1]. The clamp only matters for a row with no mass at all.
-    if isinstance(uniform, float):  # one row: the product on the host, one search
-        value = float(np.float32(uniform) * np.float32(float(cdf[-1])))
-        return torch.searchsorted(cdf, value, right=True).clamp_(max=dist.shape[-1] - 1)
     value = cdf[..., -1:] * uniform[:, None]
     return torch.searchsorted(cdf, value, right=True)[..., 0].clamp_(max=dist.shape[-1] - 1)
 
@@ -190,16 +192,19 @@ def verify_torch(
     k_rows = [k] * batch if num_draft_tokens is None else num_draft_tokens.tolist()
     temps = temperature.tolist() if isinstance(temperature, torch.Tensor) else [temperature] * batch
     u_rows = u.tolist()
-    tokens, counts = [], []
+    tokens = np.empty((batch, k_plus_1), dtype=np.int64)
+    tokens.fill(-1)
+    counts = np.empty(batch, dtype=np.int64)
     for b in range(batch):
         args = (target[b], drafts[b], None if draft is None else draft[b], k_rows[b], temps[b], u_rows[b],
                 None if noise is None else noise[b], from_probs)
         n, token, clean = _verify_row(*args, scrub=False)
         if not clean:
             n, token, _ = _verify_row(*args, scrub=True)
-        tokens.append(drafts[b][:n] + [token] + [-1] * (k - n))
-        counts.append(n)
-    return torch.tensor(tokens, dtype=torch.int64), torch.tensor(counts, dtype=torch.int64)
+        tokens[b, :n] = drafts[b][:n]
+        tokens[b, n] = token
+        counts[b] = n
+    return torch.from_numpy(tokens), torch.from_numpy(counts)
 
 
 def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub):
@@ -214,31 +219,62 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub)
     # 1. Decisions, one position at a time: a row's later softmax rows are computed only if its drafts get there.
     # (A decision needs only the row's logsumexp, but the fused softmax is faster than logsumexp on CPUs, and the
     # rejected position needs p and q in full anyway.)
-    n, p_n, q_n = k_b, None, None
     for t in range(k_b):
         p_t = _softmax(target[t], temperature, from_probs, vocab, scrub)
         q_t = None if draft is None else _softmax(draft[t], temperature, from_probs, vocab, scrub)
         valid = 0 <= x[t] < vocab
-        if not (valid and u[t] * (1.0 if q_t is None else float(q_t[x[t]])) < float(p_t[x[t]])):
-            if q_t is None:  # one-hot at x_t (nothing for an id outside the vocabulary)
-                q_t = torch.zeros(vocab)
-                if valid:
-                    q_t[x[t]] = 1.0
-            n, p_n, q_n = t, p_t, q_t
-            break
+        if valid and u[t] * (1.0 if q_t is None else q_t[x[t]].item()) < p_t[x[t]].item():
+            continue
+        # 2. Rejected: the correction from r = max(0, p_t - q_t); from p_t itself when r has no mass.
+        if q_t is None:  # one-hot at x_t: r is p_t without x_t (nothing removed for an id outside the vocabulary)
+            r = p_t.clone()
+            if valid:
+                r[x[t]] = 0.0
+        else:
+            r = (p_t - q_t).clamp_min_(0.0)
+        token, total = _draw_row(r, u[-1], noise)
+        if total <= RESIDUAL_EPS:
+            token, total = _draw_row(p_t, u[-1], noise)
+        return t, token, total == total
 
-    # 2. The row to draw from: the residual, or p_n itself (the bonus; a residual with no mass).
-    if n == k_b:
-        dist = _softmax(target[k_b], temperature, from_probs, vocab, scrub)
-    else:
-        r = (p_n - q_n).clamp_min_(0.0)
-        dist = p_n if float(r.sum()) <= RESIDUAL_EPS else r
-    total = float(dist.sum())
-    if total != total:
-        return n, -1, False
-    if total == 0.0:  # p has no mass either: uniform
-        dist = torch.ones(vocab)
-    return n, int(_draw(dist, u[-1], noise)), True
+    # 2. Every draft accepted: the bonus token from p_{K_b}.
+    token, total = _draw_row(_softmax(target[k_b], temperature, from_probs, vocab, scrub), u[-1], noise)
+    return k_b, token, total == total
+
+
+# The inverse CDF of one row walks the vocabulary in chunks: the chunk sums in one matrix-vector product, a cumulative
+# sum over them to find the chunk, then one over that chunk alone (a cumulative sum over all of V is sequential and
+# several times slower on CPUs).
+_CHUNK = 256
+_ONES = np.ones(_CHUNK, dtype=np.float32)
+
+
+def _draw_row(dist: torch.Tensor, uniform: float, noise: torch.Tensor | None) -> tuple[int, float]:
+    """Draw one id from the unnormalised non-negative CPU row `dist` [V] float32 with one uniform in [0, 1).
+
+    The race argmax dist / noise instead when `noise` [V] is given (the test hook). Returns (id, total mass); a row of
+    no mass gives a uniform id; a row holding NaN gives a NaN total (and a meaningless id).
+    """
+    values = dist.numpy()
+    vocab = values.shape[0]
+    full = vocab - vocab % _CHUNK
+    cum = (values[:full].reshape(-1, _CHUNK) @ _ONES).cumsum(dtype=np.float64)
+    head = float(cum[-1]) if full else 0.0
+    total = head + float(values[full:].sum(dtype=np.float64)) if full < vocab else head
+    if noise is not None:
+        return int(((dist if total != 0.0 else torch.ones(vocab)) / noise).argmax()), total
+    if not total > 0.0:  # no mass (uniform), or NaN
+        return min(int(uniform * vocab), vocab - 1), total
+    # u < 1, so u * total < total: the chunk found has mass, and so has the id found in it, which satisfies
+    # cum(id) > u * total >= cum(id - 1) up to the float32 rounding of the chunk sums.
+    value = uniform * total
+    chunk = int(cum.searchsorted(value, side="right")) if value < head else full // _CHUNK
+    lo = chunk * _CHUNK
+    inner = values[lo : lo + _CHUNK].cumsum(dtype=np.float64)
+    i = int(inner.searchsorted(value - (float(cum[chunk - 1]) if chunk else 0.0), side="right"))
+    if i == inner.shape[0]:  # rounding at the chunk's end: its last id with mass
+        i = int(np.flatnonzero(values[lo : lo + _CHUNK])[-1])
+    return lo + i, total
 
 
 def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_probs, scrub):
