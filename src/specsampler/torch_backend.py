@@ -11,8 +11,9 @@ Two paths compute exactly this:
 - On the CPU, where `exp` is slow and every torch call costs microseconds, rows and positions go one at a time with
   the decisions in Python: the softmax of position t is computed only if x_0..x_{t-1} were accepted, the bonus row's
   only if every draft was; the correction is drawn by the inverse CDF with one uniform and no per-vocabulary noise
-  (sums of 256-id chunks to find the chunk, then a cumulative sum within it: no sequential pass over V). transformers' `_speculative_sampling` computes all 2K+1 softmax rows and an
-  `exponential_` over the vocabulary for its `multinomial`.
+  (sums of 256-id chunks to find the chunk, then a cumulative sum within it: no sequential pass over V).
+  transformers' `_speculative_sampling` computes all 2K+1 softmax rows and an `exponential_` over the vocabulary for
+  its `multinomial`.
 - Elsewhere the whole batch goes through one fixed sequence of batched ops: no loop, no host synchronisation
   (CUDA-graph and torch.compile friendly).
 When the caller supplies exponential noise E (the test hook that makes the backend replay the kernel's random
