@@ -161,7 +161,7 @@ def verify_torch(
         Test hook: [B, K] acceptance uniforms in [0, 1) and [B, V] positive exponential noise, replacing the
         backend's own random numbers (the kernel accepts the same two tensors).
     vectorized : bool or None
-        Force the batched path (True) or the per-row path (False); None: per-row on the CPU only.
+        Force the batched path (True) or the per-row path (False, CPU tensors only); None: per-row on the CPU.
 
     Returns
     -------
@@ -182,6 +182,8 @@ def verify_torch(
         u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
     if vectorized is None:
         vectorized = device.type != "cpu"
+    elif not vectorized and device.type != "cpu":
+        raise ValueError(f"the per-row path (vectorized=False) runs on CPU tensors only, got {device}")
     if vectorized:
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
         tokens, n, clean = _verify_batch(*args, scrub=device.type != "cpu")
