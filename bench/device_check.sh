@@ -73,7 +73,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 TEST_RC=0
 if [ "$TESTS" = 1 ]; then
   echo "== 1. test suite on $("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")') (timeout ${TEST_TIMEOUT}s)"
-  DEVICE_CHECK_RUNNING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PY" -m pytest -q -x -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log"
+  # (tests/test_compile_offline.py is left out: it compiles for a GPU on machines without one; here every test compiles)
+  DEVICE_CHECK_RUNNING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PY" -m pytest -q -x -p no:cacheprovider tests \
+    --ignore=tests/test_compile_offline.py 2>&1 | tee "$OUT/tests.log"
   TEST_RC=${PIPESTATUS[0]}
   if [ "$TEST_RC" = 0 ]; then echo "tests: passed"; else echo "TESTS FAILED (status $TEST_RC; 124/130: timed out); going on to the benchmarks"; fi
 fi
