@@ -15,7 +15,7 @@ from specsampler import torch_backend
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
 # (B, K, V, dtype, options): every B in {1, 7, 33}, K in {0, 1, 4, 8}, V in {7, 1000, 8193, 50000} and dtype appears,
-# with one-hot drafts, ragged rows, greedy rows, per-row temperature and greedy/sampled mixes.
+# with one-hot drafts, ragged rows, greedy rows, per-row temperature and greedy/sampled mixes; V = 2048 is whole tiles.
 CASES = [
     (1, 0, 7, F32, {}),
     (1, 4, 8193, BF16, {}),
@@ -28,6 +28,7 @@ CASES = [
     (33, 0, 1000, F32, dict(temperature="row")),
     (7, 4, 8193, F32, dict(draft=False, ragged=True, temperature=0.6)),
     (7, 8, 1000, F32, dict(draft_vocab=900, temperature=1.3)),
+    (7, 4, 2048, F32, dict(draft_vocab=1024, ragged=True)),  # whole tiles only: no partial tile in either row
 ]
 
 

@@ -4,10 +4,11 @@ Algorithm (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302
 x_t the drafted tokens, K_b the drafts row b really has, T_b its temperature (0: greedy).
 
 Launch 1, ``_row_stats_kernel`` (logits only), grid (B*(K+1) + B*K, S1): program (row, split) walks one split of
-one target or draft row in BLOCK_V tiles and writes that split's max, sum of exp((l - max) / T) and argmax (lowest
-index on ties). Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped. Padding lanes load -inf,
-NaN is read as -inf and +inf as the largest float32, so no padding lane ever wins a max or an argmax, and a row that
-is all -inf has sum 0: probability 0 everywhere.
+one target or draft row in BLOCK_V tiles (whole tiles without a mask, so aligned rows load in 128-bit vectors, then
+the row's partial tile) and writes that split's max, sum of exp((l - max) / T) and argmax (lowest index on ties).
+Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped. Padding lanes load -inf, NaN is read as
+-inf and +inf as the largest float32, so no padding lane ever wins a max or an argmax, and a row that is all -inf
+has sum 0: probability 0 everywhere.
 
 Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
 and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
@@ -49,8 +50,8 @@ BLOCK_K = 16  # positions decided per step of the loop over K
 BLOCK_S = 32  # the most statistics splits per row (S1 <= BLOCK_S)
 # Tile widths on GPUs (8 warps from 2048 up, else 4). The race of launch 2 holds more per element than launch 1's
 # statistics (Philox state, three keys): at 2048 with 8 warps ptxas 12.8 (Triton 3.6) spilled on sm_90; 512 with
-# 4 warps compiles without spills for sm_80 and sm_90 with Triton 3.6 and 3.9, at most 128 registers, and gives
-# B = 1 four times as many programs (bench/compile_offline.py, tests/test_compile_offline.py).
+# 4 warps compiles with at most 128 registers and no spill in a loop for sm_80 and sm_90 with Triton 3.6 and 3.9,
+# and gives B = 1 four times as many programs (bench/compile_offline.py, tests/test_compile_offline.py).
 GPU_BLOCK_V_STATS = 2048
 GPU_BLOCK_V_RACE = 512
 
@@ -84,33 +85,46 @@ def _finite_logits(x):
 
 
 @triton.jit
-def _row_split_stats(row_ptr, stride_v, lo, hi, inv_t, max_ptr, sum_ptr, arg_ptr, out, BLOCK_V: tl.constexpr):
-    """Max, sum of exp((l - max) * inv_t) and argmax of row_ptr[lo:hi], walked in BLOCK_V tiles, stored at `out`."""
+def _row_split_stats(row_ptr, stride_v, tile_lo, tiles, n, inv_t, max_ptr, sum_ptr, arg_ptr, out,
+                     BLOCK_V: tl.constexpr):
+    """Max, sum of exp((l - max) * inv_t) and argmax of tiles [tile_lo, tile_lo + tiles) of a row of n scores,
+    stored at `out`. Whole tiles load without a mask (so 16-byte aligned rows load in 128-bit vectors), then the one
+    partial tile of the row, if it falls in this split, loads with one."""
     m = -float("inf")
     z = 0.0
-    arg = lo
-    for start in range(lo, hi, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=offs < hi, other=-float("inf")))
-        tile_max = tl.max(x, axis=0)
-        arg = tl.where(tile_max > m, start + tl.argmax(x, axis=0), arg)
-        m_new = tl.maximum(m, tile_max)
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        z = z * tl.exp((m - m_safe) * inv_t) + tl.sum(tl.exp((x - m_safe) * inv_t), axis=0)
-        m = m_new
+    arg = tile_lo * BLOCK_V
+    for masked in tl.static_range(2):
+        if masked == 0:
+            first = tile_lo
+            last = tl.minimum(tile_lo + tiles, n // BLOCK_V)
+        else:
+            first = tl.maximum(tile_lo, n // BLOCK_V)
+            last = tl.minimum(tile_lo + tiles, tl.cdiv(n, BLOCK_V))
+        for tile in range(first, last):
+            offs = tile * BLOCK_V + tl.arange(0, BLOCK_V)
+            if masked == 0:
+                x = _finite_logits(tl.load(row_ptr + offs * stride_v))
+            else:
+                x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=offs < n, other=-float("inf")))
+            tile_max = tl.max(x, axis=0)
+            arg = tl.where(tile_max > m, tile * BLOCK_V + tl.argmax(x, axis=0), arg)
+            m_new = tl.maximum(m, tile_max)
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            z = z * tl.exp((m - m_safe) * inv_t) + tl.sum(tl.exp((x - m_safe) * inv_t), axis=0)
+            m = m_new
     tl.store(max_ptr + out, m)
     tl.store(sum_ptr + out, z)
     tl.store(arg_ptr + out, arg.to(tl.int32))
 
 
-@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "chunk", "S1", "temperature"])
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "temperature"])
 def _row_stats_kernel(
     target_ptr, t_sb, t_st, t_sv,  # [B, K+1, V] logits
     draft_ptr, d_sb, d_st, d_sv,  # [B, K, Vd] logits (the target when there are none; never read then)
     num_draft_ptr,  # [B] int, read when RAGGED
     temp_ptr,  # [B] float32, read when ROW_TEMP
     max_ptr, sum_ptr, arg_ptr,  # [B*(K+1) + B*K, S1] float32, float32, int32: the split statistics
-    B, K, V, Vd, chunk, S1, temperature,
+    B, K, V, Vd, tiles, S1, temperature,
     BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # target rows b*(K+1)+t, then draft rows B*(K+1) + b*K+t
@@ -120,15 +134,15 @@ def _row_stats_kernel(
     t = tl.where(is_draft, (row - B * (K + 1)) % tl.maximum(K, 1), row % (K + 1))
     k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
     temp, inv_t = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
-    lo = split * chunk
+    tile_lo = split * tiles
     out = row * S1 + split
     if is_draft:
         if (t < k_b) & (temp != 0.0):
-            _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, lo, tl.minimum(lo + chunk, Vd), inv_t,
+            _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, tile_lo, tiles, Vd, inv_t,
                              max_ptr, sum_ptr, arg_ptr, out, BLOCK_V)
     else:
         if t <= k_b:
-            _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, lo, tl.minimum(lo + chunk, V), inv_t,
+            _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, tile_lo, tiles, V, inv_t,
                              max_ptr, sum_ptr, arg_ptr, out, BLOCK_V)
 
 
@@ -189,7 +203,7 @@ def _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, n
     tl.store(nacc_ptr + b, n)
 
 
-@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "chunk", "S1", "S2", "temperature", "seed"])
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed"])
 def _verify_kernel(
     target_ptr, t_sb, t_st, t_sv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
     draft_ptr, d_sb, d_st, d_sv,  # [B, K, Vd] like the target, read when HAS_DRAFT
@@ -203,7 +217,7 @@ def _verify_kernel(
     ws_ptr,  # [>= B, 6] int64 workspace (best keys of r, p, uniform; r's mass; p has mass; counter), zero between
     out_ptr, o_sb, o_st,  # [B, K+1] int64 tokens
     nacc_ptr,  # [B] int64 number accepted
-    B, K, V, Vd, chunk, S1, S2, temperature, seed,
+    B, K, V, Vd, tiles, S1, S2, temperature, seed,
     EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
     ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
@@ -276,8 +290,10 @@ def _verify_kernel(
             _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, arg_p, BLOCK_K)
     else:
         # 2. The exponential race over this program's split of row n: residual r = max(0, p - q), and p itself.
-        lo = split * chunk
-        hi = tl.minimum(lo + chunk, V)
+        # (One masked loop: this reads one row pair per sequence, launch 1 reads 2K+1 rows.)
+        lo = (split * tiles * BLOCK_V).to(tl.int32)  # ids within a row fit 32 bits: fewer registers per element
+        hi = tl.minimum(lo + tiles * BLOCK_V, V)
+        x_n32 = x_n.to(tl.int32)
         best_r = -1.0
         arg_r = lo
         best_p = -1.0
@@ -295,7 +311,7 @@ def _verify_kernel(
                 q = tl.where(q_mask, _load_probs(d_row + n * d_st, offs, d_sv, q_mask, m_q, z_q, inv_t, FROM_PROBS),
                              0.0)
             else:
-                q = tl.where((offs == x_n) & ((offs * 0 + n) < k_b), 1.0, 0.0)
+                q = tl.where((offs == x_n32) & ((offs * 0 + n) < k_b), 1.0, 0.0)
             r = tl.maximum(p - q, 0.0)
             if GIVEN_RANDOM:
                 e = tl.load(noise_ptr + b * e_sb + offs * e_sv, mask=mask, other=1.0)
@@ -361,7 +377,7 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
 
 def _launch_config(device: torch.device, rows: int, vocab: int, block_v: int | None, num_splits: int | None,
                    max_splits: int, gpu_block_v: int) -> tuple[int, int, int, int]:
-    """(BLOCK_V, splits, chunk, num_warps): enough programs to fill the device, each split a whole number of tiles."""
+    """(BLOCK_V, splits, tiles per split, num_warps): enough programs to fill the device."""
     if block_v is None:
         block_v = gpu_block_v if device.type == "cuda" else 8192
     tiles = triton.cdiv(vocab, block_v)
@@ -370,7 +386,7 @@ def _launch_config(device: torch.device, rows: int, vocab: int, block_v: int | N
         num_splits = triton.cdiv(programs, rows)
     num_splits = max(1, min(num_splits, tiles, max_splits))
     tiles_per_split = triton.cdiv(tiles, num_splits)
-    return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split * block_v, 8 if block_v >= 2048 else 4
+    return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, 8 if block_v >= 2048 else 4
 
 
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None):
@@ -398,7 +414,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     k = k_plus_1 - 1
     vd = draft.shape[2] if draft is not None else 0
     rows = batch * k_plus_1 + batch * k
-    block_v, s1, chunk, num_warps = _launch_config(target.device, rows, vocab, block_v, num_splits, BLOCK_S,
+    block_v, s1, tiles, num_warps = _launch_config(target.device, rows, vocab, block_v, num_splits, BLOCK_S,
                                                   GPU_BLOCK_V_STATS)
     stats_max = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
     stats_sum = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
@@ -412,7 +428,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
         num_draft_tokens if num_draft_tokens is not None else target,
         temperature if row_temp else target,
         stats_max, stats_sum, stats_arg,
-        batch, k, vocab, vd, chunk, s1, 0.0 if row_temp else float(temperature),
+        batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature),
         BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, num_warps=num_warps,
     )
     return stats_max, stats_sum, stats_arg, s1
@@ -453,7 +469,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    block_v, s2, chunk, num_warps = _launch_config(device, batch, vocab, block_v, num_splits, 1 << 16, GPU_BLOCK_V_RACE)
+    block_v, s2, tiles, num_warps = _launch_config(device, batch, vocab, block_v, num_splits, 1 << 16, GPU_BLOCK_V_RACE)
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     ws = _workspace(device, batch)
@@ -479,7 +495,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         ws,
         tokens, *tokens.stride(),
         num_accepted,
-        batch, k, vocab, d.shape[2], chunk, s1, s2, 0.0 if row_temp else float(temperature),
+        batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
         0 if row_seed else _seed_arg(seed),
         EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
         HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, ROW_SEED=row_seed,
