@@ -118,6 +118,16 @@ def test_seeds(backend):
     assert torch.equal(e.tokens, f.tokens)
 
 
+def test_scores_that_require_grad(backend):
+    """A model's raw output (requires_grad) gives the same tokens as its detached values, and no graph."""
+    args = make_case(5, 3, 300, seed=13)
+    kw = dict(_uniforms=args["_uniforms"], _noise=args["_noise"])
+    a = _verify(backend, args["target_logits"], args["draft_tokens"], args["draft_logits"], **kw)
+    target, draft = args["target_logits"].requires_grad_(), args["draft_logits"].requires_grad_()
+    b = _verify(backend, target, args["draft_tokens"], draft, **kw)
+    assert torch.equal(a.tokens, b.tokens) and not b.tokens.requires_grad
+
+
 def test_non_contiguous_and_int32(backend):
     args = make_case(5, 3, 64, seed=12)
     target = args["target_logits"].transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides

@@ -95,7 +95,7 @@ def _softmax(scores: torch.Tensor, temperature, from_probs: bool, vocab: int, sc
     probability 0 everywhere. Without `scrub` (the CPU's fast path) a row holding any of those comes out NaN.
     A tensor `temperature` is [B] against scores [B, R, V'].
     """
-    if temperature.__class__ is float and temperature == 1.0 and not (from_probs or scrub) and (
+    if type(temperature) is float and temperature == 1.0 and not (from_probs or scrub) and (
             scores.dtype == torch.float32 and scores.shape[-1] == vocab):  # the common case first (CPU: per call)
         return torch.softmax(scores, dim=-1)
     if scores.dtype != torch.float32:
@@ -173,6 +173,8 @@ def verify_torch(
     batch, k_plus_1, _ = target.shape
     k = k_plus_1 - 1
     device = target.device
+    if target.requires_grad or (draft is not None and draft.requires_grad):  # a model's raw output: no graph here
+        target, draft = target.detach(), None if draft is None else draft.detach()
     if from_probs:
         temperature = 1.0
     if num_draft_tokens is not None:  # as the kernel does: no value reads out of bounds
