@@ -49,9 +49,9 @@ RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a t
 BLOCK_K = 16  # positions decided per step of the loop over K
 BLOCK_S = 32  # the most statistics splits per row (S1 <= BLOCK_S)
 # Tile widths on GPUs (8 warps from 2048 up, else 4). The race of launch 2 holds more per element than launch 1's
-# statistics (Philox state, three keys): at 2048 with 8 warps ptxas 12.8 (Triton 3.6) spilled on sm_90; 512 with
-# 4 warps compiles with at most 128 registers and no spill in a loop for sm_80 and sm_90 with Triton 3.6 and 3.9,
-# and gives B = 1 four times as many programs (bench/compile_offline.py, tests/test_compile_offline.py).
+# statistics (Philox state, three keys): at 2048 with 8 warps it takes up to ~190 registers with Triton 3.6 on sm_90
+# (an earlier form spilled there); 512 with 4 warps stays within 128 with no spill in a loop for sm_80 and sm_90 with
+# Triton 3.6 and 3.9, and gives B = 1 four times as many programs (bench/compile_offline.py).
 GPU_BLOCK_V_STATS = 2048
 GPU_BLOCK_V_RACE = 512
 
