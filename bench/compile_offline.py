@@ -33,7 +33,7 @@ import torch
 # (name, dtype, V, options): options are the features a launch specialises on.
 CONFIGS = [
     ("sampled", torch.float32, 32000, {}),
-    ("mixed-ragged", torch.bfloat16, 32000, dict(greedy_rows=True, ragged=True, row_seed=True)),
+    ("mixed-ragged", torch.bfloat16, 32000, dict(row_temp=True, ragged=True, row_seed=True)),
     ("one-hot", torch.float16, 32000, dict(one_hot=True)),
     ("probs", torch.float32, 32000, dict(probs=True)),
     ("probs-one-hot", torch.bfloat16, 32000, dict(probs=True, one_hot=True, ragged=True)),
@@ -84,7 +84,7 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object]]:
         compiled.append((self.__name__, kernel))
         return kernel
 
-    previous = driver._active
+    previous = driver._active  # (reset_active() would look for a real GPU driver)
     forget()
     jit.JITFunction.run = compile_only
     driver.set_active(OfflineDriver(arch))
@@ -109,7 +109,7 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, batch=4, k=4, splits=4):
     draft = None if opt.get("one_hot") else torch.zeros(batch, k, vocab, dtype=dtype)
     tokens = torch.zeros(batch, k, dtype=torch.int64)
     ragged = torch.full((batch,), k, dtype=torch.int64) if opt.get("ragged") else None
-    temperature = torch.ones(batch) if opt.get("greedy_rows") else 1.0
+    temperature = torch.ones(batch) if opt.get("row_temp") else 1.0  # per-row T (0 = greedy)
     seed = torch.arange(batch, dtype=torch.int64) if opt.get("row_seed") else 7
     uniforms = torch.zeros(batch, k) if opt.get("given") else None
     noise = torch.ones(batch, vocab) if opt.get("given") else None
