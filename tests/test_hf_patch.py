@@ -143,34 +143,33 @@ def test_wrapper_each_signature(version):
         assert calls == [1]
 
 
-def test_assisted_generation_uses_specsampler(models, monkeypatch):
-    target, draft = models
-    seen = []
+@pytest.fixture
+def verify_calls(monkeypatch):
+    """The number of drafts of every call transformers makes to specsampler.verify through the patch."""
+    calls = []
 
     def spy(*args, **kwargs):
-        seen.append(args[1].shape[1])
+        calls.append(args[1].shape[1])
         return specsampler.verify(*args, **kwargs)
 
     monkeypatch.setattr(hf, "verify", spy)
+    return calls
+
+
+def test_assisted_generation_uses_specsampler(models, verify_calls):
+    target, draft = models
     prompt = torch.tensor([[5, 9, 13, 2, 40]])
     with specsampler.patched_transformers():
         torch.manual_seed(0)
         out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=True,
                               max_new_tokens=12, top_k=20, pad_token_id=0, eos_token_id=None)
     assert out.shape == (1, 17) and int(out.max()) < V
-    assert seen  # transformers called the wrapper
+    assert verify_calls  # transformers called the wrapper
 
 
-def test_sampled_first_token_follows_target_through_transformers(models, monkeypatch):
+def test_sampled_first_token_follows_target_through_transformers(models, verify_calls):
     """transformers' assisted generation, patched: the first new token's frequencies against p (chi-square)."""
     target, draft = models
-    lengths = []
-
-    def spy(*args, **kwargs):
-        lengths.append(args[1].shape[1])
-        return specsampler.verify(*args, **kwargs)
-
-    monkeypatch.setattr(hf, "verify", spy)
     prompt = torch.tensor([[5, 9, 13, 2, 40]])
     with torch.no_grad():
         logits = target(prompt).logits[0, -1].float()
@@ -182,7 +181,7 @@ def test_sampled_first_token_follows_target_through_transformers(models, monkeyp
             out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft,
                                   do_sample=True, max_new_tokens=2, top_k=3, pad_token_id=0, eos_token_id=None)
             counts[out[0, prompt.shape[1]]] += 1
-    assert len(lengths) >= 150 and max(lengths) >= 1  # every first token went through specsampler
+    assert len(verify_calls) >= 150 and max(verify_calls) >= 1  # every first token went through specsampler
     assert counts[p == 0].sum() == 0
     expected = p[p > 0] * counts.sum()
     stat = ((counts[p > 0] - expected) ** 2 / expected).sum()
