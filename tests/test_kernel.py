@@ -150,14 +150,17 @@ def test_kernel_launches_and_allocations(device, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F16])
 def test_row_stats_against_torch(dtype, device):
-    """Launch 1 alone: split maxima, sums of exponentials and argmaxes combine to torch's max, logsumexp, argmax."""
+    """Launch 1 alone: split maxima and sums of exponentials combine to torch's max and logsumexp (sampled rows), split
+    maxima and argmaxes to torch's argmax (greedy rows, target rows only: no draft row is read there)."""
     batch, k, vocab = 3, 2, 8193
     args = make_case(batch, k, vocab, dtype, seed=9, device=device, temperature="row")
     target, draft, temp = args["target_logits"], args["draft_logits"], args["temperature"]
     target[0, 1, 5000] = float("nan")  # NaN reads as -inf
     target[1, 0, -1] = 100.0  # the last lane of the last tile wins
-    s_max, s_sum, s_arg, s1 = kernels.row_stats(target, draft, None, temp, block_v=1024, num_splits=3)
-    assert s1 == 3
+    target[2, 2, 7] = target[2, 2, 4000] = 50.0  # a tie across splits: the lower id
+    stats, s1 = kernels.row_stats(target, draft, None, temp, block_v=1024, num_splits=3)
+    assert s1 == 3 and stats.shape == (2, batch * (2 * k + 1), 3)
+    s_max, s_sum = stats
     scores = torch.cat([target.float().reshape(-1, vocab), draft.float().reshape(-1, vocab)])
     scores = torch.nan_to_num(scores, nan=float("-inf"))
     t_rows = torch.cat([temp.repeat_interleave(k + 1), temp.repeat_interleave(k)]).float()
@@ -165,9 +168,15 @@ def test_row_stats_against_torch(dtype, device):
     lse = m / t_rows + torch.log((s_sum * torch.exp((s_max - m[:, None]) / t_rows[:, None])).sum(1))
     torch.testing.assert_close(m.cpu(), scores.amax(1).cpu(), rtol=0, atol=0)
     torch.testing.assert_close(lse.cpu(), torch.logsumexp(scores / t_rows[:, None], 1).cpu(), **STATS_TOL[dtype])
+
+    stats, _ = kernels.row_stats(target, draft, None, torch.zeros_like(temp), block_v=1024, num_splits=3)
+    rows = batch * (k + 1)
+    s_max, s_arg = stats[0, :rows], stats[1, :rows].view(torch.int32)
+    m = s_max.max(1).values
     arg = torch.where(s_max == m[:, None], s_arg, 2**31 - 1).min(1).values
-    assert torch.equal(arg.cpu().long(), scores.argmax(1).cpu())
-    assert int(arg[k + 1]) == vocab - 1
+    torch.testing.assert_close(m.cpu(), scores[:rows].amax(1).cpu(), rtol=0, atol=0)
+    assert torch.equal(arg.cpu().long(), scores[:rows].argmax(1).cpu())
+    assert int(arg[k + 1]) == vocab - 1 and int(arg[3 * (k + 1) - 1]) == 7
 
 
 def test_residual_eps_is_shared():

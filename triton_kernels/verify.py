@@ -3,42 +3,54 @@
 Algorithm (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318). p target, q draft,
 x_t the drafted tokens, K_b the drafts row b really has, T_b its temperature (0: greedy).
 
-Launch 1, ``_row_stats_kernel`` (logits only), grid (B*(K+1) + B*K, S1): program (row, split) walks one split of
-one target or draft row in BLOCK_V tiles (whole tiles without a mask, so aligned rows load in 128-bit vectors, then
-the row's partial tile) and writes that split's max, sum of exp((l - max) / T) and argmax (lowest index on ties).
-Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped. Padding lanes load -inf, NaN is read as
--inf and +inf as the largest float32, so no padding lane ever wins a max or an argmax, and a row that is all -inf
-has sum 0: probability 0 everywhere.
+Launch 1, ``_row_stats_kernel`` (logits only), grid (rows, S1): program (row, split) walks one split of one target
+or draft row in BLOCK_V tiles (whole tiles without a mask, so aligned rows load in 128-bit vectors, then the row's
+partial tile). Every lane of the tile keeps its own accumulators across all the tiles it visits, and the program
+reduces across lanes once, after its loop: no block reduction (no barrier) inside the vocabulary loop.
+- Sampled rows: the lane's running max m and sum z of exp((l - m) / T), with one exp per element:
+  e = exp((min(l, m) - max(l, m)) / T); z = z * e + 1 when l is a new max, z + e otherwise.
+- Greedy rows: the lane's running max and its lowest id (strictly greater wins, so a lane keeps its first id); no
+  exponential at all. Launch 2 needs only the argmax there.
+The program writes its split's max and, in the second plane, the sum (sampled) or the argmax (greedy, int32 bits).
+Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped, and with a float temperature of 0 the
+grid holds no draft rows at all. NaN is read as -inf and +inf as the largest float32; padding lanes load -inf; so no
+padding lane ever wins, and a row that is all -inf has max -inf and sum 0: probability 0 everywhere.
 
 Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
 and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
 u_t * q_t(x_t) < p_t(x_t) (greedy: x_t == argmax p_t). n is the first rejection, K_b if none. A greedy row emits
 argmax p_n and is done. A sampled row runs the exponential race over its split of row n: the key of id x is
 r(x) / E_x with r = max(0, p_n - q_n) (r = p_n for the bonus row) and E_x ~ Exp(1); argmax of the keys is a draw
-from r / sum(r) with no normalisation and no prefix sum. The program also races p_n / E_x (the fallback when
-sum(r) <= RESIDUAL_EPS, i.e. p equals q up to rounding) and 1 / E_x (uniform: the fallback when p_n has no mass at
-all). Each program folds its best (key, id) pairs, packed in an int64 so that a larger key and then a lower id wins,
-and the masses into a per-row workspace with atomics; the last program of the row (an acq_rel counter) reads them
-back, resets the workspace to zero and writes the row.
+from r / sum(r) with no normalisation and no prefix sum. Each lane keeps its best key and id across the tiles, the
+program reduces once and folds its best (key, id), packed in an int64 so that a larger key and then a lower id wins,
+and its share of sum(r) into a per-row workspace with atomics; the last program of the row (an acq_rel counter) reads
+them back, resets the workspace to zero and writes the row. Only when sum(r) <= RESIDUAL_EPS (p equals q up to
+rounding) does that last program race p_n / E_x over the whole row, and only when p_n has no mass at all 1 / E_x
+(uniform): the fallbacks cost nothing on the rows that do not need them, and need no host synchronisation.
 
-Randomness is counter-based: Philox keyed by the seed (per batch or per row) with counters (vocab id, position,
-row, stream); the same seed gives the same tokens, and nothing is drawn on the host. A test hook replaces it with
-given uniforms [B, K] and noise [B, V], which the torch backend accepts too, so both can be compared token for token.
+Randomness is counter-based: Philox keyed by the seed (per batch or per row). One Philox call (10 rounds) gives the
+four uniforms of vocabulary ids 4g .. 4g+3 (counters: group g, position n, row, stream 1); the acceptance uniforms
+use stream 0. The mapping from ids to numbers does not depend on the tile width or the splits: the same seed gives
+the same tokens in every launch configuration, and a [B] seed makes a row's tokens independent of its place in the
+batch. A test hook replaces Philox with given uniforms [B, K] and noise [B, V], which the torch backend accepts too,
+so both can be compared token for token.
 
 Bytes per launch, with s the element size of the scores and S1, S2 the split counts:
-- launch 1 reads each needed logit once, at most B*(K+1)*V*s + B*K*Vd*s, and writes 12 * B*(2K+1) * S1;
-- launch 2 reads the statistics (12 * B*(2K+1) * S1 per program, from cache), 2K gathered scores, the K drafts, and
-  for each sampled row one residual row pair, (V + Vd) * s; it writes the tokens, 8 * B*(K+2), and touches a
-  workspace of 48 bytes per row with atomics.
+- launch 1 reads each needed logit once, at most B*(K+1)*V*s + B*K*Vd*s, and writes 8 * rows * S1;
+- launch 2 reads the statistics (8 * B*(2K+1) * S1 per program, from cache), 2K gathered scores, the K drafts, and
+  for each sampled row one residual row pair, (V + Vd) * s (the whole row pair again, by one program, in the rare
+  fallback); it writes the tokens, 8 * B*(K+2), and touches a workspace of 24 bytes per row with atomics.
 From probabilities there is only launch 2. Nothing of size B*(K+1)*V is allocated; there is no host synchronisation,
 and the workspace is zero again after every launch, so the call can be captured in a CUDA graph.
 
 References: vLLM's Triton rejection sampler (vllm/v1/sample/rejection_sampler.py) and the fix for padding lanes
 winning a tie (GHSA-8wr5-jm2h-8r4f); FlashInfer's chain_speculative_sampling; Triton's tutorials 02-fused-softmax
-and 04-low-memory-dropout.
+and 04-low-memory-dropout; Salmon et al. 2011 (Philox).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -47,24 +59,34 @@ from triton.language.random import philox
 
 RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a test checks)
 BLOCK_K = 16  # positions decided per step of the loop over K
-BLOCK_S = 32  # the most statistics splits per row (S1 <= BLOCK_S)
-# Tile widths on GPUs (8 warps from 2048 up, else 4). The race of launch 2 holds more per element than launch 1's
-# statistics (Philox state, three keys): at 2048 with 8 warps it takes up to ~190 registers with Triton 3.6 on sm_90
-# (an earlier form spilled there); 512 with 4 warps stays within 128 with no spill in a loop for sm_80 and sm_90 with
-# Triton 3.6 and 3.9, and gives B = 1 four times as many programs (bench/compile_offline.py).
+BLOCK_S = 64  # the most statistics splits per row (S1 <= BLOCK_S)
+# Default tile widths on GPUs (see _launch_config): launch 1 keeps 2 (sampled) accumulators per element, launch 2's
+# race 3 plus the Philox state of its group of 4.
 GPU_BLOCK_V_STATS = 2048
-GPU_BLOCK_V_RACE = 512
+GPU_BLOCK_V_RACE = 1024
+
+FLOAT32_MAX: tl.constexpr = 3.4028234663852886e38
+LOG2_E: tl.constexpr = 1.4426950408889634
+INT32_MAX: tl.constexpr = 2147483647
+MASS_SCALE: tl.constexpr = 1099511627776.0  # 2**40: the residual mass is summed in fixed point (exact, any order)
+UNIFORM_SCALE: tl.constexpr = 5.9604644775390625e-08  # 2**-24: uniforms are multiples of it
+RNG_GROUP: tl.constexpr = 4  # vocabulary ids per Philox call (its four 32-bit outputs)
+
+
+@triton.jit
+def _splat(flag, like):
+    """A scalar condition as a tensor shaped like `like` (Triton's interpreter needs tensor masks)."""
+    return (like * 0 + flag.to(tl.int32)) != 0
 
 
 @triton.jit
 def _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP: tl.constexpr):
-    """Returns (T, 1 / T) for row b, with 1 / T = 1 on greedy rows (T = 0)."""
+    """(T, log2(e) / T) for row b: exp((l - m) / T) = exp2((l - m) * scale); scale = log2(e) on greedy rows."""
     if ROW_TEMP:
         temp = tl.load(temp_ptr + b).to(tl.float32)
     else:
         temp = tl.cast(temperature, tl.float32)
-    inv_t = 1.0 / tl.where(temp == 0.0, 1.0, temp)
-    return temp, inv_t
+    return temp, LOG2_E / tl.where(temp == 0.0, 1.0, temp)
 
 
 @triton.jit
@@ -81,49 +103,87 @@ def _num_drafts(num_draft_ptr, b, K, RAGGED: tl.constexpr):
 def _finite_logits(x):
     """Logits as float32 with NaN -> -inf and +inf -> the largest float32."""
     x = x.to(tl.float32)
-    return tl.minimum(tl.where(x == x, x, -float("inf")), 3.4028234663852886e38)
+    return tl.minimum(tl.where(x == x, x, -float("inf")), FLOAT32_MAX)
 
 
 @triton.jit
-def _row_split_stats(row_ptr, stride_v, tile_lo, tiles, n, inv_t, max_ptr, sum_ptr, arg_ptr, out,
-                     BLOCK_V: tl.constexpr):
-    """Max, sum of exp((l - max) * inv_t) and argmax of tiles [tile_lo, tile_lo + tiles) of a row of n scores,
-    stored at `out`. Whole tiles load without a mask (so 16-byte aligned rows load in 128-bit vectors), then the one
-    partial tile of the row, if it falls in this split, loads with one."""
-    m = -float("inf")
-    z = 0.0
-    arg = tile_lo * BLOCK_V
+def _tile_range(tile_lo, tiles, n, MASKED: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The tiles of split [tile_lo, tile_lo + tiles) that are whole (MASKED=0) or the row's partial one (MASKED=1)."""
+    if MASKED:
+        return tl.maximum(tile_lo, n // BLOCK_V), tl.minimum(tile_lo + tiles, tl.cdiv(n, BLOCK_V))
+    else:
+        return tile_lo, tl.minimum(tile_lo + tiles, n // BLOCK_V)
+
+
+@triton.jit
+def _load_tile(row_ptr, stride_v, offs, n, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(row_ptr + offs * stride_v, mask=offs < n, other=-float("inf"))
+    else:
+        return tl.load(row_ptr + offs * stride_v)
+
+
+@triton.jit
+def _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V: tl.constexpr):
+    """(max, lowest id of the max) over a split: per-lane running max and id, one reduction after the loop."""
+    lanes = tl.arange(0, BLOCK_V)
+    m = tl.full([BLOCK_V], -float("inf"), tl.float32)
+    arg = (tile_lo * BLOCK_V + lanes).to(tl.int32)
     for masked in tl.static_range(2):
-        if masked == 0:
-            first = tile_lo
-            last = tl.minimum(tile_lo + tiles, n // BLOCK_V)
-        else:
-            first = tl.maximum(tile_lo, n // BLOCK_V)
-            last = tl.minimum(tile_lo + tiles, tl.cdiv(n, BLOCK_V))
+        first, last = _tile_range(tile_lo, tiles, n, masked, BLOCK_V)
         for tile in range(first, last):
-            offs = tile * BLOCK_V + tl.arange(0, BLOCK_V)
-            if masked == 0:
-                x = _finite_logits(tl.load(row_ptr + offs * stride_v))
-            else:
-                x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=offs < n, other=-float("inf")))
-            tile_max = tl.max(x, axis=0)
-            arg = tl.where(tile_max > m, tile * BLOCK_V + tl.argmax(x, axis=0), arg)
-            m_new = tl.maximum(m, tile_max)
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-            z = z * tl.exp((m - m_safe) * inv_t) + tl.sum(tl.exp((x - m_safe) * inv_t), axis=0)
-            m = m_new
-    tl.store(max_ptr + out, m)
-    tl.store(sum_ptr + out, z)
-    tl.store(arg_ptr + out, arg.to(tl.int32))
+            offs = tile * BLOCK_V + lanes
+            x = _load_tile(row_ptr, stride_v, offs, n, masked).to(tl.float32)
+            new = x > m  # NaN never wins; a later equal value never replaces a lane's first id
+            m = tl.where(new, x, m)
+            arg = tl.where(new, offs.to(tl.int32), arg)
+    best = tl.max(m, axis=0)
+    arg = tl.min(tl.where(m == best, arg, INT32_MAX), axis=0)
+    return tl.minimum(best, FLOAT32_MAX), arg
+
+
+@triton.jit
+def _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V: tl.constexpr):
+    """(max, sum of exp2((l - max) * scale)) over a split: per-lane online sums, one exp per element, one reduction.
+
+    Lanes start at the largest negative float (not -inf: min - max never meets -inf - -inf); a split of -inf only
+    returns (-inf, 0)."""
+    lanes = tl.arange(0, BLOCK_V)
+    m = tl.full([BLOCK_V], -FLOAT32_MAX, tl.float32)
+    z = tl.zeros([BLOCK_V], tl.float32)
+    for masked in tl.static_range(2):
+        first, last = _tile_range(tile_lo, tiles, n, masked, BLOCK_V)
+        for tile in range(first, last):
+            x = _finite_logits(_load_tile(row_ptr, stride_v, tile * BLOCK_V + lanes, n, masked))
+            hi = tl.maximum(m, x)
+            e = tl.exp2((tl.minimum(m, x) - hi) * scale)
+            z = tl.where(x > m, z * e + 1.0, z + e)
+            m = hi
+    best = tl.max(m, axis=0)
+    total = tl.sum(z * tl.exp2((m - best) * scale), axis=0)
+    return tl.where(total > 0.0, best, -float("inf")), total
+
+
+@triton.jit
+def _split_stats(row_ptr, stride_v, tile_lo, tiles, n, temp, scale, out, stride_sp, BLOCK_V: tl.constexpr):
+    """Stores a split's max at `out` and its sum of exponentials (sampled) or argmax bits (greedy) one plane on."""
+    if temp == 0.0:
+        best, arg = _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V)
+        tl.store(out, best)
+        tl.store(out + stride_sp, arg.to(tl.float32, bitcast=True))
+    else:
+        best, total = _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V)
+        tl.store(out, best)
+        tl.store(out + stride_sp, total)
 
 
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "temperature"])
 def _row_stats_kernel(
-    target_ptr, t_sb, t_st, t_sv,  # [B, K+1, V] logits
-    draft_ptr, d_sb, d_st, d_sv,  # [B, K, Vd] logits (the target when there are none; never read then)
+    target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits
+    draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] logits (the target when there are none; never read then)
     num_draft_ptr,  # [B] int, read when RAGGED
     temp_ptr,  # [B] float32, read when ROW_TEMP
-    max_ptr, sum_ptr, arg_ptr,  # [B*(K+1) + B*K, S1] float32, float32, int32: the split statistics
+    stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32: max; sum of exp (sampled) or argmax bits
     B, K, V, Vd, tiles, S1, temperature,
     BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
 ):
@@ -133,110 +193,81 @@ def _row_stats_kernel(
     b = tl.where(is_draft, (row - B * (K + 1)) // tl.maximum(K, 1), row // (K + 1))
     t = tl.where(is_draft, (row - B * (K + 1)) % tl.maximum(K, 1), row % (K + 1))
     k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
-    temp, inv_t = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
     tile_lo = split * tiles
-    out = row * S1 + split
+    out = stats_ptr + row * stride_sr + split
     if is_draft:
         if (t < k_b) & (temp != 0.0):
-            _row_split_stats(draft_ptr + b * d_sb + t * d_st, d_sv, tile_lo, tiles, Vd, inv_t,
-                             max_ptr, sum_ptr, arg_ptr, out, BLOCK_V)
+            _split_stats(draft_ptr + b * stride_db + t * stride_dt, stride_dv, tile_lo, tiles, Vd, temp, scale, out,
+                         stride_sp, BLOCK_V)
     else:
         if t <= k_b:
-            _row_split_stats(target_ptr + b * t_sb + t * t_st, t_sv, tile_lo, tiles, V, inv_t,
-                             max_ptr, sum_ptr, arg_ptr, out, BLOCK_V)
+            _split_stats(target_ptr + b * stride_tb + t * stride_tt, stride_tv, tile_lo, tiles, V, temp, scale, out,
+                         stride_sp, BLOCK_V)
 
 
 @triton.jit
-def _combine_stats(max_ptr, sum_ptr, arg_ptr, rows, row_mask, S1, inv_t, BLOCK_S: tl.constexpr):
-    """Row max (0 when -inf), sum of exponentials (1 when 0) and argmax from the split statistics of `rows`."""
+def _combine_stats(stats_ptr, stride_sp, stride_sr, rows, row_mask, S1, scale, BLOCK_S: tl.constexpr):
+    """Row max (0 when -inf), sum of exponentials (1 when 0) and argmax (greedy rows) from the split statistics."""
     s = tl.arange(0, BLOCK_S)
     mask = row_mask[:, None] & (s < S1)[None, :]
-    offs = rows[:, None] * S1 + s[None, :]
-    m_s = tl.load(max_ptr + offs, mask=mask, other=-float("inf"))
+    offs = rows[:, None] * stride_sr + s[None, :]
+    m_s = tl.load(stats_ptr + offs, mask=mask, other=-float("inf"))
+    second = tl.load(stats_ptr + stride_sp + offs, mask=mask, other=0.0)
     m = tl.max(m_s, axis=1)
     m_safe = tl.where(m == -float("inf"), 0.0, m)
-    z = tl.sum(tl.load(sum_ptr + offs, mask=mask, other=0.0) * tl.exp((m_s - m_safe[:, None]) * inv_t), axis=1)
-    arg_s = tl.load(arg_ptr + offs, mask=mask, other=0)
-    arg = tl.min(tl.where(mask & (m_s == m[:, None]), arg_s, 2147483647), axis=1)
+    z = tl.sum(second * tl.exp2((m_s - m_safe[:, None]) * scale), axis=1)
+    arg = tl.min(tl.where(mask & (m_s == m[:, None]), second.to(tl.int32, bitcast=True), INT32_MAX), axis=1)
     return m_safe, tl.where(z > 0.0, z, 1.0), arg.to(tl.int64)
 
 
 @triton.jit
-def _philox_uniform(seed, c0, c1, c2, c3, OPEN: tl.constexpr):
-    """Uniform float32 keyed by (seed, c0..c3): in [0, 1), or in (0, 1) when OPEN; multiples of 2**-24."""
-    c0 = c0.to(tl.uint32)
-    zero = c0 * 0
-    r, _, _, _ = philox(seed, c0, (zero + c1).to(tl.uint32), (zero + c2).to(tl.uint32), (zero + c3).to(tl.uint32))
-    u = (r >> 8).to(tl.float32)
+def _to_uniform(bits, OPEN: tl.constexpr):
+    """32 random bits -> float32 uniform in [0, 1), or in (0, 1) when OPEN; multiples of 2**-24."""
+    u = (bits >> 8).to(tl.float32)
     if OPEN:
         u = u + 0.5
-    return u * 5.9604644775390625e-08
+    return u * UNIFORM_SCALE
 
 
 @triton.jit
-def _load_probs(row_ptr, offs, stride_v, mask, m, z, inv_t, FROM_PROBS: tl.constexpr):
-    """p (or q) at `offs` of one row: exp((l - m) * inv_t) / z from logits, or the probabilities clamped to [0, 1]
-    (NaN -> 0)."""
+def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, FROM_PROBS: tl.constexpr):
+    """p (or q) at `offs` of one row: exp2((l - m) * scale) / z from logits, or the probabilities clamped to [0, 1]
+    (NaN -> 0). 0 where `mask` is off."""
     if FROM_PROBS:
         x = tl.load(row_ptr + offs * stride_v, mask=mask, other=0.0).to(tl.float32)
         return tl.minimum(tl.where(x > 0.0, x, 0.0), 1.0)
     else:
         x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")))
-        return tl.exp((x - m) * inv_t) / z
+        return tl.exp2((x - m) * scale) * (1.0 / z)
 
 
 @triton.jit
 def _pack(key, idx):
     """(key >= 0, idx) -> int64 that orders by key, then by lower idx."""
     bits = key.to(tl.int32, bitcast=True).to(tl.int64)
-    return (bits << 32) | (2147483647 - idx.to(tl.int64))
+    return (bits << 32) | (INT32_MAX - idx.to(tl.int64))
 
 
 @triton.jit
-def _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, next_token, BLOCK_K: tl.constexpr):
+def _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,
+               BLOCK_K: tl.constexpr):
     """tokens[b] = accepted drafts, the next token, then -1; num_accepted[b] = n."""
     for t0 in range(0, K + 1, BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K)
-        x = tl.load(tokens_ptr + b * x_sb + t * x_st, mask=t < n, other=0).to(tl.int64)
+        x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=t < n, other=0).to(tl.int64)
         val = tl.where(t < n, x, tl.where(t == n, next_token, -1))
-        tl.store(out_ptr + b * o_sb + t * o_st, val, mask=t <= K)
+        tl.store(out_ptr + b * stride_ob + t * stride_ot, val, mask=t <= K)
     tl.store(nacc_ptr + b, n)
 
 
-@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed"])
-def _verify_kernel(
-    target_ptr, t_sb, t_st, t_sv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
-    draft_ptr, d_sb, d_st, d_sv,  # [B, K, Vd] like the target, read when HAS_DRAFT
-    tokens_ptr, x_sb, x_st,  # [B, K] int32/int64 drafted tokens
-    num_draft_ptr,  # [B] int, read when RAGGED
-    temp_ptr,  # [B] float32, read when ROW_TEMP
-    seed_ptr,  # [B] int64, read when ROW_SEED
-    uniform_ptr, u_sb, u_st,  # [B, K] float32 acceptance uniforms, read when GIVEN_RANDOM
-    noise_ptr, e_sb, e_sv,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
-    max_ptr, sum_ptr, arg_ptr,  # [B*(K+1) + B*K, S1] split statistics from launch 1, read unless FROM_PROBS
-    ws_ptr,  # [>= B, 6] int64 workspace (best keys of r, p, uniform; r's mass; p has mass; counter), zero between
-    out_ptr, o_sb, o_st,  # [B, K+1] int64 tokens
-    nacc_ptr,  # [B] int64 number accepted
-    B, K, V, Vd, tiles, S1, S2, temperature, seed,
-    EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
-    FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
-    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
-    temp, inv_t = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
-    greedy = temp == 0.0
-    if ROW_SEED:
-        seed_b = tl.load(seed_ptr + b)
-        row_key = b * 0
-    else:
-        seed_b = seed
-        row_key = b
-    t_row = target_ptr + b * t_sb
-    d_row = draft_ptr + b * d_sb
-
-    # 1. Acceptance: n = the first rejected position (K_b if none), and the statistics of row n.
+@triton.jit
+def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
+                   uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr,
+                   b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key,
+                   BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+                   GIVEN_RANDOM: tl.constexpr):
+    """n = the first rejected position (K_b if none), and row n's statistics: (n, m_p, z_p, argmax p, m_q, z_q, x_n)."""
     n = k_b
     m_p = 0.0
     z_p = 1.0
@@ -247,10 +278,9 @@ def _verify_kernel(
     for t0 in range(0, K + 1, BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K)
         decide = t < k_b
-        x = tl.load(tokens_ptr + b * x_sb + t * x_st, mask=decide, other=-1).to(tl.int64)
-        x_ok = (x >= 0) & (x < V)
-        gather = decide & x_ok
-        sampled = (t * 0.0 + temp) != 0.0  # (a vector: the interpreter needs one)
+        x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=decide, other=-1).to(tl.int64)
+        gather = decide & (x >= 0) & (x < V)
+        sampled = _splat(~greedy, t)
         gather_q = gather & (x < Vd) & sampled
         if FROM_PROBS:
             m_t = tl.zeros([BLOCK_K], tl.float32)
@@ -259,23 +289,24 @@ def _verify_kernel(
             mq_t = m_t
             zq_t = z_t
         else:
-            target_rows = b * (K + 1) + t
-            m_t, z_t, arg_t = _combine_stats(max_ptr, sum_ptr, arg_ptr, target_rows, t <= k_b, S1, inv_t, BLOCK_S)
-            draft_rows = B * (K + 1) + b * K + t
-            mq_t, zq_t, _ = _combine_stats(max_ptr, sum_ptr, arg_ptr, draft_rows, decide & sampled, S1, inv_t, BLOCK_S)
-        p_x = _load_probs(t_row + t * t_st, x, t_sv, gather, m_t, z_t, inv_t, FROM_PROBS)
+            m_t, z_t, arg_t = _combine_stats(stats_ptr, stride_sp, stride_sr, b * (K + 1) + t, t <= k_b, S1, scale,
+                                             BLOCK_S)
+            mq_t, zq_t, _ = _combine_stats(stats_ptr, stride_sp, stride_sr, B * (K + 1) + b * K + t, decide & sampled,
+                                           S1, scale, BLOCK_S)
+        p_x = _load_probs(t_row + t * stride_tt, x, stride_tv, gather, m_t, z_t, scale, FROM_PROBS)
         if HAS_DRAFT:
-            q_x = _load_probs(d_row + t * d_st, x, d_sv, gather_q, mq_t, zq_t, inv_t, FROM_PROBS)
-            q_x = tl.where(gather_q, q_x, 0.0)
+            q_x = tl.where(gather_q, _load_probs(d_row + t * stride_dt, x, stride_dv, gather_q, mq_t, zq_t, scale,
+                                                 FROM_PROBS), 0.0)
         else:
             q_x = tl.where(gather, 1.0, 0.0)
         if GIVEN_RANDOM:
-            u = tl.load(uniform_ptr + b * u_sb + t * u_st, mask=decide, other=0.0)
+            u = tl.load(uniform_ptr + b * stride_ub + t * stride_ut, mask=decide, other=0.0)
         else:
-            u = _philox_uniform(seed_b, t * 0, t, row_key, 0, False)
+            zero = (t * 0).to(tl.uint32)
+            bits, _, _, _ = philox(seed_b, zero, t.to(tl.uint32), zero + row_key.to(tl.uint32), zero)
+            u = _to_uniform(bits, False)
         accepted = tl.where(greedy, x == arg_t, u * q_x < p_x) & gather
-        first = tl.min(tl.where(decide & ~accepted, t, K + 1), axis=0)
-        n = tl.minimum(n, first)
+        n = tl.minimum(n, tl.min(tl.where(decide & ~accepted, t, K + 1), axis=0))
         here = t == n
         if tl.sum(here.to(tl.int32), axis=0) > 0:
             m_p = tl.sum(tl.where(here, m_t, 0.0), axis=0)
@@ -284,76 +315,144 @@ def _verify_kernel(
             m_q = tl.sum(tl.where(here, mq_t, 0.0), axis=0)
             z_q = tl.sum(tl.where(here, zq_t, 0.0), axis=0)
             x_n = tl.sum(tl.where(here, x, 0), axis=0)
+    return n, m_p, z_p, arg_p, m_q, z_q, x_n
 
+
+# What a race draws from: the residual max(0, p - q), p alone, or uniform.
+RACE_RESIDUAL: tl.constexpr = 0
+RACE_P: tl.constexpr = 1
+RACE_UNIFORM: tl.constexpr = 2
+
+
+@triton.jit
+def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, V, Vd, n, k_b, x_n, m_p, z_p, m_q, z_q,
+          scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr,
+          HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr):
+    """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
+
+    Tiles are [BLOCK_V / 4, 4]: each row of a tile is one Philox group (ids 4g .. 4g+3), so one call feeds 4 ids and a
+    thread holds the whole group. Every lane keeps its best key and id (a later tile wins only with a strictly larger
+    key, so a lane keeps its lowest id on ties); one reduction after the loop. The mass is that of the distribution
+    raced (sum of r, or of p)."""
+    GROUPS: tl.constexpr = BLOCK_V // RNG_GROUP
+    group = tl.arange(0, GROUPS)[:, None]
+    j = tl.arange(0, RNG_GROUP)[None, :]
+    lane = group * RNG_GROUP + j
+    best = tl.full([GROUPS, RNG_GROUP], -1.0, tl.float32)
+    arg = lane + lo
+    mass = tl.zeros([GROUPS, RNG_GROUP], tl.float32)
+    x_n32 = x_n.to(tl.int32)
+    has_q = _splat(n < k_b, lane)
+    for start in range(lo, hi, BLOCK_V):
+        offs = start + lane
+        mask = offs < hi
+        if DIST == RACE_UNIFORM:
+            dist = tl.where(mask, 1.0, 0.0)
+        else:
+            dist = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, FROM_PROBS)
+            if DIST == RACE_RESIDUAL:
+                if HAS_DRAFT:
+                    q_mask = mask & (offs < Vd) & has_q
+                    q = tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, FROM_PROBS), 0.0)
+                else:
+                    q = tl.where((offs == x_n32) & has_q, 1.0, 0.0)
+                dist = tl.maximum(dist - q, 0.0)
+            dist = tl.where(mask, dist, 0.0)
+        if GIVEN_RANDOM:
+            e = tl.load(noise_row + offs * stride_ev, mask=mask, other=1.0)
+        else:
+            g = (start // RNG_GROUP + group).to(tl.uint32)
+            zero = g * 0
+            r0, r1, r2, r3 = philox(seed_b, g, zero + n.to(tl.uint32), zero + row_key.to(tl.uint32), zero + 1)
+            bits = tl.where(j == 0, r0, tl.where(j == 1, r1, tl.where(j == 2, r2, r3)))
+            e = -tl.log(_to_uniform(bits, True))
+        key = tl.where(mask, dist / e, -1.0)
+        better = key > best
+        best = tl.where(better, key, best)
+        arg = tl.where(better, offs, arg)
+        mass += dist
+    top = tl.max(tl.max(best, axis=1), axis=0)
+    first = tl.min(tl.min(tl.where(best == top, arg, INT32_MAX), axis=1), axis=0)
+    return top, first, tl.sum(tl.sum(mass, axis=1), axis=0)
+
+
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed"])
+def _verify_kernel(
+    target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
+    draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] like the target, read when HAS_DRAFT
+    tokens_ptr, stride_xb, stride_xt,  # [B, K] int32/int64 drafted tokens
+    num_draft_ptr,  # [B] int, read when RAGGED
+    temp_ptr,  # [B] float32, read when ROW_TEMP
+    seed_ptr,  # [B] int64, read when ROW_SEED
+    uniform_ptr, stride_ub, stride_ut,  # [B, K] float32 acceptance uniforms, read when GIVEN_RANDOM
+    noise_ptr, stride_eb, stride_ev,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
+    stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32 split statistics, read unless FROM_PROBS
+    ws_ptr,  # [>= B, 3] int64 workspace (best packed key, residual mass in 2**-40, programs done), zero between
+    out_ptr, stride_ob, stride_ot,  # [B, K+1] int64 tokens
+    nacc_ptr,  # [B] int64 number accepted
+    B, K, V, Vd, tiles, S1, S2, temperature, seed,
+    EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+    FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
+    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
+    temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    greedy = temp == 0.0
+    if ROW_SEED:
+        seed_b = tl.load(seed_ptr + b)
+        row_key = b * 0
+    else:
+        seed_b = seed
+        row_key = b
+    t_row = target_ptr + b * stride_tb
+    d_row = draft_ptr + b * stride_db
+
+    # 1. Acceptance: n, and the statistics of row n.
+    n, m_p, z_p, arg_p, m_q, z_q, x_n = _accept_prefix(
+        t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
+        uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, b, B, K, V, Vd, S1, k_b, greedy, scale,
+        seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
     if greedy:
         if split == 0:
-            _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, arg_p, BLOCK_K)
+            _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
+                       BLOCK_K)
     else:
-        # 2. The exponential race over this program's split of row n: residual r = max(0, p - q), and p itself.
-        # (One masked loop: this reads one row pair per sequence, launch 1 reads 2K+1 rows.)
+        # 2. The race over this program's split of row n.
         lo = (split * tiles * BLOCK_V).to(tl.int32)  # ids within a row fit 32 bits: fewer registers per element
         hi = tl.minimum(lo + tiles * BLOCK_V, V)
-        x_n32 = x_n.to(tl.int32)
-        best_r = -1.0
-        arg_r = lo
-        best_p = -1.0
-        arg_pr = lo
-        best_u = -1.0
-        arg_u = lo
-        mass = 0.0
-        mass_p = 0.0
-        for start in range(lo, hi, BLOCK_V):
-            offs = start + tl.arange(0, BLOCK_V)
-            mask = offs < hi
-            p = _load_probs(t_row + n * t_st, offs, t_sv, mask, m_p, z_p, inv_t, FROM_PROBS)
-            if HAS_DRAFT:
-                q_mask = mask & (offs < Vd) & ((offs * 0 + n) < k_b)  # (a vector: the interpreter needs one)
-                q = tl.where(q_mask, _load_probs(d_row + n * d_st, offs, d_sv, q_mask, m_q, z_q, inv_t, FROM_PROBS),
-                             0.0)
-            else:
-                q = tl.where((offs == x_n32) & ((offs * 0 + n) < k_b), 1.0, 0.0)
-            r = tl.maximum(p - q, 0.0)
-            if GIVEN_RANDOM:
-                e = tl.load(noise_ptr + b * e_sb + offs * e_sv, mask=mask, other=1.0)
-            else:
-                e = -tl.log(_philox_uniform(seed_b, offs, n, row_key, 1, True))
-            key_r = tl.where(mask, r / e, -1.0)
-            key_p = tl.where(mask, p / e, -1.0)
-            key_u = tl.where(mask, 1.0 / e, -1.0)
-            tile_r = tl.max(key_r, axis=0)
-            arg_r = tl.where(tile_r > best_r, start + tl.argmax(key_r, axis=0), arg_r)
-            best_r = tl.maximum(best_r, tile_r)
-            tile_p = tl.max(key_p, axis=0)
-            arg_pr = tl.where(tile_p > best_p, start + tl.argmax(key_p, axis=0), arg_pr)
-            best_p = tl.maximum(best_p, tile_p)
-            tile_u = tl.max(key_u, axis=0)
-            arg_u = tl.where(tile_u > best_u, start + tl.argmax(key_u, axis=0), arg_u)
-            best_u = tl.maximum(best_u, tile_u)
-            mass += tl.sum(tl.where(mask, r, 0.0), axis=0)
-            mass_p += tl.sum(tl.where(mask, p, 0.0), axis=0)
+        p_row = t_row + n * stride_tt
+        q_row = d_row + n * stride_dt
+        noise_row = noise_ptr + b * stride_eb
+        key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, V, Vd, n, k_b, x_n,
+                               m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_RESIDUAL, BLOCK_V, FROM_PROBS,
+                               HAS_DRAFT, GIVEN_RANDOM)
 
         # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
-        # The residual mass is summed in 2**-40 fixed point: exact and independent of the order the programs finish in.
-        ws = ws_ptr + b * 6
-        tl.atomic_max(ws, _pack(tl.maximum(best_r, 0.0), arg_r))
-        tl.atomic_max(ws + 1, _pack(tl.maximum(best_p, 0.0), arg_pr))
-        tl.atomic_max(ws + 2, _pack(tl.maximum(best_u, 0.0), arg_u))
+        ws = ws_ptr + b * 3
+        tl.atomic_max(ws, _pack(tl.maximum(key, 0.0), idx))
         mass = tl.where(mass == mass, tl.minimum(mass, 4.0), 0.0)
-        tl.atomic_add(ws + 3, (mass * 1099511627776.0).to(tl.int64))
-        tl.atomic_max(ws + 4, (mass_p > 0.0).to(tl.int64))
-        done = tl.atomic_add(ws + 5, 1)
+        tl.atomic_add(ws + 1, (mass * MASS_SCALE).to(tl.int64))
+        done = tl.atomic_add(ws + 2, 1)
         if done == S2 - 1:
-            packed_r = tl.atomic_xchg(ws, 0)
-            packed_p = tl.atomic_xchg(ws + 1, 0)
-            packed_u = tl.atomic_xchg(ws + 2, 0)
-            total = tl.atomic_xchg(ws + 3, 0)
-            p_has_mass = tl.atomic_xchg(ws + 4, 0)
-            tl.atomic_xchg(ws + 5, 0)
-            # The residual; p when the residual has no mass; uniform when p has none either.
-            packed = tl.where(total > EPS * 1099511627776.0, packed_r, tl.where(p_has_mass > 0, packed_p, packed_u))
-            next_token = 2147483647 - (packed & 2147483647)
+            packed = tl.atomic_xchg(ws, 0)
+            total = tl.atomic_xchg(ws + 1, 0)
+            tl.atomic_xchg(ws + 2, 0)
+            next_token = (INT32_MAX - (packed & INT32_MAX)).to(tl.int64)
+            if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
+                _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, V, Vd, n, k_b,
+                                          x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_P, BLOCK_V, FROM_PROBS,
+                                          HAS_DRAFT, GIVEN_RANDOM)
+                next_token = from_p.to(tl.int64)
+                if mass_p <= 0.0:
+                    _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, V, Vd, n,
+                                             k_b, x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_UNIFORM,
+                                             BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
+                    next_token = uniform_id.to(tl.int64)
             next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
-            _write_row(out_ptr, o_sb, o_st, tokens_ptr, x_sb, x_st, nacc_ptr, b, K, n, next_token, BLOCK_K)
+            _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,
+                       BLOCK_K)
 
 
 def _seed_arg(seed: int) -> int:
@@ -370,27 +469,36 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
     key = (device.type, device.index, stream)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.shape[0] < batch:
-        ws = torch.zeros(max(batch, 64), 6, dtype=torch.int64, device=device)
+        ws = torch.zeros(max(batch, 64), 3, dtype=torch.int64, device=device)
         _WORKSPACES[key] = ws
     return ws
 
 
-def _launch_config(device: torch.device, rows: int, vocab: int, block_v: int | None, num_splits: int | None,
-                   max_splits: int, gpu_block_v: int) -> tuple[int, int, int, int]:
-    """(BLOCK_V, splits, tiles per split, num_warps): enough programs to fill the device."""
+@functools.cache
+def _multiprocessors(device_type: str, index: int | None) -> int:
+    """SMs of a CUDA device (asked once); 4 stands in for a CPU under the interpreter."""
+    return torch.cuda.get_device_properties(index).multi_processor_count if device_type == "cuda" else 4
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_config(device_type: str, index: int | None, rows: int, vocab: int, block_v: int | None,
+                   num_splits: int | None, max_splits: int, gpu_block_v: int) -> tuple[int, int, int, int]:
+    """(BLOCK_V, splits, tiles per split, num_warps), computed once per shape: enough programs to fill the device.
+
+    The target is 4 programs per SM (8 warps each for the statistics: 2048 threads of an SM), never a split of fewer
+    than 2 tiles for the statistics, where each program also pays a combine and a few stores."""
     if block_v is None:
-        block_v = gpu_block_v if device.type == "cuda" else 8192
+        block_v = gpu_block_v if device_type == "cuda" else 8192
     tiles = triton.cdiv(vocab, block_v)
     if num_splits is None:
-        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        num_splits = triton.cdiv(programs, rows)
+        num_splits = triton.cdiv(4 * _multiprocessors(device_type, index), rows)
     num_splits = max(1, min(num_splits, tiles, max_splits))
     tiles_per_split = triton.cdiv(tiles, num_splits)
     return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, 8 if block_v >= 2048 else 4
 
 
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None):
-    """Launch 1: split statistics (max, sum of exponentials, argmax) of every target and draft row a decision needs.
+    """Launch 1: split statistics of every target and draft row a decision needs.
 
     Parameters
     ----------
@@ -408,30 +516,32 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     Returns
     -------
     tuple
-        (max [R, S1] float32, sum [R, S1] float32, argmax [R, S1] int32, S1) with R = B*(K+1) + B*K.
+        (stats [2, R, S1] float32, S1) with R = B*(K+1) + B*K: stats[0] the split maxima, stats[1] the split sums of
+        exp((l - max) / T) on sampled rows and the split argmax (int32 bits; view as torch.int32) on greedy rows.
     """
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     vd = draft.shape[2] if draft is not None else 0
     rows = batch * k_plus_1 + batch * k
-    block_v, s1, tiles, num_warps = _launch_config(target.device, rows, vocab, block_v, num_splits, BLOCK_S,
-                                                  GPU_BLOCK_V_STATS)
-    stats_max = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
-    stats_sum = torch.empty(rows, s1, dtype=torch.float32, device=target.device)
-    stats_arg = torch.empty(rows, s1, dtype=torch.int32, device=target.device)
+    device = target.device
+    block_v, s1, tiles, num_warps = _launch_config(device.type, device.index, rows, vocab, block_v, num_splits,
+                                                   BLOCK_S, GPU_BLOCK_V_STATS)
+    stats = torch.empty(2, rows, s1, dtype=torch.float32, device=device)
     d = draft if draft is not None else target
     row_temp = isinstance(temperature, torch.Tensor)
-    grid = (batch * k_plus_1 + (batch * k if draft is not None else 0), s1)
+    # Draft rows only where some row samples (a float temperature of 0 needs none).
+    with_drafts = draft is not None and (row_temp or temperature != 0.0)
+    grid = (batch * k_plus_1 + (batch * k if with_drafts else 0), s1)
     _row_stats_kernel[grid](
         target, *target.stride(),
         d, *d.stride(),
         num_draft_tokens if num_draft_tokens is not None else target,
         temperature if row_temp else target,
-        stats_max, stats_sum, stats_arg,
+        stats, *stats.stride()[:2],
         batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature),
         BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, num_warps=num_warps,
     )
-    return stats_max, stats_sum, stats_arg, s1
+    return stats, s1
 
 
 def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
@@ -469,7 +579,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    block_v, s2, tiles, num_warps = _launch_config(device, batch, vocab, block_v, num_splits, 1 << 16, GPU_BLOCK_V_RACE)
+    block_v, s2, tiles, num_warps = _launch_config(device.type, device.index, batch, vocab, block_v, num_splits,
+                                                   1 << 16, GPU_BLOCK_V_RACE)
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     ws = _workspace(device, batch)
@@ -479,7 +590,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         raise ValueError(f"uniforms must be [B, K] = {(batch, k)} and noise [B, V] = {(batch, vocab)}")
     u = uniforms if given else target
     e = noise if given else target
-    stats_max, stats_sum, stats_arg, s1 = stats if stats is not None else (target, target, target, 1)
+    stats_t, s1 = stats if stats is not None else (target, 1)
     row_temp = isinstance(temperature, torch.Tensor)
     row_seed = isinstance(seed, torch.Tensor)
     _verify_kernel[(batch, s2)](
@@ -491,7 +602,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         seed if row_seed else target,
         u, u.stride(0), u.stride(1),
         e, e.stride(0), e.stride(1),
-        stats_max, stats_sum, stats_arg,
+        stats_t, stats_t.stride(0), stats_t.stride(1),
         ws,
         tokens, *tokens.stride(),
         num_accepted,
