@@ -17,6 +17,10 @@ WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]  # 64 t
 TEMPLATE = ("{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"  # user turn: "w1 <content> w2", then "w3"
             "{% if add_generation_prompt %} w3{% endif %}")
 PROMPT = "w5 w6 w7 w8 w5 w6 w7 w8 w5 w6"
+# What `generate` picks without --device on this machine: CUDA and the Triton kernel when torch sees a GPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKEND = "triton" if torch.cuda.is_available() else "torch"
+BACKEND_WHY = "the Triton kernel" if torch.cuda.is_available() else "the torch backend"
 
 
 def _tokenizer(words, chat_template=None):
@@ -85,10 +89,11 @@ def _run(capsys, argv):
 
 
 def _plain_greedy(folder, prompt, max_new):
-    """target.generate's greedy new tokens (up to and including EOS) for a raw prompt."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    """target.generate's greedy new tokens (up to and including EOS) for a raw prompt, on the device the CLI uses (so
+    that the comparison is exact wherever it runs)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(DEVICE).eval()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    ids = torch.tensor([tok(prompt)["input_ids"]])
+    ids = torch.tensor([tok(prompt)["input_ids"]], device=DEVICE)
     seq = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
                          pad_token_id=0)
     return cli.new_tokens(seq, ids.shape[1], [2])[0]
@@ -102,7 +107,7 @@ def test_greedy_json_equals_target_generate(models, capsys, draft):
     assert rc == 0
     res = json.loads(out)
     assert set(res) >= {"texts", "outputs", "stats", "timings", "backend", "sampling", "device"}
-    assert res["backend"] == "torch" and res["device"] == "cpu" and res["sampling"]["do_sample"] is False
+    assert res["backend"] == BACKEND and res["device"] == DEVICE and res["sampling"]["do_sample"] is False
     row = res["outputs"][0]
     assert row["prompt_tokens"] == 10 and row["new_tokens"] == len(row["token_ids"]) >= 1
     assert row["token_ids"] == _plain_greedy(models["target"], PROMPT, 16)
@@ -128,9 +133,9 @@ def test_stream_summary_and_compare(models, capsys, monkeypatch, drafter):
     rc, js, _ = _run(capsys, [*args, "--json"])
     assert text.strip() == json.loads(js)["texts"][0].strip()  # streamed once, nothing repeated or lost
     for word in ("acceptance", "tokens per target forward", "tokens/s", "plain target.generate", "speedup",
-                 "identical output", "verify backend torch"):
+                 "identical output", f"({DEVICE}, ", f"verify backend {BACKEND}"):
         assert word in summary, word
-    assert "the torch backend" in err
+    assert f"verify backend: {BACKEND_WHY} (tensors on {DEVICE}" in err
     printed = shown[0]
     assert printed and text.startswith(printed)  # streamed step by step, before the end
 

@@ -19,7 +19,9 @@ def _dev(backend):
 
 
 def _verify(backend, target, drafts, draft=None, **kw):
+    """verify() with every tensor (the `_uniforms` / `_noise` hooks included) on the backend's device."""
     d = _dev(backend)
+    kw = {key: (v.to(d) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
     return specsampler.verify(target.to(d), drafts.to(d), None if draft is None else draft.to(d), backend=backend,
                               **kw)
 
@@ -129,9 +131,9 @@ def test_scores_that_require_grad(backend):
 
 
 def test_non_contiguous_and_int32(backend):
-    args = make_case(5, 3, 64, seed=12)
+    args = make_case(5, 3, 64, seed=12, device=_dev(backend))
     target = args["target_logits"].transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
-    assert not target.is_contiguous()
+    assert not target.is_contiguous()  # built on the backend's device: _verify's .to() is a no-op, strides kept
     kw = dict(_uniforms=args["_uniforms"], _noise=args["_noise"])
     a = _verify(backend, args["target_logits"], args["draft_tokens"], args["draft_logits"], **kw)
     b = _verify(backend, target, args["draft_tokens"].int(), args["draft_logits"], **kw)
@@ -163,6 +165,48 @@ def test_validation(change, error, words):
     kw.update(change)
     with pytest.raises(error, match=words):
         specsampler.verify(**kw)
+
+
+HOOK_ERRORS = [  # (argument, what is wrong with it, error, message); B = 2, K = 2, V = 10
+    pytest.param("_uniforms", dict(device="meta"), ValueError, "_uniforms is on meta, but the target's scores are on",
+                 id="_uniforms-device"),
+    pytest.param("_noise", dict(device="meta"), ValueError, "_noise is on meta, but the target's scores are on",
+                 id="_noise-device"),
+    pytest.param("_uniforms", dict(shape=(2, 3)), ValueError,
+                 r"_uniforms must have shape \[B, K\] = \[2, 2\], got \(2, 3\)", id="_uniforms-shape"),
+    pytest.param("_noise", dict(shape=(2, 9)), ValueError,
+                 r"_noise must have shape \[B, V\] = \[2, 10\], got \(2, 9\)", id="_noise-shape"),
+    pytest.param("_noise", dict(shape=(10,)), ValueError, r"_noise must have shape \[B, V\]", id="_noise-dims"),
+    pytest.param("_uniforms", dict(dtype=torch.float64), TypeError, "_uniforms must be float32, got torch.float64",
+                 id="_uniforms-dtype"),
+    pytest.param("_noise", dict(dtype=torch.bfloat16), TypeError, "_noise must be float32, got torch.bfloat16",
+                 id="_noise-dtype"),
+    pytest.param("_uniforms", None, ValueError, "_uniforms is missing", id="_uniforms-missing"),
+    pytest.param("_noise", None, ValueError, "_noise is missing", id="_noise-missing"),
+]
+
+
+@pytest.mark.parametrize("name, wrong, error, words", HOOK_ERRORS)
+@pytest.mark.parametrize("probs", [False, True], ids=["verify", "verify_probs"])
+def test_test_hooks_are_validated(backend, name, wrong, error, words, probs):
+    """A test hook on another device (meta: no GPU needed), of another shape or dtype, or without its partner, is
+    refused before any backend runs, naming the argument (the kernel would otherwise read it through raw pointers)."""
+    d = _dev(backend)
+    shapes = dict(_uniforms=(2, 2), _noise=(2, 10))
+    hooks = {key: torch.rand(shape, device=d) for key, shape in shapes.items()}
+    if wrong is None:
+        del hooks[name]
+    else:
+        spec = dict(shape=shapes[name], dtype=torch.float32, device=d) | wrong
+        hooks[name] = torch.rand(spec["shape"], dtype=spec["dtype"], device=spec["device"])
+    target = torch.randn(2, 3, 10, device=d)
+    draft = torch.randn(2, 2, 10, device=d)
+    drafts = torch.zeros(2, 2, dtype=torch.int64, device=d)
+    entry = specsampler.verify_probs if probs else specsampler.verify
+    if probs:
+        target, draft = target.softmax(-1), draft.softmax(-1)
+    with pytest.raises(error, match=words):
+        entry(target, drafts, draft, backend=backend, seed=0, **hooks)
 
 
 def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):

@@ -75,7 +75,7 @@ def check_structure(res, drafts, num_draft_tokens, vocab):
 
 def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson chi-square p-value of `counts` against `probs` (cells with probability 0 must have count 0)."""
-    counts, probs = counts.double(), probs.double()
+    counts, probs = counts.double().cpu(), probs.double().cpu()  # counts may come from CUDA, the probabilities not
     assert bool((counts[probs == 0] == 0).all()), f"tokens of probability 0 drawn: {counts} vs {probs}"
     keep = probs > 0
     expected = probs[keep] * counts.sum()

@@ -65,12 +65,12 @@ BLOCK_S = 64  # the most statistics splits per row (S1 <= BLOCK_S)
 GPU_BLOCK_V_STATS = 2048
 GPU_BLOCK_V_RACE = 1024
 
-FLOAT32_MAX: tl.constexpr = 3.4028234663852886e38
-LOG2_E: tl.constexpr = 1.4426950408889634
-INT32_MAX: tl.constexpr = 2147483647
-MASS_SCALE: tl.constexpr = 1099511627776.0  # 2**40: the residual mass is summed in fixed point (exact, any order)
-UNIFORM_SCALE: tl.constexpr = 5.9604644775390625e-08  # 2**-24: uniforms are multiples of it
-RNG_GROUP: tl.constexpr = 4  # vocabulary ids per Philox call (its four 32-bit outputs)
+FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+LOG2_E = tl.constexpr(1.4426950408889634)
+INT32_MAX = tl.constexpr(2147483647)
+MASS_SCALE = tl.constexpr(1099511627776.0)  # 2**40: the residual mass is summed in fixed point (exact, any order)
+UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2**-24: uniforms are multiples of it
+RNG_GROUP = tl.constexpr(4)  # vocabulary ids per Philox call (its four 32-bit outputs)
 
 
 @triton.jit
@@ -86,7 +86,7 @@ def _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP: tl.constexpr):
         temp = tl.load(temp_ptr + b).to(tl.float32)
     else:
         temp = tl.cast(temperature, tl.float32)
-    return temp, LOG2_E / tl.where(temp == 0.0, 1.0, temp)
+    return temp, 1.0 / tl.where(temp == 0.0, 1.0, temp) * LOG2_E
 
 
 @triton.jit
@@ -246,7 +246,7 @@ def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, FROM_PROBS: tl.const
 def _pack(key, idx):
     """(key >= 0, idx) -> int64 that orders by key, then by lower idx."""
     bits = key.to(tl.int32, bitcast=True).to(tl.int64)
-    return (bits << 32) | (INT32_MAX - idx.to(tl.int64))
+    return (bits << 32) | (idx.to(tl.int64) * -1 + INT32_MAX)
 
 
 @triton.jit
@@ -319,9 +319,9 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
 
 
 # What a race draws from: the residual max(0, p - q), p alone, or uniform.
-RACE_RESIDUAL: tl.constexpr = 0
-RACE_P: tl.constexpr = 1
-RACE_UNIFORM: tl.constexpr = 2
+RACE_RESIDUAL = tl.constexpr(0)
+RACE_P = tl.constexpr(1)
+RACE_UNIFORM = tl.constexpr(2)
 
 
 @triton.jit
@@ -330,21 +330,24 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, V, V
           HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr):
     """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
 
-    Tiles are [BLOCK_V / 4, 4]: each row of a tile is one Philox group (ids 4g .. 4g+3), so one call feeds 4 ids and a
-    thread holds the whole group. Every lane keeps its best key and id (a later tile wins only with a strictly larger
+    Tiles are [4, BLOCK_V / 4]: each column is one Philox group (ids 4g .. 4g+3), so one call feeds 4 ids; with the
+    group along the slow dimension, a thread holds a whole group in its registers and the Philox outputs need no
+    layout conversion (along the fast dimension Triton spreads a group over 4 threads and shuffles through shared
+    memory). Every lane keeps its best key and id (a later tile wins only with a strictly larger
     key, so a lane keeps its lowest id on ties); one reduction after the loop. The mass is that of the distribution
     raced (sum of r, or of p)."""
     GROUPS: tl.constexpr = BLOCK_V // RNG_GROUP
-    group = tl.arange(0, GROUPS)[:, None]
-    j = tl.arange(0, RNG_GROUP)[None, :]
+    group = tl.arange(0, GROUPS)[None, :]
+    j = tl.arange(0, RNG_GROUP)[:, None]
     lane = group * RNG_GROUP + j
-    best = tl.full([GROUPS, RNG_GROUP], -1.0, tl.float32)
+    best = tl.full([RNG_GROUP, GROUPS], -1.0, tl.float32)
     arg = lane + lo
-    mass = tl.zeros([GROUPS, RNG_GROUP], tl.float32)
+    mass = tl.zeros([RNG_GROUP, GROUPS], tl.float32)
     x_n32 = x_n.to(tl.int32)
     has_q = _splat(n < k_b, lane)
     for start in range(lo, hi, BLOCK_V):
-        offs = start + lane
+        # (no contiguity along the group: otherwise unaligned rows get a layout of their own, and a conversion)
+        offs = tl.max_contiguous(start + lane, [1, 1])
         mask = offs < hi
         if DIST == RACE_UNIFORM:
             dist = tl.where(mask, 1.0, 0.0)
@@ -361,7 +364,7 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, V, V
         if GIVEN_RANDOM:
             e = tl.load(noise_row + offs * stride_ev, mask=mask, other=1.0)
         else:
-            g = (start // RNG_GROUP + group).to(tl.uint32)
+            g = (group + start // RNG_GROUP).to(tl.uint32)
             zero = g * 0
             r0, r1, r2, r3 = philox(seed_b, g, zero + n.to(tl.uint32), zero + row_key.to(tl.uint32), zero + 1)
             bits = tl.where(j == 0, r0, tl.where(j == 1, r1, tl.where(j == 2, r2, r3)))
@@ -439,7 +442,7 @@ def _verify_kernel(
             packed = tl.atomic_xchg(ws, 0)
             total = tl.atomic_xchg(ws + 1, 0)
             tl.atomic_xchg(ws + 2, 0)
-            next_token = (INT32_MAX - (packed & INT32_MAX)).to(tl.int64)
+            next_token = ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
             if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
                 _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, V, Vd, n, k_b,
                                           x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_P, BLOCK_V, FROM_PROBS,

@@ -109,8 +109,21 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
         seed = seed.to(torch.int64)
     elif not isinstance(seed, int):
         raise TypeError(f"seed must be None, an int or a [B] int64 tensor, got {type(seed).__name__}")
+    # The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
+    # garbage there instead of failing here (metadata only, no host synchronisation).
+    for name, hook, dims, shape in (("_uniforms", uniforms, "[B, K]", (batch, k)),
+                                    ("_noise", noise, "[B, V]", (batch, vocab))):
+        if hook is None:
+            continue
+        if not isinstance(hook, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(hook).__name__}")
+        if tuple(hook.shape) != shape:
+            raise ValueError(f"{name} must have shape {dims} = {list(shape)}, got {tuple(hook.shape)}")
+        if hook.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {hook.dtype}")
+        _check_device(name, hook, device)
     if (uniforms is None) != (noise is None):
-        raise ValueError("_uniforms and _noise go together")
+        raise ValueError(f"{'_noise' if noise is None else '_uniforms'} is missing: _uniforms and _noise go together")
     return num_draft_tokens, temperature, seed, _pick_backend(backend, device)
 
 
