@@ -1,6 +1,7 @@
 """The Triton kernel against the torch oracle, token for token, on identical random numbers; its own randomness;
 its shape (launches, allocations); its split statistics."""
 
+import math
 import os
 import sys
 
@@ -53,6 +54,35 @@ def test_kernel_matches_torch_oracle(case, device):
         args["temperature"] if isinstance(args["temperature"], torch.Tensor) else float(args["temperature"]), 0,
         uniforms=args["_uniforms"], noise=args["_noise"], vectorized=True)
     assert torch.equal(batched[0].cpu(), oracle.tokens.cpu())
+
+
+@pytest.mark.parametrize("from_probs", [False, True])
+def test_kernel_fallback_draws(from_probs, device):
+    """The rare draws of the last program of a row: p when the residual has no mass (q equals p), uniform when p has
+    none either; token for token against the oracle, with several splits."""
+    args = make_case(6, 3, 1000, seed=11, device=device)
+    target, draft = args["target_logits"], args["draft_logits"]
+    # Rows 0-2: q_0 equals p_0 but for the drafted id x, where p_0(x) ~ 0 and q_0(x) = 5e-7: x is rejected and the
+    # residual has a mass of ~5e-7 <= RESIDUAL_EPS, so the correction comes from p_0.
+    x = args["draft_tokens"][:3, 0]
+    target[:3, 0, :] = target[:3, 0, :].index_put((torch.arange(3, device=device), x), torch.tensor(-40.0))
+    row = target[:3, 0].double()
+    draft[:3, 0] = row.float()
+    z = torch.logsumexp(row, -1)
+    draft[:3, 0] = draft[:3, 0].index_put((torch.arange(3, device=device), x), (z + math.log(5e-7)).float())
+    args["_uniforms"][:3, 0] = 0.5
+    target[3, 0] = -float("inf")  # row 3: p_0 has no mass: rejected at 0, then a uniform draw
+    if from_probs:
+        args = dict(target_probs=target.float().softmax(-1), draft_tokens=args["draft_tokens"],
+                    draft_probs=draft.float().softmax(-1), _uniforms=args["_uniforms"], _noise=args["_noise"])
+        run = specsampler.verify_probs
+    else:
+        run = specsampler.verify
+    kernel = run(**args, backend="triton", _block_v=256, _num_splits=3)
+    oracle = run(**args, backend="torch")
+    check_structure(kernel, args["draft_tokens"], None, 1000)
+    assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
+    assert oracle.num_accepted[:4].tolist() == [0, 0, 0, 0]
 
 
 def test_grid_is_not_degenerate():

@@ -177,7 +177,9 @@ def _split_stats(row_ptr, stride_v, tile_lo, tiles, n, temp, scale, out, stride_
         tl.store(out + stride_sp, total)
 
 
-@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "temperature"])
+# Small arrays' strides (statistics, tokens, outputs, test hooks) are not specialised: their values follow B, K and S1,
+# and a value of 1 or a multiple of 16 there would compile a variant per shape for nothing.
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "temperature", "stride_sp", "stride_sr"])
 def _row_stats_kernel(
     target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] logits (the target when there are none; never read then)
@@ -379,7 +381,9 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, V, V
     return top, first, tl.sum(tl.sum(mass, axis=1), axis=0)
 
 
-@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed"])
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed",
+                               "stride_xb", "stride_xt", "stride_ub", "stride_ut", "stride_eb", "stride_ev",
+                               "stride_sp", "stride_sr", "stride_ob", "stride_ot"])
 def _verify_kernel(
     target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] like the target, read when HAS_DRAFT
