@@ -327,58 +327,95 @@ RACE_UNIFORM = tl.constexpr(2)
 
 
 @triton.jit
-def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, V, Vd, n, k_b, x_n, m_p, z_p, m_q, z_q,
+def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, has_q, x_n, Vd, m_p, z_p, m_q, z_q, scale,
+               DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr):
+    """The raced distribution at `offs`, unnormalised: max(0, p - q), p, or 1; 0 where `mask` is off."""
+    if DIST == RACE_UNIFORM:
+        return tl.where(mask, 1.0, 0.0)
+    p = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, FROM_PROBS)
+    if DIST == RACE_RESIDUAL:
+        if HAS_DRAFT:
+            q_mask = mask & (offs < Vd) & has_q
+            q = tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, FROM_PROBS), 0.0)
+        else:
+            q = tl.where((offs == x_n) & has_q, 1.0, 0.0)
+        p = tl.maximum(p - q, 0.0)
+    return tl.where(mask, p, 0.0)
+
+
+@triton.jit
+def _race_step(best, arg, mass, dist, e, offs, mask):
+    """One tile of one lane set: a lane's key replaces its best only when strictly larger (its lowest id on ties)."""
+    key = tl.where(mask, dist / e, -1.0)
+    better = key > best
+    return tl.where(better, key, best), tl.where(better, offs, arg), mass + dist
+
+
+@triton.jit
+def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, m_p, z_p, m_q, z_q,
           scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr,
           HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr):
     """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
 
-    Tiles are [4, BLOCK_V / 4]: each column is one Philox group (ids 4g .. 4g+3), so one call feeds 4 ids; with the
-    group along the slow dimension, a thread holds a whole group in its registers and the Philox outputs need no
-    layout conversion (along the fast dimension Triton spreads a group over 4 threads and shuffles through shared
-    memory). Every lane keeps its best key and id (a later tile wins only with a strictly larger
-    key, so a lane keeps its lowest id on ties); one reduction after the loop. The mass is that of the distribution
-    raced (sum of r, or of p)."""
-    GROUPS: tl.constexpr = BLOCK_V // RNG_GROUP
-    group = tl.arange(0, GROUPS)[None, :]
-    j = tl.arange(0, RNG_GROUP)[:, None]
-    lane = group * RNG_GROUP + j
-    best = tl.full([RNG_GROUP, GROUPS], -1.0, tl.float32)
-    arg = lane + lo
-    mass = tl.zeros([RNG_GROUP, GROUPS], tl.float32)
+    A tile is four interleaved lane sets of BLOCK_V / 4 lanes: lane i of set j holds id start + 4i + j, so one Philox
+    call per lane (group g = start / 4 + i) feeds the four ids 4g .. 4g+3, each output to its own set. The four sets
+    have one shape and one layout: no output ever moves between threads (a [4, BLOCK_V / 4] tile would let the
+    compiler spread a group over threads, and redo Philox in each). Every lane keeps its best key and id across the
+    tiles; one reduction after the loop. The mass is that of the distribution raced."""
+    LANES: tl.constexpr = BLOCK_V // RNG_GROUP
+    i = tl.arange(0, LANES)
+    four_i = i * RNG_GROUP
+    best0 = tl.full([LANES], -1.0, tl.float32)
+    best1 = best0
+    best2 = best0
+    best3 = best0
+    arg0 = four_i + lo
+    arg1 = arg0 + 1
+    arg2 = arg0 + 2
+    arg3 = arg0 + 3
+    mass0 = tl.zeros([LANES], tl.float32)
+    mass1 = mass0
+    mass2 = mass0
+    mass3 = mass0
     x_n32 = x_n.to(tl.int32)
-    has_q = _splat(n < k_b, lane)
+    has_q = _splat(n < k_b, i)
     for start in range(lo, hi, BLOCK_V):
-        # (no contiguity along the group: otherwise unaligned rows get a layout of their own, and a conversion)
-        offs = tl.max_contiguous(start + lane, [1, 1])
-        mask = offs < hi
-        if DIST == RACE_UNIFORM:
-            dist = tl.where(mask, 1.0, 0.0)
-        else:
-            dist = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, FROM_PROBS)
-            if DIST == RACE_RESIDUAL:
-                if HAS_DRAFT:
-                    q_mask = mask & (offs < Vd) & has_q
-                    q = tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, FROM_PROBS), 0.0)
-                else:
-                    q = tl.where((offs == x_n32) & has_q, 1.0, 0.0)
-                dist = tl.maximum(dist - q, 0.0)
-            dist = tl.where(mask, dist, 0.0)
+        offs0 = four_i + start
+        offs1 = offs0 + 1
+        offs2 = offs0 + 2
+        offs3 = offs0 + 3
+        d0 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs0, offs0 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
+                        scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d1 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs1, offs1 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
+                        scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d2 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs2, offs2 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
+                        scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d3 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs3, offs3 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
+                        scale, DIST, FROM_PROBS, HAS_DRAFT)
         if GIVEN_RANDOM:
-            e = tl.load(noise_row + offs * stride_ev, mask=mask, other=1.0)
+            e0 = tl.load(noise_row + offs0 * stride_ev, mask=offs0 < hi, other=1.0)
+            e1 = tl.load(noise_row + offs1 * stride_ev, mask=offs1 < hi, other=1.0)
+            e2 = tl.load(noise_row + offs2 * stride_ev, mask=offs2 < hi, other=1.0)
+            e3 = tl.load(noise_row + offs3 * stride_ev, mask=offs3 < hi, other=1.0)
         else:
-            g = (group + start // RNG_GROUP).to(tl.uint32)
+            g = (i + start // RNG_GROUP).to(tl.uint32)
             zero = g * 0
             r0, r1, r2, r3 = philox(seed_b, g, zero + n.to(tl.uint32), zero + row_key.to(tl.uint32), zero + 1)
-            bits = tl.where(j == 0, r0, tl.where(j == 1, r1, tl.where(j == 2, r2, r3)))
-            e = -tl.log(_to_uniform(bits, True))
-        key = tl.where(mask, dist / e, -1.0)
-        better = key > best
-        best = tl.where(better, key, best)
-        arg = tl.where(better, offs, arg)
-        mass += dist
-    top = tl.max(tl.max(best, axis=1), axis=0)
-    first = tl.min(tl.min(tl.where(best == top, arg, INT32_MAX), axis=1), axis=0)
-    return top, first, tl.sum(tl.sum(mass, axis=1), axis=0)
+            e0 = -tl.log(_to_uniform(r0, True))
+            e1 = -tl.log(_to_uniform(r1, True))
+            e2 = -tl.log(_to_uniform(r2, True))
+            e3 = -tl.log(_to_uniform(r3, True))
+        best0, arg0, mass0 = _race_step(best0, arg0, mass0, d0, e0, offs0, offs0 < hi)
+        best1, arg1, mass1 = _race_step(best1, arg1, mass1, d1, e1, offs1, offs1 < hi)
+        best2, arg2, mass2 = _race_step(best2, arg2, mass2, d2, e2, offs2, offs2 < hi)
+        best3, arg3, mass3 = _race_step(best3, arg3, mass3, d3, e3, offs3, offs3 < hi)
+    top = tl.maximum(tl.maximum(tl.max(best0, axis=0), tl.max(best1, axis=0)),
+                     tl.maximum(tl.max(best2, axis=0), tl.max(best3, axis=0)))
+    first = tl.minimum(tl.minimum(tl.min(tl.where(best0 == top, arg0, INT32_MAX), axis=0),
+                                  tl.min(tl.where(best1 == top, arg1, INT32_MAX), axis=0)),
+                       tl.minimum(tl.min(tl.where(best2 == top, arg2, INT32_MAX), axis=0),
+                                  tl.min(tl.where(best3 == top, arg3, INT32_MAX), axis=0)))
+    return top, first, tl.sum(mass0 + mass1 + mass2 + mass3, axis=0)
 
 
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed",
@@ -432,7 +469,7 @@ def _verify_kernel(
         p_row = t_row + n * stride_tt
         q_row = d_row + n * stride_dt
         noise_row = noise_ptr + b * stride_eb
-        key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, V, Vd, n, k_b, x_n,
+        key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n,
                                m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_RESIDUAL, BLOCK_V, FROM_PROBS,
                                HAS_DRAFT, GIVEN_RANDOM)
 
@@ -448,12 +485,12 @@ def _verify_kernel(
             tl.atomic_xchg(ws + 2, 0)
             next_token = ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
             if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
-                _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, V, Vd, n, k_b,
+                _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n, k_b,
                                           x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_P, BLOCK_V, FROM_PROBS,
                                           HAS_DRAFT, GIVEN_RANDOM)
                 next_token = from_p.to(tl.int64)
                 if mass_p <= 0.0:
-                    _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, V, Vd, n,
+                    _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n,
                                              k_b, x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_UNIFORM,
                                              BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
                     next_token = uniform_id.to(tl.int64)
