@@ -505,11 +505,14 @@ def _seed_arg(seed: int) -> int:
 
 
 _WORKSPACES: dict[tuple, torch.Tensor] = {}
+# The current stream's handle without building a torch.cuda.Stream (Triton's own launcher reads it the same way).
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda index: torch.cuda.current_stream(index).cuda_stream)
 
 
 def _workspace(device: torch.device, batch: int) -> torch.Tensor:
     """Zeroed per-(device, stream) workspace that every launch leaves zeroed; grown when B outgrows it."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    stream = _raw_stream(device.index) if device.type == "cuda" else 0
     key = (device.type, device.index, stream)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.shape[0] < batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -53,6 +54,14 @@ def _row_tensor(name: str, value, batch: int, device: torch.device, dtypes: tupl
         raise TypeError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {value.dtype}")
     _check_device(name, value, device)
     return value
+
+
+@functools.cache
+def _kernels():
+    """The Triton launchers, imported on first use (an import statement per call costs microseconds)."""
+    from . import triton_kernels
+
+    return triton_kernels
 
 
 def _pick_backend(backend: str, device: torch.device) -> str:
@@ -180,11 +189,10 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     if backend == "torch":
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
                                           seed, uniforms=_uniforms, noise=_noise))
-    from .triton_kernels import row_stats, verify_rows
-
-    stats = row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits)
-    return VerifyResult(*verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed,
-                                     stats, _uniforms, _noise, _block_v, _num_splits))
+    kernels = _kernels()
+    stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits)
+    return VerifyResult(*kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
+                                             seed, stats, _uniforms, _noise, _block_v, _num_splits))
 
 
 def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, backend="auto",
@@ -212,7 +220,5 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
     if backend == "torch":
         return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
                                           from_probs=True, uniforms=_uniforms, noise=_noise))
-    from .triton_kernels import verify_rows
-
-    return VerifyResult(*verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, None,
-                                     _uniforms, _noise, _block_v, _num_splits))
+    return VerifyResult(*_kernels().verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
+                                                None, _uniforms, _noise, _block_v, _num_splits))
