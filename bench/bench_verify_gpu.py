@@ -2,12 +2,16 @@
 
 Run by ``bench/device_check.sh`` (which runs the test suite first); standalone::
 
-    python3 bench/bench_verify_gpu.py [--quick] [--budget-seconds S] [--out DIR]
+    python3 bench/bench_verify_gpu.py [--quick] [--budget-seconds S] [--out DIR] [--baseline-kernel PATH]
     python3 bench/bench_verify_gpu.py --dry-run     # CPU, tiny sizes, the kernel under TRITON_INTERPRET=1
 
-Grid: B in {1, 8, 64, 256}, K in {1, 4, 8}, V in {32000, 128256, 151936, 262144}, float32 and bfloat16 logits,
-sampled (temperature 1) and greedy (temperature 0) rows; V = 128256 first, as the goals are stated there. Every case
-gets fresh random inputs, identical for every provider (see ``devcheck_providers`` for what each one runs).
+Order: the copy and read ceilings; then where the time goes in the goal cases (below); then the grid, goal cases
+first. Goal cases: K = 4, V = 128256, B in {1, 64, 256}, bfloat16 then float32, sampled and greedy (the dry run:
+K = 2, V = 1000, B in {1, 2}). Grid: B in {1, 8, 64, 256}, K in {1, 4, 8}, V in {32000, 128256, 151936, 262144},
+float32 and bfloat16 logits, sampled (temperature 1) and greedy (temperature 0) rows; after the goal cases
+V = 128256 first. Every case gets fresh random inputs, identical for every provider (see ``devcheck_providers`` for
+what each one runs). ``--baseline-kernel PATH`` adds the provider ``baseline``: an older copy of
+``triton_kernels/verify.py`` loaded from PATH, timed beside the current kernel in both tables.
 
 Timing: ``triton.testing.do_bench`` medians (short warmup and rep), or ``do_bench_cudagraph`` medians when the case
 reads at most ``--graph-mib`` MiB and the provider runs without a host synchronisation (checked with
@@ -20,16 +24,41 @@ Bytes, the least a verification must read, with s the element size of the logits
     greedy rows:   s * B * (K+1)*V                 the target's logits once (the draft's are never needed)
 
 ``gbps = bytes / median`` (1e9 bytes/s) and ``pct_of_copy_bw = 100 * gbps / copy_gbps``, where ``copy_gbps`` is the
-measured ceiling: a 1 GiB device-to-device ``copy_``, counting bytes read plus written.
+measured ceiling: a 1 GiB device-to-device ``copy_``, counting bytes read plus written. Beside it the read ceiling:
+GB/s of a plain Triton kernel that reads 1 GiB of float32 once and sums it (``devcheck_providers.read_roofline_fn``:
+per-lane accumulators, one reduction per program, up to 8 programs per SM), timed as a CUDA graph.
+
+Where the time goes (goal cases, providers ``specsampler`` and ``baseline``), one row per provider and case:
+- ``launch1_us``, ``launch2_us``: CUDA time of ``_row_stats_kernel`` and ``_verify_kernel`` per call, from
+  ``torch.profiler`` (ProfilerActivity.CUDA: the duration of every kernel event whose name holds the kernel's name,
+  summed over ``--launch-calls`` calls after a warm-up, divided by the calls); ``total_cuda_us`` their sum;
+- ``graph_us``: the whole call timed as a CUDA graph (``do_bench_cudagraph`` median; on a stream if it cannot be
+  captured);
+- ``host_us_per_call``: host time of one eager call: ``--host-calls`` calls queued with no synchronisation inside the
+  loop, wall time / calls (one synchronize before and one after, outside the time). The GPU runs behind the host
+  without blocking it as long as the launch queue has room (a few hundred launches), so this is the host's time even
+  when the GPU's is longer; the printed ``bound`` column says which of the two is longer;
+- ``host_pre_us``, ``host_launch1_us``, ``host_between_us``, ``host_launch2_us``, ``host_post_us``: the same calls
+  split by ``time.perf_counter_ns`` taken around both kernels' ``.run`` (``bench_host.LaunchClock``): our Python
+  before launch 1, launch 1 (Triton's launch path), between, launch 2, after; medians over ``--host-calls`` calls;
+- ``read_roofline_us``: a plain Triton read and sum of the bytes launch 1 reads (sampled: B*(2K+1)*V elements of the
+  dtype, greedy: B*(K+1)*V), CUDA-graph median; ``pct_of_read_roofline = 100 * read_roofline_us / graph_us``;
+- ``pct_of_copy_bw``: as in the verify CSV, with ``graph_us`` as the time.
+On a CPU (the dry run) there is no profiler: the launch columns are the wall time inside the interpreted ``.run``,
+and every timing is a wall clock.
 
 Outputs, under ``--out`` (default ``$OUT``, else ``bench/out``), the CSV flushed after every case so that a run cut
 short keeps what it measured:
 - ``verify_<gpu>.csv``: ``device, B, K, V, dtype, provider, median_us, bytes, gbps, pct_of_copy_bw, mode``, one row
   per provider and case (``mode``, sampled or greedy, is the one column beyond the issue's list, kept last);
+- ``launches_<gpu>.csv``: ``device, B, K, V, dtype, mode, launch1_us, launch2_us, total_cuda_us, graph_us,
+  host_us_per_call, read_roofline_us, pct_of_read_roofline, pct_of_copy_bw``, then ``host_pre_us, host_launch1_us,
+  host_between_us, host_launch2_us, host_post_us, provider`` (see above; empty where not measured);
 - ``resources_<gpu>.csv``: registers and spills of every compiled variant of the two kernels;
 - ``verify_<gpu>.png``: the roofline plot;
-- printed: notes (skipped providers and why, scaled timings), the copy ceiling, the goals, the resource report, and
-  the table last.
+- printed: the launches table as it is measured; at the end notes (skipped providers and why, scaled timings), the
+  copy and read ceilings, the launches table again, the resource report, the goals, the baseline's summary, and the
+  verify table last (its ``vs baseline`` column: the baseline's median over ours).
 Exit status: 0, or 1 when specsampler failed on some case.
 """
 
@@ -48,9 +77,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 COLUMNS = ("device", "B", "K", "V", "dtype", "provider", "median_us", "bytes", "gbps", "pct_of_copy_bw", "mode")
+LAUNCH_COLUMNS = ("device", "B", "K", "V", "dtype", "mode", "launch1_us", "launch2_us", "total_cuda_us", "graph_us",
+                  "host_us_per_call", "read_roofline_us", "pct_of_read_roofline", "pct_of_copy_bw", "host_pre_us",
+                  "host_launch1_us", "host_between_us", "host_launch2_us", "host_post_us", "provider")
 FULL = dict(B=(1, 8, 64, 256), K=(1, 4, 8), V=(128256, 32000, 151936, 262144))
 QUICK = dict(B=(1, 64), K=(4,), V=(128256,))
 DRY = dict(B=(1, 2), K=(1, 2), V=(7, 1000))
+GOAL = dict(B=(1, 64, 256), K=(4,), V=(128256,))
+DRY_GOAL = dict(B=(1, 2), K=(2,), V=(1000,))
+KERNEL_NAMES = ("_row_stats_kernel", "_verify_kernel")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,21 +102,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-ms", type=float, default=2.0, help="do_bench warmup")
     p.add_argument("--rep-ms", type=float, default=10.0, help="do_bench and do_bench_cudagraph rep")
     p.add_argument("--graph-mib", type=float, default=64.0, help="use CUDA graphs up to this many MiB read")
+    p.add_argument("--baseline-kernel", default=None, metavar="PATH",
+                   help="an older copy of triton_kernels/verify.py, timed as the provider 'baseline'")
+    p.add_argument("--launch-calls", type=int, default=None, help="calls profiled per goal case (default 20; 2 dry)")
+    p.add_argument("--host-calls", type=int, default=None,
+                   help="calls queued for the host time per goal case (default 200; 3 dry)")
+    p.add_argument("--skip-launches", action="store_true", help="no per-launch / host / read-roofline table")
     args = p.parse_args(argv)
     if args.compile_budget_seconds is None:
         args.compile_budget_seconds = 8.0 if args.dry_run else 60.0
+    if args.launch_calls is None:
+        args.launch_calls = 2 if args.dry_run else 20
+    if args.host_calls is None:
+        args.host_calls = 3 if args.dry_run else 200
     return args
 
 
 def grid(args) -> list:
-    """The cases, in the order they are timed (the goals' V first)."""
+    """The cases, in the order they are timed: the goal cases, then the rest (the goals' V first)."""
     import torch
     from devcheck_providers import Case
 
     sizes = DRY if args.dry_run else QUICK if args.quick else FULL
-    return [Case(b, k, v, dtype, mode)
-            for v in sizes["V"] for dtype in (torch.float32, torch.bfloat16) for mode in ("sampled", "greedy")
-            for b in sizes["B"] for k in sizes["K"]]
+    cases = [Case(b, k, v, dtype, mode)
+             for v in sizes["V"] for dtype in (torch.float32, torch.bfloat16) for mode in ("sampled", "greedy")
+             for b in sizes["B"] for k in sizes["K"]]
+    goal = sorted((c for c in cases if is_goal(c, args)),
+                  key=lambda c: (c.dtype != torch.bfloat16, c.mode != "sampled", c.B))
+    return goal + [c for c in cases if not is_goal(c, args)]
+
+
+def is_goal(case, args) -> bool:
+    """Whether `case` is one of the goal cases (K = 4, V = 128256, B in {1, 64, 256}; smaller in the dry run)."""
+    sizes = DRY_GOAL if args.dry_run else GOAL
+    return case.B in sizes["B"] and case.K in sizes["K"] and case.V in sizes["V"]
 
 
 def case_seed(case) -> int:
@@ -165,6 +219,221 @@ def copy_ceiling(device, timer: Timer, dry_run: bool) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
+def read_ceiling(device, timer: Timer, dry_run: bool) -> float:
+    """GB/s of a plain Triton read-and-sum of 1 GiB of float32 (64 KiB in the dry run), bytes read."""
+    import torch
+    from devcheck_providers import read_roofline_fn
+
+    n = (1 << 14) if dry_run else (1 << 28)
+    ms, _ = timer(read_roofline_fn(n, torch.float32, device), graph=True, label="read ceiling", rep_ms=50.0)
+    return 4 * n / (ms * 1e-3) / 1e9
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernel_us(events, calls: int) -> tuple:
+    """(launch 1 µs, launch 2 µs) per call from profiler events; None for a kernel that never ran.
+
+    Parameters
+    ----------
+    events : iterable
+        ``torch.profiler`` FunctionEvents: the CUDA ones (``device_type``) whose ``name`` holds a kernel's name
+        count, with the duration of their ``time_range``.
+    calls : int
+        The calls profiled.
+    """
+    from torch.autograd import DeviceType
+
+    totals = [0.0] * len(KERNEL_NAMES)
+    seen = [0] * len(KERNEL_NAMES)
+    for evt in events:
+        if evt.device_type != DeviceType.CUDA:
+            continue
+        for i, name in enumerate(KERNEL_NAMES):
+            if name in evt.name:
+                totals[i] += evt.time_range.elapsed_us()
+                seen[i] += 1
+    return tuple(t / calls if n else None for t, n in zip(totals, seen, strict=True))
+
+
+def profile_launches(fn, device, calls: int) -> tuple:
+    """CUDA time per call of each launch of `fn` (µs), from torch.profiler over `calls` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        _sync(device)
+    return kernel_us(prof.events(), calls)
+
+
+def _profiled(fn, provider: str, state, args) -> tuple:
+    """:func:`profile_launches`, with a note instead of an exception, and a note for a kernel it did not see."""
+    try:
+        times = profile_launches(fn, state["torch_device"], args.launch_calls)
+    except Exception as exc:  # CUPTI unavailable or a profiler bug: the other columns still stand
+        state["notes"].add(f"torch.profiler failed for {provider}: {type(exc).__name__}: {str(exc)[:200]}")
+        return None, None
+    for name, t in zip(KERNEL_NAMES, times, strict=True):
+        if t is None:
+            state["notes"].add(f"torch.profiler saw no CUDA kernel named {name} in {provider}'s calls "
+                               "(its launch column is empty)")
+    return times
+
+
+def host_per_call(fn, device, calls: int) -> float:
+    """µs of host time per call: `calls` calls queued without synchronisation, wall time / calls."""
+    _sync(device)
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter_ns()
+    _sync(device)
+    return (t1 - t0) / calls / 1e3
+
+
+def host_split(fn, module, device, calls: int) -> dict:
+    """Median µs of each host phase of `calls` calls (``bench_host.LaunchClock`` around `module`'s launches)."""
+    from bench_host import LaunchClock
+
+    _sync(device)
+    with LaunchClock(module) as clock:
+        for _ in range(calls):
+            clock.call(fn)
+    _sync(device)
+    return clock.summary()
+
+
+def launch_row(case, provider, fn, module, read_us, timer, state, args) -> dict:
+    """One row of ``launches_<gpu>.csv`` for `provider` on `case` (see the module docstring)."""
+    device = state["torch_device"]
+    fn()
+    _sync(device)
+    split = host_split(fn, module, device, max(args.host_calls, args.launch_calls))
+    if split.get("seen", 0) < split.get("calls", 1):
+        state["notes"].add(f"{provider}: both launches seen through .run in {split.get('seen', 0)} of "
+                           f"{split.get('calls', 0)} calls; the host split puts the rest in host_pre_us")
+    if device.type == "cuda":
+        l1, l2 = _profiled(fn, provider, state, args)
+    else:
+        l1, l2 = split.get("launch1_us"), split.get("launch2_us")
+    graph_ms, _ = timer(fn, graph=True, label=provider)
+    graph_us = graph_ms * 1e3
+    gbps = min_bytes(case) / (graph_us * 1e-6) / 1e9
+    total = None if l1 is None and l2 is None else (l1 or 0.0) + (l2 or 0.0)
+    row = dict(device=state["device"], B=case.B, K=case.K, V=case.V, dtype=case.dtype_name, mode=case.mode,
+               launch1_us=_opt(l1), launch2_us=_opt(l2), total_cuda_us=_opt(total),
+               graph_us=_sig(graph_us), host_us_per_call=_sig(host_per_call(fn, device, args.host_calls)),
+               read_roofline_us=_opt(read_us), pct_of_read_roofline=_opt(read_us and 100 * read_us / graph_us),
+               pct_of_copy_bw=_sig(100 * gbps / state["copy_gbps"]), provider=provider)
+    row.update({f"host_{p}_us": _opt(split.get(f"{p}_us")) for p in ("pre", "launch1", "between", "launch2", "post")})
+    return row
+
+
+def _opt(x) -> float | str:
+    return "" if x is None else _sig(x)
+
+
+def read_roofline_us(case, timer, state) -> float | None:
+    """µs of the plain read of launch 1's bytes for `case` (CUDA-graph median), or None (noted) if it failed."""
+    import torch
+    from devcheck_providers import launch1_elements, read_roofline_fn
+
+    try:
+        read = read_roofline_fn(launch1_elements(case), case.dtype, state["torch_device"])
+        return timer(read, graph=True, label="read roofline")[0] * 1e3
+    except Exception as exc:  # out of memory, or a Triton that cannot build it: the rest of the row stands
+        state["notes"].add(f"read roofline failed on {_label(_case_dict(case))}: {type(exc).__name__}: "
+                           f"{str(exc)[:200]}")
+        if state["torch_device"].type == "cuda":
+            _recover(torch)
+        return None
+
+
+def launch_case(case, providers, timer, state, args) -> list[dict]:
+    """The launches rows of one goal case: the read roofline once, then each provider with a kernel module."""
+    import torch
+    from devcheck_providers import build, make_inputs
+
+    device, notes = state["torch_device"], state["notes"]
+    read_us = read_roofline_us(case, timer, state)
+    inputs = make_inputs(case, device, seed=case_seed(case))
+    rows = []
+    for provider, module in providers:
+        try:
+            built = build(provider, case, inputs, baseline=state["baseline"])
+            rows.append(launch_row(case, provider, built.fn, module, read_us, timer, state, args))
+        except Exception as exc:  # ours failing is counted by the grid, which runs the same case
+            notes.add(f"launches: {provider} failed on {_label(_case_dict(case))}: {type(exc).__name__}: "
+                      f"{str(exc)[:200]}")
+            if device.type == "cuda":
+                _recover(torch)
+    return rows
+
+
+def _case_dict(case) -> dict:
+    return dict(B=case.B, K=case.K, V=case.V, dtype=case.dtype_name, mode=case.mode)
+
+
+def run_launches(cases, timer, state, args, path: Path, started: float) -> list[dict]:
+    """Where the time goes in the goal `cases`: writes ``launches_<gpu>.csv`` (flushed per case), prints the rows."""
+    from specsampler.triton_kernels import verify as kernels
+
+    providers = [("specsampler", kernels)] + ([("baseline", state["baseline"])] if state["baseline"] else [])
+    rows: list[dict] = []
+    print("\nwhere the time goes (goal cases):\n" + launch_table_lines([])[0], flush=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LAUNCH_COLUMNS)
+        writer.writeheader()
+        for case in cases:
+            if time.monotonic() - started > args.budget_seconds:
+                state["notes"].add("budget spent during the launches table")
+                break
+            try:
+                new = launch_case(case, providers, timer, state, args)
+            except KeyboardInterrupt:
+                state["notes"].add("interrupted during the launches table")
+                break
+            except Exception as exc:  # the inputs did not fit, or the device is gone: the grid still runs
+                state["notes"].add(f"launches stopped at {_label(_case_dict(case))}: {type(exc).__name__}: "
+                                   f"{str(exc)[:200]}")
+                break
+            writer.writerows(new)
+            f.flush()
+            for line in launch_table_lines(new)[1:]:
+                print(line, flush=True)
+            rows += new
+    return rows
+
+
+def launch_table_lines(rows: list[dict]) -> list[str]:
+    """The launches table: header, then one line per row (µs; % of the read roofline and of the copy ceiling)."""
+    cols = (("launch1_us", "launch1"), ("launch2_us", "launch2"), ("total_cuda_us", "cuda"), ("graph_us", "graph"),
+            ("host_us_per_call", "host"), ("host_pre_us", "h.pre"), ("host_launch1_us", "h.l1"),
+            ("host_between_us", "h.betw"), ("host_launch2_us", "h.l2"), ("host_post_us", "h.post"),
+            ("read_roofline_us", "read"), ("pct_of_read_roofline", "%read"), ("pct_of_copy_bw", "%copy"))
+    head = f"{'B':>4} {'K':>2} {'V':>7} {'dtype':<8} {'mode':<7} {'provider':<11}"
+    out = [head + "".join(f" {title:>8}" for _, title in cols) + f" {'bound':>5}"]
+    for r in rows:
+        line = f"{r['B']:>4} {r['K']:>2} {r['V']:>7} {r['dtype']:<8} {r['mode']:<7} {r['provider']:<11}"
+        line += "".join(f" {_num(r[c]):>8}" for c, _ in cols)
+        gpu = r["total_cuda_us"] if r["total_cuda_us"] != "" else r["graph_us"]
+        out.append(line + f" {'host' if r['host_us_per_call'] >= gpu else 'gpu':>5}")
+    return out
+
+
+def _num(x) -> str:
+    if x == "":
+        return "-"
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def device_name(device) -> str:
     import torch
 
@@ -201,7 +470,8 @@ def run_case(case, device, providers, timer, notes, state, args) -> list[dict]:
         if provider in state["dropped"]:
             continue
         try:
-            built = build(provider, case, inputs, row_cap=args.row_cap, compile_backend=compile_backend)
+            built = build(provider, case, inputs, row_cap=args.row_cap, compile_backend=compile_backend,
+                          baseline=state["baseline"])
             notes.add(built.note)
             t0 = time.perf_counter()
             ms, how = timer(built.fn, graph, label=provider)
@@ -258,7 +528,7 @@ def goal_lines(rows: list[dict], report) -> list[str]:
     small = [r for r in ours.values() if (r["B"], r["K"], r["V"]) == (1, 4, 128256)]
     slow = [f"{_label(r)} {r['median_us']:.1f} us" for r in small if r["median_us"] > 15]
     out.append(_goal("2 <= 15 us at B = 1, K = 4, V = 128256", small, slow))
-    peers = [r for r in rows if r["provider"] != "specsampler" and _key(r) in ours]
+    peers = [r for r in rows if r["provider"] not in ("specsampler", "baseline") and _key(r) in ours]
     beaten = [f"{_label(r)} by {r['provider']} ({r['median_us']:.1f} < {ours[_key(r)]['median_us']:.1f} us)"
               for r in peers if r["median_us"] < ours[_key(r)]["median_us"]]
     out.append(_goal("3 faster than every peer", peers, beaten))
@@ -286,21 +556,41 @@ def _goal(title: str, checked: list, misses: list[str]) -> str:
     return f"GOAL {title}: {verdict}" + (" ..." if len(misses) > 6 else "")
 
 
+def baseline_lines(rows: list[dict], path: str | None) -> list[str]:
+    """How the current kernel compares with the baseline's, over the cases both ran."""
+    if not path:
+        return []
+    ours = {_key(r): r for r in rows if r["provider"] == "specsampler"}
+    ratios = sorted(r["median_us"] / ours[_key(r)]["median_us"] for r in rows
+                    if r["provider"] == "baseline" and _key(r) in ours)
+    if not ratios:
+        return [f"BASELINE {path}: not measured"]
+    faster = sum(x > 1 for x in ratios)
+    return [f"BASELINE {path}: ours faster in {faster} of {len(ratios)} cases; baseline / ours: median "
+            f"{statistics.median(ratios):.2f}x, range {ratios[0]:.2f}x to {ratios[-1]:.2f}x"]
+
+
 def table_lines(rows: list[dict], providers) -> list[str]:
-    """One line per case: each provider's median (us; * = CUDA graph), ours in GB/s and % of copy, best speedup."""
+    """One line per case: each provider's median (us; * = CUDA graph), ours in GB/s and % of copy, best speedup
+    (over the peers; the baseline is not one) and, with a baseline, the baseline's median over ours."""
     cases: dict[tuple, dict] = {}
     for r in rows:
         cases.setdefault(_key(r), {})[r["provider"]] = r
+    with_baseline = "baseline" in providers
     head = f"{'B':>4} {'K':>2} {'V':>7} {'dtype':<8} {'mode':<7}" + "".join(f"{p:>14}" for p in providers)
-    out = [head + f" {'GB/s':>9} {'%copy':>6} {'vs best peer':>12}"]
+    head += f" {'GB/s':>9} {'%copy':>6} {'vs best peer':>12}" + (f" {'vs baseline':>12}" if with_baseline else "")
+    out = [head]
     for key, by in cases.items():
         line = f"{key[0]:>4} {key[1]:>2} {key[2]:>7} {key[3]:<8} {key[4]:<7}"
         line += "".join(f"{_cell(by.get(p)):>14}" for p in providers)
         ours = by.get("specsampler")
-        peer = min((r["median_us"] for p, r in by.items() if p != "specsampler"), default=None)
+        peer = min((r["median_us"] for p, r in by.items() if p not in ("specsampler", "baseline")), default=None)
         if ours:
             line += f" {ours['gbps']:>9.4g} {ours['pct_of_copy_bw']:>6.3g}"
-            line += f"{peer / ours['median_us']:>11.1f}x" if peer else f"{'-':>12}"
+            line += f" {peer / ours['median_us']:>11.1f}x" if peer else f" {'-':>12}"
+            if with_baseline:
+                old = by.get("baseline")
+                line += f" {old['median_us'] / ours['median_us']:>11.2f}x" if old else f" {'-':>12}"
         out.append(line)
     return out
 
@@ -320,39 +610,32 @@ def write_resources(path: Path, report) -> None:
         writer.writerows(report.rows)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.dry_run:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
-    from devcheck_bootstrap import ensure_importable
+def load_baseline_or_note(path: str | None, notes: Notes):
+    """The baseline kernel module, or None (with a note when it was asked for and does not load)."""
+    if not path:
+        return None
+    from devcheck_providers import load_baseline
 
-    where = ensure_importable()
-    import torch
-    from devcheck_plot import AXES, write_plot
-    from devcheck_providers import PROVIDERS
-    from devcheck_resources import ResourceReport
+    try:
+        module = load_baseline(path)
+    except Exception as exc:  # a bad path or an incompatible file: run without it, loudly
+        notes.add(f"BASELINE NOT LOADED from {path}: {type(exc).__name__}: {str(exc)[:300]}")
+        return None
+    notes.add(f"baseline: the kernel module of {path}, timed as provider 'baseline'")
+    return module
 
-    started = time.monotonic()
-    device = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
-    if device.type == "cpu" and not args.dry_run:
-        print("no CUDA device: use --dry-run on a CPU", file=sys.stderr)
-        return 2
-    providers = PROVIDERS if args.providers == "all" else tuple(p for p in PROVIDERS if p in args.providers.split(","))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = device_name(device)
-    print(f"specsampler from {where}; torch {torch.__version__}; device {name}; out {out}", flush=True)
 
-    notes, report = Notes(), ResourceReport()
-    timer = Timer(device, args, notes)
-    copy_gbps = copy_ceiling(device, timer, args.dry_run)
-    print(f"copy ceiling: {copy_gbps:.1f} GB/s (read + written)", flush=True)
-    state = dict(copy_gbps=copy_gbps, device=name, failures=0, compile_s=0.0, dropped=set())
-    if args.dry_run:
-        notes.add("dry run: CPU, tiny sizes, the kernel interpreted; wall-clock medians, not do_bench")
-    cases = grid(args)
+def select_providers(args, baseline) -> tuple:
+    from devcheck_providers import BASELINE, PROVIDERS
+
+    chosen = PROVIDERS if args.providers == "all" else tuple(p for p in PROVIDERS if p in args.providers.split(","))
+    return chosen + ((BASELINE,) if baseline is not None else ())
+
+
+def run_grid(cases, device, providers, timer, state, args, csv_path: Path, started: float) -> list[dict]:
+    """Time every provider on every case until the budget is spent; writes the verify CSV (flushed per case)."""
+    notes, report = state["notes"], state["report"]
     rows: list[dict] = []
-    csv_path = out / f"verify_{slug(name)}.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -375,6 +658,48 @@ def main(argv=None) -> int:
             rows += new
             if device.type == "cuda":
                 report.collect(f"{case.dtype_name}/{case.mode}")
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
+    from devcheck_bootstrap import ensure_importable
+
+    where = ensure_importable()
+    import torch
+    from devcheck_plot import AXES, write_plot
+    from devcheck_resources import ResourceReport
+
+    started = time.monotonic()
+    device = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
+    if device.type == "cpu" and not args.dry_run:
+        print("no CUDA device: use --dry-run on a CPU", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = device_name(device)
+    print(f"specsampler from {where}; torch {torch.__version__}; device {name}; out {out}", flush=True)
+
+    notes, report = Notes(), ResourceReport()
+    baseline = load_baseline_or_note(args.baseline_kernel, notes)
+    providers = select_providers(args, baseline)
+    timer = Timer(device, args, notes)
+    copy_gbps = copy_ceiling(device, timer, args.dry_run)
+    print(f"copy ceiling: {copy_gbps:.1f} GB/s (read + written)", flush=True)
+    read_gbps = read_ceiling(device, timer, args.dry_run)
+    print(f"read ceiling: {read_gbps:.4g} GB/s (read only, a plain Triton read and sum)", flush=True)
+    state = dict(copy_gbps=copy_gbps, device=name, failures=0, compile_s=0.0, dropped=set(), notes=notes,
+                 report=report, baseline=baseline, torch_device=device)
+    if args.dry_run:
+        notes.add("dry run: CPU, tiny sizes, the kernel interpreted; wall-clock medians, not do_bench")
+    cases = grid(args)
+    launches_path = out / f"launches_{slug(name)}.csv"
+    launches = [] if args.skip_launches else run_launches([c for c in cases if is_goal(c, args)], timer, state,
+                                                            args, launches_path, started)
+    csv_path = out / f"verify_{slug(name)}.csv"
+    rows = run_grid(cases, device, providers, timer, state, args, csv_path, started)
     write_resources(out / f"resources_{slug(name)}.csv", report)
     plot_path = out / f"verify_{slug(name)}.png"
     try:
@@ -384,12 +709,17 @@ def main(argv=None) -> int:
     if how.startswith("raster"):
         notes.add(f"plot drawn without matplotlib (a labelled raster): {AXES}")
 
-    print(f"\nwrote {csv_path} ({len(rows)} rows), {plot_path} ({how}), resources_{slug(name)}.csv; "
-          f"{time.monotonic() - started:.0f} s")
-    print(f"copy ceiling: {copy_gbps:.1f} GB/s")
+    print(f"\nwrote {csv_path} ({len(rows)} rows), {launches_path.name} ({len(launches)} rows), {plot_path} ({how}), "
+          f"resources_{slug(name)}.csv; {time.monotonic() - started:.0f} s")
+    print(f"copy ceiling: {copy_gbps:.1f} GB/s (read + written); read ceiling: {read_gbps:.4g} GB/s (read only)")
     print("\n".join(["", *(f"note: {n}" for n in notes.lines), ""]))
+    if launches:
+        print("where the time goes (us; launch1/launch2/cuda: CUDA time per call; graph: the call as a CUDA graph; "
+              "host: host time per eager call, h.*: its phases; read: the read roofline of launch 1's bytes; "
+              "bound: the longer of host and GPU time)\n")
+        print("\n".join([*launch_table_lines(launches), ""]))
     print("\n".join(report.lines()))
-    print("\n".join(["", *goal_lines(rows, report), ""]))
+    print("\n".join(["", *goal_lines(rows, report), *baseline_lines(rows, args.baseline_kernel), ""]))
     print("table: median us per provider (* = timed as a CUDA graph); ours in GB/s and % of the copy ceiling; "
           "the best peer's time over ours\n")
     print("\n".join(table_lines(rows, [p for p in providers if any(r["provider"] == p for r in rows)])))

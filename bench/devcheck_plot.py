@@ -18,6 +18,7 @@ COLORS = {  # provider -> RGB
     "torch_compile": (44, 160, 44),
     "flashinfer": (148, 103, 189),
     "transformers": (255, 127, 14),
+    "baseline": (140, 86, 75),  # an older kernel, with --baseline-kernel
 }
 _FONT = {"a": 0x076b, "b": 0x4d6e, "c": 0x0723, "d": 0x176b, "e": 0x05e3, "f": 0x15d2, "g": 0x3ace, "h": 0x4d6d,
     "i": 0x2092, "j": 0x106a, "k": 0x4bad, "l": 0x6497, "m": 0x0fed, "n": 0x0d6d, "o": 0x056a, "p": 0x0d74,

@@ -5,13 +5,15 @@
 #   bench/device_check.sh --quick          # the same with a small grid
 #   bench/device_check.sh --dry-run        # on a CPU: no test suite, tiny sizes, the kernel under TRITON_INTERPRET=1
 #   bench/device_check.sh --skip-tests     # benchmarks only
-# Other options (--budget-seconds, --providers, --row-cap, ...) go to bench/bench_verify_gpu.py.
+#   bench/device_check.sh --baseline-kernel OLD.py   # also time an older copy of triton_kernels/verify.py
+# Other options (--budget-seconds, --providers, --row-cap, --skip-launches, ...) go to bench/bench_verify_gpu.py.
 #
 # Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
-# Results go to $OUT (default bench/out): verify_<gpu>.csv, verify_<gpu>.png, resources_<gpu>.csv, log files.
-# Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
-# DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
+# The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
+# Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, verify_<gpu>.png, resources_<gpu>.csv,
+# tests.log, bench.log. Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330),
+# TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
 
@@ -27,13 +29,19 @@ START=$(date +%s)
 DRY=0
 TESTS=1
 BENCH_ARGS=()
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY=1; TESTS=0; BENCH_ARGS+=("$arg") ;;
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1; TESTS=0; BENCH_ARGS+=("$1") ;;
     --skip-tests) TESTS=0 ;;
+    --baseline-kernel)
+      [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
+      shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
+    --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) BENCH_ARGS+=("$arg") ;;
+    *) BENCH_ARGS+=("$1") ;;
   esac
+  shift
 done
 
 # The working tree as an importable package, installed or not.
@@ -74,8 +82,11 @@ TEST_RC=0
 if [ "$TESTS" = 1 ]; then
   echo "== 1. test suite on $("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")') (timeout ${TEST_TIMEOUT}s)"
   # (tests/test_compile_offline.py is left out: it compiles for a GPU on machines without one; here every test compiles)
-  DEVICE_CHECK_RUNNING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PY" -m pytest -q -x -p no:cacheprovider tests \
-    --ignore=tests/test_compile_offline.py 2>&1 | tee "$OUT/tests.log"
+  # No -x: one failure must not hide the others.
+  XDIST=()
+  "$PY" -c "import xdist" >/dev/null 2>&1 && XDIST=(-n 8)
+  DEVICE_CHECK_RUNNING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider \
+    ${XDIST[@]+"${XDIST[@]}"} tests --ignore=tests/test_compile_offline.py 2>&1 | tee "$OUT/tests.log"
   TEST_RC=${PIPESTATUS[0]}
   if [ "$TEST_RC" = 0 ]; then echo "tests: passed"; else echo "TESTS FAILED (status $TEST_RC; 124/130: timed out); going on to the benchmarks"; fi
 fi

@@ -16,23 +16,39 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 COLUMNS = ["device", "B", "K", "V", "dtype", "provider", "median_us", "bytes", "gbps", "pct_of_copy_bw"]
-ON_CPU = {"specsampler", "torch", "torch_compile", "transformers"}  # flashinfer needs CUDA
+LAUNCH_COLUMNS = ["device", "B", "K", "V", "dtype", "mode", "launch1_us", "launch2_us", "total_cuda_us", "graph_us",
+                  "host_us_per_call", "read_roofline_us", "pct_of_read_roofline", "pct_of_copy_bw"]  # the issue's list
+ON_CPU = {"specsampler", "torch", "torch_compile", "transformers", "baseline"}  # flashinfer needs CUDA
 
 sys.path.insert(0, str(BENCH))
 
 
+def _baseline_kernel(folder: Path) -> Path:
+    """The committed kernel (``git show HEAD:triton_kernels/verify.py``), else the working tree's, as a lone file."""
+    path = folder / "baseline_verify.py"
+    try:
+        text = subprocess.run(["git", "show", "HEAD:triton_kernels/verify.py"], cwd=ROOT, capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):  # no git, or no repository (a copy of the tree)
+        text = (ROOT / "triton_kernels" / "verify.py").read_text()
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    """Runs ``bench/device_check.sh --dry-run`` once, with OUT in a temporary folder."""
+    """Runs ``bench/device_check.sh --dry-run --baseline-kernel baseline_verify.py`` once, from a temporary folder
+    (so the relative path must be resolved before the script moves to the repository), with OUT there too."""
     if os.environ.get("DEVICE_CHECK_RUNNING") == "1":
         pytest.skip("inside the device check itself: its dry run would only spend the GPU window")
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     out = tmp_path_factory.mktemp("device_check")
+    baseline = _baseline_kernel(out)
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(BENCH / "device_check.sh"), "--dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    return SimpleNamespace(out=out, proc=proc, log=proc.stdout + proc.stderr)
+    proc = subprocess.run(["bash", str(BENCH / "device_check.sh"), "--dry-run", "--baseline-kernel", baseline.name],
+                          cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    return SimpleNamespace(out=out, proc=proc, log=proc.stdout + proc.stderr, baseline=baseline)
 
 
 def _csv(path):
@@ -54,12 +70,43 @@ def test_dry_run_csv(dry_run):
     assert ON_CPU <= providers, providers
     cases = {(r["B"], r["K"], r["V"], r["dtype"], r["mode"]) for r in rows}
     assert len(cases) == 2 * 2 * 2 * 2 * 2  # B, K, V, dtype, sampled/greedy
-    for provider in ("specsampler", "torch", "transformers"):
+    for provider in ("specsampler", "torch", "transformers", "baseline"):
         assert sum(r["provider"] == provider for r in rows) == len(cases)
     for r in rows:
         assert r["device"] == "cpu"
         for column in ("median_us", "bytes", "gbps", "pct_of_copy_bw"):
             assert float(r[column]) > 0, (column, r)
+    first = [(r["B"], r["K"], r["V"], r["dtype"], r["mode"]) for r in rows if r["provider"] == "specsampler"][:8]
+    assert first == [(b, "2", "1000", dtype, mode) for dtype in ("bfloat16", "float32")
+                     for mode in ("sampled", "greedy") for b in ("1", "2")]  # the goal cases first
+
+
+def test_dry_run_launches_csv(dry_run):
+    """Where the time goes: one row per goal case and provider (ours and the baseline), every figure measured."""
+    path = dry_run.out / "launches_cpu.csv"
+    with open(path, newline="") as f:
+        header = next(csv.reader(f))
+    assert header[: len(LAUNCH_COLUMNS)] == LAUNCH_COLUMNS
+    assert {"host_pre_us", "host_launch1_us", "host_between_us", "host_launch2_us", "host_post_us"} <= set(header)
+    rows = _csv(path)
+    keys = sorted((r["provider"], r["B"], r["dtype"], r["mode"]) for r in rows)
+    assert keys == sorted((p, b, dtype, mode) for p in ("specsampler", "baseline") for b in ("1", "2")
+                          for dtype in ("bfloat16", "float32") for mode in ("sampled", "greedy"))
+    for r in rows:
+        assert (r["device"], r["K"], r["V"]) == ("cpu", "2", "1000")
+        for column in header:
+            if column.endswith("_us") or column.startswith("pct_"):
+                assert float(r[column]) >= 0, (column, r)
+        assert float(r["launch1_us"]) > 0 and float(r["launch2_us"]) > 0  # both interpreted launches were seen
+        total = float(r["launch1_us"]) + float(r["launch2_us"])
+        assert abs(float(r["total_cuda_us"]) - total) <= 1e-3 * total
+
+
+def test_dry_run_passes_the_baseline_through(dry_run):
+    """A relative --baseline-kernel reaches bench_verify_gpu.py as an absolute path, and is loaded and timed."""
+    bench_log = (dry_run.out / "bench.log").read_text()
+    assert f"baseline: the kernel module of {dry_run.baseline}" in bench_log
+    assert f"BASELINE {dry_run.baseline}: ours faster in" in bench_log
 
 
 def test_dry_run_plot_and_resources(dry_run):
@@ -70,10 +117,16 @@ def test_dry_run_plot_and_resources(dry_run):
 
 def test_dry_run_prints_the_table_last(dry_run):
     bench_log = (dry_run.out / "bench.log").read_text().rstrip().splitlines()
-    header = next(i for i, line in enumerate(bench_log) if line.split()[:3] == ["B", "K", "V"])
+    header = max(i for i, line in enumerate(bench_log) if line.split()[:3] == ["B", "K", "V"])
+    assert bench_log[header].split()[5] == "specsampler"
     assert len(bench_log) - header - 1 == 32  # one line per case, and nothing after the table
     assert any(line.startswith("GOAL ") for line in bench_log[:header])
     assert any("flashinfer" in line for line in bench_log if line.startswith("note:"))  # why it is left out
+    assert any(line.startswith("read ceiling: ") for line in bench_log[:header])
+    launches = [i for i, line in enumerate(bench_log) if line.split()[:6] == ["B", "K", "V", "dtype", "mode",
+                                                                             "provider"]]
+    assert len(launches) == 2 and launches[-1] < header  # printed as measured, and again before the verify table
+    assert bench_log[header].split()[-2:] == ["vs", "baseline"]
 
 
 def test_min_bytes():
@@ -145,3 +198,82 @@ def test_timer_picks_graphs_only_for_sync_free_callables(monkeypatch):
     assert [c[0] for c in calls] == ["graph", "stream", "stream"]
     assert all(kw.get("return_mode") == "median" for _, kw in calls)
     assert any(line.startswith("peer: synchronises") for line in notes.lines)
+
+
+def test_kernel_us_reads_profiler_events():
+    """CUDA events whose name holds a kernel's name count; CPU events (the launch calls) and others do not."""
+    from bench_verify_gpu import kernel_us
+    from torch.autograd import DeviceType
+
+    def event(name, us, device_type=DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=device_type, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event("_row_stats_kernel", 4.0), event("_row_stats_kernel", 6.0), event("_verify_kernel", 30.0),
+              event("_verify_kernel", 99.0, DeviceType.CPU), event("void at::vectorized_elementwise_kernel", 7.0)]
+    assert kernel_us(events, calls=2) == (5.0, 15.0)
+    assert kernel_us(events[:2], calls=2) == (5.0, None)  # a launch that never ran
+
+
+def test_read_roofline_sums_every_element(device):
+    """The read roofline reads each element once: its sum is the tensor's (compiled on CUDA, interpreted here)."""
+    from devcheck_providers import READ_BLOCK, read_roofline_fn
+
+    for numel in (3 * READ_BLOCK + 5, 40 * READ_BLOCK):
+        got, want = read_roofline_fn(numel, torch.float32, device).check()
+        assert abs(got - want) <= 1e-4 * want
+
+
+def _exact_outcomes(target, draft, drafts, temperature):
+    """P(n, token) of one row with fixed drafts: accept x_t with min(1, p/q); correct from max(0, p_n - q_n)."""
+    p = torch.softmax(target.double() / temperature, -1)
+    q = torch.softmax(draft.double() / temperature, -1)
+    k, v = drafts.shape[0], p.shape[-1]
+    out, reach = torch.zeros(k + 1, v, dtype=torch.float64), 1.0
+    for t in range(k):
+        accept = min(1.0, float(p[t, drafts[t]] / q[t, drafts[t]]))
+        residual = (p[t] - q[t]).clamp_min(0)
+        out[t] = reach * (1 - accept) * residual / residual.sum()
+        reach *= accept
+    out[k] = reach * p[k]
+    return out
+
+
+def test_race_verify_is_exact():
+    """The torch_compile peer (no scans) draws (n, token) with the verification's distribution; greedy rows agree
+    with specsampler.verify token for token."""
+    from devcheck_providers import race_verify
+
+    import specsampler
+
+    g = torch.Generator().manual_seed(0)
+    rows, k, v = 40000, 2, 6
+    target = torch.randn(1, k + 1, v, generator=g) * 1.5
+    draft = target[:, :k] + 0.8 * torch.randn(1, k, v, generator=g)
+    drafts = torch.tensor([[int(draft[0, 0].argmax()), int(draft[0, 1].argmin())]])
+    torch.manual_seed(1)
+    tokens, n = race_verify(target.expand(rows, -1, -1), drafts.expand(rows, -1), draft.expand(rows, -1, -1), 0.8)
+    seen = torch.bincount(n * v + tokens.gather(1, n[:, None])[:, 0], minlength=(k + 1) * v).double() / rows
+    want = _exact_outcomes(target[0], draft[0], drafts[0], 0.8).flatten()
+    assert (seen - want).abs().max() < 5 * (want * (1 - want) / rows).sqrt().max() + 1e-3, (seen, want)
+    assert ((tokens[:, :k] == drafts) | (torch.arange(k) >= n[:, None])).all()
+
+    batch = torch.randn(16, k + 1, 50, generator=g)
+    guesses = torch.where(torch.rand(16, k, generator=g) < 0.5, batch[:, :k].argmax(-1), 0)
+    ours = specsampler.verify(batch, guesses, None, temperature=0.0, seed=0, backend="torch")
+    assert race_verify(batch, guesses, None, 0.0)[0].equal(ours.tokens)
+
+
+def test_load_baseline(tmp_path):
+    """A kernel file loads as a module of its own; a file without the launchers is refused by name."""
+    from devcheck_providers import load_baseline
+
+    copy = tmp_path / "old_verify.py"
+    copy.write_text((ROOT / "triton_kernels" / "verify.py").read_text())
+    module = load_baseline(str(copy))
+    assert callable(module.row_stats) and callable(module.verify_rows) and module.__file__ == str(copy)
+    assert module.__name__.startswith("_specsampler_baseline_")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="row_stats, verify_rows"):
+        load_baseline(str(tmp_path / "empty.py"))
+    with pytest.raises(ValueError, match="no such file"):
+        load_baseline(str(tmp_path / "missing.py"))
