@@ -512,7 +512,10 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
 
 def _workspace(device: torch.device, batch: int) -> torch.Tensor:
     """Zeroed per-(device, stream) workspace that every launch leaves zeroed; grown when B outgrows it."""
-    stream = _raw_stream(device.index) if device.type == "cuda" else 0
+    if device.type == "cuda":
+        stream = _raw_stream(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        stream = 0
     key = (device.type, device.index, stream)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.shape[0] < batch:
