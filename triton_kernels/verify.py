@@ -58,7 +58,7 @@ import triton.language as tl
 from triton.language.random import philox
 
 RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a test checks)
-BLOCK_K = 16  # positions decided per step of the loop over K
+BLOCK_K = 8  # positions decided per step of the loop over K (16 doubles launch 2's registers: a 16 x 64 combine)
 BLOCK_S = 64  # the most statistics splits per row (S1 <= BLOCK_S)
 # Default tile widths on GPUs (see _launch_config): launch 1 keeps 2 (sampled) accumulators per element, launch 2's
 # race 3 plus the Philox state of its group of 4.
@@ -475,14 +475,16 @@ def _verify_kernel(
 
         # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
         ws = ws_ptr + b * 3
-        tl.atomic_max(ws, _pack(tl.maximum(key, 0.0), idx))
+        # The two data atomics are relaxed (in flight together); the counter's acq_rel orders them: the last program's
+        # acquire sees every program's key and mass, and its relaxed reads-and-resets go out together too.
+        tl.atomic_max(ws, _pack(tl.maximum(key, 0.0), idx), sem="relaxed")
         mass = tl.where(mass == mass, tl.minimum(mass, 4.0), 0.0)
-        tl.atomic_add(ws + 1, (mass * MASS_SCALE).to(tl.int64))
-        done = tl.atomic_add(ws + 2, 1)
+        tl.atomic_add(ws + 1, (mass * MASS_SCALE).to(tl.int64), sem="relaxed")
+        done = tl.atomic_add(ws + 2, 1, sem="acq_rel")
         if done == S2 - 1:
-            packed = tl.atomic_xchg(ws, 0)
-            total = tl.atomic_xchg(ws + 1, 0)
-            tl.atomic_xchg(ws + 2, 0)
+            packed = tl.atomic_xchg(ws, 0, sem="relaxed")
+            total = tl.atomic_xchg(ws + 1, 0, sem="relaxed")
+            tl.atomic_xchg(ws + 2, 0, sem="relaxed")
             next_token = ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
             if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
                 _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n, k_b,
@@ -526,22 +528,38 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
 
 @functools.cache
 def _multiprocessors(device_type: str, index: int | None) -> int:
-    """SMs of a CUDA device (asked once); 4 stands in for a CPU under the interpreter."""
-    return torch.cuda.get_device_properties(index).multi_processor_count if device_type == "cuda" else 4
+    """SMs of a CUDA device (asked once); 1 for a CPU under the interpreter."""
+    return torch.cuda.get_device_properties(index).multi_processor_count if device_type == "cuda" else 1
+
+
+# Launch configuration, from the H200 sweeps (bench/sweep_config.py; bench/results/gpu-2026-11-26-*): programs per SM
+# aimed at, the most splits of a row, and the tile width. Launch 1 is best with 8 programs of 8 warps per SM (B = 64:
+# 52 us against 57 with 4), in 1024-wide tiles when there are fewer rows than SMs (B = 1: 3.1 us against 3.8 with
+# 2048, the rows split finely); launch 2 races in 1024-wide tiles with 4 warps.
+STATS_PROGRAMS_PER_SM = 8
+RACE_PROGRAMS_PER_SM = 4
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_config(device_type: str, index: int | None, rows: int, vocab: int, block_v: int | None,
-                   num_splits: int | None, max_splits: int, gpu_block_v: int) -> tuple[int, int, int, int]:
-    """(BLOCK_V, splits, tiles per split, num_warps), computed once per shape: enough programs to fill the device.
+def _launch_config(launch: str, device_type: str, index: int | None, rows: int, vocab: int, itemsize: int,
+                   block_v: int | None, num_splits: int | None) -> tuple[int, int, int, int]:
+    """(BLOCK_V, splits, tiles per split, num_warps) of launch "stats" or "race" over `rows` rows of `vocab` scores of
+    `itemsize` bytes, computed once per shape; `block_v` / `num_splits` override the tile width and the splits.
 
-    The target is 4 programs per SM (8 warps each for the statistics: 2048 threads of an SM), never a split of fewer
-    than 2 tiles for the statistics, where each program also pays a combine and a few stores."""
+    On a CPU (the interpreter) tiles are 8192 wide and there are about 4 programs in all."""
+    on_gpu = device_type == "cuda"
+    sms = _multiprocessors(device_type, index)
+    if launch == "stats":
+        per_sm, max_splits = STATS_PROGRAMS_PER_SM, BLOCK_S
+        default_block = GPU_BLOCK_V_STATS if rows >= sms else GPU_BLOCK_V_STATS // 2
+    else:
+        per_sm, max_splits = RACE_PROGRAMS_PER_SM, 1 << 16
+        default_block = GPU_BLOCK_V_RACE
     if block_v is None:
-        block_v = gpu_block_v if device_type == "cuda" else 8192
+        block_v = default_block if on_gpu else 8192
     tiles = triton.cdiv(vocab, block_v)
     if num_splits is None:
-        num_splits = triton.cdiv(4 * _multiprocessors(device_type, index), rows)
+        num_splits = triton.cdiv(per_sm * sms if on_gpu else 4, rows)
     num_splits = max(1, min(num_splits, tiles, max_splits))
     tiles_per_split = triton.cdiv(tiles, num_splits)
     return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, 8 if block_v >= 2048 else 4
@@ -574,8 +592,8 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     vd = draft.shape[2] if draft is not None else 0
     rows = batch * k_plus_1 + batch * k
     device = target.device
-    block_v, s1, tiles, num_warps = _launch_config(device.type, device.index, rows, vocab, block_v, num_splits,
-                                                   BLOCK_S, GPU_BLOCK_V_STATS)
+    block_v, s1, tiles, num_warps = _launch_config("stats", device.type, device.index, rows, vocab, target.itemsize,
+                                                   block_v, num_splits)
     stats = torch.empty(2, rows, s1, dtype=torch.float32, device=device)
     d = draft if draft is not None else target
     row_temp = isinstance(temperature, torch.Tensor)
@@ -629,8 +647,10 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    block_v, s2, tiles, num_warps = _launch_config(device.type, device.index, batch, vocab, block_v, num_splits,
-                                                   1 << 16, GPU_BLOCK_V_RACE)
+    if not isinstance(temperature, torch.Tensor) and temperature == 0.0 and stats is not None:
+        num_splits = 1  # greedy rows only: split 0 writes the row, there is no race to share
+    block_v, s2, tiles, num_warps = _launch_config("race", device.type, device.index, batch, vocab, target.itemsize,
+                                                   block_v, num_splits)
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     ws = _workspace(device, batch)
