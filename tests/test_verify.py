@@ -140,6 +140,23 @@ def test_non_contiguous_and_int32(backend):
     assert torch.equal(a.tokens, b.tokens)
 
 
+def test_strided_row_tensors(backend):
+    """[B] arguments that are views with a stride (a column of a larger tensor) read the right rows."""
+    args = make_case(5, 3, 64, seed=13, temperature="mixed", ragged=True, device=_dev(backend))
+    kw = dict(_uniforms=args["_uniforms"], _noise=args["_noise"])
+    common = (args["target_logits"], args["draft_tokens"], args["draft_logits"])
+    wide = lambda v: torch.stack([v, v.flip(0)], dim=1)[:, 0]  # noqa: E731 (same values, stride 2)
+    a = _verify(backend, *common, temperature=args["temperature"], num_draft_tokens=args["num_draft_tokens"], **kw)
+    b = _verify(backend, *common, temperature=wide(args["temperature"]),
+                num_draft_tokens=wide(args["num_draft_tokens"]), **kw)
+    assert wide(args["temperature"]).stride() == (2,)
+    assert torch.equal(a.tokens, b.tokens)
+    seeds = torch.arange(5, dtype=torch.int64, device=_dev(backend)) * 31
+    c = _verify(backend, *common, seed=seeds)
+    d = _verify(backend, *common, seed=wide(seeds))
+    assert torch.equal(c.tokens, d.tokens)
+
+
 @pytest.mark.parametrize(
     "change, error, words",
     [

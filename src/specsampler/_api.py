@@ -53,7 +53,7 @@ def _row_tensor(name: str, value, batch: int, device: torch.device, dtypes: tupl
     if value.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {value.dtype}")
     _check_device(name, value, device)
-    return value
+    return value.contiguous()  # the kernel reads row b at offset b
 
 
 @functools.cache
@@ -99,12 +99,11 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
     if num_draft_tokens is not None:
         if not isinstance(num_draft_tokens, torch.Tensor):
             num_draft_tokens = torch.as_tensor(num_draft_tokens, dtype=torch.int64, device=device)
-        _row_tensor("num_draft_tokens", num_draft_tokens, batch, device, _TOKEN_DTYPES)
+        num_draft_tokens = _row_tensor("num_draft_tokens", num_draft_tokens, batch, device, _TOKEN_DTYPES)
         if device.type == "cpu" and bool(((num_draft_tokens < 0) | (num_draft_tokens > k)).any()):
             raise ValueError(f"num_draft_tokens must lie in [0, K] = [0, {k}], got {num_draft_tokens.tolist()}")
     if isinstance(temperature, torch.Tensor):
-        _row_tensor("temperature", temperature, batch, device, _SCORE_DTYPES)
-        temperature = temperature.float()
+        temperature = _row_tensor("temperature", temperature, batch, device, _SCORE_DTYPES).float()
         if device.type == "cpu" and bool((temperature < 0).any()):
             raise ValueError("temperature must be >= 0")
     else:
@@ -114,8 +113,7 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
     elif isinstance(seed, torch.Tensor):
-        _row_tensor("seed", seed, batch, device, _TOKEN_DTYPES)
-        seed = seed.to(torch.int64)
+        seed = _row_tensor("seed", seed, batch, device, _TOKEN_DTYPES).to(torch.int64)
     elif not isinstance(seed, int):
         raise TypeError(f"seed must be None, an int or a [B] int64 tensor, got {type(seed).__name__}")
     # The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
