@@ -209,6 +209,30 @@ def test_row_stats_against_torch(dtype, device):
     assert int(arg[k + 1]) == vocab - 1 and int(arg[3 * (k + 1) - 1]) == 7
 
 
+def test_fast_launch_key():
+    """The key of the compiled-launcher cache tells apart whatever Triton specialises on: stride classes (1, multiple
+    of 16, 64-bit, and their mixes), 16-byte alignment (a view one element in)."""
+    assert kernels._stride_class(1, 16, 7, 2**31, 2**31 + 1, -(2**31) - 16, 0) == (1, 2, 0, 6, 4, 6, 2)
+    x = torch.zeros(64)
+    assert kernels._aligned(x, x[4:], x[1:]) == (True, True, False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled launchers exist on CUDA only")
+def test_fast_launch_matches_triton_launch(monkeypatch):
+    """Launches through the cached compiled launchers give what Triton's own launch path gives, also for arguments
+    of another specialisation (a misaligned view, int32 drafts, per-row temperatures) met after the first call."""
+    args = make_case(7, 4, 8193, seed=21, device="cuda", temperature="mixed")
+    misaligned = torch.empty(7 * 5 * 8193 + 1, device="cuda")[1:].view(7, 5, 8193).copy_(args["target_logits"])
+    variants = [args, dict(args, target_logits=misaligned), dict(args, draft_tokens=args["draft_tokens"].int()),
+                dict(args, temperature=1.0)]
+    fast = [specsampler.verify(**v, backend="triton") for v in variants * 2]
+    assert kernels._COMPILED  # the second round went through the cached launchers
+    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
+    slow = [specsampler.verify(**v, backend="triton") for v in variants]
+    for a, b in zip(fast, slow * 2, strict=True):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.num_accepted, b.num_accepted)
+
+
 def test_residual_eps_is_shared():
     assert kernels.RESIDUAL_EPS == torch_backend.RESIDUAL_EPS == specsampler.RESIDUAL_EPS
 

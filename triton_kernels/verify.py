@@ -565,6 +565,40 @@ def _launch_config(launch: str, device_type: str, index: int | None, rows: int, 
     return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, 8 if block_v >= 2048 else 4
 
 
+# Triton's JITFunction.run re-derives the specialisation of every argument and compares every global the kernel
+# reads, on each call: 25-45 us of host time per launch on the H200 machine (bench/results/gpu-2026-11-26-run1).
+# After the first launch of a specialisation through it, later ones go straight to its compiled launcher
+# (``CompiledKernel[grid]``: the call JITFunction.run ends with, launch hooks included), found by a key of what Triton
+# specialises these kernels on and a call can change: dtypes, the 16-byte alignment of the tensors, the class (1, a
+# multiple of 16, 64-bit) of the strides it specialises on, the constexprs, the device. Not under the interpreter,
+# and not off the current device (Triton loads a kernel on the current one).
+FAST_LAUNCH = True
+_COMPILED: dict[tuple, object] = {}
+
+
+def _aligned(*tensors) -> tuple:
+    return tuple(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _stride_class(*strides) -> tuple:
+    """Per int: 1 if it is 1, + 2 if a multiple of 16, + 4 if it needs 64 bits (Triton types it int64)."""
+    return tuple((v == 1) + 2 * (v % 16 == 0) + 4 * (not -(1 << 31) <= v < 1 << 31) for v in strides)
+
+
+def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: torch.device) -> None:
+    """kernel[grid](*args, **constexprs), through the compiled launcher of `key` once there is one."""
+    if device.type == "cuda" and FAST_LAUNCH:
+        compiled = _COMPILED.get(key)
+        if compiled is not None and torch.cuda.current_device() == device.index:
+            compiled[grid](*args, *constexprs.values(), stream=_raw_stream(device.index))
+            return
+        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        if torch.cuda.current_device() == device.index:
+            _COMPILED[key] = compiled
+        return
+    kernel[grid](*args, **constexprs, num_warps=num_warps)
+
+
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None):
     """Launch 1: split statistics of every target and draft row a decision needs.
 
@@ -600,15 +634,14 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     # Draft rows only where some row samples (a float temperature of 0 needs none).
     with_drafts = draft is not None and (row_temp or temperature != 0.0)
     grid = (batch * k_plus_1 + (batch * k if with_drafts else 0), s1)
-    _row_stats_kernel[grid](
-        target, *target.stride(),
-        d, *d.stride(),
-        num_draft_tokens if num_draft_tokens is not None else target,
-        temperature if row_temp else target,
-        stats, *stats.stride()[:2],
-        batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature),
-        BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, num_warps=num_warps,
-    )
+    nd = num_draft_tokens if num_draft_tokens is not None else target
+    temp = temperature if row_temp else target
+    constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp)
+    key = (_row_stats_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
+           *_aligned(target, d, nd, temp), *_stride_class(*target.stride(), *d.stride()))
+    args = (target, *target.stride(), d, *d.stride(), nd, temp, stats, *stats.stride()[:2],
+            batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature))
+    _launch(_row_stats_kernel, grid, key, args, constexprs, num_warps, device)
     return stats, s1
 
 
@@ -663,23 +696,19 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     stats_t, s1 = stats if stats is not None else (target, 1)
     row_temp = isinstance(temperature, torch.Tensor)
     row_seed = isinstance(seed, torch.Tensor)
-    _verify_kernel[(batch, s2)](
-        target, *target.stride(),
-        d, *d.stride(),
-        draft_tokens, *draft_tokens.stride(),
-        num_draft_tokens if num_draft_tokens is not None else target,
-        temperature if row_temp else target,
-        seed if row_seed else target,
-        u, u.stride(0), u.stride(1),
-        e, e.stride(0), e.stride(1),
-        stats_t, stats_t.stride(0), stats_t.stride(1),
-        ws,
-        tokens, *tokens.stride(),
-        num_accepted,
-        batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
-        0 if row_seed else _seed_arg(seed),
-        EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
-        HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, ROW_SEED=row_seed,
-        GIVEN_RANDOM=given, num_warps=num_warps,
-    )
+    nd = num_draft_tokens if num_draft_tokens is not None else target
+    temp = temperature if row_temp else target
+    seeds = seed if row_seed else target
+    constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
+                      HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
+                      ROW_SEED=row_seed, GIVEN_RANDOM=given)
+    key = (_verify_kernel, device.index, target.dtype, d.dtype, draft_tokens.dtype, nd.dtype, *constexprs.values(),
+           *_aligned(target, d, draft_tokens, nd, temp, seeds, u, e, stats_t),
+           *_stride_class(*target.stride(), *d.stride()))
+    args = (target, *target.stride(), d, *d.stride(), draft_tokens, *draft_tokens.stride(), nd, temp, seeds,
+            u, u.stride(0), u.stride(1), e, e.stride(0), e.stride(1), stats_t, stats_t.stride(0), stats_t.stride(1),
+            ws, tokens, *tokens.stride(), num_accepted,
+            batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
+            0 if row_seed else _seed_arg(seed))
+    _launch(_verify_kernel, (batch, s2), key, args, constexprs, num_warps, device)
     return tokens, num_accepted
