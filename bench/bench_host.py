@@ -79,9 +79,11 @@ def split_call(t0: int, t1: int, marks: list[tuple[int, int, int]]) -> dict:
 
 
 class LaunchClock:
-    """Splits the host time of calls into phases, with timestamps around both kernels' ``.run``.
+    """Splits the host time of calls into phases, with timestamps around both kernels' launches.
 
-    A context manager: on entry, ``.run`` of `module`'s ``_row_stats_kernel`` and ``_verify_kernel`` is replaced on
+    A context manager. Where `module` launches through one function ``_launch(kernel, ...)`` (Triton's path the first
+    time, the compiled launcher after), that function is wrapped (or replaced, when `noop`). Otherwise (an older
+    kernel module), ``.run`` of `module`'s ``_row_stats_kernel`` and ``_verify_kernel`` is replaced on
     the instance (``kernel[grid](...)`` calls ``kernel.run``) by a wrapper that takes ``time.perf_counter_ns()``
     before and after the original, or instead of it when `noop` (the launch then returns None); on exit the originals
     are restored. No synchronisation anywhere. :meth:`call` times one call and appends its phases (ns) to ``records``.
@@ -101,6 +103,20 @@ class LaunchClock:
         self._saved: list[tuple[object, object]] = []
 
     def __enter__(self) -> LaunchClock:
+        launch_fn = getattr(self.module, "_launch", None)
+        if launch_fn is not None:  # one function launches both kernels, through Triton or its compiled launchers
+            ids = {getattr(self.module, name): launch for launch, name in enumerate(KERNELS, 1)}
+            marks, noop, now = self.marks, self.noop, time.perf_counter_ns
+
+            def timed_launch(kernel, *args, **kwargs):
+                start = now()
+                out = None if noop else launch_fn(kernel, *args, **kwargs)
+                marks.append((ids[kernel], start, now()))
+                return out
+
+            self._saved.append((self.module, launch_fn))
+            self.module._launch = timed_launch
+            return self
         for launch, name in enumerate(KERNELS, 1):
             kernel = getattr(self.module, name)
             self._saved.append((kernel, vars(kernel).get("run", _MISSING)))
@@ -109,7 +125,9 @@ class LaunchClock:
 
     def __exit__(self, *exc) -> None:
         for kernel, old in reversed(self._saved):
-            if old is _MISSING:
+            if kernel is self.module:
+                self.module._launch = old
+            elif old is _MISSING:
                 del kernel.run
             else:
                 kernel.run = old
