@@ -577,12 +577,12 @@ _COMPILED: dict[tuple, object] = {}
 
 
 def _aligned(*tensors) -> tuple:
-    return tuple(t.data_ptr() % 16 == 0 for t in tensors)
+    return tuple([t.data_ptr() % 16 == 0 for t in tensors])
 
 
 def _stride_class(*strides) -> tuple:
     """Per int: 1 if it is 1, + 2 if a multiple of 16, + 4 if it needs 64 bits (Triton types it int64)."""
-    return tuple((v == 1) + 2 * (v % 16 == 0) + 4 * (not -(1 << 31) <= v < 1 << 31) for v in strides)
+    return tuple([(v == 1) + 2 * (v % 16 == 0) + 4 * (not -2147483648 <= v < 2147483648) for v in strides])
 
 
 def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: torch.device) -> None:
@@ -637,9 +637,10 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
     constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp)
+    t_strides, d_strides = target.stride(), d.stride()
     key = (_row_stats_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
-           *_aligned(target, d, nd, temp), *_stride_class(*target.stride(), *d.stride()))
-    args = (target, *target.stride(), d, *d.stride(), nd, temp, stats, *stats.stride()[:2],
+           *_aligned(target, d, nd, temp), *_stride_class(*t_strides, *d_strides))
+    args = (target, *t_strides, d, *d_strides, nd, temp, stats, rows * s1, s1,
             batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature))
     _launch(_row_stats_kernel, grid, key, args, constexprs, num_warps, device)
     return stats, s1
@@ -702,12 +703,12 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
                       HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
                       ROW_SEED=row_seed, GIVEN_RANDOM=given)
+    t_strides, d_strides = target.stride(), d.stride()
     key = (_verify_kernel, device.index, target.dtype, d.dtype, draft_tokens.dtype, nd.dtype, *constexprs.values(),
-           *_aligned(target, d, draft_tokens, nd, temp, seeds, u, e, stats_t),
-           *_stride_class(*target.stride(), *d.stride()))
-    args = (target, *target.stride(), d, *d.stride(), draft_tokens, *draft_tokens.stride(), nd, temp, seeds,
-            u, u.stride(0), u.stride(1), e, e.stride(0), e.stride(1), stats_t, stats_t.stride(0), stats_t.stride(1),
-            ws, tokens, *tokens.stride(), num_accepted,
+           *_aligned(target, d, draft_tokens, nd, temp, seeds, u, e, stats_t), *_stride_class(*t_strides, *d_strides))
+    args = (target, *t_strides, d, *d_strides, draft_tokens, *draft_tokens.stride(), nd, temp, seeds,
+            u, *u.stride()[:2], e, *e.stride()[:2], stats_t, *stats_t.stride()[:2],
+            ws, tokens, k_plus_1, 1, num_accepted,
             batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
             0 if row_seed else _seed_arg(seed))
     _launch(_verify_kernel, (batch, s2), key, args, constexprs, num_warps, device)
