@@ -590,7 +590,7 @@ def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: t
     if device.type == "cuda" and FAST_LAUNCH:
         compiled = _COMPILED.get(key)
         if compiled is not None and torch.cuda.current_device() == device.index:
-            compiled[grid](*args, *constexprs.values(), stream=_raw_stream(device.index))
+            compiled[(grid[0], grid[1], 1)](*args, *constexprs.values(), stream=_raw_stream(device.index))
             return
         compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
         if torch.cuda.current_device() == device.index:
