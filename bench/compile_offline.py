@@ -133,7 +133,10 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
 
 def _launch(dtype, vocab, opt, row_stats, verify_rows, batch=4, k=4, splits=4):
     """One verification through the real launchers with their GPU tile widths (CPU tensors: never read)."""
-    from specsampler.triton_kernels.verify import GPU_BLOCK_V_RACE, GPU_BLOCK_V_STATS
+    from specsampler.triton_kernels.verify import gpu_block_v
+
+    itemsize = torch.empty((), dtype=dtype).element_size()  # the widths a GPU picks for many rows of this dtype
+    stats_block_v, race_block_v = gpu_block_v("stats", itemsize, 1 << 20, 1), gpu_block_v("race", itemsize, 1 << 20, 1)
 
     scores = torch.zeros(batch, k + 1, vocab, dtype=dtype)
     draft = None if opt.get("one_hot") else torch.zeros(batch, k, vocab, dtype=dtype)
@@ -143,8 +146,8 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, batch=4, k=4, splits=4):
     seed = torch.arange(batch, dtype=torch.int64) if opt.get("row_seed") else 7
     uniforms = torch.zeros(batch, k) if opt.get("given") else None
     noise = torch.ones(batch, vocab) if opt.get("given") else None
-    stats = None if opt.get("probs") else row_stats(scores, draft, ragged, temperature, GPU_BLOCK_V_STATS, splits)
-    verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, GPU_BLOCK_V_RACE, splits)
+    stats = None if opt.get("probs") else row_stats(scores, draft, ragged, temperature, stats_block_v, splits)
+    verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, race_block_v, splits)
 
 
 def _tool(name: str) -> str | None:

@@ -60,10 +60,6 @@ from triton.language.random import philox
 RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a test checks)
 BLOCK_K = 8  # positions decided per step of the loop over K (16 doubles launch 2's registers: a 16 x 64 combine)
 BLOCK_S = 64  # the most statistics splits per row (S1 <= BLOCK_S)
-# Default tile widths on GPUs (see _launch_config): launch 1 keeps 2 (sampled) accumulators per element, launch 2's
-# race 3 plus the Philox state of its group of 4.
-GPU_BLOCK_V_STATS = 2048
-GPU_BLOCK_V_RACE = 1024
 
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 LOG2_E = tl.constexpr(1.4426950408889634)
@@ -532,12 +528,23 @@ def _multiprocessors(device_type: str, index: int | None) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count if device_type == "cuda" else 1
 
 
-# Launch configuration, from the H200 sweeps (bench/sweep_config.py; bench/results/gpu-2026-11-26-*): programs per SM
-# aimed at, the most splits of a row, and the tile width. Launch 1 is best with 8 programs of 8 warps per SM (B = 64:
-# 52 us against 57 with 4), in 1024-wide tiles when there are fewer rows than SMs (B = 1: 3.1 us against 3.8 with
-# 2048, the rows split finely); launch 2 races in 1024-wide tiles with 4 warps.
-STATS_PROGRAMS_PER_SM = 8
-RACE_PROGRAMS_PER_SM = 4
+# Launch configuration, from the full H200 sweep (bench/sweep_config.py; bench/results/gpu-2026-11-26-run3, each
+# launch alone as a CUDA graph, K = 4, V = 128256):
+# - launch 1 in 4 KB tiles (2048 ids of 16 bits, 1024 of 32: 8 per thread) with 8 programs of 8 warps per SM; below one
+#   row per SM (B = 1) 1024-wide tiles and 4 programs per SM. B = 64: bf16 52 us (1024-wide: 76), fp32 72 us
+#   (2048-wide: 84); B = 256: bf16 188, fp32 274 (2048-wide: 290); B = 1: 3.0 us (2048-wide: 3.6).
+# - launch 2's race in 2048-wide tiles with 2 programs per SM for 16-bit scores, 512-wide with 8 per SM for fp32.
+#   B = 64: bf16 52 us (1024 x 4: 57), fp32 57 (1024 x 4: 76); B = 256: bf16 157 (1024 x 4: 198), fp32 185 (237).
+#   B = 1: 8.2-8.7 us whatever the tiles (a chain of dependent loads and atomics, not the race).
+GPU_BLOCK_V_STATS = 2048  # for 16-bit scores (4 KB); 32-bit ones use half
+GPU_BLOCK_V_RACE = 2048  # for 16-bit scores; 32-bit ones use 512
+
+
+def gpu_block_v(launch: str, itemsize: int, rows: int, sms: int) -> int:
+    """The tile width of launch "stats" or "race" on a GPU, for `rows` rows of scores of `itemsize` bytes."""
+    if launch == "stats":
+        return min(GPU_BLOCK_V_STATS * 2 // itemsize, 1024 if rows < sms else 1 << 20)
+    return GPU_BLOCK_V_RACE if itemsize <= 2 else 512
 
 
 @functools.lru_cache(maxsize=1024)
@@ -550,13 +557,11 @@ def _launch_config(launch: str, device_type: str, index: int | None, rows: int, 
     on_gpu = device_type == "cuda"
     sms = _multiprocessors(device_type, index)
     if launch == "stats":
-        per_sm, max_splits = STATS_PROGRAMS_PER_SM, BLOCK_S
-        default_block = GPU_BLOCK_V_STATS if rows >= sms else GPU_BLOCK_V_STATS // 2
+        per_sm, max_splits = (8 if rows >= sms else 4), BLOCK_S
     else:
-        per_sm, max_splits = RACE_PROGRAMS_PER_SM, 1 << 16
-        default_block = GPU_BLOCK_V_RACE
+        per_sm, max_splits = (2 if itemsize <= 2 else 8), 1 << 16
     if block_v is None:
-        block_v = default_block if on_gpu else 8192
+        block_v = gpu_block_v(launch, itemsize, rows, sms) if on_gpu else 8192
     tiles = triton.cdiv(vocab, block_v)
     if num_splits is None:
         num_splits = triton.cdiv(per_sm * sms if on_gpu else 4, rows)
