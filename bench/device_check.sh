@@ -6,6 +6,7 @@
 #   bench/device_check.sh --dry-run        # on a CPU: no test suite, tiny sizes, the kernel under TRITON_INTERPRET=1
 #   bench/device_check.sh --skip-tests     # benchmarks only
 #   bench/device_check.sh --baseline-kernel OLD.py   # also time an older copy of triton_kernels/verify.py
+#   bench/device_check.sh --sweep          # then the launch-configuration sweep (bench/sweep_config.py, ~1 minute)
 # Other options (--budget-seconds, --providers, --row-cap, --skip-launches, ...) go to bench/bench_verify_gpu.py.
 #
 # Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
@@ -28,17 +29,19 @@ START=$(date +%s)
 
 DRY=0
 TESTS=1
+SWEEP=0
 BENCH_ARGS=()
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; TESTS=0; BENCH_ARGS+=("$1") ;;
     --skip-tests) TESTS=0 ;;
+    --sweep) SWEEP=1 ;;
     --baseline-kernel)
       [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
       shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
     --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) BENCH_ARGS+=("$1") ;;
   esac
   shift
@@ -98,6 +101,11 @@ echo "== 2-4. copy ceiling and benchmarks (budget ${BUDGET}s)"
 timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget-seconds "$BUDGET" "${BENCH_ARGS[@]}" \
   2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
+
+if [ "$SWEEP" = 1 ] && [ "$DRY" = 0 ]; then
+  echo "== 5. launch-configuration sweep"
+  timeout -s INT -k 10 180 "$PY" bench/sweep_config.py --rep-ms 10 --out "$OUT" 2>&1 | tee "$OUT/sweep.log"
+fi
 
 echo "== done in $(( $(date +%s) - START ))s: tests status $TEST_RC, benchmarks status $BENCH_RC; results in $OUT"
 [ "$TEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
