@@ -1,5 +1,6 @@
 """verify() on both backends: known cases, edge cases, seeds, argument validation."""
 
+import numpy as np
 import pytest
 import torch
 from util import check_structure, make_case
@@ -120,6 +121,45 @@ def test_seeds(backend):
     assert torch.equal(e.tokens, f.tokens)
 
 
+def test_any_integer_is_a_seed_and_distinct_seeds_differ(backend):
+    """Seeds are hashed whole: s and s + 2**62 differ, seeds beyond 64 bits and negative ones work, numpy integers
+    equal Python ones; a torch.Generator gives per-row seeds (same state, same tokens)."""
+    args = make_case(8, 4, 1000, seed=9, device=_dev(backend))
+    del args["_uniforms"], args["_noise"]
+    run = lambda **kw: specsampler.verify(**args, backend=backend, **kw).tokens.cpu()  # noqa: E731
+    s = 12345
+    tokens = [run(seed=v) for v in (s, s + 2**62, s + 2**64, 2**200 + 3, -s)]
+    for i in range(len(tokens)):
+        for j in range(i):
+            assert not torch.equal(tokens[i], tokens[j]), (i, j)
+    assert torch.equal(run(seed=np.int64(s)), tokens[0]) and torch.equal(run(seed=np.uint64(s)), tokens[0])
+    g = torch.Generator(device=_dev(backend))
+    g.manual_seed(5)
+    a = run(generator=g)
+    g.manual_seed(5)
+    assert torch.equal(run(generator=g), a)
+    with pytest.raises(ValueError, match="seed or generator"):
+        run(seed=1, generator=g)
+    with pytest.raises(TypeError, match="generator"):
+        run(generator=5)
+    with pytest.raises(TypeError, match="seed"):
+        run(seed=True)
+
+
+@pytest.mark.parametrize("tiny", [1e-39, 1e-45, 2.0**-127])
+def test_temperatures_too_small_for_float32_are_greedy(backend, tiny):
+    """T whose reciprocal overflows float32 (below 2**-126) is greedy on both backends, as a float and per row."""
+    args = make_case(6, 3, 300, seed=14, device=_dev(backend))
+    del args["temperature"]
+    greedy = specsampler.verify(**args, temperature=0.0, backend=backend)
+    assert torch.equal(specsampler.verify(**args, temperature=tiny, backend=backend).tokens, greedy.tokens)
+    rows = torch.tensor([tiny, 1.0, tiny, 0.5, 0.0, tiny], device=_dev(backend))
+    mixed = specsampler.verify(**args, temperature=rows, backend=backend)
+    zeroed = specsampler.verify(**args, temperature=torch.where(rows < 2**-126, 0.0, rows), backend=backend)
+    assert torch.equal(mixed.tokens, zeroed.tokens)
+    assert torch.equal(mixed.tokens[0], greedy.tokens[0])
+
+
 def test_scores_that_require_grad(backend):
     """A model's raw output (requires_grad) gives the same tokens as its detached values, and no graph."""
     args = make_case(5, 3, 300, seed=13)
@@ -167,6 +207,9 @@ def test_strided_row_tensors(backend):
         (dict(draft_logits=torch.zeros(2, 3, 10)), ValueError, r"draft_logits .*\[2, 2, \*\].*\(2, 3, 10\)"),
         (dict(draft_logits=torch.zeros(2, 2, 11)), ValueError, r"draft_logits has a larger vocabulary \(11\)"),
         (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(temperature=float("inf")), ValueError, "temperature must be finite"),
+        (dict(temperature=float("nan")), ValueError, "temperature must be finite"),
+        (dict(temperature=torch.tensor([1.0, float("inf")])), ValueError, "temperature must be finite"),
         (dict(temperature=torch.tensor([1.0, -1.0])), ValueError, "temperature"),
         (dict(temperature=torch.ones(3)), ValueError, "temperature"),
         (dict(num_draft_tokens=torch.ones(3, dtype=torch.int64)), ValueError, "num_draft_tokens"),

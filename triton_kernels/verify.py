@@ -62,6 +62,7 @@ BLOCK_K = 8  # positions decided per step of the loop over K (16 doubles launch 
 BLOCK_S = 64  # the most statistics splits per row (S1 <= BLOCK_S)
 
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+FLOAT32_MIN_NORMAL = tl.constexpr(1.1754943508222875e-38)  # 2**-126: keep equal to torch_backend.GREEDY_BELOW
 LOG2_E = tl.constexpr(1.4426950408889634)
 INT32_MAX = tl.constexpr(2147483647)
 MASS_SCALE = tl.constexpr(1099511627776.0)  # 2**40: the residual mass is summed in fixed point (exact, any order)
@@ -77,11 +78,13 @@ def _splat(flag, like):
 
 @triton.jit
 def _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP: tl.constexpr):
-    """(T, log2(e) / T) for row b: exp((l - m) / T) = exp2((l - m) * scale); scale = log2(e) on greedy rows."""
+    """(T, log2(e) / T) for row b: exp((l - m) / T) = exp2((l - m) * scale). T below the smallest normal float32
+    (1 / T would overflow; negative values too) reads as 0, greedy, as in the torch backend; scale = log2(e) there."""
     if ROW_TEMP:
         temp = tl.load(temp_ptr + b).to(tl.float32)
     else:
         temp = tl.cast(temperature, tl.float32)
+    temp = tl.where(temp < FLOAT32_MIN_NORMAL, 0.0, temp)
     return temp, 1.0 / tl.where(temp == 0.0, 1.0, temp) * LOG2_E
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
 from typing import NamedTuple
 
 import torch
 
-from .torch_backend import verify_torch
+from .torch_backend import GREEDY_BELOW, hash_seed, verify_torch
 
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKEN_DTYPES = (torch.int32, torch.int64)
@@ -75,7 +77,27 @@ def _pick_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise):
+def _seed(seed, generator, batch: int, device: torch.device):
+    """The seed as the backends take it: an int in [0, 2**62) (any integer, hashed whole: distinct seeds give
+    independent streams) or [B] int64 per-row seeds (a tensor as given, or drawn from `generator` on its device)."""
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("pass seed or generator, not both")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        draws = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device, dtype=torch.int64)
+        return draws.to(device, non_blocking=True)
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()))
+    if isinstance(seed, torch.Tensor):
+        return _row_tensor("seed", seed, batch, device, _TOKEN_DTYPES).to(torch.int64)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return hash_seed(int(seed))
+    raise TypeError(f"seed must be None, an integer or a [B] int64 tensor, got {type(seed).__name__}")
+
+
+def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise,
+             generator=None):
     """Validate metadata (no host synchronisation on CUDA) and normalise the arguments; `names` are the two score
     arguments' names."""
     target_name, draft_name = names
@@ -104,18 +126,15 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
             raise ValueError(f"num_draft_tokens must lie in [0, K] = [0, {k}], got {num_draft_tokens.tolist()}")
     if isinstance(temperature, torch.Tensor):
         temperature = _row_tensor("temperature", temperature, batch, device, _SCORE_DTYPES).float()
-        if device.type == "cpu" and bool((temperature < 0).any()):
-            raise ValueError("temperature must be >= 0")
+        if device.type == "cpu" and not bool(((temperature >= 0) & (temperature < math.inf)).all()):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature.tolist()}")
     else:
         temperature = float(temperature)
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()))
-    elif isinstance(seed, torch.Tensor):
-        seed = _row_tensor("seed", seed, batch, device, _TOKEN_DTYPES).to(torch.int64)
-    elif not isinstance(seed, int):
-        raise TypeError(f"seed must be None, an int or a [B] int64 tensor, got {type(seed).__name__}")
+        if not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if temperature < GREEDY_BELOW:  # 1 / T would overflow float32: greedy, as on both backends for a tensor
+            temperature = 0.0
+    seed = _seed(seed, generator, batch, device)
     # The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
     # garbage there instead of failing here (metadata only, no host synchronisation).
     for name, hook, dims, shape in (("_uniforms", uniforms, "[B, K]", (batch, k)),
@@ -135,7 +154,8 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
 
 
 def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, seed=None,
-           backend="auto", _uniforms=None, _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
+           generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
+           _num_splits=None) -> VerifyResult:
     """Verify K drafted tokens per row against the target model: the speculative-decoding acceptance step.
 
     Draft token x_t is accepted iff u_t * q_t(x_t) < p_t(x_t), u_t ~ U[0, 1), with p_t = softmax(target_logits[b, t]
@@ -156,10 +176,15 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     num_draft_tokens : torch.Tensor, optional
         [B] int32/int64 in [0, K]: the drafts each row really has (a ragged batch). None: K for every row.
     temperature : float or torch.Tensor
-        A float, or [B] float tensor; 0 makes a row greedy.
+        A float, or [B] float tensor, finite and >= 0; 0 makes a row greedy, and so does any T below 2**-126 (the
+        smallest normal float32, where 1 / T would overflow). Floats and CPU tensors are checked; CUDA tensors are not
+        (that would synchronise): the kernel makes rows with T < 2**-126, negative ones included, greedy.
     seed : int or torch.Tensor, optional
-        An int, or [B] int64 per-row seeds (a row's tokens then do not depend on its place in the batch). None draws
-        a seed from torch's default CPU generator. Under CUDA-graph capture pass a device tensor and advance it.
+        Any Python or numpy integer (hashed whole: distinct seeds give independent streams), or [B] int64 per-row
+        seeds (a row's tokens then do not depend on its place in the batch). None draws a seed from torch's default
+        CPU generator. Under CUDA-graph capture pass a device tensor and advance it.
+    generator : torch.Generator, optional
+        Instead of `seed`: [B] per-row seeds are drawn from it (on its device; no host synchronisation).
     backend : {"auto", "triton", "torch"}
         "auto" runs the Triton kernel on CUDA tensors and the torch backend elsewhere.
     _uniforms, _noise, _block_v, _num_splits
@@ -183,7 +208,7 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     """
     num_draft_tokens, temperature, seed, backend = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-        seed, backend, _uniforms, _noise)
+        seed, backend, _uniforms, _noise, generator)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
                                           seed, uniforms=_uniforms, noise=_noise))
@@ -193,8 +218,8 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
                                              seed, stats, _uniforms, _noise, _block_v, _num_splits))
 
 
-def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, backend="auto",
-                 _uniforms=None, _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
+def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
+                 backend="auto", _uniforms=None, _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
     """:func:`verify` from already-normalised probabilities: one kernel launch, every row sampled.
 
     Parameters
@@ -205,7 +230,7 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
         [B, K] int32 or int64.
     draft_probs : torch.Tensor, optional
         [B, K, Vd] probabilities, Vd <= V; None for one-hot drafts.
-    num_draft_tokens, seed, backend
+    num_draft_tokens, seed, generator, backend
         As in :func:`verify`.
 
     Returns
@@ -214,7 +239,7 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
     """
     num_draft_tokens, _, seed, backend = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
-        _uniforms, _noise)
+        _uniforms, _noise, generator)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
                                           from_probs=True, uniforms=_uniforms, noise=_noise))

@@ -33,6 +33,8 @@ import torch
 
 # A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
 RESIDUAL_EPS = 1e-6
+# Temperatures below the smallest normal float32 make a row greedy (1 / T would overflow float32); the kernel agrees.
+GREEDY_BELOW = 2.0**-126
 _FMAX = torch.finfo(torch.float32).max
 
 _MASK64 = (1 << 64) - 1
@@ -59,6 +61,25 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     z = (z ^ _shr(z, 30)) * _MIX1
     z = (z ^ _shr(z, 27)) * _MIX2
     return z ^ _shr(z, 31)
+
+
+def hash_seed(seed: int) -> int:
+    """Any Python int -> [0, 2**62): splitmix64 over its 64-bit limbs, then its sign, so that distinct seeds (2**62
+    apart, or beyond 64 bits) give independent streams."""
+    h, n = 0, abs(seed)
+    while True:
+        h = _splitmix64(h ^ (n & _MASK64))
+        n >>= 64
+        if not n:
+            break
+    return _splitmix64(h ^ (seed < 0)) >> 2
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torch.device) -> torch.Tensor:
@@ -216,7 +237,7 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub)
     """One row on the CPU: target [K+1, V], x K ints, draft [K, Vd] or None, k_b int, temperature float (0: greedy),
     u K+1 floats, noise [V] or None. Returns (n, next token, whether the row drawn from was free of NaN)."""
     vocab = target.shape[-1]
-    if temperature == 0 and not from_probs:
+    if temperature < GREEDY_BELOW and not from_probs:
         best = _argmax(target[: k_b + 1]).tolist()
         n = next((t for t in range(k_b) if x[t] != best[t]), k_b)
         return n, best[n], True
@@ -292,9 +313,9 @@ def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_p
     pos = torch.arange(k_plus_1, device=device)
     greedy = None
     if isinstance(temperature, torch.Tensor):
-        greedy = temperature == 0
+        greedy = temperature < GREEDY_BELOW
         temperature = torch.where(greedy, 1.0, temperature)
-    elif temperature == 0 and not from_probs:
+    elif temperature < GREEDY_BELOW and not from_probs:
         greedy, temperature = torch.ones(batch, dtype=torch.bool, device=device), 1.0
 
     # 1. Acceptance of every position at once; n = the number of leading accepted drafts.
