@@ -234,6 +234,40 @@ def test_fast_launch_matches_triton_launch(monkeypatch):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.num_accepted, b.num_accepted)
 
 
+def test_outgrown_workspace_is_kept(device):
+    """A workspace that a larger batch outgrows stays allocated (a graph captured earlier may point at it), and the
+    new one is zero and large enough."""
+    dev = torch.device(device)
+    first = kernels._workspace(dev, 8)
+    grown = kernels._workspace(dev, first.shape[0] + 1)
+    assert grown.shape[0] > first.shape[0] and not bool(grown.any())
+    assert any(old is first for old in kernels._OUTGROWN)
+    assert kernels._workspace(dev, 8) is grown
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs exist on CUDA only")
+def test_graph_replay_after_the_workspace_grows():
+    """A call captured at B = 4 replays correctly after an eager call at a larger B grew the workspace and the
+    freed-size memory was reused (before the fix the replay read a freed workspace)."""
+    args = make_case(4, 4, 4096, seed=3, device="cuda")
+    del args["_uniforms"], args["_noise"]
+    seed = torch.arange(4, device="cuda", dtype=torch.int64)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        specsampler.verify(**args, seed=seed)
+        with torch.cuda.graph(graph, stream=stream):
+            out = specsampler.verify(**args, seed=seed)
+        big = make_case(300, 4, 4096, seed=4, device="cuda")
+        del big["_uniforms"], big["_noise"]
+        specsampler.verify(**big, seed=0)  # grows this stream's workspace
+        garbage = [torch.full((n, 3), 7, dtype=torch.int64, device="cuda") for n in (64, 128, 256)]
+        graph.replay()
+        eager = specsampler.verify(**args, seed=seed)
+    torch.cuda.synchronize()
+    assert torch.equal(out.tokens, eager.tokens) and bool((out.tokens[:, 0] >= 0).all())
+    del garbage
+
+
 def test_residual_eps_is_shared():
     assert kernels.RESIDUAL_EPS == torch_backend.RESIDUAL_EPS == specsampler.RESIDUAL_EPS
 

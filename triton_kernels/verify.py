@@ -506,13 +506,17 @@ def _seed_arg(seed: int) -> int:
 
 
 _WORKSPACES: dict[tuple, torch.Tensor] = {}
+# Outgrown workspaces are kept, never freed: a CUDA graph captured earlier still points at one, and a replay must not
+# work on memory handed to someone else (24 bytes a row, and each growth at least doubles).
+_OUTGROWN: list[torch.Tensor] = []
 # The current stream's handle without building a torch.cuda.Stream (Triton's own launcher reads it the same way).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
     lambda index: torch.cuda.current_stream(index).cuda_stream)
 
 
 def _workspace(device: torch.device, batch: int) -> torch.Tensor:
-    """Zeroed per-(device, stream) workspace that every launch leaves zeroed; grown when B outgrows it."""
+    """Zeroed per-(device, stream) workspace that every launch leaves zeroed; grown (never freed) when B outgrows
+    it."""
     if device.type == "cuda":
         stream = _raw_stream(device.index if device.index is not None else torch.cuda.current_device())
     else:
@@ -520,7 +524,10 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
     key = (device.type, device.index, stream)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.shape[0] < batch:
-        ws = torch.zeros(max(batch, 64), 3, dtype=torch.int64, device=device)
+        if ws is not None:
+            _OUTGROWN.append(ws)
+        ws = torch.zeros(max(batch, 64, 2 * (ws.shape[0] if ws is not None else 0)), 3, dtype=torch.int64,
+                         device=device)
         _WORKSPACES[key] = ws
     return ws
 
@@ -693,7 +700,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         num_splits = 1  # greedy rows only: split 0 writes the row, there is no race to share
     block_v, s2, tiles, num_warps = _launch_config("race", device.type, device.index, batch, vocab, target.itemsize,
                                                    block_v, num_splits)
-    tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
+    tokens = torch.full((batch, k_plus_1), -1, dtype=torch.int64, device=device)  # a row never written reads -1
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     ws = _workspace(device, batch)
     d = draft if draft is not None else target
