@@ -107,6 +107,39 @@ def test_kernel_from_probs_one_hot_follows_p(device):
     _check(res.tokens.cpu(), res.num_accepted.cpu(), None, _one_hot_q())
 
 
+def _broken_draft_rows(n_rows, seed):
+    """Drafts from Q, but on every other row the draft logit of the drafted token at t = 1 is -inf or NaN (q = 0
+    there): such a position is one-hot at its token, and the output must still follow p."""
+    target, drafts, draft, _ = _rows(n_rows, 1.0, seed=seed)
+    broken = torch.arange(n_rows) % 2 == 0
+    rows = torch.arange(n_rows)[broken]
+    values = torch.where(rows % 4 == 0, float("-inf"), float("nan"))
+    draft[rows, 1, drafts[rows, 1]] = values
+    return target, drafts, draft
+
+
+@pytest.mark.parametrize("vectorized", [False, True], ids=["per-row", "batched"])
+def test_torch_backend_follows_p_with_a_broken_draft(vectorized):
+    target, drafts, draft = _broken_draft_rows(20000, seed=12)
+    tokens, n = torch_backend.verify_torch(target, drafts, draft, None, 1.0, 13, vectorized=vectorized)
+    _check_positions(tokens, n)
+
+
+def test_kernel_follows_p_with_a_broken_draft(device):
+    n_rows = 100000 if device.type == "cuda" else 240
+    target, drafts, draft = _broken_draft_rows(n_rows, seed=14)
+    res = specsampler.verify(target.to(device), drafts.to(device), draft.to(device), seed=15, backend="triton")
+    _check_positions(res.tokens.cpu(), res.num_accepted.cpu())
+
+
+def _check_positions(tokens, n):
+    """Chi-square of the token at every output position against p (no formula for E[n] with mixed q)."""
+    for i in range(Q.shape[0] + 1):
+        counts = torch.bincount(tokens[n >= i, i], minlength=P.shape[1])
+        p_value = chi2_pvalue(counts, P[i])
+        assert p_value > ALPHA, f"position {i}: counts {counts.tolist()} vs p {P[i].tolist()}, p-value {p_value}"
+
+
 # The CPU's inverse CDF walks the vocabulary in chunks (torch_backend._CHUNK): mass on both sides of every chunk
 # boundary, in the tail past the last full chunk, and whole chunks without mass.
 _V_CHUNKED = 1100

@@ -79,16 +79,22 @@ def test_tiny_temperature_is_argmax(backend):
     assert res.tokens[:, 3].tolist() == target[:, 3].argmax(-1).tolist()
 
 
-def test_draft_with_q_zero_or_p_zero(backend):
-    """A drafted id with q = 0 is accepted iff p > 0; one with p = 0 is never accepted."""
-    target = torch.zeros(4, 2, 6)
-    target[:, 0, 3] = -INF  # p(3) = 0
-    draft = torch.zeros(4, 1, 6)
-    draft[:, 0, 1] = -INF  # q(1) = 0
-    drafts = torch.tensor([[1], [1], [3], [3]])
-    res = _verify(backend, target, drafts, draft, seed=5)
-    assert res.num_accepted.tolist() == [1, 1, 0, 0]
-    assert bool((res.tokens[2:, 0] != 3).all())
+def test_draft_giving_its_token_no_probability(backend):
+    """A drafted id the draft gives q = 0 (a -inf or NaN logit there) is one-hot at x: accepted with probability
+    p(x), and a rejection never emits x (it was accepted blindly before); an id with p = 0 is never accepted."""
+    rows = 400
+    target = torch.zeros(rows, 2, 6)
+    target[:, 0, 3] = -INF  # p_0 uniform over 5 ids: p(1) = 0.2, p(3) = 0
+    draft = torch.zeros(rows, 1, 6)
+    draft[: rows // 2, 0, 1] = -INF
+    draft[rows // 2 :, 0, 1] = float("nan")
+    res = _verify(backend, target, torch.ones(rows, 1, dtype=torch.int64), draft, seed=5)
+    accepted = res.num_accepted.cpu().double()
+    assert abs(float(accepted.mean()) - 0.2) < 5 * (0.2 * 0.8 / rows) ** 0.5
+    first = res.tokens[:, 0].cpu()
+    assert bool((first[accepted == 0] != 1).all()) and bool((first != 3).all())
+    res = _verify(backend, target[:4], torch.full((4, 1), 3), torch.zeros(4, 1, 6), seed=5)
+    assert res.num_accepted.tolist() == [0, 0, 0, 0]
 
 
 def test_greedy_rows(backend):

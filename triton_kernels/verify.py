@@ -268,7 +268,8 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
                    b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key,
                    BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
                    GIVEN_RANDOM: tl.constexpr):
-    """n = the first rejected position (K_b if none), and row n's statistics: (n, m_p, z_p, argmax p, m_q, z_q, x_n)."""
+    """n = the first rejected position (K_b if none), row n's statistics, x_n, and whether q_n is one-hot at x_n:
+    (n, m_p, z_p, argmax p, m_q, z_q, x_n, one_hot_n)."""
     n = k_b
     m_p = 0.0
     z_p = 1.0
@@ -276,6 +277,7 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
     m_q = 0.0
     z_q = 1.0
     x_n = b * 0 - 1
+    one_hot_n = b * 0
     for t0 in range(0, K + 1, BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K)
         decide = t < k_b
@@ -298,8 +300,13 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
         if HAS_DRAFT:
             q_x = tl.where(gather_q, _load_probs(d_row + t * stride_dt, x, stride_dv, gather_q, mq_t, zq_t, scale,
                                                  FROM_PROBS), 0.0)
+            # A draft that gives its own token no probability (-inf or NaN logits there, an id past its vocabulary)
+            # is one-hot at x: accepted with probability p(x), the correction from p without x (exact for any x).
+            one_hot_t = gather & ~(q_x > 0.0)
+            q_x = tl.where(one_hot_t, 1.0, q_x)
         else:
             q_x = tl.where(gather, 1.0, 0.0)
+            one_hot_t = gather
         if GIVEN_RANDOM:
             u = tl.load(uniform_ptr + b * stride_ub + t * stride_ut, mask=decide, other=0.0)
         else:
@@ -316,7 +323,8 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
             m_q = tl.sum(tl.where(here, mq_t, 0.0), axis=0)
             z_q = tl.sum(tl.where(here, zq_t, 0.0), axis=0)
             x_n = tl.sum(tl.where(here, x, 0), axis=0)
-    return n, m_p, z_p, arg_p, m_q, z_q, x_n
+            one_hot_n = tl.sum(tl.where(here & one_hot_t, 1, 0), axis=0).to(tl.int64)
+    return n, m_p, z_p, arg_p, m_q, z_q, x_n, one_hot_n
 
 
 # What a race draws from: the residual max(0, p - q), p alone, or uniform.
@@ -326,18 +334,18 @@ RACE_UNIFORM = tl.constexpr(2)
 
 
 @triton.jit
-def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, has_q, x_n, Vd, m_p, z_p, m_q, z_q, scale,
+def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, q_full, q_one_hot, x_n, Vd, m_p, z_p, m_q, z_q, scale,
                DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr):
-    """The raced distribution at `offs`, unnormalised: max(0, p - q), p, or 1; 0 where `mask` is off."""
+    """The raced distribution at `offs`, unnormalised: max(0, p - q), p, or 1; 0 where `mask` is off. q is the draft's
+    row where `q_full`, one-hot at x_n where `q_one_hot` (tensors of one value each), else 0 (the bonus row)."""
     if DIST == RACE_UNIFORM:
         return tl.where(mask, 1.0, 0.0)
     p = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, FROM_PROBS)
     if DIST == RACE_RESIDUAL:
+        q = tl.where((offs == x_n) & q_one_hot, 1.0, 0.0)
         if HAS_DRAFT:
-            q_mask = mask & (offs < Vd) & has_q
-            q = tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, FROM_PROBS), 0.0)
-        else:
-            q = tl.where((offs == x_n) & has_q, 1.0, 0.0)
+            q_mask = mask & (offs < Vd) & q_full
+            q += tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, FROM_PROBS), 0.0)
         p = tl.maximum(p - q, 0.0)
     return tl.where(mask, p, 0.0)
 
@@ -351,8 +359,8 @@ def _race_step(best, arg, mass, dist, e, offs, mask):
 
 
 @triton.jit
-def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, m_p, z_p, m_q, z_q,
-          scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr,
+def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, one_hot_n, m_p, z_p,
+          m_q, z_q, scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr,
           HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr):
     """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
 
@@ -377,20 +385,21 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
     mass2 = mass0
     mass3 = mass0
     x_n32 = x_n.to(tl.int32)
-    has_q = _splat(n < k_b, i)
+    q_full = _splat((n < k_b) & (one_hot_n == 0), i)
+    q_one_hot = _splat((n < k_b) & (one_hot_n != 0), i)
     for start in range(lo, hi, BLOCK_V):
         offs0 = four_i + start
         offs1 = offs0 + 1
         offs2 = offs0 + 2
         offs3 = offs0 + 3
-        d0 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs0, offs0 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
-                        scale, DIST, FROM_PROBS, HAS_DRAFT)
-        d1 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs1, offs1 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
-                        scale, DIST, FROM_PROBS, HAS_DRAFT)
-        d2 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs2, offs2 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
-                        scale, DIST, FROM_PROBS, HAS_DRAFT)
-        d3 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs3, offs3 < hi, has_q, x_n32, Vd, m_p, z_p, m_q, z_q,
-                        scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d0 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs0, offs0 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
+                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d1 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs1, offs1 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
+                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d2 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs2, offs2 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
+                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+        d3 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs3, offs3 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
+                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
         if GIVEN_RANDOM:
             e0 = tl.load(noise_row + offs0 * stride_ev, mask=offs0 < hi, other=1.0)
             e1 = tl.load(noise_row + offs1 * stride_ev, mask=offs1 < hi, other=1.0)
@@ -453,7 +462,7 @@ def _verify_kernel(
     d_row = draft_ptr + b * stride_db
 
     # 1. Acceptance: n, and the statistics of row n.
-    n, m_p, z_p, arg_p, m_q, z_q, x_n = _accept_prefix(
+    n, m_p, z_p, arg_p, m_q, z_q, x_n, one_hot_n = _accept_prefix(
         t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
         uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, b, B, K, V, Vd, S1, k_b, greedy, scale,
         seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
@@ -469,8 +478,8 @@ def _verify_kernel(
         q_row = d_row + n * stride_dt
         noise_row = noise_ptr + b * stride_eb
         key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n,
-                               m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_RESIDUAL, BLOCK_V, FROM_PROBS,
-                               HAS_DRAFT, GIVEN_RANDOM)
+                               one_hot_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_RESIDUAL, BLOCK_V,
+                               FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
 
         # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
         ws = ws_ptr + b * 3
@@ -487,13 +496,13 @@ def _verify_kernel(
             next_token = ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
             if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
                 _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n, k_b,
-                                          x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_P, BLOCK_V, FROM_PROBS,
-                                          HAS_DRAFT, GIVEN_RANDOM)
+                                          x_n, one_hot_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_P, BLOCK_V,
+                                          FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
                 next_token = from_p.to(tl.int64)
                 if mass_p <= 0.0:
                     _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n,
-                                             k_b, x_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_UNIFORM,
-                                             BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
+                                             k_b, x_n, one_hot_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key,
+                                             RACE_UNIFORM, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
                     next_token = uniform_id.to(tl.int64)
             next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
             _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,

@@ -249,10 +249,16 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub)
         p_t = _softmax(target[t], temperature, from_probs, vocab, scrub)
         q_t = None if draft is None else _softmax(draft[t], temperature, from_probs, vocab, scrub)
         valid = 0 <= x[t] < vocab
-        if valid and u[t] * (1.0 if q_t is None else q_t[x[t]].item()) < p_t[x[t]].item():
+        one_hot = q_t is None
+        if valid and not one_hot:
+            q_x = q_t[x[t]].item()
+            if q_x != q_x:  # NaN from an unscrubbed row: redo the row from scrubbed scores
+                return t, 0, False
+            one_hot = not q_x > 0.0  # q gives its own token nothing: one-hot at x_t (see _verify_batch)
+        if valid and u[t] * (1.0 if one_hot else q_x) < p_t[x[t]].item():
             continue
         # 2. Rejected: the correction from r = max(0, p_t - q_t); from p_t itself when r has no mass.
-        if q_t is None:  # one-hot at x_t: r is p_t without x_t (nothing removed for an id outside the vocabulary)
+        if one_hot:  # one-hot at x_t: r is p_t without x_t (nothing removed for an id outside the vocabulary)
             r = p_t.clone()
             if valid:
                 r[x[t]] = 0.0
@@ -325,10 +331,15 @@ def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_p
     p = _softmax(target, temperature, from_probs, vocab, scrub)
     p_x = p[:, :k].gather(2, xs[:, :, None])[:, :, 0]
     if draft is None:
-        q, q_x = None, valid.float()
+        q, q_x, one_hot = None, valid.float(), valid
     else:
         q = _softmax(draft, temperature, from_probs, vocab, scrub)
         q_x = q.gather(2, xs[:, :, None])[:, :, 0]
+        nan_q = q_x.isnan().any()
+        # A draft that gives its own token no probability (-inf or NaN logits there, an id past its vocabulary) is
+        # one-hot at x: accepted with probability p(x), the correction from p without x (exact whatever made x).
+        one_hot = valid & ~(q_x > 0)
+        q_x = torch.where(one_hot, 1.0, q_x)
     accepted = (u[:, :k] * q_x < p_x) & valid
     if greedy is not None:
         argmax = _argmax(target)
@@ -342,15 +353,16 @@ def _verify_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_p
     dist = p_n
     if k > 0:
         at = n.clamp(max=k - 1)
-        if q is None:
-            q_n = torch.zeros_like(p_n).scatter_(1, xs[rows, at][:, None], valid[rows, at][:, None].float())
-        else:
-            q_n = q[rows, at]
+        q_n = torch.zeros_like(p_n).scatter_(1, xs[rows, at][:, None], valid[rows, at][:, None].float())
+        if q is not None:
+            q_n = torch.where(one_hot[rows, at][:, None], q_n, q[rows, at])
         r = (p_n - q_n).clamp_min_(0.0)
         no_mass = r.sum(dim=1) <= RESIDUAL_EPS
         dist = torch.where((no_mass | (n == (k if nd is None else nd)))[:, None], p_n, r)
     total = dist.sum(dim=1, keepdim=True)
     clean = ~total.isnan().any()
+    if draft is not None:
+        clean &= ~nan_q
     dist = torch.where(total > 0, dist, 1.0)  # p has no mass either: uniform
     next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
     if greedy is not None:
