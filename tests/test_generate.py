@@ -332,3 +332,19 @@ def test_warp_logits_matches_transformers():
     x = torch.randn(4, 50, generator=g) * 3
     ref = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(10)(None, x / 0.7))
     assert torch.equal(warp_logits(x, 0.7, 10, 0.8), ref)
+
+
+@pytest.mark.parametrize("option, value, error", [
+    ("temperature", -1.0, ValueError), ("temperature", float("nan"), ValueError),
+    ("temperature", float("inf"), ValueError), ("top_k", -3, ValueError), ("top_k", 2.5, ValueError),
+    ("top_p", 0.0, ValueError), ("top_p", 1.5, ValueError), ("top_p", float("nan"), ValueError),
+    ("max_new_tokens", -1, ValueError), ("num_draft_tokens", 0, ValueError), ("do_sample", "yes", TypeError),
+    ("seed", 1.5, TypeError),
+])
+def test_generate_validates_every_option(option, value, error):
+    """Each sampling option out of range raises before any model is touched, naming the option."""
+    kw = dict(max_new_tokens=4, num_draft_tokens=2, do_sample=True, temperature=0.7, top_k=5, top_p=0.9, seed=1)
+    kw[option] = value
+    untouched = object()  # no model: validation comes first
+    with pytest.raises(error, match=option):
+        specsampler.generate(untouched, untouched, torch.ones(1, 3, dtype=torch.int64), **kw)

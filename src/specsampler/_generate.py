@@ -32,6 +32,8 @@ and the prompt-lookup drafter, need them); everything else is queued on the devi
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import random
 from dataclasses import dataclass, field
 
@@ -102,6 +104,28 @@ class GenerateOutput:
 
 
 # ----------------------------------------------------------------------------------------------------------- warping
+def check_options(*, max_new_tokens, num_draft_tokens, do_sample, temperature, top_k, top_p, seed) -> None:
+    """Raise a ValueError (TypeError for a wrong type) naming the first option of :func:`generate` out of range, as
+    transformers' generation config does: every check runs before any model is touched."""
+    def integer(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if not integer(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not integer(num_draft_tokens) or num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be a bool, got {do_sample!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (not integer(top_k) or top_k < 0):
+        raise ValueError(f"top_k must be None or an integer >= 0 (0: off), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1] (1: off), got {top_p!r}")
+    if seed is not None and not integer(seed):
+        raise TypeError(f"seed must be None or an integer, got {type(seed).__name__}")
+
+
 def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None) -> torch.Tensor:
     """Temperature, then top-k, then top-p, as transformers' logits warpers (masked scores become -inf).
@@ -313,8 +337,8 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
-    if num_draft_tokens < 1:
-        raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+    check_options(max_new_tokens=max_new_tokens, num_draft_tokens=num_draft_tokens, do_sample=do_sample,
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if max_new_tokens < 1:
         return GenerateOutput(input_ids.clone(), GenerationStats())
     batch, plen = input_ids.shape

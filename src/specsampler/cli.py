@@ -404,8 +404,8 @@ def sampling_settings(args, target) -> dict:
 
 def check_options(args) -> torch.device:
     """Reject bad option values (CLIError naming the option); returns the device."""
-    if args.temperature is not None and not args.temperature >= 0:
-        raise CLIError("--temperature", f"must be >= 0, got {args.temperature}")
+    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
+        raise CLIError("--temperature", f"must be finite and >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise CLIError("--top-p", f"must be in (0, 1], got {args.top_p}")
     if args.top_k is not None and args.top_k < 0:
