@@ -268,6 +268,55 @@ def test_graph_replay_after_the_workspace_grows():
     del garbage
 
 
+def test_launch_guard_uses_the_tensors_device(monkeypatch):
+    """The launch logic without a GPU: tensors on cuda:1 while cuda:0 is current launch under a guard that makes
+    cuda:1 current, through Triton the first time and the cached compiled launcher after; on the current device no
+    guard is entered."""
+    current = [0]
+    seen = []
+
+    class Guard:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            self.saved, current[0] = current[0], self.index
+
+        def __exit__(self, *exc):
+            current[0] = self.saved
+
+    class Launcher:
+        def __init__(self, path):
+            self.path = path
+
+        def __getitem__(self, grid):
+            def launch(*args, stream=None, **kwargs):
+                seen.append((self.path, current[0], grid))
+                return Launcher("compiled")
+            return launch
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    monkeypatch.setattr(kernels, "_raw_stream", lambda index: 0)
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    for index in (1, 1, 0):
+        kernels._launch(Launcher("triton"), (3, 2), ("key", index), (), {}, 4, torch.device("cuda", index))
+    assert seen == [("triton", 1, (3, 2)), ("compiled", 1, (3, 2, 1)), ("triton", 0, (3, 2))]
+    assert current[0] == 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_another_device_than_the_current_one():
+    args = make_case(7, 4, 8193, seed=31, device="cuda:1", temperature="mixed")
+    with torch.cuda.device(1):
+        expected = specsampler.verify(**args, backend="triton")
+    with torch.cuda.device(0):
+        got = specsampler.verify(**args, backend="triton")
+        again = specsampler.verify(**args, backend="triton")
+    assert got.tokens.device == torch.device("cuda:1")
+    assert torch.equal(got.tokens, expected.tokens) and torch.equal(again.tokens, expected.tokens)
+
+
 def test_residual_eps_is_shared():
     assert kernels.RESIDUAL_EPS == torch_backend.RESIDUAL_EPS == specsampler.RESIDUAL_EPS
 

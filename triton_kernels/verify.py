@@ -594,8 +594,8 @@ def _launch_config(launch: str, device_type: str, index: int | None, rows: int, 
 # After the first launch of a specialisation through it, later ones go straight to its compiled launcher
 # (``CompiledKernel[grid]``: the call JITFunction.run ends with, launch hooks included), found by a key of what Triton
 # specialises these kernels on and a call can change: dtypes, the 16-byte alignment of the tensors, the class (1, a
-# multiple of 16, 64-bit) of the strides it specialises on, the constexprs, the device. Not under the interpreter,
-# and not off the current device (Triton loads a kernel on the current one).
+# multiple of 16, 64-bit) of the strides it specialises on, the constexprs, the device (each compiled kernel is loaded
+# on one). Not under the interpreter.
 FAST_LAUNCH = True
 _COMPILED: dict[tuple, object] = {}
 
@@ -610,17 +610,23 @@ def _stride_class(*strides) -> tuple:
 
 
 def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: torch.device) -> None:
-    """kernel[grid](*args, **constexprs), through the compiled launcher of `key` once there is one."""
-    if device.type == "cuda" and FAST_LAUNCH:
-        compiled = _COMPILED.get(key)
-        if compiled is not None and torch.cuda.current_device() == device.index:
-            compiled[(grid[0], grid[1], 1)](*args, *constexprs.values(), stream=_raw_stream(device.index))
-            return
-        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
-        if torch.cuda.current_device() == device.index:
-            _COMPILED[key] = compiled
-        return
-    kernel[grid](*args, **constexprs, num_warps=num_warps)
+    """kernel[grid](*args, **constexprs) on the tensors' device (Triton launches on the current one: a guard makes
+    it theirs), through the compiled launcher of `key` once there is one."""
+    if device.type != "cuda":
+        kernel[grid](*args, **constexprs, num_warps=num_warps)
+    elif torch.cuda.current_device() != device.index:
+        with torch.cuda.device(device.index):
+            _launch_on_current(kernel, grid, key, args, constexprs, num_warps, device.index)
+    else:
+        _launch_on_current(kernel, grid, key, args, constexprs, num_warps, device.index)
+
+
+def _launch_on_current(kernel, grid, key, args, constexprs: dict, num_warps: int, index: int) -> None:
+    compiled = _COMPILED.get(key) if FAST_LAUNCH else None
+    if compiled is not None:
+        compiled[(grid[0], grid[1], 1)](*args, *constexprs.values(), stream=_raw_stream(index))
+    else:
+        _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps)
 
 
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None):
