@@ -317,10 +317,6 @@ def test_tensors_on_another_device_than_the_current_one():
     assert torch.equal(got.tokens, expected.tokens) and torch.equal(again.tokens, expected.tokens)
 
 
-def test_residual_eps_is_shared():
-    assert kernels.RESIDUAL_EPS == torch_backend.RESIDUAL_EPS == specsampler.RESIDUAL_EPS
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation and CUDA graphs exist on CUDA only")
 def test_no_host_sync_and_cuda_graph_capture():
     """No device-to-host synchronisation in a call; a captured call replays with a seed tensor advanced in place."""

@@ -57,12 +57,13 @@ import triton
 import triton.language as tl
 from triton.language.random import philox
 
-RESIDUAL_EPS = 1e-6  # keep equal to specsampler.torch_backend.RESIDUAL_EPS (a test checks)
+from specsampler.torch_backend import GREEDY_BELOW, RESIDUAL_EPS  # one definition for both backends
+
 BLOCK_K = 8  # positions decided per step of the loop over K (16 doubles launch 2's registers: a 16 x 64 combine)
 BLOCK_S = 64  # the most statistics splits per row (S1 <= BLOCK_S)
 
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
-FLOAT32_MIN_NORMAL = tl.constexpr(1.1754943508222875e-38)  # 2**-126: keep equal to torch_backend.GREEDY_BELOW
+FLOAT32_MIN_NORMAL = tl.constexpr(GREEDY_BELOW)  # 2**-126: below it a temperature makes a row greedy
 LOG2_E = tl.constexpr(1.4426950408889634)
 INT32_MAX = tl.constexpr(2147483647)
 MASS_SCALE = tl.constexpr(1099511627776.0)  # 2**40: the residual mass is summed in fixed point (exact, any order)
