@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from util import check_structure, make_case
 
-import specsampler
 from specsampler import torch_backend
+from specsampler._api import verify_probs_with_hooks, verify_with_hooks
 
 INF, NAN = float("inf"), float("nan")
 
@@ -16,8 +16,8 @@ def _both(args, **extra):
     """verify() on the kernel (compiled on CUDA, interpreted on the CPU) and on both torch paths, same numbers."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
-    kernel = specsampler.verify(**moved, backend="triton", _block_v=512, _num_splits=2, **extra)
-    oracle = specsampler.verify(**args, backend="torch", **extra)
+    kernel = verify_with_hooks(**moved, backend="triton", _block_v=512, _num_splits=2, **extra)
+    oracle = verify_with_hooks(**args, backend="torch", **extra)
     temperature = args.get("temperature", 1.0)
     batched = torch_backend.verify_torch(
         args["target_logits"], args["draft_tokens"], args.get("draft_logits"), args.get("num_draft_tokens"),
@@ -92,8 +92,8 @@ def test_probability_inputs_hostile():
     q[3, 1, :] = 0.0
     kw = dict(_uniforms=args["_uniforms"], _noise=args["_noise"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = specsampler.verify_probs(probs, args["draft_tokens"], q, backend="torch", **kw)
-    b = specsampler.verify_probs(probs.to(device), args["draft_tokens"].to(device), q.to(device), backend="triton",
+    a = verify_probs_with_hooks(probs, args["draft_tokens"], q, backend="torch", **kw)
+    b = verify_probs_with_hooks(probs.to(device), args["draft_tokens"].to(device), q.to(device), backend="triton",
                                  _block_v=128, _num_splits=2, **{k: v.to(device) for k, v in kw.items()})
     assert torch.equal(a.tokens, b.tokens.cpu())
     check_structure(a, args["draft_tokens"], None, 300)
@@ -144,8 +144,8 @@ def test_greedy_rows_agree_with_own_randomness():
     args = make_case(9, 4, 500, seed=7, temperature="mixed")
     del args["_uniforms"], args["_noise"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = specsampler.verify(**args, seed=1, backend="torch")
-    b = specsampler.verify(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()},
+    a = verify_with_hooks(**args, seed=1, backend="torch")
+    b = verify_with_hooks(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()},
                            seed=1, backend="triton")
     greedy = args["temperature"] == 0
     assert torch.equal(a.tokens[greedy], b.tokens.cpu()[greedy])
@@ -163,7 +163,7 @@ def test_no_recompilation_per_shape():
     for batch, k, vocab in [(1, 1, 1024), (3, 4, 4096), (7, 8, 2048)]:  # all row strides multiples of 16
         args = make_case(batch, k, vocab, seed=batch, device="cuda")
         del args["_uniforms"], args["_noise"]
-        specsampler.verify(**args, seed=batch)
+        verify_with_hooks(**args, seed=batch)
         if batch == 1:
             first = compiled()
     assert compiled() == first

@@ -10,8 +10,8 @@ import torch
 from specsampler.triton_kernels import verify as kernels
 from util import STATS_TOL, check_structure, make_case
 
-import specsampler
 from specsampler import torch_backend
+from specsampler._api import verify_probs_with_hooks, verify_with_hooks
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
@@ -43,8 +43,8 @@ def test_kernel_matches_torch_oracle(case, device):
     batch, k, vocab, dtype, opts = case
     args = make_case(batch, k, vocab, dtype, seed=batch * 100 + k, device=device, **opts)
     # Small tiles and several splits so that the tile loop, the split combine and the last-program fold all run.
-    kernel = specsampler.verify(**args, backend="triton", _block_v=1024, _num_splits=3)
-    oracle = specsampler.verify(**args, backend="torch")
+    kernel = verify_with_hooks(**args, backend="triton", _block_v=1024, _num_splits=3)
+    oracle = verify_with_hooks(**args, backend="torch")
     check_structure(kernel, args["draft_tokens"], args.get("num_draft_tokens"), vocab)
     assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
     assert torch.equal(kernel.num_accepted.cpu(), oracle.num_accepted.cpu())
@@ -75,9 +75,9 @@ def test_kernel_fallback_draws(from_probs, device):
     if from_probs:
         args = dict(target_probs=target.float().softmax(-1), draft_tokens=args["draft_tokens"],
                     draft_probs=draft.float().softmax(-1), _uniforms=args["_uniforms"], _noise=args["_noise"])
-        run = specsampler.verify_probs
+        run = verify_probs_with_hooks
     else:
-        run = specsampler.verify
+        run = verify_with_hooks
     kernel = run(**args, backend="triton", _block_v=256, _num_splits=3)
     oracle = run(**args, backend="torch")
     check_structure(kernel, args["draft_tokens"], None, 1000)
@@ -90,7 +90,7 @@ def test_grid_is_not_degenerate():
     accepted, rejected = 0, 0
     for batch, k, vocab, dtype, opts in CASES:
         args = make_case(batch, k, vocab, dtype, seed=batch * 100 + k, **opts)
-        n = specsampler.verify(**args, backend="torch").num_accepted
+        n = verify_with_hooks(**args, backend="torch").num_accepted
         nd = args.get("num_draft_tokens", torch.full((batch,), k))
         accepted += int((n > 0).sum())
         rejected += int((n < nd).sum())
@@ -101,13 +101,13 @@ def test_grid_is_not_degenerate():
 def test_kernel_default_config_and_probs(dtype, device):
     """Default tiles and splits; and the one-launch path from probabilities against the oracle's."""
     args = make_case(7, 4, 8193, dtype, seed=3, device=device)
-    assert torch.equal(specsampler.verify(**args, backend="triton").tokens.cpu(),
-                       specsampler.verify(**args, backend="torch").tokens.cpu())
+    assert torch.equal(verify_with_hooks(**args, backend="triton").tokens.cpu(),
+                       verify_with_hooks(**args, backend="torch").tokens.cpu())
     probs = dict(target_probs=args["target_logits"].float().softmax(-1).to(dtype), draft_tokens=args["draft_tokens"],
                  draft_probs=args["draft_logits"].float().softmax(-1).to(dtype), _uniforms=args["_uniforms"],
                  _noise=args["_noise"])
-    kernel = specsampler.verify_probs(**probs, backend="triton", _block_v=1024, _num_splits=2)
-    oracle = specsampler.verify_probs(**probs, backend="torch")
+    kernel = verify_probs_with_hooks(**probs, backend="triton", _block_v=1024, _num_splits=2)
+    oracle = verify_probs_with_hooks(**probs, backend="torch")
     check_structure(kernel, args["draft_tokens"], None, 8193)
     assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
 
@@ -116,17 +116,17 @@ def test_kernel_seeds(device):
     """Philox randomness: the same seed gives the same tokens; other seeds differ; per-row seeds follow the row."""
     args = make_case(7, 4, 1000, seed=5, device=device)
     del args["_uniforms"], args["_noise"]
-    a = specsampler.verify(**args, seed=123, backend="triton")
-    b = specsampler.verify(**args, seed=123, backend="triton")
-    c = specsampler.verify(**args, seed=124, backend="triton")
+    a = verify_with_hooks(**args, seed=123, backend="triton")
+    b = verify_with_hooks(**args, seed=123, backend="triton")
+    c = verify_with_hooks(**args, seed=124, backend="triton")
     check_structure(a, args["draft_tokens"], None, 1000)
     assert torch.equal(a.tokens, b.tokens)
     assert not torch.equal(a.tokens, c.tokens)
     seeds = torch.arange(7, dtype=torch.int64, device=device) * 7919
-    whole = specsampler.verify(**args, seed=seeds, backend="triton")
+    whole = verify_with_hooks(**args, seed=seeds, backend="triton")
     perm = torch.tensor([3, 1, 6, 0, 2, 5, 4])
     shuffled = {key: (v[perm.to(v.device)] if isinstance(v, torch.Tensor) else v) for key, v in args.items()}
-    part = specsampler.verify(**shuffled, seed=seeds[perm.to(device)], backend="triton")
+    part = verify_with_hooks(**shuffled, seed=seeds[perm.to(device)], backend="triton")
     assert torch.equal(whole.tokens[perm.to(device)], part.tokens)
 
 
@@ -170,11 +170,11 @@ def test_kernel_launches_and_allocations(device, monkeypatch):
             return out
 
     with Sizes() as sizes:
-        specsampler.verify(**args, seed=0, backend="triton")
+        verify_with_hooks(**args, seed=0, backend="triton")
     assert launches == [kernels._row_stats_kernel, kernels._verify_kernel]
     assert sizes.largest < 7 * 5 * 1000 // 4
     launches.clear()
-    specsampler.verify_probs(args["target_logits"].softmax(-1), args["draft_tokens"], args["draft_logits"].softmax(-1),
+    verify_probs_with_hooks(args["target_logits"].softmax(-1), args["draft_tokens"], args["draft_logits"].softmax(-1),
                              seed=0, backend="triton")
     assert launches == [kernels._verify_kernel]
 
@@ -226,10 +226,10 @@ def test_fast_launch_matches_triton_launch(monkeypatch):
     misaligned = torch.empty(7 * 5 * 8193 + 1, device="cuda")[1:].view(7, 5, 8193).copy_(args["target_logits"])
     variants = [args, dict(args, target_logits=misaligned), dict(args, draft_tokens=args["draft_tokens"].int()),
                 dict(args, temperature=1.0)]
-    fast = [specsampler.verify(**v, backend="triton") for v in variants * 2]
+    fast = [verify_with_hooks(**v, backend="triton") for v in variants * 2]
     assert kernels._COMPILED  # the second round went through the cached launchers
     monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
-    slow = [specsampler.verify(**v, backend="triton") for v in variants]
+    slow = [verify_with_hooks(**v, backend="triton") for v in variants]
     for a, b in zip(fast, slow * 2, strict=True):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.num_accepted, b.num_accepted)
 
@@ -254,15 +254,15 @@ def test_graph_replay_after_the_workspace_grows():
     seed = torch.arange(4, device="cuda", dtype=torch.int64)
     graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        specsampler.verify(**args, seed=seed)
+        verify_with_hooks(**args, seed=seed)
         with torch.cuda.graph(graph, stream=stream):
-            out = specsampler.verify(**args, seed=seed)
+            out = verify_with_hooks(**args, seed=seed)
         big = make_case(300, 4, 4096, seed=4, device="cuda")
         del big["_uniforms"], big["_noise"]
-        specsampler.verify(**big, seed=0)  # grows this stream's workspace
+        verify_with_hooks(**big, seed=0)  # grows this stream's workspace
         garbage = [torch.full((n, 3), 7, dtype=torch.int64, device="cuda") for n in (64, 128, 256)]
         graph.replay()
-        eager = specsampler.verify(**args, seed=seed)
+        eager = verify_with_hooks(**args, seed=seed)
     torch.cuda.synchronize()
     assert torch.equal(out.tokens, eager.tokens) and bool((out.tokens[:, 0] >= 0).all())
     del garbage
@@ -309,10 +309,10 @@ def test_launch_guard_uses_the_tensors_device(monkeypatch):
 def test_tensors_on_another_device_than_the_current_one():
     args = make_case(7, 4, 8193, seed=31, device="cuda:1", temperature="mixed")
     with torch.cuda.device(1):
-        expected = specsampler.verify(**args, backend="triton")
+        expected = verify_with_hooks(**args, backend="triton")
     with torch.cuda.device(0):
-        got = specsampler.verify(**args, backend="triton")
-        again = specsampler.verify(**args, backend="triton")
+        got = verify_with_hooks(**args, backend="triton")
+        again = verify_with_hooks(**args, backend="triton")
     assert got.tokens.device == torch.device("cuda:1")
     assert torch.equal(got.tokens, expected.tokens) and torch.equal(again.tokens, expected.tokens)
 
@@ -323,24 +323,24 @@ def test_no_host_sync_and_cuda_graph_capture():
     args = make_case(8, 4, 32000, seed=2, device="cuda")
     del args["_uniforms"], args["_noise"]
     seed = torch.arange(8, device="cuda", dtype=torch.int64)
-    specsampler.verify(**args, seed=seed)  # compile and allocate the workspace first
+    verify_with_hooks(**args, seed=seed)  # compile and allocate the workspace first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        specsampler.verify(**args, seed=seed)
+        verify_with_hooks(**args, seed=seed)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        specsampler.verify(**args, seed=seed)  # the side stream's workspace
+        verify_with_hooks(**args, seed=seed)  # the side stream's workspace
         with torch.cuda.graph(graph, stream=stream):
-            out = specsampler.verify(**args, seed=seed)
+            out = verify_with_hooks(**args, seed=seed)
     outputs = []
     for step in range(3):
         seed.copy_(torch.arange(8, device="cuda") + 1000 * step)
         graph.replay()
         outputs.append(out.tokens.clone())
-        eager = specsampler.verify(**args, seed=seed)
+        eager = verify_with_hooks(**args, seed=seed)
         assert torch.equal(out.tokens, eager.tokens)
     assert not torch.equal(outputs[0], outputs[1])

@@ -6,6 +6,7 @@ import torch
 from util import check_structure, make_case
 
 import specsampler
+from specsampler._api import verify_probs_with_hooks, verify_with_hooks
 
 INF = float("inf")
 
@@ -23,8 +24,8 @@ def _verify(backend, target, drafts, draft=None, **kw):
     """verify() with every tensor (the `_uniforms` / `_noise` hooks included) on the backend's device."""
     d = _dev(backend)
     kw = {key: (v.to(d) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
-    return specsampler.verify(target.to(d), drafts.to(d), None if draft is None else draft.to(d), backend=backend,
-                              **kw)
+    return verify_with_hooks(target.to(d), drafts.to(d), None if draft is None else draft.to(d), backend=backend,
+                             **kw)
 
 
 def test_transformers_case(backend):
@@ -157,11 +158,11 @@ def test_temperatures_too_small_for_float32_are_greedy(backend, tiny):
     """T whose reciprocal overflows float32 (below 2**-126) is greedy on both backends, as a float and per row."""
     args = make_case(6, 3, 300, seed=14, device=_dev(backend))
     del args["temperature"]
-    greedy = specsampler.verify(**args, temperature=0.0, backend=backend)
-    assert torch.equal(specsampler.verify(**args, temperature=tiny, backend=backend).tokens, greedy.tokens)
+    greedy = verify_with_hooks(**args, temperature=0.0, backend=backend)
+    assert torch.equal(verify_with_hooks(**args, temperature=tiny, backend=backend).tokens, greedy.tokens)
     rows = torch.tensor([tiny, 1.0, tiny, 0.5, 0.0, tiny], device=_dev(backend))
-    mixed = specsampler.verify(**args, temperature=rows, backend=backend)
-    zeroed = specsampler.verify(**args, temperature=torch.where(rows < 2**-126, 0.0, rows), backend=backend)
+    mixed = verify_with_hooks(**args, temperature=rows, backend=backend)
+    zeroed = verify_with_hooks(**args, temperature=torch.where(rows < 2**-126, 0.0, rows), backend=backend)
     assert torch.equal(mixed.tokens, zeroed.tokens)
     assert torch.equal(mixed.tokens[0], greedy.tokens[0])
 
@@ -268,7 +269,7 @@ def test_test_hooks_are_validated(backend, name, wrong, error, words, probs):
     target = torch.randn(2, 3, 10, device=d)
     draft = torch.randn(2, 2, 10, device=d)
     drafts = torch.zeros(2, 2, dtype=torch.int64, device=d)
-    entry = specsampler.verify_probs if probs else specsampler.verify
+    entry = verify_probs_with_hooks if probs else verify_with_hooks
     if probs:
         target, draft = target.softmax(-1), draft.softmax(-1)
     with pytest.raises(error, match=words):
@@ -288,3 +289,14 @@ def test_auto_backend_is_torch_on_cpu(monkeypatch):
     monkeypatch.setattr(api, "verify_torch", lambda *a, **k: calls.append(1) or (torch.zeros(1, 2), torch.zeros(1)))
     specsampler.verify(torch.zeros(1, 2, 5), torch.zeros(1, 1, dtype=torch.int64))
     assert calls == [1]
+
+
+def test_public_functions_have_no_test_hooks():
+    """The test hooks live in the internal entries; the public ones take what a user passes, and agree with them."""
+    import inspect
+
+    for public in (specsampler.verify, specsampler.verify_probs):
+        assert not [name for name in inspect.signature(public).parameters if name.startswith("_")]
+    args = make_case(3, 2, 50, seed=2)
+    del args["_uniforms"], args["_noise"]
+    assert torch.equal(specsampler.verify(**args, seed=4).tokens, verify_with_hooks(**args, seed=4).tokens)

@@ -154,8 +154,7 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
 
 
 def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, seed=None,
-           generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
-           _num_splits=None) -> VerifyResult:
+           generator=None, backend="auto") -> VerifyResult:
     """Verify K drafted tokens per row against the target model: the speculative-decoding acceptance step.
 
     Draft token x_t is accepted iff u_t * q_t(x_t) < p_t(x_t), u_t ~ U[0, 1), with p_t = softmax(target_logits[b, t]
@@ -172,7 +171,8 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
         [B, K] int32 or int64: the drafted tokens. Positions at or past a row's K_b are ignored (-1 is fine).
     draft_logits : torch.Tensor, optional
         [B, K, Vd] (Vd <= V; ids >= Vd have q = 0): the scores the drafts were sampled from. None means one-hot
-        drafts (greedy or n-gram drafters): x_t is accepted with probability p_t(x_t).
+        drafts (greedy or n-gram drafters): x_t is accepted with probability p_t(x_t); so is a drafted id to which
+        the draft gives q = 0 (a -inf or NaN logit, an id past Vd), whose correction then comes from p without it.
     num_draft_tokens : torch.Tensor, optional
         [B] int32/int64 in [0, K]: the drafts each row really has (a ragged batch). None: K for every row.
     temperature : float or torch.Tensor
@@ -187,9 +187,6 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
         Instead of `seed`: [B] per-row seeds are drawn from it (on its device; no host synchronisation).
     backend : {"auto", "triton", "torch"}
         "auto" runs the Triton kernel on CUDA tensors and the torch backend elsewhere.
-    _uniforms, _noise, _block_v, _num_splits
-        Test hooks: [B, K] acceptance uniforms and [B, V] exponential noise replacing the backends' own random
-        numbers (so that both can be compared token for token); the kernel's tile width and vocabulary splits.
 
     Returns
     -------
@@ -206,6 +203,16 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     >>> res.tokens.shape, res.num_accepted.shape
     (torch.Size([2, 4]), torch.Size([2]))
     """
+    return verify_with_hooks(target_logits, draft_tokens, draft_logits, num_draft_tokens=num_draft_tokens,
+                             temperature=temperature, seed=seed, generator=generator, backend=backend)
+
+
+def verify_with_hooks(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0,
+                      seed=None, generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
+                      _num_splits=None) -> VerifyResult:
+    """:func:`verify` with the test hooks: `_uniforms` [B, K] acceptance uniforms and `_noise` [B, V] exponential
+    noise replacing both backends' own random numbers (so that they can be compared token for token), and the
+    kernel's tile width `_block_v` and vocabulary splits `_num_splits`."""
     num_draft_tokens, temperature, seed, backend = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
         seed, backend, _uniforms, _noise, generator)
@@ -219,7 +226,7 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
 
 
 def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
-                 backend="auto", _uniforms=None, _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
+                 backend="auto") -> VerifyResult:
     """:func:`verify` from already-normalised probabilities: one kernel launch, every row sampled.
 
     Parameters
@@ -237,6 +244,14 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
     -------
     VerifyResult
     """
+    return verify_probs_with_hooks(target_probs, draft_tokens, draft_probs, num_draft_tokens=num_draft_tokens,
+                                   seed=seed, generator=generator, backend=backend)
+
+
+def verify_probs_with_hooks(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None,
+                            generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
+                            _num_splits=None) -> VerifyResult:
+    """:func:`verify_probs` with the test hooks of :func:`verify_with_hooks`."""
     num_draft_tokens, _, seed, backend = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
         _uniforms, _noise, generator)
