@@ -7,6 +7,11 @@ One step, for every unfinished row b at once (gpt-fast's loop, batched):
 2. the target runs one forward over [last, d_1..d_K] and gives K+1 rows of scores;
 3. :func:`specsampler.verify` accepts n_b drafts and draws one more token: row b gains n_b + 1 tokens.
 
+In code, :func:`generate` prefills (``_prefill``, ``_start_drafter``) and loops over ``_step`` (steps 1-3, then both
+caches trimmed to what each row accepted) and ``_commit_rows`` (append, EOS, length) with ``_evict`` (finished rows
+leave the batch). A drafter is anything with the :class:`specsampler.drafters.Drafter` protocol (``propose``,
+``accept``, ``select_rows``): ``_DraftModel`` here, ``PromptLookupRun`` for prompt lookup.
+
 KV caches with ragged acceptance: holes
 ---------------------------------------
 Both models keep one ``DynamicCache`` whose slots are shared by the whole batch, plus a [B, L] attention mask over
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._api import verify
+from .drafters import Drafter, PromptLookupDrafter, PromptLookupRun, Proposal
 
 __all__ = ["GenerateOutput", "GenerationStats", "generate", "warp_logits"]
 
@@ -219,25 +225,45 @@ class _Cached:
 
 
 class _DraftModel:
-    """A draft model behind the drafter interface: ``propose`` K tokens with their warped scores, ``accept`` n."""
+    """A draft model behind the :class:`~specsampler.drafters.Drafter` protocol: ``propose`` K tokens (with their
+    warped scores when sampling), ``accept`` n_b of them (holes in its cache), ``select_rows``.
 
-    def __init__(self, model, batch: int, k: int, warp, generator):
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The draft LM.
+    batch : int
+        B, rows at the start.
+    k : int
+        K, drafts per step.
+    vocab : int
+        The target's vocabulary size V: draft scores past it are dropped.
+    warp : callable or None
+        [B, V] scores -> warped scores (sampling); None: greedy drafts.
+    generator : torch.Generator or None
+        Draws the sampled drafts (on the draft's device).
+    """
+
+    def __init__(self, model, batch: int, k: int, vocab: int, warp, generator):
         self.lm = _Cached(model, batch)
-        self.k, self.warp, self.generator = k, warp, generator
+        self.k, self.vocab, self.warp, self.generator = k, vocab, warp, generator
         # ids the draft cannot embed (a target vocabulary padded further) are fed as its last id: q stays what it
         # reports, so verification stays exact
         self.max_id = model.get_input_embeddings().weight.shape[0] - 1
         self.forwards = 0
+        self.drafts = None  # [B, K] the last proposal
         self.behind = None  # [B] d_K of rows that accepted all K drafts (not in the draft cache), else -1
         self.any_behind = False
 
     def prefill(self, prompt: torch.Tensor, mask: torch.Tensor) -> None:
+        """Feed [B, P - 1] `prompt` (`mask` [B, P - 1], 0 for padding) to the draft cache."""
         if prompt.shape[1]:
             prompt = prompt.to(self.lm.device).clamp(max=self.max_id)
             self.lm.forward(prompt, mask.to(self.lm.device), last_only=True)
 
-    def propose(self, last: torch.Tensor, vocab: int):
-        """`last` [B] -> drafts [B, K] and their warped scores [B, K, min(Vd, vocab)] (None when greedy)."""
+    def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
+        """`last` [B] -> drafts [B, K] and their warped scores [B, K, min(Vd, V)] (None when greedy); K_b =
+        min(K, limit_b)."""
         dev = self.lm.device
         last = last.to(dev).clamp(max=self.max_id)
         if self.any_behind:
@@ -247,7 +273,7 @@ class _DraftModel:
             tokens, valid = last[:, None], torch.ones(last.shape[0], 1, dtype=torch.bool, device=dev)
         drafts, scores = [], []
         for i in range(self.k):
-            logits = self.lm.forward(tokens, valid, last_only=True)[:, -1, :vocab].float()
+            logits = self.lm.forward(tokens, valid, last_only=True)[:, -1, :self.vocab].float()
             self.forwards += 1
             if self.warp is None:
                 token = logits.argmax(dim=-1)
@@ -258,23 +284,74 @@ class _DraftModel:
             drafts.append(token)
             if i + 1 < self.k:
                 tokens, valid = token[:, None].clamp(max=self.max_id), torch.ones_like(token[:, None], dtype=torch.bool)
-        return torch.stack(drafts, dim=1), (torch.stack(scores, dim=1) if scores else None)
+        self.drafts = torch.stack(drafts, dim=1)
+        return Proposal(self.drafts, torch.stack(scores, dim=1) if scores else None, [min(self.k, m) for m in limits])
 
-    def accept(self, n: torch.Tensor, drafts: torch.Tensor, n_max: int) -> None:
-        """Row b accepted `n` [B] of its drafts [B, K] (at most `n_max`): holes over the rest of this step's
-        slots, which hold [last, d_1..d_{K-1}]."""
+    def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
+        """Row b accepted `n` [B] of its drafts: holes over the rest of this step's slots, which hold
+        [last, d_1..d_{K-1}]; d_K is fed at the next step where all K were accepted."""
+        n_max = max(len(tokens) for tokens in accepted) - 1
         n = n.to(self.lm.device)
         self.lm.keep(n, self.k, n_max)
-        self.behind = torch.where(n == self.k, drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
+        self.behind = torch.where(n == self.k, self.drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
         self.any_behind = n_max == self.k
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep the rows `rows` [B'] only (cache, mask, pending d_K)."""
         self.lm.select(rows)
         if self.behind is not None:
             self.behind = self.behind[rows.to(self.behind.device)]
 
 
 # -------------------------------------------------------------------------------------------------------- generate
+@dataclass
+class _Rows:
+    """The host-side state of a batch: which rows still run, what every row has generated.
+
+    Attributes
+    ----------
+    ids : list of int
+        B': the index in `input_ids` of each running row.
+    new : list of list of int
+        B lists: the new tokens of every row, running or finished.
+    last : torch.Tensor
+        [B'] int64 each running row's last token, in neither cache: the first token fed at the next step.
+    """
+
+    ids: list[int]
+    new: list[list[int]]
+    last: torch.Tensor
+
+    def budget(self, max_new_tokens: int) -> list[int]:
+        """B': how many more tokens each running row may gain."""
+        return [max_new_tokens - len(self.new[r]) for r in self.ids]
+
+
+@dataclass
+class _Step:
+    """One verified step, on the host (the step's one synchronisation) and on the target's device.
+
+    Attributes
+    ----------
+    counts : list of int
+        B': drafts verified per row (K_b).
+    width : int
+        K' + 1, the new slots in the target cache this step.
+    n : torch.Tensor
+        [B'] int64 accepted drafts per row, on the target's device.
+    accepted : list of list of int
+        B' lists of n_b + 1 tokens: the accepted drafts, then the token verify drew.
+    last : torch.Tensor
+        [B'] int64 that drawn token, on the target's device.
+    """
+
+    counts: list[int]
+    width: int
+    n: torch.Tensor
+    accepted: list[list[int]]
+    last: torch.Tensor
+
+
 def _as_list(x) -> list[int]:
     if x is None:
         return []
@@ -283,6 +360,158 @@ def _as_list(x) -> list[int]:
     if isinstance(x, int):
         return [x]
     return [int(v) for v in x]
+
+
+def _prompt_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, P] mask of left-padded prompts (None: all ones); a ValueError unless every row ends with a token."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left padded (attention_mask[:, -1] must be 1)")
+    return attention_mask
+
+
+def _eos_and_pad(target, eos_token_id, pad_token_id) -> tuple[list[int], int]:
+    """The EOS ids (default: the target's generation config) and the pad id (config, else first EOS, else 0)."""
+    gen_cfg = getattr(target, "generation_config", None)
+    eos = _as_list(eos_token_id if eos_token_id is not None else getattr(gen_cfg, "eos_token_id", None))
+    if pad_token_id is None:
+        pad_token_id = getattr(gen_cfg, "pad_token_id", None)
+        pad_token_id = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    return eos, pad_token_id
+
+
+def _prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[_Cached, int]:
+    """The target's cache over [B, P - 1] prompts (the last prompt token is fed by the first step), and its
+    vocabulary size V (its output layer's rows)."""
+    lm = _Cached(target, input_ids.shape[0])
+    head = target.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else target.config.get_text_config().vocab_size
+    if input_ids.shape[1] > 1:
+        lm.forward(input_ids[:, :-1].to(lm.device), attention_mask[:, :-1].to(lm.device), last_only=True)
+    return lm, vocab
+
+
+def _start_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, vocab: int, warp,
+                   rng: random.Random, pad_token_id: int) -> Drafter:
+    """The drafter for this call, prefilled with the [B, P] prompts: a :class:`PromptLookupRun` over the prompts'
+    tokens, or a :class:`_DraftModel` (sampling: its generator seeded from `rng`) over prompt[:, :-1]."""
+    if isinstance(draft, PromptLookupDrafter):
+        seqs = [[t for t, m in zip(r, mk, strict=True) if m]
+                for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
+        return PromptLookupRun(draft, seqs, k, pad_token_id)
+    generator = None
+    if warp is not None:
+        generator = torch.Generator(device=_input_device(draft)).manual_seed(rng.getrandbits(62))
+    drafter = _DraftModel(draft, input_ids.shape[0], k, vocab, warp, generator)
+    drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
+    return drafter
+
+
+def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], warp, rng: random.Random) -> _Step:
+    """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
+
+    Parameters
+    ----------
+    lm : _Cached
+        The target and its cache.
+    drafter : Drafter
+    last : torch.Tensor
+        [B'] int64 each running row's last token (target device).
+    limits : list of int
+        B': the most drafts each row can use.
+    warp : callable or None
+        Score warping when sampling; None: greedy.
+    rng : random.Random
+        Draws the verification seed.
+
+    Returns
+    -------
+    _Step
+    """
+    drafts, scores, counts = drafter.propose(last, limits)
+    k = drafts.shape[1]
+    drafts = drafts.to(lm.device)
+    tokens = torch.cat([last[:, None], drafts], dim=1)
+    logits = lm.forward(tokens, torch.ones_like(tokens)).float()
+    nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
+    vseed = rng.getrandbits(62)
+    if warp is None:
+        res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed)
+    else:
+        dscores = None if scores is None else scores.to(logits.device)
+        res = verify(warp(logits), drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed)
+    # the one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts
+    n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
+    accepted = [t[:n + 1] for t, n in zip(tok_host, n_host, strict=True)]
+    drawn = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0]
+    step = _Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device))
+    lm.keep(step.n, step.width, max(n_host))
+    drafter.accept(step.n, step.accepted)
+    return step
+
+
+def _commit_rows(rows: _Rows, step: _Step, budget: list[int], eos: list[int], stats: GenerationStats,
+                 callback) -> list[int]:
+    """Append each running row's new tokens (cut after an EOS id and at its budget), count them, call `callback`.
+
+    Parameters
+    ----------
+    rows : _Rows
+        Updated in place (``new``, ``last``).
+    step : _Step
+    budget : list of int
+        B': how many more tokens each row could gain before this step.
+    eos : list of int
+    stats : GenerationStats
+        Updated in place.
+    callback : callable or None
+        ``callback(row, tokens)`` for each row that gained tokens.
+
+    Returns
+    -------
+    list of int
+        The indices (into the B' running rows) of the rows that go on: no EOS, budget left.
+    """
+    stats.target_forwards += 1
+    rows.last = step.last
+    keep = []
+    for i, r in enumerate(rows.ids):
+        got = step.accepted[i][: budget[i]]
+        done = False
+        for j, t in enumerate(got):
+            if t in eos:
+                got, done = got[: j + 1], True
+                break
+        rows.new[r] += got
+        if callback is not None and got:
+            callback(r, got)
+        stats.row_steps += 1
+        stats.drafted += step.counts[i]
+        stats.accepted += len(step.accepted[i]) - 1
+        stats.new_tokens += len(got)
+        if not (done or len(got) >= budget[i]):
+            keep.append(i)
+    return keep
+
+
+def _evict(rows: _Rows, keep: list[int], lm: _Cached, drafter: Drafter) -> None:
+    """Drop the finished rows: keep only the running rows `keep` (indices into them) in `rows`, caches included."""
+    if len(keep) == len(rows.ids):
+        return
+    idx = torch.tensor(keep, dtype=torch.long)
+    rows.ids = [rows.ids[i] for i in keep]
+    if rows.ids:
+        lm.select(idx)
+        rows.last = rows.last[idx.to(rows.last.device)]
+        drafter.select_rows(idx)
+
+
+def _sequences(input_ids: torch.Tensor, new: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """[B, P] prompts and B lists of new tokens -> [B, P + N] (N: the longest list; the others padded)."""
+    width = max(len(x) for x in new)
+    tail = torch.tensor([x + [pad_token_id] * (width - len(x)) for x in new], dtype=input_ids.dtype)
+    return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
 
 
 @torch.no_grad()
@@ -333,113 +562,25 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
     Only temperature, top-k and top-p shape the distribution: other logits processors a model's generation config
     may hold (repetition penalty, bad words, ...) are not applied. Sliding-window attention is not supported.
     """
-    from .drafters import PromptLookupDrafter
-
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
     check_options(max_new_tokens=max_new_tokens, num_draft_tokens=num_draft_tokens, do_sample=do_sample,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if max_new_tokens < 1:
         return GenerateOutput(input_ids.clone(), GenerationStats())
-    batch, plen = input_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("prompts must be left padded (attention_mask[:, -1] must be 1)")
-    gen_cfg = getattr(target, "generation_config", None)
-    eos = _as_list(eos_token_id if eos_token_id is not None else getattr(gen_cfg, "eos_token_id", None))
-    if pad_token_id is None:
-        pad_token_id = getattr(gen_cfg, "pad_token_id", None)
-        pad_token_id = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    attention_mask = _prompt_mask(input_ids, attention_mask)
+    eos, pad_token_id = _eos_and_pad(target, eos_token_id, pad_token_id)
     greedy = not do_sample or temperature == 0
     warp = None if greedy else (lambda x: warp_logits(x, temperature, top_k, top_p))
     rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    lm, vocab = _prefill(target, input_ids, attention_mask)
+    drafter = _start_drafter(draft, input_ids, attention_mask, num_draft_tokens, vocab, warp, rng, pad_token_id)
+    rows = _Rows(list(range(input_ids.shape[0])), [[] for _ in range(input_ids.shape[0])],
+                 input_ids[:, -1].to(lm.device))
     stats = GenerationStats()
-    out_device = input_ids.device
-
-    # Prefill both models with prompt[:, :-1]; the last prompt token is fed by the first step.
-    lm = _Cached(target, batch)
-    head = target.get_output_embeddings()
-    vocab = head.weight.shape[0] if head is not None else target.config.get_text_config().vocab_size
-    if plen > 1:
-        lm.forward(input_ids[:, :-1].to(lm.device), attention_mask[:, :-1].to(lm.device), last_only=True)
-    if isinstance(draft, PromptLookupDrafter):
-        drafter = None
-    else:
-        generator = None
-        if not greedy:
-            generator = torch.Generator(device=_input_device(draft)).manual_seed(rng.getrandbits(62))
-        drafter = _DraftModel(draft, batch, num_draft_tokens, warp, generator)
-        drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
-
-    rows = list(range(batch))  # original index of each running row
-    seqs = [[t for t, m in zip(r, mk, strict=True) if m]
-            for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
-    new = [[] for _ in range(batch)]
-    last = input_ids[:, -1].to(lm.device)
-    while rows:
-        budget = [max_new_tokens - len(new[r]) for r in rows]
-        # 1. Draft.
-        if drafter is None:
-            drafts, counts = draft.propose([seqs[r] for r in rows], num_draft_tokens)
-            counts = [min(c, b - 1) for c, b in zip(counts, budget, strict=True)]
-            k = max(counts)
-            drafts = torch.tensor([d[:k] + [pad_token_id] * (k - len(d[:k])) for d in drafts], dtype=torch.long)
-            drafts = drafts.view(len(rows), k)
-            scores = None
-        else:
-            k = num_draft_tokens
-            drafts, scores = drafter.propose(last, vocab)
-            counts = [min(k, b - 1) for b in budget]
-        # 2. Target forward over [last, d_1..d_k].
-        drafts = drafts.to(lm.device)
-        tokens = torch.cat([last[:, None], drafts], dim=1)
-        logits = lm.forward(tokens, torch.ones_like(tokens)).float()
-        stats.target_forwards += 1
-        # 3. Verify.
-        nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
-        vseed = rng.getrandbits(62)
-        if greedy:
-            res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed)
-        else:
-            dscores = None if scores is None else scores.to(logits.device)
-            res = verify(warp(logits), drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed)
-        # 4. The one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts.
-        n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
-        n_dev = res.num_accepted.to(lm.device)
-        lm.keep(n_dev, k + 1, max(n_host))
-        if drafter is not None:
-            drafter.accept(n_dev, drafts, max(n_host))
-        last = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0].to(lm.device)
-        # 5. Append; rows that reached EOS or max_new_tokens leave the batch.
-        keep = []
-        for i, r in enumerate(rows):
-            got = tok_host[i][: n_host[i] + 1][: budget[i]]
-            done = False
-            for j, t in enumerate(got):
-                if t in eos:
-                    got, done = got[: j + 1], True
-                    break
-            new[r] += got
-            seqs[r] += got
-            if callback is not None and got:
-                callback(r, got)
-            stats.row_steps += 1
-            stats.drafted += counts[i]
-            stats.accepted += n_host[i]
-            stats.new_tokens += len(got)
-            if not (done or len(new[r]) >= max_new_tokens):
-                keep.append(i)
-        if len(keep) < len(rows):
-            idx = torch.tensor(keep, dtype=torch.long)
-            rows = [rows[i] for i in keep]
-            if rows:
-                lm.select(idx)
-                last = last[idx.to(last.device)]
-                if drafter is not None:
-                    drafter.select(idx)
-    if drafter is not None:
-        stats.draft_forwards = drafter.forwards
-    width = max(len(x) for x in new)
-    tail = torch.tensor([x + [pad_token_id] * (width - len(x)) for x in new], dtype=input_ids.dtype)
-    return GenerateOutput(torch.cat([input_ids, tail.to(out_device)], dim=1), stats)
+    while rows.ids:
+        budget = rows.budget(max_new_tokens)
+        step = _step(lm, drafter, rows.last, [b - 1 for b in budget], warp, rng)
+        _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback), lm, drafter)
+    stats.draft_forwards = drafter.forwards
+    return GenerateOutput(_sequences(input_ids, rows.new, pad_token_id), stats)

@@ -1,8 +1,79 @@
-"""Drafters without a draft model, for :func:`specsampler.generate`."""
+"""Drafters for :func:`specsampler.generate`: the protocol a drafter implements during one call, and prompt lookup.
+
+During one :func:`specsampler.generate` call the drafter is an object with the :class:`Drafter` protocol: each step it
+``propose``-s up to K tokens per running row, is told which of them were ``accept``-ed (with the token drawn after
+them), and drops finished rows on ``select_rows``. Two implement it: the draft model (``_DraftModel`` in
+``specsampler._generate``: a KV cache with holes, warped draft scores when sampling) and :class:`PromptLookupRun`, the
+per-call state of a :class:`PromptLookupDrafter` (n-gram matches in the rows' token lists, one-hot drafts).
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple, Protocol
+
+import torch
+
 __all__ = ["PromptLookupDrafter"]
+
+
+class Proposal(NamedTuple):
+    """One step's drafts for the running rows.
+
+    Attributes
+    ----------
+    drafts : torch.Tensor
+        [B, K'] int64 draft tokens (K' <= K; a row's drafts past its count are filler).
+    scores : torch.Tensor or None
+        [B, K', V'] float32 warped draft scores whose softmax is q (sampling with a draft model), else None (greedy, or
+        one-hot drafts).
+    counts : list of int
+        B numbers of drafts to verify per row, each <= K' and <= the row's limit.
+    """
+
+    drafts: torch.Tensor
+    scores: torch.Tensor | None
+    counts: list[int]
+
+
+class Drafter(Protocol):
+    """What :func:`specsampler.generate` asks of a drafter during one call (state for the rows still running).
+
+    Attributes
+    ----------
+    forwards : int
+        Draft-model forwards so far (0 without a draft model).
+    """
+
+    forwards: int
+
+    def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
+        """Drafts for every running row.
+
+        Parameters
+        ----------
+        last : torch.Tensor
+            [B] int64 each row's last token (not yet in any cache).
+        limits : list of int
+            B: the most drafts each row can use (its remaining budget minus the token verify draws).
+
+        Returns
+        -------
+        Proposal
+        """
+
+    def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
+        """Row b kept the first n_b of its proposed drafts, then the token verify drew.
+
+        Parameters
+        ----------
+        n : torch.Tensor
+            [B] int64 accepted drafts per row (on the target's device).
+        accepted : list of list of int
+            B lists of n_b + 1 tokens: the accepted drafts and the drawn token.
+        """
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the running rows `rows` ([B'] int64 indices into the current B rows)."""
 
 
 class PromptLookupDrafter:
@@ -56,3 +127,40 @@ class PromptLookupDrafter:
         """
         drafts = [self.propose_row(s, k) for s in seqs]
         return drafts, [len(d) for d in drafts]
+
+
+class PromptLookupRun:
+    """A :class:`PromptLookupDrafter` during one :func:`specsampler.generate` call: the :class:`Drafter` protocol
+    over the running rows' token lists.
+
+    Parameters
+    ----------
+    lookup : PromptLookupDrafter
+    seqs : list of list of int
+        B token lists: the prompts without their padding.
+    k : int
+        The most drafts per row (K).
+    fill : int
+        The token that pads a row's drafts past its count (never verified).
+    """
+
+    def __init__(self, lookup: PromptLookupDrafter, seqs: list[list[int]], k: int, fill: int):
+        self.lookup, self.seqs, self.k, self.fill = lookup, seqs, k, fill
+        self.forwards = 0
+
+    def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
+        """[B] `last` (unused: it ends each token list already) and B `limits` -> [B, max count] one-hot drafts."""
+        drafts, counts = self.lookup.propose(self.seqs, self.k)
+        counts = [min(c, limit) for c, limit in zip(counts, limits, strict=True)]
+        k = max(counts)
+        drafts = torch.tensor([d[:k] + [self.fill] * (k - len(d[:k])) for d in drafts], dtype=torch.long)
+        return Proposal(drafts.view(len(self.seqs), k), None, counts)
+
+    def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
+        """Append each row's n_b + 1 new tokens to its token list."""
+        for seq, tokens in zip(self.seqs, accepted, strict=True):
+            seq += tokens
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep the token lists of the rows `rows` [B'] only."""
+        self.seqs = [self.seqs[i] for i in rows.tolist()]
