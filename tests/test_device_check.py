@@ -1,12 +1,11 @@
 """The device check (bench/device_check.sh) runs before any GPU minute is spent: its dry run, and its helpers."""
 
 import csv
+import importlib.util
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -110,8 +109,13 @@ def test_dry_run_passes_the_baseline_through(dry_run):
 
 
 def test_dry_run_plot_and_resources(dry_run):
-    png = (dry_run.out / "verify_cpu.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    bench_log = (dry_run.out / "bench.log").read_text()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (dry_run.out / "verify_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plot: {dry_run.out / 'verify_cpu.png'}" in bench_log
+    else:  # the table without the plot, and a note that says how to get it
+        assert not (dry_run.out / "verify_cpu.png").exists()
+        assert "note: no plot: matplotlib is not installed (pip install matplotlib" in bench_log
     assert (dry_run.out / "resources_cpu.csv").read_text().startswith("kernel,config")
 
 
@@ -138,22 +142,15 @@ def test_min_bytes():
     assert min_bytes(Case(b, k, v, torch.float32, "greedy")) == 4 * b * (k + 1) * v
 
 
-def test_raster_png_decodes():
-    import numpy as np
-    from devcheck_plot import png_bytes
+def test_plot_without_matplotlib(tmp_path, monkeypatch):
+    """Without matplotlib no file is written, and the line returned says how to get the plot."""
+    from devcheck_plot import NO_MATPLOTLIB, write_plot
 
-    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    data = png_bytes(img, {"Title": "x"})
-    chunks, pos = {}, 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body)
-        chunks[kind] = body
-        pos += 12 + length
-    assert struct.unpack(">II", chunks[b"IHDR"][:8]) == (7, 5)
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(5, 1 + 7 * 3)
-    assert (raw[:, 0] == 0).all() and np.array_equal(raw[:, 1:].reshape(5, 7, 3), img)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    row = dict(provider="specsampler", median_us=3.0, bytes=1000, dtype="float32", mode="sampled")
+    assert write_plot(str(tmp_path / "p.png"), [row], 10.0, "t") == NO_MATPLOTLIB
+    assert NO_MATPLOTLIB.count("\n") == 0 and "pip install matplotlib" in NO_MATPLOTLIB and "[plot]" in NO_MATPLOTLIB
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_resource_report_reads_triton_caches():

