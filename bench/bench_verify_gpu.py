@@ -55,7 +55,7 @@ short keeps what it measured:
   host_us_per_call, read_roofline_us, pct_of_read_roofline, pct_of_copy_bw``, then ``host_pre_us, host_launch1_us,
   host_between_us, host_launch2_us, host_post_us, provider`` (see above; empty where not measured);
 - ``resources_<gpu>.csv``: registers and spills of every compiled variant of the two kernels;
-- ``verify_<gpu>.png``: the roofline plot;
+- ``verify_<gpu>.png``: the roofline plot (with matplotlib: the optional extra ``plot``);
 - printed: the launches table as it is measured; at the end notes (skipped providers and why, scaled timings), the
   copy and read ceilings, the launches table again, the resource report, the goals, the baseline's summary, and the
   verify table last (its ``vs baseline`` column: the baseline's median over ours).
