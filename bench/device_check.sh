@@ -13,8 +13,8 @@
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, verify_<gpu>.png (with matplotlib),
-# resources_<gpu>.csv, tests.log, bench.log, sweep_<gpu>.csv (--sweep). Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330),
-# TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
+# resources_<gpu>.csv, tests.log, bench.log, sweep_<gpu>.csv (--sweep). Environment: PYTHON (default python3),
+# DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
 
