@@ -14,7 +14,8 @@
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, verify_<gpu>.png (with matplotlib),
 # resources_<gpu>.csv, tests.log, bench.log, sweep_<gpu>.csv (--sweep). Environment: PYTHON (default python3),
-# DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
+# DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a
+# flashinfer*.whl to unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
 
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
       shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
     --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) BENCH_ARGS+=("$1") ;;
   esac
   shift
