@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import numbers
 import os
@@ -66,14 +67,30 @@ def _kernels():
     return triton_kernels
 
 
+@functools.cache
+def triton_available() -> bool:
+    """Whether the triton package imports (it ships wheels for Linux only; elsewhere the torch backend runs)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        return False
+
+
+NO_TRITON = ("backend='triton' needs the triton package, which is not installed here (triton has wheels for Linux "
+             "only: pip install triton there); backend='auto' or 'torch' runs the torch backend")
+
+
 def _pick_backend(backend: str, device: torch.device) -> str:
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    if backend == "triton" and device.type != "cuda" and not (
-            device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-        raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got {device}")
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError(NO_TRITON)
+        if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+            raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got "
+                             f"{device}")
     return backend
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from ._api import _pick_backend
+from ._api import _pick_backend, triton_available
 from ._generate import GenerationStats, generate
 from .drafters import PromptLookupDrafter
 from .models import ModelError, check_vocab, load_model, require_transformers, resolve_model
@@ -174,6 +174,8 @@ def backend_choice(device: torch.device) -> tuple[str, str]:
     name = _pick_backend("auto", device)
     if name == "triton":
         return name, f"the Triton kernel (tensors on {device})"
+    if not triton_available():
+        return name, f"the torch backend (tensors on {device}; the triton package is not installed: Linux only)"
     interp = " (TRITON_INTERPRET=1 only matters for backend='triton')" if os.environ.get("TRITON_INTERPRET") else ""
     return name, f"the torch backend (tensors on {device}; the Triton kernel needs CUDA){interp}"
 
