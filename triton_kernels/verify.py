@@ -18,10 +18,13 @@ padding lane ever wins, and a row that is all -inf has max -inf and sum 0: proba
 
 Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
 and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
-u_t * q_t(x_t) < p_t(x_t) (greedy: x_t == argmax p_t). n is the first rejection, K_b if none. A greedy row emits
-argmax p_n and is done. A sampled row runs the exponential race over its split of row n: the key of id x is
-r(x) / E_x with r = max(0, p_n - q_n) (r = p_n for the bonus row) and E_x ~ Exp(1); argmax of the keys is a draw
-from r / sum(r) with no normalisation and no prefix sum. Each lane keeps its best key and id across the tiles, the
+u_t * q_t(x_t) < p_t(x_t) (greedy: x_t == argmax p_t). A position whose draft gives x_t no probability (q_t(x_t) = 0:
+a -inf or NaN logit, an id past the draft's vocabulary) is one-hot at x_t: accepted with probability p_t(x_t), and
+its residual is p_t without x_t, which keeps the output exactly p whatever made x_t. n is the first rejection, K_b if
+none. A greedy row (T_b below 2**-126, where 1 / T_b would overflow, counts as 0) emits argmax p_n and is done.
+A sampled row runs the exponential race over its split of row n: the key of id x is r(x) / E_x with
+r = max(0, p_n - q_n) (r = p_n for the bonus row) and E_x ~ Exp(1); argmax of the keys is a draw from r / sum(r) with
+no normalisation and no prefix sum. Each lane keeps its best key and id across the tiles, the
 program reduces once and folds its best (key, id), packed in an int64 so that a larger key and then a lower id wins,
 and its share of sum(r) into a per-row workspace with atomics; the last program of the row (an acq_rel counter) reads
 them back, resets the workspace to zero and writes the row. Only when sum(r) <= RESIDUAL_EPS (p equals q up to
@@ -41,7 +44,12 @@ Bytes per launch, with s the element size of the scores and S1, S2 the split cou
   for each sampled row one residual row pair, (V + Vd) * s (the whole row pair again, by one program, in the rare
   fallback); it writes the tokens, 8 * B*(K+2), and touches a workspace of 24 bytes per row with atomics.
 From probabilities there is only launch 2. Nothing of size B*(K+1)*V is allocated; there is no host synchronisation,
-and the workspace is zero again after every launch, so the call can be captured in a CUDA graph.
+and the workspace is zero again after every launch (and never freed: a captured graph may point at it), so the call
+can be captured in a CUDA graph. The tokens start at -1, so a row that were never written could not look valid.
+
+Host side: tile widths and splits per (launch, B, V, dtype, device) come from an H200 sweep (`_launch_config`);
+launches are guarded to the tensors' device, and after a specialisation's first launch through Triton, go straight to
+its compiled launcher (`_launch`).
 
 References: vLLM's Triton rejection sampler (vllm/v1/sample/rejection_sampler.py) and the fix for padding lanes
 winning a tie (GHSA-8wr5-jm2h-8r4f); FlashInfer's chain_speculative_sampling; Triton's tutorials 02-fused-softmax
