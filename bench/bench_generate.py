@@ -12,7 +12,8 @@ target's final norm and output layer (early exit: cheap). Random weights, so the
 --late-scale (how much the layers the draft skips change the residual stream); EOS is off, every row makes
 --new-tokens tokens.
 
-Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options.
+Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options;
+``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,71 @@ def run_assisted(target, draft, ids, mask, args):
                         eos_token_id=None, pad_token_id=0, **extra, **sampling_kwargs(args))
 
 
+class StepProfile:
+    """Where the time of :func:`specsampler.generate` goes: exclusive wall time per part (the innermost part wins),
+    from wrappers set on the library's step functions for the duration of a ``with`` block.
+
+    Parts: ``target forward`` and ``draft forward`` (``_Cached.forward``, the draft's when called while drafting),
+    ``drafting`` (the drafter's propose/accept besides its forwards: sampling, prompt lookup), ``cache`` (trimming
+    and selecting rows of the KV caches), ``warp`` (temperature/top-k/top-p in torch), ``verify``, ``commit rows``
+    (tokens, EOS, stats, callback), ``evict`` (finished rows) and ``other`` (the rest of the call: validation,
+    prefill bookkeeping, the step's own tensor work and its one host synchronisation).
+    """
+
+    def __init__(self):
+        from specsampler import _generate, drafters
+
+        self.targets = [
+            ("drafting", _generate._DraftModel, "propose"), ("drafting", _generate._DraftModel, "accept"),
+            ("drafting", drafters.PromptLookupRun, "propose"), ("drafting", drafters.PromptLookupRun, "accept"),
+            ("forward", _generate._Cached, "forward"), ("cache", _generate._Cached, "keep"),
+            ("cache", _generate._Cached, "select"), ("verify", _generate, "verify"),
+            ("warp", _generate, "warp_logits"), ("commit rows", _generate, "_commit_rows"),
+            ("evict", _generate, "_evict"),
+        ]
+        self.totals: dict[str, float] = {}
+        self._stack: list[list] = []
+        self._saved: list[tuple] = []
+
+    def _wrap(self, part, fn):
+        def timed(*args, **kwargs):
+            name = part
+            if part == "forward":
+                name = "draft forward" if any(f[0] == "drafting" for f in self._stack) else "target forward"
+            frame = [name, time.perf_counter(), 0.0]
+            self._stack.append(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._stack.pop()
+                elapsed = time.perf_counter() - frame[1]
+                self.totals[name] = self.totals.get(name, 0.0) + elapsed - frame[2]
+                if self._stack:
+                    self._stack[-1][2] += elapsed
+        return timed
+
+    def __enter__(self):
+        for part, owner, attr in self.targets:
+            original = owner.__dict__[attr]
+            self._saved.append((owner, attr, original))
+            setattr(owner, attr, self._wrap(part, original))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attr, original in reversed(self._saved):
+            setattr(owner, attr, original)
+        self._saved.clear()
+
+    def report(self, total: float, steps: int) -> list[str]:
+        """Lines: seconds, share and ms per step of every part, then the share outside the models' forwards."""
+        parts = dict(self.totals, other=total - sum(self.totals.values()))
+        lines = [f"      {name:<15} {sec:7.3f} s {sec / total:6.1%} {1000 * sec / max(steps, 1):7.2f} ms/step"
+                 for name, sec in sorted(parts.items(), key=lambda kv: -kv[1])]
+        outside = 1 - (parts.get("target forward", 0.0) + parts.get("draft forward", 0.0)) / total
+        lines.append(f"      outside the models' forwards: {outside:.1%} of the call ({steps} steps)")
+        return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -116,6 +182,8 @@ def main():
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--profile", action="store_true",
+                   help="then one more specsampler run per B with where its time goes (StepProfile)")
     args = p.parse_args()
     args.dtype = getattr(torch, args.dtype)
     if args.threads:
@@ -161,6 +229,11 @@ def main():
             vs_assist = f"{t_assist / t:10.2f}x" if t_assist else ""
             print(f"{batch:>3} {name:<20} {t:8.2f} {tokens / t:8.1f} {acc:>7} {tpf:>7} {t_plain / t:7.2f}x "
                   f"{vs_assist:>11}")
+        if args.profile:
+            with StepProfile() as prof:
+                t_prof, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args))  # noqa: B023
+            print(f"    where specsampler's time goes (B = {batch}, one more run: {t_prof:.2f} s):")
+            print("\n".join(prof.report(t_prof, out.stats.target_forwards)))
 
 
 if __name__ == "__main__":

@@ -196,21 +196,32 @@ class _Cached:
             raise NotImplementedError("sliding-window attention layers are not supported: a window counts cache "
                                       "slots, and holes would shift it")
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+        # Whether some slot is padding or a hole, known on the host: without any, the model gets no attention mask
+        # and runs its plain causal path (a single row never has holes).
+        self.holes = False
 
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Append [B, T] `tokens` (`valid` [B, T]: 0 marks a hole) to the cache; return their [B, T or 1, V] logits."""
-        valid = valid.to(torch.long)
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, last_only: bool = False,
+                holes: bool | None = None) -> torch.Tensor:
+        """Append [B, T] `tokens` (`valid` [B, T]: 0 marks a hole; None: every token is real) to the cache; return
+        their [B, T or 1, V] logits. `holes`: whether `valid` has a 0, when the caller knows (else it is read)."""
+        if valid is None:
+            valid = torch.ones_like(tokens, dtype=torch.long)
+        else:
+            valid = valid.to(torch.long)
+            self.holes = self.holes or (holes if holes is not None else not bool(valid.all()))  # (prefill: once)
         positions = self.mask.sum(dim=1, keepdim=True) + valid.cumsum(dim=1) - valid
         self.mask = torch.cat([self.mask, valid], dim=1)
         kwargs = {self.cache_arg: self.cache, "use_cache": True}
         if last_only and self.keep_arg:
             kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions, **kwargs)
+        out = self.model(input_ids=tokens, attention_mask=self.mask if self.holes else None, position_ids=positions,
+                         **kwargs)
         return out.logits[:, -1:] if last_only else out.logits
 
-    def keep(self, n: torch.Tensor, width: int, n_max: int) -> None:
+    def keep(self, n: torch.Tensor, width: int, n_max: int, n_min: int) -> None:
         """Of the last `width` slots, keep the first n_b + 1 of row b (`n` [B]; the rest become holes) and crop
-        the slots past the first `n_max` + 1, which no row keeps."""
+        the slots past the first `n_max` + 1, which no row keeps (`n_min`: the fewest any row kept, minus 1)."""
+        self.holes = self.holes or n_min < n_max
         self.mask[:, -width:] = (torch.arange(width, device=self.device)[None, :] <= n[:, None]).to(self.mask.dtype)
         drop = width - min(n_max + 1, width)
         if drop:
@@ -254,6 +265,7 @@ class _DraftModel:
         self.drafts = None  # [B, K] the last proposal
         self.behind = None  # [B] d_K of rows that accepted all K drafts (not in the draft cache), else -1
         self.any_behind = False
+        self.all_behind = False
 
     def prefill(self, prompt: torch.Tensor, mask: torch.Tensor) -> None:
         """Feed [B, P - 1] `prompt` (`mask` [B, P - 1], 0 for padding) to the draft cache."""
@@ -268,12 +280,14 @@ class _DraftModel:
         last = last.to(dev).clamp(max=self.max_id)
         if self.any_behind:
             tokens = torch.stack([self.behind.clamp_min(0), last], dim=1)
-            valid = torch.stack([self.behind >= 0, torch.ones_like(last, dtype=torch.bool)], dim=1)
+            valid = None if self.all_behind else torch.stack(
+                [self.behind >= 0, torch.ones_like(last, dtype=torch.bool)], dim=1)
         else:
-            tokens, valid = last[:, None], torch.ones(last.shape[0], 1, dtype=torch.bool, device=dev)
+            tokens, valid = last[:, None], None
+        holes = valid is not None  # some row is not behind: its first slot is a hole
         drafts, scores = [], []
         for i in range(self.k):
-            logits = self.lm.forward(tokens, valid, last_only=True)[:, -1, :self.vocab].float()
+            logits = self.lm.forward(tokens, valid, last_only=True, holes=holes)[:, -1, :self.vocab].float()
             self.forwards += 1
             if self.warp is None:
                 token = logits.argmax(dim=-1)
@@ -283,7 +297,7 @@ class _DraftModel:
                 token = _sample(logits, self.generator)
             drafts.append(token)
             if i + 1 < self.k:
-                tokens, valid = token[:, None].clamp(max=self.max_id), torch.ones_like(token[:, None], dtype=torch.bool)
+                tokens, valid, holes = token[:, None].clamp(max=self.max_id), None, False
         self.drafts = torch.stack(drafts, dim=1)
         return Proposal(self.drafts, torch.stack(scores, dim=1) if scores else None, [min(self.k, m) for m in limits])
 
@@ -291,10 +305,12 @@ class _DraftModel:
         """Row b accepted `n` [B] of its drafts: holes over the rest of this step's slots, which hold
         [last, d_1..d_{K-1}]; d_K is fed at the next step where all K were accepted."""
         n_max = max(len(tokens) for tokens in accepted) - 1
+        n_min = min(len(tokens) for tokens in accepted) - 1
         n = n.to(self.lm.device)
-        self.lm.keep(n, self.k, n_max)
+        self.lm.keep(n, self.k, n_max, n_min)
         self.behind = torch.where(n == self.k, self.drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
         self.any_behind = n_max == self.k
+        self.all_behind = n_min == self.k
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep the rows `rows` [B'] only (cache, mask, pending d_K)."""
@@ -433,7 +449,7 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
     k = drafts.shape[1]
     drafts = drafts.to(lm.device)
     tokens = torch.cat([last[:, None], drafts], dim=1)
-    logits = lm.forward(tokens, torch.ones_like(tokens)).float()
+    logits = lm.forward(tokens, None).float()
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
     vseed = rng.getrandbits(62)
     if warp is None:
@@ -446,7 +462,7 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
     accepted = [t[:n + 1] for t, n in zip(tok_host, n_host, strict=True)]
     drawn = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0]
     step = _Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device))
-    lm.keep(step.n, step.width, max(n_host))
+    lm.keep(step.n, step.width, max(n_host), min(n_host))
     drafter.accept(step.n, step.accepted)
     return step
 
