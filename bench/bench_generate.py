@@ -74,7 +74,7 @@ def sampling_kwargs(args):
 def run_specsampler(target, drafter, ids, mask, args):
     return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens,
                                 num_draft_tokens=args.k, seed=0, eos_token_id=[], pad_token_id=0,
-                                **sampling_kwargs(args))
+                                num_assistant_tokens_schedule=args.schedule, **sampling_kwargs(args))
 
 
 def run_plain(target, ids, mask, args):
@@ -182,6 +182,8 @@ def main():
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--schedule", default="constant", choices=["constant", "heuristic"],
+                   help="specsampler's draft length: K every step, or adapted per row (transformers' heuristic)")
     p.add_argument("--profile", action="store_true",
                    help="then one more specsampler run per B with where its time goes (StepProfile)")
     args = p.parse_args()

@@ -109,6 +109,22 @@ def test_greedy_matches_target_generate_ragged(pair):
     assert s.target_forwards < 16 and s.tokens_per_forward > 1
 
 
+def test_greedy_heuristic_schedule_matches_target_generate(pair):
+    """Per-row adaptive draft lengths (transformers' "heuristic" schedule) keep greedy output equal to
+    target.generate row by row, and adapt: fewer drafts per step than a constant 6 where drafts are rejected."""
+    target, draft = pair
+    ids, mask = _ragged([9, 4, 1, 7])
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=6, eos_token_id=[],
+                               pad_token_id=0, num_assistant_tokens_schedule="heuristic")
+    _check_rows(target, out, ids, mask, 16)
+    fixed = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=6, eos_token_id=[],
+                                 pad_token_id=0)
+    assert torch.equal(out.sequences, fixed.sequences)
+    assert out.stats.drafted / out.stats.row_steps != fixed.stats.drafted / fixed.stats.row_steps
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
+        specsampler.generate(target, draft, ids, mask, max_new_tokens=2, num_assistant_tokens_schedule="dynamic")
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k):
     """The draft's cache (holes, the d_K fed late, rows leaving) is right iff every step proposes the draft's own
@@ -302,6 +318,7 @@ def _exact_two_tokens(target, prompt, warp):
     ("model", {}),
     ("model", dict(temperature=0.7, top_k=5, top_p=0.8)),
     ("lookup", dict(temperature=1.3, top_p=0.9)),
+    ("model", dict(num_assistant_tokens_schedule="heuristic")),
 ])
 def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     vocab, n = 8, 3000
@@ -311,10 +328,11 @@ def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     # whose continuations the target likes
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
                              pad_token_id=0)
+    schedule = {"num_assistant_tokens_schedule": warp_kw.pop("num_assistant_tokens_schedule", "constant")}
     exact = _exact_two_tokens(target, prompt, lambda x: warp_logits(x, **warp_kw)).flatten()
     # max_new_tokens=3 so that the first step verifies both drafts; the first two new tokens are checked
     out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, num_draft_tokens=2,
-                               do_sample=True, seed=1234, eos_token_id=[], **warp_kw)
+                               do_sample=True, seed=1234, eos_token_id=[], **warp_kw, **schedule)
     new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
     counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
     assert counts[exact == 0].sum() == 0  # nothing the warped target rules out

@@ -262,7 +262,8 @@ class _DraftModel:
         # reports, so verification stays exact
         self.max_id = model.get_input_embeddings().weight.shape[0] - 1
         self.forwards = 0
-        self.drafts = None  # [B, K] the last proposal
+        self.drafts = None  # [B, K'] the last proposal
+        self.k_step = k  # K' of the last proposal
         self.behind = None  # [B] d_K of rows that accepted all K drafts (not in the draft cache), else -1
         self.any_behind = False
         self.all_behind = False
@@ -274,8 +275,9 @@ class _DraftModel:
             self.lm.forward(prompt, mask.to(self.lm.device), last_only=True)
 
     def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
-        """`last` [B] -> drafts [B, K] and their warped scores [B, K, min(Vd, V)] (None when greedy); K_b =
-        min(K, limit_b)."""
+        """`last` [B] -> drafts [B, K'] and their warped scores [B, K', min(Vd, V)] (None when greedy), with
+        K' = min(K, max limit) draft forwards (at least 1) and K_b = min(K', limit_b)."""
+        self.k_step = k = min(self.k, max(1, max(limits)))
         dev = self.lm.device
         last = last.to(dev).clamp(max=self.max_id)
         if self.any_behind:
@@ -286,7 +288,7 @@ class _DraftModel:
             tokens, valid = last[:, None], None
         holes = valid is not None  # some row is not behind: its first slot is a hole
         drafts, scores = [], []
-        for i in range(self.k):
+        for i in range(k):
             logits = self.lm.forward(tokens, valid, last_only=True, holes=holes)[:, -1, :self.vocab].float()
             self.forwards += 1
             if self.warp is None:
@@ -296,21 +298,22 @@ class _DraftModel:
                 scores.append(logits)
                 token = _sample(logits, self.generator)
             drafts.append(token)
-            if i + 1 < self.k:
+            if i + 1 < k:
                 tokens, valid, holes = token[:, None].clamp(max=self.max_id), None, False
         self.drafts = torch.stack(drafts, dim=1)
-        return Proposal(self.drafts, torch.stack(scores, dim=1) if scores else None, [min(self.k, m) for m in limits])
+        return Proposal(self.drafts, torch.stack(scores, dim=1) if scores else None, [min(k, m) for m in limits])
 
     def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
         """Row b accepted `n` [B] of its drafts: holes over the rest of this step's slots, which hold
-        [last, d_1..d_{K-1}]; d_K is fed at the next step where all K were accepted."""
+        [last, d_1..d_{K'-1}]; d_K' is fed at the next step where all K' were accepted."""
+        k = self.k_step
         n_max = max(len(tokens) for tokens in accepted) - 1
         n_min = min(len(tokens) for tokens in accepted) - 1
         n = n.to(self.lm.device)
-        self.lm.keep(n, self.k, n_max, n_min)
-        self.behind = torch.where(n == self.k, self.drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
-        self.any_behind = n_max == self.k
-        self.all_behind = n_min == self.k
+        self.lm.keep(n, k, n_max, n_min)
+        self.behind = torch.where(n == k, self.drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
+        self.any_behind = n_max == k
+        self.all_behind = n_min == k
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep the rows `rows` [B'] only (cache, mask, pending d_K)."""
@@ -332,11 +335,14 @@ class _Rows:
         B lists: the new tokens of every row, running or finished.
     last : torch.Tensor
         [B'] int64 each running row's last token, in neither cache: the first token fed at the next step.
+    k : list of int
+        B': each running row's draft length for the next step.
     """
 
     ids: list[int]
     new: list[list[int]]
     last: torch.Tensor
+    k: list[int]
 
     def budget(self, max_new_tokens: int) -> list[int]:
         """B': how many more tokens each running row may gain."""
@@ -511,12 +517,23 @@ def _commit_rows(rows: _Rows, step: _Step, budget: list[int], eos: list[int], st
     return keep
 
 
+def _adapt_draft_lengths(rows: _Rows, step: _Step, max_k: int) -> None:
+    """transformers' "heuristic" schedule, per row: K_b + 2 (at most `max_k`) after a step that accepted all K_b
+    drafts, K_b - 1 (at least 1) after one that rejected a draft."""
+    for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
+        if len(tokens) - 1 < count:
+            rows.k[i] = max(1, rows.k[i] - 1)
+        elif count == rows.k[i]:
+            rows.k[i] = min(rows.k[i] + 2, max_k)
+
+
 def _evict(rows: _Rows, keep: list[int], lm: _Cached, drafter: Drafter) -> None:
     """Drop the finished rows: keep only the running rows `keep` (indices into them) in `rows`, caches included."""
     if len(keep) == len(rows.ids):
         return
     idx = torch.tensor(keep, dtype=torch.long)
     rows.ids = [rows.ids[i] for i in keep]
+    rows.k = [rows.k[i] for i in keep]
     if rows.ids:
         lm.select(idx)
         rows.last = rows.last[idx.to(rows.last.device)]
@@ -534,7 +551,8 @@ def _sequences(input_ids: torch.Tensor, new: list[list[int]], pad_token_id: int)
 def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int, num_draft_tokens: int = 4, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None, eos_token_id=None,
-             pad_token_id: int | None = None, callback=None) -> GenerateOutput:
+             pad_token_id: int | None = None, callback=None,
+             num_assistant_tokens_schedule: str = "constant") -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
     Parameters
@@ -552,7 +570,8 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
     max_new_tokens : int
         The most new tokens per row.
     num_draft_tokens : int
-        K, drafts per step (the prompt-lookup drafter may propose fewer for a row).
+        K, drafts per step (the prompt-lookup drafter may propose fewer for a row); with the "heuristic" schedule,
+        each row's starting draft length.
     do_sample : bool
         False: greedy (each row equals ``target.generate(row, do_sample=False)``). True: sample from the target's
         distribution warped by temperature, top_k and top_p (applied to target and draft alike).
@@ -567,6 +586,10 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
     callback : callable, optional
         ``callback(row, tokens)`` after every step, for each row that gained tokens: the row's index in `input_ids`
         and its new tokens (a list of ints), e.g. to stream text.
+    num_assistant_tokens_schedule : {"constant", "heuristic"}
+        As transformers' option of that name: "constant" drafts K every step; "heuristic" adapts each row's draft
+        length, + 2 (up to 2K) after a step that accepted all its drafts, - 1 (down to 1) after one that rejected;
+        the draft model then runs as many forwards as the longest row needs. Exactness does not depend on it.
 
     Returns
     -------
@@ -582,6 +605,11 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
         raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
     check_options(max_new_tokens=max_new_tokens, num_draft_tokens=num_draft_tokens, do_sample=do_sample,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if num_assistant_tokens_schedule not in ("constant", "heuristic"):
+        raise ValueError(f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', got "
+                         f"{num_assistant_tokens_schedule!r}")
+    adaptive = num_assistant_tokens_schedule == "heuristic"
+    max_k = 2 * num_draft_tokens if adaptive else num_draft_tokens
     if max_new_tokens < 1:
         return GenerateOutput(input_ids.clone(), GenerationStats())
     attention_mask = _prompt_mask(input_ids, attention_mask)
@@ -590,13 +618,16 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
     warp = None if greedy else (lambda x: warp_logits(x, temperature, top_k, top_p))
     rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ())))
     lm, vocab = _prefill(target, input_ids, attention_mask)
-    drafter = _start_drafter(draft, input_ids, attention_mask, num_draft_tokens, vocab, warp, rng, pad_token_id)
-    rows = _Rows(list(range(input_ids.shape[0])), [[] for _ in range(input_ids.shape[0])],
-                 input_ids[:, -1].to(lm.device))
+    drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, warp, rng, pad_token_id)
+    batch = input_ids.shape[0]
+    rows = _Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device),
+                 [num_draft_tokens] * batch)
     stats = GenerationStats()
     while rows.ids:
         budget = rows.budget(max_new_tokens)
-        step = _step(lm, drafter, rows.last, [b - 1 for b in budget], warp, rng)
+        step = _step(lm, drafter, rows.last, [min(b - 1, k) for b, k in zip(budget, rows.k, strict=True)], warp, rng)
+        if adaptive:
+            _adapt_draft_lengths(rows, step, max_k)
         _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback), lm, drafter)
     stats.draft_forwards = drafter.forwards
     return GenerateOutput(_sequences(input_ids, rows.new, pad_token_id), stats)
