@@ -146,8 +146,12 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, batch=4, k=4, splits=4):
     seed = torch.arange(batch, dtype=torch.int64) if opt.get("row_seed") else 7
     uniforms = torch.zeros(batch, k) if opt.get("given") else None
     noise = torch.ones(batch, vocab) if opt.get("given") else None
-    stats = None if opt.get("probs") else row_stats(scores, draft, ragged, temperature, stats_block_v, splits)
-    verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, race_block_v, splits)
+    out = torch.empty(batch, k + 1, dtype=torch.int64)  # as verify passes it: launch 1 sets it to -1
+    if opt.get("probs"):
+        verify_rows(scores, tokens, draft, ragged, temperature, seed, None, uniforms, noise, race_block_v, splits)
+    else:
+        stats = row_stats(scores, draft, ragged, temperature, stats_block_v, splits, out)
+        verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, race_block_v, splits, out)
 
 
 def _tool(name: str) -> str | None:

@@ -234,6 +234,17 @@ def test_fast_launch_matches_triton_launch(monkeypatch):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.num_accepted, b.num_accepted)
 
 
+@pytest.mark.parametrize("k", [0, 3, 17])
+def test_launch_1_sets_the_tokens_to_minus_one(device, k):
+    """Launch 1 starts the output at -1 (launch 2 writes every row after it): no fill launch of its own; with a
+    float temperature of 0 too, where its grid has no draft rows; for K + 1 past one store's 16 positions."""
+    args = make_case(5, k, 300, seed=k, device=device)
+    for temperature in (1.0, 0.0):
+        tokens = torch.full((5, k + 1), 7, dtype=torch.int64, device=device)
+        kernels.row_stats(args["target_logits"], args["draft_logits"], None, temperature, tokens=tokens)
+        assert bool((tokens == -1).all())
+
+
 def test_outgrown_workspace_is_kept(device):
     """A workspace that a larger batch outgrows stays allocated (a graph captured earlier may point at it), and the
     new one is zero and large enough."""

@@ -76,6 +76,7 @@ LOG2_E = tl.constexpr(1.4426950408889634)
 INT32_MAX = tl.constexpr(2147483647)
 MASS_SCALE = tl.constexpr(1099511627776.0)  # 2**40: the residual mass is summed in fixed point (exact, any order)
 UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2**-24: uniforms are multiples of it
+FILL_BLOCK = tl.constexpr(16)  # token positions set to -1 per store
 RNG_GROUP = tl.constexpr(4)  # vocabulary ids per Philox call (its four 32-bit outputs)
 
 
@@ -194,8 +195,9 @@ def _row_stats_kernel(
     num_draft_ptr,  # [B] int, read when RAGGED
     temp_ptr,  # [B] float32, read when ROW_TEMP
     stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32: max; sum of exp (sampled) or argmax bits
+    out_ptr,  # [B, K+1] int64 contiguous tokens launch 2 writes, set to -1 here when FILL
     B, K, V, Vd, tiles, S1, temperature,
-    BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
+    BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr, FILL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # target rows b*(K+1)+t, then draft rows B*(K+1) + b*K+t
     split = tl.program_id(1).to(tl.int64)
@@ -204,6 +206,11 @@ def _row_stats_kernel(
     t = tl.where(is_draft, (row - B * (K + 1)) % tl.maximum(K, 1), row % (K + 1))
     k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
     temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    if FILL:  # the tokens start at -1 (stream order puts this before launch 2): no launch of a fill of its own
+        if (~is_draft) & (t == 0) & (split == 0):
+            for t0 in range(0, K + 1, FILL_BLOCK):
+                pos = t0 + tl.arange(0, FILL_BLOCK)
+                tl.store(out_ptr + b * (K + 1) + pos, tl.full([FILL_BLOCK], -1, tl.int64), mask=pos <= K)
     tile_lo = split * tiles
     out = stats_ptr + row * stride_sr + split
     if is_draft:
@@ -638,7 +645,7 @@ def _launch_on_current(kernel, grid, key, args, constexprs: dict, num_warps: int
         _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps)
 
 
-def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None):
+def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None, tokens=None):
     """Launch 1: split statistics of every target and draft row a decision needs.
 
     Parameters
@@ -653,6 +660,8 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
         Float, or [B] float32 on the target's device; 0 marks a greedy row.
     block_v, num_splits : int or None
         Tile width and splits per row; None picks them for the device.
+    tokens : torch.Tensor or None
+        [B, K+1] int64 contiguous: the output launch 2 will write, set to -1 here (no fill launch of its own).
 
     Returns
     -------
@@ -675,18 +684,18 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     grid = (batch * k_plus_1 + (batch * k if with_drafts else 0), s1)
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
-    constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp)
+    constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, FILL=tokens is not None)
     t_strides, d_strides = target.stride(), d.stride()
     key = (_row_stats_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
            *_aligned(target, d, nd, temp), *_stride_class(*t_strides, *d_strides))
-    args = (target, *t_strides, d, *d_strides, nd, temp, stats, rows * s1, s1,
+    args = (target, *t_strides, d, *d_strides, nd, temp, stats, rows * s1, s1, tokens if tokens is not None else stats,
             batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature))
     _launch(_row_stats_kernel, grid, key, args, constexprs, num_warps, device)
     return stats, s1
 
 
 def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
-                noise=None, block_v=None, num_splits=None):
+                noise=None, block_v=None, num_splits=None, tokens=None):
     """Launch 2: acceptance, first rejection and the correction or bonus token of every row.
 
     Parameters
@@ -709,6 +718,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         Test hook: [B, K] float32 uniforms and [B, V] float32 positive noise replacing Philox.
     block_v, num_splits : int or None
         Tile width and vocabulary splits per row; None picks them for the device.
+    tokens : torch.Tensor or None
+        [B, K+1] int64 contiguous output already set to -1 (by :func:`row_stats`); None allocates one at -1.
 
     Returns
     -------
@@ -724,7 +735,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         num_splits = 1  # greedy rows only: split 0 writes the row, there is no race to share
     block_v, s2, tiles, num_warps = _launch_config("race", device.type, device.index, batch, vocab, target.itemsize,
                                                    block_v, num_splits)
-    tokens = torch.full((batch, k_plus_1), -1, dtype=torch.int64, device=device)  # a row never written reads -1
+    if tokens is None:
+        tokens = torch.full((batch, k_plus_1), -1, dtype=torch.int64, device=device)  # a row never written reads -1
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     ws = _workspace(device, batch)
     d = draft if draft is not None else target

@@ -237,9 +237,12 @@ def verify_with_hooks(target_logits, draft_tokens, draft_logits=None, *, num_dra
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
                                           seed, uniforms=_uniforms, noise=_noise))
     kernels = _kernels()
-    stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits)
+    batch, k_plus_1, _ = target_logits.shape
+    tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
+    stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits,
+                              tokens)
     return VerifyResult(*kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                             seed, stats, _uniforms, _noise, _block_v, _num_splits))
+                                             seed, stats, _uniforms, _noise, _block_v, _num_splits, tokens))
 
 
 def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
