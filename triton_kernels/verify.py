@@ -45,7 +45,8 @@ Bytes per launch, with s the element size of the scores and S1, S2 the split cou
   fallback); it writes the tokens, 8 * B*(K+2), and touches a workspace of 24 bytes per row with atomics.
 From probabilities there is only launch 2. Nothing of size B*(K+1)*V is allocated; there is no host synchronisation,
 and the workspace is zero again after every launch (and never freed: a captured graph may point at it), so the call
-can be captured in a CUDA graph. The tokens start at -1, so a row that were never written could not look valid.
+can be captured in a CUDA graph. The tokens start at -1 (launch 1 sets them; from probabilities a fill does), so a
+row that were never written could not look valid.
 
 Host side: tile widths and splits per (launch, B, V, dtype, device) come from an H200 sweep (`_launch_config`);
 launches are guarded to the tensors' device, and after a specialisation's first launch through Triton, go straight to
