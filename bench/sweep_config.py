@@ -55,6 +55,11 @@ def launcher(kernels, launch, target, draft, tokens, temperature, seed, stats):
     return run
 
 
+def _median_us(fn, rep_ms: float) -> float:
+    """Median µs of `fn` as a CUDA graph."""
+    return do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1000.0
+
+
 def splits_for(programs_per_sm: int, rows: int, sms: int) -> int:
     return max(1, triton.cdiv(programs_per_sm * sms, rows))
 
@@ -85,10 +90,7 @@ def main(argv=None) -> int:
             label = f"B={batch} {str(dtype)[6:]} {mode}"
             rows1 = batch * (2 * k + 1)
             points = []
-
-            def time_it(fn):
-                return do_bench_cudagraph(fn, rep=args.rep_ms, return_mode="median") * 1000.0  # noqa: B023
-
+            time_it = functools.partial(_median_us, rep_ms=args.rep_ms)
             for launch, widths, rows in (("1", (1024, 2048, 4096), rows1), ("2", (512, 1024, 2048), batch)):
                 stats = kernels.row_stats(target, draft, None, temperature)
                 run = launcher(kernels, launch, target, draft, tokens, temperature, seed, stats)
