@@ -274,3 +274,13 @@ def test_load_baseline(tmp_path):
         load_baseline(str(tmp_path / "empty.py"))
     with pytest.raises(ValueError, match="no such file"):
         load_baseline(str(tmp_path / "missing.py"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_sweep_needs_cuda(capsys):
+    """bench/sweep_config.py (the launch-configuration sweep) says it needs CUDA rather than failing obscurely."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sweep_config
+
+    assert sweep_config.main(["--quick"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
