@@ -76,9 +76,10 @@ def hash_seed(seed: int) -> int:
 
 
 def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    """splitmix64's finaliser on one Python int (the constants of :func:`_mix`, unsigned)."""
+    z = (z + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * (_MIX1 & _MASK64)) & _MASK64
+    z = ((z ^ (z >> 27)) * (_MIX2 & _MASK64)) & _MASK64
     return z ^ (z >> 31)
 
 
