@@ -10,7 +10,7 @@ import torch
 from specsampler.triton_kernels import verify as kernels
 from util import STATS_TOL, check_structure, make_case
 
-from specsampler import torch_backend
+from specsampler import _api, torch_backend
 from specsampler._api import verify_probs_with_hooks, verify_with_hooks
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
@@ -139,6 +139,25 @@ def _from_triton_interpreter():
     return False
 
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+class _Sizes(TorchDispatchMode):
+    """The largest tensor (elements) any torch operation returns inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not _from_triton_interpreter():  # its host copies of the arguments are not the call's allocations
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+        return out
+
+
 def test_kernel_launches_and_allocations(device, monkeypatch):
     """Two launches from logits, one from probabilities; nothing of B*(K+1)*V elements allocated in the call."""
     launches = []
@@ -154,22 +173,7 @@ def test_kernel_launches_and_allocations(device, monkeypatch):
     del args["_uniforms"], args["_noise"]
     kernels._workspace(torch.device(device), 7)  # the workspace is allocated once per device and stream
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Sizes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if not _from_triton_interpreter():  # its host copies of the arguments are not the call's allocations
-                for t in out if isinstance(out, (tuple, list)) else [out]:
-                    if isinstance(t, torch.Tensor):
-                        self.largest = max(self.largest, t.numel())
-            return out
-
-    with Sizes() as sizes:
+    with _Sizes() as sizes:
         verify_with_hooks(**args, seed=0, backend="triton")
     assert launches == [kernels._row_stats_kernel, kernels._verify_kernel]
     assert sizes.largest < 7 * 5 * 1000 // 4
@@ -355,3 +359,120 @@ def test_no_host_sync_and_cuda_graph_capture():
         eager = verify_with_hooks(**args, seed=seed)
         assert torch.equal(out.tokens, eager.tokens)
     assert not torch.equal(outputs[0], outputs[1])
+
+
+# ------------------------------------------------------------------------------------------------------- warpers
+def _tied(batch, rows, vocab, seed):
+    """Integer logits: many ties, at every cut."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-6, 3, (batch, rows, vocab), generator=g).float()
+
+
+# (B, K, V, dtype, case options, warpers): V = 8193 and 50000 exceed the scratch row (2048 candidates), so the search
+# passes over the row before it compacts; top_k = 3000 never fits the scratch row (the search walks V to the end).
+WARP_CASES = [
+    (7, 4, 1000, F32, dict(temperature=0.7), dict(top_k=50, top_p=0.9)),
+    (7, 4, 8193, BF16, dict(ragged=True), dict(top_p=0.95)),
+    (7, 8, 1000, F32, dict(draft_vocab=900, temperature=1.3), dict(min_p=0.1)),
+    (1, 1, 50000, F32, dict(temperature=0.8), dict(top_k=3000, min_p=0.001)),
+    (7, 2, 1000, F16, dict(draft=False), dict(top_k=10, top_p=0.8, min_p=0.05)),
+    (33, 1, 1000, F32, dict(temperature="mixed", ragged=True), "rows"),
+    (7, 4, 1000, F32, dict(temperature=0.9), "tied"),
+]
+
+
+def _warp_kwargs(warp, batch, device):
+    if warp == "rows":  # per-row settings, each off on some rows (0 / 1.0 / 0)
+        g = torch.Generator().manual_seed(batch)
+        top_k = torch.randint(0, 40, (batch,), generator=g)
+        top_k[::4] = 0
+        top_p = torch.rand(batch, generator=g) * 0.5 + 0.5
+        top_p[1::4] = 1.0
+        min_p = torch.rand(batch, generator=g) * 0.2
+        min_p[2::4] = 0.0
+        return dict(top_k=top_k.to(device), top_p=top_p.to(device), min_p=min_p.to(device))
+    if warp == "tied":
+        return dict(top_k=7, top_p=0.6)
+    return warp
+
+
+@pytest.mark.parametrize("case", WARP_CASES, ids=[_ids(c[:5]) + f"-{c[5]}" for c in WARP_CASES])
+def test_kernel_warped_matches_torch_oracle(case, device):
+    batch, k, vocab, dtype, opts, warp = case
+    args = make_case(batch, k, vocab, dtype, seed=batch * 10 + k, device=device, **opts)
+    if warp == "tied":
+        args["target_logits"] = _tied(batch, k + 1, vocab, 1).to(dtype).to(device)
+        args["draft_logits"] = _tied(batch, k, vocab, 2).to(dtype).to(device)
+    args.update(_warp_kwargs(warp, batch, device))
+    kernel = verify_with_hooks(**args, backend="triton", _block_v=1024, _num_splits=3)
+    oracle = verify_with_hooks(**args, backend="torch")
+    check_structure(kernel, args["draft_tokens"], args.get("num_draft_tokens"), vocab)
+    assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
+    assert torch.equal(kernel.num_accepted.cpu(), oracle.num_accepted.cpu())
+
+
+def _cuts(scores, temperature, warp, device):
+    """The kernel's cuts and kept masses for [B, 1, V] scores, and the torch backend's kept sets and masses."""
+    stats = kernels.row_stats(scores, None, None, temperature)
+    batch = scores.shape[0]
+    w = _api._warp(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, scores.device)
+    cuts = kernels.warp_cuts(scores, None, None, temperature, w, stats).cpu()
+    warped = torch_backend.warp_scores(scores, temperature, w)[:, 0].cpu()
+    flat = torch.nan_to_num(scores[:, 0].float().cpu(), nan=float("-inf"), neginf=float("-inf"))
+    m = flat.amax(1)
+    w_all = torch.exp2((flat - m[:, None]) * (torch_backend.LOG2_E / temperature))
+    return cuts, flat, warped > float("-inf"), torch.where(warped > float("-inf"), w_all, 0.0).sum(1)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+@pytest.mark.parametrize("warp", [dict(top_k=5), dict(top_k=2500), dict(top_p=0.5), dict(top_p=0.999), dict(top_p=0.0),
+                                  dict(min_p=0.3), dict(min_p=1.0), dict(top_k=9, top_p=0.7, min_p=0.01)],
+                         ids=lambda w: "-".join(f"{a}={b}" for a, b in w.items()))
+def test_warp_cuts_against_torch(warp, dtype, device):
+    """Kept sets equal to the torch backend's (tie rule included) and kept masses within rounding, on rows of random
+    logits, of ties (integers), one value everywhere, -0.0 beside 0.0, and a row of -inf and NaN."""
+    vocab = 4099
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randn(vocab, generator=g) * 3, torch.randn(vocab, generator=g) * 0.1,
+            torch.randint(-4, 2, (vocab,), generator=g).float(), torch.full((vocab,), 1.5),
+            torch.where(torch.arange(vocab) % 2 == 0, 0.0, -0.0), torch.where(torch.arange(vocab) < 3, float("nan"),
+                                                                              float("-inf"))]
+    scores = torch.stack(rows)[:, None, :].to(dtype).to(device)
+    cuts, flat, kept, mass = _cuts(scores, 0.8, warp, device)
+    assert torch.equal(flat >= cuts[0][:, None], kept | (flat == float("-inf")) & (cuts[0][:, None] == float("-inf")))
+    live = flat.amax(1) > float("-inf")
+    torch.testing.assert_close(cuts[1][live], mass[live], rtol=2e-5, atol=0)
+
+
+def test_kernel_sample_matches_torch(device):
+    """sample(): the bonus draw of a zero-draft verification, with warpers and greedy rows, token for token."""
+    g = torch.Generator().manual_seed(8)
+    logits = (torch.randn(9, 3000, generator=g) * 2).to(device)
+    noise = torch.empty(9, 3000).exponential_(generator=g).to(device)
+    temperature = torch.tensor([0.7, 0.0, 1.2, 0.7, 0.7, 0.0, 2.0, 0.5, 1.0], device=device)
+    for warp in (dict(), dict(top_k=40, top_p=0.9), dict(min_p=0.05, top_p=0.95)):
+        got = _api.sample_with_hooks(logits, temperature=temperature, _noise=noise, backend="triton", **warp)
+        want = _api.sample_with_hooks(logits, temperature=temperature, _noise=noise, backend="torch", **warp)
+        assert torch.equal(got.cpu(), want.cpu())
+        greedy = (temperature == 0).cpu()
+        assert torch.equal(got.cpu()[greedy], logits.cpu().argmax(1)[greedy])
+
+
+def test_warped_kernel_launches_and_allocations(device, monkeypatch):
+    """Three launches with warpers; nothing of B*(K+1)*V elements allocated (the scratch rows are 2048 wide)."""
+    launches = []
+    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
+    for kernel in (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel):
+        run = kernel.run
+        def counted(*a, _run=run, _kernel=kernel, **kw):
+            launches.append(_kernel)
+            return _run(*a, **kw)
+
+        monkeypatch.setattr(kernel, "run", counted)
+    args = make_case(3, 4, 20000, seed=1, device=device)
+    del args["_uniforms"], args["_noise"]
+    kernels._workspace(torch.device(device), 3)
+    with _Sizes() as sizes:
+        verify_with_hooks(**args, seed=0, backend="triton", top_k=50, top_p=0.9)
+    assert launches == [kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel]
+    assert sizes.largest <= 3 * 9 * 2048 < 3 * 5 * 20000 // 4

@@ -224,6 +224,187 @@ def _row_stats_kernel(
                          stride_sp, BLOCK_V)
 
 
+# ------------------------------------------------------------------------------------------------- warpers' cut
+# Launch 1.5, ``_warp_cut_kernel``: one program per row finds the row's cut (keep logits >= cut) and the mass kept.
+# Logits are compared as int32 keys that order like the floats (-0.0 as 0.0), so a cut is always one of the row's own
+# values and every tie with it is kept. A search keeps a bracket of keys [lo, hi) with H(lo) >= goal > H(hi), H(v) the
+# count (top-k) or the mass (top-p) of the logits with key >= v, and narrows it by counting at PIVOTS pivots per pass:
+# the first pass at fixed ratios to the row max (w = 2**-e), then evenly in key space. Once at most CANDIDATES logits
+# lie at or above lo, one more pass copies them to a scratch row and the rest of the search walks that instead of V.
+PIVOTS = tl.constexpr(16)  # pivots per pass of the search
+CANDIDATES = tl.constexpr(2048)  # the scratch row's length
+KEY_NEG_INF = tl.constexpr(-2139095041)  # the key of -inf (0xff800000 ^ 0x7fffffff, signed): below every logit
+
+
+@triton.jit
+def _key(x):
+    """float32 -> int32 with the same order (-0.0 and 0.0 both 0)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return tl.where(x == 0.0, 0, bits ^ ((bits >> 31) & INT32_MAX))
+
+
+@triton.jit
+def _value(key):
+    """The float32 of a key (the inverse of :func:`_key`)."""
+    return (key ^ ((key >> 31) & INT32_MAX)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pivots(lo, hi, m, scale, first):
+    """PIVOTS ascending keys in [lo + 1, hi - 1] (hi - lo >= 2): at w = 2**-e, e = (15 - j)**2 / 8 (e from 28 to 0)
+    below the max on the first pass, else evenly spaced."""
+    j = tl.arange(0, PIVOTS)
+    i = j * -1 + (PIVOTS - 1)  # (tensor first: the interpreter)
+    e = (i * i).to(tl.float32) * 0.125
+    by_value = _key(m - e / scale).to(tl.int64)
+    span = hi.to(tl.int64) - lo
+    even = lo + (span * (j + 1)) // (PIVOTS + 1)
+    piv = tl.where(_splat(first, j), by_value, even)
+    return tl.minimum(tl.maximum(piv, lo + 1), hi - 1).to(tl.int32)
+
+
+@triton.jit
+def _pivot_pass(src, stride, n, piv, m, scale, BLOCK: tl.constexpr):
+    """([PIVOTS] count, [PIVOTS] mass) of the logits src[0:n] with key >= each pivot; w = exp2((l - m) * scale).
+    Per-lane accumulators, one reduction after the loop."""
+    lanes = tl.arange(0, BLOCK)
+    cnt = tl.zeros([PIVOTS, BLOCK], tl.int32)
+    mass = tl.zeros([PIVOTS, BLOCK], tl.float32)
+    for start in range(0, n, BLOCK):
+        offs = start + lanes
+        x = _finite_logits(tl.load(src + offs * stride, mask=offs < n, other=-float("inf")))
+        ge = _key(x)[None, :] >= piv[:, None]  # padding (-inf) is below every pivot
+        cnt += ge.to(tl.int32)
+        mass += tl.where(ge, tl.exp2((x - m) * scale)[None, :], 0.0)
+    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1)
+
+
+@triton.jit
+def _compact(src, stride, n, lo, dst, BLOCK: tl.constexpr):
+    """Copy the logits of src[0:n] with key >= lo to dst (in order); returns how many."""
+    lanes = tl.arange(0, BLOCK)
+    count = tl.sum(lanes * 0, axis=0)
+    for start in range(0, n, BLOCK):
+        offs = start + lanes
+        x = _finite_logits(tl.load(src + offs * stride, mask=offs < n, other=-float("inf")))
+        keep = (offs < n) & (_key(x) >= lo)
+        flags = keep.to(tl.int32)
+        tl.store(dst + count + tl.cumsum(flags, axis=0) - 1, x, mask=keep)
+        count += tl.sum(flags, axis=0)
+    return count
+
+
+@triton.jit
+def _search(row, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_scratch, first, goal, m, scale,
+            BY_MASS: tl.constexpr, BLOCK: tl.constexpr):
+    """Narrow [lo, hi) until hi = lo + 1: lo is then the largest key with H(lo) >= goal (H the count, or the mass
+    when BY_MASS), and cnt_lo / mass_lo the count and mass at or above it. The row's candidates move to `scratch` as
+    soon as there are at most CANDIDATES of them."""
+    while hi - lo > 1:
+        if (in_scratch == 0) & (cnt_lo <= CANDIDATES):
+            n_scratch = _compact(row, stride_v, n, lo, scratch, BLOCK)
+            in_scratch = n_scratch * 0 + 1
+        piv = _pivots(lo, hi, m, scale, first)
+        first = first & False
+        if in_scratch != 0:
+            cnt, mass = _pivot_pass(scratch, 1, n_scratch, piv, m, scale, BLOCK)
+        else:
+            cnt, mass = _pivot_pass(row, stride_v, n, piv, m, scale, BLOCK)
+        if BY_MASS:
+            ok = mass >= goal
+        else:
+            ok = cnt.to(tl.float32) >= goal
+        new_lo = tl.max(tl.where(ok, piv, KEY_NEG_INF), axis=0).to(tl.int64)
+        if new_lo > lo:  # (H is non-increasing: ok holds on a prefix of the pivots)
+            at = ok & (piv == new_lo)
+            cnt_lo = tl.max(tl.where(at, cnt, 0), axis=0)
+            mass_lo = tl.max(tl.where(at, mass, 0.0), axis=0)
+            lo = new_lo
+        hi = tl.minimum(hi, tl.min(tl.where(ok, INT32_MAX, piv), axis=0).to(tl.int64))
+    return lo, cnt_lo, mass_lo, in_scratch, n_scratch, first
+
+
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "S1", "temperature", "top_k", "top_p", "min_offset",
+                               "stride_sp", "stride_sr", "stride_cp", "stride_scratch"])
+def _warp_cut_kernel(
+    target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits
+    draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] logits (the target when there are none; never read then)
+    num_draft_ptr,  # [B] int, read when RAGGED
+    temp_ptr,  # [B] float32, read when ROW_TEMP
+    top_k_ptr, top_p_ptr, min_offset_ptr,  # [B] int64, float32, float32, read when ROW_WARP
+    stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32 launch 1's split statistics
+    cut_ptr, stride_cp,  # [2, B*(K+1) + B*K] float32 out: each row's cut, and the mass kept (relative to its max)
+    scratch_ptr, stride_scratch,  # [B*(K+1) + B*K, min(CANDIDATES, V)] float32 scratch rows
+    B, K, V, Vd, S1, temperature, top_k, top_p, min_offset,
+    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
+    ROW_WARP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # the rows of launch 1
+    is_draft = row >= B * (K + 1)
+    b = tl.where(is_draft, (row - B * (K + 1)) // tl.maximum(K, 1), row // (K + 1))
+    t = tl.where(is_draft, (row - B * (K + 1)) % tl.maximum(K, 1), row % (K + 1))
+    k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
+    temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    if ROW_WARP:
+        k = tl.load(top_k_ptr + b)
+        top_p = tl.load(top_p_ptr + b)
+        min_offset = tl.load(min_offset_ptr + b)
+    else:
+        k = top_k
+    if is_draft:
+        src = draft_ptr + b * stride_db + t * stride_dt
+        stride_v = stride_dv
+        n = Vd
+        needed = t < k_b
+    else:
+        src = target_ptr + b * stride_tb + t * stride_tt
+        stride_v = stride_tv
+        n = V
+        needed = t <= k_b
+    # The row's max and sum of exp from its split statistics (as launch 2 combines them).
+    s = tl.arange(0, BLOCK_S)
+    m_s = tl.load(stats_ptr + row * stride_sr + s, mask=(s < S1) & _splat(needed, s), other=-float("inf"))
+    z_s = tl.load(stats_ptr + stride_sp + row * stride_sr + s, mask=(s < S1) & _splat(needed, s), other=0.0)
+    m = tl.max(m_s, axis=0)
+    m_safe = tl.where(m == -float("inf"), 0.0, m)
+    z = tl.sum(z_s * tl.exp2((m_s - m_safe) * scale), axis=0)
+    cut = -float("inf")
+    kept = tl.where(z > 0.0, z, 1.0)
+    if needed & (temp != 0.0) & (m > -float("inf")):
+        # Stage 1, top-k: the k-th largest logit (goal: a count of k). Stage 2, top-p: the largest logit whose mass
+        # at or above it reaches top_p times the mass top-k kept. Each stage starts from the last one's lo.
+        lo = tl.cast(KEY_NEG_INF, tl.int64)  # the bracket in int64: hi - lo exceeds 32 bits
+        cnt_lo = n
+        mass_lo = z
+        in_scratch = n * 0
+        n_scratch = n * 0
+        first = temp == temp
+        scratch = scratch_ptr + row * stride_scratch  # (a compacted row holds at most min(CANDIDATES, n) logits)
+        hi = _key(m).to(tl.int64) + 1
+        if (k > 0) & (k < n):
+            lo, cnt_lo, mass_lo, in_scratch, n_scratch, first = _search(
+                src, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_scratch, first,
+                k.to(tl.float32), m, scale, False, BLOCK)
+        if top_p < 1.0:
+            lo, cnt_lo, mass_lo, in_scratch, n_scratch, first = _search(
+                src, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_scratch, first,
+                top_p * mass_lo, m, scale, True, BLOCK)
+        cut = _value(lo.to(tl.int32))
+        kept = mass_lo
+        # Stage 3, min-p: a cut at max + T ln(min_p); its mass needs one more pass when it is the highest cut.
+        cut_m = m + min_offset
+        if cut_m > cut:
+            piv = tl.full([PIVOTS], 0, tl.int32) + _key(cut_m)
+            if in_scratch != 0:
+                _, mass = _pivot_pass(scratch, 1, n_scratch, piv, m, scale, BLOCK)
+            else:
+                _, mass = _pivot_pass(src, stride_v, n, piv, m, scale, BLOCK)
+            cut = cut_m
+            kept = tl.max(mass, axis=0)
+    tl.store(cut_ptr + row, cut)
+    tl.store(cut_ptr + stride_cp + row, kept)
+
+
 @triton.jit
 def _combine_stats(stats_ptr, stride_sp, stride_sr, rows, row_mask, S1, scale, BLOCK_S: tl.constexpr):
     """Row max (0 when -inf), sum of exponentials (1 when 0) and argmax (greedy rows) from the split statistics."""
@@ -249,15 +430,18 @@ def _to_uniform(bits, OPEN: tl.constexpr):
 
 
 @triton.jit
-def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, FROM_PROBS: tl.constexpr):
-    """p (or q) at `offs` of one row: exp2((l - m) * scale) / z from logits, or the probabilities clamped to [0, 1]
-    (NaN -> 0). 0 where `mask` is off."""
+def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, cut, FROM_PROBS: tl.constexpr, WARP: tl.constexpr):
+    """p (or q) at `offs` of one row: exp2((l - m) * scale) / z from logits (0 below the warpers' `cut` when WARP), or
+    the probabilities clamped to [0, 1] (NaN -> 0). 0 where `mask` is off."""
     if FROM_PROBS:
         x = tl.load(row_ptr + offs * stride_v, mask=mask, other=0.0).to(tl.float32)
         return tl.minimum(tl.where(x > 0.0, x, 0.0), 1.0)
     else:
         x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")))
-        return tl.exp2((x - m) * scale) * (1.0 / z)
+        prob = tl.exp2((x - m) * scale) * (1.0 / z)
+        if WARP:
+            prob = tl.where(x >= cut, prob, 0.0)
+        return prob
 
 
 @triton.jit
@@ -281,18 +465,21 @@ def _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, 
 
 @triton.jit
 def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
-                   uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr,
+                   uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp,
                    b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key,
                    BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
-                   GIVEN_RANDOM: tl.constexpr):
+                   GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
     """n = the first rejected position (K_b if none), row n's statistics, x_n, and whether q_n is one-hot at x_n:
-    (n, m_p, z_p, argmax p, m_q, z_q, x_n, one_hot_n)."""
+    (n, m_p, z_p, cut_p, argmax p, m_q, z_q, cut_q, x_n, one_hot_n). With WARP the sums and cuts are the warped
+    rows' (from :func:`_warp_cut_kernel`)."""
     n = k_b
     m_p = 0.0
     z_p = 1.0
+    cut_p = -float("inf")
     arg_p = b * 0
     m_q = 0.0
     z_q = 1.0
+    cut_q = -float("inf")
     x_n = b * 0 - 1
     one_hot_n = b * 0
     for t0 in range(0, K + 1, BLOCK_K):
@@ -313,10 +500,21 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
                                              BLOCK_S)
             mq_t, zq_t, _ = _combine_stats(stats_ptr, stride_sp, stride_sr, B * (K + 1) + b * K + t, decide & sampled,
                                            S1, scale, BLOCK_S)
-        p_x = _load_probs(t_row + t * stride_tt, x, stride_tv, gather, m_t, z_t, scale, FROM_PROBS)
+        ct_t = tl.full([BLOCK_K], -float("inf"), tl.float32)
+        cq_t = ct_t
+        if WARP:  # the warped rows' cuts and sums (written for every row of the cut launch's grid)
+            rows_p = b * (K + 1) + t
+            rows_q = B * (K + 1) + b * K + t
+            warped_p = (t <= k_b) & sampled
+            warped_q = decide & sampled & HAS_DRAFT
+            ct_t = tl.load(cut_ptr + rows_p, mask=warped_p, other=-float("inf"))
+            z_t = tl.where(warped_p, tl.load(cut_ptr + stride_cp + rows_p, mask=warped_p, other=1.0), z_t)
+            cq_t = tl.load(cut_ptr + rows_q, mask=warped_q, other=-float("inf"))
+            zq_t = tl.where(warped_q, tl.load(cut_ptr + stride_cp + rows_q, mask=warped_q, other=1.0), zq_t)
+        p_x = _load_probs(t_row + t * stride_tt, x, stride_tv, gather, m_t, z_t, scale, ct_t, FROM_PROBS, WARP)
         if HAS_DRAFT:
             q_x = tl.where(gather_q, _load_probs(d_row + t * stride_dt, x, stride_dv, gather_q, mq_t, zq_t, scale,
-                                                 FROM_PROBS), 0.0)
+                                                 cq_t, FROM_PROBS, WARP), 0.0)
             # A draft that gives its own token no probability (-inf or NaN logits there, an id past its vocabulary)
             # is one-hot at x: accepted with probability p(x), the correction from p without x (exact for any x).
             one_hot_t = gather & ~(q_x > 0.0)
@@ -336,12 +534,14 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
         if tl.sum(here.to(tl.int32), axis=0) > 0:
             m_p = tl.sum(tl.where(here, m_t, 0.0), axis=0)
             z_p = tl.sum(tl.where(here, z_t, 0.0), axis=0)
+            cut_p = tl.max(tl.where(here, ct_t, -float("inf")), axis=0)
             arg_p = tl.sum(tl.where(here, arg_t, 0), axis=0)
             m_q = tl.sum(tl.where(here, mq_t, 0.0), axis=0)
             z_q = tl.sum(tl.where(here, zq_t, 0.0), axis=0)
+            cut_q = tl.max(tl.where(here, cq_t, -float("inf")), axis=0)
             x_n = tl.sum(tl.where(here, x, 0), axis=0)
             one_hot_n = tl.sum(tl.where(here & one_hot_t, 1, 0), axis=0).to(tl.int64)
-    return n, m_p, z_p, arg_p, m_q, z_q, x_n, one_hot_n
+    return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n
 
 
 # What a race draws from: the residual max(0, p - q), p alone, or uniform.
@@ -351,18 +551,20 @@ RACE_UNIFORM = tl.constexpr(2)
 
 
 @triton.jit
-def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, q_full, q_one_hot, x_n, Vd, m_p, z_p, m_q, z_q, scale,
-               DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr):
+def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, q_full, q_one_hot, x_n, Vd, m_p, z_p, cut_p, m_q, z_q,
+               cut_q, scale, DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+               WARP: tl.constexpr):
     """The raced distribution at `offs`, unnormalised: max(0, p - q), p, or 1; 0 where `mask` is off. q is the draft's
     row where `q_full`, one-hot at x_n where `q_one_hot` (tensors of one value each), else 0 (the bonus row)."""
     if DIST == RACE_UNIFORM:
         return tl.where(mask, 1.0, 0.0)
-    p = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, FROM_PROBS)
+    p = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, cut_p, FROM_PROBS, WARP)
     if DIST == RACE_RESIDUAL:
         q = tl.where((offs == x_n) & q_one_hot, 1.0, 0.0)
         if HAS_DRAFT:
             q_mask = mask & (offs < Vd) & q_full
-            q += tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, FROM_PROBS), 0.0)
+            q += tl.where(q_mask, _load_probs(d_row, offs, stride_dv, q_mask, m_q, z_q, scale, cut_q, FROM_PROBS, WARP),
+                          0.0)
         p = tl.maximum(p - q, 0.0)
     return tl.where(mask, p, 0.0)
 
@@ -377,8 +579,8 @@ def _race_step(best, arg, mass, dist, e, offs, mask):
 
 @triton.jit
 def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, one_hot_n, m_p, z_p,
-          m_q, z_q, scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr,
-          HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr):
+          cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr,
+          FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
     """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
 
     A tile is four interleaved lane sets of BLOCK_V / 4 lanes: lane i of set j holds id start + 4i + j, so one Philox
@@ -410,13 +612,13 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
         offs2 = offs0 + 2
         offs3 = offs0 + 3
         d0 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs0, offs0 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         d1 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs1, offs1 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         d2 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs2, offs2 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         d3 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs3, offs3 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, m_q, z_q, scale, DIST, FROM_PROBS, HAS_DRAFT)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         if GIVEN_RANDOM:
             e0 = tl.load(noise_row + offs0 * stride_ev, mask=offs0 < hi, other=1.0)
             e1 = tl.load(noise_row + offs1 * stride_ev, mask=offs1 < hi, other=1.0)
@@ -445,7 +647,7 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
 
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed",
                                "stride_xb", "stride_xt", "stride_ub", "stride_ut", "stride_eb", "stride_ev",
-                               "stride_sp", "stride_sr", "stride_ob", "stride_ot"])
+                               "stride_sp", "stride_sr", "stride_cp", "stride_ob", "stride_ot"])
 def _verify_kernel(
     target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] like the target, read when HAS_DRAFT
@@ -456,13 +658,14 @@ def _verify_kernel(
     uniform_ptr, stride_ub, stride_ut,  # [B, K] float32 acceptance uniforms, read when GIVEN_RANDOM
     noise_ptr, stride_eb, stride_ev,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
     stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32 split statistics, read unless FROM_PROBS
+    cut_ptr, stride_cp,  # [2, B*(K+1) + B*K] float32 warped rows' cuts and sums (contiguous rows), read when WARP
     ws_ptr,  # [>= B, 3] int64 workspace (best packed key, residual mass in 2**-40, programs done), zero between
     out_ptr, stride_ob, stride_ot,  # [B, K+1] int64 tokens
     nacc_ptr,  # [B] int64 number accepted
     B, K, V, Vd, tiles, S1, S2, temperature, seed,
     EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
-    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
+    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -479,10 +682,10 @@ def _verify_kernel(
     d_row = draft_ptr + b * stride_db
 
     # 1. Acceptance: n, and the statistics of row n.
-    n, m_p, z_p, arg_p, m_q, z_q, x_n, one_hot_n = _accept_prefix(
+    n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_prefix(
         t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
-        uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, b, B, K, V, Vd, S1, k_b, greedy, scale,
-        seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
+        uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1,
+        k_b, greedy, scale, seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
     if greedy:
         if split == 0:
             _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
@@ -495,8 +698,8 @@ def _verify_kernel(
         q_row = d_row + n * stride_dt
         noise_row = noise_ptr + b * stride_eb
         key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n,
-                               one_hot_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_RESIDUAL, BLOCK_V,
-                               FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
+                               one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, RACE_RESIDUAL,
+                               BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
 
         # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
         ws = ws_ptr + b * 3
@@ -513,13 +716,13 @@ def _verify_kernel(
             next_token = ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
             if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
                 _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n, k_b,
-                                          x_n, one_hot_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key, RACE_P, BLOCK_V,
-                                          FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
+                                          x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key,
+                                          RACE_P, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
                 next_token = from_p.to(tl.int64)
                 if mass_p <= 0.0:
                     _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n,
-                                             k_b, x_n, one_hot_n, m_p, z_p, m_q, z_q, scale, seed_b, row_key,
-                                             RACE_UNIFORM, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM)
+                                             k_b, x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b,
+                                             row_key, RACE_UNIFORM, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
                     next_token = uniform_id.to(tl.int64)
             next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
             _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,
@@ -695,8 +898,63 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     return stats, s1
 
 
+def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
+    """Launch 1.5: every warped row's cut (the row keeps its logits >= cut) and the mass it keeps.
+
+    Parameters
+    ----------
+    target, draft, num_draft_tokens, temperature
+        As in :func:`row_stats`.
+    warp : specsampler.torch_backend.Warp
+        top_k (int or [B] int64), top_p (float or [B] float32), min_offset (float or [B] float32: T ln(min_p)).
+    stats : tuple
+        The output of :func:`row_stats`.
+
+    Returns
+    -------
+    torch.Tensor
+        [2, R] float32, R = B*(K+1) + B*K: [0] the cuts (-inf: nothing removed), [1] the sums of
+        exp((l - max) / T) over the kept logits; rows of launch 1's grid only.
+    """
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    vd = draft.shape[2] if draft is not None else 0
+    rows = batch * k_plus_1 + batch * k
+    device = target.device
+    stats_t, s1 = stats
+    cuts = torch.empty(2, rows, dtype=torch.float32, device=device)
+    row_temp = isinstance(temperature, torch.Tensor)
+    with_drafts = draft is not None and (row_temp or temperature != 0.0)
+    grid_rows = batch * k_plus_1 + (batch * k if with_drafts else 0)
+    scratch = torch.empty(grid_rows, min(CANDIDATES.value, vocab), dtype=torch.float32, device=device)
+    row_warp = any(isinstance(v, torch.Tensor) for v in warp)
+    if row_warp:
+        top_k, top_p, min_offset = (v if isinstance(v, torch.Tensor) else torch.full(
+            (batch,), v, dtype=dtype, device=device) for v, dtype in zip(warp, (torch.int64, torch.float32,
+                                                                              torch.float32), strict=True))
+        scalars = (0, 1.0, 0.0)
+    else:
+        top_k = top_p = min_offset = target
+        scalars = (int(warp.top_k), float(warp.top_p), float(warp.min_offset))
+    d = draft if draft is not None else target
+    nd = num_draft_tokens if num_draft_tokens is not None else target
+    temp = temperature if row_temp else target
+    block = 256 if device.type == "cuda" else 4096
+    constexprs = dict(BLOCK=block, BLOCK_S=BLOCK_S, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
+                      ROW_WARP=row_warp)
+    t_strides, d_strides = target.stride(), d.stride()
+    key = (_warp_cut_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
+           *_aligned(target, d, nd, temp, top_k, top_p, min_offset, stats_t, cuts, scratch),
+           *_stride_class(*t_strides, *d_strides))
+    args = (target, *t_strides, d, *d_strides, nd, temp, top_k, top_p, min_offset, stats_t, *stats_t.stride()[:2],
+            cuts, cuts.stride(0), scratch, scratch.stride(0), batch, k, vocab, vd, s1,
+            0.0 if row_temp else float(temperature), *scalars)
+    _launch(_warp_cut_kernel, (grid_rows, 1), key, args, constexprs, 8, device)
+    return cuts
+
+
 def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
-                noise=None, block_v=None, num_splits=None, tokens=None):
+                noise=None, block_v=None, num_splits=None, tokens=None, cuts=None):
     """Launch 2: acceptance, first rejection and the correction or bonus token of every row.
 
     Parameters
@@ -721,6 +979,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         Tile width and vocabulary splits per row; None picks them for the device.
     tokens : torch.Tensor or None
         [B, K+1] int64 contiguous output already set to -1 (by :func:`row_stats`); None allocates one at -1.
+    cuts : torch.Tensor or None
+        The output of :func:`warp_cuts` when the rows are warped.
 
     Returns
     -------
@@ -754,12 +1014,14 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     seeds = seed if row_seed else target
     constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
                       HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
-                      ROW_SEED=row_seed, GIVEN_RANDOM=given)
+                      ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None)
+    c = cuts if cuts is not None else stats_t
     t_strides, d_strides = target.stride(), d.stride()
     key = (_verify_kernel, device.index, target.dtype, d.dtype, draft_tokens.dtype, nd.dtype, *constexprs.values(),
-           *_aligned(target, d, draft_tokens, nd, temp, seeds, u, e, stats_t), *_stride_class(*t_strides, *d_strides))
+           *_aligned(target, d, draft_tokens, nd, temp, seeds, u, e, stats_t, c),
+           *_stride_class(*t_strides, *d_strides))
     args = (target, *t_strides, d, *d_strides, draft_tokens, *draft_tokens.stride(), nd, temp, seeds,
-            u, *u.stride()[:2], e, *e.stride()[:2], stats_t, *stats_t.stride()[:2],
+            u, *u.stride()[:2], e, *e.stride()[:2], stats_t, *stats_t.stride()[:2], c, c.stride(0),
             ws, tokens, k_plus_1, 1, num_accepted,
             batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
             0 if row_seed else _seed_arg(seed))

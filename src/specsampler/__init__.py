@@ -1,6 +1,6 @@
 """specsampler: exact, fused speculative-decoding verification for PyTorch, and batched speculative generation."""
 
-from ._api import VerifyResult, verify, verify_probs
+from ._api import VerifyResult, sample, verify, verify_probs
 from ._generate import GenerateOutput, GenerationStats, generate
 from .drafters import PromptLookupDrafter
 from .hf import patch_transformers, patched_transformers, speculative_generate, unpatch_transformers
@@ -15,6 +15,7 @@ __all__ = [
     "generate",
     "patch_transformers",
     "patched_transformers",
+    "sample",
     "speculative_generate",
     "unpatch_transformers",
     "verify",

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from .torch_backend import GREEDY_BELOW, hash_seed, verify_torch
+from .torch_backend import GREEDY_BELOW, Warp, hash_seed, verify_torch
 
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKEN_DTYPES = (torch.int32, torch.int64)
@@ -113,8 +113,47 @@ def _seed(seed, generator, batch: int, device: torch.device):
     raise TypeError(f"seed must be None, an integer or a [B] int64 tensor, got {type(seed).__name__}")
 
 
+def _warp_option(name: str, value, batch: int, device: torch.device, integral: bool, off):
+    """One warper as a number or a [B] tensor (None: `off`), range-checked where that needs no host synchronisation."""
+    if value is None:
+        return off
+    if isinstance(value, torch.Tensor):
+        dtypes = _TOKEN_DTYPES if integral else _SCORE_DTYPES
+        value = _row_tensor(name, value, batch, device, dtypes).to(torch.int64 if integral else torch.float32)
+        bad = (value < 0) if integral else ~((value >= 0) & (value <= 1))
+        if device.type == "cpu" and bool(bad.any()):
+            raise ValueError(f"{name} must be {'>= 0' if integral else 'in [0, 1]'}, got {value.tolist()}")
+        return value
+    if integral:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be None, an integer >= 0 (0: off) or a [B] tensor, got {value!r}")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be None, a number in [0, 1] or a [B] tensor, got {value!r}")
+    return float(value)
+
+
+def _warp(top_k, top_p, min_p, temperature, batch: int, device: torch.device) -> Warp | None:
+    """The warpers as the backends take them; None when all three are off for every row."""
+    top_k = _warp_option("top_k", top_k, batch, device, True, 0)
+    top_p = _warp_option("top_p", top_p, batch, device, False, 1.0)
+    min_p = _warp_option("min_p", min_p, batch, device, False, 0.0)
+    if not isinstance(top_k, torch.Tensor) and not isinstance(top_p, torch.Tensor) and \
+            not isinstance(min_p, torch.Tensor) and top_k == 0 and top_p == 1.0 and min_p == 0.0:
+        return None
+    # The min-p cut is max + T * ln(min_p), compared in float32 by both backends: the offset is computed once, here.
+    if isinstance(min_p, torch.Tensor) or isinstance(temperature, torch.Tensor):
+        min_p = torch.as_tensor(min_p, dtype=torch.float32, device=device)
+        offset = torch.where(min_p > 0, temperature * torch.log(min_p), float("-inf")).float()
+        offset = offset.expand(batch).contiguous()
+    else:
+        offset = float(torch.tensor(temperature * math.log(min_p), dtype=torch.float32)) if min_p > 0 and \
+            temperature > 0 else float("-inf")
+    return Warp(top_k, top_p, offset)
+
+
 def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise,
-             generator=None):
+             generator=None, top_k=None, top_p=None, min_p=None):
     """Validate metadata (no host synchronisation on CUDA) and normalise the arguments; `names` are the two score
     arguments' names."""
     target_name, draft_name = names
@@ -167,18 +206,20 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
         _check_device(name, hook, device)
     if (uniforms is None) != (noise is None):
         raise ValueError(f"{'_noise' if noise is None else '_uniforms'} is missing: _uniforms and _noise go together")
-    return num_draft_tokens, temperature, seed, _pick_backend(backend, device)
+    warp = _warp(top_k, top_p, min_p, temperature, batch, device)
+    return num_draft_tokens, temperature, seed, _pick_backend(backend, device), warp
 
 
-def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, seed=None,
-           generator=None, backend="auto") -> VerifyResult:
+def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
+           top_p=None, min_p=None, seed=None, generator=None, backend="auto") -> VerifyResult:
     """Verify K drafted tokens per row against the target model: the speculative-decoding acceptance step.
 
     Draft token x_t is accepted iff u_t * q_t(x_t) < p_t(x_t), u_t ~ U[0, 1), with p_t = softmax(target_logits[b, t]
-    / T_b) and q_t likewise from `draft_logits`. At the first rejection n < K_b one correction token is drawn from
-    norm(max(0, p_n - q_n)) (from p_n when that has no mass); when all K_b drafts are accepted a bonus token is drawn
-    from p_{K_b}. The emitted tokens follow p exactly. Rows with T_b = 0 are greedy: drafts are accepted while they
-    equal argmax p_t (lowest index on ties) and the next token is argmax p_n.
+    / T_b) and q_t likewise from `draft_logits`, both warped by `top_k`, `top_p` and `min_p` when given. At the first
+    rejection n < K_b one correction token is drawn from norm(max(0, p_n - q_n)) (from p_n when that has no mass);
+    when all K_b drafts are accepted a bonus token is drawn from p_{K_b}. The emitted tokens follow p exactly. Rows
+    with T_b = 0 are greedy: drafts are accepted while they equal argmax p_t (lowest index on ties) and the next token
+    is argmax p_n.
 
     Parameters
     ----------
@@ -187,15 +228,26 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     draft_tokens : torch.Tensor
         [B, K] int32 or int64: the drafted tokens. Positions at or past a row's K_b are ignored (-1 is fine).
     draft_logits : torch.Tensor, optional
-        [B, K, Vd] (Vd <= V; ids >= Vd have q = 0): the scores the drafts were sampled from. None means one-hot
-        drafts (greedy or n-gram drafters): x_t is accepted with probability p_t(x_t); so is a drafted id to which
-        the draft gives q = 0 (a -inf or NaN logit, an id past Vd), whose correction then comes from p without it.
+        [B, K, Vd] (Vd <= V; ids >= Vd have q = 0): the scores the drafts were sampled from (before warping: the
+        warpers are applied here). None means one-hot drafts (greedy or n-gram drafters): x_t is accepted with
+        probability p_t(x_t); so is a drafted id to which the draft gives q = 0 (a -inf or NaN logit, an id past Vd,
+        an id the warpers remove), whose correction then comes from p without it.
     num_draft_tokens : torch.Tensor, optional
         [B] int32/int64 in [0, K]: the drafts each row really has (a ragged batch). None: K for every row.
     temperature : float or torch.Tensor
         A float, or [B] float tensor, finite and >= 0; 0 makes a row greedy, and so does any T below 2**-126 (the
         smallest normal float32, where 1 / T would overflow). Floats and CPU tensors are checked; CUDA tensors are not
         (that would synchronise): the kernel makes rows with T < 2**-126, negative ones included, greedy.
+    top_k : int or torch.Tensor, optional
+        Keep the logits >= the k-th largest of their row (every tie with it kept), as transformers' top_k; an int or
+        [B] int tensor, 0 (or >= V) off.
+    top_p : float or torch.Tensor, optional
+        After top-k: keep the highest probabilities until their mass reaches top_p, and every logit equal to the last
+        one kept (transformers keeps such ties in its sort's order; without a tie at the cut the sets are equal); the
+        largest is always kept. A number or [B] tensor in [0, 1], 1 off.
+    min_p : float or torch.Tensor, optional
+        After top-p: keep the probabilities >= min_p times the largest (logits >= max + T ln(min_p)). A number or [B]
+        tensor in [0, 1], 0 off.
     seed : int or torch.Tensor, optional
         Any Python or numpy integer (hashed whole: distinct seeds give independent streams), or [B] int64 per-row
         seeds (a row's tokens then do not depend on its place in the batch). None draws a seed from torch's default
@@ -221,28 +273,76 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     (torch.Size([2, 4]), torch.Size([2]))
     """
     return verify_with_hooks(target_logits, draft_tokens, draft_logits, num_draft_tokens=num_draft_tokens,
-                             temperature=temperature, seed=seed, generator=generator, backend=backend)
+                             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                             generator=generator, backend=backend)
 
 
 def verify_with_hooks(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0,
-                      seed=None, generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
-                      _num_splits=None) -> VerifyResult:
+                      top_k=None, top_p=None, min_p=None, seed=None, generator=None, backend="auto", _uniforms=None,
+                      _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
     """:func:`verify` with the test hooks: `_uniforms` [B, K] acceptance uniforms and `_noise` [B, V] exponential
     noise replacing both backends' own random numbers (so that they can be compared token for token), and the
     kernel's tile width `_block_v` and vocabulary splits `_num_splits`."""
-    num_draft_tokens, temperature, seed, backend = _prepare(
+    num_draft_tokens, temperature, seed, backend, warp = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-        seed, backend, _uniforms, _noise, generator)
+        seed, backend, _uniforms, _noise, generator, top_k, top_p, min_p)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                          seed, uniforms=_uniforms, noise=_noise))
+                                          seed, uniforms=_uniforms, noise=_noise, warp=warp))
     kernels = _kernels()
     batch, k_plus_1, _ = target_logits.shape
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
     stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits,
                               tokens)
+    cuts = None
+    if warp is not None:
+        cuts = kernels.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
     return VerifyResult(*kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                             seed, stats, _uniforms, _noise, _block_v, _num_splits, tokens))
+                                             seed, stats, _uniforms, _noise, _block_v, _num_splits, tokens, cuts))
+
+
+def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=None, generator=None,
+           backend="auto") -> torch.Tensor:
+    """One token per row from softmax(logits / T) warped by top-k, top-p and min-p: the draft side's sampler.
+
+    The same warpers, tie rule and random numbers as :func:`verify` (a draw is a verification of zero drafts: its
+    bonus token), with no sort of the vocabulary on CUDA.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        [B, V] float32, bfloat16 or float16.
+    temperature, top_k, top_p, min_p, seed, generator, backend
+        As in :func:`verify`; temperature 0 (per row with a tensor) takes the argmax, lowest id on ties.
+
+    Returns
+    -------
+    torch.Tensor
+        [B] int64 token ids in [0, V).
+
+    Examples
+    --------
+    >>> import torch, specsampler
+    >>> specsampler.sample(torch.randn(3, 100), temperature=0.7, top_k=50, top_p=0.9, seed=0).shape
+    torch.Size([3])
+    """
+    return sample_with_hooks(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                             generator=generator, backend=backend)
+
+
+def sample_with_hooks(logits, *, _noise=None, **kwargs) -> torch.Tensor:
+    """:func:`sample` with the test hook `_noise` [B, V] (see :func:`verify_with_hooks`)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be a [B, V] tensor, got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    batch = logits.shape[0]
+    drafts = torch.empty(batch, 0, dtype=torch.int64, device=logits.device)
+    uniforms = None if _noise is None else torch.empty(batch, 0, dtype=torch.float32, device=logits.device)
+    try:
+        res = verify_with_hooks(logits[:, None, :], drafts, _uniforms=uniforms, _noise=_noise, **kwargs)
+    except (TypeError, ValueError) as err:  # name the argument as the caller wrote it
+        raise type(err)(str(err).replace("target_logits", "logits")) from None
+    return res.tokens[:, 0]
 
 
 def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
@@ -272,7 +372,7 @@ def verify_probs_with_hooks(target_probs, draft_tokens, draft_probs=None, *, num
                             generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
                             _num_splits=None) -> VerifyResult:
     """:func:`verify_probs` with the test hooks of :func:`verify_with_hooks`."""
-    num_draft_tokens, _, seed, backend = _prepare(
+    num_draft_tokens, _, seed, backend, _ = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
         _uniforms, _noise, generator)
     if backend == "torch":

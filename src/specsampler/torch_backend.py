@@ -19,6 +19,16 @@ Two paths compute exactly this:
 When the caller supplies exponential noise E (the test hook that makes the backend replay the kernel's random
 numbers), both draw argmax r(x)/E_x instead: the kernel's exponential race.
 
+Warpers (`top_k`, `top_p`, `min_p`, applied to p and q alike after the temperature, in transformers' order) keep the
+logits at or above one cut per row, tau = max(tau_k, tau_p, tau_m), with w(l) = exp((l - max) / T):
+- tau_k: the k-th largest logit (every logit equal to it kept, as transformers' `TopKLogitsWarper` does);
+- tau_p: the largest logit v whose kept mass at or above it, sum of w(l) over kept l >= v, reaches top_p times the
+  mass kept by top-k: the highest logits until their mass reaches top_p, and every logit equal to the last one
+  (transformers keeps the ties in whatever order its sort gives; the set is the same when there is no tie at the cut);
+  the maximum is always kept;
+- tau_m: max + T * ln(min_p) (w(l) >= min_p: a probability at least min_p times the largest).
+p is then w / sum of w over the kept logits. Greedy rows are unaffected (the argmax is always kept).
+
 Hostile values: NaN logits read as -inf, +inf as the largest float32; a row of -inf has probability 0 everywhere (no
 draft is accepted there); probabilities are clamped to [0, 1], NaN to 0; a row drawn from that has no mass at all
 gives a uniform draw. The CPU's fast path does not scrub the logits: any of those makes its softmax row NaN, a NaN row
@@ -28,6 +38,8 @@ scores.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -36,6 +48,7 @@ RESIDUAL_EPS = 1e-6
 # Temperatures below the smallest normal float32 make a row greedy (1 / T would overflow float32); the kernel agrees.
 GREEDY_BELOW = 2.0**-126
 _FMAX = torch.finfo(torch.float32).max
+LOG2_E = 1.4426950408889634
 
 _MASK64 = (1 << 64) - 1
 
@@ -151,6 +164,101 @@ def _draw(dist: torch.Tensor, uniform: torch.Tensor, noise: torch.Tensor | None)
     return torch.searchsorted(cdf, value, right=True)[..., 0].clamp_(max=dist.shape[-1] - 1)
 
 
+class Warp(NamedTuple):
+    """Validated warpers, each an int/float for the whole batch or a [B] tensor on the scores' device.
+
+    top_k : int or torch.Tensor
+        int64; 0 (or >= V) keeps every logit.
+    top_p : float or torch.Tensor
+        float32 in [0, 1]; 1 is off.
+    min_offset : float or torch.Tensor
+        float32 T * ln(min_p): the min-p cut's offset from the row maximum; -inf is off. Computed once by the caller,
+        so that both backends compare logits with the same float32 cut.
+    """
+
+    top_k: int | torch.Tensor
+    top_p: float | torch.Tensor
+    min_offset: float | torch.Tensor
+
+
+def _per_row(value, rows: torch.Tensor, dtype, device) -> torch.Tensor:
+    """A batch-wide value or a [B] tensor, as one value per row of `rows` [N] (each row's batch index)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype)[rows]
+    return torch.full(rows.shape, value, dtype=dtype, device=device)
+
+
+def warp_cut(scores: torch.Tensor, scale: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+             min_offset: torch.Tensor, top_width: int | None, any_top_p: bool) -> torch.Tensor:
+    """The cut tau of each row (see the module's docstring): the row keeps its logits >= tau. No host synchronisation.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        [N, V] float32 logits, NaN already read as -inf and +inf as the largest float32.
+    scale : torch.Tensor
+        [N] float32 log2(e) / T (w = exp2((l - max) * scale)).
+    top_k, top_p, min_offset : torch.Tensor
+        [N] int64, float32, float32, as in :class:`Warp`.
+    top_width : int or None
+        How many of each row's largest logits the cuts can need: None sorts whole rows; 0 needs none (no top-k and
+        no top-p anywhere).
+    any_top_p : bool
+        Whether some row may have top_p < 1.
+
+    Returns
+    -------
+    torch.Tensor
+        [N] float32; -inf keeps everything.
+    """
+    vocab = scores.shape[1]
+    neg = torch.full_like(scale, float("-inf"))
+    m = scores.amax(dim=1)
+    m_safe = torch.where(m == float("-inf"), 0.0, m)
+    cut = torch.where(min_offset > float("-inf"), m + min_offset, neg)
+    if top_width == 0:
+        return cut
+    k_on = (top_k > 0) & (top_k < vocab)
+    top = scores.sort(dim=1, descending=True).values if top_width is None else scores.topk(top_width, dim=1).values
+    cut_k = torch.where(k_on, top.gather(1, (top_k - 1).clamp(0, top.shape[1] - 1)[:, None])[:, 0], neg)
+    if any_top_p:
+        w = torch.exp2((scores - m_safe[:, None]) * scale[:, None])
+        mass_k = torch.where(scores >= cut_k[:, None], w, 0.0).sum(dim=1)
+        cum = torch.exp2((top - m_safe[:, None]) * scale[:, None]).cumsum(dim=1)
+        hit = (cum >= (top_p * mass_k)[:, None]) & (top >= cut_k[:, None])
+        first = hit.to(torch.int8).argmax(dim=1)
+        # no hit (the sums' rounding with top_p near 1): every logit top-k kept
+        cut_p = torch.where(hit.any(dim=1), top.gather(1, first[:, None])[:, 0], cut_k)
+        cut = torch.maximum(cut, torch.where(top_p < 1.0, cut_p, neg))
+    return torch.maximum(cut, cut_k)
+
+
+def warp_scores(scores: torch.Tensor, temperature: float | torch.Tensor, warp: Warp) -> torch.Tensor:
+    """[B, R, V] logits -> [B, R, V] float32 logits with every logit below its row's cut at -inf (sampled rows only).
+
+    NaN reads as -inf and +inf as the largest float32 (as everywhere in both backends); greedy rows (T below
+    2**-126) come back unwarped."""
+    batch, r, vocab = scores.shape
+    device = scores.device
+    flat = torch.nan_to_num(scores.float(), nan=float("-inf"), posinf=_FMAX, neginf=float("-inf")).reshape(-1, vocab)
+    rows = torch.arange(batch, device=device).repeat_interleave(r)
+    temp = _per_row(temperature, rows, torch.float32, device)
+    sampled = temp >= GREEDY_BELOW
+    scale = (1.0 / torch.where(sampled, temp, 1.0)) * LOG2_E
+    any_top_p = isinstance(warp.top_p, torch.Tensor) or warp.top_p < 1.0
+    if isinstance(warp.top_k, torch.Tensor):
+        top_width = None
+    elif 0 < warp.top_k < vocab:
+        top_width = warp.top_k
+    else:
+        top_width = None if any_top_p else 0
+    cut = warp_cut(flat, scale, _per_row(warp.top_k, rows, torch.int64, device),
+                   _per_row(warp.top_p, rows, torch.float32, device),
+                   _per_row(warp.min_offset, rows, torch.float32, device), top_width, any_top_p)
+    cut = torch.where(sampled, cut, float("-inf"))
+    return flat.masked_fill(flat < cut[:, None], float("-inf")).reshape(batch, r, vocab)
+
+
 def verify_torch(
     target: torch.Tensor,
     draft_tokens: torch.Tensor,
@@ -162,6 +270,7 @@ def verify_torch(
     uniforms: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     vectorized: bool | None = None,
+    warp: Warp | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify B rows of K drafts each; arguments already validated by :func:`specsampler.verify`.
 
@@ -184,6 +293,8 @@ def verify_torch(
         backend's own random numbers (the kernel accepts the same two tensors).
     vectorized : bool or None
         Force the batched path (True) or the per-row path (False, CPU tensors only); None: per-row on the CPU.
+    warp : Warp or None
+        top-k / top-p / min-p, applied to the target's and the draft's logits of sampled rows (not with `from_probs`).
 
     Returns
     -------
@@ -199,6 +310,9 @@ def verify_torch(
         target, draft = target.detach(), None if draft is None else draft.detach()
     if from_probs:
         temperature = 1.0
+    elif warp is not None:
+        target = warp_scores(target, temperature, warp)
+        draft = None if draft is None else warp_scores(draft, temperature, warp)
     if num_draft_tokens is not None:  # as the kernel does: no value reads out of bounds
         num_draft_tokens = num_draft_tokens.to(torch.int64).clamp(0, k)
     u = draw_uniforms(seed, batch, k_plus_1, device)
