@@ -75,6 +75,7 @@ FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 FLOAT32_MIN_NORMAL = tl.constexpr(GREEDY_BELOW)  # 2**-126: below it a temperature makes a row greedy
 LOG2_E = tl.constexpr(1.4426950408889634)
 INT32_MAX = tl.constexpr(2147483647)
+INT64_MAX = tl.constexpr(9223372036854775807)
 MASS_SCALE = tl.constexpr(1099511627776.0)  # 2**40: the residual mass is summed in fixed point (exact, any order)
 UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2**-24: uniforms are multiples of it
 FILL_BLOCK = tl.constexpr(16)  # token positions set to -1 per store
@@ -228,12 +229,14 @@ def _row_stats_kernel(
 # Launch 1.5, ``_warp_cut_kernel``: one program per row finds the row's cut (keep logits >= cut) and the mass kept.
 # Logits are compared as int32 keys that order like the floats (-0.0 as 0.0), so a cut is always one of the row's own
 # values and every tie with it is kept. A search keeps a bracket of keys [lo, hi) with H(lo) >= goal > H(hi), H(v) the
-# count (top-k) or the mass (top-p) of the logits with key >= v, and narrows it by counting at PIVOTS pivots per pass:
-# the first pass at fixed ratios to the row max (w = 2**-e), then evenly in key space. Once at most CANDIDATES logits
-# lie at or above lo, one more pass copies them to a scratch row and the rest of the search walks that instead of V.
-PIVOTS = tl.constexpr(16)  # pivots per pass of the search
-CANDIDATES = tl.constexpr(2048)  # the scratch row's length
-KEY_NEG_INF = tl.constexpr(-2139095041)  # the key of -inf (0xff800000 ^ 0x7fffffff, signed): below every logit
+# count (top-k) or the mass (top-p) of the logits with key >= v, and narrows it by counting at PIVOTS pivots per pass
+# over the row (per-lane accumulators: no barrier in the loop): the first pass at fixed ratios to the row max
+# (w = 2**-e), then evenly in key space. A pass that starts with at most BLOCK_V logits at or above lo also copies
+# them to a scratch row, each lane into its own column (slot j of lane i at j * BLOCK_V + i: deterministic, no
+# atomics, no scan), and the rest of the search walks those few slots instead of V. A lane with more than SLOTS of them
+# (rare: one per lane on average) leaves the search on the row, which is only slower.
+PIVOTS = tl.constexpr(8)  # pivots per pass of the search
+SLOTS = tl.constexpr(8)  # the scratch row's slots per lane
 
 
 @triton.jit
@@ -251,65 +254,97 @@ def _value(key):
 
 @triton.jit
 def _pivots(lo, hi, m, scale, first):
-    """PIVOTS ascending keys in [lo + 1, hi - 1] (hi - lo >= 2): at w = 2**-e, e = (15 - j)**2 / 8 (e from 28 to 0)
-    below the max on the first pass, else evenly spaced."""
+    """PIVOTS ascending keys in [lo + 1, hi - 1] (int64 lo, hi with hi - lo >= 2): on the first pass at w = 2**-e,
+    e = i * i / 2 for i = 7 .. 0 (e from 24.5 to 0) below the max, else evenly spaced."""
     j = tl.arange(0, PIVOTS)
     i = j * -1 + (PIVOTS - 1)  # (tensor first: the interpreter)
-    e = (i * i).to(tl.float32) * 0.125
+    e = (i * i).to(tl.float32) * 0.5
     by_value = _key(m - e / scale).to(tl.int64)
-    span = hi.to(tl.int64) - lo
+    span = hi - lo
     even = lo + (span * (j + 1)) // (PIVOTS + 1)
     piv = tl.where(_splat(first, j), by_value, even)
     return tl.minimum(tl.maximum(piv, lo + 1), hi - 1).to(tl.int32)
 
 
 @triton.jit
-def _pivot_pass(src, stride, n, piv, m, scale, BLOCK: tl.constexpr):
-    """([PIVOTS] count, [PIVOTS] mass) of the logits src[0:n] with key >= each pivot; w = exp2((l - m) * scale).
-    Per-lane accumulators, one reduction after the loop."""
-    lanes = tl.arange(0, BLOCK)
-    cnt = tl.zeros([PIVOTS, BLOCK], tl.int32)
-    mass = tl.zeros([PIVOTS, BLOCK], tl.float32)
-    for start in range(0, n, BLOCK):
-        offs = start + lanes
-        x = _finite_logits(tl.load(src + offs * stride, mask=offs < n, other=-float("inf")))
-        ge = _key(x)[None, :] >= piv[:, None]  # padding (-inf) is below every pivot
-        cnt += ge.to(tl.int32)
-        mass += tl.where(ge, tl.exp2((x - m) * scale)[None, :], 0.0)
-    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1)
+def _count_at_pivots(cnt, mass, lowest, highest, x, valid, piv, lo, hi, m, scale):
+    """Add the tile `x` (finite logits) to the per-lane counts and masses at or above each pivot, and to the per-lane
+    lowest and highest key inside the bracket [lo, hi) (where `valid`)."""
+    key = _key(x)
+    ge = key[None, :] >= piv[:, None]  # -inf (padding) is below every pivot
+    inside = valid & (key >= lo) & (key < hi)
+    return (cnt + ge.to(tl.int32), mass + tl.where(ge, tl.exp2((x - m) * scale)[None, :], 0.0),
+            tl.minimum(lowest, tl.where(inside, key, INT32_MAX)),
+            tl.maximum(highest, tl.where(inside, key, -INT32_MAX)))
 
 
 @triton.jit
-def _compact(src, stride, n, lo, dst, BLOCK: tl.constexpr):
-    """Copy the logits of src[0:n] with key >= lo to dst (in order); returns how many."""
-    lanes = tl.arange(0, BLOCK)
-    count = tl.sum(lanes * 0, axis=0)
-    for start in range(0, n, BLOCK):
+def _row_pass(src, stride_v, n, piv, lo, hi, m, scale, scratch, compact, top, BLOCK_V: tl.constexpr):
+    """One pass over the row src[0:n]: [PIVOTS] counts and masses at or above each pivot, the lowest and highest key
+    inside [lo, hi), and, when `compact`, the logits with key in [lo, top) copied to the scratch row: [BLOCK_V] slots
+    used per lane."""
+    lanes = tl.arange(0, BLOCK_V)
+    cnt = tl.zeros([PIVOTS, BLOCK_V], tl.int32)
+    mass = tl.zeros([PIVOTS, BLOCK_V], tl.float32)
+    lowest = lanes * 0 + INT32_MAX
+    highest = lanes * 0 - INT32_MAX
+    slots = lanes * 0
+    for start in range(0, n, BLOCK_V):
         offs = start + lanes
-        x = _finite_logits(tl.load(src + offs * stride, mask=offs < n, other=-float("inf")))
-        keep = (offs < n) & (_key(x) >= lo)
-        flags = keep.to(tl.int32)
-        tl.store(dst + count + tl.cumsum(flags, axis=0) - 1, x, mask=keep)
-        count += tl.sum(flags, axis=0)
-    return count
+        x = _finite_logits(tl.load(src + offs * stride_v, mask=offs < n, other=-float("inf")))
+        cnt, mass, lowest, highest = _count_at_pivots(cnt, mass, lowest, highest, x, offs < n, piv, lo, hi, m, scale)
+        if compact:
+            key = _key(x)
+            keep = (offs < n) & (key >= lo) & (key < top)
+            tl.store(scratch + slots * BLOCK_V + lanes, x, mask=keep & (slots < SLOTS))
+            slots += keep.to(tl.int32)
+    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.min(lowest, axis=0), tl.max(highest, axis=0), slots
 
 
 @triton.jit
-def _search(row, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_scratch, first, goal, m, scale,
-            BY_MASS: tl.constexpr, BLOCK: tl.constexpr):
+def _scratch_pass(scratch, slots, piv, lo, hi, m, scale, BLOCK_V: tl.constexpr):
+    """:func:`_row_pass` over the scratch row's used slots."""
+    lanes = tl.arange(0, BLOCK_V)
+    cnt = tl.zeros([PIVOTS, BLOCK_V], tl.int32)
+    mass = tl.zeros([PIVOTS, BLOCK_V], tl.float32)
+    lowest = lanes * 0 + INT32_MAX
+    highest = lanes * 0 - INT32_MAX
+    for j in range(0, tl.max(slots, axis=0)):
+        x = tl.load(scratch + j * BLOCK_V + lanes, mask=slots > j, other=-float("inf"))
+        cnt, mass, lowest, highest = _count_at_pivots(cnt, mass, lowest, highest, x, slots > j, piv, lo, hi, m,
+                                                      scale)
+    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.min(lowest, axis=0), tl.max(highest, axis=0)
+
+
+@triton.jit
+def _search(row, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, cnt_hi, mass_hi, slots, sc_lo, sc_hi, sc_cnt,
+            sc_mass, first, goal, m, scale, BY_MASS: tl.constexpr, BLOCK_V: tl.constexpr):
     """Narrow [lo, hi) until hi = lo + 1: lo is then the largest key with H(lo) >= goal (H the count, or the mass
-    when BY_MASS), and cnt_lo / mass_lo the count and mass at or above it. The row's candidates move to `scratch` as
-    soon as there are at most CANDIDATES of them."""
+    when BY_MASS), and cnt_lo / mass_lo the count and mass at or above it; cnt_hi / mass_hi are H(hi).
+
+    The scratch row, when `slots` [BLOCK_V] (its use per lane) is not -1, holds the keys in [sc_lo, sc_hi), with
+    (sc_cnt, sc_mass) = H(sc_hi): a bracket inside that range is searched there. A row pass copies there everything at
+    or above lo when that is at most BLOCK_V logits (each stage of the search can use it), else the bracket alone
+    when that is (the later stages walk the row again)."""
     while hi - lo > 1:
-        if (in_scratch == 0) & (cnt_lo <= CANDIDATES):
-            n_scratch = _compact(row, stride_v, n, lo, scratch, BLOCK)
-            in_scratch = n_scratch * 0 + 1
         piv = _pivots(lo, hi, m, scale, first)
         first = first & False
-        if in_scratch != 0:
-            cnt, mass = _pivot_pass(scratch, 1, n_scratch, piv, m, scale, BLOCK)
+        if (tl.min(slots, axis=0) >= 0) & (sc_lo <= lo) & (hi <= sc_hi):
+            cnt, mass, lowest, highest = _scratch_pass(scratch, slots, piv, lo, hi, m, scale, BLOCK_V)
+            cnt += sc_cnt
+            mass += sc_mass
         else:
-            cnt, mass = _pivot_pass(row, stride_v, n, piv, m, scale, BLOCK)
+            whole = cnt_lo <= BLOCK_V
+            compact = whole | (cnt_lo - cnt_hi <= BLOCK_V)
+            top = tl.where(whole, INT64_MAX, hi)
+            cnt, mass, lowest, highest, used = _row_pass(row, stride_v, n, piv, lo, hi, m, scale, scratch, compact,
+                                                         top, BLOCK_V)
+            if compact & (tl.max(used, axis=0) <= SLOTS):
+                slots = used
+                sc_lo = lo
+                sc_hi = top
+                sc_cnt = tl.where(whole, 0, cnt_hi)
+                sc_mass = tl.where(whole, 0.0, mass_hi)
         if BY_MASS:
             ok = mass >= goal
         else:
@@ -320,8 +355,22 @@ def _search(row, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_sc
             cnt_lo = tl.max(tl.where(at, cnt, 0), axis=0)
             mass_lo = tl.max(tl.where(at, mass, 0.0), axis=0)
             lo = new_lo
-        hi = tl.minimum(hi, tl.min(tl.where(ok, INT32_MAX, piv), axis=0).to(tl.int64))
-    return lo, cnt_lo, mass_lo, in_scratch, n_scratch, first
+        new_hi = tl.min(tl.where(ok, INT32_MAX, piv), axis=0).to(tl.int64)
+        if new_hi < hi:
+            at = ~ok & (piv == new_hi)
+            cnt_hi = tl.min(tl.where(at, cnt, INT32_MAX), axis=0)
+            mass_hi = tl.min(tl.where(at, mass, FLOAT32_MAX), axis=0)
+            hi = new_hi
+        # Tighten the bracket to the keys really in it (lowest and highest were taken in the bracket before this
+        # pass, which holds the new one): no key lies in [lo, lowest), so H(lowest) = H(lo); none in (highest, hi),
+        # so H(highest + 1) = H(hi).
+        if (lowest > lo) & (lowest < hi):
+            lo = lowest.to(tl.int64)
+        hi = tl.minimum(hi, tl.maximum(highest.to(tl.int64) + 1, lo + 1))
+    return lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first
+
+
+KEY_NEG_INF = tl.constexpr(-2139095041)  # the key of -inf (0xff800000 ^ 0x7fffffff, signed): below every logit
 
 
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "S1", "temperature", "top_k", "top_p", "min_offset",
@@ -334,9 +383,9 @@ def _warp_cut_kernel(
     top_k_ptr, top_p_ptr, min_offset_ptr,  # [B] int64, float32, float32, read when ROW_WARP
     stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32 launch 1's split statistics
     cut_ptr, stride_cp,  # [2, B*(K+1) + B*K] float32 out: each row's cut, and the mass kept (relative to its max)
-    scratch_ptr, stride_scratch,  # [B*(K+1) + B*K, min(CANDIDATES, V)] float32 scratch rows
+    scratch_ptr, stride_scratch,  # [B*(K+1) + B*K, depth * BLOCK_V] float32 scratch rows, depth <= SLOTS
     B, K, V, Vd, S1, temperature, top_k, top_p, min_offset,
-    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
     ROW_WARP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # the rows of launch 1
@@ -374,31 +423,35 @@ def _warp_cut_kernel(
         # Stage 1, top-k: the k-th largest logit (goal: a count of k). Stage 2, top-p: the largest logit whose mass
         # at or above it reaches top_p times the mass top-k kept. Each stage starts from the last one's lo.
         lo = tl.cast(KEY_NEG_INF, tl.int64)  # the bracket in int64: hi - lo exceeds 32 bits
+        top = _key(m).to(tl.int64) + 1
         cnt_lo = n
         mass_lo = z
-        in_scratch = n * 0
-        n_scratch = n * 0
+        slots = tl.full([BLOCK_V], -1, tl.int32)  # no scratch row yet
+        sc_lo = lo
+        sc_hi = lo
+        sc_cnt = n * 0
+        sc_mass = z * 0.0
         first = temp == temp
-        scratch = scratch_ptr + row * stride_scratch  # (a compacted row holds at most min(CANDIDATES, n) logits)
-        hi = _key(m).to(tl.int64) + 1
+        scratch = scratch_ptr + row * stride_scratch
         if (k > 0) & (k < n):
-            lo, cnt_lo, mass_lo, in_scratch, n_scratch, first = _search(
-                src, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_scratch, first,
-                k.to(tl.float32), m, scale, False, BLOCK)
+            lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
+                src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
+                sc_mass, first, k.to(tl.float32), m, scale, False, BLOCK_V)
         if top_p < 1.0:
-            lo, cnt_lo, mass_lo, in_scratch, n_scratch, first = _search(
-                src, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, in_scratch, n_scratch, first,
-                top_p * mass_lo, m, scale, True, BLOCK)
+            lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
+                src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
+                sc_mass, first, top_p * mass_lo, m, scale, True, BLOCK_V)
         cut = _value(lo.to(tl.int32))
         kept = mass_lo
         # Stage 3, min-p: a cut at max + T ln(min_p); its mass needs one more pass when it is the highest cut.
         cut_m = m + min_offset
         if cut_m > cut:
             piv = tl.full([PIVOTS], 0, tl.int32) + _key(cut_m)
-            if in_scratch != 0:
-                _, mass = _pivot_pass(scratch, 1, n_scratch, piv, m, scale, BLOCK)
+            if (tl.min(slots, axis=0) >= 0) & (sc_lo <= lo) & (sc_hi == INT64_MAX):
+                _, mass, _, _ = _scratch_pass(scratch, slots, piv, lo, lo + 1, m, scale, BLOCK_V)
             else:
-                _, mass = _pivot_pass(src, stride_v, n, piv, m, scale, BLOCK)
+                _, mass, _, _, _ = _row_pass(src, stride_v, n, piv, lo, lo + 1, m, scale, scratch, False, lo,
+                                             BLOCK_V)
             cut = cut_m
             kept = tl.max(mass, axis=0)
     tl.store(cut_ptr + row, cut)
@@ -926,7 +979,9 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
     row_temp = isinstance(temperature, torch.Tensor)
     with_drafts = draft is not None and (row_temp or temperature != 0.0)
     grid_rows = batch * k_plus_1 + (batch * k if with_drafts else 0)
-    scratch = torch.empty(grid_rows, min(CANDIDATES.value, vocab), dtype=torch.float32, device=device)
+    block_v = 1024  # 4 ids per thread with 8 warps: the pivots' per-lane counts and masses take 64 registers
+    depth = min(SLOTS.value, triton.cdiv(vocab, block_v))
+    scratch = torch.empty(grid_rows, depth * block_v, dtype=torch.float32, device=device)
     row_warp = any(isinstance(v, torch.Tensor) for v in warp)
     if row_warp:
         top_k, top_p, min_offset = (v if isinstance(v, torch.Tensor) else torch.full(
@@ -939,8 +994,7 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
     d = draft if draft is not None else target
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
-    block = 256 if device.type == "cuda" else 4096
-    constexprs = dict(BLOCK=block, BLOCK_S=BLOCK_S, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
+    constexprs = dict(BLOCK_V=block_v, BLOCK_S=BLOCK_S, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
                       ROW_WARP=row_warp)
     t_strides, d_strides = target.stride(), d.stride()
     key = (_warp_cut_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),

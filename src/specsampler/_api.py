@@ -127,7 +127,7 @@ def _warp_option(name: str, value, batch: int, device: torch.device, integral: b
     if integral:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be None, an integer >= 0 (0: off) or a [B] tensor, got {value!r}")
-        return int(value)
+        return min(int(value), 2**31 - 1)  # anything >= V keeps every logit; this fits every backend's integers
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be None, a number in [0, 1] or a [B] tensor, got {value!r}")
     return float(value)
@@ -332,8 +332,8 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=
 
 def sample_with_hooks(logits, *, _noise=None, **kwargs) -> torch.Tensor:
     """:func:`sample` with the test hook `_noise` [B, V] (see :func:`verify_with_hooks`)."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be a [B, V] tensor, got "
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must be a [B, V] tensor with V >= 1, got "
                          f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
     batch = logits.shape[0]
     drafts = torch.empty(batch, 0, dtype=torch.int64, device=logits.device)
