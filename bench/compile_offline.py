@@ -69,8 +69,10 @@ CONFIGS = [
     ("test-hook", torch.float32, 32000, dict(given=True)),
     ("unaligned-V", torch.float32, 8193, {}),
     ("large-V", torch.bfloat16, 262144, dict(row_seed=True)),
+    ("warped", torch.float32, 128256, dict(warp=(50, 0.9, float("-inf")))),
+    ("warped-rows", torch.bfloat16, 32000, dict(warp="rows", row_temp=True, ragged=True)),
 ]
-QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V")
+QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V", "warped")
 PHILOX_ROUND_CONSTANTS = (0xD2511F53, 0xCD9E8D57)
 
 
@@ -98,12 +100,12 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     Returns (config name, kernel name, CompiledKernel, the BLOCK_V the launch passed) per launch.
     """
     import triton.runtime.jit as jit
-    from specsampler.triton_kernels import row_stats, verify_rows
+    from specsampler.triton_kernels import row_stats, verify_rows, warp_cuts
     from specsampler.triton_kernels import verify as kernels
     from triton.runtime.driver import driver
 
     def forget():  # the per-device caches hold the target they were made for (device 0 for every arch here)
-        for fn in (kernels._row_stats_kernel, kernels._verify_kernel):
+        for fn in (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel):
             fn.device_caches.clear()
 
     compiled = []
@@ -122,7 +124,7 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     try:
         for name, dtype, vocab, opt in configs:
             start = len(compiled)
-            _launch(dtype, vocab, opt, row_stats, verify_rows)
+            _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts)
             results += [(name, kernel_name, kernel, block_v) for kernel_name, kernel, block_v in compiled[start:]]
     finally:
         jit.JITFunction.run = run
@@ -131,9 +133,11 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     return results
 
 
-def _launch(dtype, vocab, opt, row_stats, verify_rows, batch=4, k=4, splits=4):
+def _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, batch=4, k=4, splits=4):
     """One verification through the real launchers with their GPU tile widths (CPU tensors: never read)."""
     from specsampler.triton_kernels.verify import gpu_block_v
+
+    from specsampler.torch_backend import Warp
 
     itemsize = torch.empty((), dtype=dtype).element_size()  # the widths a GPU picks for many rows of this dtype
     stats_block_v, race_block_v = gpu_block_v("stats", itemsize, 1 << 20, 1), gpu_block_v("race", itemsize, 1 << 20, 1)
@@ -151,7 +155,14 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, batch=4, k=4, splits=4):
         verify_rows(scores, tokens, draft, ragged, temperature, seed, None, uniforms, noise, race_block_v, splits)
     else:
         stats = row_stats(scores, draft, ragged, temperature, stats_block_v, splits, out)
-        verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, race_block_v, splits, out)
+        cuts = None
+        if opt.get("warp") == "rows":  # per-row warpers
+            cuts = warp_cuts(scores, draft, ragged, temperature, Warp(torch.zeros(batch, dtype=torch.int64),
+                                                                       torch.ones(batch), torch.zeros(batch)), stats)
+        elif opt.get("warp"):
+            cuts = warp_cuts(scores, draft, ragged, temperature, Warp(*opt["warp"]), stats)
+        verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, race_block_v, splits, out,
+                    cuts)
 
 
 def _tool(name: str) -> str | None:

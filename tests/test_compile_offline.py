@@ -47,6 +47,8 @@ def test_kernels_compile_for_sm90_without_spills(sm90):
         assert (name, "_verify_kernel") in compiled, out
         if not name.startswith("probs"):  # from probabilities there is no statistics launch
             assert (name, "_row_stats_kernel") in compiled, out
+        if name.startswith("warped"):  # the warpers' cut search, between the two
+            assert (name, "_warp_cut_kernel") in compiled, out
     # registers counted; no local arrays; no spill inside a loop (one register saved across the kernel may happen)
     assert all(int(row[6]) > 0 and row[8] == "0" and row[10] == "0" for row in rows), out
     # Launch 1 reads whole tiles of aligned rows (V = 32000 or 262144) in vectors; rows of V = 8193 cannot be.
@@ -57,7 +59,8 @@ def test_kernels_compile_for_sm90_without_spills(sm90):
 
 def test_loop_table_finds_the_vocabulary_loops(sm90):
     """Every variant has vocabulary loops with per-element figures, one at least loading scores (or noise); launch 1
-    draws no random numbers, and launch 2's race draws them from Philox unless the test hook gives the noise."""
+    draws no random numbers, nor does the warpers' cut search, and launch 2's race draws them from Philox unless the
+    test hook gives the noise."""
     _, out, err = sm90
     variants, loops = _tables(out)
     assert loops, out + err
@@ -70,7 +73,7 @@ def test_loop_table_finds_the_vocabulary_loops(sm90):
             assert int(row[8]) > 0 and float(row[9]) > 0, row  # instrs, /elem
         assert any(int(row[13]) > 0 for row in vocab), vocab  # LDG (a fallback race over ids alone loads nothing)
         philox_per_elem = [float(row[16]) for row in vocab]
-        if kernel == "_row_stats_kernel" or config == "test-hook":
+        if kernel in ("_row_stats_kernel", "_warp_cut_kernel") or config == "test-hook":
             assert not any(philox_per_elem), vocab
         else:
             assert any(philox_per_elem), vocab

@@ -267,53 +267,72 @@ def _pivots(lo, hi, m, scale, first):
 
 
 @triton.jit
-def _count_at_pivots(cnt, mass, lowest, highest, x, valid, piv, lo, hi, m, scale):
-    """Add the tile `x` (finite logits) to the per-lane counts and masses at or above each pivot, and to the per-lane
-    lowest and highest key inside the bracket [lo, hi) (where `valid`)."""
+def _count_at_pivots(cnt, mass, lowest, highest, x, valid, piv, lo, hi, m, scale, WITH_MASS: tl.constexpr):
+    """Add the tile `x` [1, BLOCK_V] (finite logits) to the per-lane counts (and masses, WITH_MASS) [PIVOTS, BLOCK_V]
+    at or above each pivot, and to the per-lane lowest and highest key inside the bracket [lo, hi) (where `valid`).
+    Tiles are 2-D, one row broadcast over the pivots, so that the tile and the accumulators share one layout (a 1-D
+    tile expanded here would cross threads through shared memory, with barriers, on every tile)."""
     key = _key(x)
-    ge = key[None, :] >= piv[:, None]  # -inf (padding) is below every pivot
+    ge = key >= piv[:, None]  # -inf (padding) is below every pivot
     inside = valid & (key >= lo) & (key < hi)
-    return (cnt + ge.to(tl.int32), mass + tl.where(ge, tl.exp2((x - m) * scale)[None, :], 0.0),
-            tl.minimum(lowest, tl.where(inside, key, INT32_MAX)),
+    cnt += ge.to(tl.int32)
+    if WITH_MASS:
+        mass += tl.where(ge, tl.exp2((x - m) * scale), 0.0)
+    return (cnt, mass, tl.minimum(lowest, tl.where(inside, key, INT32_MAX)),
             tl.maximum(highest, tl.where(inside, key, -INT32_MAX)))
 
 
 @triton.jit
-def _row_pass(src, stride_v, n, piv, lo, hi, m, scale, scratch, compact, top, BLOCK_V: tl.constexpr):
-    """One pass over the row src[0:n]: [PIVOTS] counts and masses at or above each pivot, the lowest and highest key
-    inside [lo, hi), and, when `compact`, the logits with key in [lo, top) copied to the scratch row: [BLOCK_V] slots
-    used per lane."""
-    lanes = tl.arange(0, BLOCK_V)
+def _row_pass(src, stride_v, n, piv, lo, hi, m, scale, scratch, top, COMPACT: tl.constexpr, WITH_MASS: tl.constexpr,
+              BLOCK_V: tl.constexpr):
+    """One pass over the row src[0:n] (whole tiles unmasked, so that aligned rows load in vectors, then the partial
+    one): [PIVOTS] counts (and masses, WITH_MASS; else 0) at or above each pivot, the lowest and highest key inside
+    [lo, hi), and, when COMPACT, the logits with key in [lo, top) copied to the scratch row: [1, BLOCK_V] slots used
+    per lane (more than SLOTS: not copied).
+
+    Each lane's copies stay in registers, slot j in row j of `held` (the tile's layout, broadcast like the pivots),
+    and go out in one store after the loop: a store per tile at per-lane addresses would move every tile between
+    threads through shared memory, with barriers."""
+    lanes = tl.arange(0, BLOCK_V)[None, :]
     cnt = tl.zeros([PIVOTS, BLOCK_V], tl.int32)
     mass = tl.zeros([PIVOTS, BLOCK_V], tl.float32)
     lowest = lanes * 0 + INT32_MAX
     highest = lanes * 0 - INT32_MAX
     slots = lanes * 0
-    for start in range(0, n, BLOCK_V):
-        offs = start + lanes
-        x = _finite_logits(tl.load(src + offs * stride_v, mask=offs < n, other=-float("inf")))
-        cnt, mass, lowest, highest = _count_at_pivots(cnt, mass, lowest, highest, x, offs < n, piv, lo, hi, m, scale)
-        if compact:
-            key = _key(x)
-            keep = (offs < n) & (key >= lo) & (key < top)
-            tl.store(scratch + slots * BLOCK_V + lanes, x, mask=keep & (slots < SLOTS))
-            slots += keep.to(tl.int32)
-    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.min(lowest, axis=0), tl.max(highest, axis=0), slots
+    slot_ids = tl.arange(0, SLOTS)[:, None]
+    held = tl.full([SLOTS, BLOCK_V], -float("inf"), tl.float32)
+    for masked in tl.static_range(2):
+        first, last = _tile_range(0, tl.cdiv(n, BLOCK_V), n, masked, BLOCK_V)
+        for tile in range(first, last):
+            offs = tile * BLOCK_V + lanes
+            x = _finite_logits(_load_tile(src, stride_v, offs, n, masked))
+            cnt, mass, lowest, highest = _count_at_pivots(cnt, mass, lowest, highest, x, offs < n, piv, lo, hi, m,
+                                                          scale, WITH_MASS)
+            if COMPACT:
+                key = _key(x)
+                keep = (offs < n) & (key >= lo) & (key < top)
+                held = tl.where(keep & (slot_ids == slots), x, held)
+                slots += keep.to(tl.int32)
+    if COMPACT:
+        tl.store(scratch + slot_ids * BLOCK_V + lanes, held, mask=slot_ids < slots)
+    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.min(tl.min(lowest, axis=1), axis=0), \
+        tl.max(tl.max(highest, axis=1), axis=0), slots
 
 
 @triton.jit
-def _scratch_pass(scratch, slots, piv, lo, hi, m, scale, BLOCK_V: tl.constexpr):
-    """:func:`_row_pass` over the scratch row's used slots."""
-    lanes = tl.arange(0, BLOCK_V)
+def _scratch_pass(scratch, slots, piv, lo, hi, m, scale, WITH_MASS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """:func:`_row_pass` over the scratch row's used slots ([1, BLOCK_V] per lane)."""
+    lanes = tl.arange(0, BLOCK_V)[None, :]
     cnt = tl.zeros([PIVOTS, BLOCK_V], tl.int32)
     mass = tl.zeros([PIVOTS, BLOCK_V], tl.float32)
     lowest = lanes * 0 + INT32_MAX
     highest = lanes * 0 - INT32_MAX
-    for j in range(0, tl.max(slots, axis=0)):
+    for j in range(0, tl.max(tl.max(slots, axis=1), axis=0)):
         x = tl.load(scratch + j * BLOCK_V + lanes, mask=slots > j, other=-float("inf"))
         cnt, mass, lowest, highest = _count_at_pivots(cnt, mass, lowest, highest, x, slots > j, piv, lo, hi, m,
-                                                      scale)
-    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.min(lowest, axis=0), tl.max(highest, axis=0)
+                                                      scale, WITH_MASS)
+    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.min(tl.min(lowest, axis=1), axis=0), \
+        tl.max(tl.max(highest, axis=1), axis=0)
 
 
 @triton.jit
@@ -322,24 +341,28 @@ def _search(row, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, cnt_hi, mass_hi,
     """Narrow [lo, hi) until hi = lo + 1: lo is then the largest key with H(lo) >= goal (H the count, or the mass
     when BY_MASS), and cnt_lo / mass_lo the count and mass at or above it; cnt_hi / mass_hi are H(hi).
 
-    The scratch row, when `slots` [BLOCK_V] (its use per lane) is not -1, holds the keys in [sc_lo, sc_hi), with
+    The scratch row, when `slots` [1, BLOCK_V] (its use per lane) is not -1, holds the keys in [sc_lo, sc_hi), with
     (sc_cnt, sc_mass) = H(sc_hi): a bracket inside that range is searched there. A row pass copies there everything at
     or above lo when that is at most BLOCK_V logits (each stage of the search can use it), else the bracket alone
     when that is (the later stages walk the row again)."""
     while hi - lo > 1:
         piv = _pivots(lo, hi, m, scale, first)
         first = first & False
-        if (tl.min(slots, axis=0) >= 0) & (sc_lo <= lo) & (hi <= sc_hi):
-            cnt, mass, lowest, highest = _scratch_pass(scratch, slots, piv, lo, hi, m, scale, BLOCK_V)
+        if (tl.min(tl.min(slots, axis=1), axis=0) >= 0) & (sc_lo <= lo) & (hi <= sc_hi):
+            cnt, mass, lowest, highest = _scratch_pass(scratch, slots, piv, lo, hi, m, scale, BY_MASS, BLOCK_V)
             cnt += sc_cnt
             mass += sc_mass
         else:
             whole = cnt_lo <= BLOCK_V
             compact = whole | (cnt_lo - cnt_hi <= BLOCK_V)
             top = tl.where(whole, INT64_MAX, hi)
-            cnt, mass, lowest, highest, used = _row_pass(row, stride_v, n, piv, lo, hi, m, scale, scratch, compact,
-                                                         top, BLOCK_V)
-            if compact & (tl.max(used, axis=0) <= SLOTS):
+            if compact:
+                cnt, mass, lowest, highest, used = _row_pass(row, stride_v, n, piv, lo, hi, m, scale, scratch, top,
+                                                             True, BY_MASS, BLOCK_V)
+            else:
+                cnt, mass, lowest, highest, used = _row_pass(row, stride_v, n, piv, lo, hi, m, scale, scratch, top,
+                                                             False, BY_MASS, BLOCK_V)
+            if compact & (tl.max(tl.max(used, axis=1), axis=0) <= SLOTS):
                 slots = used
                 sc_lo = lo
                 sc_hi = top
@@ -373,6 +396,17 @@ def _search(row, stride_v, n, scratch, lo, hi, cnt_lo, mass_lo, cnt_hi, mass_hi,
 KEY_NEG_INF = tl.constexpr(-2139095041)  # the key of -inf (0xff800000 ^ 0x7fffffff, signed): below every logit
 
 
+@triton.jit
+def _mass_at(src, stride_v, n, scratch, key, slots, sc_lo, sc_hi, m, scale, BLOCK_V: tl.constexpr):
+    """The mass of the logits with key >= `key`: from the scratch row when it holds all of them, else a row pass."""
+    piv = tl.full([PIVOTS], 0, tl.int32) + key.to(tl.int32)
+    if (tl.min(tl.min(slots, axis=1), axis=0) >= 0) & (sc_lo <= key) & (sc_hi == INT64_MAX):
+        mass = _scratch_pass(scratch, slots, piv, key, key + 1, m, scale, True, BLOCK_V)[1]
+    else:
+        mass = _row_pass(src, stride_v, n, piv, key, key + 1, m, scale, scratch, key, False, True, BLOCK_V)[1]
+    return tl.max(mass, axis=0)
+
+
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "S1", "temperature", "top_k", "top_p", "min_offset",
                                "stride_sp", "stride_sr", "stride_cp", "stride_scratch"])
 def _warp_cut_kernel(
@@ -401,15 +435,20 @@ def _warp_cut_kernel(
     else:
         k = top_k
     if is_draft:
-        src = draft_ptr + b * stride_db + t * stride_dt
-        stride_v = stride_dv
-        n = Vd
-        needed = t < k_b
+        _row_cut(draft_ptr + b * stride_db + t * stride_dt, stride_dv, Vd, t < k_b, row, stats_ptr, stride_sp,
+                 stride_sr, S1, temp, scale, k, top_p, min_offset, cut_ptr, stride_cp,
+                 scratch_ptr + row * stride_scratch, BLOCK_V, BLOCK_S)
     else:
-        src = target_ptr + b * stride_tb + t * stride_tt
-        stride_v = stride_tv
-        n = V
-        needed = t <= k_b
+        _row_cut(target_ptr + b * stride_tb + t * stride_tt, stride_tv, V, t <= k_b, row, stats_ptr, stride_sp,
+                 stride_sr, S1, temp, scale, k, top_p, min_offset, cut_ptr, stride_cp,
+                 scratch_ptr + row * stride_scratch, BLOCK_V, BLOCK_S)
+
+
+@triton.jit
+def _row_cut(src, stride_v, n, needed, row, stats_ptr, stride_sp, stride_sr, S1, temp, scale, k, top_p, min_offset,
+             cut_ptr, stride_cp, scratch, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One row's cut and kept mass (-inf and the whole row's sum where nothing is cut: greedy rows, rows no decision
+    reads, rows of -inf)."""
     # The row's max and sum of exp from its split statistics (as launch 2 combines them).
     s = tl.arange(0, BLOCK_S)
     m_s = tl.load(stats_ptr + row * stride_sr + s, mask=(s < S1) & _splat(needed, s), other=-float("inf"))
@@ -426,17 +465,17 @@ def _warp_cut_kernel(
         top = _key(m).to(tl.int64) + 1
         cnt_lo = n
         mass_lo = z
-        slots = tl.full([BLOCK_V], -1, tl.int32)  # no scratch row yet
+        slots = tl.full([1, BLOCK_V], -1, tl.int32)  # no scratch row yet
         sc_lo = lo
         sc_hi = lo
         sc_cnt = n * 0
         sc_mass = z * 0.0
         first = temp == temp
-        scratch = scratch_ptr + row * stride_scratch
-        if (k > 0) & (k < n):
+        if (k > 0) & (k < n):  # (counts only: the kept mass once, at the cut)
             lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
                 src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
                 sc_mass, first, k.to(tl.float32), m, scale, False, BLOCK_V)
+            mass_lo = _mass_at(src, stride_v, n, scratch, lo, slots, sc_lo, sc_hi, m, scale, BLOCK_V)
         if top_p < 1.0:
             lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
                 src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
@@ -446,14 +485,9 @@ def _warp_cut_kernel(
         # Stage 3, min-p: a cut at max + T ln(min_p); its mass needs one more pass when it is the highest cut.
         cut_m = m + min_offset
         if cut_m > cut:
-            piv = tl.full([PIVOTS], 0, tl.int32) + _key(cut_m)
-            if (tl.min(slots, axis=0) >= 0) & (sc_lo <= lo) & (sc_hi == INT64_MAX):
-                _, mass, _, _ = _scratch_pass(scratch, slots, piv, lo, lo + 1, m, scale, BLOCK_V)
-            else:
-                _, mass, _, _, _ = _row_pass(src, stride_v, n, piv, lo, lo + 1, m, scale, scratch, False, lo,
-                                             BLOCK_V)
             cut = cut_m
-            kept = tl.max(mass, axis=0)
+            kept = _mass_at(src, stride_v, n, scratch, _key(cut_m).to(tl.int64), slots, sc_lo, sc_hi, m, scale,
+                            BLOCK_V)
     tl.store(cut_ptr + row, cut)
     tl.store(cut_ptr + stride_cp + row, kept)
 
