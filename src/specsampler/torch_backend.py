@@ -189,8 +189,8 @@ def _per_row(value, rows: torch.Tensor, dtype, device) -> torch.Tensor:
 
 
 def warp_cut(scores: torch.Tensor, scale: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-             min_offset: torch.Tensor, top_width: int | None, any_top_p: bool) -> torch.Tensor:
-    """The cut tau of each row (see the module's docstring): the row keeps its logits >= tau. No host synchronisation.
+             min_offset: torch.Tensor, top_width: int | None, any_top_p: bool, host: bool = False) -> torch.Tensor:
+    """The cut tau of each row (see the module's docstring): the row keeps its logits >= tau.
 
     Parameters
     ----------
@@ -201,10 +201,13 @@ def warp_cut(scores: torch.Tensor, scale: torch.Tensor, top_k: torch.Tensor, top
     top_k, top_p, min_offset : torch.Tensor
         [N] int64, float32, float32, as in :class:`Warp`.
     top_width : int or None
-        How many of each row's largest logits the cuts can need: None sorts whole rows; 0 needs none (no top-k and
-        no top-p anywhere).
+        How many of each row's largest logits the cuts can need: None, whole rows (some row has top-p without a
+        top-k); 0 none (no top-k and no top-p anywhere).
     any_top_p : bool
         Whether some row may have top_p < 1.
+    host : bool
+        Decisions on the host are allowed (CPU tensors): rows with top-p alone look among their 1024 largest logits
+        first and sort whole only when the cut lies further down. Without it there is no host synchronisation.
 
     Returns
     -------
@@ -219,18 +222,37 @@ def warp_cut(scores: torch.Tensor, scale: torch.Tensor, top_k: torch.Tensor, top
     if top_width == 0:
         return cut
     k_on = (top_k > 0) & (top_k < vocab)
-    top = scores.sort(dim=1, descending=True).values if top_width is None else scores.topk(top_width, dim=1).values
+    if top_width is None and host:  # the largest top-k, or the first look of top-p alone
+        top_width = max(_TOP_P_FIRST, int(torch.where(k_on, top_k, 0).max()))
+    whole = top_width is None or top_width >= vocab
+    if whole:
+        top = scores.sort(dim=1, descending=True).values
+    else:
+        top = scores.topk(top_width, dim=1).values
     cut_k = torch.where(k_on, top.gather(1, (top_k - 1).clamp(0, top.shape[1] - 1)[:, None])[:, 0], neg)
     if any_top_p:
-        w = torch.exp2((scores - m_safe[:, None]) * scale[:, None])
-        mass_k = torch.where(scores >= cut_k[:, None], w, 0.0).sum(dim=1)
-        cum = torch.exp2((top - m_safe[:, None]) * scale[:, None]).cumsum(dim=1)
-        hit = (cum >= (top_p * mass_k)[:, None]) & (top >= cut_k[:, None])
-        first = hit.to(torch.int8).argmax(dim=1)
-        # no hit (the sums' rounding with top_p near 1): every logit top-k kept
-        cut_p = torch.where(hit.any(dim=1), top.gather(1, first[:, None])[:, 0], cut_k)
-        cut = torch.maximum(cut, torch.where(top_p < 1.0, cut_p, neg))
+        p_on = top_p < 1.0
+        w_top = torch.exp2((top - m_safe[:, None]) * scale[:, None])
+        # The mass top-k keeps: its values are in `top`, but for ties with the k-th beyond the list; top-k off: all.
+        listed = top >= cut_k[:, None]
+        mass_k = torch.where(listed, w_top, 0.0).sum(dim=1)
+        ties = (scores == cut_k[:, None]).sum(dim=1) - (top == cut_k[:, None]).sum(dim=1)
+        mass_k = mass_k + ties * torch.exp2((cut_k - m_safe) * scale)
+        if whole or not host or bool((p_on & ~k_on).any()):
+            full = torch.exp2((scores - m_safe[:, None]) * scale[:, None]).sum(dim=1)
+            mass_k = torch.where(k_on, mass_k, full)
+        hit = (w_top.cumsum(dim=1) >= (top_p * mass_k)[:, None]) & listed
+        found = hit.any(dim=1)
+        cut_p = torch.where(found, top.gather(1, hit.to(torch.int8).argmax(dim=1)[:, None])[:, 0], cut_k)
+        if not whole and host and bool((p_on & ~k_on & ~found).any()):  # the cut lies past the first 1024: sort
+            return warp_cut(scores, scale, top_k, top_p, min_offset, None, any_top_p)
+        # (no hit in a whole list: the sums' rounding with top_p near 1; every logit top-k kept)
+        cut = torch.maximum(cut, torch.where(p_on, cut_p, neg))
     return torch.maximum(cut, cut_k)
+
+
+# Rows with top-p and no top-k look for their cut among this many largest logits first (the CPU's per-call path).
+_TOP_P_FIRST = 1024
 
 
 def warp_scores(scores: torch.Tensor, temperature: float | torch.Tensor, warp: Warp) -> torch.Tensor:
@@ -240,7 +262,23 @@ def warp_scores(scores: torch.Tensor, temperature: float | torch.Tensor, warp: W
     2**-126) come back unwarped."""
     batch, r, vocab = scores.shape
     device = scores.device
-    flat = torch.nan_to_num(scores.float(), nan=float("-inf"), posinf=_FMAX, neginf=float("-inf")).reshape(-1, vocab)
+    host = device.type == "cpu"
+    flat = scores.float().reshape(-1, vocab)
+    if flat.shape[0] == 0:  # (K = 0: no draft rows)
+        return flat.reshape(batch, r, vocab)
+    if not host or not bool(flat.amax(dim=1).isfinite().all()):  # (a row of -inf has max -inf: scrubbed too)
+        flat = torch.nan_to_num(flat, nan=float("-inf"), posinf=_FMAX, neginf=float("-inf"))
+    if not isinstance(temperature, torch.Tensor) and not any(isinstance(v, torch.Tensor) for v in warp) and \
+            warp.top_p >= 1.0 and temperature >= GREEDY_BELOW:  # the common cases in few operations (CPU: per call)
+        if 0 < warp.top_k < vocab:
+            cut = flat.topk(warp.top_k, dim=1).values[:, -1:]
+            if warp.min_offset > float("-inf"):
+                cut = torch.maximum(cut, flat.amax(dim=1, keepdim=True) + warp.min_offset)
+        elif warp.min_offset > float("-inf"):
+            cut = flat.amax(dim=1, keepdim=True) + warp.min_offset
+        else:
+            return flat.reshape(batch, r, vocab)
+        return flat.masked_fill(flat < cut, float("-inf")).reshape(batch, r, vocab)
     rows = torch.arange(batch, device=device).repeat_interleave(r)
     temp = _per_row(temperature, rows, torch.float32, device)
     sampled = temp >= GREEDY_BELOW
@@ -254,7 +292,7 @@ def warp_scores(scores: torch.Tensor, temperature: float | torch.Tensor, warp: W
         top_width = None if any_top_p else 0
     cut = warp_cut(flat, scale, _per_row(warp.top_k, rows, torch.int64, device),
                    _per_row(warp.top_p, rows, torch.float32, device),
-                   _per_row(warp.min_offset, rows, torch.float32, device), top_width, any_top_p)
+                   _per_row(warp.min_offset, rows, torch.float32, device), top_width, any_top_p, host)
     cut = torch.where(sampled, cut, float("-inf"))
     return flat.masked_fill(flat < cut[:, None], float("-inf")).reshape(batch, r, vocab)
 
@@ -310,9 +348,6 @@ def verify_torch(
         target, draft = target.detach(), None if draft is None else draft.detach()
     if from_probs:
         temperature = 1.0
-    elif warp is not None:
-        target = warp_scores(target, temperature, warp)
-        draft = None if draft is None else warp_scores(draft, temperature, warp)
     if num_draft_tokens is not None:  # as the kernel does: no value reads out of bounds
         num_draft_tokens = num_draft_tokens.to(torch.int64).clamp(0, k)
     u = draw_uniforms(seed, batch, k_plus_1, device)
@@ -322,6 +357,9 @@ def verify_torch(
         vectorized = device.type != "cpu"
     elif not vectorized and device.type != "cpu":
         raise ValueError(f"the per-row path (vectorized=False) runs on CPU tensors only, got {device}")
+    if warp is not None and not from_probs and vectorized:
+        target = warp_scores(target, temperature, warp)
+        draft = None if draft is None else warp_scores(draft, temperature, warp)
     if vectorized:
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
         tokens, n, clean = _verify_batch(*args, scrub=device.type != "cpu")
@@ -336,9 +374,12 @@ def verify_torch(
     tokens = np.empty((batch, k_plus_1), dtype=np.int64)
     tokens.fill(-1)
     counts = np.empty(batch, dtype=np.int64)
+    # The per-row path warps a row only when its softmax is needed (warp_scores on that row alone).
+    warps = [None] * batch if warp is None or from_probs else [Warp(*[
+        v[b].item() if isinstance(v, torch.Tensor) else v for v in warp]) for b in range(batch)]
     for b in range(batch):
         args = (target[b], drafts[b], None if draft is None else draft[b], k_rows[b], temps[b], u_rows[b],
-                None if noise is None else noise[b], from_probs)
+                None if noise is None else noise[b], from_probs, warps[b])
         n, token, clean = _verify_row(*args, scrub=False)
         if not clean:
             n, token, _ = _verify_row(*args, scrub=True)
@@ -348,7 +389,14 @@ def verify_torch(
     return torch.from_numpy(tokens), torch.from_numpy(counts)
 
 
-def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub):
+def _row_scores(scores: torch.Tensor, temperature: float, warp: Warp | None) -> torch.Tensor:
+    """One row's [V'] logits, warped when `warp` is given (sampled rows)."""
+    if warp is None or temperature < GREEDY_BELOW:
+        return scores
+    return warp_scores(scores[None, None], temperature, warp)[0, 0]
+
+
+def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, scrub):
     """One row on the CPU: target [K+1, V], x K ints, draft [K, Vd] or None, k_b int, temperature float (0: greedy),
     u K+1 floats, noise [V] or None. Returns (n, next token, whether the row drawn from was free of NaN)."""
     vocab = target.shape[-1]
@@ -361,8 +409,9 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub)
     # (A decision needs only the row's logsumexp, but the fused softmax is faster than logsumexp on CPUs, and the
     # rejected position needs p and q in full anyway.)
     for t in range(k_b):
-        p_t = _softmax(target[t], temperature, from_probs, vocab, scrub)
-        q_t = None if draft is None else _softmax(draft[t], temperature, from_probs, vocab, scrub)
+        p_t = _softmax(_row_scores(target[t], temperature, warp), temperature, from_probs, vocab, scrub)
+        q_t = None if draft is None else _softmax(_row_scores(draft[t], temperature, warp), temperature, from_probs,
+                                                  vocab, scrub)
         valid = 0 <= x[t] < vocab
         one_hot = q_t is None
         if valid and not one_hot:
@@ -385,7 +434,8 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, scrub)
         return t, token, total == total
 
     # 2. Every draft accepted: the bonus token from p_{K_b}.
-    token, total = _draw_row(_softmax(target[k_b], temperature, from_probs, vocab, scrub), u[-1], noise)
+    token, total = _draw_row(_softmax(_row_scores(target[k_b], temperature, warp), temperature, from_probs, vocab,
+                                      scrub), u[-1], noise)
     return k_b, token, total == total
 
 
