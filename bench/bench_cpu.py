@@ -8,7 +8,13 @@ Each call gets the next inputs of a pool of 64 rows (so that the acceptance vari
 generation), read once just before the timer starts (a model's fresh logits are in cache). Times are medians of
 interleaved repeats (the two providers alternate, so drift on a shared machine hits both), on one thread.
 
-    python bench/bench_cpu.py            # the table
+Then the warped case (``warp_peers.py``): temperature 0.7, top_k 50, top_p 0.9, float32, K = 4, at B = 1 and 64
+(--quick: 1 and 8): ``specsampler.verify`` with the warpers inside (torch backend) against transformers' warpers
+(``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) on both logit tensors followed by
+``specsampler.verify`` at temperature 1; and ``specsampler.sample`` against those warpers, a softmax and
+``torch.multinomial``. Its rows start with ``verify`` or ``sample``.
+
+    python bench/bench_cpu.py            # the tables
     python bench/bench_cpu.py --quick    # fewer repeats
 """
 
@@ -58,7 +64,8 @@ def interleaved_medians(providers, inputs, repeats):
         for fn, ts in zip(providers, times, strict=True):
             args = inputs[step % len(inputs)]
             for a in args:
-                a.sum()
+                if isinstance(a, torch.Tensor):
+                    a.sum()
             start = time.perf_counter()
             fn(*args)
             if step:  # the first round warms up
@@ -107,13 +114,46 @@ def run(cases, repeats):
     return rows
 
 
+def run_warped(batches, k, vocab, repeats):
+    """Print the warped table (see the module docstring); returns its rows (what, B, K, V, specsampler s, peer s).
+
+    Both providers of a row get the same inputs (a pool of 64 rows, the next batch each call, as in :func:`time_case`)
+    and are timed in alternation; B = 1 gets `repeats` repeats, larger B max(5, repeats // 10)."""
+    from warp_peers import SAMPLE_PEER, VERIFY_PEER, WARP, sample_fns, torch_warpers, verify_fns, warped_inputs
+
+    warp, where = torch_warpers(**WARP)
+    print(f"\nwarped: temperature {WARP['temperature']}, top_k {WARP['top_k']}, top_p {WARP['top_p']}, float32, "
+          f"K = {k}, V = {vocab}; peer: {where} warpers (sort for top-p), then specsampler.verify at temperature 1 "
+          f"(torch backend), or a softmax and torch.multinomial\n")
+    header = f"{'what':<7} {'B':>4} {'K':>3} {'V':>7} {'specsampler':>13} {'peer':>13} {'ratio':>7}  peer"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for batch in batches:
+        pool = warped_inputs(max(batch, POOL), k, vocab, torch.device("cpu"), seed=batch, warp=warp)
+        chunks = [{name: x[lo : lo + batch] for name, x in pool.items()}
+                  for lo in range(0, pool["target"].shape[0] - batch + 1, batch)]
+        reps = repeats if batch == 1 else max(5, repeats // 10)
+        for what, fns, peer in (("verify", verify_fns, VERIFY_PEER), ("sample", sample_fns, SAMPLE_PEER)):
+            calls = [fns(chunk, "torch", warp) for chunk in chunks]
+            providers = [lambda i, *tensors, name=name, calls=calls: calls[i][name]() for name in ("specsampler", peer)]
+            inputs = [(i, *chunk.values()) for i, chunk in enumerate(chunks)]  # the tensors are read before timing
+            t_ours, t_peer = interleaved_medians(providers, inputs, reps)
+            rows.append((what, batch, k, vocab, t_ours, t_peer))
+            print(f"{what:<7} {batch:>4} {k:>3} {vocab:>7} {t_ours * 1e6:>10.0f} us {t_peer * 1e6:>10.0f} us "
+                  f"{t_peer / t_ours:>6.2f}x  {peer}")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = [(batch, 4, 32000, sigma) for batch in (1, 64) for sigma in (1.0, 0.5, 0.0)]
-    run(cases, repeats=40 if args.quick else 200)
+    repeats = 40 if args.quick else 200
+    run(cases, repeats=repeats)
+    run_warped((1, 64), 4, 32000, repeats)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,12 @@ def timed(fn):
 
 
 def sampling_kwargs(args):
-    return dict(do_sample=True, temperature=args.temperature, top_k=args.top_k) if args.sample else \
-        dict(do_sample=False)
+    """The sampling options for both specsampler.generate and transformers' generate (top_p, min_p only when set)."""
+    if not args.sample:
+        return dict(do_sample=False)
+    kw = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k)
+    kw.update({name: value for name, value in (("top_p", args.top_p), ("min_p", args.min_p)) if value is not None})
+    return kw
 
 
 def run_specsampler(target, drafter, ids, mask, args):
@@ -102,10 +106,12 @@ class StepProfile:
     from wrappers set on the library's step functions for the duration of a ``with`` block.
 
     Parts: ``target forward`` and ``draft forward`` (``_Cached.forward``, the draft's when called while drafting),
-    ``drafting`` (the drafter's propose/accept besides its forwards: sampling, prompt lookup), ``cache`` (trimming
-    and selecting rows of the KV caches), ``warp`` (temperature/top-k/top-p in torch), ``verify``, ``commit rows``
-    (tokens, EOS, stats, callback), ``evict`` (finished rows) and ``other`` (the rest of the call: validation,
-    prefill bookkeeping, the step's own tensor work and its one host synchronisation).
+    ``drafting`` (the drafter's propose/accept besides its forwards and draws: prompt lookup, stacking), ``cache``
+    (trimming and selecting rows of the KV caches), ``sample`` (:func:`specsampler.sample`: each draft token drawn with
+    the warpers), ``verify`` (warpers included), ``commit rows`` (tokens, EOS, stats, callback), ``evict`` (finished
+    rows) and ``other`` (the rest of the call: validation, prefill bookkeeping, the step's own tensor work and its one
+    host synchronisation). An older tree's ``warp`` (its ``warp_logits``) is timed where it exists; a part whose
+    function the library lacks is left out.
     """
 
     def __init__(self):
@@ -115,7 +121,7 @@ class StepProfile:
             ("drafting", _generate._DraftModel, "propose"), ("drafting", _generate._DraftModel, "accept"),
             ("drafting", drafters.PromptLookupRun, "propose"), ("drafting", drafters.PromptLookupRun, "accept"),
             ("forward", _generate._Cached, "forward"), ("cache", _generate._Cached, "keep"),
-            ("cache", _generate._Cached, "select"), ("verify", _generate, "verify"),
+            ("cache", _generate._Cached, "select"), ("verify", _generate, "verify"), ("sample", _generate, "sample"),
             ("warp", _generate, "warp_logits"), ("commit rows", _generate, "_commit_rows"),
             ("evict", _generate, "_evict"),
         ]
@@ -142,7 +148,9 @@ class StepProfile:
 
     def __enter__(self):
         for part, owner, attr in self.targets:
-            original = owner.__dict__[attr]
+            original = owner.__dict__.get(attr)
+            if original is None:  # another version of the library
+                continue
             self._saved.append((owner, attr, original))
             setattr(owner, attr, self._wrap(part, original))
         return self
@@ -175,9 +183,12 @@ def main():
     p.add_argument("--head-scale", type=float, default=4.0)
     p.add_argument("--late-scale", type=float, default=0.02, help="scales the output of the target's later layers")
     p.add_argument("--prompt-len", type=int, nargs=2, default=[16, 48])
-    p.add_argument("--sample", action="store_true", help="do_sample=True (with --temperature, --top-k)")
+    p.add_argument("--sample", action="store_true",
+                   help="do_sample=True (with --temperature, --top-k, and --top-p, --min-p when given)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None, help="with --sample (default off)")
+    p.add_argument("--min-p", type=float, default=None, help="with --sample (default off)")
     p.add_argument("--prompt-lookup", action="store_true", help="draft with prompt lookup, no draft model")
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
@@ -199,12 +210,14 @@ def main():
         half = ids_all.shape[1] // 2
         ids_all[:, half:] = ids_all[:, :half][:, : ids_all.shape[1] - half]
         mask_all[:] = 1
+    mode = f"sampling T={args.temperature} top_k={args.top_k} top_p={args.top_p} min_p={args.min_p}" if args.sample \
+        else "greedy"
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
           f"{args.dtype}; target Llama {args.layers}x{args.hidden} vocab {args.vocab} "
           f"({sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params), draft: "
           f"{'prompt lookup' if args.prompt_lookup else f'first {args.draft_layers} layer(s)'}; K={args.k}, "
           f"{args.new_tokens} new tokens per row, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, "
-          f"{f'sampling T={args.temperature} top_k={args.top_k}' if args.sample else 'greedy'}")
+          f"{mode}")
     # warm-up
     run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args)
     run_plain(target, ids_all[:2], mask_all[:2], args)

@@ -5,13 +5,13 @@ Run by ``bench/device_check.sh`` (which runs the test suite first); standalone::
     python3 bench/bench_verify_gpu.py [--quick] [--budget-seconds S] [--out DIR] [--baseline-kernel PATH]
     python3 bench/bench_verify_gpu.py --dry-run     # CPU, tiny sizes, the kernel under TRITON_INTERPRET=1
 
-Order: the copy and read ceilings; then where the time goes in the goal cases (below); then the grid, goal cases
-first. Goal cases: K = 4, V = 128256, B in {1, 64, 256}, bfloat16 then float32, sampled and greedy (the dry run:
-K = 2, V = 1000, B in {1, 2}). Grid: B in {1, 8, 64, 256}, K in {1, 4, 8}, V in {32000, 128256, 151936, 262144},
-float32 and bfloat16 logits, sampled (temperature 1) and greedy (temperature 0) rows; after the goal cases
-V = 128256 first. Every case gets fresh random inputs, identical for every provider (see ``devcheck_providers`` for
-what each one runs). ``--baseline-kernel PATH`` adds the provider ``baseline``: an older copy of
-``triton_kernels/verify.py`` loaded from PATH, timed beside the current kernel in both tables.
+Order: the copy and read ceilings; then where the time goes in the goal cases (below); then the warped case (below);
+then the grid, goal cases first. Goal cases: K = 4, V = 128256, B in {1, 64, 256}, bfloat16 then float32, sampled
+and greedy (the dry run: K = 2, V = 1000, B in {1, 2}). Grid: B in {1, 8, 64, 256}, K in {1, 4, 8}, V in {32000,
+128256, 151936, 262144}, float32 and bfloat16 logits, sampled (temperature 1) and greedy (temperature 0) rows; after
+the goal cases V = 128256 first. Every case gets fresh random inputs, identical for every provider (see
+``devcheck_providers`` for what each one runs). ``--baseline-kernel PATH`` adds the provider ``baseline``: an older
+copy of ``triton_kernels/verify.py`` loaded from PATH, timed beside the current kernel in both tables.
 
 Timing: ``triton.testing.do_bench`` medians (short warmup and rep), or ``do_bench_cudagraph`` medians when the case
 reads at most ``--graph-mib`` MiB and the provider runs without a host synchronisation (checked with
@@ -47,6 +47,18 @@ Where the time goes (goal cases, providers ``specsampler`` and ``baseline``), on
 On a CPU (the dry run) there is no profiler: the launch columns are the wall time inside the interpreted ``.run``,
 and every timing is a wall clock.
 
+The warped case (``warp_peers.py``; ``--skip-warped`` leaves it out): temperature 0.7, top_k 50, top_p 0.9, float32,
+K = 4, V = 128256, B in {1, 64} (the dry run: K = 2, V = 1000, B in {1, 2}), fresh inputs per B:
+- ``verify``: ``specsampler`` (``verify(..., temperature=0.7, top_k=50, top_p=0.9, backend="triton")``: the warpers
+  inside the kernel, no sort), ``torch`` (the same on our torch backend: topk, no sort) and the peer
+  ``warpers+verify``: transformers' ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper`` (a sort
+  of every row; their torch equivalent without transformers) on the target's and the draft's logits, then
+  ``specsampler.verify`` at temperature 1 on the Triton kernel;
+- ``sample``: one token per row from [B, V] logits: ``specsampler`` (``sample(..., backend="triton")``), ``torch``
+  (``backend="torch"``) and the peer ``warpers+multinomial``: the same warpers, a softmax and ``torch.multinomial``.
+Timed like the grid (CUDA graphs up to ``--graph-mib``); the table (``peer/ours``: the peer's median over ours) is
+printed as measured and again before the verify table.
+
 Outputs, under ``--out`` (default ``$OUT``, else ``bench/out``), the CSV flushed after every case so that a run cut
 short keeps what it measured:
 - ``verify_<gpu>.csv``: ``device, B, K, V, dtype, provider, median_us, bytes, gbps, pct_of_copy_bw, mode``, one row
@@ -54,6 +66,8 @@ short keeps what it measured:
 - ``launches_<gpu>.csv``: ``device, B, K, V, dtype, mode, launch1_us, launch2_us, total_cuda_us, graph_us,
   host_us_per_call, read_roofline_us, pct_of_read_roofline, pct_of_copy_bw``, then ``host_pre_us, host_launch1_us,
   host_between_us, host_launch2_us, host_post_us, provider`` (see above; empty where not measured);
+- ``warped_<gpu>.csv``: ``device, what, B, K, V, dtype, provider, median_us, peer_over_ours, how`` (``what``:
+  verify or sample; ``peer_over_ours``: the peer's median over specsampler's, on the peer's row);
 - ``resources_<gpu>.csv``: registers and spills of every compiled variant of the two kernels;
 - ``verify_<gpu>.png``: the roofline plot (with matplotlib: the optional extra ``plot``);
 - printed: the launches table as it is measured; at the end notes (skipped providers and why, scaled timings), the
@@ -85,6 +99,9 @@ QUICK = dict(B=(1, 64), K=(4,), V=(128256,))
 DRY = dict(B=(1, 2), K=(1, 2), V=(7, 1000))
 GOAL = dict(B=(1, 64, 256), K=(4,), V=(128256,))
 DRY_GOAL = dict(B=(1, 2), K=(2,), V=(1000,))
+WARPED = dict(B=(1, 64), K=4, V=128256)
+DRY_WARPED = dict(B=(1, 2), K=2, V=1000)
+WARPED_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "provider", "median_us", "peer_over_ours", "how")
 KERNEL_NAMES = ("_row_stats_kernel", "_verify_kernel")
 
 
@@ -108,6 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host-calls", type=int, default=None,
                    help="calls queued for the host time per goal case (default 200; 3 dry)")
     p.add_argument("--skip-launches", action="store_true", help="no per-launch / host / read-roofline table")
+    p.add_argument("--skip-warped", action="store_true", help="no warped case (temperature 0.7, top-k 50, top-p 0.9)")
     args = p.parse_args(argv)
     if args.compile_budget_seconds is None:
         args.compile_budget_seconds = 8.0 if args.dry_run else 60.0
@@ -412,6 +430,83 @@ def run_launches(cases, timer, state, args, path: Path, started: float) -> list[
     return rows
 
 
+def run_warped(timer, state, args, path: Path, started: float) -> list[dict]:
+    """The warped case (see the module docstring): writes ``warped_<gpu>.csv`` (flushed per B), prints the rows."""
+    import torch
+    from warp_peers import SAMPLE_PEER, VERIFY_PEER, WARP, sample_fns, torch_warpers, verify_fns, warped_inputs
+
+    device, notes = state["torch_device"], state["notes"]
+    sizes = DRY_WARPED if args.dry_run else WARPED
+    k, vocab = sizes["K"], sizes["V"]
+    warp, where = torch_warpers(**WARP)
+    notes.add(f"warped case: temperature {WARP['temperature']}, top_k {WARP['top_k']}, top_p {WARP['top_p']}, "
+              f"float32; peers: {where} warpers, then specsampler.verify (Triton) or torch.multinomial")
+    rows: list[dict] = []
+    print("\nwarped case:\n" + warped_table_lines([])[0], flush=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=WARPED_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for batch in sizes["B"]:
+            if time.monotonic() - started > args.budget_seconds:
+                notes.add("budget spent during the warped case")
+                break
+            try:
+                inputs = warped_inputs(batch, k, vocab, device, seed=batch * 7919 + vocab, warp=warp)
+            except Exception as exc:  # out of memory: the grid still runs
+                notes.add(f"warped case stopped at B={batch}: {type(exc).__name__}: {str(exc)[:200]}")
+                if device.type == "cuda":
+                    _recover(torch)
+                break
+            new = []
+            for what, fns, peer, nbytes in (("verify", verify_fns, VERIFY_PEER, 4 * batch * (2 * k + 1) * vocab),
+                                            ("sample", sample_fns, SAMPLE_PEER, 4 * batch * vocab)):
+                calls = fns(inputs, "triton", warp)
+                calls = {"specsampler": calls["specsampler"], "torch": fns(inputs, "torch", warp)["specsampler"],
+                         peer: calls[peer]}
+                timed = {}
+                for provider, fn in calls.items():
+                    label = f"warped {what} {provider}"
+                    try:
+                        timed[provider] = timer(fn, nbytes <= args.graph_mib * 2**20, label=label)
+                    except Exception as exc:  # OOM, a peer's bug, ours: note it, go on
+                        notes.add(f"{label} failed on B={batch} K={k} V={vocab}: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}")
+                        state["failures"] += provider == "specsampler"
+                        if device.type == "cuda":
+                            _recover(torch)
+                ours = timed.get("specsampler")
+                for provider, (ms, how) in timed.items():
+                    ratio = _sig(ms / ours[0]) if ours and provider == peer else ""
+                    new.append(dict(device=state["device"], what=what, B=batch, K=k, V=vocab, dtype="float32",
+                                    provider=provider, median_us=_sig(ms * 1e3), peer_over_ours=ratio, how=how))
+            del inputs
+            writer.writerows(new)
+            f.flush()
+            for line in warped_table_lines(new)[1:]:
+                print(line, flush=True)
+            rows += new
+    return rows
+
+
+def warped_table_lines(rows: list[dict]) -> list[str]:
+    """The warped table: header, then one line per (what, B): each provider's median (us; * = CUDA graph) and the
+    peer's over ours."""
+    from warp_peers import SAMPLE_PEER, VERIFY_PEER
+
+    head = (f"{'what':<7} {'B':>4} {'K':>2} {'V':>7} {'specsampler':>12} {'torch':>10} {'peer':>10} "
+            f"{'peer/ours':>9}  peer")
+    out = [head]
+    cases: dict[tuple, dict] = {}
+    for r in rows:
+        cases.setdefault((r["what"], r["B"], r["K"], r["V"]), {})[r["provider"]] = r
+    for (what, b, k, v), by in cases.items():
+        peer = VERIFY_PEER if what == "verify" else SAMPLE_PEER
+        ratio = by.get(peer, {}).get("peer_over_ours", "")
+        out.append(f"{what:<7} {b:>4} {k:>2} {v:>7} {_cell(by.get('specsampler')):>12} {_cell(by.get('torch')):>10} "
+                   f"{_cell(by.get(peer)):>10} {(f'{ratio:.2f}x' if ratio != '' else '-'):>9}  {peer}")
+    return out
+
+
 def launch_table_lines(rows: list[dict]) -> list[str]:
     """The launches table: header, then one line per row (µs; % of the read roofline and of the copy ceiling)."""
     cols = (("launch1_us", "launch1"), ("launch2_us", "launch2"), ("total_cuda_us", "cuda"), ("graph_us", "graph"),
@@ -698,6 +793,8 @@ def main(argv=None) -> int:
     launches_path = out / f"launches_{slug(name)}.csv"
     launches = [] if args.skip_launches else run_launches([c for c in cases if is_goal(c, args)], timer, state,
                                                             args, launches_path, started)
+    warped_path = out / f"warped_{slug(name)}.csv"
+    warped = [] if args.skip_warped else run_warped(timer, state, args, warped_path, started)
     csv_path = out / f"verify_{slug(name)}.csv"
     rows = run_grid(cases, device, providers, timer, state, args, csv_path, started)
     write_resources(out / f"resources_{slug(name)}.csv", report)
@@ -710,7 +807,8 @@ def main(argv=None) -> int:
         notes.add(plot_line)
 
     print(f"\nwrote {csv_path} ({len(rows)} rows), {launches_path.name} ({len(launches)} rows), "
-          f"resources_{slug(name)}.csv; {plot_line}; {time.monotonic() - started:.0f} s")
+          f"{warped_path.name} ({len(warped)} rows), resources_{slug(name)}.csv; {plot_line}; "
+          f"{time.monotonic() - started:.0f} s")
     print(f"copy ceiling: {copy_gbps:.1f} GB/s (read + written); read ceiling: {read_gbps:.4g} GB/s (read only)")
     print("\n".join(["", *(f"note: {n}" for n in notes.lines), ""]))
     if launches:
@@ -718,6 +816,9 @@ def main(argv=None) -> int:
               "host: host time per eager call, h.*: its phases; read: the read roofline of launch 1's bytes; "
               "bound: the longer of host and GPU time)\n")
         print("\n".join([*launch_table_lines(launches), ""]))
+    if warped:
+        print("warped case (us; * = timed as a CUDA graph; peer/ours: the peer's median over specsampler's)\n")
+        print("\n".join([*warped_table_lines(warped), ""]))
     print("\n".join(report.lines()))
     print("\n".join(["", *goal_lines(rows, report), *baseline_lines(rows, args.baseline_kernel), ""]))
     print("table: median us per provider (* = timed as a CUDA graph); ours in GB/s and % of the copy ceiling; "

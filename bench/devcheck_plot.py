@@ -7,8 +7,10 @@ Run as a script, it is the CPU benchmark with its plot (what ``specsampler bench
 
     python bench/devcheck_plot.py cpu [--quick] [--vocab V] [--repeats N] [--out DIR]
 
-bench_cpu.py's table of ``specsampler.verify`` (torch backend) against transformers, then the plot of it in
-``DIR/bench_cpu.png``, with this CPU's copy bandwidth as the roofline.
+bench_cpu.py's table of ``specsampler.verify`` (torch backend) against transformers, its warped table (temperature
+0.7, top_k 50, top_p 0.9: verify and sample against transformers' warpers with specsampler.verify or
+torch.multinomial), then the plot of the first table in ``DIR/bench_cpu.png``, with this CPU's copy bandwidth as the
+roofline.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def _has_matplotlib() -> bool:
 
 
 def cpu_main(argv: list[str] | None = None) -> int:
-    """``python bench/devcheck_plot.py cpu ...``: bench_cpu.py's table on one thread, then its plot.
+    """``python bench/devcheck_plot.py cpu ...``: bench_cpu.py's two tables on one thread, then the plot.
 
     Parameters
     ----------
@@ -143,19 +145,21 @@ def cpu_main(argv: list[str] | None = None) -> int:
         The exit status.
     """
     p = argparse.ArgumentParser(prog="devcheck_plot.py cpu", description="bench_cpu.py's table and its plot")
-    p.add_argument("--quick", action="store_true", help="B in {1, 8}, sigma in {1, 0} (default: {1, 64} x {1, .5, 0})")
+    p.add_argument("--quick", action="store_true",
+                   help="B in {1, 8}, sigma in {1, 0} (default: {1, 64} x {1, .5, 0}); the warped table at the same B")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size (default 32000)")
     p.add_argument("--repeats", type=int, help="timed repeats per case (default 200; --quick 20)")
     p.add_argument("--out", default=str(HERE / "out"), help="folder for bench_cpu.png (default bench/out)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
     import torch
-    from bench_cpu import run
+    from bench_cpu import run, run_warped
 
     batches, sigmas = ((1, 8), (1.0, 0.0)) if args.quick else ((1, 64), (1.0, 0.5, 0.0))
     repeats = args.repeats or (20 if args.quick else 200)
     torch.set_num_threads(1)
     rows = run([(b, 4, args.vocab, s) for b in batches for s in sigmas], repeats=repeats)
+    run_warped(batches, 4, args.vocab, repeats)
     print(plot_cpu(rows, Path(args.out) / "bench_cpu.png"))
     return 0
 

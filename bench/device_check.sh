@@ -7,12 +7,12 @@
 #   bench/device_check.sh --skip-tests     # benchmarks only
 #   bench/device_check.sh --baseline-kernel OLD.py   # also time an older copy of triton_kernels/verify.py
 #   bench/device_check.sh --sweep          # then the launch-configuration sweep (bench/sweep_config.py, ~1 minute)
-# Other options (--budget-seconds, --providers, --row-cap, --skip-launches, ...) go to bench/bench_verify_gpu.py.
+# Other options (--budget-seconds, --providers, --skip-launches, --skip-warped, ...) go to bench/bench_verify_gpu.py.
 #
 # Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
-# Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, verify_<gpu>.png (with matplotlib),
+# Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, verify_<gpu>.png,
 # resources_<gpu>.csv, tests.log, bench.log, sweep_<gpu>.csv (--sweep). Environment: PYTHON (default python3),
 # DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a
 # flashinfer*.whl to unpack, default bench/wheels).

@@ -156,7 +156,7 @@ def test_prompts_file_batch_sampled(models, capsys, tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("w5 w6 w7\n\nw9 w10 w9 w10 w9\nw20\n")
     args = ["generate", "--target", models["target"], "--draft", models["draft"], "--prompts-file", path, "--raw",
-            "--temperature", 0.8, "--top-k", 20, "--top-p", 0.9, "--seed", 3, "--max-new-tokens", 8,
+            "--temperature", 0.8, "--top-k", 20, "--top-p", 0.9, "--min-p", 0.05, "--seed", 3, "--max-new-tokens", 8,
             "--batch-size", 2, "--json"]
     rc, out, err = _run(capsys, args)
     assert rc == 0
@@ -164,7 +164,7 @@ def test_prompts_file_batch_sampled(models, capsys, tmp_path):
     assert [o["prompt"] for o in res["outputs"]] == ["w5 w6 w7", "w9 w10 w9 w10 w9", "w20"]
     assert [o["prompt_tokens"] for o in res["outputs"]] == [3, 5, 1]
     assert all(1 <= o["new_tokens"] <= 8 for o in res["outputs"])
-    want = {"do_sample": True, "temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3}
+    want = {"do_sample": True, "temperature": 0.8, "top_k": 20, "top_p": 0.9, "min_p": 0.05, "seed": 3}
     assert res["sampling"].items() >= want.items()
     assert res["stats"]["new_tokens"] == sum(o["new_tokens"] for o in res["outputs"])
     assert "batch 1/2 done" in err and "batch 2/2 done: 3/3 prompts" in err
@@ -172,6 +172,22 @@ def test_prompts_file_batch_sampled(models, capsys, tmp_path):
     assert json.loads(again)["texts"] == res["texts"]  # seeded
     rc, out, _ = _run(capsys, args[:-1])  # text mode: one block per prompt, then the summary
     assert rc == 0 and "=== [3/3] 'w20'" in out and "acceptance" in out
+
+
+def test_sampling_settings_read_min_p():
+    """--min-p means sampling; without options the target's generation config decides, min_p included."""
+    from types import SimpleNamespace
+
+    args = cli.build_parser().parse_args(["generate", "--target", "t", "--prompt-lookup", "--prompt", "x"])
+    config = SimpleNamespace(do_sample=True, temperature=0.6, top_k=0, top_p=1.0, min_p=0.1)
+    got = cli.sampling_settings(args, SimpleNamespace(generation_config=config))
+    assert got == dict(do_sample=True, temperature=0.6, top_k=None, top_p=None, min_p=0.1,
+                       source="the target's generation config")
+    config.min_p = None
+    assert cli.sampling_settings(args, SimpleNamespace(generation_config=config))["min_p"] is None
+    args.min_p = 0.2
+    got = cli.sampling_settings(args, SimpleNamespace(generation_config=config))
+    assert got["do_sample"] and got["min_p"] == 0.2 and got["temperature"] == 1.0 and got["source"] == "options"
 
 
 def test_chat_template(models, capsys):
@@ -198,6 +214,11 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
     (["--prompt-lookup", "--prompt", "w5", "--top-p", "1.5"], "--top-p"),
     (["--prompt-lookup", "--prompt", "w5", "--top-k", "-1"], "--top-k"),
     (["--prompt-lookup", "--prompt", "w5", "--greedy", "--temperature", "0.7"], "--greedy"),
+    (["--prompt-lookup", "--prompt", "w5", "--min-p", "1.5"], "--min-p"),
+    (["--prompt-lookup", "--prompt", "w5", "--min-p", "-0.1"], "--min-p"),
+    (["--prompt-lookup", "--prompt", "w5", "--min-p", "nan"], "--min-p"),
+    (["--target", "{tmp}/missing", "--prompt-lookup", "--prompt", "w5", "--min-p", "2"], "--min-p"),  # before loading
+    (["--prompt-lookup", "--prompt", "w5", "--greedy", "--min-p", "0.1"], "--greedy"),
     (["--prompt-lookup", "--prompt", "w5", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--num-draft-tokens", "0"], "--num-draft-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--dtype", "int8"], "--dtype"),
@@ -277,6 +298,11 @@ def test_bench_quick(capsys, tmp_path):
     assert rc == 0
     assert "verify backend:" in out and "transformers" in out and "specsampler" in out and "ratio" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "8 "))]) == 4  # B=1, 8 x 2 sigmas
+    warped = [w for w in (line.split() for line in out.splitlines()) if w[:1] in (["verify"], ["sample"])
+              and w[1].isdigit()]
+    assert [(w[0], w[1]) for w in warped] == [("verify", "1"), ("sample", "1"), ("verify", "8"), ("sample", "8")]
+    assert "warped: temperature 0.7, top_k 50, top_p 0.9" in out
+    assert [w[-1] for w in warped] == ["warpers+verify", "warpers+multinomial"] * 2
     if importlib.util.find_spec("matplotlib") is not None:
         assert f"plot: {tmp_path / 'bench_cpu.png'}" in out
         assert (tmp_path / "bench_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

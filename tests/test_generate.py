@@ -10,10 +10,25 @@ transformers = pytest.importorskip("transformers")
 
 import specsampler  # noqa: E402
 from specsampler import PromptLookupDrafter  # noqa: E402
-from specsampler._generate import warp_logits  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 V = 96
+
+
+def hf_warp(logits, temperature=1.0, top_k=None, top_p=None, min_p=None):
+    """The reference: transformers' own warpers, in the order its generate applies them (temperature, top-k, top-p,
+    min-p), on [..., V] float32 scores; masked scores become -inf."""
+    from transformers.generation import logits_process as lp
+
+    shape = logits.shape
+    x = logits.reshape(-1, shape[-1])
+    procs = [lp.TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+    procs += [lp.TopKLogitsWarper(top_k)] if top_k else []
+    procs += [lp.TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []
+    procs += [lp.MinPLogitsWarper(min_p)] if min_p else []
+    for proc in procs:
+        x = proc(None, x)
+    return x.reshape(shape)
 
 
 def _config(family, vocab=V, layers=2, hidden=32):
@@ -319,6 +334,8 @@ def _exact_two_tokens(target, prompt, warp):
     ("model", dict(temperature=0.7, top_k=5, top_p=0.8)),
     ("lookup", dict(temperature=1.3, top_p=0.9)),
     ("model", dict(num_assistant_tokens_schedule="heuristic")),
+    ("model", dict(temperature=0.7, top_k=6, min_p=0.3)),
+    ("lookup", dict(temperature=0.8, top_p=0.9, min_p=0.35)),
 ])
 def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     vocab, n = 8, 3000
@@ -329,7 +346,7 @@ def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
                              pad_token_id=0)
     schedule = {"num_assistant_tokens_schedule": warp_kw.pop("num_assistant_tokens_schedule", "constant")}
-    exact = _exact_two_tokens(target, prompt, lambda x: warp_logits(x, **warp_kw)).flatten()
+    exact = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
     # max_new_tokens=3 so that the first step verifies both drafts; the first two new tokens are checked
     out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, num_draft_tokens=2,
                                do_sample=True, seed=1234, eos_token_id=[], **warp_kw, **schedule)
@@ -338,30 +355,70 @@ def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     assert counts[exact == 0].sum() == 0  # nothing the warped target rules out
     assert _chi2_pvalue(counts, exact) > 1e-4
     if drafter == "model":  # the test has power: the draft's own distribution is told apart
-        assert _chi2_pvalue(counts, _exact_two_tokens(draft, prompt, lambda x: warp_logits(x, **warp_kw)).flatten()) \
+        assert _chi2_pvalue(counts, _exact_two_tokens(draft, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()) < 1e-4
+    if "min_p" in warp_kw:  # min-p cuts mass here: the distribution without it is told apart
+        no_min_p = {k: v for k, v in warp_kw.items() if k != "min_p"}
+        assert _chi2_pvalue(counts, _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **no_min_p)).flatten()) \
             < 1e-4
     assert 0 < out.stats.accepted < out.stats.drafted  # both acceptance and the residual were exercised
 
 
-def test_warp_logits_matches_transformers():
-    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+def test_sampled_generation_never_sorts(llama_pair, monkeypatch):
+    """Drafts are drawn by specsampler.sample from the draft's raw scores and verify gets the raw target and draft
+    scores with the warpers: no step sorts a vocabulary (torch.sort and argsort raise here; with top_k set the torch
+    backend takes topk, and the Triton kernel never sorts)."""
+    from specsampler import _generate
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 50, generator=g) * 3
-    ref = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(10)(None, x / 0.7))
-    assert torch.equal(warp_logits(x, 0.7, 10, 0.8), ref)
+    target, draft = llama_pair
+    ids, mask = _ragged([6, 3, 8], seed=9)
+    opts = dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.01)
+    samples, verifies = [], []
+
+    def spy_sample(logits, **kw):
+        samples.append((logits.shape, kw))
+        return specsampler.sample(logits, **kw)
+
+    def spy_verify(target_logits, drafts, draft_logits, **kw):
+        verifies.append(kw)
+        assert bool(torch.isfinite(target_logits).all()), "verify got warped (masked) target scores"
+        assert draft_logits is None or bool(torch.isfinite(draft_logits).all())
+        return specsampler.verify(target_logits, drafts, draft_logits, **kw)
+
+    def no_sort(*args, **kwargs):
+        raise AssertionError("a vocabulary was sorted")
+
+    monkeypatch.setattr(_generate, "sample", spy_sample)
+    monkeypatch.setattr(_generate, "verify", spy_verify)
+    for owner in (torch, torch.Tensor):
+        for name in ("sort", "argsort", "msort"):
+            if hasattr(owner, name):
+                monkeypatch.setattr(owner, name, no_sort)
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=9, num_draft_tokens=3, do_sample=True,
+                               seed=5, eos_token_id=[], **opts)
+    monkeypatch.undo()
+    assert out.sequences.shape == (3, 8 + 9)
+    assert samples and all(shape[1] == V and {k: kw[k] for k in opts} == opts and isinstance(kw["seed"], int)
+                           for shape, kw in samples)
+    assert len({kw["seed"] for _, kw in samples}) == len(samples)  # a fresh seed per draw
+    assert verifies and all({k: kw[k] for k in opts} == opts for kw in verifies)
+    again = specsampler.generate(target, draft, ids, mask, max_new_tokens=9, num_draft_tokens=3, do_sample=True,
+                                 seed=5, eos_token_id=[], **opts)
+    assert torch.equal(again.sequences, out.sequences)  # seed= keeps sampled generation reproducible
 
 
 @pytest.mark.parametrize("option, value, error", [
     ("temperature", -1.0, ValueError), ("temperature", float("nan"), ValueError),
     ("temperature", float("inf"), ValueError), ("top_k", -3, ValueError), ("top_k", 2.5, ValueError),
     ("top_p", 0.0, ValueError), ("top_p", 1.5, ValueError), ("top_p", float("nan"), ValueError),
+    ("min_p", -0.1, ValueError), ("min_p", 1.5, ValueError), ("min_p", float("nan"), ValueError),
+    ("min_p", True, ValueError),
     ("max_new_tokens", -1, ValueError), ("num_draft_tokens", 0, ValueError), ("do_sample", "yes", TypeError),
     ("seed", 1.5, TypeError),
 ])
 def test_generate_validates_every_option(option, value, error):
     """Each sampling option out of range raises before any model is touched, naming the option."""
-    kw = dict(max_new_tokens=4, num_draft_tokens=2, do_sample=True, temperature=0.7, top_k=5, top_p=0.9, seed=1)
+    kw = dict(max_new_tokens=4, num_draft_tokens=2, do_sample=True, temperature=0.7, top_k=5, top_p=0.9, min_p=0.1,
+              seed=1)
     kw[option] = value
     untouched = object()  # no model: validation comes first
     with pytest.raises(error, match=option):

@@ -11,10 +11,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import transformers.generation.utils as tf_utils  # noqa: E402
+from transformers.generation.logits_process import TopKLogitsWarper  # noqa: E402
 
 import specsampler  # noqa: E402
 import specsampler.hf as hf  # noqa: E402
-from specsampler._generate import warp_logits  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 V = 64
@@ -173,7 +173,7 @@ def test_sampled_first_token_follows_target_through_transformers(models, verify_
     prompt = torch.tensor([[5, 9, 13, 2, 40]])
     with torch.no_grad():
         logits = target(prompt).logits[0, -1].float()
-    p = warp_logits(logits, 1.0, 3).softmax(-1)  # top_k=3: 3 cells
+    p = TopKLogitsWarper(3)(None, logits[None])[0].softmax(-1)  # top_k=3: 3 cells
     counts = torch.zeros(V)
     torch.manual_seed(0)
     with specsampler.patched_transformers():
@@ -222,6 +222,28 @@ def test_custom_generate_sampling_and_return_dict(models):
                             draft_model=draft, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10,
                             top_p=0.9, seed=3, pad_token_id=0, eos_token_id=None)
     assert torch.equal(again, out.sequences)  # seeded
+
+
+def test_custom_generate_reads_min_p(models, monkeypatch):
+    """The warpers transformers prepared, min-p included, reach specsampler.generate as its options; others are
+    refused by name."""
+    from transformers.generation.logits_process import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    from specsampler import _generate
+
+    target, draft = models
+    ids, mask = _prompts()
+    seen = []
+    real = _generate.generate
+    monkeypatch.setattr(_generate, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    kw = dict(attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
+              max_new_tokens=6, do_sample=True, temperature=0.9, top_k=12, min_p=0.05, seed=2, pad_token_id=0,
+              eos_token_id=None)
+    out = target.generate(ids, **kw)
+    assert seen[0]["min_p"] == 0.05 and seen[0]["top_k"] == 12 and seen[0]["temperature"] == 0.9
+    assert out.shape == (3, 12) and torch.equal(target.generate(ids, **kw), out)  # seeded
+    with pytest.raises(NotImplementedError, match="min_p only, not RepetitionPenaltyLogitsProcessor"):
+        hf._warpers(LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)]))
 
 
 def test_custom_generate_prompt_lookup_default(models):

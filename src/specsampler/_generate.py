@@ -26,9 +26,12 @@ forward over [last, d_1..d_{K-1}] does not contain d_K, so a row that accepted a
 next step (a hole in place of d_K for the other rows). A cache grows by max_b n_b + 1 slots per step, never more
 than the longest row. Rows that finish (EOS, max_new_tokens) are removed from the batch, caches included.
 
-Exactness: greedy rows accept a draft iff it is the target's argmax. Sampling applies temperature, top-k and top-p
-to target and draft scores alike (as transformers' warpers do), draws each draft from the warped q, and hands
-verify exactly those warped scores at temperature 1, so the tokens follow the warped target distribution.
+Exactness: greedy rows accept a draft iff it is the target's argmax. Sampling draws each draft with
+:func:`specsampler.sample` from the draft's raw scores warped by temperature, top-k, top-p and min-p (transformers'
+order), and hands :func:`specsampler.verify` the raw target and draft scores with the same options: verify warps both
+with the same code (the same cut, the same tie rule), so q is the distribution each draft was drawn from and the tokens
+follow the warped target distribution. Nothing here sorts a vocabulary: on CUDA the Triton kernel finds the warpers'
+cuts without a sort; the torch backend (the CPU) sorts rows only for top-p without top-k (with top-k it takes topk).
 
 Host synchronisation: one per step (the accepted counts and tokens come to the host: stopping on EOS and length,
 and the prompt-lookup drafter, need them); everything else is queued on the devices.
@@ -44,10 +47,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._api import verify
+from ._api import sample, verify
 from .drafters import Drafter, PromptLookupDrafter, PromptLookupRun, Proposal
 
-__all__ = ["GenerateOutput", "GenerationStats", "generate", "warp_logits"]
+__all__ = ["GenerateOutput", "GenerationStats", "generate"]
 
 
 @dataclass
@@ -109,12 +112,16 @@ class GenerateOutput:
     stats: GenerationStats = field(default_factory=GenerationStats)
 
 
-# ----------------------------------------------------------------------------------------------------------- warping
-def check_options(*, max_new_tokens, num_draft_tokens, do_sample, temperature, top_k, top_p, seed) -> None:
+# ---------------------------------------------------------------------------------------------------------- options
+def check_options(*, max_new_tokens, num_draft_tokens, do_sample, temperature, top_k, top_p, seed,
+                  min_p=None) -> None:
     """Raise a ValueError (TypeError for a wrong type) naming the first option of :func:`generate` out of range, as
     transformers' generation config does: every check runs before any model is touched."""
     def integer(value) -> bool:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    def number(value) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
     if not integer(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -122,54 +129,26 @@ def check_options(*, max_new_tokens, num_draft_tokens, do_sample, temperature, t
         raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be a bool, got {do_sample!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+    if not number(temperature) or not 0 <= temperature < math.inf:
         raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (not integer(top_k) or top_k < 0):
         raise ValueError(f"top_k must be None or an integer >= 0 (0: off), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+    if top_p is not None and (not number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be None or a number in (0, 1] (1: off), got {top_p!r}")
+    if min_p is not None and (not number(min_p) or not 0 <= min_p <= 1):
+        raise ValueError(f"min_p must be None or a number in [0, 1] (0: off), got {min_p!r}")
     if seed is not None and not integer(seed):
         raise TypeError(f"seed must be None or an integer, got {type(seed).__name__}")
 
 
-def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None) -> torch.Tensor:
-    """Temperature, then top-k, then top-p, as transformers' logits warpers (masked scores become -inf).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        [..., V] float32 scores.
-    temperature : float
-        > 0.
-    top_k : int, optional
-        Keep the k highest scores (ties with the k-th kept); None or 0: off.
-    top_p : float, optional
-        Keep the smallest set of highest scores with probability mass >= top_p (at least one); None or 1.0: off.
-
-    Returns
-    -------
-    torch.Tensor
-        [..., V] float32 warped scores.
-    """
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k:
-        k = min(int(top_k), logits.shape[-1])
-        logits = logits.masked_fill(logits < torch.topk(logits, k)[0][..., -1:], float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
-        remove[..., -1:] = False
-        logits = logits.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
-    return logits
-
-
-def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """[B, V] warped scores -> [B] ids drawn from their softmax (the exponential race: argmax p / E, E ~ Exp(1))."""
-    probs = logits.softmax(dim=-1)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / noise).argmax(dim=-1)
+def _sampling(do_sample: bool, temperature, top_k, top_p, min_p) -> dict | None:
+    """The keyword arguments :func:`specsampler.sample` and :func:`specsampler.verify` take (the same for both, so
+    that the draft's q in verify is the distribution its tokens were drawn from); None when greedy."""
+    if not do_sample or temperature == 0:
+        return None
+    return dict(temperature=float(temperature), top_k=int(top_k) if top_k else None,
+                top_p=float(top_p) if top_p is not None and top_p < 1 else None,
+                min_p=float(min_p) if min_p else None)
 
 
 # --------------------------------------------------------------------------------------------------- model + cache
@@ -236,8 +215,8 @@ class _Cached:
 
 
 class _DraftModel:
-    """A draft model behind the :class:`~specsampler.drafters.Drafter` protocol: ``propose`` K tokens (with their
-    warped scores when sampling), ``accept`` n_b of them (holes in its cache), ``select_rows``.
+    """A draft model behind the :class:`~specsampler.drafters.Drafter` protocol: ``propose`` K tokens (with their raw
+    scores when sampling), ``accept`` n_b of them (holes in its cache), ``select_rows``.
 
     Parameters
     ----------
@@ -249,15 +228,15 @@ class _DraftModel:
         K, drafts per step.
     vocab : int
         The target's vocabulary size V: draft scores past it are dropped.
-    warp : callable or None
-        [B, V] scores -> warped scores (sampling); None: greedy drafts.
-    generator : torch.Generator or None
-        Draws the sampled drafts (on the draft's device).
+    sampling : dict or None
+        The options of :func:`specsampler.sample` (temperature, top_k, top_p, min_p); None: greedy drafts.
+    rng : random.Random or None
+        Draws the seed of each :func:`specsampler.sample` call (sampling).
     """
 
-    def __init__(self, model, batch: int, k: int, vocab: int, warp, generator):
+    def __init__(self, model, batch: int, k: int, vocab: int, sampling: dict | None, rng: random.Random | None):
         self.lm = _Cached(model, batch)
-        self.k, self.vocab, self.warp, self.generator = k, vocab, warp, generator
+        self.k, self.vocab, self.sampling, self.rng = k, vocab, sampling, rng
         # ids the draft cannot embed (a target vocabulary padded further) are fed as its last id: q stays what it
         # reports, so verification stays exact
         self.max_id = model.get_input_embeddings().weight.shape[0] - 1
@@ -275,8 +254,8 @@ class _DraftModel:
             self.lm.forward(prompt, mask.to(self.lm.device), last_only=True)
 
     def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
-        """`last` [B] -> drafts [B, K'] and their warped scores [B, K', min(Vd, V)] (None when greedy), with
-        K' = min(K, max limit) draft forwards (at least 1) and K_b = min(K', limit_b)."""
+        """`last` [B] -> drafts [B, K'] and the raw scores they were sampled from, [B, K', min(Vd, V)] (None when
+        greedy), with K' = min(K, max limit) draft forwards (at least 1) and K_b = min(K', limit_b)."""
         self.k_step = k = min(self.k, max(1, max(limits)))
         dev = self.lm.device
         last = last.to(dev).clamp(max=self.max_id)
@@ -291,12 +270,11 @@ class _DraftModel:
         for i in range(k):
             logits = self.lm.forward(tokens, valid, last_only=True, holes=holes)[:, -1, :self.vocab].float()
             self.forwards += 1
-            if self.warp is None:
+            if self.sampling is None:
                 token = logits.argmax(dim=-1)
-            else:
-                logits = self.warp(logits)
+            else:  # the warpers run inside sample (no sort of the vocabulary on CUDA); verify applies them again
                 scores.append(logits)
-                token = _sample(logits, self.generator)
+                token = sample(logits, seed=self.rng.getrandbits(62), **self.sampling)
             drafts.append(token)
             if i + 1 < k:
                 tokens, valid, holes = token[:, None].clamp(max=self.max_id), None, False
@@ -414,23 +392,22 @@ def _prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
     return lm, vocab
 
 
-def _start_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, vocab: int, warp,
-                   rng: random.Random, pad_token_id: int) -> Drafter:
+def _start_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, vocab: int,
+                   sampling: dict | None, rng: random.Random, pad_token_id: int) -> Drafter:
     """The drafter for this call, prefilled with the [B, P] prompts: a :class:`PromptLookupRun` over the prompts'
-    tokens, or a :class:`_DraftModel` (sampling: its generator seeded from `rng`) over prompt[:, :-1]."""
+    tokens, or a :class:`_DraftModel` (sampling: its own random.Random, seeded from `rng`) over prompt[:, :-1]."""
     if isinstance(draft, PromptLookupDrafter):
         seqs = [[t for t, m in zip(r, mk, strict=True) if m]
                 for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
         return PromptLookupRun(draft, seqs, k, pad_token_id)
-    generator = None
-    if warp is not None:
-        generator = torch.Generator(device=_input_device(draft)).manual_seed(rng.getrandbits(62))
-    drafter = _DraftModel(draft, input_ids.shape[0], k, vocab, warp, generator)
+    draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
+    drafter = _DraftModel(draft, input_ids.shape[0], k, vocab, sampling, draft_rng)
     drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
     return drafter
 
 
-def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], warp, rng: random.Random) -> _Step:
+def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
+          rng: random.Random) -> _Step:
     """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
 
     Parameters
@@ -442,8 +419,8 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
         [B'] int64 each running row's last token (target device).
     limits : list of int
         B': the most drafts each row can use.
-    warp : callable or None
-        Score warping when sampling; None: greedy.
+    sampling : dict or None
+        Temperature and warpers for :func:`specsampler.verify` when sampling; None: greedy.
     rng : random.Random
         Draws the verification seed.
 
@@ -458,11 +435,11 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
     logits = lm.forward(tokens, None).float()
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
     vseed = rng.getrandbits(62)
-    if warp is None:
+    if sampling is None:
         res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed)
-    else:
+    else:  # raw scores: verify warps target and draft alike
         dscores = None if scores is None else scores.to(logits.device)
-        res = verify(warp(logits), drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed)
+        res = verify(logits, drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed, **sampling)
     # the one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts
     n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
     accepted = [t[:n + 1] for t, n in zip(tok_host, n_host, strict=True)]
@@ -550,8 +527,8 @@ def _sequences(input_ids: torch.Tensor, new: list[list[int]], pad_token_id: int)
 @torch.no_grad()
 def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int, num_draft_tokens: int = 4, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None, eos_token_id=None,
-             pad_token_id: int | None = None, callback=None,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None, seed: int | None = None,
+             eos_token_id=None, pad_token_id: int | None = None, callback=None,
              num_assistant_tokens_schedule: str = "constant") -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
@@ -574,9 +551,11 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
         each row's starting draft length.
     do_sample : bool
         False: greedy (each row equals ``target.generate(row, do_sample=False)``). True: sample from the target's
-        distribution warped by temperature, top_k and top_p (applied to target and draft alike).
-    temperature, top_k, top_p
-        As transformers' warpers; used when do_sample (temperature 0 means greedy).
+        distribution warped by temperature, top_k, top_p and min_p (applied to target and draft alike).
+    temperature, top_k, top_p, min_p
+        As transformers' warpers, in their order (temperature, top-k, top-p, min-p); used when do_sample
+        (temperature 0 means greedy; top_k None or 0, top_p None or 1 and min_p None or 0 are off). Drafts are drawn
+        with :func:`specsampler.sample` and verified with :func:`specsampler.verify`, both given these options.
     seed : int, optional
         Seeds the draft sampling and the verification; None draws from torch's default generator.
     eos_token_id : int or list of int, optional
@@ -598,13 +577,13 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
     Notes
     -----
-    Only temperature, top-k and top-p shape the distribution: other logits processors a model's generation config
+    Only temperature, top-k, top-p and min-p shape the distribution: other logits processors a model's generation config
     may hold (repetition penalty, bad words, ...) are not applied. Sliding-window attention is not supported.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
     check_options(max_new_tokens=max_new_tokens, num_draft_tokens=num_draft_tokens, do_sample=do_sample,
-                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p)
     if num_assistant_tokens_schedule not in ("constant", "heuristic"):
         raise ValueError(f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', got "
                          f"{num_assistant_tokens_schedule!r}")
@@ -614,18 +593,18 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
         return GenerateOutput(input_ids.clone(), GenerationStats())
     attention_mask = _prompt_mask(input_ids, attention_mask)
     eos, pad_token_id = _eos_and_pad(target, eos_token_id, pad_token_id)
-    greedy = not do_sample or temperature == 0
-    warp = None if greedy else (lambda x: warp_logits(x, temperature, top_k, top_p))
+    sampling = _sampling(do_sample, temperature, top_k, top_p, min_p)
     rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ())))
     lm, vocab = _prefill(target, input_ids, attention_mask)
-    drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, warp, rng, pad_token_id)
+    drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, sampling, rng, pad_token_id)
     batch = input_ids.shape[0]
     rows = _Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device),
                  [num_draft_tokens] * batch)
     stats = GenerationStats()
     while rows.ids:
         budget = rows.budget(max_new_tokens)
-        step = _step(lm, drafter, rows.last, [min(b - 1, k) for b, k in zip(budget, rows.k, strict=True)], warp, rng)
+        step = _step(lm, drafter, rows.last, [min(b - 1, k) for b, k in zip(budget, rows.k, strict=True)], sampling,
+                     rng)
         if adaptive:
             _adapt_draft_lengths(rows, step, max_k)
         _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback), lm, drafter)

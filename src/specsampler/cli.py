@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: off)")
     g.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1]")
+    g.add_argument("--min-p", type=float, help="keep tokens at least this times as likely as the top one, in [0, 1] "
+                   "(0: off)")
     g.add_argument("--seed", type=int, help="seeds drafting, verification and the --compare baseline")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights (default float32)")
@@ -109,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="microbenchmark of verify (needs a source checkout: bench/)",
                        description="Runs a source checkout's bench/ scripts in a subprocess. CPU: bench/bench_cpu.py "
-                                   "(verify's torch backend against transformers) and its plot, through "
-                                   "bench/devcheck_plot.py. CUDA: bench/bench_verify_gpu.py (the Triton kernel "
-                                   "against its peers).")
+                                   "(verify's torch backend against transformers; then the warped case, T = 0.7, "
+                                   "top-k 50, top-p 0.9: verify and sample against transformers' warpers) and its "
+                                   "plot, through bench/devcheck_plot.py. CUDA: bench/bench_verify_gpu.py (the "
+                                   "Triton kernel against its peers, the warped case included).")
     b.add_argument("--quick", action="store_true", help="a small grid, few repeats")
     b.add_argument("--cpu", action="store_true", help="the CPU benchmark even when CUDA is present")
     b.add_argument("--vocab", type=int, help="CPU: vocabulary size (default 32000)")
@@ -243,27 +246,29 @@ def _as_ids(x) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------------------- settings
 def sampling_settings(args, target) -> dict:
-    """do_sample, temperature, top_k, top_p, and where they came from.
+    """do_sample, temperature, top_k, top_p, min_p, and where they came from.
 
-    ``--greedy`` wins; any of ``--temperature``, ``--top-k``, ``--top-p`` means sampling (temperature 0: greedy);
-    with none of them, the target's generation config decides (as ``target.generate`` would).
+    ``--greedy`` wins; any of ``--temperature``, ``--top-k``, ``--top-p``, ``--min-p`` means sampling (temperature 0:
+    greedy); with none of them, the target's generation config decides (as ``target.generate`` would).
     """
-    given = [name for name in ("temperature", "top_k", "top_p") if getattr(args, name) is not None]
+    given = [name for name in ("temperature", "top_k", "top_p", "min_p") if getattr(args, name) is not None]
+    off = dict(temperature=1.0, top_k=None, top_p=None, min_p=None)
     if args.greedy:
         if given:
             raise CLIError("--greedy", f"not allowed with --{given[0].replace('_', '-')}")
-        return dict(do_sample=False, temperature=1.0, top_k=None, top_p=None, source="--greedy")
+        return dict(do_sample=False, **off, source="--greedy")
     if given:
         t = 1.0 if args.temperature is None else args.temperature
         return dict(do_sample=t > 0, temperature=t if t > 0 else 1.0, top_k=args.top_k or None, top_p=args.top_p,
-                    source="options")
+                    min_p=args.min_p or None, source="options")
     gc = getattr(target, "generation_config", None)
     if gc is not None and getattr(gc, "do_sample", False):
         t = gc.temperature if gc.temperature is not None else 1.0
+        min_p = getattr(gc, "min_p", None)
         return dict(do_sample=t > 0, temperature=t if t > 0 else 1.0, top_k=gc.top_k or None,
                     top_p=gc.top_p if gc.top_p is not None and gc.top_p < 1.0 else None,
-                    source="the target's generation config")
-    return dict(do_sample=False, temperature=1.0, top_k=None, top_p=None, source="default (greedy)")
+                    min_p=min_p if min_p else None, source="the target's generation config")
+    return dict(do_sample=False, **off, source="default (greedy)")
 
 
 def check_options(args) -> torch.device:
@@ -274,6 +279,8 @@ def check_options(args) -> torch.device:
         raise CLIError("--top-p", f"must be in (0, 1], got {args.top_p}")
     if args.top_k is not None and args.top_k < 0:
         raise CLIError("--top-k", f"must be >= 0, got {args.top_k}")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        raise CLIError("--min-p", f"must be in [0, 1], got {args.min_p}")
     if args.max_new_tokens < 1:
         raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
     if args.num_draft_tokens < 1:
@@ -350,8 +357,8 @@ def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenize
         out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
                        num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
                        temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                       seed=None if args.seed is None else args.seed + lo, eos_token_id=eos or None,
-                       pad_token_id=pad_id, callback=streamer)
+                       min_p=settings["min_p"], seed=None if args.seed is None else args.seed + lo,
+                       eos_token_id=eos or None, pad_token_id=pad_id, callback=streamer)
         seconds += time.perf_counter() - start
         got = new_tokens(out.sequences.cpu(), ids.shape[1], eos)
         outs += got
@@ -376,7 +383,8 @@ def run_plain(target, rows, settings, args, eos, pad_id, device):
     kw = dict(max_new_tokens=args.max_new_tokens, do_sample=settings["do_sample"], pad_token_id=pad_id,
               eos_token_id=eos or None, repetition_penalty=1.0, no_repeat_ngram_size=0)
     if settings["do_sample"]:
-        kw.update(temperature=settings["temperature"], top_k=settings["top_k"] or 0, top_p=settings["top_p"] or 1.0)
+        kw.update(temperature=settings["temperature"], top_k=settings["top_k"] or 0, top_p=settings["top_p"] or 1.0,
+                  min_p=settings["min_p"] or 0.0)
     for lo, batch in _batches(rows, args.batch_size):
         ids, mask = left_pad(batch, pad_id)
         if args.seed is not None:
@@ -426,7 +434,7 @@ def cmd_generate(args) -> int:
     if not args.json:
         mode = "greedy" if not settings["do_sample"] else (
             f"sampling (temperature {settings['temperature']:g}, top-k {settings['top_k'] or 'off'}, "
-            f"top-p {settings['top_p'] or 'off'})")
+            f"top-p {settings['top_p'] or 'off'}, min-p {settings['min_p'] or 'off'})")
         _err(f"drafter: {drafter_label}, K = {args.num_draft_tokens}; {mode} [{settings['source']}]; "
              f"verify backend: {why}")
     if args.compare:  # warm both paths up on a few tokens, so that neither pays first-call costs in the timing
@@ -441,7 +449,7 @@ def cmd_generate(args) -> int:
     result = {
         "target": target_label, "drafter": drafter_label, "num_draft_tokens": args.num_draft_tokens,
         "device": str(device), "dtype": args.dtype, "backend": backend, "backend_reason": why,
-        "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "source")}
+        "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "min_p", "source")}
         | {"seed": args.seed},
         "texts": texts,
         "outputs": [{"prompt": p, "text": t, "prompt_tokens": len(r), "new_tokens": len(o), "token_ids": o}

@@ -3,7 +3,7 @@
 During one :func:`specsampler.generate` call the drafter is an object with the :class:`Drafter` protocol: each step it
 ``propose``-s up to K tokens per running row, is told which of them were ``accept``-ed (with the token drawn after
 them), and drops finished rows on ``select_rows``. Two implement it: the draft model (``_DraftModel`` in
-``specsampler._generate``: a KV cache with holes, warped draft scores when sampling) and :class:`PromptLookupRun`, the
+``specsampler._generate``: a KV cache with holes, raw draft scores when sampling) and :class:`PromptLookupRun`, the
 per-call state of a :class:`PromptLookupDrafter` (n-gram matches in the rows' token lists, one-hot drafts).
 """
 
@@ -24,7 +24,8 @@ class Proposal(NamedTuple):
     drafts : torch.Tensor
         [B, K'] int64 draft tokens (K' <= K; a row's drafts past its count are filler).
     scores : torch.Tensor or None
-        [B, K', V'] float32 warped draft scores whose softmax is q (sampling with a draft model), else None (greedy, or
+        [B, K', V'] float32 raw draft scores the drafts were drawn from with :func:`specsampler.sample` (sampling with
+        a draft model; verify applies the same temperature and warpers to them, giving q), else None (greedy, or
         one-hot drafts).
     counts : list of int
         B numbers of drafts to verify per row, each <= K' and <= the row's limit.

@@ -98,8 +98,16 @@ def patched_transformers():
 
 
 def _warpers(logits_processor) -> dict:
-    """temperature / top_k / top_p of a prepared ``LogitsProcessorList``; anything else is not supported."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    """temperature / top_k / top_p / min_p of a prepared ``LogitsProcessorList``; anything else is not supported.
+
+    The values go to :func:`specsampler.generate`, which draws drafts with :func:`specsampler.sample` and verifies with
+    :func:`specsampler.verify`, both applying them in transformers' order (temperature, top-k, top-p, min-p)."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     out = {}
     for proc in logits_processor or []:
@@ -109,8 +117,10 @@ def _warpers(logits_processor) -> dict:
             out["top_k"] = int(proc.top_k)
         elif isinstance(proc, TopPLogitsWarper):
             out["top_p"] = float(proc.top_p)
+        elif isinstance(proc, MinPLogitsWarper):
+            out["min_p"] = float(proc.min_p)
         else:
-            raise NotImplementedError(f"speculative_generate supports temperature, top_k and top_p only, not "
+            raise NotImplementedError(f"speculative_generate supports temperature, top_k, top_p and min_p only, not "
                                       f"{type(proc).__name__}")
     return out
 
@@ -122,7 +132,8 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
     max_new_tokens=32, do_sample=True, top_k=20)``. transformers prepares the inputs, the generation config and the
     warpers, then calls this function, which runs :func:`specsampler.generate` (the draft travels as ``draft_model``
-    because ``generate`` consumes ``assistant_model`` itself).
+    because ``generate`` consumes ``assistant_model`` itself). The warpers' values are read from the prepared list and
+    applied by specsampler itself (:func:`specsampler.sample` for the drafts, :func:`specsampler.verify`).
 
     Parameters
     ----------
@@ -131,7 +142,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     input_ids : torch.Tensor
         [B, P] left-padded prompts.
     logits_processor : LogitsProcessorList
-        Prepared by ``generate``; only temperature, top-k and top-p warpers are supported.
+        Prepared by ``generate``; only temperature, top-k, top-p and min-p warpers are supported.
     stopping_criteria : StoppingCriteriaList
         Ignored: max length and EOS come from `generation_config`.
     generation_config : GenerationConfig
