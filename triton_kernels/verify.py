@@ -1,4 +1,5 @@
-"""Fused speculative-decoding verification: at most two Triton launches from logits, one from probabilities.
+"""Fused speculative-decoding verification: two Triton launches from logits (three with sampling warpers), one from
+probabilities.
 
 Algorithm (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318). p target, q draft,
 x_t the drafted tokens, K_b the drafts row b really has, T_b its temperature (0: greedy).
@@ -15,6 +16,17 @@ The program writes its split's max and, in the second plane, the sum (sampled) o
 Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped, and with a float temperature of 0 the
 grid holds no draft rows at all. NaN is read as -inf and +inf as the largest float32; padding lanes load -inf; so no
 padding lane ever wins, and a row that is all -inf has max -inf and sum 0: probability 0 everywhere.
+
+Launch 1.5, ``_warp_cut_kernel`` (only with top_k / top_p / min_p), grid (rows): one program per row finds the row's
+cut, the warpers' threshold (the row keeps its logits >= cut), and the kept mass, without a sort: top-k's cut is the
+k-th largest logit, top-p's the largest logit whose mass at or above it reaches top_p times what top-k kept, min-p's
+max + T ln(min_p). Logits compare as int32 keys that order like the floats, so a cut is one of the row's values and
+every tie with it is kept. A bracket of keys [lo, hi) with H(lo) >= goal > H(hi) (H the count, or the mass, at or
+above a key) narrows by counting at 8 pivots per pass: the first pass at fixed ratios to the row max, later ones
+evenly across the bracket, each pass also tightening it to the lowest and highest key really inside. A pass that
+starts with at most BLOCK_V logits at or above lo (or in the bracket) also copies them to a scratch row, 8 slots per
+lane kept in registers and stored once; the search then walks those few slots instead of V. Launch 2 reads p as
+exp((l - max) / T) / kept mass where l >= cut, and 0 below.
 
 Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
 and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
@@ -40,6 +52,10 @@ so both can be compared token for token.
 
 Bytes per launch, with s the element size of the scores and S1, S2 the split counts:
 - launch 1 reads each needed logit once, at most B*(K+1)*V*s + B*K*Vd*s, and writes 8 * rows * S1;
+- launch 1.5 reads each warped row a few times: once at the first pass, once more when it compacts (typically the
+  second pass, for top-k 50 / top-p 0.9 on LLM-like logits), more when the kept set exceeds BLOCK_V logits (top-p
+  alone on a flat row: up to ~7 passes); then small passes over the scratch slots; it writes 8 bytes a row and at most
+  8 * BLOCK_V * 4 bytes of scratch.
 - launch 2 reads the statistics (8 * B*(2K+1) * S1 per program, from cache), 2K gathered scores, the K drafts, and
   for each sampled row one residual row pair, (V + Vd) * s (the whole row pair again, by one program, in the rare
   fallback); it writes the tokens, 8 * B*(K+2), and touches a workspace of 24 bytes per row with atomics.

@@ -27,7 +27,9 @@ logits at or above one cut per row, tau = max(tau_k, tau_p, tau_m), with w(l) = 
   (transformers keeps the ties in whatever order its sort gives; the set is the same when there is no tie at the cut);
   the maximum is always kept;
 - tau_m: max + T * ln(min_p) (w(l) >= min_p: a probability at least min_p times the largest).
-p is then w / sum of w over the kept logits. Greedy rows are unaffected (the argmax is always kept).
+p is then w / sum of w over the kept logits. Greedy rows are unaffected (the argmax is always kept). The per-row CPU
+path warps a row only when its softmax is needed, with topk (k values) for top-k and a look among the 1024 largest
+logits before any sort for top-p alone; the batched path computes every cut at once with no host synchronisation.
 
 Hostile values: NaN logits read as -inf, +inf as the largest float32; a row of -inf has probability 0 everywhere (no
 draft is accepted there); probabilities are clamped to [0, 1], NaN to 0; a row drawn from that has no mass at all
