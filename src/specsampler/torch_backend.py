@@ -376,12 +376,18 @@ def verify_torch(
     tokens = np.empty((batch, k_plus_1), dtype=np.int64)
     tokens.fill(-1)
     counts = np.empty(batch, dtype=np.int64)
-    # The per-row path warps a row only when its softmax is needed (warp_scores on that row alone).
-    warps = [None] * batch if warp is None or from_probs else [Warp(*[
-        v[b].item() if isinstance(v, torch.Tensor) else v for v in warp]) for b in range(batch)]
+    # The per-row path warps every row's first position in one batched call (every sampled row reads them), the
+    # later ones only when their softmax is needed (warp_scores on that row alone).
+    warps = [None] * batch
+    first_t = first_d = None
+    if warp is not None and not from_probs:
+        warps = [Warp(*[v[b].item() if isinstance(v, torch.Tensor) else v for v in warp]) for b in range(batch)]
+        first_t = warp_scores(target[:, :1], temperature, warp)[:, 0]
+        first_d = None if draft is None or k == 0 else warp_scores(draft[:, :1], temperature, warp)[:, 0]
     for b in range(batch):
+        first = None if first_t is None else (first_t[b], None if first_d is None else first_d[b])
         args = (target[b], drafts[b], None if draft is None else draft[b], k_rows[b], temps[b], u_rows[b],
-                None if noise is None else noise[b], from_probs, warps[b])
+                None if noise is None else noise[b], from_probs, warps[b], first)
         n, token, clean = _verify_row(*args, scrub=False)
         if not clean:
             n, token, _ = _verify_row(*args, scrub=True)
@@ -391,14 +397,16 @@ def verify_torch(
     return torch.from_numpy(tokens), torch.from_numpy(counts)
 
 
-def _row_scores(scores: torch.Tensor, temperature: float, warp: Warp | None) -> torch.Tensor:
-    """One row's [V'] logits, warped when `warp` is given (sampled rows)."""
+def _row_scores(rows: torch.Tensor, t: int, temperature: float, warp: Warp | None, first) -> torch.Tensor:
+    """Row t of [R, V'] logits, warped when `warp` is given (sampled rows); `first` is row 0 already warped."""
     if warp is None or temperature < GREEDY_BELOW:
-        return scores
-    return warp_scores(scores[None, None], temperature, warp)[0, 0]
+        return rows[t]
+    if t == 0 and first is not None:
+        return first
+    return warp_scores(rows[t][None, None], temperature, warp)[0, 0]
 
 
-def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, scrub):
+def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, first, scrub):
     """One row on the CPU: target [K+1, V], x K ints, draft [K, Vd] or None, k_b int, temperature float (0: greedy),
     u K+1 floats, noise [V] or None. Returns (n, next token, whether the row drawn from was free of NaN)."""
     vocab = target.shape[-1]
@@ -411,9 +419,10 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, 
     # (A decision needs only the row's logsumexp, but the fused softmax is faster than logsumexp on CPUs, and the
     # rejected position needs p and q in full anyway.)
     for t in range(k_b):
-        p_t = _softmax(_row_scores(target[t], temperature, warp), temperature, from_probs, vocab, scrub)
-        q_t = None if draft is None else _softmax(_row_scores(draft[t], temperature, warp), temperature, from_probs,
-                                                  vocab, scrub)
+        p_t = _softmax(_row_scores(target, t, temperature, warp, first and first[0]), temperature, from_probs, vocab,
+                       scrub)
+        q_t = None if draft is None else _softmax(_row_scores(draft, t, temperature, warp, first and first[1]),
+                                                  temperature, from_probs, vocab, scrub)
         valid = 0 <= x[t] < vocab
         one_hot = q_t is None
         if valid and not one_hot:
@@ -436,8 +445,8 @@ def _verify_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, 
         return t, token, total == total
 
     # 2. Every draft accepted: the bonus token from p_{K_b}.
-    token, total = _draw_row(_softmax(_row_scores(target[k_b], temperature, warp), temperature, from_probs, vocab,
-                                      scrub), u[-1], noise)
+    token, total = _draw_row(_softmax(_row_scores(target, k_b, temperature, warp, first and first[0]), temperature,
+                                      from_probs, vocab, scrub), u[-1], noise)
     return k_b, token, total == total
 
 
