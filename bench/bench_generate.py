@@ -14,12 +14,18 @@ target's final norm and output layer (early exit: cheap). Random weights, so the
 
 Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options;
 ``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`).
+On a GPU: ``--preset gpu`` (the device check's end-to-end step): bf16 on CUDA, a Llama of 0.85B parameters (16 layers,
+hidden 2048, vocabulary 32000) and an early-exit draft of its first 2 layers, B = 1, 8, 32, 64, 64 new tokens, the
+median of 2 timed runs per method after a warm-up, transformers' assisted generation up to B = 8; ``--csv`` writes
+the table, ``--budget-seconds`` stops before a batch size that would not fit.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import csv
+import sys
 import time
 
 import torch
@@ -34,7 +40,8 @@ def build_models(args):
                                    num_hidden_layers=args.layers, num_attention_heads=args.heads,
                                    num_key_value_heads=args.heads, max_position_embeddings=1024)
     torch.manual_seed(0)
-    target = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.device(args.device):  # (built where it runs: a 1B model initialised on a CPU takes long)
+        target = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():
         target.lm_head.weight.mul_(args.head_scale)  # sharper next-token distributions than the default init
         for layer in target.model.layers[args.draft_layers:]:  # the layers the draft skips change less: agreement
@@ -60,10 +67,18 @@ def make_prompts(n, vocab, lo, hi, seed=0):
     return ids, mask
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def timed(fn, repeats: int = 1, sync: bool = False):
+    """(median seconds over `repeats` runs, the last run's output); CUDA synchronised around each run when `sync`."""
+    times, out = [], None
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], out
 
 
 def sampling_kwargs(args):
@@ -114,9 +129,10 @@ class StepProfile:
     function the library lacks is left out.
     """
 
-    def __init__(self):
+    def __init__(self, sync: bool = False):
         from specsampler import _generate, drafters
 
+        self.sync = sync  # CUDA: synchronise around every timed part, so that each is charged its own GPU work
         self.targets = [
             ("drafting", _generate._DraftModel, "propose"), ("drafting", _generate._DraftModel, "accept"),
             ("drafting", drafters.PromptLookupRun, "propose"), ("drafting", drafters.PromptLookupRun, "accept"),
@@ -134,11 +150,15 @@ class StepProfile:
             name = part
             if part == "forward":
                 name = "draft forward" if any(f[0] == "drafting" for f in self._stack) else "target forward"
+            if self.sync:
+                torch.cuda.synchronize()
             frame = [name, time.perf_counter(), 0.0]
             self._stack.append(frame)
             try:
                 return fn(*args, **kwargs)
             finally:
+                if self.sync:
+                    torch.cuda.synchronize()
                 self._stack.pop()
                 elapsed = time.perf_counter() - frame[1]
                 self.totals[name] = self.totals.get(name, 0.0) + elapsed - frame[2]
@@ -160,14 +180,23 @@ class StepProfile:
             setattr(owner, attr, original)
         self._saved.clear()
 
+    def outside(self, total: float) -> float:
+        """The share of a call of `total` seconds spent outside the models' forwards."""
+        return 1 - (self.totals.get("target forward", 0.0) + self.totals.get("draft forward", 0.0)) / total
+
     def report(self, total: float, steps: int) -> list[str]:
         """Lines: seconds, share and ms per step of every part, then the share outside the models' forwards."""
         parts = dict(self.totals, other=total - sum(self.totals.values()))
         lines = [f"      {name:<15} {sec:7.3f} s {sec / total:6.1%} {1000 * sec / max(steps, 1):7.2f} ms/step"
                  for name, sec in sorted(parts.items(), key=lambda kv: -kv[1])]
-        outside = 1 - (parts.get("target forward", 0.0) + parts.get("draft forward", 0.0)) / total
-        lines.append(f"      outside the models' forwards: {outside:.1%} of the call ({steps} steps)")
+        lines.append(f"      outside the models' forwards: {self.outside(total):.1%} of the call ({steps} steps)")
         return lines
+
+
+PRESETS = {
+    "gpu": dict(device="cuda", dtype="bfloat16", hidden=2048, heads=16, layers=16, vocab=32000, draft_layers=2,
+                new_tokens=64, batch=[1, 8, 32, 64], assisted_max_batch=8, repeats=2, threads=0),
+}
 
 
 def main():
@@ -197,7 +226,20 @@ def main():
                    help="specsampler's draft length: K every step, or adapted per row (transformers' heuristic)")
     p.add_argument("--profile", action="store_true",
                    help="then one more specsampler run per B with where its time goes (StepProfile)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per method and B (the median is reported)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a set of the options above (gpu: see the docstring)")
+    p.add_argument("--csv", help="also write the table (and the profile's share outside the forwards) here")
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="skip the batch sizes left once this much time has passed")
     args = p.parse_args()
+    if args.preset:  # the preset's values, except where an option was given on the command line
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for name, value in PRESETS[args.preset].items():
+            if name not in given:
+                setattr(args, name, value)
+    started = time.perf_counter()
+    sync = args.device.startswith("cuda")
     args.dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -206,13 +248,15 @@ def main():
     target, draft = build_models(args)
     drafter = specsampler.PromptLookupDrafter() if args.prompt_lookup else draft
     ids_all, mask_all = make_prompts(max(args.batch), args.vocab, *args.prompt_len)
+    ids_all, mask_all = ids_all.to(args.device), mask_all.to(args.device)
     if args.prompt_lookup:  # give the n-gram drafter something to find: prompts that repeat themselves
         half = ids_all.shape[1] // 2
         ids_all[:, half:] = ids_all[:, :half][:, : ids_all.shape[1] - half]
         mask_all[:] = 1
     mode = f"sampling T={args.temperature} top_k={args.top_k} top_p={args.top_p} min_p={args.min_p}" if args.sample \
         else "greedy"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name() if sync else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}, "
           f"{args.dtype}; target Llama {args.layers}x{args.hidden} vocab {args.vocab} "
           f"({sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params), draft: "
           f"{'prompt lookup' if args.prompt_lookup else f'first {args.draft_layers} layer(s)'}; K={args.k}, "
@@ -225,30 +269,50 @@ def main():
     header = f"{'B':>3} {'method':<20} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'vs plain':>8} " \
              f"{'vs assisted':>11}"
     print(header)
+    table = []
     for batch in args.batch:
+        if args.budget_seconds is not None and time.perf_counter() - started > args.budget_seconds:
+            print(f"{batch:>3} skipped: the budget of {args.budget_seconds:g} s is spent")
+            continue
         ids, mask = ids_all[:batch], mask_all[:batch]
         tokens = batch * args.new_tokens
-        t_spec, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args))  # noqa: B023
-        t_plain, _ = timed(lambda: run_plain(target, ids, mask, args))  # noqa: B023
-        rows = [("specsampler", t_spec, f"{out.stats.acceptance_rate:7.1%}", f"{out.stats.tokens_per_forward:7.2f}"),
-                ("hf plain", t_plain, "", "")]
+        t_spec, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args), args.repeats, sync)  # noqa: B023
+        t_plain, _ = timed(lambda: run_plain(target, ids, mask, args), args.repeats, sync)  # noqa: B023
+        rows = [("specsampler", t_spec, out.stats.acceptance_rate, out.stats.tokens_per_forward),
+                ("hf plain", t_plain, None, None)]
         t_assist = None
         if batch <= args.assisted_max_batch:
-            t_assist, _ = timed(lambda: run_assisted(target, draft, ids, mask, args))  # noqa: B023
-            rows.append(("hf assisted (loop)", t_assist, "", ""))
+            t_assist, _ = timed(lambda: run_assisted(target, draft, ids, mask, args), args.repeats, sync)  # noqa: B023
+            rows.append(("hf assisted (loop)", t_assist, None, None))
             if args.sample and not args.prompt_lookup:
                 with specsampler.patched_transformers():
-                    t_patch, _ = timed(lambda: run_assisted(target, draft, ids, mask, args))  # noqa: B023
-                rows.append(("hf assisted+patch", t_patch, "", ""))
+                    t_patch, _ = timed(lambda: run_assisted(target, draft, ids, mask, args), args.repeats,  # noqa: B023
+                                       sync)
+                rows.append(("hf assisted+patch", t_patch, None, None))
+        outside = None
+        if args.profile:
+            with StepProfile(sync) as prof:
+                t_prof, prof_out = timed(lambda: run_specsampler(target, drafter, ids, mask, args), 1, sync)  # noqa: B023
+            outside = prof.outside(t_prof)
         for name, t, acc, tpf in rows:
             vs_assist = f"{t_assist / t:10.2f}x" if t_assist else ""
-            print(f"{batch:>3} {name:<20} {t:8.2f} {tokens / t:8.1f} {acc:>7} {tpf:>7} {t_plain / t:7.2f}x "
+            acc_s = f"{acc:7.1%}" if acc is not None else ""
+            tpf_s = f"{tpf:7.2f}" if tpf is not None else ""
+            print(f"{batch:>3} {name:<20} {t:8.2f} {tokens / t:8.1f} {acc_s:>7} {tpf_s:>7} {t_plain / t:7.2f}x "
                   f"{vs_assist:>11}")
+            table.append(dict(batch=batch, method=name, seconds=t, tokens_per_s=tokens / t, acceptance=acc,
+                              tokens_per_forward=tpf, vs_plain=t_plain / t,
+                              vs_assisted=t_assist / t if t_assist else None,
+                              outside_forwards=outside if name == "specsampler" else None))
         if args.profile:
-            with StepProfile() as prof:
-                t_prof, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args))  # noqa: B023
             print(f"    where specsampler's time goes (B = {batch}, one more run: {t_prof:.2f} s):")
-            print("\n".join(prof.report(t_prof, out.stats.target_forwards)))
+            print("\n".join(prof.report(t_prof, prof_out.stats.target_forwards)))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ["batch"])
+            writer.writeheader()
+            writer.writerows(table)
+        print(f"wrote {args.csv}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@
 # Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
+# Then end-to-end generation (bench/bench_generate.py --preset gpu: a 0.85B Llama in bf16 with an early-exit draft,
+# B = 1, 8, 32, 64, against transformers plain and assisted; E2E_SECONDS of the whole, default 110; --skip-e2e).
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, verify_<gpu>.png,
-# resources_<gpu>.csv, tests.log, bench.log, sweep_<gpu>.csv (--sweep). Environment: PYTHON (default python3),
-# DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150), DEVICE_CHECK_WHEELS (a folder with a
-# flashinfer*.whl to unpack, default bench/wheels).
+# resources_<gpu>.csv, generate_<gpu>.csv, tests.log, bench.log, generate.log, sweep_<gpu>.csv (--sweep).
+# Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
+# E2E_SECONDS (default 110), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
 
@@ -31,6 +33,8 @@ START=$(date +%s)
 DRY=0
 TESTS=1
 SWEEP=0
+E2E=1
+E2E_SECONDS=${E2E_SECONDS:-110}
 BENCH_ARGS=()
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
 while [ $# -gt 0 ]; do
@@ -38,11 +42,12 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1; TESTS=0; BENCH_ARGS+=("$1") ;;
     --skip-tests) TESTS=0 ;;
     --sweep) SWEEP=1 ;;
+    --skip-e2e) E2E=0 ;;
     --baseline-kernel)
       [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
       shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
     --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) BENCH_ARGS+=("$1") ;;
   esac
   shift
@@ -97,16 +102,32 @@ fi
 
 ELAPSED=$(( $(date +%s) - START ))
 BUDGET=$(( TOTAL - ELAPSED - 45 ))  # leave time for the plot, the table and the last case
+[ "$E2E" = 1 ] && BUDGET=$(( BUDGET - E2E_SECONDS ))
 [ "$BUDGET" -ge 60 ] || BUDGET=60
 echo "== 2-4. copy ceiling and benchmarks (budget ${BUDGET}s)"
 timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget-seconds "$BUDGET" "${BENCH_ARGS[@]}" \
   2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 
+E2E_RC=0
+if [ "$E2E" = 1 ]; then
+  GPU_NAME=$("$PY" -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "_") if torch.cuda.is_available() else "cpu")')
+  if [ "$DRY" = 1 ]; then  # tiny models on the CPU: the script runs, nothing is measured
+    E2E_ARGS=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
+  else
+    E2E_ARGS=(--preset gpu --budget-seconds $(( E2E_SECONDS - 30 )))
+  fi
+  echo "== 5. end-to-end generation (budget ${E2E_SECONDS}s)"
+  TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_SECONDS" "$PY" bench/bench_generate.py "${E2E_ARGS[@]}" --profile \
+    --csv "$OUT/generate_${GPU_NAME}.csv" 2>&1 | tee "$OUT/generate.log"
+  E2E_RC=${PIPESTATUS[0]}
+fi
+
 if [ "$SWEEP" = 1 ] && [ "$DRY" = 0 ]; then
-  echo "== 5. launch-configuration sweep"
+  echo "== 6. launch-configuration sweep"
   timeout -s INT -k 10 180 "$PY" bench/sweep_config.py --rep-ms 10 --out "$OUT" 2>&1 | tee "$OUT/sweep.log"
 fi
 
-echo "== done in $(( $(date +%s) - START ))s: tests status $TEST_RC, benchmarks status $BENCH_RC; results in $OUT"
-[ "$TEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
+echo "== done in $(( $(date +%s) - START ))s: tests status $TEST_RC, benchmarks status $BENCH_RC, end to end status" \
+  "$E2E_RC; results in $OUT"
+[ "$TEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$E2E_RC" = 0 ]

@@ -284,3 +284,16 @@ def test_sweep_needs_cuda(capsys):
 
     assert sweep_config.main(["--quick"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_dry_run_end_to_end(dry_run):
+    """Step 5 runs bench_generate.py (tiny models on the CPU in a dry run) and writes its table with every method,
+    the acceptance and tokens per forward of specsampler, and the share of its time outside the models' forwards."""
+    rows = _csv(dry_run.out / "generate_cpu.csv")
+    assert {row["batch"] for row in rows} == {"1", "2"}
+    assert {row["method"] for row in rows} == {"specsampler", "hf plain", "hf assisted (loop)"}
+    ours = [row for row in rows if row["method"] == "specsampler"]
+    assert all(0.0 <= float(row["acceptance"]) <= 1.0 and float(row["tokens_per_forward"]) >= 1.0 for row in ours)
+    assert all(0.0 < float(row["outside_forwards"]) < 1.0 for row in ours)
+    assert all(float(row["tokens_per_s"]) > 0 for row in rows)
+    assert "== 5. end-to-end generation" in dry_run.log
