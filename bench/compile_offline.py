@@ -69,7 +69,7 @@ CONFIGS = [
     ("test-hook", torch.float32, 32000, dict(given=True)),
     ("unaligned-V", torch.float32, 8193, {}),
     ("large-V", torch.bfloat16, 262144, dict(row_seed=True)),
-    ("warped", torch.float32, 128256, dict(warp=(50, 0.9, float("-inf")))),
+    ("warped", torch.float32, 128256, dict(warp=(50, 0.9, float("-inf")), splits=2)),  # with launch 1's candidates
     ("warped-rows", torch.bfloat16, 32000, dict(warp="rows", row_temp=True, ragged=True)),
 ]
 QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V", "warped")
@@ -124,7 +124,7 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     try:
         for name, dtype, vocab, opt in configs:
             start = len(compiled)
-            _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts)
+            _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, splits=opt.get("splits", 4))
             results += [(name, kernel_name, kernel, block_v) for kernel_name, kernel, block_v in compiled[start:]]
     finally:
         jit.JITFunction.run = run
@@ -154,15 +154,16 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, batch=4, k=4, 
     if opt.get("probs"):
         verify_rows(scores, tokens, draft, ragged, temperature, seed, None, uniforms, noise, race_block_v, splits)
     else:
-        stats = row_stats(scores, draft, ragged, temperature, stats_block_v, splits, out)
+        stats = row_stats(scores, draft, ragged, temperature, stats_block_v, splits, out,
+                          candidates=bool(opt.get("warp")))
         cuts = None
         if opt.get("warp") == "rows":  # per-row warpers
             cuts = warp_cuts(scores, draft, ragged, temperature, Warp(torch.zeros(batch, dtype=torch.int64),
                                                                        torch.ones(batch), torch.zeros(batch)), stats)
         elif opt.get("warp"):
             cuts = warp_cuts(scores, draft, ragged, temperature, Warp(*opt["warp"]), stats)
-        verify_rows(scores, tokens, draft, ragged, temperature, seed, stats, uniforms, noise, race_block_v, splits, out,
-                    cuts)
+        verify_rows(scores, tokens, draft, ragged, temperature, seed, stats[:2], uniforms, noise, race_block_v, splits,
+                    out, cuts)
 
 
 def _tool(name: str) -> str | None:

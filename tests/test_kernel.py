@@ -479,3 +479,42 @@ def test_warped_kernel_launches_and_allocations(device, monkeypatch):
         verify_with_hooks(**args, seed=0, backend="triton", top_k=50, top_p=0.9)
     assert launches == [kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel]
     assert sizes.largest == 3 * 9 * 8192 < 3 * 5 * 20000
+
+
+@pytest.mark.parametrize("warp", [dict(top_k=20), dict(top_p=0.8), dict(min_p=0.05),
+                                  dict(top_k=30, top_p=0.9, min_p=0.02), dict(top_k=3000), dict(top_p=0.99)],
+                         ids=lambda w: "-".join(f"{a}={b}" for a, b in w.items()))
+def test_warp_cuts_from_launch_1_candidates(warp, device):
+    """With many rows and few splits launch 1 keeps each lane's 4 largest logits, and the cut search starts there: a
+    cut above the largest logit left out is exact without reading the row (the rows are overwritten with NaN after
+    launch 1, and the cuts do not change); top-k beyond the candidates (3000 > 1024) and top-p keeping more than they
+    hold (0.99) fall back to the row (the NaN rows change them). Kept sets equal the torch backend's either way."""
+    g = torch.Generator().manual_seed(0)
+    batch, k, vocab, temperature = 2, 1, 20000, 0.7
+    target = (torch.randn(batch, k + 1, vocab, generator=g) * 3).to(device)
+    draft = target[:, :k] + 0.5 * torch.randn(batch, k, vocab, generator=g).to(device)
+    w = _api._warp(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, target.device)
+    stats = kernels.row_stats(target, draft, None, temperature, 256, 1, None, candidates=True)
+    assert stats[2] is not None and stats[2].shape == (batch * (2 * k + 1), 4 * 256)
+    cuts = kernels.warp_cuts(target, draft, None, temperature, w, stats)
+    poisoned = kernels.warp_cuts(torch.full_like(target, float("nan")), torch.full_like(draft, float("nan")), None,
+                                 temperature, w, stats)
+    rows = torch.cat([target.reshape(-1, vocab), draft.reshape(-1, vocab)]).cpu()
+    kept = torch.cat([torch_backend.warp_scores(target, temperature, w).reshape(-1, vocab),
+                      torch_backend.warp_scores(draft, temperature, w).reshape(-1, vocab)]).cpu() > float("-inf")
+    assert torch.equal(rows >= cuts[0].cpu()[:, None], kept)
+    w_all = torch.exp2((rows - rows.amax(1, keepdim=True)) * (torch_backend.LOG2_E / temperature))
+    torch.testing.assert_close(cuts[1].cpu(), torch.where(kept, w_all, 0.0).sum(1), rtol=2e-5, atol=0)
+    falls_back = warp.get("top_k") == 3000 or warp.get("top_p") == 0.99
+    assert torch.equal(cuts, poisoned) != falls_back
+
+
+def test_warped_verify_from_candidates_matches_torch(device):
+    """The whole warped call with launch 1's candidates in use (256-wide tiles, one split: 1024 candidates a row),
+    token for token against the torch backend."""
+    args = make_case(7, 4, 8193, BF16, seed=5, device=device, ragged=True, temperature="mixed")
+    args.update(top_k=40, top_p=0.9)
+    kernel = verify_with_hooks(**args, backend="triton", _block_v=256, _num_splits=1)
+    oracle = verify_with_hooks(**args, backend="torch")
+    check_structure(kernel, args["draft_tokens"], args.get("num_draft_tokens"), 8193)
+    assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())

@@ -170,14 +170,20 @@ def _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V: tl.constexpr):
+def _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, cand, CAND: tl.constexpr, BLOCK_V: tl.constexpr):
     """(max, sum of exp2((l - max) * scale)) over a split: per-lane online sums, one exp per element, one reduction.
 
     Lanes start at the largest negative float (not -inf: min - max never meets -inf - -inf); a split of -inf only
-    returns (-inf, 0)."""
+    returns (-inf, 0). With CAND every lane also keeps its 4 largest logits, stored at `cand` [4, BLOCK_V] after the
+    loop, and the third value returned is the largest 4th of them: every logit of the split that was not kept is at
+    most that (the warpers' cut search certifies its cuts against it)."""
     lanes = tl.arange(0, BLOCK_V)
     m = tl.full([BLOCK_V], -FLOAT32_MAX, tl.float32)
     z = tl.zeros([BLOCK_V], tl.float32)
+    r1 = tl.full([BLOCK_V], -float("inf"), tl.float32)
+    r2 = r1
+    r3 = r1
+    r4 = r1
     for masked in tl.static_range(2):
         first, last = _tile_range(tile_lo, tiles, n, masked, BLOCK_V)
         for tile in range(first, last):
@@ -186,22 +192,41 @@ def _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V: tl.co
             e = tl.exp2((tl.minimum(m, x) - hi) * scale)
             z = tl.where(x > m, z * e + 1.0, z + e)
             m = hi
+            if CAND:  # insert x into the lane's sorted four (strictly greater moves down: ties all kept in order)
+                above1 = x > r1
+                above2 = x > r2
+                above3 = x > r3
+                r4 = tl.where(above3, r3, tl.maximum(r4, x))
+                r3 = tl.where(above2, r2, tl.maximum(r3, x))
+                r2 = tl.where(above1, r1, tl.maximum(r2, x))
+                r1 = tl.maximum(r1, x)
     best = tl.max(m, axis=0)
     total = tl.sum(z * tl.exp2((m - best) * scale), axis=0)
-    return tl.where(total > 0.0, best, -float("inf")), total
+    bound = -float("inf")
+    if CAND:
+        tl.store(cand + lanes, r1)
+        tl.store(cand + BLOCK_V + lanes, r2)
+        tl.store(cand + 2 * BLOCK_V + lanes, r3)
+        tl.store(cand + 3 * BLOCK_V + lanes, r4)
+        bound = tl.max(r4, axis=0)
+    return tl.where(total > 0.0, best, -float("inf")), total, bound
 
 
 @triton.jit
-def _split_stats(row_ptr, stride_v, tile_lo, tiles, n, temp, scale, out, stride_sp, BLOCK_V: tl.constexpr):
-    """Stores a split's max at `out` and its sum of exponentials (sampled) or argmax bits (greedy) one plane on."""
+def _split_stats(row_ptr, stride_v, tile_lo, tiles, n, temp, scale, out, stride_sp, cand, CAND: tl.constexpr,
+                 BLOCK_V: tl.constexpr):
+    """Stores a split's max at `out` and its sum of exponentials (sampled) or argmax bits (greedy) one plane on; with
+    CAND (sampled rows) also its lanes' candidates at `cand` and their bound two planes on."""
     if temp == 0.0:
         best, arg = _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V)
         tl.store(out, best)
         tl.store(out + stride_sp, arg.to(tl.float32, bitcast=True))
     else:
-        best, total = _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V)
+        best, total, bound = _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, cand, CAND, BLOCK_V)
         tl.store(out, best)
         tl.store(out + stride_sp, total)
+        if CAND:
+            tl.store(out + 2 * stride_sp, bound)
 
 
 # Small arrays' strides (statistics, tokens, outputs, test hooks) are not specialised: their values follow B, K and S1,
@@ -212,10 +237,12 @@ def _row_stats_kernel(
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] logits (the target when there are none; never read then)
     num_draft_ptr,  # [B] int, read when RAGGED
     temp_ptr,  # [B] float32, read when ROW_TEMP
-    stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32: max; sum of exp (sampled) or argmax bits
+    stats_ptr, stride_sp, stride_sr,  # [2 (3 with CAND), B*(K+1) + B*K, S1] float32: max; sum of exp (sampled) or
+    #                                   argmax bits; with CAND the bound of the split's candidates
     out_ptr,  # [B, K+1] int64 contiguous tokens launch 2 writes, set to -1 here when FILL
+    cand_ptr,  # [B*(K+1) + B*K, S1, 4, BLOCK_V] float32 candidates (contiguous), written when CAND
     B, K, V, Vd, tiles, S1, temperature,
-    BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr, FILL: tl.constexpr,
+    BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr, FILL: tl.constexpr, CAND: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # target rows b*(K+1)+t, then draft rows B*(K+1) + b*K+t
     split = tl.program_id(1).to(tl.int64)
@@ -231,14 +258,15 @@ def _row_stats_kernel(
                 tl.store(out_ptr + b * (K + 1) + pos, tl.full([FILL_BLOCK], -1, tl.int64), mask=pos <= K)
     tile_lo = split * tiles
     out = stats_ptr + row * stride_sr + split
+    cand = cand_ptr + (row * S1 + split) * (4 * BLOCK_V)
     if is_draft:
         if (t < k_b) & (temp != 0.0):
             _split_stats(draft_ptr + b * stride_db + t * stride_dt, stride_dv, tile_lo, tiles, Vd, temp, scale, out,
-                         stride_sp, BLOCK_V)
+                         stride_sp, cand, CAND, BLOCK_V)
     else:
         if t <= k_b:
             _split_stats(target_ptr + b * stride_tb + t * stride_tt, stride_tv, tile_lo, tiles, V, temp, scale, out,
-                         stride_sp, BLOCK_V)
+                         stride_sp, cand, CAND, BLOCK_V)
 
 
 # ------------------------------------------------------------------------------------------------- warpers' cut
@@ -423,20 +451,21 @@ def _mass_at(src, stride_v, n, scratch, key, slots, sc_lo, sc_hi, m, scale, BLOC
     return tl.max(mass, axis=0)
 
 
-@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "S1", "temperature", "top_k", "top_p", "min_offset",
-                               "stride_sp", "stride_sr", "stride_cp", "stride_scratch"])
+@triton.jit(do_not_specialize=["B", "K", "V", "Vd", "S1", "n_cand", "temperature", "top_k", "top_p", "min_offset",
+                               "stride_sp", "stride_sr", "stride_cp", "stride_scratch"])  # (stride_cr: 16 * x)
 def _warp_cut_kernel(
     target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] logits (the target when there are none; never read then)
     num_draft_ptr,  # [B] int, read when RAGGED
     temp_ptr,  # [B] float32, read when ROW_TEMP
     top_k_ptr, top_p_ptr, min_offset_ptr,  # [B] int64, float32, float32, read when ROW_WARP
-    stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32 launch 1's split statistics
+    stats_ptr, stride_sp, stride_sr,  # [2 (3 with CAND), B*(K+1) + B*K, S1] float32 launch 1's split statistics
+    cand_ptr, stride_cr,  # [B*(K+1) + B*K, n_cand] float32 launch 1's candidates, read when CAND
     cut_ptr, stride_cp,  # [2, B*(K+1) + B*K] float32 out: each row's cut, and the mass kept (relative to its max)
     scratch_ptr, stride_scratch,  # [B*(K+1) + B*K, depth * BLOCK_V] float32 scratch rows, depth <= SLOTS
-    B, K, V, Vd, S1, temperature, top_k, top_p, min_offset,
+    B, K, V, Vd, S1, n_cand, temperature, top_k, top_p, min_offset,
     BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
-    ROW_WARP: tl.constexpr,
+    ROW_WARP: tl.constexpr, CAND: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # the rows of launch 1
     is_draft = row >= B * (K + 1)
@@ -450,21 +479,30 @@ def _warp_cut_kernel(
         min_offset = tl.load(min_offset_ptr + b)
     else:
         k = top_k
+    bound = -float("inf")
+    if CAND:  # every logit launch 1 did not keep is at most this
+        s = tl.arange(0, BLOCK_S)
+        bound = tl.max(tl.load(stats_ptr + 2 * stride_sp + row * stride_sr + s, mask=s < S1, other=-float("inf")),
+                       axis=0)
+    cand = cand_ptr + row * stride_cr
     if is_draft:
-        _row_cut(draft_ptr + b * stride_db + t * stride_dt, stride_dv, Vd, t < k_b, row, stats_ptr, stride_sp,
-                 stride_sr, S1, temp, scale, k, top_p, min_offset, cut_ptr, stride_cp,
-                 scratch_ptr + row * stride_scratch, BLOCK_V, BLOCK_S)
+        _row_cut(draft_ptr + b * stride_db + t * stride_dt, stride_dv, Vd, cand, n_cand, bound, t < k_b, row,
+                 stats_ptr, stride_sp, stride_sr, S1, temp, scale, k, top_p, min_offset, cut_ptr, stride_cp,
+                 scratch_ptr + row * stride_scratch, CAND, BLOCK_V, BLOCK_S)
     else:
-        _row_cut(target_ptr + b * stride_tb + t * stride_tt, stride_tv, V, t <= k_b, row, stats_ptr, stride_sp,
-                 stride_sr, S1, temp, scale, k, top_p, min_offset, cut_ptr, stride_cp,
-                 scratch_ptr + row * stride_scratch, BLOCK_V, BLOCK_S)
+        _row_cut(target_ptr + b * stride_tb + t * stride_tt, stride_tv, V, cand, n_cand, bound, t <= k_b, row,
+                 stats_ptr, stride_sp, stride_sr, S1, temp, scale, k, top_p, min_offset, cut_ptr, stride_cp,
+                 scratch_ptr + row * stride_scratch, CAND, BLOCK_V, BLOCK_S)
 
 
 @triton.jit
-def _row_cut(src, stride_v, n, needed, row, stats_ptr, stride_sp, stride_sr, S1, temp, scale, k, top_p, min_offset,
-             cut_ptr, stride_cp, scratch, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr):
+def _row_cut(src, stride_v, n, cand, n_cand, bound, needed, row, stats_ptr, stride_sp, stride_sr, S1, temp, scale, k,
+             top_p, min_offset, cut_ptr, stride_cp, scratch, CAND: tl.constexpr, BLOCK_V: tl.constexpr,
+             BLOCK_S: tl.constexpr):
     """One row's cut and kept mass (-inf and the whole row's sum where nothing is cut: greedy rows, rows no decision
-    reads, rows of -inf)."""
+    reads, rows of -inf). With CAND the search runs first over launch 1's candidates, and its result stands when every
+    key it decided on lies above `bound` (then every logit at or above it is a candidate: the counts and masses there
+    are the row's); else it runs over the row."""
     # The row's max and sum of exp from its split statistics (as launch 2 combines them).
     s = tl.arange(0, BLOCK_S)
     m_s = tl.load(stats_ptr + row * stride_sr + s, mask=(s < S1) & _splat(needed, s), other=-float("inf"))
@@ -475,37 +513,56 @@ def _row_cut(src, stride_v, n, needed, row, stats_ptr, stride_sp, stride_sr, S1,
     cut = -float("inf")
     kept = tl.where(z > 0.0, z, 1.0)
     if needed & (temp != 0.0) & (m > -float("inf")):
-        # Stage 1, top-k: the k-th largest logit (goal: a count of k). Stage 2, top-p: the largest logit whose mass
-        # at or above it reaches top_p times the mass top-k kept. Each stage starts from the last one's lo.
-        lo = tl.cast(KEY_NEG_INF, tl.int64)  # the bracket in int64: hi - lo exceeds 32 bits
-        top = _key(m).to(tl.int64) + 1
-        cnt_lo = n
-        mass_lo = z
-        slots = tl.full([1, BLOCK_V], -1, tl.int32)  # no scratch row yet
-        sc_lo = lo
-        sc_hi = lo
-        sc_cnt = n * 0
-        sc_mass = z * 0.0
-        first = temp == temp
-        if (k > 0) & (k < n):  # (counts only: the kept mass once, at the cut)
-            lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
-                src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
-                sc_mass, first, k.to(tl.float32), m, scale, False, BLOCK_V)
-            mass_lo = _mass_at(src, stride_v, n, scratch, lo, slots, sc_lo, sc_hi, m, scale, BLOCK_V)
-        if top_p < 1.0:
-            lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
-                src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
-                sc_mass, first, top_p * mass_lo, m, scale, True, BLOCK_V)
-        cut = _value(lo.to(tl.int32))
-        kept = mass_lo
-        # Stage 3, min-p: a cut at max + T ln(min_p); its mass needs one more pass when it is the highest cut.
-        cut_m = m + min_offset
-        if cut_m > cut:
-            cut = cut_m
-            kept = _mass_at(src, stride_v, n, scratch, _key(cut_m).to(tl.int64), slots, sc_lo, sc_hi, m, scale,
-                            BLOCK_V)
+        certified = temp != temp
+        if CAND:
+            cut, kept, certified = _cut_search(cand, 1, n_cand, n, _key(bound).to(tl.int64), m, z, scale, k, top_p,
+                                               min_offset, scratch, BLOCK_V)
+        if not certified:
+            cut, kept, certified = _cut_search(src, stride_v, n, n, tl.cast(KEY_NEG_INF - 1, tl.int64), m, z, scale,
+                                               k, top_p, min_offset, scratch, BLOCK_V)
     tl.store(cut_ptr + row, cut)
     tl.store(cut_ptr + stride_cp + row, kept)
+
+
+@triton.jit
+def _cut_search(src, stride_v, n, n_row, bound, m, z, scale, k, top_p, min_offset, scratch, BLOCK_V: tl.constexpr):
+    """(cut, kept mass, certified) of the logits src[0:n] of a row of n_row logits whose max is m and whole mass z
+    (src the row itself, or n <= n_row candidates); certified when every cut decided lies above the key `bound` (counts
+    and masses above it are exact) and top-k does not ask for more logits than src holds."""
+    # Stage 1, top-k: the k-th largest logit (goal: a count of k). Stage 2, top-p: the largest logit whose mass at or
+    # above it reaches top_p times the mass top-k kept. Each stage starts from the last one's lo.
+    lo = tl.cast(KEY_NEG_INF, tl.int64)  # the bracket in int64: hi - lo exceeds 32 bits
+    top = _key(m).to(tl.int64) + 1
+    cnt_lo = n
+    mass_lo = z
+    slots = tl.full([1, BLOCK_V], -1, tl.int32)  # no scratch row yet
+    sc_lo = lo
+    sc_hi = lo
+    sc_cnt = n * 0
+    sc_mass = z * 0.0
+    first = m == m
+    certified = (k <= 0) | (k >= n_row) | (k < n)
+    if (k > 0) & (k < n_row) & (k < n):  # (counts only: the kept mass once, at the cut)
+        lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
+            src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
+            sc_mass, first, k.to(tl.float32), m, scale, False, BLOCK_V)
+        mass_lo = _mass_at(src, stride_v, n, scratch, lo, slots, sc_lo, sc_hi, m, scale, BLOCK_V)
+        certified = certified & (lo > bound)
+    if top_p < 1.0:
+        lo, cnt_lo, mass_lo, slots, sc_lo, sc_hi, sc_cnt, sc_mass, first = _search(
+            src, stride_v, n, scratch, lo, top, cnt_lo, mass_lo, n * 0, z * 0.0, slots, sc_lo, sc_hi, sc_cnt,
+            sc_mass, first, top_p * mass_lo, m, scale, True, BLOCK_V)
+        certified = certified & (lo > bound)
+    cut = _value(lo.to(tl.int32))
+    kept = mass_lo
+    # Stage 3, min-p: a cut at max + T ln(min_p); its mass needs one more pass when it is the highest cut.
+    cut_m = m + min_offset
+    if cut_m > cut:
+        cut = cut_m
+        key_m = _key(cut_m).to(tl.int64)
+        kept = _mass_at(src, stride_v, n, scratch, key_m, slots, sc_lo, sc_hi, m, scale, BLOCK_V)
+        certified = certified & (key_m > bound)
+    return cut, kept, certified
 
 
 @triton.jit
@@ -952,7 +1009,8 @@ def _launch_on_current(kernel, grid, key, args, constexprs: dict, num_warps: int
         _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps)
 
 
-def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None, tokens=None):
+def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None, tokens=None,
+              candidates=False):
     """Launch 1: split statistics of every target and draft row a decision needs.
 
     Parameters
@@ -969,12 +1027,17 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
         Tile width and splits per row; None picks them for the device.
     tokens : torch.Tensor or None
         [B, K+1] int64 contiguous: the output launch 2 will write, set to -1 here (no fill launch of its own).
+    candidates : bool
+        The warpers' cut search follows: sampled rows also keep each lane's 4 largest logits, when those are at most
+        an eighth of V (many rows, few splits: B*(K+1) at least the SMs, in practice), for the search to start from.
 
     Returns
     -------
     tuple
         (stats [2, R, S1] float32, S1) with R = B*(K+1) + B*K: stats[0] the split maxima, stats[1] the split sums of
         exp((l - max) / T) on sampled rows and the split argmax (int32 bits; view as torch.int32) on greedy rows.
+        With `candidates`, a third item: None, or [R, S1 * 4 * BLOCK_V] float32 candidates, with stats[2] (a third
+        plane) the largest logit of each split they may have left out.
     """
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
@@ -983,7 +1046,10 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     device = target.device
     block_v, s1, tiles, num_warps = _launch_config("stats", device.type, device.index, rows, vocab, target.itemsize,
                                                    block_v, num_splits)
-    stats = torch.empty(2, rows, s1, dtype=torch.float32, device=device)
+    cand = None
+    if candidates and s1 * 4 * block_v * 8 <= vocab:
+        cand = torch.empty(rows, s1 * 4 * block_v, dtype=torch.float32, device=device)
+    stats = torch.empty(2 if cand is None else 3, rows, s1, dtype=torch.float32, device=device)
     d = draft if draft is not None else target
     row_temp = isinstance(temperature, torch.Tensor)
     # Draft rows only where some row samples (a float temperature of 0 needs none).
@@ -991,14 +1057,16 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     grid = (batch * k_plus_1 + (batch * k if with_drafts else 0), s1)
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
-    constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, FILL=tokens is not None)
+    constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, FILL=tokens is not None,
+                      CAND=cand is not None)
     t_strides, d_strides = target.stride(), d.stride()
     key = (_row_stats_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
            *_aligned(target, d, nd, temp), *_stride_class(*t_strides, *d_strides))
     args = (target, *t_strides, d, *d_strides, nd, temp, stats, rows * s1, s1, tokens if tokens is not None else stats,
-            batch, k, vocab, vd, tiles, s1, 0.0 if row_temp else float(temperature))
+            cand if cand is not None else stats, batch, k, vocab, vd, tiles, s1,
+            0.0 if row_temp else float(temperature))
     _launch(_row_stats_kernel, grid, key, args, constexprs, num_warps, device)
-    return stats, s1
+    return (stats, s1, cand) if candidates else (stats, s1)
 
 
 def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
@@ -1011,7 +1079,7 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
     warp : specsampler.torch_backend.Warp
         top_k (int or [B] int64), top_p (float or [B] float32), min_offset (float or [B] float32: T ln(min_p)).
     stats : tuple
-        The output of :func:`row_stats`.
+        The output of :func:`row_stats` (with or without candidates).
 
     Returns
     -------
@@ -1024,7 +1092,8 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
     vd = draft.shape[2] if draft is not None else 0
     rows = batch * k_plus_1 + batch * k
     device = target.device
-    stats_t, s1 = stats
+    stats_t, s1 = stats[:2]
+    cand = stats[2] if len(stats) > 2 else None
     cuts = torch.empty(2, rows, dtype=torch.float32, device=device)
     row_temp = isinstance(temperature, torch.Tensor)
     with_drafts = draft is not None and (row_temp or temperature != 0.0)
@@ -1045,14 +1114,15 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
     constexprs = dict(BLOCK_V=block_v, BLOCK_S=BLOCK_S, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
-                      ROW_WARP=row_warp)
+                      ROW_WARP=row_warp, CAND=cand is not None)
+    c = cand if cand is not None else stats_t
     t_strides, d_strides = target.stride(), d.stride()
     key = (_warp_cut_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
-           *_aligned(target, d, nd, temp, top_k, top_p, min_offset, stats_t, cuts, scratch),
+           *_aligned(target, d, nd, temp, top_k, top_p, min_offset, stats_t, c, cuts, scratch),
            *_stride_class(*t_strides, *d_strides))
     args = (target, *t_strides, d, *d_strides, nd, temp, top_k, top_p, min_offset, stats_t, *stats_t.stride()[:2],
-            cuts, cuts.stride(0), scratch, scratch.stride(0), batch, k, vocab, vd, s1,
-            0.0 if row_temp else float(temperature), *scalars)
+            c, c.stride(0), cuts, cuts.stride(0), scratch, scratch.stride(0), batch, k, vocab, vd, s1,
+            cand.shape[1] if cand is not None else 0, 0.0 if row_temp else float(temperature), *scalars)
     _launch(_warp_cut_kernel, (grid_rows, 1), key, args, constexprs, 8, device)
     return cuts
 

@@ -293,12 +293,12 @@ def verify_with_hooks(target_logits, draft_tokens, draft_logits=None, *, num_dra
     batch, k_plus_1, _ = target_logits.shape
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
     stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits,
-                              tokens)
+                              tokens, candidates=warp is not None)
     cuts = None
     if warp is not None:
         cuts = kernels.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
     return VerifyResult(*kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                             seed, stats, _uniforms, _noise, _block_v, _num_splits, tokens, cuts))
+                                             seed, stats[:2], _uniforms, _noise, _block_v, _num_splits, tokens, cuts))
 
 
 def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=None, generator=None,
