@@ -25,7 +25,11 @@ every tie with it is kept. A bracket of keys [lo, hi) with H(lo) >= goal > H(hi)
 above a key) narrows by counting at 8 pivots per pass: the first pass at fixed ratios to the row max, later ones
 evenly across the bracket, each pass also tightening it to the lowest and highest key really inside. A pass that
 starts with at most BLOCK_V logits at or above lo (or in the bracket) also copies them to a scratch row, 8 slots per
-lane kept in registers and stored once; the search then walks those few slots instead of V. Launch 2 reads p as
+lane kept in registers and stored once; the search then walks those few slots instead of V. With many rows and few
+splits (the candidates at most V / 8), launch 1 also keeps each lane's 4 largest logits of sampled rows, and the
+largest 4th of them per split: every logit left out is at most that bound. The search runs over those candidates
+first; its cuts stand when each lies above the bound (counts and masses there are the row's), which simulations of
+LLM-like rows give for top-k 50 (with or without top-p 0.9) every time; else it walks the row. Launch 2 reads p as
 exp((l - max) / T) / kept mass where l >= cut, and 0 below.
 
 Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
@@ -52,10 +56,11 @@ so both can be compared token for token.
 
 Bytes per launch, with s the element size of the scores and S1, S2 the split counts:
 - launch 1 reads each needed logit once, at most B*(K+1)*V*s + B*K*Vd*s, and writes 8 * rows * S1;
-- launch 1.5 reads each warped row a few times: once at the first pass, once more when it compacts (typically the
-  second pass, for top-k 50 / top-p 0.9 on LLM-like logits), more when the kept set exceeds BLOCK_V logits (top-p
-  alone on a flat row: up to ~7 passes); then small passes over the scratch slots; it writes 8 bytes a row and at most
-  8 * BLOCK_V * 4 bytes of scratch.
+- with candidates launch 1 also writes 16 * S1 * BLOCK_V bytes a sampled row (plus 4 * S1);
+- launch 1.5 reads the candidates of each warped row twice (a first pass, then one that compacts them), and passes
+  over its scratch slots; where they cannot certify the cut it reads the row a few times instead: once at the first
+  pass, once more when it compacts (typically the second pass), more when the kept set exceeds BLOCK_V logits (top-p
+  alone on a flat row: up to ~7 passes). It writes 8 bytes a row and at most 8 * BLOCK_V * 4 bytes of scratch.
 - launch 2 reads the statistics (8 * B*(2K+1) * S1 per program, from cache), 2K gathered scores, the K drafts, and
   for each sampled row one residual row pair, (V + Vd) * s (the whole row pair again, by one program, in the rare
   fallback); it writes the tokens, 8 * B*(K+2), and touches a workspace of 24 bytes per row with atomics.
