@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._api import sample, verify
+from ._distributed import run_seed
 from .drafters import Drafter, PromptLookupDrafter, PromptLookupRun, Proposal
 
 __all__ = ["GenerateOutput", "GenerationStats", "generate"]
@@ -594,7 +595,7 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
     attention_mask = _prompt_mask(input_ids, attention_mask)
     eos, pad_token_id = _eos_and_pad(target, eos_token_id, pad_token_id)
     sampling = _sampling(do_sample, temperature, top_k, top_p, min_p)
-    rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    rng = random.Random(run_seed(seed, target))
     lm, vocab = _prefill(target, input_ids, attention_mask)
     drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, sampling, rng, pad_token_id)
     batch = input_ids.shape[0]
