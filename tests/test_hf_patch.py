@@ -246,10 +246,29 @@ def test_custom_generate_reads_min_p(models, monkeypatch):
         hf._warpers(LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)]))
 
 
-def test_custom_generate_prompt_lookup_default(models):
+def test_custom_generate_prompt_lookup(models, monkeypatch):
+    """prompt_lookup_num_tokens=N drafts by prompt lookup with K = N; greedy output equals plain generate."""
+    from specsampler import _generate
+
     target, _ = models
     ids = torch.tensor([[4, 5, 6, 4, 5, 6, 4, 5]])
-    out = target.generate(ids, custom_generate=specsampler.speculative_generate, max_new_tokens=6, do_sample=False,
-                          pad_token_id=0, eos_token_id=None)
+    seen = []
+    real = _generate.generate
+    monkeypatch.setattr(_generate, "generate", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, prompt_lookup_num_tokens=3,
+                          max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     ref = target.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert torch.equal(out, ref)
+    assert isinstance(seen[0][0][1], specsampler.PromptLookupDrafter) and seen[0][1]["num_draft_tokens"] == 3
+
+
+def test_custom_generate_without_a_drafter_says_why(models):
+    """No draft_model and no prompt_lookup_num_tokens: an error, never a silent fallback; assistant_model= (which
+    generate keeps for itself) is named, with what to pass instead."""
+    target, draft = models
+    ids = torch.tensor([[4, 5, 6, 4, 5, 6, 4, 5]])
+    for extra in ({}, {"assistant_model": draft}):
+        with pytest.raises(ValueError, match="needs a drafter: pass draft_model=.*assistant_model=.*"
+                                             "prompt_lookup_num_tokens"):
+            target.generate(ids, custom_generate=specsampler.speculative_generate, max_new_tokens=4,
+                            do_sample=False, pad_token_id=0, eos_token_id=None, **extra)

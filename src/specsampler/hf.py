@@ -125,8 +125,15 @@ def _warpers(logits_processor) -> dict:
     return out
 
 
+NO_DRAFTER = ("speculative_generate needs a drafter: pass draft_model=<the draft model> (transformers' generate keeps "
+              "assistant_model= for itself and never hands it to a custom_generate callable, so it cannot reach "
+              "specsampler), or prompt_lookup_num_tokens=N for prompt lookup; specsampler.patch_transformers() makes "
+              "generate(assistant_model=...) itself verify with specsampler")
+
+
 def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                         draft_model=None, num_draft_tokens: int = 4, seed: int | None = None, **model_kwargs):
+                         draft_model=None, num_draft_tokens: int | None = None, seed: int | None = None,
+                         **model_kwargs):
     """Batched speculative decoding as a ``custom_generate`` callable.
 
     Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
@@ -148,9 +155,12 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     generation_config : GenerationConfig
         ``do_sample``, ``max_length``, EOS and pad ids.
     draft_model : PreTrainedModel or PromptLookupDrafter, optional
-        The drafter; None: a :class:`specsampler.PromptLookupDrafter`.
-    num_draft_tokens : int
-        K.
+        The drafter. Without it ``prompt_lookup_num_tokens=N`` (a generation option: it arrives in
+        `generation_config`) drafts by prompt lookup; without either a ValueError says why ``assistant_model=`` cannot
+        reach this function (nothing falls back silently).
+    num_draft_tokens : int, optional
+        K; default the generation config's ``prompt_lookup_num_tokens`` with prompt lookup, else its
+        ``num_assistant_tokens``, else 4.
     seed : int, optional
         Seeds the sampling.
     **model_kwargs
@@ -165,6 +175,11 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     from .drafters import PromptLookupDrafter
 
     cfg = generation_config if generation_config is not None else model.generation_config
+    lookup = getattr(cfg, "prompt_lookup_num_tokens", None)
+    if draft_model is None and not lookup:
+        raise ValueError(NO_DRAFTER)
+    if num_draft_tokens is None:
+        num_draft_tokens = int(lookup) if draft_model is None else int(getattr(cfg, "num_assistant_tokens", None) or 4)
     do_sample = bool(cfg.do_sample)
     warp = _warpers(logits_processor) if do_sample else {}
     eos = getattr(cfg, "_eos_token_tensor", None)
