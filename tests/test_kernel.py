@@ -518,3 +518,32 @@ def test_warped_verify_from_candidates_matches_torch(device):
     oracle = verify_with_hooks(**args, backend="torch")
     check_structure(kernel, args["draft_tokens"], args.get("num_draft_tokens"), 8193)
     assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation and CUDA graphs exist on CUDA only")
+def test_warped_call_has_no_host_sync_and_replays_in_a_graph():
+    """The three launches with warpers (scalar and per-row settings): no device-to-host synchronisation, and a captured
+    call replays like an eager one."""
+    args = make_case(8, 4, 32000, seed=3, device="cuda")
+    del args["_uniforms"], args["_noise"]
+    seed = torch.arange(8, device="cuda", dtype=torch.int64)
+    per_row = dict(top_k=torch.full((8,), 40, device="cuda"), top_p=torch.full((8,), 0.9, device="cuda"),
+                   min_p=torch.full((8,), 0.02, device="cuda"))
+    for warp in (dict(top_k=50, top_p=0.9), per_row):
+        verify_with_hooks(**args, seed=seed, **warp)  # compile first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            verify_with_hooks(**args, seed=seed, **warp)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            verify_with_hooks(**args, seed=seed, **warp)
+            with torch.cuda.graph(graph, stream=stream):
+                out = verify_with_hooks(**args, seed=seed, **warp)
+        for step in range(2):
+            seed.copy_(torch.arange(8, device="cuda") + 1000 * step)
+            graph.replay()
+            assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed, **warp).tokens)
