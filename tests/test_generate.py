@@ -436,3 +436,307 @@ def test_prompt_lookup_run_follows_the_drafter_protocol():
     assert run.seqs == [[1, 2, 3, 1, 2, 3, 7], [4, 5, 4]]
     run.select_rows(torch.tensor([1]))
     assert run.seqs == [[4, 5, 4]] and run.forwards == 0
+
+
+# ------------------------------------------------------------------------------ transformers' names and configs
+def _tiny_tokenizer(vocab=V):
+    """A character tokenizer over `vocab` single characters (one token each), built offline with `tokenizers`."""
+    import string
+
+    tokenizers = pytest.importorskip("tokenizers")
+    chars = (string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation + " é")[:vocab]
+    assert len(chars) == vocab
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=chars[0]))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
+    tok.decoder = tokenizers.decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+@pytest.fixture
+def gen_config(llama_pair):
+    """The target's generation_config, restored after the test (which may change it)."""
+    import copy
+
+    target = llama_pair[0]
+    saved = copy.deepcopy(target.generation_config)
+    yield target.generation_config
+    target.generation_config = saved
+
+
+def _rows_equal_reference(target, out, ids, mask, **kw):
+    """Each row of `out` equals target.generate on that row alone (greedy, same options), padding after it."""
+    width = ids.shape[1]
+    pad = kw.get("pad_token_id", 0)
+    for b in range(ids.shape[0]):
+        ref = _reference(target, ids, mask, b, **kw)
+        got = out.sequences[b, width:].tolist()
+        assert got[: len(ref)] == ref and all(t == pad for t in got[len(ref):]), f"row {b}: {got} vs {ref}"
+
+
+def test_transformers_drafter_names(llama_pair):
+    """assistant_model= is draft=, prompt_lookup_num_tokens=N is a PromptLookupDrafter with K = N,
+    num_assistant_tokens= is num_draft_tokens=; all by keyword, as target.generate takes them."""
+    target, draft = llama_pair
+    ids, mask = _ragged([9, 4, 7], seed=21, repeat=True)
+    kw = dict(max_new_tokens=10, eos_token_id=[], pad_token_id=0)
+    base = specsampler.generate(target, draft, ids, mask, num_draft_tokens=3, **kw)
+    named = specsampler.generate(target, input_ids=ids, attention_mask=mask, assistant_model=draft,
+                                 num_assistant_tokens=3, **kw)
+    assert torch.equal(named.sequences, base.sequences) and named.stats == base.stats
+    _check_rows(target, named, ids, mask, 10)
+    lookup = specsampler.generate(target, input_ids=ids, attention_mask=mask, prompt_lookup_num_tokens=2, **kw)
+    same = specsampler.generate(target, PromptLookupDrafter(), ids, mask, num_draft_tokens=2, **kw)
+    assert torch.equal(lookup.sequences, same.sequences) and lookup.stats == same.stats
+    assert lookup.stats.draft_forwards == 0 and 0 < lookup.stats.drafted <= 2 * lookup.stats.row_steps
+    _check_rows(target, lookup, ids, mask, 10)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({}, "needs a drafter"),
+    (dict(draft="D", assistant_model="D"), "draft and assistant_model"),
+    (dict(draft="D", prompt_lookup_num_tokens=3), "draft and prompt_lookup_num_tokens"),
+    (dict(assistant_model="D", prompt_lookup_num_tokens=3), "assistant_model and prompt_lookup_num_tokens"),
+    (dict(draft="D", num_draft_tokens=3, num_assistant_tokens=4), "num_draft_tokens=3 and num_assistant_tokens=4"),
+    (dict(prompt_lookup_num_tokens=3, num_draft_tokens=4), "prompt_lookup_num_tokens=3"),
+    (dict(prompt_lookup_num_tokens=0), "prompt_lookup_num_tokens must be"),
+])
+def test_exactly_one_drafter(llama_pair, kw, match):
+    target, draft = llama_pair
+    kw = {k: draft if v == "D" else v for k, v in kw.items()}
+    with pytest.raises(ValueError, match=match):
+        specsampler.generate(target, input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3, **kw)
+
+
+def test_options_default_to_the_generation_configs(llama_pair, gen_config):
+    """Unset options come from generation_config=, else target.generation_config, keywords winning, as in
+    target.generate: max_new_tokens, eos and pad ids, max_length."""
+    target, draft = llama_pair
+    ids, mask = _ragged([6, 3, 8], seed=13)
+    free = specsampler.generate(target, draft, ids, mask, max_new_tokens=12, eos_token_id=[])
+    eos = int(free.sequences[0, ids.shape[1] + 3])
+    gen_config.max_new_tokens, gen_config.eos_token_id, gen_config.pad_token_id = 9, eos, V - 1
+    out = specsampler.generate(target, draft, ids, mask)
+    for b in range(3):  # target.generate with no options at all: the same config
+        row = ids[b, mask[b].bool()][None]
+        ref = target.generate(row, attention_mask=torch.ones_like(row))[0, row.shape[1]:].tolist()
+        got = out.sequences[b, ids.shape[1]:].tolist()
+        assert got[: len(ref)] == ref and all(t == V - 1 for t in got[len(ref):])
+    assert out.sequences.shape[1] <= ids.shape[1] + 9 and eos in out.sequences[0].tolist()
+    # generation_config= before the model's, keywords before both
+    cfg = transformers.GenerationConfig(max_new_tokens=5, eos_token_id=V - 3, pad_token_id=0)
+    out = specsampler.generate(target, draft, ids, mask, generation_config=cfg)
+    _check_rows(target, out, ids, mask, 5, eos=V - 3, pad=0)
+    out = specsampler.generate(target, draft, ids, mask, generation_config=cfg, max_new_tokens=3, eos_token_id=[])
+    _check_rows(target, out, ids, mask, 3, eos=[], pad=0)
+    # max_length: prompt width + new tokens when max_new_tokens is unset anywhere
+    gen_config.max_new_tokens = None
+    out = specsampler.generate(target, draft, ids, mask, max_length=ids.shape[1] + 4, eos_token_id=[])
+    assert out.sequences.shape == (3, ids.shape[1] + 4)
+    with pytest.raises(ValueError, match="max_length"):
+        specsampler.generate(target, draft, ids, mask, max_length=ids.shape[1], eos_token_id=[])
+
+
+@pytest.mark.parametrize("config, kw", [
+    ({}, dict(do_sample=True)),
+    ({}, dict(do_sample=True, top_k=None)),
+    (dict(do_sample=True, top_k=7, top_p=0.8, temperature=0.6), {}),
+    (dict(do_sample=True, top_k=7, min_p=0.1), dict(top_k=3, temperature=1.5)),
+    (dict(top_k=0), dict(do_sample=True, top_p=0.9)),
+])
+def test_sampling_options_resolve_as_model_generate(llama_pair, gen_config, monkeypatch, config, kw):
+    """The warpers specsampler applies are those target.generate applies for the same call (its own resolution,
+    transformers' default top_k=50 included); checked on the options verify receives."""
+    from specsampler import _generate
+
+    target, draft = llama_pair
+    for name, value in config.items():
+        setattr(gen_config, name, value)
+    ref, _ = target._prepare_generation_config(None, **kw)
+    seen = []
+
+    def spy_verify(*args, **vkw):
+        seen.append(vkw)
+        return specsampler.verify(*args, **vkw)
+
+    monkeypatch.setattr(_generate, "verify", spy_verify)
+    specsampler.generate(target, draft, torch.tensor([[5, 6, 7]]), max_new_tokens=3, seed=0, **kw)
+    assert ref.do_sample and seen
+    want = dict(temperature=float(ref.temperature if ref.temperature is not None else 1.0),
+                top_k=int(ref.top_k) if ref.top_k else None,
+                top_p=float(ref.top_p) if ref.top_p is not None and ref.top_p < 1 else None,
+                min_p=float(ref.min_p) if ref.min_p else None)
+    assert all({k: v[k] for k in want} == want for v in seen), (want, seen[0])
+    if not config and "top_k" not in kw:
+        assert want["top_k"] == 50  # transformers' default, as target.generate(do_sample=True) applies it
+
+
+def test_every_generation_config_option_is_classified():
+    """Each attribute of the installed transformers' GenerationConfig is honoured, refused or irrelevant: a new
+    option fails here until it is classified in GENERATION_CONFIG_OPTIONS."""
+    from specsampler._generate import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, REFUSED
+
+    names = {k for k in vars(transformers.GenerationConfig()) if not k.startswith("_")}
+    assert names - set(GENERATION_CONFIG_OPTIONS) == set()
+    assert {kind for kind, _ in GENERATION_CONFIG_OPTIONS.values()} == {HONOURED, REFUSED, IRRELEVANT}
+
+
+REFUSED_VALUES = dict(
+    repetition_penalty=1.2, encoder_repetition_penalty=1.1, no_repeat_ngram_size=2, encoder_no_repeat_ngram_size=2,
+    bad_words_ids=[[5]], sequence_bias={(5,): -1.0}, suppress_tokens=[5], begin_suppress_tokens=[5], min_length=8,
+    min_new_tokens=2, forced_bos_token_id=5, forced_eos_token_id=5, exponential_decay_length_penalty=(2, 1.1),
+    remove_invalid_values=True, guidance_scale=1.5, typical_p=0.9, epsilon_cutoff=1e-3, eta_cutoff=1e-3, top_h=0.5,
+    num_beams=2, num_beam_groups=2, diversity_penalty=0.5, penalty_alpha=0.6, dola_layers="low", token_healing=True,
+    output_scores=True, output_logits=True, output_attentions=True, output_hidden_states=True,
+    assistant_early_exit=1, assistant_ensemble_weight=0.5, speculation_type="dflash", use_mtp=True,
+    cache_implementation="quantized", constraints=["c"], force_words_ids=[[5]], watermarking_config={"bias": 2.0},
+)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_VALUES))
+def test_refused_options_raise_by_name(llama_pair, gen_config, name):
+    """A refused option set to a non-default value raises a ValueError naming it, whether passed, given in
+    generation_config= or set in the model's config; passing its off value overrides the model's config."""
+    from specsampler._generate import GENERATION_CONFIG_OPTIONS, REFUSED
+
+    if name not in vars(transformers.GenerationConfig()):
+        pytest.skip(f"{name} is not an option of transformers {transformers.__version__}")
+    assert GENERATION_CONFIG_OPTIONS[name][0] == REFUSED
+    target, draft = llama_pair
+    ids = torch.tensor([[5, 6, 7]])
+    value = REFUSED_VALUES[name]
+    with pytest.raises(ValueError, match=f"{name}=.*passed"):
+        specsampler.generate(target, draft, ids, max_new_tokens=2, **{name: value})
+    cfg = transformers.GenerationConfig()
+    setattr(cfg, name, value)  # (no validation: some values need other options to pass it)
+    with pytest.raises(ValueError, match=f"{name}=.*set in generation_config"):
+        specsampler.generate(target, draft, ids, max_new_tokens=2, generation_config=cfg)
+    setattr(gen_config, name, value)
+    with pytest.raises(ValueError, match=f"{name}=.*set in target.generation_config"):
+        specsampler.generate(target, draft, ids, max_new_tokens=2)
+
+
+def test_refused_option_overridden_and_unknown_names(llama_pair, gen_config):
+    target, draft = llama_pair
+    ids, mask = _ragged([5, 3], seed=8)
+    gen_config.repetition_penalty = 1.3
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=6, eos_token_id=[], repetition_penalty=1.0)
+    gen_config.repetition_penalty = 1.0  # (the reference, target.generate, would apply the model's 1.3)
+    _check_rows(target, out, ids, mask, 6)
+    out2 = specsampler.generate(target, draft, ids, mask, max_new_tokens=6, eos_token_id=[], use_cache=True,
+                                return_dict_in_generate=True, renormalize_logits=True, length_penalty=2.0)
+    assert torch.equal(out2.sequences, out.sequences)  # irrelevant options change nothing
+    with pytest.raises(TypeError, match="repetition_penalti"):
+        specsampler.generate(target, draft, ids, mask, max_new_tokens=6, repetition_penalti=1.0)
+
+
+class _Recorder(transformers.generation.BaseStreamer if hasattr(transformers, "generation") else object):
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(value.clone())
+
+    def end(self):
+        self.ends += 1
+
+
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_streamer_gets_exactly_the_result(llama_pair, drafter):
+    """transformers' protocol: the prompt first, then each step's new tokens, end() once; together they are the
+    returned sequence (EOS included, no padding); a TextIteratorStreamer gives the result's text."""
+    target, draft = llama_pair
+    ids = _ragged([7], seed=3, repeat=True)[0]
+    kw = dict(assistant_model=draft) if drafter == "model" else dict(prompt_lookup_num_tokens=3)
+    free = specsampler.generate(target, input_ids=ids, max_new_tokens=14, eos_token_id=[], **kw)
+    eos = int(free.sequences[0, -4])
+    rec = _Recorder()
+    out = specsampler.generate(target, input_ids=ids, max_new_tokens=14, eos_token_id=eos, streamer=rec, **kw)
+    assert rec.ends == 1 and torch.equal(rec.puts[0], ids)
+    assert all(p.shape[0] == 1 and p.dim() == 2 and p.dtype == torch.long for p in rec.puts)
+    assert len(rec.puts) - 1 == out.stats.target_forwards
+    assert torch.equal(torch.cat(rec.puts, dim=1), out.sequences)
+    ref = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=14,
+                          eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out.sequences, ref)
+    tok = _tiny_tokenizer()
+    text = transformers.TextIteratorStreamer(tok, skip_prompt=True)
+    specsampler.generate(target, input_ids=ids, max_new_tokens=14, eos_token_id=eos, streamer=text, **kw)
+    assert "".join(text) == tok.decode(out.sequences[0, ids.shape[1]:])
+
+
+def test_streamer_refuses_batches(llama_pair):
+    target, draft = llama_pair
+    ids, mask = _ragged([5, 3], seed=8)
+    with pytest.raises(ValueError, match="callback="):
+        specsampler.generate(target, draft, ids, mask, max_new_tokens=4, streamer=_Recorder())
+    with pytest.raises(ValueError, match="callback="):
+        specsampler.generate(target, draft, ids[:1], mask[:1], max_new_tokens=4, do_sample=True,
+                             num_return_sequences=2, streamer=_Recorder())
+
+
+class _StopAt(transformers.StoppingCriteria):
+    """Stop a row when its last token is `token` (a custom criterion, as users write them)."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids[:, -1] == self.token
+
+
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_stopping_criteria_match_model_generate(llama_pair, drafter):
+    """A row stops at the first token where a criterion fires, inside a step's accepted tokens too: greedy rows
+    equal target.generate(row, stopping_criteria=...)."""
+    target, draft = llama_pair
+    ids, mask = _ragged([9, 4, 7, 6], seed=17, repeat=True)
+    kw = dict(max_new_tokens=16, eos_token_id=[], pad_token_id=0)
+    drafter_kw = dict(assistant_model=draft) if drafter == "model" else dict(prompt_lookup_num_tokens=4)
+    free = specsampler.generate(target, input_ids=ids, attention_mask=mask, **drafter_kw, **kw)
+    stop_token = int(free.sequences[1, ids.shape[1] + 5])
+    crits = transformers.StoppingCriteriaList([_StopAt(stop_token)])
+    out = specsampler.generate(target, input_ids=ids, attention_mask=mask, stopping_criteria=crits, **drafter_kw,
+                               **kw)
+    _rows_equal_reference(target, out, ids, mask, stopping_criteria=crits, **kw)
+    assert out.sequences.shape[1] < free.sequences.shape[1] or (out.sequences != free.sequences).any()
+    assert out.sequences[1, ids.shape[1] + 5] == stop_token and (out.sequences[1, ids.shape[1] + 6:] == 0).all()
+
+
+def test_stop_strings_match_model_generate(llama_pair):
+    """stop_strings with a tokenizer (transformers' StopStringCriteria): greedy rows equal target.generate(row,
+    stop_strings=..., tokenizer=...); without a tokenizer a ValueError says what to pass."""
+    target, draft = llama_pair
+    tok = _tiny_tokenizer()
+    ids, mask = _ragged([8, 5, 7], seed=19)
+    kw = dict(max_new_tokens=14, eos_token_id=[], pad_token_id=0)
+    free = specsampler.generate(target, draft, ids, mask, **kw)
+    stop = tok.decode(free.sequences[0, ids.shape[1] + 4: ids.shape[1] + 6])  # two tokens of row 0
+    out = specsampler.generate(target, draft, ids, mask, stop_strings=[stop], tokenizer=tok, **kw)
+    _rows_equal_reference(target, out, ids, mask, stop_strings=[stop], tokenizer=tok, **kw)
+    assert tok.decode(out.sequences[0, ids.shape[1]:]).rstrip(tok.decode([0])).endswith(stop)
+    assert out.sequences.shape[1] < free.sequences.shape[1] or (out.sequences != free.sequences).any()
+    with pytest.raises(ValueError, match="tokenizer="):
+        specsampler.generate(target, draft, ids, mask, stop_strings=[stop], **kw)
+
+
+def test_num_return_sequences(llama_pair):
+    """n rows per prompt, consecutive as transformers orders them; with a seed reproducible; greedy with n > 1
+    raises as target.generate does."""
+    target, draft = llama_pair
+    ids, mask = _ragged([6, 3], seed=23)
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=8, do_sample=True, seed=3,
+                               num_return_sequences=3, eos_token_id=[])
+    width = ids.shape[1]
+    assert out.sequences.shape == (6, width + 8)
+    assert torch.equal(out.sequences[:, :width], ids.repeat_interleave(3, dim=0))
+    assert len({tuple(r) for r in out.sequences[:3, width:].tolist()}) > 1  # distinct samples of one prompt
+    rows = specsampler.generate(target, draft, ids.repeat_interleave(3, dim=0), mask.repeat_interleave(3, dim=0),
+                                max_new_tokens=8, do_sample=True, seed=3, eos_token_id=[])
+    assert torch.equal(rows.sequences, out.sequences)
+    ref_shape = target.generate(ids, attention_mask=mask, do_sample=True, num_return_sequences=3, max_new_tokens=2,
+                                pad_token_id=0).shape
+    assert ref_shape[0] == out.sequences.shape[0]
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        target.generate(ids, attention_mask=mask, do_sample=False, num_return_sequences=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        specsampler.generate(target, draft, ids, mask, max_new_tokens=8, num_return_sequences=2)

@@ -234,13 +234,13 @@ def test_custom_generate_reads_min_p(models, monkeypatch):
     target, draft = models
     ids, mask = _prompts()
     seen = []
-    real = _generate.generate
-    monkeypatch.setattr(_generate, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    real = _generate._run
+    monkeypatch.setattr(_generate, "_run", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     kw = dict(attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
               max_new_tokens=6, do_sample=True, temperature=0.9, top_k=12, min_p=0.05, seed=2, pad_token_id=0,
               eos_token_id=None)
     out = target.generate(ids, **kw)
-    assert seen[0]["min_p"] == 0.05 and seen[0]["top_k"] == 12 and seen[0]["temperature"] == 0.9
+    assert seen[0]["sampling"] == dict(temperature=0.9, top_k=12, top_p=None, min_p=0.05)
     assert out.shape == (3, 12) and torch.equal(target.generate(ids, **kw), out)  # seeded
     with pytest.raises(NotImplementedError, match="min_p only, not RepetitionPenaltyLogitsProcessor"):
         hf._warpers(LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)]))
@@ -253,8 +253,8 @@ def test_custom_generate_prompt_lookup(models, monkeypatch):
     target, _ = models
     ids = torch.tensor([[4, 5, 6, 4, 5, 6, 4, 5]])
     seen = []
-    real = _generate.generate
-    monkeypatch.setattr(_generate, "generate", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
+    real = _generate._run
+    monkeypatch.setattr(_generate, "_run", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
     out = target.generate(ids, custom_generate=specsampler.speculative_generate, prompt_lookup_num_tokens=3,
                           max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     ref = target.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -272,3 +272,38 @@ def test_custom_generate_without_a_drafter_says_why(models):
                                              "prompt_lookup_num_tokens"):
             target.generate(ids, custom_generate=specsampler.speculative_generate, max_new_tokens=4,
                             do_sample=False, pad_token_id=0, eos_token_id=None, **extra)
+
+
+def test_custom_generate_honours_the_prepared_stopping_criteria(models):
+    """The stopping criteria transformers prepared (here a caller's own: stop after token 9 appears) cut a row at the
+    first token where one fires; greedy output equals plain generate with the same criteria, row by row."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopAfter(StoppingCriteria):
+        def __init__(self, token):
+            self.token = token
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids[:, -1] == self.token).to(torch.bool)
+
+    target, draft = models
+    ids, mask = _prompts()
+    plain = target.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
+                            eos_token_id=None)
+    stop_token = int(plain[0, 9])  # a token the first row emits midway
+    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None,
+              stopping_criteria=StoppingCriteriaList([StopAfter(stop_token)]))
+    for b in range(3):
+        row = ids[b, mask[b].bool()][None]
+        ours = target.generate(row, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                               num_draft_tokens=3, **kw)
+        ref = target.generate(row, **kw)
+        assert ours.tolist() == ref.tolist()
+
+
+def test_custom_generate_refuses_other_processors_greedy_too(models):
+    target, draft = models
+    ids, mask = _prompts()
+    with pytest.raises(NotImplementedError, match="not RepetitionPenaltyLogitsProcessor"):
+        target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                        max_new_tokens=4, do_sample=False, repetition_penalty=1.3, pad_token_id=0, eos_token_id=None)

@@ -43,6 +43,7 @@ import inspect
 import math
 import numbers
 import random
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -452,8 +453,9 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
 
 
 def _commit_rows(rows: _Rows, step: _Step, budget: list[int], eos: list[int], stats: GenerationStats,
-                 callback) -> list[int]:
-    """Append each running row's new tokens (cut after an EOS id and at its budget), count them, call `callback`.
+                 callback, stop=None) -> list[int]:
+    """Append each running row's new tokens (cut after an EOS id, after the first token where `stop` fires, and at
+    its budget), count them, call `callback`.
 
     Parameters
     ----------
@@ -467,6 +469,9 @@ def _commit_rows(rows: _Rows, step: _Step, budget: list[int], eos: list[int], st
         Updated in place.
     callback : callable or None
         ``callback(row, tokens)`` for each row that gained tokens.
+    stop : callable or None
+        ``stop(row, new_tokens)``: whether the row ends after the last of `new_tokens` (all its new tokens so far,
+        the candidate included); asked token by token.
 
     Returns
     -------
@@ -480,7 +485,7 @@ def _commit_rows(rows: _Rows, step: _Step, budget: list[int], eos: list[int], st
         got = step.accepted[i][: budget[i]]
         done = False
         for j, t in enumerate(got):
-            if t in eos:
+            if t in eos or (stop is not None and stop(r, rows.new[r] + got[: j + 1])):
                 got, done = got[: j + 1], True
                 break
         rows.new[r] += got
@@ -525,76 +530,467 @@ def _sequences(input_ids: torch.Tensor, new: list[list[int]], pad_token_id: int)
     return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
 
 
+# ------------------------------------------------------------------------------------ transformers' options
+HONOURED, REFUSED, IRRELEVANT = "honoured", "refused", "irrelevant"
+
+#: Every attribute of transformers' ``GenerationConfig`` (4.57 to 5.24), as :func:`generate` treats it, with why.
+#: ``honoured``: applied exactly as ``model.generate`` applies it. ``refused``: a value other than its default (or
+#: "off" value) raises a ValueError naming the option and where it came from (an argument, ``generation_config=``,
+#: ``target.generation_config``): it would change the output, and specsampler does not apply it. ``irrelevant``: it
+#: cannot change the tokens generate returns here (output formatting, caching and compilation, other model kinds,
+#: drafting heuristics that only change speed), so any value is accepted. A test walks the installed
+#: ``GenerationConfig`` and fails on an attribute missing here; at run time an unknown attribute set to a non-default
+#: value is refused too.
+GENERATION_CONFIG_OPTIONS: dict[str, tuple[str, str]] = {
+    # length and stopping
+    "max_new_tokens": (HONOURED, "the most new tokens per row; wins over max_length"),
+    "max_length": (HONOURED, "prompt width + new tokens, when max_new_tokens is unset (a prompt as long raises)"),
+    "eos_token_id": (HONOURED, "a row stops after any of these"),
+    "pad_token_id": (HONOURED, "fills rows that finished early (default: the first EOS id)"),
+    "stop_strings": (HONOURED, "transformers' StopStringCriteria, checked token by token; needs tokenizer="),
+    "max_time": (HONOURED, "transformers' MaxTimeCriteria, checked token by token"),
+    "num_return_sequences": (HONOURED, "each prompt repeated, consecutive rows; greedy with n > 1 raises"),
+    "min_length": (REFUSED, "MinLengthLogitsProcessor (EOS masked) is not applied"),
+    "min_new_tokens": (REFUSED, "MinNewTokensLengthLogitsProcessor (EOS masked) is not applied"),
+    # sampling
+    "do_sample": (HONOURED, "False: greedy; True: sampling from the warped target distribution"),
+    "temperature": (HONOURED, "as TemperatureLogitsWarper"),
+    "top_k": (HONOURED, "as TopKLogitsWarper (transformers' default 50 applies when unset, as in model.generate)"),
+    "top_p": (HONOURED, "as TopPLogitsWarper"),
+    "min_p": (HONOURED, "as MinPLogitsWarper"),
+    "typical_p": (REFUSED, "TypicalLogitsWarper is not applied"),
+    "epsilon_cutoff": (REFUSED, "EpsilonLogitsWarper is not applied"),
+    "eta_cutoff": (REFUSED, "EtaLogitsWarper is not applied"),
+    "top_h": (REFUSED, "TopHLogitsWarper is not applied"),
+    # logits processors
+    "repetition_penalty": (REFUSED, "RepetitionPenaltyLogitsProcessor is not applied"),
+    "encoder_repetition_penalty": (REFUSED, "EncoderRepetitionPenaltyLogitsProcessor is not applied"),
+    "no_repeat_ngram_size": (REFUSED, "NoRepeatNGramLogitsProcessor is not applied"),
+    "encoder_no_repeat_ngram_size": (REFUSED, "EncoderNoRepeatNGramLogitsProcessor is not applied"),
+    "bad_words_ids": (REFUSED, "NoBadWordsLogitsProcessor is not applied"),
+    "sequence_bias": (REFUSED, "SequenceBiasLogitsProcessor is not applied"),
+    "suppress_tokens": (REFUSED, "SuppressTokensLogitsProcessor is not applied"),
+    "begin_suppress_tokens": (REFUSED, "SuppressTokensAtBeginLogitsProcessor is not applied"),
+    "forced_bos_token_id": (REFUSED, "ForcedBOSTokenLogitsProcessor is not applied"),
+    "forced_eos_token_id": (REFUSED, "ForcedEOSTokenLogitsProcessor is not applied"),
+    "exponential_decay_length_penalty": (REFUSED, "ExponentialDecayLengthPenalty is not applied"),
+    "remove_invalid_values": (REFUSED, "InfNanRemoveLogitsProcessor is not applied"),
+    "guidance_scale": (REFUSED, "classifier-free guidance is not supported"),
+    "watermarking_config": (REFUSED, "watermarking is not applied"),
+    "renormalize_logits": (IRRELEVANT, "a final log-softmax: softmax and argmax of the scores are unchanged"),
+    # other decoding strategies
+    "num_beams": (REFUSED, "beam search (num_beams > 1) is not supported"),
+    "num_beam_groups": (REFUSED, "group beam search is not supported"),
+    "diversity_penalty": (REFUSED, "group beam search is not supported"),
+    "constraints": (REFUSED, "constrained beam search is not supported"),
+    "force_words_ids": (REFUSED, "constrained beam search is not supported"),
+    "penalty_alpha": (REFUSED, "contrastive search is not supported"),
+    "dola_layers": (REFUSED, "DoLa decoding is not supported"),
+    "token_healing": (REFUSED, "token healing (rewriting the prompt's tail) is not supported"),
+    "length_penalty": (IRRELEVANT, "beam search only (num_beams > 1 is refused)"),
+    "early_stopping": (IRRELEVANT, "beam search only (num_beams > 1 is refused)"),
+    "low_memory": (IRRELEVANT, "beam and contrastive search only (both refused)"),
+    # assisted generation
+    "num_assistant_tokens": (HONOURED, "K, drafts per step (transformers' global default 20 is not adopted: "
+                                       "specsampler's default 4 applies unless a config sets another value)"),
+    "num_assistant_tokens_schedule": (HONOURED, "'constant' or 'heuristic' ('dynamic' raises)"),
+    "prompt_lookup_num_tokens": (HONOURED, "prompt-lookup drafting with K = this, when no drafter is passed"),
+    "max_matching_ngram_size": (HONOURED, "the prompt-lookup drafter's longest n-gram (default 3)"),
+    "assistant_confidence_threshold": (IRRELEVANT, "when a draft model stops drafting: speed only, not the output"),
+    "assistant_lookbehind": (IRRELEVANT, "draft and target with different tokenizers only (not supported)"),
+    "target_lookbehind": (IRRELEVANT, "draft and target with different tokenizers only (not supported)"),
+    "is_assistant": (IRRELEVANT, "marks a draft's own config"),
+    "assistant_early_exit": (REFUSED, "early-exit self-drafting: pass the drafter instead"),
+    "assistant_ensemble_weight": (REFUSED, "lossy ensemble verification: specsampler verifies exactly"),
+    "speculation_type": (REFUSED, "DFlash drafting is not supported"),
+    "use_mtp": (REFUSED, "multi-token-prediction drafting is not supported"),
+    # outputs: generate returns GenerateOutput (sequences and stats), whatever return_dict_in_generate says
+    "return_dict_in_generate": (IRRELEVANT, "generate always returns a GenerateOutput with .sequences"),
+    "output_scores": (REFUSED, "scores are not returned"),
+    "output_logits": (REFUSED, "logits are not returned"),
+    "output_attentions": (REFUSED, "attentions are not returned"),
+    "output_hidden_states": (REFUSED, "hidden states are not returned"),
+    "return_legacy_cache": (IRRELEVANT, "no cache is returned (transformers 4.x)"),
+    # cache, compilation, batching, special tokens of other model kinds, metadata
+    "use_cache": (IRRELEVANT, "specsampler always runs with its own DynamicCache: the same values"),
+    "cache_implementation": (REFUSED, "refused when quantized (other values: specsampler's own DynamicCache computes "
+                                      "the same values)"),
+    "cache_config": (IRRELEVANT, "options of the cache_implementation (quantized ones are refused)"),
+    "max_cache_len": (IRRELEVANT, "static caches only"),
+    "prefill_chunk_size": (IRRELEVANT, "memory of the prefill only"),
+    "compile_config": (IRRELEVANT, "compilation only"),
+    "disable_compile": (IRRELEVANT, "compilation only"),
+    "continuous_batching_config": (IRRELEVANT, "transformers' generate_batch only"),
+    "bos_token_id": (IRRELEVANT, "used when no input_ids are given; generate needs them"),
+    "decoder_start_token_id": (IRRELEVANT, "encoder-decoder models only"),
+    "transformers_version": (IRRELEVANT, "metadata"),
+}
+
+# values that mean "off" besides None and transformers' default (5.x leaves most defaults None)
+_OFF_VALUES = {
+    "num_beams": (1,), "num_beam_groups": (1,), "diversity_penalty": (0.0,), "repetition_penalty": (1.0,),
+    "encoder_repetition_penalty": (1.0,), "no_repeat_ngram_size": (0,), "encoder_no_repeat_ngram_size": (0,),
+    "min_length": (0,), "min_new_tokens": (0,), "typical_p": (1.0,), "epsilon_cutoff": (0.0,), "eta_cutoff": (0.0,),
+    "guidance_scale": (1.0,), "penalty_alpha": (0.0,), "remove_invalid_values": (False,), "token_healing": (False,),
+    "output_scores": (False,), "output_logits": (False,), "output_attentions": (False,),
+    "output_hidden_states": (False,), "use_mtp": (False,),
+}
+_NOT_QUANTIZED = {"cache_implementation": lambda v: "quantized" not in str(v)}
+_UNSET = object()  # "not passed": the generation configs decide (None passed means what it means to transformers)
+
+
+def _same(a, b) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # tensors, odd objects
+        return False
+
+
+def _global_defaults() -> dict:
+    """transformers' defaults for options no config sets: 5.x's ``_get_default_generation_params()``; 4.x keeps them
+    in every ``GenerationConfig`` (``{}`` here)."""
+    from transformers import GenerationConfig
+
+    get = getattr(GenerationConfig, "_get_default_generation_params", None)
+    return dict(get()) if get is not None else {}
+
+
+def _is_off(name: str, value, defaults: dict, fresh) -> bool:
+    """Whether a refused option's `value` leaves the output as it is (None, the default, an "off" value)."""
+    if value is None or _same(value, defaults.get(name, getattr(fresh, name, None))):
+        return True
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return True
+    if name in _NOT_QUANTIZED:
+        return _NOT_QUANTIZED[name](value)
+    return any(_same(value, off) for off in _OFF_VALUES.get(name, ()))
+
+
+def resolve_generation_options(target, generation_config=None, **explicit) -> dict[str, tuple[object, str]]:
+    """Every ``GenerationConfig`` option as ``model.generate`` resolves it: name -> (value, source).
+
+    The order is transformers': an explicit keyword (source "argument"), then `generation_config` where it sets the
+    option, then ``target.generation_config`` where it sets it, then transformers' global default ("default"). An
+    option counts as set in a config when it differs from a fresh ``GenerationConfig()`` (5.x: not None; 4.x: not
+    the built-in default), as transformers decides in ``_prepare_generation_config``; a 4.x model's config that
+    unsets an option (``top_k=None``) thus unsets it here too.
+    """
+    from transformers import GenerationConfig
+
+    fresh = GenerationConfig()
+    defaults = _global_defaults()
+    model_cfg = getattr(target, "generation_config", None)
+    names = [k for k in vars(fresh) if not k.startswith("_")]
+    names += [k for k in explicit if k not in names]
+    out = {}
+    for name in names:
+        if name in explicit:
+            out[name] = (explicit[name], "argument")
+            continue
+        unset = getattr(fresh, name, None)
+        for source, cfg in (("generation_config", generation_config), ("target.generation_config", model_cfg)):
+            if cfg is not None and hasattr(cfg, name) and not _same(getattr(cfg, name), unset):
+                out[name] = (getattr(cfg, name), source)
+                break
+        else:
+            out[name] = (defaults.get(name, unset), "default")
+    return out
+
+
+def _refuse_unsupported(options: dict[str, tuple[object, str]]) -> None:
+    """A ValueError naming the first refused (or unknown) option set to a value that would change the output."""
+    from transformers import GenerationConfig
+
+    fresh, defaults = GenerationConfig(), _global_defaults()
+    for name, (value, source) in options.items():
+        kind, why = GENERATION_CONFIG_OPTIONS.get(name, (None, "specsampler does not know this option"))
+        if kind in (HONOURED, IRRELEVANT) or _is_off(name, value, defaults, fresh):
+            continue
+        where = "passed" if source == "argument" else f"set in {source}"
+        hint = "" if source == "argument" else f" (pass {name}=<its off value> to generate to override it)"
+        raise ValueError(f"specsampler.generate does not support {name}={value!r} ({where}): {why}{hint}")
+
+
+def _stop_rows(input_ids: torch.Tensor, criteria: list):
+    """``stop(row, new_tokens)`` for :func:`_commit_rows`: whether any of transformers' StoppingCriteria fires on
+    the row's sequence (its prompt, left padding kept, then `new_tokens`), called as transformers calls them with a
+    [1, L] tensor (scores: None); None without criteria."""
+    if not criteria:
+        return None
+
+    def stop(row: int, new_tokens: list[int]) -> bool:
+        seq = torch.cat([input_ids[row], torch.tensor(new_tokens, dtype=input_ids.dtype, device=input_ids.device)])
+        for crit in criteria:
+            fired = crit(seq[None], None)
+            if bool(fired.reshape(-1)[0]) if isinstance(fired, torch.Tensor) else bool(fired):
+                return True
+        return False
+
+    return stop
+
+
+def _stopping_criteria(stopping_criteria, stop_strings, max_time, tokenizer) -> list:
+    """The criteria a row is checked against token by token: the caller's, then MaxTimeCriteria and
+    StopStringCriteria as transformers builds them from max_time and stop_strings."""
+    crits = list(stopping_criteria) if stopping_criteria is not None else []
+    if max_time is not None:
+        from transformers.generation.stopping_criteria import MaxTimeCriteria
+
+        crits.append(MaxTimeCriteria(max_time=max_time))
+    if stop_strings is not None:
+        if tokenizer is None:
+            raise ValueError("stop_strings needs tokenizer= (the model's tokenizer), as transformers' generate does: "
+                             "the strings are matched against the tokens' text")
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        crits.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+    return crits
+
+
+def _drafter_of(draft, assistant_model, prompt_lookup_num_tokens, options) -> tuple[object, int | None]:
+    """The one drafter of the call and, for prompt_lookup_num_tokens=N, K = N (else None); a ValueError unless
+    exactly one of draft, assistant_model, prompt_lookup_num_tokens is given (without any, a
+    prompt_lookup_num_tokens set in a generation config is used, as transformers does)."""
+    given = [name for name, value in (("draft", draft), ("assistant_model", assistant_model),
+                                      ("prompt_lookup_num_tokens", prompt_lookup_num_tokens)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give exactly one drafter: draft, assistant_model or prompt_lookup_num_tokens (got "
+                         f"{' and '.join(given)})")
+    if not given:
+        lookup, source = options.get("prompt_lookup_num_tokens", (None, "default"))
+        if lookup is None:
+            raise ValueError("specsampler.generate needs a drafter: draft= (or transformers' name, assistant_model=) "
+                             "a smaller model or a PromptLookupDrafter, or prompt_lookup_num_tokens=N for prompt "
+                             "lookup")
+        prompt_lookup_num_tokens = lookup
+    if prompt_lookup_num_tokens is not None:
+        n = prompt_lookup_num_tokens
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"prompt_lookup_num_tokens must be an integer >= 1, got {n!r}")
+        ngram = options.get("max_matching_ngram_size", (None, "default"))[0]
+        return (PromptLookupDrafter(max_ngram=int(ngram)) if ngram else PromptLookupDrafter()), int(n)
+    return (draft if draft is not None else assistant_model), None
+
+
+def _draft_length(num_draft_tokens, num_assistant_tokens, lookup_k, options) -> int:
+    """K: num_draft_tokens or its transformers name num_assistant_tokens (the same value if both), prompt lookup's
+    N, a num_assistant_tokens a generation config sets, else 4."""
+    if num_draft_tokens is not None and num_assistant_tokens is not None and num_draft_tokens != num_assistant_tokens:
+        raise ValueError(f"num_draft_tokens={num_draft_tokens!r} and num_assistant_tokens={num_assistant_tokens!r} "
+                         f"are the same option: give one")
+    k = num_draft_tokens if num_draft_tokens is not None else num_assistant_tokens
+    if lookup_k is not None:
+        if k is not None and k != lookup_k:
+            raise ValueError(f"prompt_lookup_num_tokens={lookup_k} is the draft length of prompt lookup: "
+                             f"num_draft_tokens / num_assistant_tokens={k!r} contradicts it")
+        return lookup_k
+    if k is not None:
+        return k
+    value, source = options.get("num_assistant_tokens", (None, "default"))
+    return value if source != "default" and value is not None else 4
+
+
+def _max_new_tokens(options, prompt_width: int) -> int:
+    """max_new_tokens if set anywhere, else max_length minus the prompt width (transformers' rule and errors)."""
+    value, _ = options["max_new_tokens"]
+    if value is not None:
+        return value
+    max_length, source = options["max_length"]
+    if source == "default":
+        warnings.warn(f"Using the model-agnostic default `max_length` (={max_length}) to control the generation "
+                      f"length, as transformers does. We recommend setting `max_new_tokens`.", UserWarning,
+                      stacklevel=3)
+    if not isinstance(max_length, numbers.Integral) or prompt_width >= max_length:
+        raise ValueError(f"Input length of input_ids is {prompt_width}, but `max_length` is set to {max_length!r}: "
+                         f"set max_new_tokens (or a larger max_length)")
+    return int(max_length) - prompt_width
+
+
+class _StreamRows:
+    """The per-step callback that feeds transformers' streamer protocol (``put`` a [1, n] tensor of the row's new
+    tokens) and calls the user's ``callback(row, tokens)``."""
+
+    def __init__(self, streamer, callback):
+        self.streamer, self.callback = streamer, callback
+
+    def __call__(self, row: int, tokens: list[int]) -> None:
+        if self.callback is not None:
+            self.callback(row, tokens)
+        if self.streamer is not None:
+            self.streamer.put(torch.tensor([tokens], dtype=torch.long))
+
+
 @torch.no_grad()
-def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-             max_new_tokens: int, num_draft_tokens: int = 4, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None, seed: int | None = None,
+def generate(target, draft=None, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+             max_new_tokens: int | None = None, num_draft_tokens: int | None = None, do_sample: bool | None = None,
+             temperature=_UNSET, top_k=_UNSET, top_p=_UNSET, min_p=_UNSET, seed: int | None = None,
              eos_token_id=None, pad_token_id: int | None = None, callback=None,
-             num_assistant_tokens_schedule: str = "constant") -> GenerateOutput:
+             num_assistant_tokens_schedule: str | None = None, assistant_model=None,
+             prompt_lookup_num_tokens: int | None = None, num_assistant_tokens: int | None = None,
+             generation_config=None, streamer=None, stopping_criteria=None, stop_strings=_UNSET, tokenizer=None,
+             num_return_sequences: int | None = None, **generation_kwargs) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
+
+    Takes transformers' names too: ``generate(target, input_ids=ids, attention_mask=mask, assistant_model=draft,
+    generation_config=cfg, streamer=streamer, ...)``. Every option left unset comes, as in ``target.generate``, from
+    `generation_config`, else ``target.generation_config``, else transformers' defaults (do_sample False, top_k 50,
+    max_length 20, ...): see :data:`GENERATION_CONFIG_OPTIONS` for what each ``GenerationConfig`` option does here;
+    one that would change the output and is not applied raises a ValueError naming it.
 
     Parameters
     ----------
     target : transformers.PreTrainedModel
         The causal LM whose distribution the output follows (full attention: Llama, Qwen2, GPT-2, ...).
-    draft : transformers.PreTrainedModel or PromptLookupDrafter
+    draft : transformers.PreTrainedModel or PromptLookupDrafter, optional
         A smaller causal LM with the same tokenizer (its vocabulary may differ by padding; scores for ids past the
         target's vocabulary are dropped and the draft distribution renormalised), or a
-        :class:`specsampler.PromptLookupDrafter` (n-gram matches in the sequence, one-hot drafts).
+        :class:`specsampler.PromptLookupDrafter` (n-gram matches in the sequence, one-hot drafts). Exactly one of
+        `draft`, `assistant_model` and `prompt_lookup_num_tokens` is given.
     input_ids : torch.Tensor
         [B, P] int prompts, left padded.
     attention_mask : torch.Tensor, optional
         [B, P] 1 for tokens, 0 for left padding; None: all ones.
-    max_new_tokens : int
-        The most new tokens per row.
-    num_draft_tokens : int
+    max_new_tokens : int, optional
+        The most new tokens per row. None: the configs' max_new_tokens, else their max_length minus P.
+    num_draft_tokens : int, optional
         K, drafts per step (the prompt-lookup drafter may propose fewer for a row); with the "heuristic" schedule,
-        each row's starting draft length.
-    do_sample : bool
+        each row's starting draft length. None: `num_assistant_tokens`, else `prompt_lookup_num_tokens`, else a
+        ``num_assistant_tokens`` a config sets, else 4 (transformers' global default 20 is meant for its
+        confidence-threshold stop, which specsampler does not have).
+    do_sample : bool, optional
         False: greedy (each row equals ``target.generate(row, do_sample=False)``). True: sample from the target's
-        distribution warped by temperature, top_k, top_p and min_p (applied to target and draft alike).
+        distribution warped by temperature, top_k, top_p and min_p (applied to target and draft alike). None: the
+        configs' (transformers' default False).
     temperature, top_k, top_p, min_p
         As transformers' warpers, in their order (temperature, top-k, top-p, min-p); used when do_sample
-        (temperature 0 means greedy; top_k None or 0, top_p None or 1 and min_p None or 0 are off). Drafts are drawn
-        with :func:`specsampler.sample` and verified with :func:`specsampler.verify`, both given these options.
+        (temperature 0 means greedy; None passed, top_k 0, top_p 1 and min_p 0 are off). Unset: the configs', with
+        transformers' defaults (temperature 1, top_k 50, top_p 1, min_p off) as ``target.generate`` applies them.
+        Drafts are drawn with :func:`specsampler.sample` and verified with :func:`specsampler.verify`, both given
+        these options.
     seed : int, optional
         Seeds the draft sampling and the verification; None draws from torch's default generator.
     eos_token_id : int or list of int, optional
-        Stop a row at any of these. None: ``target.generation_config.eos_token_id`` (as transformers does).
+        Stop a row at any of these ([]: never). None: the configs' (as transformers does).
     pad_token_id : int, optional
-        Fills rows that finished early. None: the generation config's, else the first EOS id, else 0.
+        Fills rows that finished early. None: the configs', else the first EOS id, else 0.
     callback : callable, optional
-        ``callback(row, tokens)`` after every step, for each row that gained tokens: the row's index in `input_ids`
-        and its new tokens (a list of ints), e.g. to stream text.
-    num_assistant_tokens_schedule : {"constant", "heuristic"}
+        ``callback(row, tokens)`` after every step, for each row that gained tokens: the row's index in the output
+        and its new tokens (a list of ints), e.g. to stream the text of a batch.
+    num_assistant_tokens_schedule : {"constant", "heuristic"}, optional
         As transformers' option of that name: "constant" drafts K every step; "heuristic" adapts each row's draft
         length, + 2 (up to 2K) after a step that accepted all its drafts, - 1 (down to 1) after one that rejected;
-        the draft model then runs as many forwards as the longest row needs. Exactness does not depend on it.
+        the draft model then runs as many forwards as the longest row needs. Exactness does not depend on it. None:
+        the configs' ("constant").
+    assistant_model : transformers.PreTrainedModel or PromptLookupDrafter, optional
+        transformers' name for `draft`.
+    prompt_lookup_num_tokens : int, optional
+        Draft by prompt lookup (a :class:`PromptLookupDrafter`, its longest n-gram the configs'
+        ``max_matching_ngram_size`` or 3) with K = this.
+    num_assistant_tokens : int, optional
+        transformers' name for `num_draft_tokens`.
+    generation_config : transformers.GenerationConfig, optional
+        Options where no keyword sets them, before ``target.generation_config`` (transformers' order).
+    streamer : transformers.generation.BaseStreamer, optional
+        transformers' protocol: ``put`` the prompt ([1, P]), then each step's new tokens ([1, n]), ``end()`` at the
+        end. One row only (as transformers' streamers); use `callback` for batches.
+    stopping_criteria : transformers.StoppingCriteriaList, optional
+        A row stops after the first token where a criterion fires, checked token by token (each criterion is called
+        with the row's [1, L] sequence and ``scores=None``).
+    stop_strings : str or list of str, optional
+        transformers' StopStringCriteria (needs `tokenizer`). Unset: the configs'.
+    tokenizer : transformers tokenizer, optional
+        For `stop_strings`.
+    num_return_sequences : int, optional
+        n: each prompt gives n rows (consecutive, as transformers orders them); n > 1 needs sampling. None: the
+        configs' (1).
+    **generation_kwargs
+        Any other ``GenerationConfig`` option (e.g. ``repetition_penalty=1.0`` to override a model's config, or
+        ``max_length``, ``max_time``, ``max_matching_ngram_size``); refused ones raise a ValueError when set, other
+        names a TypeError.
 
     Returns
     -------
     GenerateOutput
-        ``sequences`` [B, P + N] int64 on input_ids' device and ``stats``.
+        ``sequences`` [B n, P + N] int64 on input_ids' device and ``stats``.
 
     Notes
     -----
-    Only temperature, top-k, top-p and min-p shape the distribution: other logits processors a model's generation config
-    may hold (repetition penalty, bad words, ...) are not applied. Sliding-window attention is not supported.
+    Only temperature, top-k, top-p and min-p shape the distribution: a logits processor a config asks for
+    (repetition penalty, bad words, ...) raises a ValueError naming its option. Sliding-window attention is not
+    supported.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
-    check_options(max_new_tokens=max_new_tokens, num_draft_tokens=num_draft_tokens, do_sample=do_sample,
-                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p)
-    if num_assistant_tokens_schedule not in ("constant", "heuristic"):
-        raise ValueError(f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', got "
-                         f"{num_assistant_tokens_schedule!r}")
-    adaptive = num_assistant_tokens_schedule == "heuristic"
+    if input_ids is None or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a [B, P] tensor, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids!r}")
+    unknown = sorted(k for k in generation_kwargs if k not in GENERATION_CONFIG_OPTIONS)
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword arguments {unknown} (neither specsampler's nor "
+                        f"GenerationConfig options)")
+    explicit = dict(generation_kwargs)
+    for name, value in (("max_new_tokens", max_new_tokens), ("do_sample", do_sample),
+                        ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id),
+                        ("num_assistant_tokens_schedule", num_assistant_tokens_schedule),
+                        ("num_return_sequences", num_return_sequences)):
+        if value is not None:  # None: unset (today's meaning for eos and pad ids)
+            explicit[name] = value
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
+                        ("stop_strings", stop_strings)):
+        if value is not _UNSET:  # None passed: off, as in transformers
+            explicit[name] = value
+    if prompt_lookup_num_tokens is not None:
+        explicit["prompt_lookup_num_tokens"] = prompt_lookup_num_tokens
+    options = resolve_generation_options(target, generation_config, **explicit)
+    _refuse_unsupported(options)
+    drafter, lookup_k = _drafter_of(draft, assistant_model, prompt_lookup_num_tokens, options)
+    k = _draft_length(num_draft_tokens, num_assistant_tokens, lookup_k, options)
+
+    def opt(name):
+        return options[name][0]
+
+    do_sample = opt("do_sample")
+    do_sample = False if do_sample is None else do_sample
+    temperature = 1.0 if opt("temperature") is None else opt("temperature")
+    max_new = _max_new_tokens(options, input_ids.shape[1])
+    check_options(max_new_tokens=max_new, num_draft_tokens=k, do_sample=do_sample, temperature=temperature,
+                  top_k=opt("top_k"), top_p=opt("top_p"), seed=seed, min_p=opt("min_p"))
+    schedule = opt("num_assistant_tokens_schedule") or "constant"
+    if schedule not in ("constant", "heuristic"):
+        raise ValueError(f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', got {schedule!r}")
+    n_seq = 1 if opt("num_return_sequences") is None else opt("num_return_sequences")
+    if not isinstance(n_seq, numbers.Integral) or isinstance(n_seq, bool) or n_seq < 1:
+        raise ValueError(f"num_return_sequences must be an integer >= 1, got {n_seq!r}")
+    if n_seq > 1 and not do_sample:
+        raise ValueError(f"Greedy methods (do_sample != True) without beam search do not support "
+                         f"`num_return_sequences` different than 1 (got {n_seq}).")
+    if streamer is not None and input_ids.shape[0] * n_seq != 1:
+        raise ValueError(f"streamer= takes one row, as transformers' streamers do (here {input_ids.shape[0]} prompts "
+                         f"x {n_seq} sequences); for batches pass callback=(row, tokens), called after every step "
+                         f"with each row's new tokens")
+    crits = _stopping_criteria(stopping_criteria, opt("stop_strings"), opt("max_time"), tokenizer)
+    if n_seq > 1:
+        input_ids = input_ids.repeat_interleave(n_seq, dim=0)
+        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n_seq, dim=0)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    out = _run(target, drafter, input_ids, attention_mask, max_new_tokens=max_new, num_draft_tokens=k,
+               sampling=_sampling(do_sample, temperature, opt("top_k"), opt("top_p"), opt("min_p")), seed=seed,
+               eos_token_id=opt("eos_token_id"), pad_token_id=opt("pad_token_id"),
+               callback=_StreamRows(streamer, callback) if streamer is not None else callback,
+               stop=_stop_rows(input_ids, crits), adaptive=schedule == "heuristic")
+    if streamer is not None:
+        streamer.end()
+    return out
+
+
+def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, max_new_tokens: int,
+         num_draft_tokens: int, sampling: dict | None, seed: int | None, eos_token_id, pad_token_id, callback, stop,
+         adaptive: bool) -> GenerateOutput:
+    """:func:`generate` once its options are resolved and checked: prefill, then steps until every row is done."""
     max_k = 2 * num_draft_tokens if adaptive else num_draft_tokens
     if max_new_tokens < 1:
         return GenerateOutput(input_ids.clone(), GenerationStats())
     attention_mask = _prompt_mask(input_ids, attention_mask)
     eos, pad_token_id = _eos_and_pad(target, eos_token_id, pad_token_id)
-    sampling = _sampling(do_sample, temperature, top_k, top_p, min_p)
     rng = random.Random(run_seed(seed, target))
     lm, vocab = _prefill(target, input_ids, attention_mask)
     drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, sampling, rng, pad_token_id)
@@ -608,6 +1004,6 @@ def generate(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tenso
                      rng)
         if adaptive:
             _adapt_draft_lengths(rows, step, max_k)
-        _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback), lm, drafter)
+        _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback, stop), lm, drafter)
     stats.draft_forwards = drafter.forwards
     return GenerateOutput(_sequences(input_ids, rows.new, pad_token_id), stats)

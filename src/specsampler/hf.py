@@ -151,7 +151,8 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     logits_processor : LogitsProcessorList
         Prepared by ``generate``; only temperature, top-k, top-p and min-p warpers are supported.
     stopping_criteria : StoppingCriteriaList
-        Ignored: max length and EOS come from `generation_config`.
+        Prepared by ``generate`` (max length, EOS, stop strings, the caller's own): a row stops at the first token
+        where one fires.
     generation_config : GenerationConfig
         ``do_sample``, ``max_length``, EOS and pad ids.
     draft_model : PreTrainedModel or PromptLookupDrafter, optional
@@ -171,7 +172,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     torch.Tensor or GenerateDecoderOnlyOutput
         [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
     """
-    from ._generate import generate
+    from ._generate import _run, _sampling, _stop_rows, check_options
     from .drafters import PromptLookupDrafter
 
     cfg = generation_config if generation_config is not None else model.generation_config
@@ -181,7 +182,9 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     if num_draft_tokens is None:
         num_draft_tokens = int(lookup) if draft_model is None else int(getattr(cfg, "num_assistant_tokens", None) or 4)
     do_sample = bool(cfg.do_sample)
-    warp = _warpers(logits_processor) if do_sample else {}
+    # transformers merged the call's options with the model's config into `cfg` and built its processors from them:
+    # those are the options (a processor other than the four warpers is refused by name, greedy or not)
+    warp = dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | _warpers(logits_processor)
     eos = getattr(cfg, "_eos_token_tensor", None)
     eos = eos if eos is not None else cfg.eos_token_id
     eos = [] if eos is None else eos
@@ -190,9 +193,13 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     max_new = int(cfg.max_length) - input_ids.shape[1]
     if max_new < 1:
         return input_ids
-    out = generate(model, draft_model if draft_model is not None else PromptLookupDrafter(), input_ids,
-                   model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
-                   do_sample=do_sample, seed=seed, eos_token_id=eos, pad_token_id=pad, **warp)
+    check_options(max_new_tokens=max_new, num_draft_tokens=num_draft_tokens, do_sample=do_sample, seed=seed, **warp)
+    # (transformers has repeated the prompts for num_return_sequences already, and prepared the stopping criteria:
+    # max length, EOS, stop strings and the caller's own, checked token by token within each step)
+    out = _run(model, draft_model if draft_model is not None else PromptLookupDrafter(), input_ids,
+               model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
+               sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad, callback=None,
+               stop=_stop_rows(input_ids, list(stopping_criteria or [])), adaptive=False)
     if getattr(cfg, "return_dict_in_generate", False):
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
