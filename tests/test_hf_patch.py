@@ -1,5 +1,6 @@
-"""The transformers drop-ins: patch_transformers (assisted generation verifies with specsampler) and the
-custom_generate callable (batched speculative decoding inside model.generate)."""
+"""The transformers drop-ins: patch_transformers (generate(assistant_model=...) at any batch size, and assisted
+generation verifying with specsampler) and the custom_generate callable (batched speculative decoding inside
+model.generate)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 import transformers.generation.utils as tf_utils  # noqa: E402
 from transformers.generation.logits_process import TopKLogitsWarper  # noqa: E402
+from transformers.generation.utils import GenerationMixin  # noqa: E402
 
 import specsampler  # noqa: E402
 import specsampler.hf as hf  # noqa: E402
@@ -49,14 +51,17 @@ def models():
 # ------------------------------------------------------------------------------------------------- patching
 def test_patch_is_idempotent_and_revertible():
     original = tf_utils._speculative_sampling
+    original_generate = GenerationMixin.generate
     specsampler.patch_transformers()
     wrapper = tf_utils._speculative_sampling
     assert wrapper is not original and hf.is_patched()
+    assert GenerationMixin.generate is not original_generate
     assert inspect.signature(wrapper) == inspect.signature(original)
+    assert inspect.signature(GenerationMixin.generate) == inspect.signature(original_generate)
     specsampler.patch_transformers()
     assert tf_utils._speculative_sampling is wrapper  # no wrapper around the wrapper
     specsampler.unpatch_transformers()
-    assert tf_utils._speculative_sampling is original
+    assert tf_utils._speculative_sampling is original and GenerationMixin.generate is original_generate
     specsampler.unpatch_transformers()
     assert tf_utils._speculative_sampling is original
     with specsampler.patched_transformers():
@@ -145,7 +150,10 @@ def test_wrapper_each_signature(version):
 
 @pytest.fixture
 def verify_calls(monkeypatch):
-    """The number of drafts of every call transformers makes to specsampler.verify through the patch."""
+    """The number of drafts of every call to specsampler.verify made through the patch (the batched path, or
+    transformers' own assisted generation's verify step)."""
+    from specsampler import _generate
+
     calls = []
 
     def spy(*args, **kwargs):
@@ -153,6 +161,7 @@ def verify_calls(monkeypatch):
         return specsampler.verify(*args, **kwargs)
 
     monkeypatch.setattr(hf, "verify", spy)
+    monkeypatch.setattr(_generate, "verify", spy)
     return calls
 
 
@@ -307,3 +316,50 @@ def test_custom_generate_refuses_other_processors_greedy_too(models):
     with pytest.raises(NotImplementedError, match="not RepetitionPenaltyLogitsProcessor"):
         target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
                         max_new_tokens=4, do_sample=False, repetition_penalty=1.3, pad_token_id=0, eos_token_id=None)
+
+
+# ------------------------------------------------------------------------------- the patched generate, any batch
+@pytest.mark.parametrize("drafter", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_patched_generate_runs_batches(models, verify_calls, drafter):
+    """Under the patch, generate(batch, assistant_model=draft) and generate(batch, prompt_lookup_num_tokens=3) run
+    specsampler's batched decoding (transformers alone refuses B > 1); greedy rows equal plain generate."""
+    target, draft = models
+    ids, mask = _prompts()
+    extra = dict(assistant_model=draft) if drafter == "assistant_model" else dict(prompt_lookup_num_tokens=3)
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with pytest.raises(ValueError, match="batch"):
+        target.generate(ids, attention_mask=mask, **extra, **kw)  # transformers' own assisted generation: B = 1
+    with specsampler.patched_transformers():
+        out = target.generate(ids, attention_mask=mask, **extra, **kw)
+    assert verify_calls
+    plain = target.generate(ids, attention_mask=mask, **kw)
+    assert torch.equal(out, plain)
+
+
+def test_patched_generate_sampling_and_streamer(models):
+    """A sampled batch runs; one row streams exactly the tokens of its result, then end()."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Recorder(BaseStreamer):
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.ended = True
+
+    target, draft = models
+    ids, mask = _prompts()
+    with specsampler.patched_transformers():
+        torch.manual_seed(0)
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, do_sample=True, top_k=10,
+                              max_new_tokens=8, pad_token_id=0, eos_token_id=None)
+        assert out.shape == (3, 14) and torch.equal(out[:, :6], ids)
+        rec = Recorder()
+        row = ids[1:2]
+        one = target.generate(row, assistant_model=draft, do_sample=True, top_k=10, max_new_tokens=8,
+                              pad_token_id=0, eos_token_id=None, streamer=rec)
+    assert rec.ended and rec.puts[0] == row[0].tolist()
+    assert sum(rec.puts[1:], []) == one[0, row.shape[1]:].tolist()

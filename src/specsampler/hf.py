@@ -1,9 +1,14 @@
 """specsampler inside transformers' own ``generate``.
 
-- :func:`patch_transformers` replaces ``transformers.generation.utils._speculative_sampling`` (the verify step of
-  assisted generation with ``do_sample=True``, a module global looked up at call time) by a wrapper with the installed
-  version's signature that verifies with :func:`specsampler.verify`. :func:`unpatch_transformers` restores it;
-  :func:`patched_transformers` is the context manager.
+- :func:`patch_transformers` makes ``model.generate(inputs, assistant_model=draft, ...)`` and
+  ``model.generate(inputs, prompt_lookup_num_tokens=n, ...)`` run specsampler's batched speculative decoding, at any
+  batch size (transformers' own assisted generation takes one row), with the logits processors, stopping criteria and
+  streamer transformers prepared: ``GenerationMixin.generate`` is wrapped so that such a call goes through
+  ``custom_generate=speculative_generate`` (the draft as ``draft_model``, the streamer alongside). It also replaces
+  ``transformers.generation.utils._speculative_sampling`` (the verify step of transformers' own assisted generation
+  with ``do_sample=True``, which still runs where the wrapper steps aside: a different assistant tokenizer) by a
+  wrapper with the installed version's signature that verifies with :func:`specsampler.verify`.
+  :func:`unpatch_transformers` restores both; :func:`patched_transformers` is the context manager.
 - :func:`speculative_generate` is a callable for ``model.generate(..., custom_generate=speculative_generate,
   draft_model=draft)``: batched speculative decoding (:func:`specsampler.generate`) behind transformers' ``generate``.
 
@@ -61,19 +66,59 @@ def _make_wrapper(original):
     return _speculative_sampling
 
 
+def _make_generate(original):
+    """A drop-in for ``GenerationMixin.generate`` that sends assisted and prompt-lookup calls to
+    :func:`speculative_generate` (through transformers' own ``custom_generate``, so that it prepares the generation
+    config, the processors and the stopping criteria as for any call); every other call goes to `original` as is."""
+    sig = inspect.signature(original)
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        a = bound.arguments
+        extra = a.setdefault("kwargs", {}) if "kwargs" in sig.parameters else {}
+        model, cfg = a["self"], a.get("generation_config")
+        lookup = extra.get("prompt_lookup_num_tokens")
+        if lookup is None:
+            lookup = getattr(cfg if cfg is not None else model.generation_config, "prompt_lookup_num_tokens", None)
+        assistant = a.get("assistant_model")
+        if (assistant is None and not lookup) or a.get("custom_generate") is not None or \
+                extra.get("assistant_tokenizer") is not None or "kwargs" not in sig.parameters:
+            return original(*args, **kwargs)
+        a["assistant_model"] = None
+        a["custom_generate"] = speculative_generate
+        extra["draft_model"] = assistant
+        if a.get("streamer") is not None:
+            extra["token_streamer"] = a["streamer"]
+            a["streamer"] = None
+        return original(*bound.args, **bound.kwargs)
+
+    generate._specsampler_original = original
+    return generate
+
+
+def _mixin():
+    from transformers.generation.utils import GenerationMixin
+
+    return GenerationMixin
+
+
 def is_patched() -> bool:
-    """Whether transformers' ``_speculative_sampling`` is specsampler's."""
+    """Whether transformers' ``generate`` and ``_speculative_sampling`` are specsampler's."""
     return hasattr(_utils()._speculative_sampling, "_specsampler_original")
 
 
 def patch_transformers() -> None:
-    """Make transformers' assisted generation (``do_sample=True``) verify with :func:`specsampler.verify`.
+    """Make ``model.generate(assistant_model=...)`` / ``(prompt_lookup_num_tokens=...)`` run specsampler's batched
+    speculative decoding, and transformers' own assisted generation verify with :func:`specsampler.verify`.
 
-    Idempotent: patching twice keeps one wrapper around the original. Options specsampler does not support
-    (``assistant_ensemble_weight``) go to the original function.
+    Idempotent: patching twice keeps one wrapper around each original. Options specsampler does not support
+    (``assistant_ensemble_weight``, an ``assistant_tokenizer``) go to the originals.
     """
     utils = _utils()
     if not is_patched():
+        mixin = _mixin()
+        mixin.generate = _make_generate(mixin.generate)
         utils._speculative_sampling = _make_wrapper(utils._speculative_sampling)
 
 
@@ -81,6 +126,9 @@ def unpatch_transformers() -> None:
     """Undo :func:`patch_transformers` (a no-op when not patched)."""
     utils = _utils()
     if is_patched():
+        mixin = _mixin()
+        if hasattr(mixin.generate, "_specsampler_original"):
+            mixin.generate = mixin.generate._specsampler_original
         utils._speculative_sampling = utils._speculative_sampling._specsampler_original
 
 
@@ -133,7 +181,7 @@ NO_DRAFTER = ("speculative_generate needs a drafter: pass draft_model=<the draft
 
 def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                          draft_model=None, num_draft_tokens: int | None = None, seed: int | None = None,
-                         **model_kwargs):
+                         token_streamer=None, **model_kwargs):
     """Batched speculative decoding as a ``custom_generate`` callable.
 
     Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
@@ -164,6 +212,10 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
         ``num_assistant_tokens``, else 4.
     seed : int, optional
         Seeds the sampling.
+    token_streamer : BaseStreamer, optional
+        A transformers streamer for a single row (``generate`` keeps its own ``streamer=`` from a ``custom_generate``
+        callable, so it travels under this name; the patched ``generate`` passes it so): the prompt, then each
+        step's tokens, then ``end()``.
     **model_kwargs
         ``attention_mask`` is used; the rest (the cache ``generate`` prepared, position ids) is ignored.
 
@@ -172,15 +224,22 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     torch.Tensor or GenerateDecoderOnlyOutput
         [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
     """
-    from ._generate import _run, _sampling, _stop_rows, check_options
+    from ._generate import _run, _sampling, _stop_rows, _StreamRows, check_options
     from .drafters import PromptLookupDrafter
 
     cfg = generation_config if generation_config is not None else model.generation_config
     lookup = getattr(cfg, "prompt_lookup_num_tokens", None)
     if draft_model is None and not lookup:
         raise ValueError(NO_DRAFTER)
-    if num_draft_tokens is None:
-        num_draft_tokens = int(lookup) if draft_model is None else int(getattr(cfg, "num_assistant_tokens", None) or 4)
+    if num_draft_tokens is None:  # K: prompt lookup's N, else a num_assistant_tokens somebody set, else 4
+        from transformers import GenerationConfig
+
+        set_k = getattr(cfg, "num_assistant_tokens", None)
+        set_k = None if set_k == getattr(GenerationConfig(), "num_assistant_tokens", None) else set_k
+        num_draft_tokens = int(lookup) if draft_model is None else int(set_k or 4)
+    streamer = token_streamer
+    if streamer is not None and input_ids.shape[0] != 1:
+        raise ValueError(f"streamer= takes one row, as transformers' streamers do (here {input_ids.shape[0]})")
     do_sample = bool(cfg.do_sample)
     # transformers merged the call's options with the model's config into `cfg` and built its processors from them:
     # those are the options (a processor other than the four warpers is refused by name, greedy or not)
@@ -196,10 +255,15 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     check_options(max_new_tokens=max_new, num_draft_tokens=num_draft_tokens, do_sample=do_sample, seed=seed, **warp)
     # (transformers has repeated the prompts for num_return_sequences already, and prepared the stopping criteria:
     # max length, EOS, stop strings and the caller's own, checked token by token within each step)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     out = _run(model, draft_model if draft_model is not None else PromptLookupDrafter(), input_ids,
                model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
-               sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad, callback=None,
+               sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad,
+               callback=None if streamer is None else _StreamRows(streamer, None),
                stop=_stop_rows(input_ids, list(stopping_criteria or [])), adaptive=False)
+    if streamer is not None:
+        streamer.end()
     if getattr(cfg, "return_dict_in_generate", False):
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
