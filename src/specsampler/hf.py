@@ -83,7 +83,8 @@ def _make_generate(original):
             lookup = getattr(cfg if cfg is not None else model.generation_config, "prompt_lookup_num_tokens", None)
         assistant = a.get("assistant_model")
         if (assistant is None and not lookup) or a.get("custom_generate") is not None or \
-                extra.get("assistant_tokenizer") is not None or "kwargs" not in sig.parameters:
+                extra.get("assistant_tokenizer") is not None or "kwargs" not in sig.parameters or \
+                getattr(model.config, "is_encoder_decoder", False):  # (decoder-only models only)
             return original(*args, **kwargs)
         a["assistant_model"] = None
         a["custom_generate"] = speculative_generate
