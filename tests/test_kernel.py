@@ -158,17 +158,22 @@ class _Sizes(TorchDispatchMode):
         return out
 
 
-def test_kernel_launches_and_allocations(device, monkeypatch):
-    """Two launches from logits, one from probabilities; nothing of B*(K+1)*V elements allocated in the call."""
+def _counted_launches(monkeypatch, *kernel_fns) -> list:
+    """The kernels launched from now on, in order (every launch through JITFunction.run, where it is counted)."""
     launches = []
-    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)  # every launch through JITFunction.run, where it is counted
-    for kernel in (kernels._row_stats_kernel, kernels._verify_kernel):
-        run = kernel.run
-        def counted(*a, _run=run, _kernel=kernel, **kw):
+    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
+    for kernel in kernel_fns:
+        def counted(*a, _run=kernel.run, _kernel=kernel, **kw):
             launches.append(_kernel)
             return _run(*a, **kw)
 
         monkeypatch.setattr(kernel, "run", counted)
+    return launches
+
+
+def test_kernel_launches_and_allocations(device, monkeypatch):
+    """Two launches from logits, one from probabilities; nothing of B*(K+1)*V elements allocated in the call."""
+    launches = _counted_launches(monkeypatch, kernels._row_stats_kernel, kernels._verify_kernel)
     args = make_case(7, 4, 1000, seed=1, device=device)
     del args["_uniforms"], args["_noise"]
     kernels._workspace(torch.device(device), 7)  # the workspace is allocated once per device and stream
@@ -463,15 +468,8 @@ def test_kernel_sample_matches_torch(device):
 def test_warped_kernel_launches_and_allocations(device, monkeypatch):
     """Three launches with warpers; nothing of B*(K+1)*V elements allocated (the scratch rows hold 8 slots per lane of
     a 1024-wide tile: 8192 logits)."""
-    launches = []
-    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
-    for kernel in (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel):
-        run = kernel.run
-        def counted(*a, _run=run, _kernel=kernel, **kw):
-            launches.append(_kernel)
-            return _run(*a, **kw)
-
-        monkeypatch.setattr(kernel, "run", counted)
+    launches = _counted_launches(monkeypatch, kernels._row_stats_kernel, kernels._warp_cut_kernel,
+                                 kernels._verify_kernel)
     args = make_case(3, 4, 20000, seed=1, device=device)
     del args["_uniforms"], args["_noise"]
     kernels._workspace(torch.device(device), 3)

@@ -257,14 +257,16 @@ def warp_cut(scores: torch.Tensor, scale: torch.Tensor, top_k: torch.Tensor, top
 _TOP_P_FIRST = 1024
 
 
-def warp_scores(scores: torch.Tensor, temperature: float | torch.Tensor, warp: Warp) -> torch.Tensor:
+def warp_scores(scores: torch.Tensor, temperature: float | torch.Tensor, warp: Warp,
+                host: bool | None = None) -> torch.Tensor:
     """[B, R, V] logits -> [B, R, V] float32 logits with every logit below its row's cut at -inf (sampled rows only).
 
     NaN reads as -inf and +inf as the largest float32 (as everywhere in both backends); greedy rows (T below
-    2**-126) come back unwarped."""
+    2**-126) come back unwarped. `host`: decisions on the host allowed (see :func:`warp_cut`); None: on CPU tensors.
+    The batched path passes False, so that it runs the same code on the CPU as on CUDA."""
     batch, r, vocab = scores.shape
     device = scores.device
-    host = device.type == "cpu"
+    host = device.type == "cpu" if host is None else host
     flat = scores.float().reshape(-1, vocab)
     if flat.shape[0] == 0:  # (K = 0: no draft rows)
         return flat.reshape(batch, r, vocab)
@@ -360,8 +362,8 @@ def verify_torch(
     elif not vectorized and device.type != "cpu":
         raise ValueError(f"the per-row path (vectorized=False) runs on CPU tensors only, got {device}")
     if warp is not None and not from_probs and vectorized:
-        target = warp_scores(target, temperature, warp)
-        draft = None if draft is None else warp_scores(draft, temperature, warp)
+        target = warp_scores(target, temperature, warp, host=False)
+        draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
     if vectorized:
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
         tokens, n, clean = _verify_batch(*args, scrub=device.type != "cpu")
