@@ -469,11 +469,8 @@ def run_warped(timer, state, args, path: Path, started: float) -> list[dict]:
                     try:
                         timed[provider] = timer(fn, nbytes <= args.graph_mib * 2**20, label=label)
                     except Exception as exc:  # OOM, a peer's bug, ours: note it, go on
-                        notes.add(f"{label} failed on B={batch} K={k} V={vocab}: {type(exc).__name__}: "
-                                  f"{str(exc)[:200]}")
-                        state["failures"] += provider == "specsampler"
-                        if device.type == "cuda":
-                            _recover(torch)
+                        _failed(state, notes, f"{label} failed on B={batch} K={k} V={vocab}", exc,
+                                provider == "specsampler", device)
                 ours = timed.get("specsampler")
                 for provider, (ms, how) in timed.items():
                     ratio = _sig(ms / ours[0]) if ours and provider == peer else ""
@@ -553,7 +550,6 @@ class Notes:
 
 def run_case(case, device, providers, timer, notes, state, args) -> list[dict]:
     """Time every provider on one case; returns the result rows (with 'how' for the table)."""
-    import torch
     from devcheck_providers import Unavailable, build, make_inputs
 
     inputs = make_inputs(case, device, seed=case_seed(case))
@@ -576,15 +572,22 @@ def run_case(case, device, providers, timer, notes, state, args) -> list[dict]:
             notes.add(str(exc))
             continue
         except Exception as exc:  # OOM, a peer's bug, ours: note it, go on
-            notes.add(f"{provider} failed on B={case.B} K={case.K} V={case.V} {case.dtype_name} {case.mode}: "
-                      f"{type(exc).__name__}: {str(exc)[:200]}")
-            state["failures"] += provider == "specsampler"
-            if device.type == "cuda":
-                _recover(torch)
+            _failed(state, notes, f"{provider} failed on B={case.B} K={case.K} V={case.V} {case.dtype_name} "
+                    f"{case.mode}", exc, provider == "specsampler", device)
             continue
         rows.append(result_row(case, provider, ms * built.scale, nbytes, state["copy_gbps"], state["device"], how))
     del inputs
     return rows
+
+
+def _failed(state, notes, what: str, exc: Exception, ours: bool, device) -> None:
+    """Note a failed timing (`what`, then the exception), count it when it is specsampler's own, and free the GPU."""
+    notes.add(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+    state["failures"] += ours
+    if device.type == "cuda":
+        import torch
+
+        _recover(torch)
 
 
 def _recover(torch) -> None:
