@@ -581,10 +581,7 @@ def test_every_generation_config_option_is_classified():
 
 
 REFUSED_VALUES = dict(
-    repetition_penalty=1.2, encoder_repetition_penalty=1.1, no_repeat_ngram_size=2, encoder_no_repeat_ngram_size=2,
-    bad_words_ids=[[5]], sequence_bias={(5,): -1.0}, suppress_tokens=[5], begin_suppress_tokens=[5], min_length=8,
-    min_new_tokens=2, forced_bos_token_id=5, forced_eos_token_id=5, exponential_decay_length_penalty=(2, 1.1),
-    remove_invalid_values=True, guidance_scale=1.5, typical_p=0.9, epsilon_cutoff=1e-3, eta_cutoff=1e-3, top_h=0.5,
+    guidance_scale=1.5, typical_p=0.9, epsilon_cutoff=1e-3, eta_cutoff=1e-3, top_h=0.5,
     num_beams=2, num_beam_groups=2, diversity_penalty=0.5, penalty_alpha=0.6, dola_layers="low", token_healing=True,
     output_scores=True, output_logits=True, output_attentions=True, output_hidden_states=True,
     assistant_early_exit=1, assistant_ensemble_weight=0.5, speculation_type="dflash", use_mtp=True,

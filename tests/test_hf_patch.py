@@ -234,10 +234,8 @@ def test_custom_generate_sampling_and_return_dict(models):
 
 
 def test_custom_generate_reads_min_p(models, monkeypatch):
-    """The warpers transformers prepared, min-p included, reach specsampler.generate as its options; others are
-    refused by name."""
-    from transformers.generation.logits_process import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
+    """The warpers transformers prepared, min-p included, reach specsampler.generate as its options; the other
+    processors as processors."""
     from specsampler import _generate
 
     target, draft = models
@@ -250,9 +248,10 @@ def test_custom_generate_reads_min_p(models, monkeypatch):
               eos_token_id=None)
     out = target.generate(ids, **kw)
     assert seen[0]["sampling"] == dict(temperature=0.9, top_k=12, top_p=None, min_p=0.05)
+    assert seen[0]["processors"] == []
     assert out.shape == (3, 12) and torch.equal(target.generate(ids, **kw), out)  # seeded
-    with pytest.raises(NotImplementedError, match="min_p only, not RepetitionPenaltyLogitsProcessor"):
-        hf._warpers(LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)]))
+    target.generate(ids, **kw, repetition_penalty=1.2)
+    assert [type(p).__name__ for p in seen[-1]["processors"]] == ["RepetitionPenaltyLogitsProcessor"]
 
 
 def test_custom_generate_prompt_lookup(models, monkeypatch):
@@ -310,12 +309,13 @@ def test_custom_generate_honours_the_prepared_stopping_criteria(models):
         assert ours.tolist() == ref.tolist()
 
 
-def test_custom_generate_refuses_other_processors_greedy_too(models):
+def test_custom_generate_refuses_what_it_cannot_apply(models):
+    """A warper after min-p (typical_p) cannot be applied inside verify: a ValueError names it."""
     target, draft = models
     ids, mask = _prompts()
-    with pytest.raises(NotImplementedError, match="not RepetitionPenaltyLogitsProcessor"):
+    with pytest.raises(ValueError, match="TypicalLogitsWarper: typical_p"):
         target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
-                        max_new_tokens=4, do_sample=False, repetition_penalty=1.3, pad_token_id=0, eos_token_id=None)
+                        max_new_tokens=4, do_sample=True, typical_p=0.9, pad_token_id=0, eos_token_id=None)
 
 
 # ------------------------------------------------------------------------------- the patched generate, any batch

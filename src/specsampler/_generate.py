@@ -30,8 +30,12 @@ Exactness: greedy rows accept a draft iff it is the target's argmax. Sampling dr
 :func:`specsampler.sample` from the draft's raw scores warped by temperature, top-k, top-p and min-p (transformers'
 order), and hands :func:`specsampler.verify` the raw target and draft scores with the same options: verify warps both
 with the same code (the same cut, the same tie rule), so q is the distribution each draft was drawn from and the tokens
-follow the warped target distribution. Nothing here sorts a vocabulary: on CUDA the Triton kernel finds the warpers'
-cuts without a sort; the torch backend (the CPU) sorts rows only for top-p without top-k (with top-k it takes topk).
+follow the warped target distribution. Logits processors (repetition penalty, min_new_tokens, ...) come before
+the warpers, as in ``model.generate``: :class:`~specsampler._processors.PrefixProcessors` applies transformers' own
+to every target and draft position with its prefix (the row so far, then the drafts before that position), so the
+processed scores are the p and q that sample and verify see. Nothing here sorts a vocabulary: on CUDA the Triton
+kernel finds the warpers' cuts without a sort; the torch backend (the CPU) sorts rows only for top-p without top-k
+(with top-k it takes topk).
 
 Host synchronisation: one per step (the accepted counts and tokens come to the host: stopping on EOS and length,
 and the prompt-lookup drafter, need them); everything else is queued on the devices.
@@ -50,6 +54,7 @@ import torch
 
 from ._api import sample, verify
 from ._distributed import run_seed
+from ._processors import PrefixProcessors, split_processors
 from .drafters import Drafter, PromptLookupDrafter, PromptLookupRun, Proposal
 
 __all__ = ["GenerateOutput", "GenerationStats", "generate"]
@@ -234,11 +239,16 @@ class _DraftModel:
         The options of :func:`specsampler.sample` (temperature, top_k, top_p, min_p); None: greedy drafts.
     rng : random.Random or None
         Draws the seed of each :func:`specsampler.sample` call (sampling).
+    processors : PrefixProcessors, optional
+        Applied to each draft forward's scores (with the row's sequence and the drafts before it) before a draft is
+        chosen from them; the processed scores are the q that verify sees.
     """
 
-    def __init__(self, model, batch: int, k: int, vocab: int, sampling: dict | None, rng: random.Random | None):
+    def __init__(self, model, batch: int, k: int, vocab: int, sampling: dict | None, rng: random.Random | None,
+                 processors: PrefixProcessors | None = None):
         self.lm = _Cached(model, batch)
         self.k, self.vocab, self.sampling, self.rng = k, vocab, sampling, rng
+        self.processors = processors
         # ids the draft cannot embed (a target vocabulary padded further) are fed as its last id: q stays what it
         # reports, so verification stays exact
         self.max_id = model.get_input_embeddings().weight.shape[0] - 1
@@ -272,6 +282,9 @@ class _DraftModel:
         for i in range(k):
             logits = self.lm.forward(tokens, valid, last_only=True, holes=holes)[:, -1, :self.vocab].float()
             self.forwards += 1
+            if self.processors is not None:
+                before = torch.stack(drafts, dim=1) if drafts else None
+                logits = self.processors(logits[:, None], before, i)[:, 0]
             if self.sampling is None:
                 token = logits.argmax(dim=-1)
             else:  # the warpers run inside sample (no sort of the vocabulary on CUDA); verify applies them again
@@ -395,21 +408,23 @@ def _prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
 
 
 def _start_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, vocab: int,
-                   sampling: dict | None, rng: random.Random, pad_token_id: int) -> Drafter:
+                   sampling: dict | None, rng: random.Random, pad_token_id: int,
+                   processors: PrefixProcessors | None = None) -> Drafter:
     """The drafter for this call, prefilled with the [B, P] prompts: a :class:`PromptLookupRun` over the prompts'
-    tokens, or a :class:`_DraftModel` (sampling: its own random.Random, seeded from `rng`) over prompt[:, :-1]."""
+    tokens, or a :class:`_DraftModel` (sampling: its own random.Random, seeded from `rng`; its scores processed by
+    `processors`) over prompt[:, :-1]."""
     if isinstance(draft, PromptLookupDrafter):
         seqs = [[t for t, m in zip(r, mk, strict=True) if m]
                 for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
         return PromptLookupRun(draft, seqs, k, pad_token_id)
     draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
-    drafter = _DraftModel(draft, input_ids.shape[0], k, vocab, sampling, draft_rng)
+    drafter = _DraftModel(draft, input_ids.shape[0], k, vocab, sampling, draft_rng, processors)
     drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
     return drafter
 
 
 def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
-          rng: random.Random) -> _Step:
+          rng: random.Random, processors: PrefixProcessors | None = None) -> _Step:
     """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
 
     Parameters
@@ -425,6 +440,8 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
         Temperature and warpers for :func:`specsampler.verify` when sampling; None: greedy.
     rng : random.Random
         Draws the verification seed.
+    processors : PrefixProcessors, optional
+        Applied to the target's K' + 1 rows of scores, each with its prefix (the drafts before it).
 
     Returns
     -------
@@ -435,6 +452,8 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
     drafts = drafts.to(lm.device)
     tokens = torch.cat([last[:, None], drafts], dim=1)
     logits = lm.forward(tokens, None).float()
+    if processors is not None:
+        logits = processors(logits, drafts, 0, counts)
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
     vseed = rng.getrandbits(62)
     if sampling is None:
@@ -550,8 +569,8 @@ GENERATION_CONFIG_OPTIONS: dict[str, tuple[str, str]] = {
     "stop_strings": (HONOURED, "transformers' StopStringCriteria, checked token by token; needs tokenizer="),
     "max_time": (HONOURED, "transformers' MaxTimeCriteria, checked token by token"),
     "num_return_sequences": (HONOURED, "each prompt repeated, consecutive rows; greedy with n > 1 raises"),
-    "min_length": (REFUSED, "MinLengthLogitsProcessor (EOS masked) is not applied"),
-    "min_new_tokens": (REFUSED, "MinNewTokensLengthLogitsProcessor (EOS masked) is not applied"),
+    "min_length": (HONOURED, "MinLengthLogitsProcessor (EOS masked while the sequence is shorter)"),
+    "min_new_tokens": (HONOURED, "MinNewTokensLengthLogitsProcessor (EOS masked before that many new tokens)"),
     # sampling
     "do_sample": (HONOURED, "False: greedy; True: sampling from the warped target distribution"),
     "temperature": (HONOURED, "as TemperatureLogitsWarper"),
@@ -562,19 +581,19 @@ GENERATION_CONFIG_OPTIONS: dict[str, tuple[str, str]] = {
     "epsilon_cutoff": (REFUSED, "EpsilonLogitsWarper is not applied"),
     "eta_cutoff": (REFUSED, "EtaLogitsWarper is not applied"),
     "top_h": (REFUSED, "TopHLogitsWarper is not applied"),
-    # logits processors
-    "repetition_penalty": (REFUSED, "RepetitionPenaltyLogitsProcessor is not applied"),
-    "encoder_repetition_penalty": (REFUSED, "EncoderRepetitionPenaltyLogitsProcessor is not applied"),
-    "no_repeat_ngram_size": (REFUSED, "NoRepeatNGramLogitsProcessor is not applied"),
-    "encoder_no_repeat_ngram_size": (REFUSED, "EncoderNoRepeatNGramLogitsProcessor is not applied"),
-    "bad_words_ids": (REFUSED, "NoBadWordsLogitsProcessor is not applied"),
-    "sequence_bias": (REFUSED, "SequenceBiasLogitsProcessor is not applied"),
-    "suppress_tokens": (REFUSED, "SuppressTokensLogitsProcessor is not applied"),
-    "begin_suppress_tokens": (REFUSED, "SuppressTokensAtBeginLogitsProcessor is not applied"),
-    "forced_bos_token_id": (REFUSED, "ForcedBOSTokenLogitsProcessor is not applied"),
-    "forced_eos_token_id": (REFUSED, "ForcedEOSTokenLogitsProcessor is not applied"),
-    "exponential_decay_length_penalty": (REFUSED, "ExponentialDecayLengthPenalty is not applied"),
-    "remove_invalid_values": (REFUSED, "InfNanRemoveLogitsProcessor is not applied"),
+    # logits processors: transformers' own, applied at every position of the target and the draft with its prefix
+    "repetition_penalty": (HONOURED, "RepetitionPenaltyLogitsProcessor"),
+    "encoder_repetition_penalty": (HONOURED, "EncoderRepetitionPenaltyLogitsProcessor (over the prompt)"),
+    "no_repeat_ngram_size": (HONOURED, "NoRepeatNGramLogitsProcessor"),
+    "encoder_no_repeat_ngram_size": (HONOURED, "EncoderNoRepeatNGramLogitsProcessor (n-grams of the prompt)"),
+    "bad_words_ids": (HONOURED, "NoBadWordsLogitsProcessor"),
+    "sequence_bias": (HONOURED, "SequenceBiasLogitsProcessor"),
+    "suppress_tokens": (HONOURED, "SuppressTokensLogitsProcessor"),
+    "begin_suppress_tokens": (HONOURED, "SuppressTokensAtBeginLogitsProcessor"),
+    "forced_bos_token_id": (HONOURED, "ForcedBOSTokenLogitsProcessor"),
+    "forced_eos_token_id": (HONOURED, "ForcedEOSTokenLogitsProcessor (EOS forced at max_length - 1)"),
+    "exponential_decay_length_penalty": (HONOURED, "ExponentialDecayLengthPenalty"),
+    "remove_invalid_values": (HONOURED, "InfNanRemoveLogitsProcessor"),
     "guidance_scale": (REFUSED, "classifier-free guidance is not supported"),
     "watermarking_config": (REFUSED, "watermarking is not applied"),
     "renormalize_logits": (IRRELEVANT, "a final log-softmax: softmax and argmax of the scores are unchanged"),
@@ -711,6 +730,44 @@ def _refuse_unsupported(options: dict[str, tuple[object, str]]) -> None:
         raise ValueError(f"specsampler.generate does not support {name}={value!r} ({where}): {why}{hint}")
 
 
+#: The options that make ``model.generate`` build a logits processor (applied by :class:`PrefixProcessors`).
+PROCESSOR_OPTIONS = ("min_length", "min_new_tokens", "repetition_penalty", "encoder_repetition_penalty",
+                     "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias",
+                     "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+                     "exponential_decay_length_penalty", "remove_invalid_values")
+
+
+def _logits_processors(target, options, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new: int,
+                       eos: list[int], logits_processor=None, prefix_allowed_tokens_fn=None) -> list:
+    """The processors ``model.generate`` would build for these options and [B, P] prompts (repeated for
+    num_return_sequences already), warpers excluded: transformers' own ``_get_logits_processor`` on a config with the
+    resolved values, ``max_length`` = P + `max_new` and ``min_length`` from ``min_new_tokens`` as transformers sets
+    them; the caller's `logits_processor` list and `prefix_allowed_tokens_fn` where it puts them."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    values = {name: options[name][0] for name in PROCESSOR_OPTIONS if options[name][0] is not None}
+    if not values and not logits_processor and prefix_allowed_tokens_fn is None:
+        return []
+    prompt = input_ids.shape[1]
+    n_seq = options["num_return_sequences"][0] or 1
+    cfg = GenerationConfig(**values, max_length=prompt + max_new, num_beams=1)
+    cfg.num_return_sequences = n_seq  # (PrefixConstrained's rows per prompt; set after the greedy-only validation)
+    if cfg.min_new_tokens is not None:
+        cfg.min_length = cfg.min_new_tokens + prompt
+    device = _input_device(target)
+    cfg._eos_token_tensor = torch.tensor(eos, device=device) if eos else None
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    procs = target._get_logits_processor(
+        generation_config=cfg, input_ids_seq_length=prompt, encoder_input_ids=input_ids.to(device),
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, logits_processor=LogitsProcessorList(logits_processor or []),
+        device=device, model_kwargs={"attention_mask": mask.to(device)})
+    processors, warp = split_processors(procs)
+    if warp:
+        raise ValueError(f"logits_processor holds warpers ({sorted(warp)}): pass temperature=, top_k=, top_p=, "
+                         f"min_p= instead (specsampler applies them inside verify)")
+    return processors
+
+
 def _stop_rows(input_ids: torch.Tensor, criteria: list):
     """``stop(row, new_tokens)`` for :func:`_commit_rows`: whether any of transformers' StoppingCriteria fires on
     the row's sequence (its prompt, left padding kept, then `new_tokens`), called as transformers calls them with a
@@ -828,7 +885,8 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
              num_assistant_tokens_schedule: str | None = None, assistant_model=None,
              prompt_lookup_num_tokens: int | None = None, num_assistant_tokens: int | None = None,
              generation_config=None, streamer=None, stopping_criteria=None, stop_strings=_UNSET, tokenizer=None,
-             num_return_sequences: int | None = None, **generation_kwargs) -> GenerateOutput:
+             num_return_sequences: int | None = None, logits_processor=None, prefix_allowed_tokens_fn=None,
+             **generation_kwargs) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
     Takes transformers' names too: ``generate(target, input_ids=ids, attention_mask=mask, assistant_model=draft,
@@ -903,6 +961,12 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     num_return_sequences : int, optional
         n: each prompt gives n rows (consecutive, as transformers orders them); n > 1 needs sampling. None: the
         configs' (1).
+    logits_processor : list of transformers.LogitsProcessor, optional
+        Processors of the caller's, applied after those the options build, as ``model.generate`` merges them (at
+        every position of target and draft, with its prefix; each must treat rows independently: it is called on the
+        rows whose prefixes have the same length). Warpers are refused: pass temperature, top_k, top_p, min_p.
+    prefix_allowed_tokens_fn : callable, optional
+        ``fn(batch_id, input_ids) -> list of allowed ids``, as in ``model.generate`` (batch_id: the prompt's index).
     **generation_kwargs
         Any other ``GenerationConfig`` option (e.g. ``repetition_penalty=1.0`` to override a model's config, or
         ``max_length``, ``max_time``, ``max_matching_ngram_size``); refused ones raise a ValueError when set, other
@@ -915,9 +979,13 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
 
     Notes
     -----
-    Only temperature, top-k, top-p and min-p shape the distribution: a logits processor a config asks for
-    (repetition penalty, bad words, ...) raises a ValueError naming its option. Sliding-window attention is not
-    supported.
+    The logits processors the options ask for (repetition penalty, min_new_tokens, no_repeat_ngram_size, bad words,
+    suppressed and forced tokens, ...) are transformers' own, built as ``model.generate`` builds them and applied to
+    the target's and the draft's scores at every position with that position's prefix (the row's sequence and the
+    drafts before it); temperature, top-k, top-p and min-p follow inside :func:`specsampler.sample` and
+    :func:`specsampler.verify`. So greedy rows equal ``model.generate``'s and sampled rows follow its distribution.
+    Warpers after min-p (typical_p, epsilon/eta cutoffs, top_h), classifier-free guidance and watermarking raise a
+    ValueError naming their option. Sliding-window attention is not supported.
     """
     if input_ids is None or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a [B, P] tensor, got "
@@ -970,13 +1038,16 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     if n_seq > 1:
         input_ids = input_ids.repeat_interleave(n_seq, dim=0)
         attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n_seq, dim=0)
+    eos, _ = _eos_and_pad(target, opt("eos_token_id"), opt("pad_token_id"))
+    processors = _logits_processors(target, options, input_ids, attention_mask, max_new, eos, logits_processor,
+                                    prefix_allowed_tokens_fn)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     out = _run(target, drafter, input_ids, attention_mask, max_new_tokens=max_new, num_draft_tokens=k,
                sampling=_sampling(do_sample, temperature, opt("top_k"), opt("top_p"), opt("min_p")), seed=seed,
                eos_token_id=opt("eos_token_id"), pad_token_id=opt("pad_token_id"),
                callback=_StreamRows(streamer, callback) if streamer is not None else callback,
-               stop=_stop_rows(input_ids, crits), adaptive=schedule == "heuristic")
+               stop=_stop_rows(input_ids, crits), adaptive=schedule == "heuristic", processors=processors)
     if streamer is not None:
         streamer.end()
     return out
@@ -984,8 +1055,9 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
 
 def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, max_new_tokens: int,
          num_draft_tokens: int, sampling: dict | None, seed: int | None, eos_token_id, pad_token_id, callback, stop,
-         adaptive: bool) -> GenerateOutput:
-    """:func:`generate` once its options are resolved and checked: prefill, then steps until every row is done."""
+         adaptive: bool, processors: list | None = None) -> GenerateOutput:
+    """:func:`generate` once its options are resolved and checked: prefill, then steps until every row is done
+    (`processors`: logits processors applied at every position of target and draft, :class:`PrefixProcessors`)."""
     max_k = 2 * num_draft_tokens if adaptive else num_draft_tokens
     if max_new_tokens < 1:
         return GenerateOutput(input_ids.clone(), GenerationStats())
@@ -993,15 +1065,19 @@ def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     eos, pad_token_id = _eos_and_pad(target, eos_token_id, pad_token_id)
     rng = random.Random(run_seed(seed, target))
     lm, vocab = _prefill(target, input_ids, attention_mask)
-    drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, sampling, rng, pad_token_id)
+    prefix = None if not processors else PrefixProcessors(processors, input_ids,
+                                                          input_ids.shape[1] + max_new_tokens + max_k + 1, lm.device)
+    drafter = _start_drafter(draft, input_ids, attention_mask, max_k, vocab, sampling, rng, pad_token_id, prefix)
     batch = input_ids.shape[0]
     rows = _Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device),
                  [num_draft_tokens] * batch)
     stats = GenerationStats()
     while rows.ids:
         budget = rows.budget(max_new_tokens)
+        if prefix is not None:
+            prefix.start_step(rows.ids, rows.new)
         step = _step(lm, drafter, rows.last, [min(b - 1, k) for b, k in zip(budget, rows.k, strict=True)], sampling,
-                     rng)
+                     rng, prefix)
         if adaptive:
             _adapt_draft_lengths(rows, step, max_k)
         _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback, stop), lm, drafter)

@@ -146,34 +146,6 @@ def patched_transformers():
             unpatch_transformers()
 
 
-def _warpers(logits_processor) -> dict:
-    """temperature / top_k / top_p / min_p of a prepared ``LogitsProcessorList``; anything else is not supported.
-
-    The values go to :func:`specsampler.generate`, which draws drafts with :func:`specsampler.sample` and verifies with
-    :func:`specsampler.verify`, both applying them in transformers' order (temperature, top-k, top-p, min-p)."""
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    out = {}
-    for proc in logits_processor or []:
-        if isinstance(proc, TemperatureLogitsWarper):
-            out["temperature"] = float(proc.temperature)
-        elif isinstance(proc, TopKLogitsWarper):
-            out["top_k"] = int(proc.top_k)
-        elif isinstance(proc, TopPLogitsWarper):
-            out["top_p"] = float(proc.top_p)
-        elif isinstance(proc, MinPLogitsWarper):
-            out["min_p"] = float(proc.min_p)
-        else:
-            raise NotImplementedError(f"speculative_generate supports temperature, top_k, top_p and min_p only, not "
-                                      f"{type(proc).__name__}")
-    return out
-
-
 NO_DRAFTER = ("speculative_generate needs a drafter: pass draft_model=<the draft model> (transformers' generate keeps "
               "assistant_model= for itself and never hands it to a custom_generate callable, so it cannot reach "
               "specsampler), or prompt_lookup_num_tokens=N for prompt lookup; specsampler.patch_transformers() makes "
@@ -198,7 +170,10 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     input_ids : torch.Tensor
         [B, P] left-padded prompts.
     logits_processor : LogitsProcessorList
-        Prepared by ``generate``; only temperature, top-k, top-p and min-p warpers are supported.
+        Prepared by ``generate``: its processors (repetition penalty, min_new_tokens, the caller's own, ...) are
+        applied to target and draft scores at every position with that position's prefix, and its temperature, top-k,
+        top-p and min-p warpers inside :func:`specsampler.sample` and :func:`specsampler.verify`; one that cannot be
+        applied exactly (typical_p, epsilon/eta cutoffs, guidance, watermarking) raises a ValueError naming it.
     stopping_criteria : StoppingCriteriaList
         Prepared by ``generate`` (max length, EOS, stop strings, the caller's own): a row stops at the first token
         where one fires.
@@ -226,6 +201,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
         [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
     """
     from ._generate import _run, _sampling, _stop_rows, _StreamRows, check_options
+    from ._processors import split_processors
     from .drafters import PromptLookupDrafter
 
     cfg = generation_config if generation_config is not None else model.generation_config
@@ -243,8 +219,9 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
         raise ValueError(f"streamer= takes one row, as transformers' streamers do (here {input_ids.shape[0]})")
     do_sample = bool(cfg.do_sample)
     # transformers merged the call's options with the model's config into `cfg` and built its processors from them:
-    # those are the options (a processor other than the four warpers is refused by name, greedy or not)
-    warp = dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | _warpers(logits_processor)
+    # the warpers' values go to sample / verify, the other processors are applied position by position
+    processors, warpers = split_processors(logits_processor)
+    warp = dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | warpers
     eos = getattr(cfg, "_eos_token_tensor", None)
     eos = eos if eos is not None else cfg.eos_token_id
     eos = [] if eos is None else eos
@@ -262,7 +239,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
                model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
                sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad,
                callback=None if streamer is None else _StreamRows(streamer, None),
-               stop=_stop_rows(input_ids, list(stopping_criteria or [])), adaptive=False)
+               stop=_stop_rows(input_ids, list(stopping_criteria or [])), adaptive=False, processors=processors)
     if streamer is not None:
         streamer.end()
     if getattr(cfg, "return_dict_in_generate", False):
