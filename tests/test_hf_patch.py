@@ -309,13 +309,21 @@ def test_custom_generate_honours_the_prepared_stopping_criteria(models):
         assert ours.tolist() == ref.tolist()
 
 
-def test_custom_generate_refuses_what_it_cannot_apply(models):
-    """A warper after min-p (typical_p) cannot be applied inside verify: a ValueError names it."""
+@pytest.mark.parametrize("option", [dict(typical_p=0.9, do_sample=True), dict(num_beams=2),
+                                    dict(output_scores=True, return_dict_in_generate=True), dict(dola_layers="low"),
+                                    dict(penalty_alpha=0.6, top_k=4), dict(guidance_scale=1.5)])
+def test_refuses_what_it_cannot_apply(models, option):
+    """Options the generation config carries that specsampler does not apply (a warper after min-p, beams, scores
+    in the output, DoLa, contrastive search, guidance) raise a ValueError naming them, through custom_generate and
+    through the patched generate alike."""
     target, draft = models
     ids, mask = _prompts()
-    with pytest.raises(ValueError, match="TypicalLogitsWarper: typical_p"):
-        target.generate(ids, attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
-                        max_new_tokens=4, do_sample=True, typical_p=0.9, pad_token_id=0, eos_token_id=None)
+    name = next(iter(option))
+    kw = dict(attention_mask=mask, max_new_tokens=4, pad_token_id=0, eos_token_id=None, **option)
+    with pytest.raises(ValueError, match=f"does not support {name}="):
+        target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, **kw)
+    with specsampler.patched_transformers(), pytest.raises(ValueError, match=f"does not support {name}="):
+        target.generate(ids, assistant_model=draft, **kw)
 
 
 # ------------------------------------------------------------------------------- the patched generate, any batch

@@ -716,7 +716,7 @@ def resolve_generation_options(target, generation_config=None, **explicit) -> di
     return out
 
 
-def _refuse_unsupported(options: dict[str, tuple[object, str]]) -> None:
+def _refuse_unsupported(options: dict[str, tuple[object, str]], who: str = "specsampler.generate") -> None:
     """A ValueError naming the first refused (or unknown) option set to a value that would change the output."""
     from transformers import GenerationConfig
 
@@ -727,7 +727,7 @@ def _refuse_unsupported(options: dict[str, tuple[object, str]]) -> None:
             continue
         where = "passed" if source == "argument" else f"set in {source}"
         hint = "" if source == "argument" else f" (pass {name}=<its off value> to generate to override it)"
-        raise ValueError(f"specsampler.generate does not support {name}={value!r} ({where}): {why}{hint}")
+        raise ValueError(f"{who} does not support {name}={value!r} ({where}): {why}{hint}")
 
 
 #: The options that make ``model.generate`` build a logits processor (applied by :class:`PrefixProcessors`).

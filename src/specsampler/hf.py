@@ -200,11 +200,15 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     torch.Tensor or GenerateDecoderOnlyOutput
         [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
     """
-    from ._generate import _run, _sampling, _stop_rows, _StreamRows, check_options
+    from ._generate import _refuse_unsupported, _run, _sampling, _stop_rows, _StreamRows, check_options
     from ._processors import split_processors
     from .drafters import PromptLookupDrafter
 
     cfg = generation_config if generation_config is not None else model.generation_config
+    # the options transformers merged (the call's and the model's): a refused one set (num_beams > 1, output_scores,
+    # dola_layers, ...) raises by name, as in specsampler.generate
+    _refuse_unsupported({name: (value, "the generation config") for name, value in vars(cfg).items()
+                         if not name.startswith("_")}, who="speculative_generate")
     lookup = getattr(cfg, "prompt_lookup_num_tokens", None)
     if draft_model is None and not lookup:
         raise ValueError(NO_DRAFTER)
