@@ -92,14 +92,14 @@ def _run(capsys, argv):
     return rc, out, err
 
 
-def _plain_greedy(folder, prompt, max_new):
+def _plain_greedy(folder, prompt, max_new, **options):
     """target.generate's greedy new tokens (up to and including EOS) for a raw prompt, on the device the CLI uses (so
     that the comparison is exact wherever it runs)."""
     model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(DEVICE).eval()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     ids = torch.tensor([tok(prompt)["input_ids"]], device=DEVICE)
     seq = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
-                         pad_token_id=0)
+                         pad_token_id=0, **options)
     return cli.new_tokens(seq, ids.shape[1], [2])[0]
 
 
@@ -122,6 +122,22 @@ def test_greedy_json_equals_target_generate(models, capsys, draft):
     assert (stats["draft_forwards"] == 0) == (draft == "lookup")
     if draft != "lookup":
         assert stats["accepted"] > 0  # the acceptance path ran, not only corrections
+
+
+@pytest.mark.parametrize("drafter", ["--prompt-lookup", "--draft"])
+def test_greedy_with_processors_equals_target_generate(models, capsys, drafter):
+    """--repetition-penalty and --no-repeat-ngram-size: greedy tokens equal target.generate with the same options
+    (and differ from those without them)."""
+    extra = [] if drafter == "--prompt-lookup" else [models["draft"]]
+    rc, out, _ = _run(capsys, ["generate", "--target", models["target"], drafter, *extra, "--prompt", PROMPT, "--raw",
+                               "--greedy", "--max-new-tokens", 16, "--repetition-penalty", 1.5,
+                               "--no-repeat-ngram-size", 2, "--json"])
+    assert rc == 0
+    res = json.loads(out)
+    assert res["processors"] == dict(repetition_penalty=1.5, no_repeat_ngram_size=2)
+    ids = res["outputs"][0]["token_ids"]
+    assert ids == _plain_greedy(models["target"], PROMPT, 16, repetition_penalty=1.5, no_repeat_ngram_size=2)
+    assert ids != _plain_greedy(models["target"], PROMPT, 16)
 
 
 @pytest.mark.parametrize("drafter", ["--prompt-lookup", "--draft"])
@@ -221,6 +237,10 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
     (["--prompt-lookup", "--prompt", "w5", "--min-p", "nan"], "--min-p"),
     (["--target", "{tmp}/missing", "--prompt-lookup", "--prompt", "w5", "--min-p", "2"], "--min-p"),  # before loading
     (["--prompt-lookup", "--prompt", "w5", "--greedy", "--min-p", "0.1"], "--greedy"),
+    (["--prompt-lookup", "--prompt", "w5", "--repetition-penalty", "0"], "--repetition-penalty"),
+    (["--prompt-lookup", "--prompt", "w5", "--repetition-penalty", "inf"], "--repetition-penalty"),
+    (["--target", "{tmp}/missing", "--prompt-lookup", "--prompt", "w5", "--no-repeat-ngram-size", "-1"],
+     "--no-repeat-ngram-size"),  # before loading
     (["--prompt-lookup", "--prompt", "w5", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--num-draft-tokens", "0"], "--num-draft-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--dtype", "int8"], "--dtype"),

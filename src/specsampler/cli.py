@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1]")
     g.add_argument("--min-p", type=float, help="keep tokens at least this times as likely as the top one, in [0, 1] "
                    "(0: off)")
+    g.add_argument("--repetition-penalty", type=float,
+                   help="transformers' repetition penalty, > 0 (1: off; default: the target's generation config)")
+    g.add_argument("--no-repeat-ngram-size", type=int,
+                   help="never repeat an n-gram of this size, >= 0 (0: off; default: the target's generation config)")
     g.add_argument("--seed", type=int, help="seeds drafting, verification and the --compare baseline")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights (default float32)")
@@ -312,6 +316,13 @@ def sampling_settings(args, target) -> dict:
     return dict(do_sample=False, **off, source="default (greedy)")
 
 
+def processor_options(args) -> dict:
+    """The logits-processor options given on the command line (the others come from the target's generation config,
+    on both sides of --compare)."""
+    given = dict(repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def check_options(args) -> torch.device:
     """Reject bad option values (CLIError naming the option), all before any model is loaded; returns the device."""
     sampling = [name for name in ("temperature", "top_k", "top_p", "min_p") if getattr(args, name) is not None]
@@ -325,6 +336,10 @@ def check_options(args) -> torch.device:
         raise CLIError("--top-k", f"must be >= 0, got {args.top_k}")
     if args.min_p is not None and not 0 <= args.min_p <= 1:
         raise CLIError("--min-p", f"must be in [0, 1], got {args.min_p}")
+    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
+        raise CLIError("--repetition-penalty", f"must be finite and > 0, got {args.repetition_penalty}")
+    if args.no_repeat_ngram_size is not None and args.no_repeat_ngram_size < 0:
+        raise CLIError("--no-repeat-ngram-size", f"must be >= 0, got {args.no_repeat_ngram_size}")
     if args.max_new_tokens < 1:
         raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
     if args.num_draft_tokens < 1:
@@ -557,7 +572,7 @@ def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenize
                            num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
                            temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
                            min_p=settings["min_p"], seed=None if args.seed is None else args.seed + lo,
-                           eos_token_id=eos or None, pad_token_id=pad_id, callback=callback)
+                           eos_token_id=eos or None, pad_token_id=pad_id, callback=callback, **processor_options(args))
             seconds += time.perf_counter() - start
             got = new_tokens(out.sequences.cpu(), ids.shape[1], eos)
             tracker.end_batch(lo, got)
@@ -578,7 +593,7 @@ def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenize
 
 
 def run_plain(target, rows, settings, args, eos, pad_id, device):
-    """Plain ``target.generate`` on the same prompts and settings (other logits processors off).
+    """Plain ``target.generate`` on the same prompts, settings and logits processors.
 
     Returns
     -------
@@ -587,7 +602,7 @@ def run_plain(target, rows, settings, args, eos, pad_id, device):
     """
     outs, seconds = [], 0.0
     kw = dict(max_new_tokens=args.max_new_tokens, do_sample=settings["do_sample"], pad_token_id=pad_id,
-              eos_token_id=eos or None, repetition_penalty=1.0, no_repeat_ngram_size=0)
+              eos_token_id=eos or None, **processor_options(args))
     if settings["do_sample"]:
         kw.update(temperature=settings["temperature"], top_k=settings["top_k"] or 0, top_p=settings["top_p"] or 1.0,
                   min_p=settings["min_p"] or 0.0)
@@ -759,6 +774,7 @@ def _generate(args, device: torch.device, prompts: list[str]) -> int:
         "device": str(device), "dtype": args.dtype, "backend": backend, "backend_reason": why,
         "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "min_p", "source")}
         | {"seed": args.seed},
+        "processors": processor_options(args),
         "texts": texts,
         "outputs": [{"prompt": p, "text": t, "prompt_tokens": len(r), "new_tokens": len(o), "token_ids": o}
                     for p, t, r, o in zip(prompts, texts, rows, outs, strict=True)],
