@@ -293,7 +293,7 @@ def test_launch_guard_uses_the_tensors_device(monkeypatch):
     cuda:1 current, through Triton the first time and the cached compiled launcher after; on the current device no
     guard is entered."""
     current = [0]
-    seen = []
+    seen, passed = [], []
 
     class Guard:
         def __init__(self, index):
@@ -312,6 +312,7 @@ def test_launch_guard_uses_the_tensors_device(monkeypatch):
         def __getitem__(self, grid):
             def launch(*args, stream=None, **kwargs):
                 seen.append((self.path, current[0], grid))
+                passed.append(args)
                 return Launcher("compiled")
             return launch
 
@@ -319,10 +320,13 @@ def test_launch_guard_uses_the_tensors_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", Guard)
     monkeypatch.setattr(kernels, "_raw_stream", lambda index: 0)
     monkeypatch.setattr(kernels, "_COMPILED", {})
+    x = torch.zeros(4)
     for index in (1, 1, 0):
-        kernels._launch(Launcher("triton"), (3, 2), ("key", index), (), {}, 4, torch.device("cuda", index))
+        kernels._launch(Launcher("triton"), (3, 2), ("key", index), (x, 7), {}, 4, torch.device("cuda", index))
     assert seen == [("triton", 1, (3, 2)), ("compiled", 1, (3, 2, 1)), ("triton", 0, (3, 2))]
     assert current[0] == 0
+    # Triton's path gets the tensor; the compiled launcher its address (no data_ptr() + driver query per pointer)
+    assert passed[0][0] is x and passed[1] == (x.data_ptr(), 7) and passed[2][0] is x
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")

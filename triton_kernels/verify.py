@@ -1007,11 +1007,19 @@ def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: t
 
 
 def _launch_on_current(kernel, grid, key, args, constexprs: dict, num_warps: int, index: int) -> None:
-    compiled = _COMPILED.get(key) if FAST_LAUNCH else None
-    if compiled is not None:
+    """The compiled launcher gets the tensors' addresses as ints: given a tensor, it calls ``data_ptr()`` and asks
+    the driver (``cuPointerGetAttribute``) whether the address is a device one, for each of the 10-14 pointers, on
+    every launch; the API has checked every tensor's device already."""
+    entry = _COMPILED.get(key) if FAST_LAUNCH else None
+    if entry is not None:
+        compiled, pointers = entry
+        args = list(args)
+        for i in pointers:
+            args[i] = args[i].data_ptr()
         compiled[(grid[0], grid[1], 1)](*args, *constexprs.values(), stream=_raw_stream(index))
     else:
-        _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        _COMPILED[key] = (compiled, tuple([i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]))
 
 
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None, tokens=None,
