@@ -7,10 +7,11 @@ One step, for every unfinished row b at once (gpt-fast's loop, batched):
 2. the target runs one forward over [last, d_1..d_K] and gives K+1 rows of scores;
 3. :func:`specsampler.verify` accepts n_b drafts and draws one more token: row b gains n_b + 1 tokens.
 
-In code, :func:`generate` prefills (``_prefill``, ``_start_drafter``) and loops over ``_step`` (steps 1-3, then both
-caches trimmed to what each row accepted) and ``_commit_rows`` (append, EOS, length) with ``_evict`` (finished rows
-leave the batch). A drafter is anything with the :class:`specsampler.drafters.Drafter` protocol (``propose``,
-``accept``, ``select_rows``): ``_DraftModel`` here, ``PromptLookupRun`` for prompt lookup.
+In code, :func:`generate` prefills (``_prefill``, ``_start_drafter``: each model holds its prompt, fed in front of its
+first forward, as transformers' assisted generation does: one forward fewer per model) and loops over ``_step`` (steps
+1-3, then both caches trimmed to what each row accepted) and ``_commit_rows`` (append, EOS, length) with ``_evict``
+(finished rows leave the batch). A drafter is anything with the :class:`specsampler.drafters.Drafter` protocol
+(``propose``, ``accept``, ``select_rows``): ``_DraftModel`` here, ``PromptLookupRun`` for prompt lookup.
 
 KV caches with ragged acceptance: holes
 ---------------------------------------
@@ -67,9 +68,9 @@ class GenerationStats:
     Attributes
     ----------
     target_forwards : int
-        Target forwards after the prefill (one per speculative step).
+        Target forwards, one per speculative step (the first also feeds the prompt).
     draft_forwards : int
-        Draft-model forwards after the prefill (0 for the prompt-lookup drafter).
+        Draft-model forwards (the first also feeds the prompt; 0 for the prompt-lookup drafter).
     row_steps : int
         Sum over steps of the rows still running.
     drafted : int
@@ -185,6 +186,15 @@ class _Cached:
         # Whether some slot is padding or a hole, known on the host: without any, the model gets no attention mask
         # and runs its plain causal path (a single row never has holes).
         self.holes = False
+        self.pending = None  # (tokens, valid) [B, P]: a prefill deferred to the next forward, which feeds it first
+
+    def defer(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        """Feed [B, P] `tokens` (`valid` [B, P], 0 for padding) at the start of the next forward: the prefill and the
+        first step share one forward (transformers' assisted generation does the same)."""
+        if tokens.shape[1]:
+            valid = valid.to(self.device, torch.long)
+            self.holes = self.holes or not bool(valid.all())
+            self.pending = (tokens.to(self.device), valid)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, last_only: bool = False,
                 holes: bool | None = None) -> torch.Tensor:
@@ -195,14 +205,18 @@ class _Cached:
         else:
             valid = valid.to(torch.long)
             self.holes = self.holes or (holes if holes is not None else not bool(valid.all()))  # (prefill: once)
+        width = 1 if last_only else tokens.shape[1]
+        if self.pending is not None:
+            tokens, valid = torch.cat([self.pending[0], tokens], dim=1), torch.cat([self.pending[1], valid], dim=1)
+            self.pending, last_only = None, True
         positions = self.mask.sum(dim=1, keepdim=True) + valid.cumsum(dim=1) - valid
         self.mask = torch.cat([self.mask, valid], dim=1)
         kwargs = {self.cache_arg: self.cache, "use_cache": True}
         if last_only and self.keep_arg:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = width
         out = self.model(input_ids=tokens, attention_mask=self.mask if self.holes else None, position_ids=positions,
                          **kwargs)
-        return out.logits[:, -1:] if last_only else out.logits
+        return out.logits[:, -width:] if last_only else out.logits
 
     def keep(self, n: torch.Tensor, width: int, n_max: int, n_min: int) -> None:
         """Of the last `width` slots, keep the first n_b + 1 of row b (`n` [B]; the rest become holes) and crop
@@ -219,6 +233,8 @@ class _Cached:
         rows = rows.to(self.device)
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
+        if self.pending is not None:
+            self.pending = (self.pending[0][rows], self.pending[1][rows])
 
 
 class _DraftModel:
@@ -260,10 +276,8 @@ class _DraftModel:
         self.all_behind = False
 
     def prefill(self, prompt: torch.Tensor, mask: torch.Tensor) -> None:
-        """Feed [B, P - 1] `prompt` (`mask` [B, P - 1], 0 for padding) to the draft cache."""
-        if prompt.shape[1]:
-            prompt = prompt.to(self.lm.device).clamp(max=self.max_id)
-            self.lm.forward(prompt, mask.to(self.lm.device), last_only=True)
+        """Feed [B, P - 1] `prompt` (`mask` [B, P - 1], 0 for padding) to the draft cache (with the first draft)."""
+        self.lm.defer(prompt.to(self.lm.device).clamp(max=self.max_id), mask)
 
     def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
         """`last` [B] -> drafts [B, K'] and the raw scores they were sampled from, [B, K', min(Vd, V)] (None when
@@ -397,13 +411,12 @@ def _eos_and_pad(target, eos_token_id, pad_token_id) -> tuple[list[int], int]:
 
 
 def _prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[_Cached, int]:
-    """The target's cache over [B, P - 1] prompts (the last prompt token is fed by the first step), and its
-    vocabulary size V (its output layer's rows)."""
+    """The target and its cache, holding [B, P - 1] prompts for its first forward (the first step feeds them in front
+    of the last prompt token and the drafts), and its vocabulary size V (its output layer's rows)."""
     lm = _Cached(target, input_ids.shape[0])
     head = target.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else target.config.get_text_config().vocab_size
-    if input_ids.shape[1] > 1:
-        lm.forward(input_ids[:, :-1].to(lm.device), attention_mask[:, :-1].to(lm.device), last_only=True)
+    lm.defer(input_ids[:, :-1], attention_mask[:, :-1])
     return lm, vocab
 
 
