@@ -260,8 +260,9 @@ def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _exact_two_tokens(target, prompt, processors, temperature, top_k):
-    """P(x1, x2 | prompt) [v, v]: the processors applied to each prefix, then transformers' warpers, enumerated."""
+def _exact_two_tokens(target, prompt, processors, temperature, top_k, eos=(), pad=0):
+    """P(x1, x2 | prompt) [v, v]: the processors applied to each prefix, then transformers' warpers, enumerated; a
+    row whose x1 is an EOS id stops there (x2 = pad)."""
     v = target.config.vocab_size
     warpers = [lp.TemperatureLogitsWarper(temperature)] + ([lp.TopKLogitsWarper(top_k)] if top_k else [])
 
@@ -273,18 +274,64 @@ def _exact_two_tokens(target, prompt, processors, temperature, top_k):
     p1 = dist(prompt, target(prompt).logits[:, -1].float())[0]
     both = torch.cat([prompt.repeat(v, 1), torch.arange(v)[:, None]], dim=1)
     p2 = dist(both, target(both).logits[:, -1].float())
-    return p1[:, None] * p2
+    joint = p1[:, None] * p2
+    for e in eos:
+        joint[e] = 0.0
+        joint[e, pad] = p1[e]
+    return joint
 
 
-@pytest.mark.parametrize("drafter, options", [
-    ("model", dict(repetition_penalty=3.0)),
-    ("model", dict(no_repeat_ngram_size=1, top_k=5)),
-    ("lookup", dict(repetition_penalty=0.4, temperature=0.8)),
-    ("model", dict(min_new_tokens=2, eos_token_id=4)),
-])
-def test_sampled_tokens_follow_the_processed_distribution(drafter, options):
-    """The joint of the first two new tokens equals the processed and warped target's (enumerated with transformers'
-    own processors on each prefix) at p > 1e-4, and the distribution without the processors is told apart."""
+EOS_ID = 4
+
+
+def _sampled_case(name, target, prompt):
+    """(generate's options, transformers' processors for the reference, eos ids, max_new_tokens) for processor
+    option `name`, built directly from transformers' classes; banned or favoured tokens are the plain distribution's
+    likeliest (a: the first token, (a, b): the likeliest bigram), so that each option changes the distribution."""
+    width = prompt.shape[1]
+    plain = _exact_two_tokens(target, prompt, [], 1.0, 0)
+    a = int(plain.sum(1).argmax())
+    b = int(plain[a].argmax())
+    eos_t = torch.tensor([EOS_ID])
+    cases = {
+        "repetition_penalty": (dict(repetition_penalty=3.0), [lp.RepetitionPenaltyLogitsProcessor(3.0)], [], 3),
+        "repetition_penalty<1": (dict(repetition_penalty=0.4, temperature=0.8),
+                                 [lp.RepetitionPenaltyLogitsProcessor(0.4)], [], 3),
+        "no_repeat_ngram_size": (dict(no_repeat_ngram_size=1, top_k=5), [lp.NoRepeatNGramLogitsProcessor(1)], [], 3),
+        "min_new_tokens": (dict(min_new_tokens=2), [lp.MinNewTokensLengthLogitsProcessor(width, 2, eos_t)],
+                           [EOS_ID], 3),
+        "min_length": (dict(min_length=width + 2), [lp.MinLengthLogitsProcessor(width + 2, eos_t)], [EOS_ID], 3),
+        "encoder_repetition_penalty": (  # (the prompt given for every row: 4.x's class does not broadcast it)
+            dict(encoder_repetition_penalty=0.3),
+            [lambda ids, x: lp.EncoderRepetitionPenaltyLogitsProcessor(0.3, prompt.repeat(len(x), 1))(ids, x)], [], 3),
+        "encoder_no_repeat_ngram_size": (dict(encoder_no_repeat_ngram_size=2),
+                                         [lp.EncoderNoRepeatNGramLogitsProcessor(2, prompt)], [], 3),
+        "bad_words_ids": (dict(bad_words_ids=[[a], [a, b]]), [lp.NoBadWordsLogitsProcessor([[a], [a, b]])], [], 3),
+        "sequence_bias": (dict(sequence_bias={(a,): -3.0, (a, b): -5.0}),
+                          [lp.SequenceBiasLogitsProcessor({(a,): -3.0, (a, b): -5.0})], [], 3),
+        "suppress_tokens": (dict(suppress_tokens=[a, b]), [lp.SuppressTokensLogitsProcessor([a, b])], [], 3),
+        "begin_suppress_tokens": (dict(begin_suppress_tokens=[a]),
+                                  [lp.SuppressTokensAtBeginLogitsProcessor([a], width)], [], 3),
+        "forced_eos_token_id": (dict(forced_eos_token_id=EOS_ID),
+                                [lp.ForcedEOSTokenLogitsProcessor(width + 2, EOS_ID)], [], 2),
+        "exponential_decay_length_penalty": (dict(exponential_decay_length_penalty=(0, 3.0)),
+                                             [lp.ExponentialDecayLengthPenalty((0, 3.0), eos_t, width)], [EOS_ID], 3),
+    }
+    return cases[name]
+
+
+SAMPLED = [("repetition_penalty", "model"), ("repetition_penalty<1", "lookup"), ("no_repeat_ngram_size", "model"),
+           ("min_new_tokens", "model"), ("min_length", "lookup"), ("encoder_repetition_penalty", "model"),
+           ("encoder_no_repeat_ngram_size", "model"), ("bad_words_ids", "lookup"), ("sequence_bias", "lookup"),
+           ("suppress_tokens", "model"), ("begin_suppress_tokens", "lookup"), ("forced_eos_token_id", "model"),
+           ("exponential_decay_length_penalty", "model")]
+
+
+@pytest.mark.parametrize("name, drafter", SAMPLED)
+def test_sampled_tokens_follow_the_processed_distribution(name, drafter):
+    """For each processor option: the joint of the first two new tokens equals the processed and warped target's
+    (enumerated with transformers' own processor classes on each prefix) at p > 1e-4, and the distribution without
+    the processor is told apart (p < 1e-4)."""
     vocab, n = 8, 3000
     target = _model(vocab=vocab, layers=1, hidden=16)
     with torch.no_grad():
@@ -292,26 +339,21 @@ def test_sampled_tokens_follow_the_processed_distribution(drafter, options):
     draft = _perturbed(target, 0.05) if drafter == "model" else specsampler.PromptLookupDrafter(max_ngram=2)
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=8, eos_token_id=None,
                              pad_token_id=0)
+    options, processors, eos, max_new = _sampled_case(name, target, prompt)
     options = dict(options)
     temperature, top_k = options.pop("temperature", 1.0), options.pop("top_k", 0)
-    eos = options.pop("eos_token_id", [])
-    width = prompt.shape[1]
-    eos_t = torch.tensor([eos]) if eos != [] else None
-    procs = {"repetition_penalty": lambda x: lp.RepetitionPenaltyLogitsProcessor(x),
-             "no_repeat_ngram_size": lambda x: lp.NoRepeatNGramLogitsProcessor(x),
-             "min_new_tokens": lambda x: lp.MinNewTokensLengthLogitsProcessor(width, x, eos_t)}
-    processors = [procs[k](v) for k, v in options.items()]
-    exact = _exact_two_tokens(target, prompt, processors, temperature, top_k).flatten()
-    plain = _exact_two_tokens(target, prompt, [], temperature, top_k).flatten()
-    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, num_draft_tokens=2,
+    exact = _exact_two_tokens(target, prompt, processors, temperature, top_k, eos).flatten()
+    plain = _exact_two_tokens(target, prompt, [], temperature, top_k, eos).flatten()
+    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=max_new, num_draft_tokens=2,
                                do_sample=True, seed=1234, eos_token_id=eos, temperature=temperature, top_k=top_k,
                                pad_token_id=0, **options)
+    width = prompt.shape[1]
     new = out.sequences[:, width:width + 2]
     counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
     assert counts[exact == 0].sum() == 0  # nothing the processors rule out
     assert _chi2_pvalue(counts, exact) > 1e-4
-    assert _chi2_pvalue(counts, plain) < 1e-4  # the test has power: without the processors it fails
-    assert 0 < out.stats.accepted < out.stats.drafted  # acceptance and the residual were both exercised
+    assert _chi2_pvalue(counts, plain) < 1e-4  # the test has power: without the processor it fails
+    assert out.stats.accepted > 0 and out.stats.accepted < out.stats.drafted  # acceptance and residual both ran
 
 
 # ------------------------------------------------------------------------------------- the prefixes, refusals
