@@ -90,15 +90,22 @@ def sampling_kwargs(args):
     return kw
 
 
+def processor_kwargs(args):
+    """The logits-processor options given (--repetition-penalty, --no-repeat-ngram-size), for every method."""
+    given = dict(repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def run_specsampler(target, drafter, ids, mask, args):
     return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens,
                                 num_draft_tokens=args.k, seed=0, eos_token_id=[], pad_token_id=0,
-                                num_assistant_tokens_schedule=args.schedule, **sampling_kwargs(args))
+                                num_assistant_tokens_schedule=args.schedule, **sampling_kwargs(args),
+                                **processor_kwargs(args))
 
 
 def run_plain(target, ids, mask, args):
     return target.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                           eos_token_id=None, pad_token_id=0, **sampling_kwargs(args))
+                           eos_token_id=None, pad_token_id=0, **sampling_kwargs(args), **processor_kwargs(args))
 
 
 def run_assisted(target, draft, ids, mask, args):
@@ -113,7 +120,7 @@ def run_assisted(target, draft, ids, mask, args):
     for b in range(ids.shape[0]):
         row = ids[b, mask[b].bool()][None]
         target.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=args.new_tokens,
-                        eos_token_id=None, pad_token_id=0, **extra, **sampling_kwargs(args))
+                        eos_token_id=None, pad_token_id=0, **extra, **sampling_kwargs(args), **processor_kwargs(args))
 
 
 class StepProfile:
@@ -121,7 +128,8 @@ class StepProfile:
     from wrappers set on the library's step functions for the duration of a ``with`` block.
 
     Parts: ``target forward`` and ``draft forward`` (``_Cached.forward``, the draft's when called while drafting),
-    ``drafting`` (the drafter's propose/accept besides its forwards and draws: prompt lookup, stacking), ``cache``
+    ``drafting`` (the drafter's propose/accept besides its forwards and draws: prompt lookup, stacking), ``processors``
+    (logits processors such as the repetition penalty, target and draft positions), ``cache``
     (trimming and selecting rows of the KV caches), ``sample`` (:func:`specsampler.sample`: each draft token drawn with
     the warpers), ``verify`` (warpers included), ``commit rows`` (tokens, EOS, stats, callback), ``evict`` (finished
     rows) and ``other`` (the rest of the call: validation, prefill bookkeeping, the step's own tensor work and its one
@@ -132,6 +140,11 @@ class StepProfile:
     def __init__(self, sync: bool = False):
         from specsampler import _generate, drafters
 
+        try:
+            from specsampler._processors import PrefixProcessors
+        except ImportError:  # an older tree
+            PrefixProcessors = None
+
         self.sync = sync  # CUDA: synchronise around every timed part, so that each is charged its own GPU work
         self.targets = [
             ("drafting", _generate._DraftModel, "propose"), ("drafting", _generate._DraftModel, "accept"),
@@ -140,7 +153,7 @@ class StepProfile:
             ("cache", _generate._Cached, "select"), ("verify", _generate, "verify"), ("sample", _generate, "sample"),
             ("warp", _generate, "warp_logits"), ("commit rows", _generate, "_commit_rows"),
             ("evict", _generate, "_evict"),
-        ]
+        ] + ([("processors", PrefixProcessors, "__call__")] if PrefixProcessors is not None else [])
         self.totals: dict[str, float] = {}
         self._stack: list[list] = []
         self._saved: list[tuple] = []
@@ -219,6 +232,8 @@ def main():
     p.add_argument("--top-p", type=float, default=None, help="with --sample (default off)")
     p.add_argument("--min-p", type=float, default=None, help="with --sample (default off)")
     p.add_argument("--prompt-lookup", action="store_true", help="draft with prompt lookup, no draft model")
+    p.add_argument("--repetition-penalty", type=float, help="a logits processor for every method (default off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, help="a logits processor for every method (default off)")
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -255,6 +270,8 @@ def main():
         mask_all[:] = 1
     mode = f"sampling T={args.temperature} top_k={args.top_k} top_p={args.top_p} min_p={args.min_p}" if args.sample \
         else "greedy"
+    if processor_kwargs(args):
+        mode += ", " + ", ".join(f"{k}={v}" for k, v in processor_kwargs(args).items())
     where = torch.cuda.get_device_name() if sync else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}, "
           f"{args.dtype}; target Llama {args.layers}x{args.hidden} vocab {args.vocab} "
