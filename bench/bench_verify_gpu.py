@@ -28,7 +28,9 @@ measured ceiling: a 1 GiB device-to-device ``copy_``, counting bytes read plus w
 GB/s of a plain Triton kernel that reads 1 GiB of float32 once and sums it (``devcheck_providers.read_roofline_fn``:
 per-lane accumulators, one reduction per program, up to 8 programs per SM), timed as a CUDA graph.
 
-Where the time goes (goal cases, providers ``specsampler`` and ``baseline``), one row per provider and case:
+Where the time goes (goal cases, providers ``specsampler``, ``baseline`` and, on sm_90 and later, ``ours+pdl``:
+specsampler with programmatic dependent launch, ``kernels.PDL``, off by default until this table has timed it; the
+summary lines ``PDL ...`` compare the two), one row per provider and case:
 - ``launch1_us``, ``launch2_us``: CUDA time of ``_row_stats_kernel`` and ``_verify_kernel`` per call, from
   ``torch.profiler`` (ProfilerActivity.CUDA: the duration of every kernel event whose name holds the kernel's name,
   summed over ``--launch-calls`` calls after a warm-up, divided by the calls); ``total_cuda_us`` their sum;
@@ -385,14 +387,49 @@ def launch_case(case, providers, timer, state, args) -> list[dict]:
     rows = []
     for provider, module in providers:
         try:
-            built = build(provider, case, inputs, baseline=state["baseline"])
-            rows.append(launch_row(case, provider, built.fn, module, read_us, timer, state, args))
+            pdl = provider == PDL_PROVIDER
+            built = build("specsampler" if pdl else provider, case, inputs, baseline=state["baseline"])
+            fn = _with_pdl(built.fn, module) if pdl else built.fn
+            rows.append(launch_row(case, provider, fn, module, read_us, timer, state, args))
         except Exception as exc:  # ours failing is counted by the grid, which runs the same case
             notes.add(f"launches: {provider} failed on {_label(_case_dict(case))}: {type(exc).__name__}: "
                       f"{str(exc)[:200]}")
             if device.type == "cuda":
                 _recover(torch)
     return rows
+
+
+PDL_PROVIDER = "ours+pdl"  # specsampler with programmatic dependent launch (kernels.PDL), where the GPU has it
+
+
+def _with_pdl(fn, module):
+    """`fn` with `module.PDL` set for its duration (graph capture included)."""
+    def run():
+        old, module.PDL = module.PDL, True
+        try:
+            return fn()
+        finally:
+            module.PDL = old
+    return run
+
+
+def pdl_lines(rows: list[dict]) -> list[str]:
+    """Per goal case, the whole call as a CUDA graph without and with PDL."""
+    ours = {(r["B"], r["K"], r["V"], r["dtype"], r["mode"]): r for r in rows if r["provider"] == "specsampler"}
+    out = []
+    for r in rows:
+        base = ours.get((r["B"], r["K"], r["V"], r["dtype"], r["mode"]))
+        if r["provider"] == PDL_PROVIDER and base is not None and r["graph_us"] and base["graph_us"]:
+            out.append(f"PDL {r['dtype']} {r['mode']} B = {r['B']}: graph {base['graph_us']} -> {r['graph_us']} us "
+                       f"({base['graph_us'] / r['graph_us']:.2f}x), host {base['host_us_per_call']} -> "
+                       f"{r['host_us_per_call']} us")
+    return out
+
+
+def torch_capability(device) -> tuple:
+    import torch
+
+    return torch.cuda.get_device_capability(device)
 
 
 def _case_dict(case) -> dict:
@@ -404,6 +441,9 @@ def run_launches(cases, timer, state, args, path: Path, started: float) -> list[
     from specsampler.triton_kernels import verify as kernels
 
     providers = [("specsampler", kernels)] + ([("baseline", state["baseline"])] if state["baseline"] else [])
+    device = state["torch_device"]
+    if device.type == "cuda" and kernels.gdc_wait is not None and torch_capability(device)[0] >= 9:
+        providers.append((PDL_PROVIDER, kernels))  # decides whether PDL becomes the default
     rows: list[dict] = []
     print("\nwhere the time goes (goal cases):\n" + launch_table_lines([])[0], flush=True)
     with open(path, "w", newline="") as f:
@@ -818,7 +858,7 @@ def main(argv=None) -> int:
         print("where the time goes (us; launch1/launch2/cuda: CUDA time per call; graph: the call as a CUDA graph; "
               "host: host time per eager call, h.*: its phases; read: the read roofline of launch 1's bytes; "
               "bound: the longer of host and GPU time)\n")
-        print("\n".join([*launch_table_lines(launches), ""]))
+        print("\n".join([*launch_table_lines(launches), *pdl_lines(launches), ""]))
     if warped:
         print("warped case (us; * = timed as a CUDA graph; peer/ours: the peer's median over specsampler's)\n")
         print("\n".join([*warped_table_lines(warped), ""]))

@@ -8,7 +8,9 @@ GPU would specialise it (the GPU tile widths and warps, dtypes, flags, 16-byte a
 `cuobjdump` (also in the wheel) then reads each cubin's registers, stack and local memory, and its SASS: spills are
 its local loads and stores (LDL/STL), counted in all and inside loops (the vocabulary loops, where they would cost
 per tile; one register saved across the kernel costs a few instructions per program). `vecload` counts the PTX's
-vector loads (ld.global.v2/v4): launch 1 reads whole tiles of 16-byte aligned rows in 128-bit vectors.
+vector loads (ld.global.v2/v4): launch 1 reads whole tiles of 16-byte aligned rows in 128-bit vectors. The `-pdl`
+configurations compile the programmatic-dependent-launch variants (sm_90 and later only): each of their kernels must
+hold griddepcontrol instructions (launch 1 and the cut launch let the next start, launch 2 waits), the others none.
 
 The second table has one row per loop of each variant's SASS. A loop is a backward branch and its target (`BRA` to
 a lower address, predicated or not, with no unconditional EXIT or RET in between: out-of-line code lies after the
@@ -71,8 +73,12 @@ CONFIGS = [
     ("large-V", torch.bfloat16, 262144, dict(row_seed=True)),
     ("warped", torch.float32, 128256, dict(warp=(50, 0.9, float("-inf")), splits=2)),  # with launch 1's candidates
     ("warped-rows", torch.bfloat16, 32000, dict(warp="rows", row_temp=True, ragged=True)),
+    ("many-K", torch.bfloat16, 32000, dict(k=9, ragged=True)),  # K + 1 > BLOCK_K: launch 2's loop over positions
+    ("sampled-pdl", torch.bfloat16, 128256, dict(pdl=True)),  # programmatic dependent launch (sm_90+ only)
+    ("warped-pdl", torch.float32, 128256, dict(warp=(50, 0.9, float("-inf")), splits=2, pdl=True)),
 ]
-QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V", "warped")
+QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V", "warped", "sampled-pdl")
+PDL_ARCH = 90  # griddepcontrol exists from sm_90 on
 PHILOX_ROUND_CONSTANTS = (0xD2511F53, 0xCD9E8D57)
 
 
@@ -123,8 +129,11 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     results = []
     try:
         for name, dtype, vocab, opt in configs:
+            if opt.get("pdl") and arch < PDL_ARCH:
+                continue
             start = len(compiled)
-            _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, splits=opt.get("splits", 4))
+            _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, k=opt.get("k", 4),
+                    splits=opt.get("splits", 4))
             results += [(name, kernel_name, kernel, block_v) for kernel_name, kernel, block_v in compiled[start:]]
     finally:
         jit.JITFunction.run = run
@@ -154,16 +163,18 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, batch=4, k=4, 
     if opt.get("probs"):
         verify_rows(scores, tokens, draft, ragged, temperature, seed, None, uniforms, noise, race_block_v, splits)
     else:
+        pdl = bool(opt.get("pdl"))
         stats = row_stats(scores, draft, ragged, temperature, stats_block_v, splits, out,
-                          candidates=bool(opt.get("warp")))
+                          candidates=bool(opt.get("warp")), pdl=pdl)
         cuts = None
         if opt.get("warp") == "rows":  # per-row warpers
             cuts = warp_cuts(scores, draft, ragged, temperature, Warp(torch.zeros(batch, dtype=torch.int64),
-                                                                       torch.ones(batch), torch.zeros(batch)), stats)
+                                                                       torch.ones(batch), torch.zeros(batch)), stats,
+                             pdl=pdl)
         elif opt.get("warp"):
-            cuts = warp_cuts(scores, draft, ragged, temperature, Warp(*opt["warp"]), stats)
+            cuts = warp_cuts(scores, draft, ragged, temperature, Warp(*opt["warp"]), stats, pdl=pdl)
         verify_rows(scores, tokens, draft, ragged, temperature, seed, stats[:2], uniforms, noise, race_block_v, splits,
-                    out, cuts)
+                    out, cuts, pdl=pdl)
 
 
 def _tool(name: str) -> str | None:
@@ -366,6 +377,7 @@ def main(argv=None) -> int:
             failures.append(f"sm_{arch}: {type(exc).__name__}: {exc}")
             continue
         dtypes = {name: (dtype, vocab) for name, dtype, vocab, _ in configs}
+        configs_opts = {name: opt for name, _, _, opt in configs}
         kernels = sys.modules["specsampler.triton_kernels.verify"]  # (compile_all imported it)
         sources = {os.path.basename(kernels.__file__): kernels.__file__}
         for config, kernel_name, kernel, block_v in results:
@@ -377,6 +389,9 @@ def main(argv=None) -> int:
                 use = resource_usage(kernel.asm["cubin"], tool, usage, sass)
                 loops = loop_table(sass, line_info(disassembly, sources), block_v, warps)
             vector_loads = len(re.findall(r"ld\.global(?:\.\w+)*\.v[248]\.", kernel.asm["ptx"]))
+            pdl_ops = len(re.findall(r"griddepcontrol\.(?:wait|launch_dependents)", kernel.asm["ptx"]))
+            if bool(dict(configs_opts[config]).get("pdl")) != (pdl_ops > 0):
+                failures.append(f"sm_{arch} {config} {kernel_name}: {pdl_ops} griddepcontrol instruction(s)")
             if use.get("LOOP_SPILLS", 0) > 0 or use.get("LOCAL", 0) > 0:
                 failures.append(f"sm_{arch} {config} {kernel_name}: spills in a loop ({use})")
             print(f"sm_{arch:<3} {config:<14} {str(dtype)[6:]:<9} {vocab:>7} {kernel_name:<18} "

@@ -297,3 +297,18 @@ def test_dry_run_end_to_end(dry_run):
     assert all(0.0 < float(row["outside_forwards"]) < 1.0 for row in ours)
     assert all(float(row["tokens_per_s"]) > 0 for row in rows)
     assert "== 5. end-to-end generation" in dry_run.log
+
+
+def test_pdl_provider_toggles_the_flag_and_is_summarised():
+    """The ``ours+pdl`` launches row runs specsampler with kernels.PDL set for the call only; the summary line
+    compares its graph time with specsampler's."""
+    from bench_verify_gpu import PDL_PROVIDER, _with_pdl, pdl_lines
+
+    module = SimpleNamespace(PDL=False)
+    seen = []
+    _with_pdl(lambda: seen.append(module.PDL), module)()
+    assert seen == [True] and module.PDL is False
+    row = dict(B=1, K=4, V=128256, dtype="bfloat16", mode="sampled", host_us_per_call=50.0)
+    lines = pdl_lines([dict(row, provider="specsampler", graph_us=12.0),
+                       dict(row, provider=PDL_PROVIDER, graph_us=10.0, host_us_per_call=48.0)])
+    assert lines == ["PDL bfloat16 sampled B = 1: graph 12.0 -> 10.0 us (1.20x), host 50.0 -> 48.0 us"]

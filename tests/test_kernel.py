@@ -549,3 +549,51 @@ def test_warped_call_has_no_host_sync_and_replays_in_a_graph():
             seed.copy_(torch.arange(8, device="cuda") + 1000 * step)
             graph.replay()
             assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed, **warp).tokens)
+
+
+# ------------------------------------------------------------------------------------ programmatic dependent launch
+def test_pdl_only_where_it_exists(monkeypatch):
+    """PDL (off by default until a GPU run times it) never applies under the interpreter; it can be forced for
+    offline compilation."""
+    assert kernels.PDL == (os.environ.get("SPECSAMPLER_PDL", "0") == "1")
+    monkeypatch.setattr(kernels, "PDL", True)
+    assert not kernels._pdl(torch.device("cpu"))
+    assert kernels._pdl(torch.device("cpu"), True) and not kernels._pdl(torch.device("cuda"), False)
+
+
+_PDL_GPU = torch.cuda.is_available() and kernels.gdc_wait is not None and \
+    torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.skipif(not _PDL_GPU, reason="programmatic dependent launch needs CUDA sm_90+ and a Triton with GDC")
+def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(monkeypatch):
+    """With PDL, launch 2 reads the drafts and their scores before it waits for launch 1 (or the cut launch): the
+    tokens equal those without PDL (injected randoms and Philox, warped, ragged, K + 1 > 8), and a captured call
+    replays like an eager one."""
+    cases = [make_case(7, 4, 8193, seed=41, device="cuda", temperature="mixed", ragged=True),
+             make_case(5, 9, 32000, BF16, seed=42, device="cuda", ragged=True),
+             make_case(64, 4, 128256, BF16, seed=43, device="cuda")]
+    warps = [{}, dict(top_k=50, top_p=0.9)]
+    expected = [[verify_with_hooks(**c, **w, backend="triton") for w in warps] for c in cases]
+    philox = [verify_with_hooks(**{k: v for k, v in c.items() if not k.startswith("_")}, seed=5, backend="triton")
+              for c in cases]
+    monkeypatch.setattr(kernels, "PDL", True)
+    for case, want, want_philox in zip(cases, expected, philox, strict=True):
+        for warp, res in zip(warps, want, strict=True):
+            got = verify_with_hooks(**case, **warp, backend="triton")
+            assert torch.equal(got.tokens, res.tokens) and torch.equal(got.num_accepted, res.num_accepted)
+        plain = {k: v for k, v in case.items() if not k.startswith("_")}
+        assert torch.equal(verify_with_hooks(**plain, seed=5, backend="triton").tokens, want_philox.tokens)
+    args = {k: v for k, v in cases[2].items() if not k.startswith("_")}
+    seed = torch.arange(64, device="cuda", dtype=torch.int64)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        verify_with_hooks(**args, seed=seed)
+        with torch.cuda.graph(graph, stream=stream):
+            out = verify_with_hooks(**args, seed=seed)
+    for step in range(2):
+        seed.copy_(torch.arange(64, device="cuda") + 1000 * step)
+        graph.replay()
+        monkeypatch.setattr(kernels, "PDL", False)
+        assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed).tokens)
+        monkeypatch.setattr(kernels, "PDL", True)

@@ -32,8 +32,11 @@ first; its cuts stand when each lies above the bound (counts and masses there ar
 LLM-like rows give for top-k 50 (with or without top-p 0.9) every time; else it walks the row. Launch 2 reads p as
 exp((l - max) / T) / kept mass where l >= cut, and 0 below.
 
-Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b combines the split statistics of its K+1 target
-and K draft rows (or reads probabilities directly), gathers p_t(x_t) and q_t(x_t), and decides acceptance:
+Launch 2, ``_verify_kernel``, grid (B, S2): every program of row b first reads the drafts x_t and the scores at them
+(the call's inputs: with programmatic dependent launch, below, before it waits for the launch before), then combines
+the split statistics of its K+1 target and K draft rows (or reads probabilities directly) into p_t(x_t) and q_t(x_t),
+BLOCK_K positions at a time (the loop over further positions is compiled only for K + 1 > BLOCK_K), and decides
+acceptance:
 u_t * q_t(x_t) < p_t(x_t) (greedy: x_t == argmax p_t). A position whose draft gives x_t no probability (q_t(x_t) = 0:
 a -inf or NaN logit, an id past the draft's vocabulary) is one-hot at x_t: accepted with probability p_t(x_t), and
 its residual is p_t without x_t, which keeps the output exactly p whatever made x_t. n is the first rejection, K_b if
@@ -71,7 +74,10 @@ row that were never written could not look valid.
 
 Host side: tile widths and splits per (launch, B, V, dtype, device) come from an H200 sweep (`_launch_config`);
 launches are guarded to the tensors' device, and after a specialisation's first launch through Triton, go straight to
-its compiled launcher (`_launch`).
+its compiled launcher (`_launch`), which gets the tensors' addresses as ints (no data_ptr() call and no driver query per
+pointer). Programmatic dependent launch (`PDL`, sm_90+, off until a GPU run has timed it): launch 1 and the cut launch
+let launch 2 start at once (griddepcontrol.launch_dependents), and launch 2 reads its inputs, then waits for their
+results (griddepcontrol.wait), overlapping its start and first dependent loads with the launch before.
 
 References: vLLM's Triton rejection sampler (vllm/v1/sample/rejection_sampler.py) and the fix for padding lanes
 winning a tie (GHSA-8wr5-jm2h-8r4f); FlashInfer's chain_speculative_sampling; Triton's tutorials 02-fused-softmax
@@ -81,11 +87,17 @@ and 04-low-memory-dropout; Salmon et al. 2011 (Philox).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.random import philox
+
+try:  # grid dependency control (programmatic dependent launch, sm_90+): Triton 3.3 and later
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - an older Triton: PDL stays off
+    gdc_launch_dependents = gdc_wait = None
 
 from specsampler.torch_backend import GREEDY_BELOW, RESIDUAL_EPS  # one definition for both backends
 
@@ -248,7 +260,10 @@ def _row_stats_kernel(
     cand_ptr,  # [B*(K+1) + B*K, S1, 4, BLOCK_V] float32 candidates (contiguous), written when CAND
     B, K, V, Vd, tiles, S1, temperature,
     BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr, FILL: tl.constexpr, CAND: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # the next launch may start (its programs wait for this one's results before reading them)
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)  # target rows b*(K+1)+t, then draft rows B*(K+1) + b*K+t
     split = tl.program_id(1).to(tl.int64)
     is_draft = row >= B * (K + 1)
@@ -470,8 +485,10 @@ def _warp_cut_kernel(
     scratch_ptr, stride_scratch,  # [B*(K+1) + B*K, depth * BLOCK_V] float32 scratch rows, depth <= SLOTS
     B, K, V, Vd, S1, n_cand, temperature, top_k, top_p, min_offset,
     BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
-    ROW_WARP: tl.constexpr, CAND: tl.constexpr,
+    ROW_WARP: tl.constexpr, CAND: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launch 2 may start (it waits for this launch's cuts before reading them)
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)  # the rows of launch 1
     is_draft = row >= B * (K + 1)
     b = tl.where(is_draft, (row - B * (K + 1)) // tl.maximum(K, 1), row // (K + 1))
@@ -595,18 +612,50 @@ def _to_uniform(bits, OPEN: tl.constexpr):
 
 
 @triton.jit
-def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, cut, FROM_PROBS: tl.constexpr, WARP: tl.constexpr):
-    """p (or q) at `offs` of one row: exp2((l - m) * scale) / z from logits (0 below the warpers' `cut` when WARP), or
-    the probabilities clamped to [0, 1] (NaN -> 0). 0 where `mask` is off."""
+def _load_scores(row_ptr, offs, stride_v, mask, FROM_PROBS: tl.constexpr):
+    """Scores at `offs` of one row as float32: logits with NaN -> -inf and +inf -> the largest float32 (-inf where
+    `mask` is off), or probabilities clamped to [0, 1] (NaN -> 0; 0 where `mask` is off)."""
     if FROM_PROBS:
         x = tl.load(row_ptr + offs * stride_v, mask=mask, other=0.0).to(tl.float32)
         return tl.minimum(tl.where(x > 0.0, x, 0.0), 1.0)
     else:
-        x = _finite_logits(tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")))
+        return _finite_logits(tl.load(row_ptr + offs * stride_v, mask=mask, other=-float("inf")))
+
+
+@triton.jit
+def _probs(x, m, z, scale, cut, FROM_PROBS: tl.constexpr, WARP: tl.constexpr):
+    """p (or q) from :func:`_load_scores`' values: exp2((l - m) * scale) / z from logits (0 below the warpers' `cut`
+    when WARP), probabilities as they are."""
+    if FROM_PROBS:
+        return x
+    else:
         prob = tl.exp2((x - m) * scale) * (1.0 / z)
         if WARP:
             prob = tl.where(x >= cut, prob, 0.0)
         return prob
+
+
+@triton.jit
+def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, cut, FROM_PROBS: tl.constexpr, WARP: tl.constexpr):
+    """p (or q) at `offs` of one row (0 where `mask` is off)."""
+    return _probs(_load_scores(row_ptr, offs, stride_v, mask, FROM_PROBS), m, z, scale, cut, FROM_PROBS, WARP)
+
+
+@triton.jit
+def _gather_first(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt, b, V,
+                  Vd, k_b, greedy, BLOCK_K: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr):
+    """The drafts x_t of positions t < BLOCK_K (-1 past K_b) and the target's and the draft's scores at them: inputs
+    of the call, none of them written by launch 1, so that launch 2 can read them before it waits for launch 1."""
+    t = tl.arange(0, BLOCK_K)
+    decide = t < k_b
+    x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=decide, other=-1).to(tl.int64)
+    gather = decide & (x >= 0) & (x < V)
+    gather_q = gather & (x < Vd) & _splat(~greedy, t)
+    l_p = _load_scores(t_row + t * stride_tt, x, stride_tv, gather, FROM_PROBS)
+    l_q = l_p
+    if HAS_DRAFT:
+        l_q = _load_scores(d_row + t * stride_dt, x, stride_dv, gather_q, FROM_PROBS)
+    return x, l_p, l_q
 
 
 @triton.jit
@@ -631,81 +680,101 @@ def _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, 
 @triton.jit
 def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
                    uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp,
-                   b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key,
+                   b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first,
                    BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
-                   GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+                   GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, MANY_K: tl.constexpr):
     """n = the first rejected position (K_b if none), row n's statistics, x_n, and whether q_n is one-hot at x_n:
     (n, m_p, z_p, cut_p, argmax p, m_q, z_q, cut_q, x_n, one_hot_n). With WARP the sums and cuts are the warped
-    rows' (from :func:`_warp_cut_kernel`)."""
-    n = k_b
-    m_p = 0.0
-    z_p = 1.0
-    cut_p = -float("inf")
-    arg_p = b * 0
-    m_q = 0.0
-    z_q = 1.0
-    cut_q = -float("inf")
-    x_n = b * 0 - 1
-    one_hot_n = b * 0
-    for t0 in range(0, K + 1, BLOCK_K):
-        t = t0 + tl.arange(0, BLOCK_K)
-        decide = t < k_b
-        x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=decide, other=-1).to(tl.int64)
-        gather = decide & (x >= 0) & (x < V)
-        sampled = _splat(~greedy, t)
-        gather_q = gather & (x < Vd) & sampled
-        if FROM_PROBS:
-            m_t = tl.zeros([BLOCK_K], tl.float32)
-            z_t = m_t + 1.0
-            arg_t = tl.zeros([BLOCK_K], tl.int64)
-            mq_t = m_t
-            zq_t = z_t
-        else:
-            m_t, z_t, arg_t = _combine_stats(stats_ptr, stride_sp, stride_sr, b * (K + 1) + t, t <= k_b, S1, scale,
-                                             BLOCK_S)
-            mq_t, zq_t, _ = _combine_stats(stats_ptr, stride_sp, stride_sr, B * (K + 1) + b * K + t, decide & sampled,
-                                           S1, scale, BLOCK_S)
-        ct_t = tl.full([BLOCK_K], -float("inf"), tl.float32)
-        cq_t = ct_t
-        if WARP:  # the warped rows' cuts and sums (written for every row of the cut launch's grid)
-            rows_p = b * (K + 1) + t
-            rows_q = B * (K + 1) + b * K + t
-            warped_p = (t <= k_b) & sampled
-            warped_q = decide & sampled & HAS_DRAFT
-            ct_t = tl.load(cut_ptr + rows_p, mask=warped_p, other=-float("inf"))
-            z_t = tl.where(warped_p, tl.load(cut_ptr + stride_cp + rows_p, mask=warped_p, other=1.0), z_t)
-            cq_t = tl.load(cut_ptr + rows_q, mask=warped_q, other=-float("inf"))
-            zq_t = tl.where(warped_q, tl.load(cut_ptr + stride_cp + rows_q, mask=warped_q, other=1.0), zq_t)
-        p_x = _load_probs(t_row + t * stride_tt, x, stride_tv, gather, m_t, z_t, scale, ct_t, FROM_PROBS, WARP)
-        if HAS_DRAFT:
-            q_x = tl.where(gather_q, _load_probs(d_row + t * stride_dt, x, stride_dv, gather_q, mq_t, zq_t, scale,
-                                                 cq_t, FROM_PROBS, WARP), 0.0)
-            # A draft that gives its own token no probability (-inf or NaN logits there, an id past its vocabulary)
-            # is one-hot at x: accepted with probability p(x), the correction from p without x (exact for any x).
-            one_hot_t = gather & ~(q_x > 0.0)
-            q_x = tl.where(one_hot_t, 1.0, q_x)
-        else:
-            q_x = tl.where(gather, 1.0, 0.0)
-            one_hot_t = gather
-        if GIVEN_RANDOM:
-            u = tl.load(uniform_ptr + b * stride_ub + t * stride_ut, mask=decide, other=0.0)
-        else:
-            zero = (t * 0).to(tl.uint32)
-            bits, _, _, _ = philox(seed_b, zero, t.to(tl.uint32), zero + row_key.to(tl.uint32), zero)
-            u = _to_uniform(bits, False)
-        accepted = tl.where(greedy, x == arg_t, u * q_x < p_x) & gather
-        n = tl.minimum(n, tl.min(tl.where(decide & ~accepted, t, K + 1), axis=0))
-        here = t == n
-        if tl.sum(here.to(tl.int32), axis=0) > 0:
-            m_p = tl.sum(tl.where(here, m_t, 0.0), axis=0)
-            z_p = tl.sum(tl.where(here, z_t, 0.0), axis=0)
-            cut_p = tl.max(tl.where(here, ct_t, -float("inf")), axis=0)
-            arg_p = tl.sum(tl.where(here, arg_t, 0), axis=0)
-            m_q = tl.sum(tl.where(here, mq_t, 0.0), axis=0)
-            z_q = tl.sum(tl.where(here, zq_t, 0.0), axis=0)
-            cut_q = tl.max(tl.where(here, cq_t, -float("inf")), axis=0)
-            x_n = tl.sum(tl.where(here, x, 0), axis=0)
-            one_hot_n = tl.sum(tl.where(here & one_hot_t, 1, 0), axis=0).to(tl.int64)
+    rows' (from :func:`_warp_cut_kernel`). Positions 0 .. BLOCK_K - 1 are decided from :func:`_gather_first`'s values
+    (outside the loop over K, which then holds nothing of them), later ones BLOCK_K at a time."""
+    t = tl.arange(0, BLOCK_K)
+    zero = (b * 0).to(tl.float32)  # (tensors: the running values change type nowhere)
+    n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_positions(
+        t, x_first, lp_first, lq_first, k_b, zero, zero + 1.0, zero - float("inf"), b * 0, zero, zero + 1.0,
+        zero - float("inf"), b * 0 - 1, b * 0, uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr,
+        cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS,
+        HAS_DRAFT, GIVEN_RANDOM, WARP)
+    if MANY_K:  # (compiled only for K >= BLOCK_K: the usual K has no loop here, and no registers held for one)
+        for t0 in range(BLOCK_K, K + 1, BLOCK_K):
+            t = t0 + tl.arange(0, BLOCK_K)
+            decide = t < k_b
+            x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=decide, other=-1).to(tl.int64)
+            gather = decide & (x >= 0) & (x < V)
+            l_p = _load_scores(t_row + t * stride_tt, x, stride_tv, gather, FROM_PROBS)
+            l_q = l_p
+            if HAS_DRAFT:
+                l_q = _load_scores(d_row + t * stride_dt, x, stride_dv, gather & (x < Vd) & _splat(~greedy, t),
+                                   FROM_PROBS)
+            n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_positions(
+                t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, uniform_ptr, stride_ub,
+                stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy,
+                scale, seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+    return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n
+
+
+@triton.jit
+def _accept_positions(t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n,
+                      uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp,
+                      b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key,
+                      BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr,
+                      HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+    """Positions `t` [BLOCK_K] of :func:`_accept_prefix`: drafts `x` and the scores at them (`l_p`, `l_q`, from
+    :func:`_load_scores`); returns the running (n, row n's statistics, x_n, one_hot_n) updated."""
+    decide = t < k_b
+    gather = decide & (x >= 0) & (x < V)
+    sampled = _splat(~greedy, t)
+    gather_q = gather & (x < Vd) & sampled
+    if FROM_PROBS:
+        m_t = tl.zeros([BLOCK_K], tl.float32)
+        z_t = m_t + 1.0
+        arg_t = tl.zeros([BLOCK_K], tl.int64)
+        mq_t = m_t
+        zq_t = z_t
+    else:
+        m_t, z_t, arg_t = _combine_stats(stats_ptr, stride_sp, stride_sr, b * (K + 1) + t, t <= k_b, S1, scale,
+                                         BLOCK_S)
+        mq_t, zq_t, _ = _combine_stats(stats_ptr, stride_sp, stride_sr, B * (K + 1) + b * K + t, decide & sampled,
+                                       S1, scale, BLOCK_S)
+    ct_t = tl.full([BLOCK_K], -float("inf"), tl.float32)
+    cq_t = ct_t
+    if WARP:  # the warped rows' cuts and sums (written for every row of the cut launch's grid)
+        rows_p = b * (K + 1) + t
+        rows_q = B * (K + 1) + b * K + t
+        warped_p = (t <= k_b) & sampled
+        warped_q = decide & sampled & HAS_DRAFT
+        ct_t = tl.load(cut_ptr + rows_p, mask=warped_p, other=-float("inf"))
+        z_t = tl.where(warped_p, tl.load(cut_ptr + stride_cp + rows_p, mask=warped_p, other=1.0), z_t)
+        cq_t = tl.load(cut_ptr + rows_q, mask=warped_q, other=-float("inf"))
+        zq_t = tl.where(warped_q, tl.load(cut_ptr + stride_cp + rows_q, mask=warped_q, other=1.0), zq_t)
+    p_x = _probs(l_p, m_t, z_t, scale, ct_t, FROM_PROBS, WARP)
+    if HAS_DRAFT:
+        q_x = tl.where(gather_q, _probs(l_q, mq_t, zq_t, scale, cq_t, FROM_PROBS, WARP), 0.0)
+        # A draft that gives its own token no probability (-inf or NaN logits there, an id past its vocabulary)
+        # is one-hot at x: accepted with probability p(x), the correction from p without x (exact for any x).
+        one_hot_t = gather & ~(q_x > 0.0)
+        q_x = tl.where(one_hot_t, 1.0, q_x)
+    else:
+        q_x = tl.where(gather, 1.0, 0.0)
+        one_hot_t = gather
+    if GIVEN_RANDOM:
+        u = tl.load(uniform_ptr + b * stride_ub + t * stride_ut, mask=decide, other=0.0)
+    else:
+        zero = (t * 0).to(tl.uint32)
+        bits, _, _, _ = philox(seed_b, zero, t.to(tl.uint32), zero + row_key.to(tl.uint32), zero)
+        u = _to_uniform(bits, False)
+    accepted = tl.where(greedy, x == arg_t, u * q_x < p_x) & gather
+    n = tl.minimum(n, tl.min(tl.where(decide & ~accepted, t, K + 1), axis=0))
+    here = t == n
+    if tl.sum(here.to(tl.int32), axis=0) > 0:
+        m_p = tl.sum(tl.where(here, m_t, 0.0), axis=0)
+        z_p = tl.sum(tl.where(here, z_t, 0.0), axis=0)
+        cut_p = tl.max(tl.where(here, ct_t, -float("inf")), axis=0)
+        arg_p = tl.sum(tl.where(here, arg_t, 0), axis=0)
+        m_q = tl.sum(tl.where(here, mq_t, 0.0), axis=0)
+        z_q = tl.sum(tl.where(here, zq_t, 0.0), axis=0)
+        cut_q = tl.max(tl.where(here, cq_t, -float("inf")), axis=0)
+        x_n = tl.sum(tl.where(here, x, 0), axis=0)
+        one_hot_n = tl.sum(tl.where(here & one_hot_t, 1, 0), axis=0).to(tl.int64)
     return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n
 
 
@@ -830,7 +899,7 @@ def _verify_kernel(
     B, K, V, Vd, tiles, S1, S2, temperature, seed,
     EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
-    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr,
+    ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, PDL: tl.constexpr, MANY_K: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -846,11 +915,18 @@ def _verify_kernel(
     t_row = target_ptr + b * stride_tb
     d_row = draft_ptr + b * stride_db
 
-    # 1. Acceptance: n, and the statistics of row n.
+    # 1. Acceptance: n, and the statistics of row n. The drafts and the scores at them are the call's inputs: they
+    # are read first, and with PDL before waiting for the launches before (their statistics, cuts, the -1 start).
+    x_first, lp_first, lq_first = _gather_first(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr,
+                                                stride_xb, stride_xt, b, V, Vd, k_b, greedy, BLOCK_K, FROM_PROBS,
+                                                HAS_DRAFT)
+    if PDL:
+        gdc_wait()
     n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_prefix(
         t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
         uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1,
-        k_b, greedy, scale, seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+        k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT,
+        GIVEN_RANDOM, WARP, MANY_K)
     if greedy:
         if split == 0:
             _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
@@ -926,6 +1002,27 @@ def _workspace(device: torch.device, batch: int) -> torch.Tensor:
     return ws
 
 
+# Programmatic dependent launch (sm_90+): launch 2 starts while the launch before it (launch 1, or the cut launch) runs,
+# reads the call's inputs (the drafts, the scores at them) and then waits (griddepcontrol.wait) for that launch's
+# results; launch 1 and the cut launch let it start at once (griddepcontrol.launch_dependents). It overlaps launch 2's
+# start and its first dependent loads with the launch before. Off until a GPU run has timed it and run the tests with
+# it (bench/device_check.sh times both): SPECSAMPLER_PDL=1, or set PDL = True here.
+PDL = os.environ.get("SPECSAMPLER_PDL", "0") == "1"
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple:
+    return torch.cuda.get_device_capability(index)
+
+
+def _pdl(device: torch.device, pdl: bool | None = None) -> bool:
+    """Whether the launches of a call on `device` use programmatic dependent launch (`pdl`: force it, for offline
+    compilation): CUDA, compute capability 9.0 or later, a Triton with grid dependency control, and PDL set."""
+    if pdl is not None:
+        return pdl
+    return PDL and device.type == "cuda" and gdc_wait is not None and _capability(device.index)[0] >= 9
+
+
 @functools.cache
 def _multiprocessors(device_type: str, index: int | None) -> int:
     """SMs of a CUDA device (asked once); 1 for a CPU under the interpreter."""
@@ -994,19 +1091,22 @@ def _stride_class(*strides) -> tuple:
     return tuple([(v == 1) + 2 * (v % 16 == 0) + 4 * (not -2147483648 <= v < 2147483648) for v in strides])
 
 
-def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: torch.device) -> None:
+def _launch(kernel, grid, key, args, constexprs: dict, num_warps: int, device: torch.device,
+            launch_pdl: bool = False) -> None:
     """kernel[grid](*args, **constexprs) on the tensors' device (Triton launches on the current one: a guard makes
-    it theirs), through the compiled launcher of `key` once there is one."""
+    it theirs), through the compiled launcher of `key` once there is one; `launch_pdl`: as a programmatic dependent
+    launch (a compile option: the compiled launcher keeps it, and the constexprs, hence the key, tell it apart)."""
+    options = dict(num_warps=num_warps, launch_pdl=True) if launch_pdl else dict(num_warps=num_warps)
     if device.type != "cuda":
-        kernel[grid](*args, **constexprs, num_warps=num_warps)
+        kernel[grid](*args, **constexprs, **options)
     elif torch.cuda.current_device() != device.index:
         with torch.cuda.device(device.index):
-            _launch_on_current(kernel, grid, key, args, constexprs, num_warps, device.index)
+            _launch_on_current(kernel, grid, key, args, constexprs, options, device.index)
     else:
-        _launch_on_current(kernel, grid, key, args, constexprs, num_warps, device.index)
+        _launch_on_current(kernel, grid, key, args, constexprs, options, device.index)
 
 
-def _launch_on_current(kernel, grid, key, args, constexprs: dict, num_warps: int, index: int) -> None:
+def _launch_on_current(kernel, grid, key, args, constexprs: dict, options: dict, index: int) -> None:
     """The compiled launcher gets the tensors' addresses as ints: given a tensor, it calls ``data_ptr()`` and asks
     the driver (``cuPointerGetAttribute``) whether the address is a device one, for each of the 10-14 pointers, on
     every launch; the API has checked every tensor's device already."""
@@ -1018,12 +1118,12 @@ def _launch_on_current(kernel, grid, key, args, constexprs: dict, num_warps: int
             args[i] = args[i].data_ptr()
         compiled[(grid[0], grid[1], 1)](*args, *constexprs.values(), stream=_raw_stream(index))
     else:
-        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        compiled = kernel[grid](*args, **constexprs, **options)
         _COMPILED[key] = (compiled, tuple([i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]))
 
 
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None, tokens=None,
-              candidates=False):
+              candidates=False, pdl=None):
     """Launch 1: split statistics of every target and draft row a decision needs.
 
     Parameters
@@ -1043,6 +1143,8 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     candidates : bool
         The warpers' cut search follows: sampled rows also keep each lane's 4 largest logits, when those are at most
         an eighth of V (many rows, few splits: B*(K+1) at least the SMs, in practice), for the search to start from.
+    pdl : bool or None
+        Let the next launch start early (programmatic dependent launch); None: as :data:`PDL` and the device decide.
 
     Returns
     -------
@@ -1071,7 +1173,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
     constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp, FILL=tokens is not None,
-                      CAND=cand is not None)
+                      CAND=cand is not None, PDL=_pdl(device, pdl))
     t_strides, d_strides = target.stride(), d.stride()
     key = (_row_stats_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
            *_aligned(target, d, nd, temp), *_stride_class(*t_strides, *d_strides))
@@ -1082,7 +1184,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     return (stats, s1, cand) if candidates else (stats, s1)
 
 
-def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
+def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats, pdl=None):
     """Launch 1.5: every warped row's cut (the row keeps its logits >= cut) and the mass it keeps.
 
     Parameters
@@ -1093,6 +1195,8 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
         top_k (int or [B] int64), top_p (float or [B] float32), min_offset (float or [B] float32: T ln(min_p)).
     stats : tuple
         The output of :func:`row_stats` (with or without candidates).
+    pdl : bool or None
+        As in :func:`row_stats`.
 
     Returns
     -------
@@ -1127,7 +1231,7 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
     constexprs = dict(BLOCK_V=block_v, BLOCK_S=BLOCK_S, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
-                      ROW_WARP=row_warp, CAND=cand is not None)
+                      ROW_WARP=row_warp, CAND=cand is not None, PDL=_pdl(device, pdl))
     c = cand if cand is not None else stats_t
     t_strides, d_strides = target.stride(), d.stride()
     key = (_warp_cut_kernel, device.index, target.dtype, d.dtype, nd.dtype, *constexprs.values(),
@@ -1141,7 +1245,7 @@ def warp_cuts(target, draft, num_draft_tokens, temperature, warp, stats):
 
 
 def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
-                noise=None, block_v=None, num_splits=None, tokens=None, cuts=None):
+                noise=None, block_v=None, num_splits=None, tokens=None, cuts=None, pdl=None):
     """Launch 2: acceptance, first rejection and the correction or bonus token of every row.
 
     Parameters
@@ -1168,6 +1272,9 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         [B, K+1] int64 contiguous output already set to -1 (by :func:`row_stats`); None allocates one at -1.
     cuts : torch.Tensor or None
         The output of :func:`warp_cuts` when the rows are warped.
+    pdl : bool or None
+        Launch as a programmatic dependent launch of the launch before (from logits only); None: as :data:`PDL` and
+        the device decide.
 
     Returns
     -------
@@ -1199,9 +1306,11 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     nd = num_draft_tokens if num_draft_tokens is not None else target
     temp = temperature if row_temp else target
     seeds = seed if row_seed else target
+    pdl = stats is not None and _pdl(device, pdl)  # (from probabilities there is no launch before to overlap)
     constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
                       HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
-                      ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None)
+                      ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None, PDL=pdl,
+                      MANY_K=k_plus_1 > BLOCK_K)
     c = cuts if cuts is not None else stats_t
     t_strides, d_strides = target.stride(), d.stride()
     key = (_verify_kernel, device.index, target.dtype, d.dtype, draft_tokens.dtype, nd.dtype, *constexprs.values(),
@@ -1212,5 +1321,5 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
             ws, tokens, k_plus_1, 1, num_accepted,
             batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
             0 if row_seed else _seed_arg(seed))
-    _launch(_verify_kernel, (batch, s2), key, args, constexprs, num_warps, device)
+    _launch(_verify_kernel, (batch, s2), key, args, constexprs, num_warps, device, launch_pdl=pdl)
     return tokens, num_accepted
