@@ -13,11 +13,15 @@
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
 # Then end-to-end generation (bench/bench_generate.py --preset gpu: a 0.85B Llama in bf16 with an early-exit draft,
-# B = 1, 8, 32, 64, against transformers plain and assisted; E2E_SECONDS of the whole, default 110; --skip-e2e).
+# B = 1, 8, 32, 64, against transformers plain and assisted; E2E_SECONDS of the whole, default 110; --skip-e2e), and
+# the same models with a draft that agrees about 30% of the time (--late-scale 0.09: 27-35% measured in float32 on a
+# CPU for 0.08-0.10) under the heuristic draft length, B = 1 and 8, against plain generate (E2E_LOW_SECONDS, 45).
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, verify_<gpu>.png,
-# resources_<gpu>.csv, generate_<gpu>.csv, tests.log, bench.log, generate.log, sweep_<gpu>.csv (--sweep).
+# resources_<gpu>.csv, generate_<gpu>.csv, generate_low_<gpu>.csv, tests.log, bench.log, generate.log,
+# generate_low.log, sweep_<gpu>.csv (--sweep).
 # Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
-# E2E_SECONDS (default 110), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
+# E2E_SECONDS (default 110), E2E_LOW_SECONDS (default 45), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to
+# unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
 
@@ -35,6 +39,7 @@ TESTS=1
 SWEEP=0
 E2E=1
 E2E_SECONDS=${E2E_SECONDS:-110}
+E2E_LOW_SECONDS=${E2E_LOW_SECONDS:-45}
 BENCH_ARGS=()
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
 while [ $# -gt 0 ]; do
@@ -47,7 +52,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
       shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
     --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) BENCH_ARGS+=("$1") ;;
   esac
   shift
@@ -102,7 +107,7 @@ fi
 
 ELAPSED=$(( $(date +%s) - START ))
 BUDGET=$(( TOTAL - ELAPSED - 45 ))  # leave time for the plot, the table and the last case
-[ "$E2E" = 1 ] && BUDGET=$(( BUDGET - E2E_SECONDS ))
+[ "$E2E" = 1 ] && BUDGET=$(( BUDGET - E2E_SECONDS - E2E_LOW_SECONDS ))
 [ "$BUDGET" -ge 60 ] || BUDGET=60
 echo "== 2-4. copy ceiling and benchmarks (budget ${BUDGET}s)"
 timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget-seconds "$BUDGET" "${BENCH_ARGS[@]}" \
@@ -121,6 +126,16 @@ if [ "$E2E" = 1 ]; then
   TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_SECONDS" "$PY" bench/bench_generate.py "${E2E_ARGS[@]}" --profile \
     --csv "$OUT/generate_${GPU_NAME}.csv" 2>&1 | tee "$OUT/generate.log"
   E2E_RC=${PIPESTATUS[0]}
+  if [ "$DRY" = 1 ]; then
+    LOW_ARGS=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
+  else
+    LOW_ARGS=(--preset gpu --batch 1 8 --budget-seconds $(( E2E_LOW_SECONDS - 20 )))
+  fi
+  echo "== 5b. end-to-end generation, a draft that agrees ~30% of the time, heuristic K (budget ${E2E_LOW_SECONDS}s)"
+  TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_LOW_SECONDS" "$PY" bench/bench_generate.py "${LOW_ARGS[@]}" \
+    --late-scale 0.09 --schedule heuristic --assisted-max-batch 0 --csv "$OUT/generate_low_${GPU_NAME}.csv" 2>&1 \
+    | tee "$OUT/generate_low.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
 fi
 
 if [ "$SWEEP" = 1 ] && [ "$DRY" = 0 ]; then

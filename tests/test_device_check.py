@@ -297,6 +297,9 @@ def test_dry_run_end_to_end(dry_run):
     assert all(0.0 < float(row["outside_forwards"]) < 1.0 for row in ours)
     assert all(float(row["tokens_per_s"]) > 0 for row in rows)
     assert "== 5. end-to-end generation" in dry_run.log
+    low = _csv(dry_run.out / "generate_low_cpu.csv")  # 5b: a poor draft, the heuristic draft length, no assisted
+    assert {row["method"] for row in low} == {"specsampler", "hf plain"} and {row["batch"] for row in low} == {"1", "2"}
+    assert "== 5b. end-to-end generation" in dry_run.log
 
 
 def test_pdl_provider_toggles_the_flag_and_is_summarised():
