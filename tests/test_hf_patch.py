@@ -371,3 +371,17 @@ def test_patched_generate_sampling_and_streamer(models):
                               pad_token_id=0, eos_token_id=None, streamer=rec)
     assert rec.ended and rec.puts[0] == row[0].tolist()
     assert sum(rec.puts[1:], []) == one[0, row.shape[1]:].tolist()
+
+
+def test_extra_fields_of_a_models_generation_config_are_left_alone(models):
+    """A field GenerationConfig does not define (a model's own) decides nothing in generate: it is not refused."""
+    target, draft = models
+    ids, mask = _prompts()
+    kw = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    target.generation_config.chat_format = "chatml"
+    try:
+        with specsampler.patched_transformers():
+            out = target.generate(ids, assistant_model=draft, **kw)
+    finally:
+        del target.generation_config.chat_format
+    assert out.tolist() == target.generate(ids, **kw).tolist()

@@ -200,21 +200,23 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     torch.Tensor or GenerateDecoderOnlyOutput
         [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
     """
+    from transformers import GenerationConfig
+
     from ._generate import _refuse_unsupported, _run, _sampling, _stop_rows, _StreamRows, check_options
     from ._processors import split_processors
     from .drafters import PromptLookupDrafter
 
     cfg = generation_config if generation_config is not None else model.generation_config
     # the options transformers merged (the call's and the model's): a refused one set (num_beams > 1, output_scores,
-    # dola_layers, ...) raises by name, as in specsampler.generate
+    # dola_layers, ...) raises by name, as in specsampler.generate (attributes GenerationConfig does not define, such as
+    # a model's own extra fields, decide nothing in generate and are left alone)
+    known = vars(GenerationConfig())
     _refuse_unsupported({name: (value, "the generation config") for name, value in vars(cfg).items()
-                         if not name.startswith("_")}, who="speculative_generate")
+                         if name in known and not name.startswith("_")}, who="speculative_generate")
     lookup = getattr(cfg, "prompt_lookup_num_tokens", None)
     if draft_model is None and not lookup:
         raise ValueError(NO_DRAFTER)
     if num_draft_tokens is None:  # K: prompt lookup's N, else a num_assistant_tokens somebody set, else 4
-        from transformers import GenerationConfig
-
         set_k = getattr(cfg, "num_assistant_tokens", None)
         set_k = None if set_k == getattr(GenerationConfig(), "num_assistant_tokens", None) else set_k
         num_draft_tokens = int(lookup) if draft_model is None else int(set_k or 4)
