@@ -106,8 +106,9 @@ def split_processors(logits_processor) -> tuple[list, dict]:
 
 
 def _for_rows(proc, rows: torch.Tensor, batch: int):
-    """`proc` for a call on the rows `rows` [n] (indices into the batch of `batch` rows it was built for): the
-    processors of transformers that keep per-row state get that state for these rows; others are returned as is."""
+    """`proc` for a call on the rows `rows` [n] (indices into the batch of `batch` rows it was built for, on the
+    scores' device): the processors of transformers that keep per-row state get that state for these rows, on that
+    device; others are returned as is."""
     from transformers.generation import logits_process as lp
 
     if isinstance(proc, lp.RepetitionPenaltyLogitsProcessor) and isinstance(
@@ -218,7 +219,7 @@ class PrefixProcessors:
             i_t = torch.tensor(idx, device=scores.device)
             s_t = torch.tensor(pos, device=scores.device)
             prefix, x = ext[i_t.to(ext.device), :length].to(scores.device), scores[i_t, s_t]
-            batch_rows = self.rows_t[i_t.to(self.rows_t.device)]
+            batch_rows = self.rows_t[i_t.to(self.rows_t.device)].to(scores.device)
             for proc in self.processors:
                 x = _for_rows(proc, batch_rows, self.batch)(prefix, x)
             scores[i_t, s_t] = x.to(scores.dtype)
