@@ -135,6 +135,8 @@ def _warp_option(name: str, value, batch: int, device: torch.device, integral: b
 
 def _warp(top_k, top_p, min_p, temperature, batch: int, device: torch.device) -> Warp | None:
     """The warpers as the backends take them; None when all three are off for every row."""
+    if top_k is None and top_p is None and min_p is None:  # (the usual call: nothing to check)
+        return None
     top_k = _warp_option("top_k", top_k, batch, device, True, 0)
     top_p = _warp_option("top_p", top_p, batch, device, False, 1.0)
     min_p = _warp_option("min_p", min_p, batch, device, False, 0.0)
