@@ -8,6 +8,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
+
 import specsampler  # noqa: E402
 from specsampler import PromptLookupDrafter  # noqa: E402
 
@@ -32,31 +34,7 @@ def hf_warp(logits, temperature=1.0, top_k=None, top_p=None, min_p=None):
 
 
 def _config(family, vocab=V, layers=2, hidden=32):
-    if family == "llama":
-        return transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=256)
-    if family == "qwen2":
-        return transformers.Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=256)
-    return transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256)
-
-
-def _model(config, seed):
-    torch.manual_seed(seed)
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
-
-
-def _perturbed(model, noise, seed=1):
-    """A draft: `model` with Gaussian noise on every weight (accepts often, not always)."""
-    draft = transformers.AutoModelForCausalLM.from_config(model.config).eval()
-    draft.load_state_dict(model.state_dict())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=g))
-    return draft
+    return tiny_config(family, vocab, layers, hidden)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,14 +48,14 @@ def _one_thread():
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def pair(request):
-    target = _model(_config(request.param), 0)
-    return target, _perturbed(target, 0.005)
+    target = tiny_model(_config(request.param), 0)
+    return target, perturbed(target, 0.005)
 
 
 @pytest.fixture(scope="module")
 def llama_pair():
-    target = _model(_config("llama"), 0)
-    return target, _perturbed(target, 0.005)
+    target = tiny_model(_config("llama"), 0)
+    return target, perturbed(target, 0.005)
 
 
 def _ragged(lengths, seed=0, vocab=V, repeat=False):
@@ -231,7 +209,7 @@ def test_draft_vocab_differs_by_padding(llama_pair):
     target, _ = llama_pair
     ids, mask = _ragged([6, 2], seed=7)
     for vocab in (V - 8, V + 16):  # smaller: q = 0 past it; larger: trimmed and renormalised
-        draft = _model(_config("llama", vocab=vocab), 2)
+        draft = tiny_model(_config("llama", vocab=vocab), 2)
         with torch.no_grad():  # share the target's weights where the shapes allow, so that drafts are accepted
             for (name, p), q in zip(draft.named_parameters(), target.parameters(), strict=True):
                 if p.shape == q.shape:
@@ -250,8 +228,8 @@ def test_draft_vocab_differs_by_padding(llama_pair):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_models_run(dtype):
-    target = _model(_config("llama"), 0)
-    draft = _perturbed(target, 0.005).to(dtype)
+    target = tiny_model(_config("llama"), 0)
+    draft = perturbed(target, 0.005).to(dtype)
     target = target.to(dtype)
     ids, mask = _ragged([5, 3], seed=2)
     for do_sample in (False, True):
@@ -297,23 +275,9 @@ def test_greedy_prompt_lookup_matches_target_generate(llama_pair):
 
 
 # --------------------------------------------------------------------------------------------- distribution
-def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson's chi-square test of `counts` against `probs`, cells with expected count < 5 pooled."""
-    n = counts.sum()
-    expected = probs.double() * n
-    small = expected < 5
-    obs = torch.cat([counts[~small].double(), counts[small].double().sum()[None]])
-    exp = torch.cat([expected[~small], expected[small].sum()[None]])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    stat = ((obs - exp) ** 2 / exp).sum()
-    df = obs.numel() - 1
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
-
-
 def _peaked(config, seed, scale):
     """A tiny model whose next-token distributions are far from uniform (a scaled-up output layer)."""
-    model = _model(config, seed)
+    model = tiny_model(config, seed)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(scale)
     return model
@@ -340,7 +304,7 @@ def _exact_two_tokens(target, prompt, warp):
 def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     vocab, n = 8, 3000
     target = _peaked(_config("llama", vocab=vocab, layers=1, hidden=16), 0, 8.0)
-    draft = _perturbed(target, 0.05) if drafter == "model" else PromptLookupDrafter(max_ngram=2)
+    draft = perturbed(target, 0.05) if drafter == "model" else PromptLookupDrafter(max_ngram=2)
     # the target's own greedy continuation cycles soon (a peaked random model): the lookup drafter finds n-grams
     # whose continuations the target likes
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
@@ -353,13 +317,14 @@ def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
     counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
     assert counts[exact == 0].sum() == 0  # nothing the warped target rules out
-    assert _chi2_pvalue(counts, exact) > 1e-4
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
     if drafter == "model":  # the test has power: the draft's own distribution is told apart
-        assert _chi2_pvalue(counts, _exact_two_tokens(draft, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()) < 1e-4
+        draft_exact = _exact_two_tokens(draft, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
+        assert chi2_pvalue_pooled(counts, draft_exact) < 1e-4
     if "min_p" in warp_kw:  # min-p cuts mass here: the distribution without it is told apart
         no_min_p = {k: v for k, v in warp_kw.items() if k != "min_p"}
-        assert _chi2_pvalue(counts, _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **no_min_p)).flatten()) \
-            < 1e-4
+        unwarped = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **no_min_p)).flatten()
+        assert chi2_pvalue_pooled(counts, unwarped) < 1e-4
     assert 0 < out.stats.accepted < out.stats.drafted  # both acceptance and the residual were exercised
 
 

@@ -11,6 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from transformers.generation import logits_process as lp  # noqa: E402
+from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
 
 import specsampler  # noqa: E402
 from specsampler._processors import PrefixProcessors, split_processors  # noqa: E402
@@ -21,21 +22,7 @@ EOS, PAD, NEW = 2, 0, 12
 
 
 def _model(vocab=V, layers=2, hidden=32, seed=0):
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=256)
-    torch.manual_seed(seed)
-    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
-
-
-def _perturbed(model, noise, seed=1):
-    draft = transformers.AutoModelForCausalLM.from_config(model.config).eval()
-    draft.load_state_dict(model.state_dict())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=g))
-    return draft
+    return tiny_model(tiny_config("llama", vocab, layers, hidden), seed)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +36,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def models():
     target = _model()
-    return target, _perturbed(target, 0.01)
+    return target, perturbed(target, 0.01)
 
 
 def _prompts():
@@ -247,18 +234,6 @@ def test_draft_scores_are_processed_too(models, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------- sampling
-def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson's chi-square test of `counts` against `probs`, cells with expected count < 5 pooled."""
-    expected = probs.double() * counts.sum()
-    small = expected < 5
-    obs = torch.cat([counts[~small].double(), counts[small].double().sum()[None]])
-    exp = torch.cat([expected[~small], expected[small].sum()[None]])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    stat = ((obs - exp) ** 2 / exp).sum()
-    return float(torch.special.gammaincc(torch.tensor((obs.numel() - 1) / 2.0, dtype=torch.float64), stat / 2))
-
-
 @torch.no_grad()
 def _exact_two_tokens(target, prompt, processors, temperature, top_k, eos=(), pad=0):
     """P(x1, x2 | prompt) [v, v]: the processors applied to each prefix, then transformers' warpers, enumerated; a
@@ -336,7 +311,7 @@ def test_sampled_tokens_follow_the_processed_distribution(name, drafter):
     target = _model(vocab=vocab, layers=1, hidden=16)
     with torch.no_grad():
         target.get_output_embeddings().weight.mul_(8.0)  # peaked distributions
-    draft = _perturbed(target, 0.05) if drafter == "model" else specsampler.PromptLookupDrafter(max_ngram=2)
+    draft = perturbed(target, 0.05) if drafter == "model" else specsampler.PromptLookupDrafter(max_ngram=2)
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=8, eos_token_id=None,
                              pad_token_id=0)
     options, processors, eos, max_new = _sampled_case(name, target, prompt)
@@ -351,8 +326,8 @@ def test_sampled_tokens_follow_the_processed_distribution(name, drafter):
     new = out.sequences[:, width:width + 2]
     counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
     assert counts[exact == 0].sum() == 0  # nothing the processors rule out
-    assert _chi2_pvalue(counts, exact) > 1e-4
-    assert _chi2_pvalue(counts, plain) < 1e-4  # the test has power: without the processor it fails
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    assert chi2_pvalue_pooled(counts, plain) < 1e-4  # the test has power: without the processor it fails
     assert out.stats.accepted > 0 and out.stats.accepted < out.stats.drafted  # acceptance and residual both ran
 
 

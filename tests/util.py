@@ -90,3 +90,54 @@ def expected_accepted(p: torch.Tensor, q: torch.Tensor) -> float:
     """E[n] = sum_i prod_{j<i} beta_j, beta_t = sum_x min(p_t(x), q_t(x)); p [K+1, V], q [K, V]."""
     beta = torch.minimum(p[:-1], q).sum(-1).double()
     return float(sum(math.prod(beta[:i].tolist()) for i in range(1, q.shape[0] + 1)))
+
+
+# ----------------------------------------------------------------------------------------- tiny models (transformers)
+def tiny_config(family: str, vocab: int, layers: int = 2, hidden: int = 32):
+    """A config for a tiny random LM of `family` ("llama", "qwen2" or "gpt2"); no hub needed."""
+    import transformers
+
+    if family == "llama":
+        return transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256)
+    if family == "qwen2":
+        return transformers.Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256)
+    return transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256)
+
+
+def tiny_model(config, seed: int):
+    """A causal LM from `config` with weights drawn after torch.manual_seed(`seed`), in eval mode."""
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def perturbed(model, noise: float, seed: int = 1):
+    """A draft: `model` with Gaussian noise of scale `noise` on every weight (accepts often, not always)."""
+    import transformers
+
+    draft = transformers.AutoModelForCausalLM.from_config(model.config).eval()
+    draft.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=g))
+    return draft
+
+
+def chi2_pvalue_pooled(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's chi-square test of `counts` against `probs`, cells with expected count < 5 pooled."""
+    n = counts.sum()
+    expected = probs.double() * n
+    small = expected < 5
+    obs = torch.cat([counts[~small].double(), counts[small].double().sum()[None]])
+    exp = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    stat = ((obs - exp) ** 2 / exp).sum()
+    df = obs.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
