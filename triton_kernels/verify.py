@@ -642,11 +642,10 @@ def _load_probs(row_ptr, offs, stride_v, mask, m, z, scale, cut, FROM_PROBS: tl.
 
 
 @triton.jit
-def _gather_first(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt, b, V,
-                  Vd, k_b, greedy, BLOCK_K: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr):
-    """The drafts x_t of positions t < BLOCK_K (-1 past K_b) and the target's and the draft's scores at them: inputs
-    of the call, none of them written by launch 1, so that launch 2 can read them before it waits for launch 1."""
-    t = tl.arange(0, BLOCK_K)
+def _gather_drafts(t, t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt, b,
+                   V, Vd, k_b, greedy, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr):
+    """The drafts x_t of positions `t` (-1 past K_b) and the target's and the draft's scores at them: inputs of the
+    call, none of them written by launch 1, so that launch 2 can read them before it waits for launch 1."""
     decide = t < k_b
     x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=decide, other=-1).to(tl.int64)
     gather = decide & (x >= 0) & (x < V)
@@ -685,8 +684,8 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
                    GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, MANY_K: tl.constexpr):
     """n = the first rejected position (K_b if none), row n's statistics, x_n, and whether q_n is one-hot at x_n:
     (n, m_p, z_p, cut_p, argmax p, m_q, z_q, cut_q, x_n, one_hot_n). With WARP the sums and cuts are the warped
-    rows' (from :func:`_warp_cut_kernel`). Positions 0 .. BLOCK_K - 1 are decided from :func:`_gather_first`'s values
-    (outside the loop over K, which then holds nothing of them), later ones BLOCK_K at a time."""
+    rows' (from :func:`_warp_cut_kernel`). Positions 0 .. BLOCK_K - 1 are decided from :func:`_gather_drafts`' values
+    read before (outside the loop over K, which then holds nothing of them), later ones BLOCK_K at a time."""
     t = tl.arange(0, BLOCK_K)
     zero = (b * 0).to(tl.float32)  # (tensors: the running values change type nowhere)
     n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_positions(
@@ -697,14 +696,8 @@ def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tok
     if MANY_K:  # (compiled only for K >= BLOCK_K: the usual K has no loop here, and no registers held for one)
         for t0 in range(BLOCK_K, K + 1, BLOCK_K):
             t = t0 + tl.arange(0, BLOCK_K)
-            decide = t < k_b
-            x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=decide, other=-1).to(tl.int64)
-            gather = decide & (x >= 0) & (x < V)
-            l_p = _load_scores(t_row + t * stride_tt, x, stride_tv, gather, FROM_PROBS)
-            l_q = l_p
-            if HAS_DRAFT:
-                l_q = _load_scores(d_row + t * stride_dt, x, stride_dv, gather & (x < Vd) & _splat(~greedy, t),
-                                   FROM_PROBS)
+            x, l_p, l_q = _gather_drafts(t, t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr,
+                                         stride_xb, stride_xt, b, V, Vd, k_b, greedy, FROM_PROBS, HAS_DRAFT)
             n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_positions(
                 t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, uniform_ptr, stride_ub,
                 stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy,
@@ -917,9 +910,9 @@ def _verify_kernel(
 
     # 1. Acceptance: n, and the statistics of row n. The drafts and the scores at them are the call's inputs: they
     # are read first, and with PDL before waiting for the launches before (their statistics, cuts, the -1 start).
-    x_first, lp_first, lq_first = _gather_first(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr,
-                                                stride_xb, stride_xt, b, V, Vd, k_b, greedy, BLOCK_K, FROM_PROBS,
-                                                HAS_DRAFT)
+    x_first, lp_first, lq_first = _gather_drafts(tl.arange(0, BLOCK_K), t_row, stride_tt, stride_tv, d_row, stride_dt,
+                                                 stride_dv, tokens_ptr, stride_xb, stride_xt, b, V, Vd, k_b, greedy,
+                                                 FROM_PROBS, HAS_DRAFT)
     if PDL:
         gdc_wait()
     n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_prefix(
