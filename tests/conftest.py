@@ -16,3 +16,13 @@ DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
 def device(request):
     """Every device present: the kernel tests run on each (compiled on CUDA, interpreted on the CPU)."""
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot on a shared machine: one torch thread for a module
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,6 +14,7 @@ import specsampler  # noqa: E402
 from specsampler import PromptLookupDrafter  # noqa: E402
 
 transformers.logging.set_verbosity_error()
+pytestmark = pytest.mark.usefixtures("one_thread")
 V = 96
 
 
@@ -35,15 +36,6 @@ def hf_warp(logits, temperature=1.0, top_k=None, top_p=None, min_p=None):
 
 def _config(family, vocab=V, layers=2, hidden=32):
     return tiny_config(family, vocab, layers, hidden)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and lose a lot on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])

@@ -17,20 +17,13 @@ import specsampler  # noqa: E402
 from specsampler._processors import PrefixProcessors, split_processors  # noqa: E402
 
 transformers.logging.set_verbosity_error()
+pytestmark = pytest.mark.usefixtures("one_thread")
 V = 96
 EOS, PAD, NEW = 2, 0, 12
 
 
 def _model(vocab=V, layers=2, hidden=32, seed=0):
     return tiny_model(tiny_config("llama", vocab, layers, hidden), seed)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
