@@ -96,10 +96,10 @@ def processor_kwargs(args):
     return {name: value for name, value in given.items() if value is not None}
 
 
-def run_specsampler(target, drafter, ids, mask, args):
+def run_specsampler(target, drafter, ids, mask, args, schedule=None):
     return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens,
                                 num_draft_tokens=args.k, seed=0, eos_token_id=[], pad_token_id=0,
-                                num_assistant_tokens_schedule=args.schedule, **sampling_kwargs(args),
+                                num_assistant_tokens_schedule=schedule or args.schedule[0], **sampling_kwargs(args),
                                 **processor_kwargs(args))
 
 
@@ -237,8 +237,9 @@ def main():
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--schedule", default="constant", choices=["constant", "heuristic"],
-                   help="specsampler's draft length: K every step, or adapted per row (transformers' heuristic)")
+    p.add_argument("--schedule", nargs="+", default=["constant"], choices=["constant", "heuristic", "cost"],
+                   help="specsampler's draft length: K every step, adapted per row (transformers' heuristic), or "
+                        "chosen per step from measured costs; several: a row per schedule, 'specsampler (name)'")
     p.add_argument("--profile", action="store_true",
                    help="then one more specsampler run per B with where its time goes (StepProfile)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -283,7 +284,7 @@ def main():
     run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args)
     run_plain(target, ids_all[:2], mask_all[:2], args)
 
-    header = f"{'B':>3} {'method':<20} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'vs plain':>8} " \
+    header = f"{'B':>3} {'method':<24} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'vs plain':>8} " \
              f"{'vs assisted':>11}"
     print(header)
     table = []
@@ -293,10 +294,14 @@ def main():
             continue
         ids, mask = ids_all[:batch], mask_all[:batch]
         tokens = batch * args.new_tokens
-        t_spec, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args), args.repeats, sync)  # noqa: B023
+        rows = []
+        for schedule in args.schedule:
+            t_spec, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args, schedule),  # noqa: B023
+                                args.repeats, sync)
+            name = "specsampler" if len(args.schedule) == 1 else f"specsampler ({schedule})"
+            rows.append((name, t_spec, out.stats.acceptance_rate, out.stats.tokens_per_forward))
         t_plain, _ = timed(lambda: run_plain(target, ids, mask, args), args.repeats, sync)  # noqa: B023
-        rows = [("specsampler", t_spec, out.stats.acceptance_rate, out.stats.tokens_per_forward),
-                ("hf plain", t_plain, None, None)]
+        rows.append(("hf plain", t_plain, None, None))
         t_assist = None
         if batch <= args.assisted_max_batch:
             t_assist, _ = timed(lambda: run_assisted(target, draft, ids, mask, args), args.repeats, sync)  # noqa: B023
@@ -315,12 +320,12 @@ def main():
             vs_assist = f"{t_assist / t:10.2f}x" if t_assist else ""
             acc_s = f"{acc:7.1%}" if acc is not None else ""
             tpf_s = f"{tpf:7.2f}" if tpf is not None else ""
-            print(f"{batch:>3} {name:<20} {t:8.2f} {tokens / t:8.1f} {acc_s:>7} {tpf_s:>7} {t_plain / t:7.2f}x "
+            print(f"{batch:>3} {name:<24} {t:8.2f} {tokens / t:8.1f} {acc_s:>7} {tpf_s:>7} {t_plain / t:7.2f}x "
                   f"{vs_assist:>11}")
             table.append(dict(batch=batch, method=name, seconds=t, tokens_per_s=tokens / t, acceptance=acc,
                               tokens_per_forward=tpf, vs_plain=t_plain / t,
                               vs_assisted=t_assist / t if t_assist else None,
-                              outside_forwards=outside if name == "specsampler" else None))
+                              outside_forwards=outside if name == rows[0][0] else None))
         if args.profile:
             print(f"    where specsampler's time goes (B = {batch}, one more run: {t_prof:.2f} s):")
             print("\n".join(prof.report(t_prof, prof_out.stats.target_forwards)))

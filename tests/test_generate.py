@@ -110,6 +110,152 @@ def test_greedy_heuristic_schedule_matches_target_generate(pair):
         specsampler.generate(target, draft, ids, mask, max_new_tokens=2, num_assistant_tokens_schedule="dynamic")
 
 
+class _ScriptedStopwatch:
+    """Stands in for _generate._Stopwatch: every third step's drafts took 10 s, the others 0.1 ms; a target forward
+    1 s whatever its size. With no smoothing the "cost" schedule then alternates between long and short drafts."""
+
+    def __init__(self, device):
+        self.steps = 0
+
+    def mark(self):
+        pass
+
+    def spans(self):
+        self.steps += 1
+        return [10.0 if self.steps % 3 == 0 else 1e-4, 1.0, 0.0]
+
+
+def _record_draft_lengths(monkeypatch):
+    """The K' of every draft-model proposal, in order (a list filled as generate runs)."""
+    from specsampler import _generate
+
+    seen, propose = [], _generate._DraftModel.propose
+
+    def spy(self, last, limits):
+        out = propose(self, last, limits)
+        seen.append(out[0].shape[1])
+        return out
+
+    monkeypatch.setattr(_generate._DraftModel, "propose", spy)
+    return seen
+
+
+def _scripted_costs(monkeypatch):
+    from specsampler import _generate
+
+    monkeypatch.setattr(_generate, "_Stopwatch", _ScriptedStopwatch)
+    monkeypatch.setattr(_generate, "COST_SMOOTHING", 1.0)
+
+
+def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch):
+    """The "cost" schedule (K' per step from measured times and acceptance) keeps greedy output equal to
+    target.generate row by row: with this machine's own times, and with scripted ones that make K' vary."""
+    target, draft = pair
+    ids, mask = _ragged([9, 4, 1, 7])
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
+                               pad_token_id=0, num_assistant_tokens_schedule="cost")
+    _check_rows(target, out, ids, mask, 16)
+    _scripted_costs(monkeypatch)
+    seen = _record_draft_lengths(monkeypatch)
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
+                               pad_token_id=0, num_assistant_tokens_schedule="cost")
+    _check_rows(target, out, ids, mask, 16)
+    assert seen[0] == 3 and len(set(seen)) >= 3, seen  # K until measured, then long and short drafts
+
+
+def _step_of(counts, accepted):
+    from specsampler._generate import _Step
+
+    width = max(counts) + 1
+    return _Step(counts, width, torch.tensor([len(t) - 1 for t in accepted]), accepted, torch.zeros(len(counts)))
+
+
+def test_cost_schedule_choice():
+    """The choice itself: K until a target line is known; max K where forwards cost the same whatever their size
+    and drafts are cheap and accepted; K' = 1 where each token row fed costs as much as a forward's fixed part and
+    drafts are rejected half the time; K' never past what the rows can use; finished rows leave."""
+    from specsampler._generate import _CostSchedule
+
+    def schedule(acc, forward, draft, k=4):
+        """Two rows; the first (prefill) step, then steps of K' = 2 and 4 with `forward(rows fed)` seconds."""
+        s = _CostSchedule(k0=k, max_k=2 * k, batch=2)
+        assert s.choose([100, 100]) == k  # nothing measured yet
+        s.observe(_step_of([k, k], acc(k)), [1.0, forward(40 + 2 * (k + 1)), 0.0], prefill_rows=40)
+        assert s.choose([100, 100]) == k  # the first forward also fed the prompt: no draft time yet
+        for kk in (2, 4):
+            s.observe(_step_of([kk, kk], acc(kk)), [draft * kk, forward(2 * (kk + 1)), 0.01])
+        return s
+
+    def all_accepted(k):
+        return [[7] * (k + 1)] * 2
+
+    def half(k):
+        return [[7] * (k // 2 + 1)] * 2
+
+    flat = schedule(all_accepted, lambda rows: 1.0, draft=0.01)
+    assert flat.target_line() == pytest.approx((1.0, 0.0))
+    assert flat.choose([100, 100]) == 8
+    assert flat.choose([3, 2]) == 3  # drafts past every row's limit cost without gaining
+    steep = schedule(half, lambda rows: 0.1 + 0.1 * rows, draft=0.01)
+    assert steep.target_line() == pytest.approx((0.1, 0.1))
+    assert steep.choose([100, 100]) == 1
+    flat.select([1])
+    assert flat.hits == [flat.hits[0]] and len(flat.misses) == 1
+
+
+@torch.no_grad()
+def _exact_third_and_fourth(target, prompt):
+    """P(x3, x4 | prompt) [v, v] under the target, by enumeration of x1..x4 (product of conditionals)."""
+    v = target.config.vocab_size
+    joint, seqs = torch.ones(1), prompt
+    for _ in range(4):
+        p = target(seqs).logits[:, -1].float().softmax(-1)  # [v^i, v]
+        joint = (joint[:, None] * p).flatten()
+        seqs = torch.cat([seqs.repeat_interleave(v, dim=0), torch.arange(v).repeat(seqs.shape[0])[:, None]], dim=1)
+    return joint.reshape(v * v, v, v).sum(0)
+
+
+def test_sampled_cost_schedule_follows_target_distribution(monkeypatch):
+    """Sampled tokens under the "cost" schedule, its K' varied by scripted times: the joint of the third and fourth
+    new tokens (made in the steps after the first, where K' is the schedule's) against the exact target marginal
+    (chi-square p > 1e-4; the draft's own marginal rejected at p < 1e-4)."""
+    vocab, n = 8, 3000
+    target = _peaked(_config("llama", vocab=vocab, layers=1, hidden=16), 0, 8.0)
+    draft = perturbed(target, 0.05)
+    prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
+                             pad_token_id=0)
+    _scripted_costs(monkeypatch)
+    seen = _record_draft_lengths(monkeypatch)
+    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=6, num_draft_tokens=2,
+                               do_sample=True, seed=1234, eos_token_id=[], num_assistant_tokens_schedule="cost")
+    assert len(set(seen[1:])) >= 2, seen  # the schedule varied K' in the steps checked
+    new = out.sequences[:, prompt.shape[1] + 2:prompt.shape[1] + 4]
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    exact = _exact_third_and_fourth(target, prompt).flatten()
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    assert chi2_pvalue_pooled(counts, _exact_third_and_fourth(draft, prompt).flatten()) < 1e-4
+    assert 0 < out.stats.accepted < out.stats.drafted
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA events")
+def test_stopwatch_times_a_cuda_stream():
+    """On a GPU the marks are CUDA events, read after the work they close: spans in order, positive."""
+    from specsampler._generate import _Stopwatch
+
+    watch = _Stopwatch(torch.device("cuda"))
+    x = torch.randn(2048, 2048, device="cuda")
+    float((x @ x).sum())  # (cuBLAS set up, the stream idle, before the first mark)
+    watch.mark()
+    y = x @ x
+    watch.mark()
+    z = y @ y @ y
+    watch.mark()
+    float(z.sum())
+    spans = watch.spans()
+    assert len(spans) == 2 and all(s > 0 for s in spans) and spans[1] > spans[0]
+    assert watch.spans() == []
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k):
     """The draft's cache (holes, the d_K fed late, rows leaving) is right iff every step proposes the draft's own

@@ -48,6 +48,7 @@ import inspect
 import math
 import numbers
 import random
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -437,7 +438,7 @@ def _start_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
-          rng: random.Random, processors: PrefixProcessors | None = None) -> _Step:
+          rng: random.Random, processors: PrefixProcessors | None = None, watch: _Stopwatch | None = None) -> _Step:
     """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
 
     Parameters
@@ -455,16 +456,25 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
         Draws the verification seed.
     processors : PrefixProcessors, optional
         Applied to the target's K' + 1 rows of scores, each with its prefix (the drafts before it).
+    watch : _Stopwatch, optional
+        Marks the start, the drafts proposed, the target's forward done and the step's synchronisation (the "cost"
+        schedule's measurements).
 
     Returns
     -------
     _Step
     """
+    if watch is not None:
+        watch.mark()
     drafts, scores, counts = drafter.propose(last, limits)
+    if watch is not None:
+        watch.mark()
     k = drafts.shape[1]
     drafts = drafts.to(lm.device)
     tokens = torch.cat([last[:, None], drafts], dim=1)
     logits = lm.forward(tokens, None).float()
+    if watch is not None:
+        watch.mark()
     if processors is not None:
         logits = processors(logits, drafts, 0, counts)
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
@@ -476,6 +486,8 @@ def _step(lm: _Cached, drafter: Drafter, last: torch.Tensor, limits: list[int], 
         res = verify(logits, drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed, **sampling)
     # the one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts
     n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
+    if watch is not None:
+        watch.mark()
     accepted = [t[:n + 1] for t, n in zip(tok_host, n_host, strict=True)]
     drawn = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0]
     step = _Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device))
@@ -540,6 +552,127 @@ def _adapt_draft_lengths(rows: _Rows, step: _Step, max_k: int) -> None:
             rows.k[i] = max(1, rows.k[i] - 1)
         elif count == rows.k[i]:
             rows.k[i] = min(rows.k[i] + 2, max_k)
+
+
+class _Stopwatch:
+    """Marks within a step, on the target's device: ``time.perf_counter`` on the CPU, CUDA events on a GPU (read after
+    the step's one synchronisation: timing adds none). Other devices are timed on the host."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def spans(self) -> list[float]:
+        """The seconds between consecutive marks since the last call."""
+        marks, self.marks = self.marks, []
+        if self.cuda:
+            marks[-1].synchronize()  # (reached already: the step synchronised before its last mark)
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:], strict=False)]
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+#: The draft-length schedules :func:`generate` takes (``num_assistant_tokens_schedule``).
+SCHEDULES = ("constant", "heuristic", "cost")
+
+#: Weight of a new measurement in the "cost" schedule's running means (times and each row's acceptance counts).
+COST_SMOOTHING = 0.5
+
+
+class _CostSchedule:
+    """The "cost" schedule: each step drafts the K' in [1, max_k] that maximises the expected tokens per second,
+
+        sum_b E_b(K') / (T_target(B' (K' + 1)) + K' T_draft + T_rest),   E_b(k) = sum_{i=0..min(k, limit_b)} a_b^i,
+
+    with a_b row b's acceptance rate (accepted drafts over accepted drafts plus rejections, smoothed, with one of
+    each as a prior), T_target a line through the measured target forwards against the token rows they fed (B' rows
+    x K' + 1 positions; the first forward, which also fed the prompt, is used until two other sizes are known),
+    T_draft the measured time per draft forward and T_rest the rest of a step (verify, processors, the host). Where
+    a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less; where it stays flat (a GPU
+    at small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
+    whatever it is; as it depends on measured times, sampled tokens can differ between runs with the same seed.
+
+    Parameters
+    ----------
+    k0 : int
+        K' until the measurements suffice (the first two steps).
+    max_k : int
+        The largest K'.
+    batch : int
+        B, rows at the start.
+    """
+
+    def __init__(self, k0: int, max_k: int, batch: int):
+        self.k0, self.max_k = k0, max_k
+        self.hits, self.misses = [0.0] * batch, [0.0] * batch
+        self.target: dict[int, float] = {}  # token rows fed -> smoothed seconds of a target forward
+        self.prefill: tuple[int, float] | None = None  # the first forward: (token rows, seconds)
+        self.draft: float | None = None  # seconds per draft forward
+        self.rest = 0.0
+        self.rows = batch  # B' of the last measurement
+
+    def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
+        """Take a step's acceptance and its `spans` (propose, target forward, rest; seconds); `prefill_rows`: the
+        prompt's token rows the target's forward also fed (the first step: its draft forward fed the prompt too)."""
+        w = COST_SMOOTHING
+        for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
+            n = len(tokens) - 1
+            self.hits[i] = (1 - w) * self.hits[i] + w * n
+            self.misses[i] = (1 - w) * self.misses[i] + w * (n < count)
+        propose, forward, rest = spans
+        fed = len(step.counts) * step.width
+        if prefill_rows:
+            self.prefill = (prefill_rows + fed, forward)
+            return
+        self.target[fed] = forward if fed not in self.target else (1 - w) * self.target[fed] + w * forward
+        per_draft = propose / max(1, step.width - 1)
+        fresh = self.draft is None or len(step.counts) != self.rows  # (rows left the batch: old times overstate)
+        self.draft = per_draft if fresh else (1 - w) * self.draft + w * per_draft
+        self.rest = rest if fresh else (1 - w) * self.rest + w * rest
+        self.rows = len(step.counts)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep the running rows `keep` (indices into them)."""
+        self.hits = [self.hits[i] for i in keep]
+        self.misses = [self.misses[i] for i in keep]
+
+    def target_line(self) -> tuple[float, float] | None:
+        """(seconds, seconds per token row) of a target forward: least squares through the measured sizes (the
+        first forward too while fewer than two are known); None before two sizes."""
+        points = list(self.target.items())
+        if len(points) < 2 and self.prefill is not None:
+            points.append(self.prefill)
+        if len({x for x, _ in points}) < 2:
+            return None
+        n = len(points)
+        mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+        slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+        slope = max(slope, 0.0)
+        return max(my - slope * mx, 0.0), slope
+
+    def choose(self, limits: list[int]) -> int:
+        """K' for the next step, given each running row's most drafts `limits`."""
+        line = self.target_line()
+        if line is None or self.draft is None:
+            return self.k0
+        base, per_row = line
+        alphas = [(h + 1) / (h + m + 2) for h, m in zip(self.hits, self.misses, strict=True)]
+        best, best_rate = 1, -1.0
+        for k in range(1, self.max_k + 1):
+            tokens = sum(sum(a ** i for i in range(min(k, lim) + 1)) for a, lim in zip(alphas, limits, strict=True))
+            seconds = base + per_row * len(limits) * (k + 1) + k * self.draft + self.rest
+            rate = tokens / max(seconds, 1e-12)
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best
 
 
 def _evict(rows: _Rows, keep: list[int], lm: _Cached, drafter: Drafter) -> None:
@@ -625,7 +758,8 @@ GENERATION_CONFIG_OPTIONS: dict[str, tuple[str, str]] = {
     # assisted generation
     "num_assistant_tokens": (HONOURED, "K, drafts per step (transformers' global default 20 is not adopted: "
                                        "specsampler's default 4 applies unless a config sets another value)"),
-    "num_assistant_tokens_schedule": (HONOURED, "'constant' or 'heuristic' ('dynamic' raises)"),
+    "num_assistant_tokens_schedule": (HONOURED, "'constant', 'heuristic' or specsampler's 'cost' ('dynamic' "
+                                                "raises)"),
     "prompt_lookup_num_tokens": (HONOURED, "prompt-lookup drafting with K = this, when no drafter is passed"),
     "max_matching_ngram_size": (HONOURED, "the prompt-lookup drafter's longest n-gram (default 3)"),
     "assistant_confidence_threshold": (IRRELEVANT, "when a draft model stops drafting: speed only, not the output"),
@@ -947,11 +1081,14 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     callback : callable, optional
         ``callback(row, tokens)`` after every step, for each row that gained tokens: the row's index in the output
         and its new tokens (a list of ints), e.g. to stream the text of a batch.
-    num_assistant_tokens_schedule : {"constant", "heuristic"}, optional
+    num_assistant_tokens_schedule : {"constant", "heuristic", "cost"}, optional
         As transformers' option of that name: "constant" drafts K every step; "heuristic" adapts each row's draft
         length, + 2 (up to 2K) after a step that accepted all its drafts, - 1 (down to 1) after one that rejected;
-        the draft model then runs as many forwards as the longest row needs. Exactness does not depend on it. None:
-        the configs' ("constant").
+        the draft model then runs as many forwards as the longest row needs. specsampler's "cost" drafts, each step,
+        the K' in [1, 2K] with the most expected tokens per second, from each row's acceptance rate and the measured
+        times of the forwards (fewer drafts where a forward's cost grows with its token rows: a CPU, a large batch);
+        sampled tokens then depend on those times, so the same seed can give other tokens (from the same
+        distribution). Exactness does not depend on the schedule. None: the configs' ("constant").
     assistant_model : transformers.PreTrainedModel or PromptLookupDrafter, optional
         transformers' name for `draft`.
     prompt_lookup_num_tokens : int, optional
@@ -1035,8 +1172,9 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     check_options(max_new_tokens=max_new, num_draft_tokens=k, do_sample=do_sample, temperature=temperature,
                   top_k=opt("top_k"), top_p=opt("top_p"), seed=seed, min_p=opt("min_p"))
     schedule = opt("num_assistant_tokens_schedule") or "constant"
-    if schedule not in ("constant", "heuristic"):
-        raise ValueError(f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', got {schedule!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
+                         f"{schedule!r}")
     n_seq = 1 if opt("num_return_sequences") is None else opt("num_return_sequences")
     if not isinstance(n_seq, numbers.Integral) or isinstance(n_seq, bool) or n_seq < 1:
         raise ValueError(f"num_return_sequences must be an integer >= 1, got {n_seq!r}")
@@ -1060,7 +1198,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
                sampling=_sampling(do_sample, temperature, opt("top_k"), opt("top_p"), opt("min_p")), seed=seed,
                eos_token_id=opt("eos_token_id"), pad_token_id=opt("pad_token_id"),
                callback=_StreamRows(streamer, callback) if streamer is not None else callback,
-               stop=_stop_rows(input_ids, crits), adaptive=schedule == "heuristic", processors=processors)
+               stop=_stop_rows(input_ids, crits), schedule=schedule, processors=processors)
     if streamer is not None:
         streamer.end()
     return out
@@ -1068,10 +1206,11 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
 
 def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, max_new_tokens: int,
          num_draft_tokens: int, sampling: dict | None, seed: int | None, eos_token_id, pad_token_id, callback, stop,
-         adaptive: bool, processors: list | None = None) -> GenerateOutput:
+         schedule: str = "constant", processors: list | None = None) -> GenerateOutput:
     """:func:`generate` once its options are resolved and checked: prefill, then steps until every row is done
-    (`processors`: logits processors applied at every position of target and draft, :class:`PrefixProcessors`)."""
-    max_k = 2 * num_draft_tokens if adaptive else num_draft_tokens
+    (`schedule`: "constant", "heuristic" or "cost"; `processors`: logits processors applied at every position of
+    target and draft, :class:`PrefixProcessors`)."""
+    max_k = num_draft_tokens if schedule == "constant" else 2 * num_draft_tokens
     if max_new_tokens < 1:
         return GenerateOutput(input_ids.clone(), GenerationStats())
     attention_mask = _prompt_mask(input_ids, attention_mask)
@@ -1085,14 +1224,23 @@ def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     rows = _Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device),
                  [num_draft_tokens] * batch)
     stats = GenerationStats()
+    cost = _CostSchedule(num_draft_tokens, max_k, batch) if schedule == "cost" else None
+    watch = _Stopwatch(lm.device) if cost is not None else None
     while rows.ids:
         budget = rows.budget(max_new_tokens)
         if prefix is not None:
             prefix.start_step(rows.ids, rows.new)
+        prefill_rows = lm.pending[0].numel() if lm.pending is not None else 0
         step = _step(lm, drafter, rows.last, [min(b - 1, k) for b, k in zip(budget, rows.k, strict=True)], sampling,
-                     rng, prefix)
-        if adaptive:
+                     rng, prefix, watch)
+        if schedule == "heuristic":
             _adapt_draft_lengths(rows, step, max_k)
-        _evict(rows, _commit_rows(rows, step, budget, eos, stats, callback, stop), lm, drafter)
+        keep = _commit_rows(rows, step, budget, eos, stats, callback, stop)
+        if cost is not None:
+            cost.observe(step, watch.spans(), prefill_rows)
+            cost.select(keep)
+        _evict(rows, keep, lm, drafter)
+        if cost is not None and rows.ids:
+            rows.k = [cost.choose([b - 1 for b in rows.budget(max_new_tokens)])] * len(rows.ids)
     stats.draft_forwards = drafter.forwards
     return GenerateOutput(_sequences(input_ids, rows.new, pad_token_id), stats)

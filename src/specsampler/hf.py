@@ -245,7 +245,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
                model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
                sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad,
                callback=None if streamer is None else _StreamRows(streamer, None),
-               stop=_stop_rows(input_ids, list(stopping_criteria or [])), adaptive=False, processors=processors)
+               stop=_stop_rows(input_ids, list(stopping_criteria or [])), processors=processors)
     if streamer is not None:
         streamer.end()
     if getattr(cfg, "return_dict_in_generate", False):
