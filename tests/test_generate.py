@@ -8,7 +8,15 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
+from util import (  # noqa: E402
+    catches_up,
+    chi2_pvalue_pooled,
+    perturbed,
+    record_draft_lengths,
+    scripted_costs,
+    tiny_config,
+    tiny_model,
+)
 
 import specsampler  # noqa: E402
 from specsampler import PromptLookupDrafter  # noqa: E402
@@ -110,43 +118,6 @@ def test_greedy_heuristic_schedule_matches_target_generate(pair):
         specsampler.generate(target, draft, ids, mask, max_new_tokens=2, num_assistant_tokens_schedule="dynamic")
 
 
-class _ScriptedStopwatch:
-    """Stands in for _generate._Stopwatch: every third step's drafts took 10 s, the others 0.1 ms; a target forward
-    1 s whatever its size. With no smoothing the "cost" schedule then alternates between long and short drafts."""
-
-    def __init__(self, device):
-        self.steps = 0
-
-    def mark(self):
-        pass
-
-    def spans(self):
-        self.steps += 1
-        return [10.0 if self.steps % 3 == 0 else 1e-4, 1.0, 0.0]
-
-
-def _record_draft_lengths(monkeypatch):
-    """The K' of every draft-model proposal, in order (a list filled as generate runs)."""
-    from specsampler import _generate
-
-    seen, propose = [], _generate._DraftModel.propose
-
-    def spy(self, last, limits):
-        out = propose(self, last, limits)
-        seen.append(out[0].shape[1])
-        return out
-
-    monkeypatch.setattr(_generate._DraftModel, "propose", spy)
-    return seen
-
-
-def _scripted_costs(monkeypatch):
-    from specsampler import _generate
-
-    monkeypatch.setattr(_generate, "_Stopwatch", _ScriptedStopwatch)
-    monkeypatch.setattr(_generate, "COST_SMOOTHING", 1.0)
-
-
 def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch):
     """The "cost" schedule (K' per step from measured times and acceptance) keeps greedy output equal to
     target.generate row by row: with this machine's own times, and with scripted ones that make K' vary."""
@@ -155,12 +126,12 @@ def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch):
     out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
                                pad_token_id=0, num_assistant_tokens_schedule="cost")
     _check_rows(target, out, ids, mask, 16)
-    _scripted_costs(monkeypatch)
-    seen = _record_draft_lengths(monkeypatch)
+    scripted_costs(monkeypatch)
+    seen = record_draft_lengths(monkeypatch)
     out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
                                pad_token_id=0, num_assistant_tokens_schedule="cost")
     _check_rows(target, out, ids, mask, 16)
-    assert seen[0] == 3 and len(set(seen)) >= 3, seen  # K until measured, then long and short drafts
+    assert seen[0] == 3 and len(set(seen)) >= 3 and catches_up(seen), seen  # K until measured, then long, none
 
 
 def _step_of(counts, accepted):
@@ -172,9 +143,10 @@ def _step_of(counts, accepted):
 
 def test_cost_schedule_choice():
     """The choice itself: K until a target line is known; max K where forwards cost the same whatever their size
-    and drafts are cheap and accepted; K' = 1 where each token row fed costs as much as a forward's fixed part and
-    drafts are rejected half the time; K' never past what the rows can use; finished rows leave."""
-    from specsampler._generate import _CostSchedule
+    and drafts are cheap and accepted; K' = 0 (plain decoding) where each token row fed costs as much as a forward's
+    fixed part and drafts are rejected half the time, with a draft again every PROBE_EVERY steps; K' never past what
+    the rows can use; finished rows leave."""
+    from specsampler._generate import PROBE_EVERY, _CostSchedule
 
     def schedule(acc, forward, draft, k=4):
         """Two rows; the first (prefill) step, then steps of K' = 2 and 4 with `forward(rows fed)` seconds."""
@@ -198,42 +170,50 @@ def test_cost_schedule_choice():
     assert flat.choose([3, 2]) == 3  # drafts past every row's limit cost without gaining
     steep = schedule(half, lambda rows: 0.1 + 0.1 * rows, draft=0.01)
     assert steep.target_line() == pytest.approx((0.1, 0.1))
-    assert steep.choose([100, 100]) == 1
+    assert steep.choose([100, 100]) == 0  # a step of plain decoding
+    hits = list(steep.hits)
+    for _ in range(PROBE_EVERY - 1):
+        steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
+        assert steep.choose([100, 100]) == 0 and steep.hits == hits  # no drafts: nothing learnt about acceptance
+    steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
+    assert steep.choose([100, 100]) == 1  # drafts again after PROBE_EVERY steps without
+    steep.observe(_step_of([1, 1], [[7, 7], [7, 7]]), [0.01, 0.5, 0.01])
+    assert steep.choose([100, 100]) == 0
     flat.select([1])
     assert flat.hits == [flat.hits[0]] and len(flat.misses) == 1
 
 
 @torch.no_grad()
-def _exact_third_and_fourth(target, prompt):
-    """P(x3, x4 | prompt) [v, v] under the target, by enumeration of x1..x4 (product of conditionals)."""
+def _exact_pair_after(target, prompt, skip):
+    """P(x_{skip+1}, x_{skip+2} | prompt) [v, v] under the target, by enumeration of x1..x_{skip+2} (product of
+    conditionals)."""
     v = target.config.vocab_size
     joint, seqs = torch.ones(1), prompt
-    for _ in range(4):
+    for _ in range(skip + 2):
         p = target(seqs).logits[:, -1].float().softmax(-1)  # [v^i, v]
         joint = (joint[:, None] * p).flatten()
         seqs = torch.cat([seqs.repeat_interleave(v, dim=0), torch.arange(v).repeat(seqs.shape[0])[:, None]], dim=1)
-    return joint.reshape(v * v, v, v).sum(0)
+    return joint.reshape(-1, v, v).sum(0)
 
 
 def test_sampled_cost_schedule_follows_target_distribution(monkeypatch):
-    """Sampled tokens under the "cost" schedule, its K' varied by scripted times: the joint of the third and fourth
-    new tokens (made in the steps after the first, where K' is the schedule's) against the exact target marginal
-    (chi-square p > 1e-4; the draft's own marginal rejected at p < 1e-4)."""
+    """Sampled tokens under the "cost" schedule, its K' varied by scripted times: the joint of the fifth and sixth
+    new tokens (made in the steps after the first, where K' is the schedule's: drafts, none, drafts after a catch-up)
+    against the exact target marginal (chi-square p > 1e-4; the draft's own marginal rejected at p < 1e-4)."""
     vocab, n = 8, 3000
     target = _peaked(_config("llama", vocab=vocab, layers=1, hidden=16), 0, 8.0)
     draft = perturbed(target, 0.05)
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
                              pad_token_id=0)
-    _scripted_costs(monkeypatch)
-    seen = _record_draft_lengths(monkeypatch)
-    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=6, num_draft_tokens=2,
+    scripted_costs(monkeypatch)
+    seen = record_draft_lengths(monkeypatch)
+    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=8, num_draft_tokens=2,
                                do_sample=True, seed=1234, eos_token_id=[], num_assistant_tokens_schedule="cost")
-    assert len(set(seen[1:])) >= 2, seen  # the schedule varied K' in the steps checked
-    new = out.sequences[:, prompt.shape[1] + 2:prompt.shape[1] + 4]
+    assert catches_up(seen), seen  # the schedule varied K' in the steps checked
+    new = out.sequences[:, prompt.shape[1] + 4:prompt.shape[1] + 6]
     counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
-    exact = _exact_third_and_fourth(target, prompt).flatten()
-    assert chi2_pvalue_pooled(counts, exact) > 1e-4
-    assert chi2_pvalue_pooled(counts, _exact_third_and_fourth(draft, prompt).flatten()) < 1e-4
+    assert chi2_pvalue_pooled(counts, _exact_pair_after(target, prompt, 4).flatten()) > 1e-4
+    assert chi2_pvalue_pooled(counts, _exact_pair_after(draft, prompt, 4).flatten()) < 1e-4
     assert 0 < out.stats.accepted < out.stats.drafted
 
 
@@ -256,27 +236,37 @@ def test_stopwatch_times_a_cuda_stream():
     assert watch.spans() == []
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k):
-    """The draft's cache (holes, the d_K fed late, rows leaving) is right iff every step proposes the draft's own
-    greedy continuation of the row: replay the steps with uncached draft.generate and count the accepted drafts."""
+@pytest.mark.parametrize("k, schedule", [(1, "constant"), (3, "constant"), (3, "cost")])
+def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k, schedule, monkeypatch):
+    """The draft's cache (holes, the d_K fed late, rows leaving; with the scripted "cost" schedule also steps without
+    drafts, whose tokens the draft is fed later) is right iff every step proposes the draft's own greedy continuation
+    of the row: replay the steps with uncached draft.generate and count the accepted drafts."""
     target, draft = pair
     ids, mask = _ragged([7, 3, 9, 5], seed=11)
-    max_new = 14
-    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=max_new, num_draft_tokens=k, eos_token_id=[])
+    max_new = 14 if schedule == "constant" else 24
+    if schedule == "cost":
+        scripted_costs(monkeypatch)
+    seen = record_draft_lengths(monkeypatch)  # K' of each step: every running row takes part in every step
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=max_new, num_draft_tokens=k, eos_token_id=[],
+                               num_assistant_tokens_schedule=schedule)
+    if schedule == "cost":
+        assert catches_up(seen), seen
     accepted = 0
     for b in range(ids.shape[0]):
         prompt = ids[b, mask[b].bool()].tolist()
         new = out.sequences[b, ids.shape[1]:].tolist()
         pos = 0
-        while pos < max_new:
-            k_b = min(k, max_new - pos - 1)
+        for k_step in seen:
+            if pos >= max_new:
+                break
+            k_b = min(k_step, max_new - pos - 1)
             seq = torch.tensor([prompt + new[:pos]])
             drafts = draft.generate(seq, attention_mask=torch.ones_like(seq), do_sample=False, max_new_tokens=k_b,
                                     eos_token_id=None, pad_token_id=0)[0, seq.shape[1]:].tolist() if k_b else []
             n = next((i for i, (d, t) in enumerate(zip(drafts, new[pos:], strict=False)) if d != t), len(drafts))
             accepted += n
             pos += n + 1
+        assert pos >= max_new, f"row {b} ran past the steps recorded"
     assert out.stats.accepted == accepted
     assert 0 < accepted < out.stats.drafted
 

@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from transformers.generation import logits_process as lp  # noqa: E402
-from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
+from util import chi2_pvalue_pooled, perturbed, scripted_costs, tiny_config, tiny_model  # noqa: E402
 
 import specsampler  # noqa: E402
 from specsampler._processors import PrefixProcessors, split_processors  # noqa: E402
@@ -119,14 +119,20 @@ def test_greedy_equals_model_generate(models, name, drafter):
     assert out.stats.target_forwards < out.stats.new_tokens  # speculation ran: several tokens per forward
 
 
-def test_greedy_all_processors_together_heuristic_schedule(models):
+@pytest.mark.parametrize("drafter, schedule", [("model", "heuristic"), ("model", "cost"), ("lookup", "cost")])
+def test_greedy_all_processors_together_adaptive_schedules(models, monkeypatch, drafter, schedule):
+    """Draft lengths that change from step to step (per row: "heuristic"; per step, with scripted times that make
+    some steps draft nothing: "cost") keep every prefix right."""
     target, draft = models
     ids, mask = _prompts()
     kw = dict(repetition_penalty=1.3, no_repeat_ngram_size=3, min_new_tokens=4, suppress_tokens=[5, 6],
               exponential_decay_length_penalty=(3, 1.2))
     ref = _plain(target, ids, mask, **kw)
-    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD,
-                               num_draft_tokens=2, num_assistant_tokens_schedule="heuristic", **kw)
+    if schedule == "cost":
+        scripted_costs(monkeypatch)
+    drafter = draft if drafter == "model" else specsampler.PromptLookupDrafter(max_ngram=2)
+    out = specsampler.generate(target, drafter, ids, mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD,
+                               num_draft_tokens=2, num_assistant_tokens_schedule=schedule, **kw)
     assert out.sequences.tolist() == ref.tolist()
 
 

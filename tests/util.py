@@ -141,3 +141,50 @@ def chi2_pvalue_pooled(counts: torch.Tensor, probs: torch.Tensor) -> float:
     stat = ((obs - exp) ** 2 / exp).sum()
     df = obs.numel() - 1
     return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
+
+
+# ------------------------------------------------------------------ generate: the "cost" schedule, scripted
+class ScriptedStopwatch:
+    """Stands in for _generate._Stopwatch: every third step's drafts took 10 s, the others 0.1 ms; a target forward
+    1 s whatever its size. With no smoothing and a probe after 2 steps without drafts, the "cost" schedule then
+    alternates between long drafts and none (K' = 0: plain decoding, the draft catching up afterwards)."""
+
+    def __init__(self, device):
+        self.steps = 0
+
+    def mark(self):
+        pass
+
+    def spans(self):
+        self.steps += 1
+        return [10.0 if self.steps % 3 == 0 else 1e-4, 1.0, 0.0]
+
+
+def record_draft_lengths(monkeypatch):
+    """The K' of every draft-model proposal, in order (a list filled as generate runs)."""
+    from specsampler import _generate
+
+    seen, propose = [], _generate._DraftModel.propose
+
+    def spy(self, last, limits):
+        out = propose(self, last, limits)
+        seen.append(out[0].shape[1])
+        return out
+
+    monkeypatch.setattr(_generate._DraftModel, "propose", spy)
+    return seen
+
+
+def scripted_costs(monkeypatch):
+    """Make generate's "cost" schedule follow ScriptedStopwatch's times, with no smoothing and a probe after 2 steps
+    without drafts: its K' then varies from step to step, 0 included, deterministically."""
+    from specsampler import _generate
+
+    monkeypatch.setattr(_generate, "_Stopwatch", ScriptedStopwatch)
+    monkeypatch.setattr(_generate, "COST_SMOOTHING", 1.0)
+    monkeypatch.setattr(_generate, "PROBE_EVERY", 2)
+
+
+def catches_up(seen):
+    """Whether some step drafted after two steps without drafts (the draft model fed what it skipped)."""
+    return any(seen[i] == seen[i + 1] == 0 < seen[i + 2] for i in range(len(seen) - 2))

@@ -189,13 +189,17 @@ class _Cached:
         self.holes = False
         self.pending = None  # (tokens, valid) [B, P]: a prefill deferred to the next forward, which feeds it first
 
-    def defer(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
-        """Feed [B, P] `tokens` (`valid` [B, P], 0 for padding) at the start of the next forward: the prefill and the
-        first step share one forward (transformers' assisted generation does the same)."""
+    def defer(self, tokens: torch.Tensor, valid: torch.Tensor, holes: bool | None = None) -> None:
+        """Feed [B, P] `tokens` (`valid` [B, P], 0 for padding or a hole) at the start of the next forward, after any
+        deferred before: the prefill and the first step share one forward (transformers' assisted generation does the
+        same), and a draft that skipped a step catches up. `holes`: whether `valid` has a 0, when the caller knows."""
         if tokens.shape[1]:
             valid = valid.to(self.device, torch.long)
-            self.holes = self.holes or not bool(valid.all())
-            self.pending = (tokens.to(self.device), valid)
+            self.holes = self.holes or (holes if holes is not None else not bool(valid.all()))
+            tokens = tokens.to(self.device)
+            if self.pending is not None:
+                tokens, valid = torch.cat([self.pending[0], tokens], dim=1), torch.cat([self.pending[1], valid], dim=1)
+            self.pending = (tokens, valid)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, last_only: bool = False,
                 holes: bool | None = None) -> torch.Tensor:
@@ -282,8 +286,9 @@ class _DraftModel:
 
     def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
         """`last` [B] -> drafts [B, K'] and the raw scores they were sampled from, [B, K', min(Vd, V)] (None when
-        greedy), with K' = min(K, max limit) draft forwards (at least 1) and K_b = min(K', limit_b)."""
-        self.k_step = k = min(self.k, max(1, max(limits)))
+        greedy or K' = 0), with K' = min(K, max limit) draft forwards and K_b = min(K', limit_b). K' = 0 runs no
+        forward: what this step would have fed waits for the next forward (the draft catches up then)."""
+        self.k_step = k = min(self.k, max(limits))
         dev = self.lm.device
         last = last.to(dev).clamp(max=self.max_id)
         if self.any_behind:
@@ -293,6 +298,11 @@ class _DraftModel:
         else:
             tokens, valid = last[:, None], None
         holes = valid is not None  # some row is not behind: its first slot is a hole
+        if k == 0:
+            self.lm.defer(tokens, torch.ones_like(tokens) if valid is None else valid, holes)
+            self.drafts = tokens.new_zeros(tokens.shape[0], 0)
+            self.behind, self.any_behind, self.all_behind = None, False, False
+            return Proposal(self.drafts, None, [0] * len(limits))
         drafts, scores = [], []
         for i in range(k):
             logits = self.lm.forward(tokens, valid, last_only=True, holes=holes)[:, -1, :self.vocab].float()
@@ -315,6 +325,8 @@ class _DraftModel:
         """Row b accepted `n` [B] of its drafts: holes over the rest of this step's slots, which hold
         [last, d_1..d_{K'-1}]; d_K' is fed at the next step where all K' were accepted."""
         k = self.k_step
+        if k == 0:  # no forward ran: nothing to trim
+            return
         n_max = max(len(tokens) for tokens in accepted) - 1
         n_min = min(len(tokens) for tokens in accepted) - 1
         n = n.to(self.lm.device)
@@ -583,12 +595,15 @@ class _Stopwatch:
 #: The draft-length schedules :func:`generate` takes (``num_assistant_tokens_schedule``).
 SCHEDULES = ("constant", "heuristic", "cost")
 
+#: After this many steps without drafts the "cost" schedule drafts again (at least one token): acceptance can change.
+PROBE_EVERY = 8
+
 #: Weight of a new measurement in the "cost" schedule's running means (times and each row's acceptance counts).
 COST_SMOOTHING = 0.5
 
 
 class _CostSchedule:
-    """The "cost" schedule: each step drafts the K' in [1, max_k] that maximises the expected tokens per second,
+    """The "cost" schedule: each step drafts the K' in [0, max_k] that maximises the expected tokens per second,
 
         sum_b E_b(K') / (T_target(B' (K' + 1)) + K' T_draft + T_rest),   E_b(k) = sum_{i=0..min(k, limit_b)} a_b^i,
 
@@ -596,8 +611,10 @@ class _CostSchedule:
     each as a prior), T_target a line through the measured target forwards against the token rows they fed (B' rows
     x K' + 1 positions; the first forward, which also fed the prompt, is used until two other sizes are known),
     T_draft the measured time per draft forward and T_rest the rest of a step (verify, processors, the host). Where
-    a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less; where it stays flat (a GPU
-    at small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
+    a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a step of
+    plain decoding: the target's next token; the draft model catches up on the tokens it skipped in its next
+    forward; after PROBE_EVERY such steps it drafts again, since acceptance can change); where the cost stays flat (a
+    GPU at small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
     whatever it is; as it depends on measured times, sampled tokens can differ between runs with the same seed.
 
     Parameters
@@ -618,24 +635,28 @@ class _CostSchedule:
         self.draft: float | None = None  # seconds per draft forward
         self.rest = 0.0
         self.rows = batch  # B' of the last measurement
+        self.plain = 0  # steps since the last one that drafted
 
     def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
         """Take a step's acceptance and its `spans` (propose, target forward, rest; seconds); `prefill_rows`: the
         prompt's token rows the target's forward also fed (the first step: its draft forward fed the prompt too)."""
         w = COST_SMOOTHING
         for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
-            n = len(tokens) - 1
-            self.hits[i] = (1 - w) * self.hits[i] + w * n
-            self.misses[i] = (1 - w) * self.misses[i] + w * (n < count)
+            if count:  # (a row that verified no draft says nothing about its acceptance)
+                n = len(tokens) - 1
+                self.hits[i] = (1 - w) * self.hits[i] + w * n
+                self.misses[i] = (1 - w) * self.misses[i] + w * (n < count)
+        self.plain = self.plain + 1 if step.width == 1 else 0
         propose, forward, rest = spans
         fed = len(step.counts) * step.width
         if prefill_rows:
             self.prefill = (prefill_rows + fed, forward)
             return
         self.target[fed] = forward if fed not in self.target else (1 - w) * self.target[fed] + w * forward
-        per_draft = propose / max(1, step.width - 1)
-        fresh = self.draft is None or len(step.counts) != self.rows  # (rows left the batch: old times overstate)
-        self.draft = per_draft if fresh else (1 - w) * self.draft + w * per_draft
+        fresh = len(step.counts) != self.rows  # (rows left the batch: old times overstate)
+        if step.width > 1:  # (K' = 0 ran no draft forward)
+            per_draft = propose / (step.width - 1)
+            self.draft = per_draft if fresh or self.draft is None else (1 - w) * self.draft + w * per_draft
         self.rest = rest if fresh else (1 - w) * self.rest + w * rest
         self.rows = len(step.counts)
 
@@ -665,8 +686,8 @@ class _CostSchedule:
             return self.k0
         base, per_row = line
         alphas = [(h + 1) / (h + m + 2) for h, m in zip(self.hits, self.misses, strict=True)]
-        best, best_rate = 1, -1.0
-        for k in range(1, self.max_k + 1):
+        best, best_rate = 0, -1.0
+        for k in range(0 if self.plain < PROBE_EVERY else 1, self.max_k + 1):
             tokens = sum(sum(a ** i for i in range(min(k, lim) + 1)) for a, lim in zip(alphas, limits, strict=True))
             seconds = base + per_row * len(limits) * (k + 1) + k * self.draft + self.rest
             rate = tokens / max(seconds, 1e-12)
@@ -1085,8 +1106,9 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         As transformers' option of that name: "constant" drafts K every step; "heuristic" adapts each row's draft
         length, + 2 (up to 2K) after a step that accepted all its drafts, - 1 (down to 1) after one that rejected;
         the draft model then runs as many forwards as the longest row needs. specsampler's "cost" drafts, each step,
-        the K' in [1, 2K] with the most expected tokens per second, from each row's acceptance rate and the measured
-        times of the forwards (fewer drafts where a forward's cost grows with its token rows: a CPU, a large batch);
+        the K' in [0, 2K] with the most expected tokens per second, from each row's acceptance rate and the measured
+        times of the forwards (fewer drafts where a forward's cost grows with its token rows: a CPU, a large batch;
+        K' = 0 is a step of plain decoding);
         sampled tokens then depend on those times, so the same seed can give other tokens (from the same
         distribution). Exactness does not depend on the schedule. None: the configs' ("constant").
     assistant_model : transformers.PreTrainedModel or PromptLookupDrafter, optional
