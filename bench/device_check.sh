@@ -13,14 +13,15 @@
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
 # Then end-to-end generation (bench/bench_generate.py --preset gpu: a 0.85B Llama in bf16 with an early-exit draft,
-# B = 1, 8, 32, 64, against transformers plain and assisted; E2E_SECONDS of the whole, default 110; --skip-e2e), and
-# the same models with a draft that agrees about 30% of the time (--late-scale 0.09: 27-35% measured in float32 on a
-# CPU for 0.08-0.10) under the heuristic draft length, B = 1 and 8, against plain generate (E2E_LOW_SECONDS, 45).
+# B = 1, 8, 32, 64, K = 4 constant and the "cost" schedule, against transformers plain and assisted; E2E_SECONDS of
+# the whole, default 120; --skip-e2e), and the same models with a draft that agrees about 30% of the time
+# (--late-scale 0.09: 27-35% measured in float32 on a CPU for 0.08-0.10) under the heuristic and the "cost" draft
+# lengths, B = 1 and 8, against plain generate (E2E_LOW_SECONDS, 50).
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, verify_<gpu>.png,
 # resources_<gpu>.csv, generate_<gpu>.csv, generate_low_<gpu>.csv, tests.log, bench.log, generate.log,
 # generate_low.log, sweep_<gpu>.csv (--sweep).
 # Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
-# E2E_SECONDS (default 110), E2E_LOW_SECONDS (default 45), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to
+# E2E_SECONDS (default 120), E2E_LOW_SECONDS (default 50), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to
 # unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
@@ -38,8 +39,8 @@ DRY=0
 TESTS=1
 SWEEP=0
 E2E=1
-E2E_SECONDS=${E2E_SECONDS:-110}
-E2E_LOW_SECONDS=${E2E_LOW_SECONDS:-45}
+E2E_SECONDS=${E2E_SECONDS:-120}
+E2E_LOW_SECONDS=${E2E_LOW_SECONDS:-50}
 BENCH_ARGS=()
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
 while [ $# -gt 0 ]; do
@@ -124,6 +125,7 @@ if [ "$E2E" = 1 ]; then
   fi
   echo "== 5. end-to-end generation (budget ${E2E_SECONDS}s)"
   TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_SECONDS" "$PY" bench/bench_generate.py "${E2E_ARGS[@]}" --profile \
+    --schedule constant cost \
     --csv "$OUT/generate_${GPU_NAME}.csv" 2>&1 | tee "$OUT/generate.log"
   E2E_RC=${PIPESTATUS[0]}
   if [ "$DRY" = 1 ]; then
@@ -131,9 +133,9 @@ if [ "$E2E" = 1 ]; then
   else
     LOW_ARGS=(--preset gpu --batch 1 8 --budget-seconds $(( E2E_LOW_SECONDS - 20 )))
   fi
-  echo "== 5b. end-to-end generation, a draft that agrees ~30% of the time, heuristic K (budget ${E2E_LOW_SECONDS}s)"
+  echo "== 5b. end-to-end generation, a draft that agrees ~30% of the time, adaptive K (budget ${E2E_LOW_SECONDS}s)"
   TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_LOW_SECONDS" "$PY" bench/bench_generate.py "${LOW_ARGS[@]}" \
-    --late-scale 0.09 --schedule heuristic --assisted-max-batch 0 --csv "$OUT/generate_low_${GPU_NAME}.csv" 2>&1 \
+    --late-scale 0.09 --schedule heuristic cost --assisted-max-batch 0 --csv "$OUT/generate_low_${GPU_NAME}.csv" 2>&1 \
     | tee "$OUT/generate_low.log"
   [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
 fi

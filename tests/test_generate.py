@@ -146,11 +146,11 @@ def test_cost_schedule_choice():
     and drafts are cheap and accepted; K' = 0 (plain decoding) where each token row fed costs as much as a forward's
     fixed part and drafts are rejected half the time, with a draft again every PROBE_EVERY steps; K' never past what
     the rows can use; finished rows leave."""
-    from specsampler._generate import PROBE_EVERY, _CostSchedule
+    from specsampler._generate import PROBE_EVERY, _Costs, _CostSchedule
 
     def schedule(acc, forward, draft, k=4):
         """Two rows; the first (prefill) step, then steps of K' = 2 and 4 with `forward(rows fed)` seconds."""
-        s = _CostSchedule(k0=k, max_k=2 * k, batch=2)
+        s = _CostSchedule(_Costs(), k0=k, max_k=2 * k, batch=2)
         assert s.choose([100, 100]) == k  # nothing measured yet
         s.observe(_step_of([k, k], acc(k)), [1.0, forward(40 + 2 * (k + 1)), 0.0], prefill_rows=40)
         assert s.choose([100, 100]) == k  # the first forward also fed the prompt: no draft time yet
@@ -165,11 +165,11 @@ def test_cost_schedule_choice():
         return [[7] * (k // 2 + 1)] * 2
 
     flat = schedule(all_accepted, lambda rows: 1.0, draft=0.01)
-    assert flat.target_line() == pytest.approx((1.0, 0.0))
+    assert flat.costs.target_line() == pytest.approx((1.0, 0.0))
     assert flat.choose([100, 100]) == 8
     assert flat.choose([3, 2]) == 3  # drafts past every row's limit cost without gaining
     steep = schedule(half, lambda rows: 0.1 + 0.1 * rows, draft=0.01)
-    assert steep.target_line() == pytest.approx((0.1, 0.1))
+    assert steep.costs.target_line() == pytest.approx((0.1, 0.1))
     assert steep.choose([100, 100]) == 0  # a step of plain decoding
     hits = list(steep.hits)
     for _ in range(PROBE_EVERY - 1):
@@ -181,6 +181,29 @@ def test_cost_schedule_choice():
     assert steep.choose([100, 100]) == 0
     flat.select([1])
     assert flat.hits == [flat.hits[0]] and len(flat.misses) == 1
+    # the times carry over: a later call with the same pair chooses from its first step (acceptance starts afresh)
+    assert _CostSchedule(steep.costs, k0=4, max_k=8, batch=2).choose([100, 100]) == 0
+    # (with acceptance at its prior 1/2, a sixth draft adds 1/64 of a token per row for 1% more time: K' = 5)
+    assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 5
+
+
+def test_cost_schedule_times_belong_to_a_model_pair():
+    """One _Costs per (target, drafter) pair, the same object on the next call, gone with the models."""
+    import gc
+
+    from specsampler import _generate
+
+    class Model:
+        pass
+
+    target, draft, other = Model(), Model(), Model()
+    costs = _generate._costs_of(target, draft)
+    assert _generate._costs_of(target, draft) is costs
+    assert _generate._costs_of(target, other) is not costs and _generate._costs_of(other, draft) is not costs
+    n = len(_generate._COSTS)
+    del target, other
+    gc.collect()
+    assert len(_generate._COSTS) == n - 2
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -176,11 +177,13 @@ def record_draft_lengths(monkeypatch):
 
 
 def scripted_costs(monkeypatch):
-    """Make generate's "cost" schedule follow ScriptedStopwatch's times, with no smoothing and a probe after 2 steps
-    without drafts: its K' then varies from step to step, 0 included, deterministically."""
+    """Make generate's "cost" schedule follow ScriptedStopwatch's times alone (none kept from earlier calls), with no
+    smoothing and a probe after 2 steps without drafts: its K' then varies from step to step, 0 included,
+    deterministically."""
     from specsampler import _generate
 
     monkeypatch.setattr(_generate, "_Stopwatch", ScriptedStopwatch)
+    monkeypatch.setattr(_generate, "_COSTS", weakref.WeakKeyDictionary())  # (no times from earlier calls)
     monkeypatch.setattr(_generate, "COST_SMOOTHING", 1.0)
     monkeypatch.setattr(_generate, "PROBE_EVERY", 2)
 

@@ -50,6 +50,7 @@ import numbers
 import random
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -602,72 +603,29 @@ PROBE_EVERY = 8
 COST_SMOOTHING = 0.5
 
 
-class _CostSchedule:
-    """The "cost" schedule: each step drafts the K' in [0, max_k] that maximises the expected tokens per second,
+class _Costs:
+    """Measured times of one (target, drafter) pair on this machine, kept across :func:`generate` calls (the "cost"
+    schedule's model of a step; see :class:`_CostSchedule`).
 
-        sum_b E_b(K') / (T_target(B' (K' + 1)) + K' T_draft + T_rest),   E_b(k) = sum_{i=0..min(k, limit_b)} a_b^i,
-
-    with a_b row b's acceptance rate (accepted drafts over accepted drafts plus rejections, smoothed, with one of
-    each as a prior), T_target a line through the measured target forwards against the token rows they fed (B' rows
-    x K' + 1 positions; the first forward, which also fed the prompt, is used until two other sizes are known),
-    T_draft the measured time per draft forward and T_rest the rest of a step (verify, processors, the host). Where
-    a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a step of
-    plain decoding: the target's next token; the draft model catches up on the tokens it skipped in its next
-    forward; after PROBE_EVERY such steps it drafts again, since acceptance can change); where the cost stays flat (a
-    GPU at small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
-    whatever it is; as it depends on measured times, sampled tokens can differ between runs with the same seed.
-
-    Parameters
+    Attributes
     ----------
-    k0 : int
-        K' until the measurements suffice (the first two steps).
-    max_k : int
-        The largest K'.
-    batch : int
-        B, rows at the start.
+    target : dict of int to float
+        Token rows a target forward fed (B' x (K' + 1)) -> its smoothed seconds.
+    prefill : tuple of (int, float) or None
+        The last first forward of a call (it also fed the prompts): (token rows, seconds).
+    draft, rest : dict of int to float
+        Running rows B' -> smoothed seconds per draft forward, and of the rest of a step (verify, processors, host).
     """
 
-    def __init__(self, k0: int, max_k: int, batch: int):
-        self.k0, self.max_k = k0, max_k
-        self.hits, self.misses = [0.0] * batch, [0.0] * batch
-        self.target: dict[int, float] = {}  # token rows fed -> smoothed seconds of a target forward
-        self.prefill: tuple[int, float] | None = None  # the first forward: (token rows, seconds)
-        self.draft: float | None = None  # seconds per draft forward
-        self.rest = 0.0
-        self.rows = batch  # B' of the last measurement
-        self.plain = 0  # steps since the last one that drafted
-
-    def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
-        """Take a step's acceptance and its `spans` (propose, target forward, rest; seconds); `prefill_rows`: the
-        prompt's token rows the target's forward also fed (the first step: its draft forward fed the prompt too)."""
-        w = COST_SMOOTHING
-        for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
-            if count:  # (a row that verified no draft says nothing about its acceptance)
-                n = len(tokens) - 1
-                self.hits[i] = (1 - w) * self.hits[i] + w * n
-                self.misses[i] = (1 - w) * self.misses[i] + w * (n < count)
-        self.plain = self.plain + 1 if step.width == 1 else 0
-        propose, forward, rest = spans
-        fed = len(step.counts) * step.width
-        if prefill_rows:
-            self.prefill = (prefill_rows + fed, forward)
-            return
-        self.target[fed] = forward if fed not in self.target else (1 - w) * self.target[fed] + w * forward
-        fresh = len(step.counts) != self.rows  # (rows left the batch: old times overstate)
-        if step.width > 1:  # (K' = 0 ran no draft forward)
-            per_draft = propose / (step.width - 1)
-            self.draft = per_draft if fresh or self.draft is None else (1 - w) * self.draft + w * per_draft
-        self.rest = rest if fresh else (1 - w) * self.rest + w * rest
-        self.rows = len(step.counts)
-
-    def select(self, keep: list[int]) -> None:
-        """Keep the running rows `keep` (indices into them)."""
-        self.hits = [self.hits[i] for i in keep]
-        self.misses = [self.misses[i] for i in keep]
+    def __init__(self):
+        self.target: dict[int, float] = {}
+        self.prefill: tuple[int, float] | None = None
+        self.draft: dict[int, float] = {}
+        self.rest: dict[int, float] = {}
 
     def target_line(self) -> tuple[float, float] | None:
-        """(seconds, seconds per token row) of a target forward: least squares through the measured sizes (the
-        first forward too while fewer than two are known); None before two sizes."""
+        """(seconds, seconds per token row) of a target forward: least squares through the measured sizes (with the
+        first forward while fewer than two are known); None before two sizes."""
         points = list(self.target.items())
         if len(points) < 2 and self.prefill is not None:
             points.append(self.prefill)
@@ -679,17 +637,101 @@ class _CostSchedule:
         slope = max(slope, 0.0)
         return max(my - slope * mx, 0.0), slope
 
+
+def _nearest(times: dict[int, float], rows: int) -> float | None:
+    """The time measured at the number of rows closest to `rows` (the larger on a tie); None when none is."""
+    if not times:
+        return None
+    return times[min(times, key=lambda r: (abs(r - rows), -r))]
+
+
+def _smooth(times: dict[int, float], key: int, seconds: float) -> None:
+    w = COST_SMOOTHING
+    times[key] = seconds if key not in times else (1 - w) * times[key] + w * seconds
+
+
+#: (target, drafter) -> _Costs, for as long as both live.
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _costs_of(target, drafter) -> _Costs:
+    """The measured times of this (target, drafter) pair: new ones for a pair not seen in this process."""
+    return _COSTS.setdefault(target, weakref.WeakKeyDictionary()).setdefault(drafter, _Costs())
+
+
+class _CostSchedule:
+    """The "cost" schedule: each step drafts the K' in [0, max_k] that maximises the expected tokens per second,
+
+        sum_b E_b(K') / (T_target(B' (K' + 1)) + K' T_draft(B') + T_rest(B')),
+        E_b(k) = sum_{i = 0..min(k, limit_b)} a_b^i,
+
+    with a_b row b's acceptance rate (accepted drafts over accepted drafts plus rejections, smoothed, with one of
+    each as a prior), T_target a line through the measured target forwards against the token rows they fed (B' rows
+    x K' + 1 positions; the first forward, which also fed the prompt, is used until two other sizes are known),
+    T_draft the measured time per draft forward and T_rest the rest of a step (verify, processors, the host). The
+    times belong to the (target, drafter) pair and carry over to its next calls (:class:`_Costs`); until they suffice
+    a call drafts K. Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down
+    to K' = 0 (a step of plain decoding: the target's next token; the draft model is fed what it skipped in its next
+    forward; after PROBE_EVERY such steps it drafts again, since acceptance can change); where the cost stays flat (a
+    GPU at small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
+    whatever it is; as it depends on measured times, sampled tokens can differ between runs with the same seed.
+
+    Parameters
+    ----------
+    costs : _Costs
+        The pair's measured times (updated by :meth:`observe`).
+    k0 : int
+        K' until the measurements suffice.
+    max_k : int
+        The largest K'.
+    batch : int
+        B, rows at the start.
+    """
+
+    def __init__(self, costs: _Costs, k0: int, max_k: int, batch: int):
+        self.costs, self.k0, self.max_k = costs, k0, max_k
+        self.hits, self.misses = [0.0] * batch, [0.0] * batch
+        self.plain = 0  # steps since the last one that drafted
+
+    def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
+        """Take a step's acceptance and its `spans` (propose, target forward, rest; seconds); `prefill_rows`: the
+        prompt's token rows the target's forward also fed (the first step: a draft forward then fed the prompt too)."""
+        w = COST_SMOOTHING
+        for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
+            if count:  # (a row that verified no draft says nothing about its acceptance)
+                n = len(tokens) - 1
+                self.hits[i] = (1 - w) * self.hits[i] + w * n
+                self.misses[i] = (1 - w) * self.misses[i] + w * (n < count)
+        self.plain = self.plain + 1 if step.width == 1 else 0
+        propose, forward, rest = spans
+        rows = len(step.counts)
+        fed = rows * step.width
+        if prefill_rows:
+            self.costs.prefill = (prefill_rows + fed, forward)
+            return
+        _smooth(self.costs.target, fed, forward)
+        if step.width > 1:  # (K' = 0 ran no draft forward)
+            _smooth(self.costs.draft, rows, propose / (step.width - 1))
+        _smooth(self.costs.rest, rows, rest)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep the running rows `keep` (indices into them)."""
+        self.hits = [self.hits[i] for i in keep]
+        self.misses = [self.misses[i] for i in keep]
+
     def choose(self, limits: list[int]) -> int:
         """K' for the next step, given each running row's most drafts `limits`."""
-        line = self.target_line()
-        if line is None or self.draft is None:
+        rows = len(limits)
+        line, draft = self.costs.target_line(), _nearest(self.costs.draft, rows)
+        if line is None or draft is None:
             return self.k0
         base, per_row = line
+        rest = _nearest(self.costs.rest, rows) or 0.0
         alphas = [(h + 1) / (h + m + 2) for h, m in zip(self.hits, self.misses, strict=True)]
         best, best_rate = 0, -1.0
         for k in range(0 if self.plain < PROBE_EVERY else 1, self.max_k + 1):
             tokens = sum(sum(a ** i for i in range(min(k, lim) + 1)) for a, lim in zip(alphas, limits, strict=True))
-            seconds = base + per_row * len(limits) * (k + 1) + k * self.draft + self.rest
+            seconds = base + per_row * rows * (k + 1) + k * draft + rest
             rate = tokens / max(seconds, 1e-12)
             if rate > best_rate:
                 best, best_rate = k, rate
@@ -1246,8 +1288,10 @@ def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     rows = _Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device),
                  [num_draft_tokens] * batch)
     stats = GenerationStats()
-    cost = _CostSchedule(num_draft_tokens, max_k, batch) if schedule == "cost" else None
+    cost = _CostSchedule(_costs_of(target, draft), num_draft_tokens, max_k, batch) if schedule == "cost" else None
     watch = _Stopwatch(lm.device) if cost is not None else None
+    if cost is not None:  # (measurements from earlier calls with these models may suffice already)
+        rows.k = [cost.choose([max_new_tokens - 1] * batch)] * batch
     while rows.ids:
         budget = rows.budget(max_new_tokens)
         if prefix is not None:
