@@ -176,15 +176,24 @@ def test_cost_schedule_choice():
         steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
         assert steep.choose([100, 100]) == 0 and steep.hits == hits  # no drafts: nothing learnt about acceptance
     steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
-    assert steep.choose([100, 100]) == 1  # drafts again after PROBE_EVERY steps without
+    assert steep.choose([100, 100]) == 1  # a probe (one draft per row) after PROBE_EVERY steps without
     steep.observe(_step_of([1, 1], [[7, 7], [7, 7]]), [0.01, 0.5, 0.01])
     assert steep.choose([100, 100]) == 0
+    choices = []  # the probe changed nothing: the next one waits twice as long
+    for _ in range(2 * PROBE_EVERY):
+        steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
+        choices.append(steep.choose([100, 100]))
+    assert choices == [0] * (2 * PROBE_EVERY - 1) + [1]
     flat.select([1])
     assert flat.hits == [flat.hits[0]] and len(flat.misses) == 1
     # the times carry over: a later call with the same pair chooses from its first step (acceptance starts afresh)
     assert _CostSchedule(steep.costs, k0=4, max_k=8, batch=2).choose([100, 100]) == 0
     # (with acceptance at its prior 1/2, a sixth draft adds 1/64 of a token per row for 1% more time: K' = 5)
     assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 5
+    # a size measured is taken as measured, not from the line (here a 5-token forward cheaper than 1-3 token ones)
+    odd = _Costs()
+    odd.target, odd.draft, odd.rest = {2: 1.0, 4: 2.0, 6: 3.0, 10: 1.2}, {2: 0.01}, {2: 0.0}
+    assert _CostSchedule(odd, k0=1, max_k=8, batch=2).choose([100, 100]) == 4
 
 
 def test_cost_schedule_times_belong_to_a_model_pair():

@@ -4,8 +4,8 @@ Every rank builds the same tiny Llama target and 1-layer draft (fixed torch seed
 saves the target to OUT_DIR/target and every rank loads it back with transformers' tensor parallelism
 (``tp_plan="auto"``, gloo, CPU; needs accelerate); "replicated": each rank keeps its whole copy (no collective in the
 model; the seed broadcast alone). Each rank writes what it generated to OUT_DIR/rank{R}.json: plain ``generate``
-(greedy, row by row), ``specsampler.generate`` greedy, sampled with a seed and sampled with seed=None, and
-``speculative_generate`` sampled with seed=None.
+(greedy, row by row), ``specsampler.generate`` greedy, sampled with a seed and sampled with seed=None (also with the
+"cost" schedule, each rank timing its own steps), and ``speculative_generate`` sampled with seed=None.
 """
 
 from __future__ import annotations
@@ -75,6 +75,18 @@ def main(out_dir: pathlib.Path, mode: str) -> None:
         record("plain_greedy", [target.generate(row[mask.bool()][None], do_sample=False, max_new_tokens=new)[0].tolist()
                                 for row, mask in zip(input_ids, attention_mask, strict=True)])
     record("greedy", run())
+    # The "cost" draft-length schedule: every rank measures its own times; here rank 1's say that drafting never pays
+    # (K' = 0) while rank 0's real ones let it draft, so the ranks stay in step only if all follow rank 0's choice.
+    if rank == 1:
+        from specsampler import _generate
+
+        class Expensive(_generate._Stopwatch):
+            def spans(self):
+                return [10.0, 1.0, 0.0] if super().spans() else []
+
+        _generate._Stopwatch = Expensive
+    record("cost_greedy", run(num_assistant_tokens_schedule="cost"))
+    record("cost_sampled_seed", run(num_assistant_tokens_schedule="cost", do_sample=True, seed=99))
     # Each rank's own torch random state from here on, as independent processes would have: a seed drawn locally
     # then differs between ranks, and only a shared one makes them agree.
     torch.manual_seed(1000 + rank)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["run_seed", "sharded"]
+__all__ = ["rank0_choice", "run_seed", "sharded"]
 
 _SEED_BOUND = 2**62
 
@@ -72,13 +72,24 @@ def run_seed(seed: int | None, model=None) -> int:
     """
     if seed is not None:
         return seed
-    if _process_group_size() <= 1 or not sharded(model):
+    if not _split(model):
         return int(torch.randint(0, _SEED_BOUND, ()))
-    dist = torch.distributed
-    device = _broadcast_device()
-    if dist.get_rank() == 0:
-        value = torch.randint(0, _SEED_BOUND, (1,), dtype=torch.int64).to(device)
-    else:
-        value = torch.zeros(1, dtype=torch.int64, device=device)
-    dist.broadcast(value, src=0)
-    return int(value.item())
+    return _from_rank0(int(torch.randint(0, _SEED_BOUND, ())) if torch.distributed.get_rank() == 0 else 0)
+
+
+def rank0_choice(value: int, model=None) -> int:
+    """`value` as rank 0 has it, on every rank, when `model` is split across ranks (a collective: every rank calls it
+    at the same point); `value` itself otherwise. For choices that change the shape of the next forward and come from
+    each rank's own measurements (the "cost" draft-length schedule)."""
+    return _from_rank0(value) if _split(model) else value
+
+
+def _split(model) -> bool:
+    return _process_group_size() > 1 and sharded(model)
+
+
+def _from_rank0(value: int) -> int:
+    """Broadcast rank 0's int `value` over the default group (on the CPU for gloo, the current CUDA device for NCCL)."""
+    tensor = torch.tensor([value], dtype=torch.int64).to(_broadcast_device())
+    torch.distributed.broadcast(tensor, src=0)
+    return int(tensor.item())

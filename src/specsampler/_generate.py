@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._api import sample, verify
-from ._distributed import run_seed
+from ._distributed import rank0_choice, run_seed
 from ._processors import PrefixProcessors, split_processors
 from .drafters import Drafter, PromptLookupDrafter, PromptLookupRun, Proposal
 
@@ -596,7 +596,8 @@ class _Stopwatch:
 #: The draft-length schedules :func:`generate` takes (``num_assistant_tokens_schedule``).
 SCHEDULES = ("constant", "heuristic", "cost")
 
-#: After this many steps without drafts the "cost" schedule drafts again (at least one token): acceptance can change.
+#: After this many steps without drafts the "cost" schedule drafts one token per row (a probe: acceptance can change);
+#: the wait doubles after each probe that changes nothing.
 PROBE_EVERY = 8
 
 #: Weight of a new measurement in the "cost" schedule's running means (times and each row's acceptance counts).
@@ -666,14 +667,16 @@ class _CostSchedule:
         E_b(k) = sum_{i = 0..min(k, limit_b)} a_b^i,
 
     with a_b row b's acceptance rate (accepted drafts over accepted drafts plus rejections, smoothed, with one of
-    each as a prior), T_target a line through the measured target forwards against the token rows they fed (B' rows
-    x K' + 1 positions; the first forward, which also fed the prompt, is used until two other sizes are known),
+    each as a prior), T_target the measured time of a target forward that fed B' (K' + 1) token rows where that size
+    was measured, else a line through the measured sizes (the first forward, which also fed the prompt, is used until
+    two other sizes are known),
     T_draft the measured time per draft forward and T_rest the rest of a step (verify, processors, the host). The
     times belong to the (target, drafter) pair and carry over to its next calls (:class:`_Costs`); until they suffice
     a call drafts K. Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down
     to K' = 0 (a step of plain decoding: the target's next token; the draft model is fed what it skipped in its next
-    forward; after PROBE_EVERY such steps it drafts again, since acceptance can change); where the cost stays flat (a
-    GPU at small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
+    forward). Acceptance can change, so after PROBE_EVERY such steps a probe drafts one token per row; each probe
+    after which the schedule drafts nothing again doubles the wait for the next. Where the cost stays flat (a GPU at
+    small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
     whatever it is; as it depends on measured times, sampled tokens can differ between runs with the same seed.
 
     Parameters
@@ -692,6 +695,8 @@ class _CostSchedule:
         self.costs, self.k0, self.max_k = costs, k0, max_k
         self.hits, self.misses = [0.0] * batch, [0.0] * batch
         self.plain = 0  # steps since the last one that drafted
+        self.probe_every = PROBE_EVERY  # steps without drafts before a probe (doubles while probes find nothing)
+        self.probed = False
 
     def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
         """Take a step's acceptance and its `spans` (propose, target forward, rest; seconds); `prefill_rows`: the
@@ -728,13 +733,20 @@ class _CostSchedule:
         base, per_row = line
         rest = _nearest(self.costs.rest, rows) or 0.0
         alphas = [(h + 1) / (h + m + 2) for h, m in zip(self.hits, self.misses, strict=True)]
+        if self.plain >= self.probe_every:  # a probe: one draft per row measures acceptance again
+            self.probed = True
+            return 1
         best, best_rate = 0, -1.0
-        for k in range(0 if self.plain < PROBE_EVERY else 1, self.max_k + 1):
+        for k in range(self.max_k + 1):
             tokens = sum(sum(a ** i for i in range(min(k, lim) + 1)) for a, lim in zip(alphas, limits, strict=True))
-            seconds = base + per_row * rows * (k + 1) + k * draft + rest
+            fed = rows * (k + 1)
+            seconds = self.costs.target.get(fed, base + per_row * fed) + k * draft + rest
             rate = tokens / max(seconds, 1e-12)
             if rate > best_rate:
                 best, best_rate = k, rate
+        if self.probed:  # the step after a probe: back to no drafts doubles the wait for the next one
+            self.probe_every = 2 * self.probe_every if best == 0 else PROBE_EVERY
+            self.probed = False
         return best
 
 
@@ -1291,7 +1303,7 @@ def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     cost = _CostSchedule(_costs_of(target, draft), num_draft_tokens, max_k, batch) if schedule == "cost" else None
     watch = _Stopwatch(lm.device) if cost is not None else None
     if cost is not None:  # (measurements from earlier calls with these models may suffice already)
-        rows.k = [cost.choose([max_new_tokens - 1] * batch)] * batch
+        rows.k = [rank0_choice(cost.choose([max_new_tokens - 1] * batch), target)] * batch
     while rows.ids:
         budget = rows.budget(max_new_tokens)
         if prefix is not None:
@@ -1306,7 +1318,7 @@ def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
             cost.observe(step, watch.spans(), prefill_rows)
             cost.select(keep)
         _evict(rows, keep, lm, drafter)
-        if cost is not None and rows.ids:
-            rows.k = [cost.choose([b - 1 for b in rows.budget(max_new_tokens)])] * len(rows.ids)
+        if cost is not None and rows.ids:  # (ranks of a split target measure their own times: rank 0's choice)
+            rows.k = [rank0_choice(cost.choose([b - 1 for b in rows.budget(max_new_tokens)]), target)] * len(rows.ids)
     stats.draft_forwards = drafter.forwards
     return GenerateOutput(_sequences(input_ids, rows.new, pad_token_id), stats)
