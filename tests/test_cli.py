@@ -103,13 +103,16 @@ def _plain_greedy(folder, prompt, max_new, **options):
     return cli.new_tokens(seq, ids.shape[1], [2])[0]
 
 
-@pytest.mark.parametrize("draft", ["draft", "padded", "lookup"])
-def test_greedy_json_equals_target_generate(models, capsys, draft):
+@pytest.mark.parametrize("draft, schedule", [("draft", "constant"), ("padded", "constant"), ("lookup", "constant"),
+                                             ("draft", "cost"), ("lookup", "heuristic")])
+def test_greedy_json_equals_target_generate(models, capsys, draft, schedule):
     drafter = ["--prompt-lookup"] if draft == "lookup" else ["--draft", models[draft]]
     rc, out, _ = _run(capsys, ["generate", "--target", models["target"], *drafter, "--prompt", PROMPT, "--raw",
-                               "--greedy", "--max-new-tokens", 16, "--num-draft-tokens", 3, "--json"])
+                               "--greedy", "--max-new-tokens", 16, "--num-draft-tokens", 3, "--schedule", schedule,
+                               "--json"])
     assert rc == 0
     res = json.loads(out)
+    assert res["schedule"] == schedule
     assert set(res) >= {"texts", "outputs", "stats", "timings", "backend", "sampling", "device"}
     assert res["backend"] == BACKEND and res["device"] == DEVICE and res["sampling"]["do_sample"] is False
     row = res["outputs"][0]
@@ -244,6 +247,7 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
     (["--prompt-lookup", "--prompt", "w5", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--num-draft-tokens", "0"], "--num-draft-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--dtype", "int8"], "--dtype"),
+    (["--prompt-lookup", "--prompt", "w5", "--schedule", "dynamic"], "--schedule"),
 ]
 
 

@@ -190,6 +190,8 @@ def test_cost_schedule_choice():
     assert _CostSchedule(steep.costs, k0=4, max_k=8, batch=2).choose([100, 100]) == 0
     # (with acceptance at its prior 1/2, a sixth draft adds 1/64 of a token per row for 1% more time: K' = 5)
     assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 5
+    # draft times at another batch size: measured within a factor 2 of B' (eight rows: K until measured there)
+    assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=8).choose([100] * 8) == 4
     # a size measured is taken as measured, not from the line (here a 5-token forward cheaper than 1-3 token ones)
     odd = _Costs()
     odd.target, odd.draft, odd.rest = {2: 1.0, 4: 2.0, 6: 3.0, 10: 1.2}, {2: 0.01}, {2: 0.0}

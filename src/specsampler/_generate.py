@@ -639,11 +639,11 @@ class _Costs:
         return max(my - slope * mx, 0.0), slope
 
 
-def _nearest(times: dict[int, float], rows: int) -> float | None:
-    """The time measured at the number of rows closest to `rows` (the larger on a tie); None when none is."""
-    if not times:
-        return None
-    return times[min(times, key=lambda r: (abs(r - rows), -r))]
+def _nearest(times: dict[int, float], rows: int, factor: float = math.inf) -> float | None:
+    """The time measured at the number of rows closest to `rows` (the larger on a tie); None when none lies within
+    `factor` of it."""
+    near = min(times, key=lambda r: (abs(r - rows), -r), default=None)
+    return None if near is None or not rows / factor <= near <= rows * factor else times[near]
 
 
 def _smooth(times: dict[int, float], key: int, seconds: float) -> None:
@@ -667,17 +667,19 @@ class _CostSchedule:
         E_b(k) = sum_{i = 0..min(k, limit_b)} a_b^i,
 
     with a_b row b's acceptance rate (accepted drafts over accepted drafts plus rejections, smoothed, with one of
-    each as a prior), T_target the measured time of a target forward that fed B' (K' + 1) token rows where that size
+    each as a prior); T_target the measured time of a target forward that fed B' (K' + 1) token rows where that size
     was measured, else a line through the measured sizes (the first forward, which also fed the prompt, is used until
-    two other sizes are known),
-    T_draft the measured time per draft forward and T_rest the rest of a step (verify, processors, the host). The
-    times belong to the (target, drafter) pair and carry over to its next calls (:class:`_Costs`); until they suffice
-    a call drafts K. Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down
-    to K' = 0 (a step of plain decoding: the target's next token; the draft model is fed what it skipped in its next
-    forward). Acceptance can change, so after PROBE_EVERY such steps a probe drafts one token per row; each probe
-    after which the schedule drafts nothing again doubles the wait for the next. Where the cost stays flat (a GPU at
-    small B) it drafts up to max_k. The choice depends on past steps only, so the output distribution is exact
-    whatever it is; as it depends on measured times, sampled tokens can differ between runs with the same seed.
+    two other sizes are known); T_draft the measured time per draft forward and T_rest the rest of a step (verify,
+    processors, the host), both at the nearest batch size measured. The times belong to the (target, drafter) pair
+    and carry over to its next calls (:class:`_Costs`); until they suffice (a target line; a draft time measured in
+    this call, or in an earlier one within a factor 2 of B': a draft forward's time depends on B) a step drafts K.
+
+    Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a
+    step of plain decoding: the target's next token; the draft model is fed what it skipped in its next forward).
+    Acceptance can change, so after PROBE_EVERY such steps a probe drafts one token per row; each probe after which
+    the schedule drafts nothing again doubles the wait for the next. Where the cost stays flat (a GPU at small B) it
+    drafts up to max_k. The choice depends on past steps only, so the output distribution is exact whatever it is;
+    as it depends on measured times, sampled tokens can differ between runs with the same seed.
 
     Parameters
     ----------
@@ -696,6 +698,7 @@ class _CostSchedule:
         self.hits, self.misses = [0.0] * batch, [0.0] * batch
         self.plain = 0  # steps since the last one that drafted
         self.probe_every = PROBE_EVERY  # steps without drafts before a probe (doubles while probes find nothing)
+        self.timed_draft = False  # whether this call measured a draft forward
         self.probed = False
 
     def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
@@ -717,6 +720,7 @@ class _CostSchedule:
         _smooth(self.costs.target, fed, forward)
         if step.width > 1:  # (K' = 0 ran no draft forward)
             _smooth(self.costs.draft, rows, propose / (step.width - 1))
+            self.timed_draft = True
         _smooth(self.costs.rest, rows, rest)
 
     def select(self, keep: list[int]) -> None:
@@ -727,7 +731,8 @@ class _CostSchedule:
     def choose(self, limits: list[int]) -> int:
         """K' for the next step, given each running row's most drafts `limits`."""
         rows = len(limits)
-        line, draft = self.costs.target_line(), _nearest(self.costs.draft, rows)
+        line = self.costs.target_line()
+        draft = _nearest(self.costs.draft, rows, math.inf if self.timed_draft else 2)
         if line is None or draft is None:
             return self.k0
         base, per_row = line

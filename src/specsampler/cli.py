@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     g.add_argument("--max-new-tokens", type=int, default=128, help="per prompt (default 128)")
     g.add_argument("--num-draft-tokens", type=int, default=4, help="K, drafts per step (default 4)")
+    g.add_argument("--schedule", choices=["constant", "heuristic", "cost"], default="constant",
+                   help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
+                        "or per step from measured forward times and acceptance (0 to 2K; fastest, but sampled "
+                        "tokens then vary between runs with one seed)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
                    "generation config samples or a sampling option is given)")
     g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
@@ -569,7 +573,8 @@ def run_speculative(target, drafter, rows, settings, args, eos, pad_id, tokenize
                 bar.describe(f"batch {i + 1}/{n_batches}")
             start = time.perf_counter()
             out = generate(target, drafter, ids.to(device), mask.to(device), max_new_tokens=args.max_new_tokens,
-                           num_draft_tokens=args.num_draft_tokens, do_sample=settings["do_sample"],
+                           num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.schedule,
+                           do_sample=settings["do_sample"],
                            temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
                            min_p=settings["min_p"], seed=None if args.seed is None else args.seed + lo,
                            eos_token_id=eos or None, pad_token_id=pad_id, callback=callback, **processor_options(args))
@@ -771,6 +776,7 @@ def _generate(args, device: torch.device, prompts: list[str]) -> int:
     n_new = sum(len(o) for o in outs)
     result = {
         "target": target_label, "drafter": drafter_label, "num_draft_tokens": args.num_draft_tokens,
+        "schedule": args.schedule,
         "device": str(device), "dtype": args.dtype, "backend": backend, "backend_reason": why,
         "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "min_p", "source")}
         | {"seed": args.seed},
