@@ -145,7 +145,7 @@ def test_cost_schedule_choice():
     """The choice itself: K until a target line is known; max K where forwards cost the same whatever their size
     and drafts are cheap and accepted; K' = 0 (plain decoding) where each token row fed costs as much as a forward's
     fixed part and drafts are rejected half the time, with a draft again every PROBE_EVERY steps; K' never past what
-    the rows can use; finished rows leave."""
+    the rows can use; what carries over to the next call."""
     from specsampler._generate import PROBE_EVERY, _Costs, _CostSchedule
 
     def schedule(acc, forward, draft, k=4):
@@ -161,8 +161,8 @@ def test_cost_schedule_choice():
     def all_accepted(k):
         return [[7] * (k + 1)] * 2
 
-    def half(k):
-        return [[7] * (k // 2 + 1)] * 2
+    def half(k):  # one row rejects its first draft, the other accepts all
+        return [[7], [7] * (k + 1)]
 
     flat = schedule(all_accepted, lambda rows: 1.0, draft=0.01)
     assert flat.costs.target_line() == pytest.approx((1.0, 0.0))
@@ -171,31 +171,53 @@ def test_cost_schedule_choice():
     steep = schedule(half, lambda rows: 0.1 + 0.1 * rows, draft=0.01)
     assert steep.costs.target_line() == pytest.approx((0.1, 0.1))
     assert steep.choose([100, 100]) == 0  # a step of plain decoding
-    hits = list(steep.hits)
+    counts = list(steep.costs.verified), list(steep.costs.rejected)
     for _ in range(PROBE_EVERY - 1):
         steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
-        assert steep.choose([100, 100]) == 0 and steep.hits == hits  # no drafts: nothing learnt about acceptance
+        assert steep.choose([100, 100]) == 0  # no drafts: nothing learnt about acceptance
+        assert (steep.costs.verified, steep.costs.rejected) == counts
     steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
     assert steep.choose([100, 100]) == 1  # a probe (one draft per row) after PROBE_EVERY steps without
-    steep.observe(_step_of([1, 1], [[7, 7], [7, 7]]), [0.01, 0.5, 0.01])
+    steep.observe(_step_of([1, 1], [[7], [7, 7]]), [0.01, 0.5, 0.01])
     assert steep.choose([100, 100]) == 0
     choices = []  # the probe changed nothing: the next one waits twice as long
     for _ in range(2 * PROBE_EVERY):
         steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
         choices.append(steep.choose([100, 100]))
     assert choices == [0] * (2 * PROBE_EVERY - 1) + [1]
-    flat.select([1])
-    assert flat.hits == [flat.hits[0]] and len(flat.misses) == 1
-    # the times carry over: a later call with the same pair chooses from its first step (acceptance starts afresh)
+    # times and acceptance carry over: a later call with the same pair chooses from its first step
     assert _CostSchedule(steep.costs, k0=4, max_k=8, batch=2).choose([100, 100]) == 0
-    # (with acceptance at its prior 1/2, a sixth draft adds 1/64 of a token per row for 1% more time: K' = 5)
-    assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 5
+    assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 8
+    # a fresh pair's acceptance starts at 1/2 per draft: a sixth draft adds 1/64 of a token for 1% more time
+    fresh = _Costs()
+    fresh.target, fresh.draft, fresh.rest = dict(flat.costs.target), dict(flat.costs.draft), dict(flat.costs.rest)
+    assert _CostSchedule(fresh, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 5
     # draft times at another batch size: measured within a factor 2 of B' (eight rows: K until measured there)
     assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=8).choose([100] * 8) == 4
     # a size measured is taken as measured, not from the line (here a 5-token forward cheaper than 1-3 token ones)
     odd = _Costs()
     odd.target, odd.draft, odd.rest = {2: 1.0, 4: 2.0, 6: 3.0, 10: 1.2}, {2: 0.01}, {2: 0.0}
     assert _CostSchedule(odd, k0=1, max_k=8, batch=2).choose([100, 100]) == 4
+
+
+def test_cost_schedule_acceptance_by_position():
+    """S(i), the chance that drafts 1..i are all accepted, position by position (Kaplan-Meier over rows): runs of
+    0, 1, 3 and 3 accepted drafts of 3 give rejection rates 1/4, 1/3, 0/2 at positions 1-3, each shrunk towards the
+    rate over all positions (2.5 / 10) with the weight of one draft; position 4, never drafted, takes that rate."""
+    from specsampler._generate import ACCEPTANCE_MEMORY, _Costs
+
+    costs = _Costs()
+    costs.count_acceptance([3, 3, 3, 3], [[7], [7, 7], [7] * 4, [7] * 4])
+    assert costs.verified == [0.0, 4.0, 3.0, 2.0] and costs.rejected == [0.0, 1.0, 1.0, 0.0]
+    pooled = 2.5 / 10
+    hazards = [(1 + pooled) / 5, (1 + pooled) / 4, pooled / 3, pooled]
+    expected = [1.0]
+    for h in hazards:
+        expected.append(expected[-1] * (1 - h))
+    assert costs.survival(4) == pytest.approx(expected)
+    costs.count_acceptance([1], [[7, 7]])  # older steps count ACCEPTANCE_MEMORY times less per step
+    m = ACCEPTANCE_MEMORY
+    assert costs.verified == pytest.approx([0.0, 4 * m + 1, 3 * m, 2 * m])
 
 
 def test_cost_schedule_times_belong_to_a_model_pair():

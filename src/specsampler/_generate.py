@@ -7,6 +7,10 @@ One step, for every unfinished row b at once (gpt-fast's loop, batched):
 2. the target runs one forward over [last, d_1..d_K] and gives K+1 rows of scores;
 3. :func:`specsampler.verify` accepts n_b drafts and draws one more token: row b gains n_b + 1 tokens.
 
+K comes from ``num_assistant_tokens_schedule``: fixed ("constant"), per row from its last step (transformers'
+"heuristic"), or per step from measured forward times and each row's acceptance rate ("cost", ``_CostSchedule``: the
+K' with the most expected tokens per second, 0 included, a step of plain decoding).
+
 In code, :func:`generate` prefills (``_prefill``, ``_start_drafter``: each model holds its prompt, fed in front of its
 first forward, as transformers' assisted generation does: one forward fewer per model) and loops over ``_step`` (steps
 1-3, then both caches trimmed to what each row accepted) and ``_commit_rows`` (append, EOS, length) with ``_evict``
@@ -45,6 +49,7 @@ and the prompt-lookup drafter, need them); everything else is queued on the devi
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import numbers
 import random
@@ -600,13 +605,16 @@ SCHEDULES = ("constant", "heuristic", "cost")
 #: the wait doubles after each probe that changes nothing.
 PROBE_EVERY = 8
 
-#: Weight of a new measurement in the "cost" schedule's running means (times and each row's acceptance counts).
+#: Weight of a new measurement in the "cost" schedule's running means of times.
 COST_SMOOTHING = 0.5
+
+#: Per step, the "cost" schedule's acceptance counts are multiplied by this (older steps count less).
+ACCEPTANCE_MEMORY = 0.8
 
 
 class _Costs:
-    """Measured times of one (target, drafter) pair on this machine, kept across :func:`generate` calls (the "cost"
-    schedule's model of a step; see :class:`_CostSchedule`).
+    """Measured times and acceptance of one (target, drafter) pair on this machine, kept across :func:`generate` calls
+    (the "cost" schedule's model of a step; see :class:`_CostSchedule`).
 
     Attributes
     ----------
@@ -616,6 +624,9 @@ class _Costs:
         The last first forward of a call (it also fed the prompts): (token rows, seconds).
     draft, rest : dict of int to float
         Running rows B' -> smoothed seconds per draft forward, and of the rest of a step (verify, processors, host).
+    verified, rejected : list of float
+        Per draft position i (index i, 1 up): drafts verified there (the ones before it accepted) and rejected there,
+        summed over rows; older steps count less (ACCEPTANCE_MEMORY per step that drafted).
     """
 
     def __init__(self):
@@ -623,6 +634,33 @@ class _Costs:
         self.prefill: tuple[int, float] | None = None
         self.draft: dict[int, float] = {}
         self.rest: dict[int, float] = {}
+        self.verified: list[float] = [0.0]
+        self.rejected: list[float] = [0.0]
+
+    def count_acceptance(self, counts: list[int], accepted: list[list[int]]) -> None:
+        """Add a step's drafts (`counts`: K_b per row; `accepted`: each row's accepted drafts and drawn token)."""
+        width = max(counts) + 1
+        if len(self.verified) < width:
+            self.verified += [0.0] * (width - len(self.verified))
+            self.rejected += [0.0] * (width - len(self.rejected))
+        self.verified = [ACCEPTANCE_MEMORY * v for v in self.verified]
+        self.rejected = [ACCEPTANCE_MEMORY * r for r in self.rejected]
+        for count, tokens in zip(counts, accepted, strict=True):
+            n = len(tokens) - 1  # accepted: positions 1..n, then position n + 1 rejected if it was verified
+            for i in range(1, min(n + 1, count) + 1):
+                self.verified[i] += 1.0
+            if n < count:
+                self.rejected[n + 1] += 1.0
+
+    def survival(self, max_k: int) -> list[float]:
+        """S(0..max_k): the chance that a row's drafts 1..i are all accepted (Kaplan-Meier over the positions, each
+        position's rejection rate shrunk towards the rate over all positions, which starts at 1/2)."""
+        pooled = (sum(self.rejected) + 0.5) / (sum(self.verified) + 1.0)
+        out = [1.0]
+        for i in range(1, max_k + 1):
+            verified, rejected = (self.verified[i], self.rejected[i]) if i < len(self.verified) else (0.0, 0.0)
+            out.append(out[-1] * (1.0 - (rejected + pooled) / (verified + 1.0)))
+        return out
 
     def target_line(self) -> tuple[float, float] | None:
         """(seconds, seconds per token row) of a target forward: least squares through the measured sizes (with the
@@ -663,16 +701,18 @@ def _costs_of(target, drafter) -> _Costs:
 class _CostSchedule:
     """The "cost" schedule: each step drafts the K' in [0, max_k] that maximises the expected tokens per second,
 
-        sum_b E_b(K') / (T_target(B' (K' + 1)) + K' T_draft(B') + T_rest(B')),
-        E_b(k) = sum_{i = 0..min(k, limit_b)} a_b^i,
+        sum_b E(min(K', limit_b)) / (T_target(B' (K' + 1)) + K' T_draft(B') + T_rest(B')),
+        E(k) = S(0) + S(1) + ... + S(k),
 
-    with a_b row b's acceptance rate (accepted drafts over accepted drafts plus rejections, smoothed, with one of
-    each as a prior); T_target the measured time of a target forward that fed B' (K' + 1) token rows where that size
-    was measured, else a line through the measured sizes (the first forward, which also fed the prompt, is used until
-    two other sizes are known); T_draft the measured time per draft forward and T_rest the rest of a step (verify,
-    processors, the host), both at the nearest batch size measured. The times belong to the (target, drafter) pair
-    and carry over to its next calls (:class:`_Costs`); until they suffice (a target line; a draft time measured in
-    this call, or in an earlier one within a factor 2 of B': a draft forward's time depends on B) a step drafts K.
+    with S(i) the chance that a row's first i drafts are all accepted, estimated over all rows and recent steps
+    position by position (Kaplan-Meier: acceptance comes in runs, so a draft after accepted ones is accepted more
+    often than the first; positions not yet drafted take the rate over all positions); T_target the measured time of
+    a target forward that fed B' (K' + 1) token rows where that size was measured, else a line through the measured
+    sizes (the first forward, which also fed the prompt, is used until two other sizes are known); T_draft the
+    measured time per draft forward and T_rest the rest of a step (verify, processors, the host), both at the nearest
+    batch size measured. The times and the acceptance counts belong to the (target, drafter) pair and carry over to
+    its next calls (:class:`_Costs`); until they suffice (a target line; a draft time measured in this call, or in an
+    earlier one within a factor 2 of B': a draft forward's time depends on B) a step drafts K.
 
     Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a
     step of plain decoding: the target's next token; the draft model is fed what it skipped in its next forward).
@@ -695,7 +735,6 @@ class _CostSchedule:
 
     def __init__(self, costs: _Costs, k0: int, max_k: int, batch: int):
         self.costs, self.k0, self.max_k = costs, k0, max_k
-        self.hits, self.misses = [0.0] * batch, [0.0] * batch
         self.plain = 0  # steps since the last one that drafted
         self.probe_every = PROBE_EVERY  # steps without drafts before a probe (doubles while probes find nothing)
         self.timed_draft = False  # whether this call measured a draft forward
@@ -704,12 +743,8 @@ class _CostSchedule:
     def observe(self, step: _Step, spans: list[float], prefill_rows: int = 0) -> None:
         """Take a step's acceptance and its `spans` (propose, target forward, rest; seconds); `prefill_rows`: the
         prompt's token rows the target's forward also fed (the first step: a draft forward then fed the prompt too)."""
-        w = COST_SMOOTHING
-        for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
-            if count:  # (a row that verified no draft says nothing about its acceptance)
-                n = len(tokens) - 1
-                self.hits[i] = (1 - w) * self.hits[i] + w * n
-                self.misses[i] = (1 - w) * self.misses[i] + w * (n < count)
+        if step.width > 1:  # (a step without drafts says nothing about acceptance)
+            self.costs.count_acceptance(step.counts, step.accepted)
         self.plain = self.plain + 1 if step.width == 1 else 0
         propose, forward, rest = spans
         rows = len(step.counts)
@@ -723,11 +758,6 @@ class _CostSchedule:
             self.timed_draft = True
         _smooth(self.costs.rest, rows, rest)
 
-    def select(self, keep: list[int]) -> None:
-        """Keep the running rows `keep` (indices into them)."""
-        self.hits = [self.hits[i] for i in keep]
-        self.misses = [self.misses[i] for i in keep]
-
     def choose(self, limits: list[int]) -> int:
         """K' for the next step, given each running row's most drafts `limits`."""
         rows = len(limits)
@@ -737,13 +767,13 @@ class _CostSchedule:
             return self.k0
         base, per_row = line
         rest = _nearest(self.costs.rest, rows) or 0.0
-        alphas = [(h + 1) / (h + m + 2) for h, m in zip(self.hits, self.misses, strict=True)]
         if self.plain >= self.probe_every:  # a probe: one draft per row measures acceptance again
             self.probed = True
             return 1
+        expected = list(itertools.accumulate(self.costs.survival(self.max_k)))  # E(k) = S(0) + ... + S(k)
         best, best_rate = 0, -1.0
         for k in range(self.max_k + 1):
-            tokens = sum(sum(a ** i for i in range(min(k, lim) + 1)) for a, lim in zip(alphas, limits, strict=True))
+            tokens = sum(expected[min(k, lim)] for lim in limits)
             fed = rows * (k + 1)
             seconds = self.costs.target.get(fed, base + per_row * fed) + k * draft + rest
             rate = tokens / max(seconds, 1e-12)
@@ -1321,7 +1351,6 @@ def _run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
         keep = _commit_rows(rows, step, budget, eos, stats, callback, stop)
         if cost is not None:
             cost.observe(step, watch.spans(), prefill_rows)
-            cost.select(keep)
         _evict(rows, keep, lm, drafter)
         if cost is not None and rows.ids:  # (ranks of a split target measure their own times: rank 0's choice)
             rows.k = [rank0_choice(cost.choose([b - 1 for b in rows.budget(max_new_tokens)]), target)] * len(rows.ids)
