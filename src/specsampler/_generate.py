@@ -1195,11 +1195,11 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         As transformers' option of that name: "constant" drafts K every step; "heuristic" adapts each row's draft
         length, + 2 (up to 2K) after a step that accepted all its drafts, - 1 (down to 1) after one that rejected;
         the draft model then runs as many forwards as the longest row needs. specsampler's "cost" drafts, each step,
-        the K' in [0, 2K] with the most expected tokens per second, from each row's acceptance rate and the measured
-        times of the forwards (fewer drafts where a forward's cost grows with its token rows: a CPU, a large batch;
-        K' = 0 is a step of plain decoding);
-        sampled tokens then depend on those times, so the same seed can give other tokens (from the same
-        distribution). Exactness does not depend on the schedule. None: the configs' ("constant").
+        the K' in [0, 2K] with the most expected tokens per second, from the acceptance and the forwards' times
+        measured so far with these two models (kept for their next calls): fewer drafts where a forward's cost grows
+        with its token rows (a CPU, a large batch), K' = 0 being a step of plain decoding; sampled tokens then depend
+        on those times, so the same seed can give other tokens (from the same distribution). Exactness does not
+        depend on the schedule. None: the configs' ("constant").
     assistant_model : transformers.PreTrainedModel or PromptLookupDrafter, optional
         transformers' name for `draft`.
     prompt_lookup_num_tokens : int, optional

@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-draft-tokens", type=int, default=4, help="K, drafts per step (default 4)")
     g.add_argument("--schedule", choices=["constant", "heuristic", "cost"], default="constant",
                    help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
-                        "or per step from measured forward times and acceptance (0 to 2K; fastest, but sampled "
-                        "tokens then vary between runs with one seed)")
+                        "or per step from measured forward times and acceptance (0 to 2K; sampled tokens then vary "
+                        "between runs with one seed)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
                    "generation config samples or a sampling option is given)")
     g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
