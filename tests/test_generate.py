@@ -221,7 +221,8 @@ def test_cost_schedule_acceptance_by_position():
 
 
 def test_cost_schedule_times_belong_to_a_model_pair():
-    """One _Costs per (target, drafter) pair, the same object on the next call, gone with the models."""
+    """One _Costs per (target, drafter) pair, the same object on the next call (prompt-lookup drafters: per
+    setting), gone with the models."""
     import gc
 
     from specsampler import _generate
@@ -233,6 +234,9 @@ def test_cost_schedule_times_belong_to_a_model_pair():
     costs = _generate._costs_of(target, draft)
     assert _generate._costs_of(target, draft) is costs
     assert _generate._costs_of(target, other) is not costs and _generate._costs_of(other, draft) is not costs
+    lookup = _generate._costs_of(draft, PromptLookupDrafter(max_ngram=2))
+    assert _generate._costs_of(draft, PromptLookupDrafter(max_ngram=2)) is lookup  # one per setting, not per object
+    assert _generate._costs_of(draft, PromptLookupDrafter(max_ngram=3)) is not lookup
     n = len(_generate._COSTS)
     del target, other
     gc.collect()

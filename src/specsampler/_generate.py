@@ -692,9 +692,16 @@ def _smooth(times: dict[int, float], key: int, seconds: float) -> None:
 #: (target, drafter) -> _Costs, for as long as both live.
 _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+#: One PromptLookupDrafter per setting, standing for every drafter with that setting in _COSTS.
+_LOOKUP_KEYS: dict[tuple, PromptLookupDrafter] = {}
+
 
 def _costs_of(target, drafter) -> _Costs:
-    """The measured times of this (target, drafter) pair: new ones for a pair not seen in this process."""
+    """The measured times of this (target, drafter) pair: new ones for a pair not seen in this process. Prompt-lookup
+    drafters with the same setting count as one (``prompt_lookup_num_tokens=`` makes a new one per call)."""
+    if isinstance(drafter, PromptLookupDrafter):
+        key = (type(drafter), drafter.max_ngram, drafter.min_ngram, drafter.max_lookback)
+        drafter = _LOOKUP_KEYS.setdefault(key, drafter)
     return _COSTS.setdefault(target, weakref.WeakKeyDictionary()).setdefault(drafter, _Costs())
 
 
