@@ -254,6 +254,32 @@ def test_custom_generate_reads_min_p(models, monkeypatch):
     assert [type(p).__name__ for p in seen[-1]["processors"]] == ["RepetitionPenaltyLogitsProcessor"]
 
 
+@pytest.mark.parametrize("value, schedule", [(None, "constant"), ("heuristic", "heuristic"),
+                                             ("heuristic_transient", "heuristic"), ("cost", "cost")])
+def test_draft_length_schedule_reaches_specsampler(models, monkeypatch, value, schedule):
+    """num_assistant_tokens_schedule given to generate (patched, or custom_generate) is the schedule specsampler
+    runs; greedy output stays plain generate's; an unknown value raises naming the option."""
+    from specsampler import _generate
+
+    target, draft = models
+    ids, mask = _prompts()
+    seen = []
+    real = _generate._run
+    monkeypatch.setattr(_generate, "_run", lambda *a, **kw: seen.append(kw["schedule"]) or real(*a, **kw))
+    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    extra = {} if value is None else dict(num_assistant_tokens_schedule=value)
+    plain = target.generate(ids, **kw)
+    with specsampler.patched_transformers():
+        out = target.generate(ids, assistant_model=draft, **kw, **extra)
+    assert torch.equal(out, plain) and seen == [schedule]
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, **kw, **extra)
+    assert torch.equal(out, plain) and seen == [schedule, schedule]
+    if value == "cost":
+        with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
+            target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, **kw,
+                            num_assistant_tokens_schedule="dynamic")
+
+
 def test_custom_generate_prompt_lookup(models, monkeypatch):
     """prompt_lookup_num_tokens=N drafts by prompt lookup with K = N; greedy output equals plain generate."""
     from specsampler import _generate

@@ -598,8 +598,20 @@ class _Stopwatch:
         return [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
 
-#: The draft-length schedules :func:`generate` takes (``num_assistant_tokens_schedule``).
-SCHEDULES = ("constant", "heuristic", "cost")
+#: The draft-length schedules :func:`generate` takes (``num_assistant_tokens_schedule``); transformers'
+#: "heuristic_transient" (its "heuristic" without carrying K over to the next call) is "heuristic" here, where every
+#: call starts from K.
+SCHEDULES = ("constant", "heuristic", "heuristic_transient", "cost")
+
+
+def _schedule(value) -> str:
+    """The schedule `_run` takes for a ``num_assistant_tokens_schedule`` value (None: "constant"); a ValueError names
+    the option for any other value."""
+    value = value or "constant"
+    if value not in SCHEDULES:
+        raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
+                         f"{value!r}")
+    return "heuristic" if value == "heuristic_transient" else value
 
 #: After this many steps without drafts the "cost" schedule drafts one token per row (a probe: acceptance can change);
 #: the wait doubles after each probe that changes nothing.
@@ -875,8 +887,8 @@ GENERATION_CONFIG_OPTIONS: dict[str, tuple[str, str]] = {
     # assisted generation
     "num_assistant_tokens": (HONOURED, "K, drafts per step (transformers' global default 20 is not adopted: "
                                        "specsampler's default 4 applies unless a config sets another value)"),
-    "num_assistant_tokens_schedule": (HONOURED, "'constant', 'heuristic' or specsampler's 'cost' ('dynamic' "
-                                                "raises)"),
+    "num_assistant_tokens_schedule": (HONOURED, "'constant', 'heuristic' ('heuristic_transient' alike) or "
+                                                "specsampler's 'cost' ('dynamic' raises)"),
     "prompt_lookup_num_tokens": (HONOURED, "prompt-lookup drafting with K = this, when no drafter is passed"),
     "max_matching_ngram_size": (HONOURED, "the prompt-lookup drafter's longest n-gram (default 3)"),
     "assistant_confidence_threshold": (IRRELEVANT, "when a draft model stops drafting: speed only, not the output"),
@@ -1198,8 +1210,9 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     callback : callable, optional
         ``callback(row, tokens)`` after every step, for each row that gained tokens: the row's index in the output
         and its new tokens (a list of ints), e.g. to stream the text of a batch.
-    num_assistant_tokens_schedule : {"constant", "heuristic", "cost"}, optional
-        As transformers' option of that name: "constant" drafts K every step; "heuristic" adapts each row's draft
+    num_assistant_tokens_schedule : {"constant", "heuristic", "heuristic_transient", "cost"}, optional
+        As transformers' option of that name: "constant" drafts K every step; "heuristic" (or "heuristic_transient":
+        every call starts from K) adapts each row's draft
         length, + 2 (up to 2K) after a step that accepted all its drafts, - 1 (down to 1) after one that rejected;
         the draft model then runs as many forwards as the longest row needs. specsampler's "cost" drafts, each step,
         the K' in [0, 2K] with the most expected tokens per second, from the acceptance and the forwards' times
@@ -1289,10 +1302,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     max_new = _max_new_tokens(options, input_ids.shape[1])
     check_options(max_new_tokens=max_new, num_draft_tokens=k, do_sample=do_sample, temperature=temperature,
                   top_k=opt("top_k"), top_p=opt("top_p"), seed=seed, min_p=opt("min_p"))
-    schedule = opt("num_assistant_tokens_schedule") or "constant"
-    if schedule not in SCHEDULES:
-        raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
-                         f"{schedule!r}")
+    schedule = _schedule(opt("num_assistant_tokens_schedule"))
     n_seq = 1 if opt("num_return_sequences") is None else opt("num_return_sequences")
     if not isinstance(n_seq, numbers.Integral) or isinstance(n_seq, bool) or n_seq < 1:
         raise ValueError(f"num_return_sequences must be an integer >= 1, got {n_seq!r}")

@@ -185,7 +185,9 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
         reach this function (nothing falls back silently).
     num_draft_tokens : int, optional
         K; default the generation config's ``prompt_lookup_num_tokens`` with prompt lookup, else its
-        ``num_assistant_tokens``, else 4.
+        ``num_assistant_tokens``, else 4. The draft length follows the generation config's
+        ``num_assistant_tokens_schedule`` (the call's or the target's; default "constant"), as in
+        :func:`specsampler.generate`.
     seed : int, optional
         Seeds the sampling.
     token_streamer : BaseStreamer, optional
@@ -202,7 +204,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     """
     from transformers import GenerationConfig
 
-    from ._generate import _refuse_unsupported, _run, _sampling, _stop_rows, _StreamRows, check_options
+    from ._generate import _refuse_unsupported, _run, _sampling, _schedule, _stop_rows, _StreamRows, check_options
     from ._processors import split_processors
     from .drafters import PromptLookupDrafter
 
@@ -237,6 +239,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     if max_new < 1:
         return input_ids
     check_options(max_new_tokens=max_new, num_draft_tokens=num_draft_tokens, do_sample=do_sample, seed=seed, **warp)
+    schedule = _schedule(getattr(cfg, "num_assistant_tokens_schedule", None))
     # (transformers has repeated the prompts for num_return_sequences already, and prepared the stopping criteria:
     # max length, EOS, stop strings and the caller's own, checked token by token within each step)
     if streamer is not None:
@@ -245,7 +248,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
                model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
                sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad,
                callback=None if streamer is None else _StreamRows(streamer, None),
-               stop=_stop_rows(input_ids, list(stopping_criteria or [])), processors=processors)
+               stop=_stop_rows(input_ids, list(stopping_criteria or [])), schedule=schedule, processors=processors)
     if streamer is not None:
         streamer.end()
     if getattr(cfg, "return_dict_in_generate", False):
