@@ -2,7 +2,9 @@
 
 Under tensor parallelism each rank runs :func:`specsampler.generate` with the same inputs and must emit the same
 tokens: the ranks' forwards are kept in step by the model's collectives, so a rank that took another token would
-desynchronise them. Every random draw of a run derives from one seed; :func:`run_seed` makes it the same everywhere.
+desynchronise them. Every random draw of a run derives from one seed; :func:`run_seed` makes it the same everywhere,
+and :func:`rank0_choice` gives every rank rank 0's value of a choice each rank measures for itself (the "cost"
+schedule's draft length).
 """
 
 from __future__ import annotations
