@@ -237,7 +237,7 @@ def main():
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--schedule", nargs="+", default=["constant"], choices=["constant", "heuristic", "cost"],
+    p.add_argument("--schedule", nargs="+", default=["constant"], choices=specsampler._generate.SCHEDULES,
                    help="specsampler's draft length: K every step, adapted per row (transformers' heuristic), or "
                         "chosen per step from measured costs; several: a row per schedule, 'specsampler (name)'")
     p.add_argument("--profile", action="store_true",

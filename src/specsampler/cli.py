@@ -42,7 +42,7 @@ import torch
 
 from . import __version__
 from ._api import _pick_backend, triton_available
-from ._generate import GenerationStats, generate
+from ._generate import SCHEDULES, GenerationStats, generate
 from .drafters import PromptLookupDrafter
 from .models import ModelError, check_vocab, load_model, require_transformers, resolve_model
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     g.add_argument("--max-new-tokens", type=int, default=128, help="per prompt (default 128)")
     g.add_argument("--num-draft-tokens", type=int, default=4, help="K, drafts per step (default 4)")
-    g.add_argument("--schedule", choices=["constant", "heuristic", "cost"], default="constant",
+    g.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
                         "or per step from measured forward times and acceptance (0 to 2K; sampled tokens then vary "
                         "between runs with one seed)")
