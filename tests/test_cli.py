@@ -15,7 +15,11 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from specsampler import cli  # noqa: E402
-from specsampler.models import ModelError, resolve_model  # noqa: E402
+from specsampler.cli import bench, compare, display, options, runs  # noqa: E402
+from specsampler.cli import models as cli_models  # noqa: E402
+from specsampler.cli.errors import CLIError  # noqa: E402
+from specsampler.cli.models import ModelError, resolve_model  # noqa: E402
+from specsampler.cli.prompts import new_tokens  # noqa: E402
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]  # 64 tokens: ids 0..63, EOS </s> = 2
 TEMPLATE = ("{% for m in messages %}w1 {{ m['content'] }} w2{% endfor %}"  # user turn: "w1 <content> w2", then "w3"
@@ -100,7 +104,7 @@ def _plain_greedy(folder, prompt, max_new, **options):
     ids = torch.tensor([tok(prompt)["input_ids"]], device=DEVICE)
     seq = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
                          pad_token_id=0, **options)
-    return cli.new_tokens(seq, ids.shape[1], [2])[0]
+    return new_tokens(seq, ids.shape[1], [2])[0]
 
 
 @pytest.mark.parametrize("draft, schedule", [("draft", "constant"), ("padded", "constant"), ("lookup", "constant"),
@@ -144,10 +148,7 @@ def test_greedy_with_processors_equals_target_generate(models, capsys, drafter):
 
 
 @pytest.mark.parametrize("drafter", ["--prompt-lookup", "--draft"])
-def test_stream_summary_and_compare(models, capsys, monkeypatch, drafter):
-    shown = []
-    finish = cli._Streamer.finish
-    monkeypatch.setattr(cli._Streamer, "finish", lambda self, text: (shown.append(self.printed), finish(self, text)))
+def test_stream_summary_and_compare(models, capsys, drafter):
     args = ["generate", "--target", models["target"], "--prompt", PROMPT, "--raw", "--greedy", "--max-new-tokens", 16]
     args += ["--prompt-lookup"] if drafter == "--prompt-lookup" else ["--draft", models["draft"]]
     rc, out, err = _run(capsys, [*args, "--compare"])
@@ -159,8 +160,29 @@ def test_stream_summary_and_compare(models, capsys, monkeypatch, drafter):
                  "identical output", f"({DEVICE}, ", f"verify backend {BACKEND}"):
         assert word in summary, word
     assert f"verify backend: {BACKEND_WHY} (tensors on {DEVICE}" in err
-    printed = shown[0]
-    assert printed and text.startswith(printed)  # streamed step by step, before the end
+
+
+def test_streamer_prints_as_tokens_come():
+    """Each step's text is printed when it comes; a character cut in half waits for its other bytes; the end adds
+    what decoding the whole row changes (all of it on a new line when it does not extend what was shown)."""
+    class Bytes:  # decodes token t as byte t, as a byte-level tokenizer does
+        def decode(self, tokens, skip_special_tokens=True):
+            return bytes(tokens).decode("utf-8", errors="replace")
+
+    out = io.StringIO()
+    streamer = display.Streamer(Bytes(), out)
+    streamer(0, list(b"ab"))
+    assert out.getvalue() == "ab"
+    streamer(0, list("\u00e9".encode())[:1])  # the first byte of a two-byte character
+    assert out.getvalue() == "ab"
+    streamer(0, list("\u00e9".encode())[1:])
+    assert out.getvalue() == "ab\u00e9"
+    streamer.finish("ab\u00e9c")
+    assert out.getvalue() == "ab\u00e9c\n"
+    other = display.Streamer(Bytes(), io.StringIO())
+    other(0, list(b"xy"))
+    other.finish("z")
+    assert other.stream.getvalue() == "xy\nz\n"
 
 
 def test_compare_json(models, capsys):
@@ -201,13 +223,13 @@ def test_sampling_settings_read_min_p():
 
     args = cli.build_parser().parse_args(["generate", "--target", "t", "--prompt-lookup", "--prompt", "x"])
     config = SimpleNamespace(do_sample=True, temperature=0.6, top_k=0, top_p=1.0, min_p=0.1)
-    got = cli.sampling_settings(args, SimpleNamespace(generation_config=config))
+    got = options.sampling_settings(args, SimpleNamespace(generation_config=config))
     assert got == dict(do_sample=True, temperature=0.6, top_k=None, top_p=None, min_p=0.1,
                        source="the target's generation config")
     config.min_p = None
-    assert cli.sampling_settings(args, SimpleNamespace(generation_config=config))["min_p"] is None
+    assert options.sampling_settings(args, SimpleNamespace(generation_config=config))["min_p"] is None
     args.min_p = 0.2
-    got = cli.sampling_settings(args, SimpleNamespace(generation_config=config))
+    got = options.sampling_settings(args, SimpleNamespace(generation_config=config))
     assert got["do_sample"] and got["min_p"] == 0.2 and got["temperature"] == 1.0 and got["source"] == "options"
 
 
@@ -336,18 +358,20 @@ def test_bench_quick(capsys, tmp_path):
         assert "no plot: matplotlib is not installed (pip install matplotlib" in out
         assert not (tmp_path / "bench_cpu.png").exists()
     assert torch.get_num_threads() == threads
-    bench = cli.REPO_BENCH.resolve()
+    checkout = bench.REPO_BENCH.resolve()
     imported = [m for m in set(sys.modules) - before
-                if bench in Path(getattr(sys.modules[m], "__file__", None) or "/").resolve().parents]
+                if checkout in Path(getattr(sys.modules[m], "__file__", None) or "/").resolve().parents]
     assert imported == []
 
 
-def test_bench_needs_checkout(capsys, monkeypatch, tmp_path):
+def test_bench_needs_checkout(capsys, tmp_path):
     """An installed package has no bench/: the error names `bench` and says where the benchmarks live."""
-    monkeypatch.setattr(cli, "REPO_BENCH", tmp_path / "bench")
     for cpu in (["--cpu"], []):  # the CPU benchmark, and the GPU one where CUDA is present
-        rc, out, err = _run(capsys, ["bench", "--quick", *cpu])
-        assert rc == 2 and out == "" and err.startswith("specsampler: error: bench: ") and err.count("\n") == 1
+        args = cli.build_parser().parse_args(["bench", "--quick", *cpu])
+        with pytest.raises(CLIError) as exc:
+            bench.cmd_bench(args, folder=tmp_path / "bench")
+        err = f"specsampler: error: {exc.value}"
+        assert err.startswith("specsampler: error: bench: ") and "\n" not in err and capsys.readouterr().out == ""
         for words in ("bench/ folder of the source repository", "clone", "python bench/bench_cpu.py",
                       "bench/device_check.sh"):
             assert words in err, words
@@ -371,11 +395,19 @@ BEFORE_LOAD = [  # (arguments after "generate --target T", the option the messag
 ]
 
 
+@pytest.fixture
+def unloadable(tmp_path) -> str:
+    """A folder that looks like a model (it holds config.json) but fails to load: an error naming --target."""
+    (tmp_path / "unloadable").mkdir()
+    (tmp_path / "unloadable" / "config.json").write_text("{}")
+    return str(tmp_path / "unloadable")
+
+
 @pytest.mark.parametrize("argv, option", BEFORE_LOAD, ids=[f"{o}-{i}" for i, (_, o) in enumerate(BEFORE_LOAD)])
-def test_options_checked_before_loading(models, capsys, tmp_path, monkeypatch, argv, option):
+def test_options_checked_before_loading(unloadable, capsys, tmp_path, argv, option):
+    """Against a target that fails to load: the error names the option at fault, not --target."""
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("a model was loaded before the check"))
-    rc, out, err = _run(capsys, ["generate", "--target", models["target"], *[a.format(tmp=tmp_path) for a in argv]])
+    rc, out, err = _run(capsys, ["generate", "--target", unloadable, *[a.format(tmp=tmp_path) for a in argv]])
     assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("specsampler: error:"), err
     assert option in err
 
@@ -384,8 +416,6 @@ def test_options_checked_before_loading(models, capsys, tmp_path, monkeypatch, a
 def gguf(models, tmp_path, monkeypatch):
     """A folder holding a stand-in .gguf file, the cache in tmp_path, and the converter replaced by loading the tiny
     target (its calls counted)."""
-    from specsampler import models as models_mod
-
     folder = tmp_path / "gguf"
     folder.mkdir()
     (folder / "tiny.gguf").write_bytes(b"GGUF" + bytes(60))
@@ -397,7 +427,7 @@ def gguf(models, tmp_path, monkeypatch):
         model = transformers.AutoModelForCausalLM.from_pretrained(models["target"], dtype=dtype)
         return model, transformers.AutoTokenizer.from_pretrained(models["target"])
 
-    monkeypatch.setattr(models_mod, "_converted", convert)
+    monkeypatch.setattr(cli_models, "_converted", convert)
     return dict(folder=folder, file=folder / "tiny.gguf", calls=calls, cache=tmp_path / "cache" / "gguf")
 
 
@@ -438,28 +468,27 @@ def test_gguf_cache_hit_miss(gguf, models, capsys):
 def test_gguf_cache_atomic(gguf, capsys, monkeypatch, fault):
     """A conversion interrupted (Ctrl-C) or failing (a full disk) while saving leaves no entry and no temporary
     folder; Ctrl-C exits 130, a failed save only warns; the next call converts and caches."""
-    save = transformers.PreTrainedModel.save_pretrained
-
     def broken(self, folder, **kw):
         (Path(folder) / "model.safetensors").write_bytes(b"half")
         raise fault("disk full" if fault is OSError else None)
 
-    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", broken)
     argv = ["generate", "--target", gguf["file"], "--prompt-lookup", "--prompt", PROMPT, "--raw", "--max-new-tokens",
             4, "--json"]
-    rc, out, err = _run(capsys, argv)
+    with monkeypatch.context() as patch:
+        patch.setattr(transformers.PreTrainedModel, "save_pretrained", broken)
+        rc, out, err = _run(capsys, argv)
     assert _entries(gguf["cache"]) == []  # not even a .tmp folder
-    if fault is KeyboardInterrupt:
-        assert rc == 130 and out == "" and "interrupted" in err and "Traceback" not in err
+    if fault is KeyboardInterrupt:  # Ctrl-C while loading: one line, no traceback
+        assert rc == 130 and out == "" and err.strip().splitlines()[-1] == "specsampler: interrupted (Ctrl-C)"
+        assert "Traceback" not in err
     else:
         assert rc == 0 and "warning: loaded target" in err and "not cached (OSError: disk full)" in err
-    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", save)
     rc, _, err = _run(capsys, argv)
     assert rc == 0 and "cached in" in err and len(_entries(gguf["cache"])) == 1
 
 
 def test_cache_root(monkeypatch, tmp_path):
-    from specsampler.models import cache_root, gguf_cache_dir
+    from specsampler.cli.models import cache_root, gguf_cache_dir
 
     monkeypatch.setenv("SPECSAMPLER_CACHE", str(tmp_path / "own"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -479,7 +508,7 @@ def test_gguf_quantizer_set_aside(models):
     while saving and put back; weights kept packed cannot be cached."""
     from types import SimpleNamespace
 
-    from specsampler.models import _without_gguf_quantizer
+    from specsampler.cli.models import _without_gguf_quantizer
 
     model = transformers.AutoModelForCausalLM.from_pretrained(models["draft"])
     quantizer = SimpleNamespace(packed_modules={})
@@ -492,7 +521,7 @@ def test_gguf_quantizer_set_aside(models):
         pass
 
 
-def test_context_overflow(models, capsys, monkeypatch):
+def test_context_overflow(models, capsys):
     long = " ".join(["w5", "w6", "w7", "w8"] * 62)  # 248 tokens: + 12 new > the tiny target's 256 positions
     base = ["generate", "--target", models["target"], "--draft", models["draft"], "--prompt", long, "--raw",
             "--max-new-tokens", 12, "--json"]
@@ -505,8 +534,7 @@ def test_context_overflow(models, capsys, monkeypatch):
     assert rc == 0 and "warning" not in err
     rc, _, err = _run(capsys, [*base[:-3], "--max-new-tokens", 8, "--context-overflow", "error", "--json"])
     assert rc == 0 and "context" not in err  # 248 + 8 = 256 fits
-    monkeypatch.setattr(cli, "generate", lambda *a, **k: pytest.fail("generated past the context"))
-    monkeypatch.setattr(cli, "check_vocab", lambda *a, **k: pytest.fail("the draft was loaded"))
+    base[base.index(models["draft"])] = models["other"]  # a draft that fails its check, were it loaded
     rc, out, err = _run(capsys, [*base, "--context-overflow", "error"])
     assert rc == 2 and out == ""
     assert err.splitlines()[-1].startswith("specsampler: error: --max-new-tokens: the prompt (248 tokens) + 12 new "
@@ -546,8 +574,9 @@ def test_progress_bar(models, capsys, tmp_path, monkeypatch):
 
 
 def _interrupting_generate(monkeypatch, after: int):
-    """Replace cli.generate by the real one whose callback raises KeyboardInterrupt on its `after`-th call."""
-    real, calls = cli.generate, []
+    """Ctrl-C during generation: specsampler.generate, as the CLI calls it, with a callback that raises
+    KeyboardInterrupt on its `after`-th call."""
+    real, calls = runs.generate, []
 
     def gen(*args, callback=None, **kw):
         def cb(row, tokens):
@@ -557,7 +586,7 @@ def _interrupting_generate(monkeypatch, after: int):
                 raise KeyboardInterrupt
         return real(*args, callback=cb if callback else None, **kw)
 
-    monkeypatch.setattr(cli, "generate", gen)
+    monkeypatch.setattr(runs, "generate", gen)
 
 
 def test_ctrl_c_prints_partial_output(models, capsys, tmp_path, monkeypatch):
@@ -582,29 +611,37 @@ def test_ctrl_c_prints_partial_output(models, capsys, tmp_path, monkeypatch):
     rc, out, err = _run(capsys, ["generate", "--target", models["target"], "--prompt-lookup", "--prompt", PROMPT,
                                  "--raw", "--max-new-tokens", 12])  # one prompt: the text streamed so far stays
     assert rc == 130 and out.strip() and "--- specsampler" not in out and "Traceback" not in err
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    rc, out, err = _run(capsys, ["generate", "--target", models["target"], "--prompt-lookup", "--prompt", "w5"])
-    assert rc == 130 and out == "" and err.strip() == "specsampler: interrupted (Ctrl-C)"
 
 
 def test_format_spread():
-    assert cli.format_spread([25.0, 23.0, 27.1, 24.0, 26.0], unit=" tokens/s") == \
+    assert compare.format_spread([25.0, 23.0, 27.1, 24.0, 26.0], unit=" tokens/s") == \
         "25.0 tokens/s (median of 5 runs, min-max 23.0-27.1)"
-    assert cli.format_spread([2.0, 1.5], "{:.2f}", "x", "pairs") == "1.75x (median of 2 pairs, min-max 1.50-2.00)"
-    assert cli.format_spread([3.14159]) == "3.1 (1 run)"
-    assert cli.spread([3, 1, 2]) == dict(median=2, min=1, max=3, n=3)
+    assert compare.format_spread([2.0, 1.5], "{:.2f}", "x", "pairs") == "1.75x (median of 2 pairs, min-max 1.50-2.00)"
+    assert compare.format_spread([3.14159]) == "3.1 (1 run)"
+    assert compare.spread([3, 1, 2]) == dict(median=2, min=1, max=3, n=3)
 
 
-def test_compare_interleaved_medians(models, capsys, monkeypatch):
-    order = []
-    spec, plain = cli.run_speculative, cli.run_plain
-    monkeypatch.setattr(cli, "run_speculative", lambda *a, **k: (order.append("S"), spec(*a, **k))[1])
-    monkeypatch.setattr(cli, "run_plain", lambda *a, **k: (order.append("P"), plain(*a, **k))[1])
+def test_time_interleaved_order_and_comparison():
+    """Sides alternate A B, B A, A B; each pair's speedup is the ratio of its two rates; outputs are identical only
+    when every run of both sides gave the shown tokens."""
+    order, notes = [], []
+    seconds = {"S": iter([1.0, 2.0, 4.0]), "P": iter([2.0, 2.0, 2.0])}
+    side = lambda name: lambda: (order.append(name), ([[1, 2], [3, 4]], next(seconds[name])))[1]
+    timed = compare.time_interleaved({"specsampler": side("S"), "plain": side("P")}, 3, notes.append)
+    assert "".join(order) == "SP" "PS" "SP"
+    assert notes[0] == "timed run 1/3: specsampler 4.0 tokens/s, plain 2.0 tokens/s" and len(notes) == 3
+    c = compare.comparison(timed["specsampler"], timed["plain"], [[1, 2], [3, 4]], sampled=False)
+    assert c["speedup_runs"] == [2.0, 1.0, 0.5] and c["speedup"] == 1.0 and c["identical"] is True
+    assert c["new_tokens"] == 4 and c["runs"] == 3 and c["tokens_per_s"] == 2.0
+    assert compare.comparison(timed["specsampler"], timed["plain"], [[1, 2], [3]], sampled=False)["identical"] is False
+    assert compare.comparison(timed["specsampler"], timed["plain"], [[1]], sampled=True)["identical"] is None
+
+
+def test_compare_interleaved_medians(models, capsys):
     threads = torch.get_num_threads()
     rc, out, err = _run(capsys, ["generate", "--target", models["target"], "--prompt-lookup", "--prompt", PROMPT,
                                  "--raw", "--max-new-tokens", 8, "--compare", "--repeats", 3, "--threads", 1, "--json"])
     assert rc == 0 and torch.get_num_threads() == threads  # set for the run, then restored
-    assert "".join(order) == "SP" + "S" + "SP" "PS" "SP"  # warm-ups, the shown run, then A B / B A / A B
     res = json.loads(out)
     t, c = res["timings"], res["compare"]
     assert t["threads"] == 1 and t["runs"] == c["runs"] == 3 and len(c["speedup_runs"]) == 3
@@ -614,11 +651,11 @@ def test_compare_interleaved_medians(models, capsys, monkeypatch):
     pairs = [a / b for a, b in zip(t["tokens_per_s_runs"], c["tokens_per_s_runs"], strict=True)]
     assert c["speedup"] == pytest.approx(sorted(pairs)[1]) and c["speedup_max"] == pytest.approx(max(pairs))
     assert c["identical"] is True and "timed run 3/3" in err
-    lines = [line for line in cli.summary_lines(res) if not line.startswith("    note:")]
+    lines = [line for line in display.summary_lines(res) if not line.startswith("    note:")]
     assert "tokens/s (median of 3 timed runs, min-max " in lines[1] and "(cpu, float32, 1 torch thread, " in lines[1]
     assert "tokens/s (median of 3 timed runs, min-max " in lines[-2] and lines[-1].startswith("    -> speedup ")
     assert "x (median of 3 interleaved pairs, min-max " in lines[-1] and lines[-1].endswith("(identical output)")
     steady = dict(res["compare"], speedup_runs=[2.0, 2.1, 1.9], speedup=2.0, speedup_min=1.9, speedup_max=2.1)
-    assert not any("disagree" in line for line in cli.summary_lines(res | {"compare": steady}))
+    assert not any("disagree" in line for line in display.summary_lines(res | {"compare": steady}))
     busy = dict(steady, speedup_runs=[0.4, 2.0, 4.3], speedup_min=0.4, speedup_max=4.3)
-    assert "--threads 1" in cli.summary_lines(res | {"compare": busy})[-1]
+    assert "--threads 1" in display.summary_lines(res | {"compare": busy})[-1]

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import CLIError, first_line
+
 __all__ = ["CACHE_ENV", "SMOLLM2", "SMOLLM2_INSTALL", "ModelError", "cache_root", "check_vocab", "gguf_cache_dir",
            "load_model", "model_vocab", "require_transformers", "resolve_model"]
 
@@ -42,8 +44,9 @@ CACHE_META = "specsampler-cache.json"  # written last into an entry: what it was
 STALE_TMP_S = 24 * 3600  # a temporary folder this old was left by a conversion that was killed: removed
 
 
-class ModelError(ValueError):
-    """A model that cannot be found, loaded or used with the other one.
+class ModelError(CLIError):
+    """A model that cannot be found, loaded or used with the other one: a :class:`CLIError` naming the option the
+    model came from (``--target``, ``--draft``).
 
     Parameters
     ----------
@@ -52,10 +55,6 @@ class ModelError(ValueError):
     message : str
         What is wrong, on one line.
     """
-
-    def __init__(self, option: str, message: str):
-        super().__init__(f"{option}: {message}" if option else message)
-        self.option = option
 
 
 def require_transformers(option: str):
@@ -207,8 +206,7 @@ def _from_pretrained(transformers, where: str, spec: str, option: str, dtype: to
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     except (OSError, ValueError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(option, f"cannot load {spec}: {first}") from None
+        raise ModelError(option, f"cannot load {spec}: {first_line(exc)}") from None
 
 
 def _converted(transformers, where: str, gguf: str, spec: str, option: str, dtype: torch.dtype):
@@ -266,9 +264,8 @@ def _load_gguf_cached(transformers, gguf_path: Path, spec: str, option: str, dty
             model = transformers.AutoModelForCausalLM.from_pretrained(str(entry), dtype=dtype)
             return model, _load_tokenizer(transformers, str(entry), {}), f"the cached conversion in {entry}"
         except Exception as exc:  # a damaged entry: convert again, and replace it
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shutil.rmtree(entry, ignore_errors=True)
-            damaged = f"the cache entry {entry} could not be loaded ({first}): converted again; "
+            damaged = f"the cache entry {entry} could not be loaded ({first_line(exc)}): converted again; "
     else:
         damaged = ""
     model, tokenizer = _converted(transformers, str(gguf_path.parent), gguf_path.name, spec, option, torch.float32)

@@ -1,0 +1,194 @@
+"""``specsampler generate``: load the models, run ``specsampler.generate`` over the prompts (streamed, or with a
+progress bar), optionally time it against plain ``target.generate`` (``--compare``), and print the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import torch
+
+from .. import PromptLookupDrafter
+from .compare import DEFAULT_REPEATS, comparison, rate, time_interleaved, timing
+from .display import Interrupted, emit, is_terminal, note, print_interrupted, warn
+from .errors import EXIT_INTERRUPTED, CLIError
+from .info import backend_choice
+from .models import check_vocab, load_model, require_transformers, resolve_model
+from .options import check_context, check_options, processor_options, sampling_settings
+from .prompts import encode_prompts, read_prompts
+from .runs import Job, run_plain, run_speculative, run_speculative_timed
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROMPT_LOOKUP = "prompt lookup (n-grams of 3..1 tokens)"
+
+
+@dataclasses.dataclass
+class Loaded:
+    """The models of a call and the prompts' tokens."""
+
+    target: object
+    tokenizer: object
+    target_label: str
+    drafter: object
+    drafter_label: str
+    rows: list[list[int]]
+
+
+def cmd_generate(args) -> int:
+    """``specsampler generate``: see :mod:`specsampler.cli` and ``specsampler generate --help``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 130 after Ctrl-C.
+    """
+    device = check_options(args)
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    hf_logging = require_transformers("generate").utils.logging
+    resolve_model(args.target, "--target")  # fail on a missing path before spending time on the other model
+    if args.draft:
+        resolve_model(args.draft, "--draft")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:  # transformers' own bars too (loading weights, converting a GGUF file)
+        hf_logging.disable_progress_bar()
+    try:
+        return _generate(args, device, prompts)
+    finally:
+        torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_timed(spec: str, option: str, device: torch.device, args):
+    """:func:`~specsampler.cli.models.load_model`, with a line on stderr saying how long it took and how (the GGUF
+    cache): a warning when a conversion could not be cached, else a note unless ``--quiet``."""
+    start = time.perf_counter()
+    model, tokenizer, label, how = load_model(spec, option, device, DTYPES[args.dtype], cache=not args.no_cache)
+    line = f"loaded {option[2:]} {label} in {time.perf_counter() - start:.1f} s" + (f" ({how})" if how else "")
+    if "not cached (" in how:
+        warn(line)
+    elif not args.quiet:
+        note(line)
+    return model, tokenizer, label
+
+
+def load_models(args, device: torch.device, prompts: list[str], say) -> Loaded:
+    """Load the target, encode the prompts, check them against its context, then load and check the draft."""
+    target, tokenizer, target_label = load_timed(args.target, "--target", device, args)
+    if tokenizer is None:
+        raise CLIError("--target", f"no tokenizer found with {args.target}")
+    rows = encode_prompts(tokenizer, prompts, args.raw)
+    check_context(rows, args.max_new_tokens, args.context_overflow, target, "the target")
+    if args.prompt_lookup:
+        return Loaded(target, tokenizer, target_label, PromptLookupDrafter(), PROMPT_LOOKUP, rows)
+    draft, draft_tokenizer, draft_label = load_timed(args.draft, "--draft", device, args)
+    vocab_note = check_vocab(target, tokenizer, draft, draft_tokenizer)
+    if vocab_note:
+        say(vocab_note)
+    check_context(rows, args.max_new_tokens, args.context_overflow, draft, "the draft")
+    return Loaded(target, tokenizer, target_label, draft, draft_label, rows)
+
+
+def _as_ids(x) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, int):
+        return [x]
+    return [int(v) for v in x]
+
+
+def make_job(args, loaded: Loaded, device: torch.device, settings: dict) -> Job:
+    """The runs' shared options: sampling settings, EOS and pad ids, logits processors."""
+    gc = getattr(loaded.target, "generation_config", None)
+    eos = _as_ids(getattr(gc, "eos_token_id", None)) or _as_ids(loaded.tokenizer.eos_token_id)
+    pad_id = next((x for x in (loaded.tokenizer.pad_token_id, getattr(gc, "pad_token_id", None)) if x is not None),
+                  eos[0] if eos else 0)
+    common = dict(do_sample=settings["do_sample"], pad_token_id=pad_id, eos_token_id=eos or None,
+                  **processor_options(args))
+    speculative = common | dict(num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.schedule,
+                                temperature=settings["temperature"], top_k=settings["top_k"],
+                                top_p=settings["top_p"], min_p=settings["min_p"])
+    plain = dict(common)
+    if settings["do_sample"]:
+        plain.update(temperature=settings["temperature"], top_k=settings["top_k"] or 0,
+                     top_p=settings["top_p"] or 1.0, min_p=settings["min_p"] or 0.0)
+    return Job(loaded.target, loaded.drafter, loaded.rows, device, args.max_new_tokens, args.batch_size, args.seed,
+               eos, pad_id, speculative, plain)
+
+
+def describe_settings(settings: dict) -> str:
+    """The decoding mode in words, with where it came from."""
+    if not settings["do_sample"]:
+        return f"greedy [{settings['source']}]"
+    return (f"sampling (temperature {settings['temperature']:g}, top-k {settings['top_k'] or 'off'}, "
+            f"top-p {settings['top_p'] or 'off'}, min-p {settings['min_p'] or 'off'}) [{settings['source']}]")
+
+
+def _generate(args, device: torch.device, prompts: list[str]) -> int:
+    say = (lambda *parts: None) if args.quiet else note
+    loaded = load_models(args, device, prompts, say)
+    settings = sampling_settings(args, loaded.target)
+    job = make_job(args, loaded, device, settings)
+    if not args.json:
+        say(f"drafter: {loaded.drafter_label}, K = {args.num_draft_tokens}; {describe_settings(settings)}; "
+            f"verify backend: {backend_choice(device)[1]}")
+    if args.compare:
+        run_speculative(job.warm_up(), track=False)
+        run_plain(job.warm_up())
+    streamed = not args.json and len(prompts) == 1
+    try:
+        outs, stats, seconds = run_speculative(job, loaded.tokenizer, stream=streamed, notes=not args.quiet,
+                                               progress=not streamed and not args.quiet and is_terminal(sys.stderr))
+    except Interrupted as exc:
+        return print_interrupted(exc.tokens, exc.done, prompts, loaded.tokenizer, args.json, streamed)
+    texts = [loaded.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+    result = make_result(args, loaded, prompts, texts, outs, stats, seconds, settings, device)
+    if args.compare:
+        try:
+            result |= compare_runs(job, outs, settings["do_sample"], args.repeats or DEFAULT_REPEATS, say)
+        except KeyboardInterrupt:  # Interrupted included
+            emit(result, prompts, texts, args.json, streamed)
+            sys.stdout.flush()
+            note("interrupted (Ctrl-C) during the --compare timed runs: the text above is complete, no timing")
+            return EXIT_INTERRUPTED
+    emit(result, prompts, texts, args.json, streamed)
+    return 0
+
+
+def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: float, settings: dict,
+                device: torch.device) -> dict:
+    """The JSON result of the shown run (``--compare`` replaces its timings and adds ``compare``)."""
+    n_new = sum(len(o) for o in outs)
+    backend, why = backend_choice(device)
+    return {
+        "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": args.num_draft_tokens,
+        "schedule": args.schedule, "device": str(device), "dtype": args.dtype, "backend": backend,
+        "backend_reason": why,
+        "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "min_p", "source")}
+        | {"seed": args.seed},
+        "processors": processor_options(args),
+        "texts": texts,
+        "outputs": [{"prompt": p, "text": t, "prompt_tokens": len(r), "new_tokens": len(o), "token_ids": o}
+                    for p, t, r, o in zip(prompts, texts, loaded.rows, outs, strict=True)],
+        "stats": dataclasses.asdict(stats) | {"acceptance_rate": stats.acceptance_rate,
+                                              "tokens_per_forward": stats.tokens_per_forward},
+        "timings": {"generate_s": seconds, "new_tokens": n_new, "tokens_per_s": rate(n_new, seconds),
+                    "threads": torch.get_num_threads()},
+    }
+
+
+def compare_runs(job: Job, outs: list[list[int]], sampled: bool, repeats: int, say) -> dict:
+    """``--compare``: the timed, interleaved runs of both sides; the result's ``timings`` and ``compare``."""
+    runs = time_interleaved({"specsampler": lambda: run_speculative_timed(job),
+                             "plain target.generate": lambda: run_plain(job)}, repeats, say)
+    spec, plain = runs["specsampler"], runs["plain target.generate"]
+    return {"timings": timing(spec, sum(len(o) for o in outs)) | {"threads": torch.get_num_threads()},
+            "compare": comparison(spec, plain, outs, sampled)}
