@@ -32,6 +32,7 @@ import torch
 import transformers
 
 import specsampler
+from specsampler.generation.schedules import SCHEDULES
 
 
 def build_models(args):
@@ -127,33 +128,28 @@ class StepProfile:
     """Where the time of :func:`specsampler.generate` goes: exclusive wall time per part (the innermost part wins),
     from wrappers set on the library's step functions for the duration of a ``with`` block.
 
-    Parts: ``target forward`` and ``draft forward`` (``_Cached.forward``, the draft's when called while drafting),
+    Parts: ``target forward`` and ``draft forward`` (``CachedModel.forward``, the draft's when called while drafting),
     ``drafting`` (the drafter's propose/accept besides its forwards and draws: prompt lookup, stacking), ``processors``
     (logits processors such as the repetition penalty, target and draft positions), ``cache``
     (trimming and selecting rows of the KV caches), ``sample`` (:func:`specsampler.sample`: each draft token drawn with
     the warpers), ``verify`` (warpers included), ``commit rows`` (tokens, EOS, stats, callback), ``evict`` (finished
     rows) and ``other`` (the rest of the call: validation, prefill bookkeeping, the step's own tensor work and its one
-    host synchronisation). An older tree's ``warp`` (its ``warp_logits``) is timed where it exists; a part whose
-    function the library lacks is left out.
+    host synchronisation).
     """
 
     def __init__(self, sync: bool = False):
-        from specsampler import _generate, drafters
-
-        try:
-            from specsampler._processors import PrefixProcessors
-        except ImportError:  # an older tree
-            PrefixProcessors = None
+        from specsampler.generation import drafters, kv_cache, loop
+        from specsampler.generation.processors import PrefixProcessors
 
         self.sync = sync  # CUDA: synchronise around every timed part, so that each is charged its own GPU work
         self.targets = [
-            ("drafting", _generate._DraftModel, "propose"), ("drafting", _generate._DraftModel, "accept"),
+            ("drafting", drafters.DraftModel, "propose"), ("drafting", drafters.DraftModel, "accept"),
             ("drafting", drafters.PromptLookupRun, "propose"), ("drafting", drafters.PromptLookupRun, "accept"),
-            ("forward", _generate._Cached, "forward"), ("cache", _generate._Cached, "keep"),
-            ("cache", _generate._Cached, "select"), ("verify", _generate, "verify"), ("sample", _generate, "sample"),
-            ("warp", _generate, "warp_logits"), ("commit rows", _generate, "_commit_rows"),
-            ("evict", _generate, "_evict"),
-        ] + ([("processors", PrefixProcessors, "__call__")] if PrefixProcessors is not None else [])
+            ("forward", kv_cache.CachedModel, "forward"), ("cache", kv_cache.CachedModel, "keep"),
+            ("cache", kv_cache.CachedModel, "select"), ("verify", loop, "verify"), ("sample", drafters, "sample"),
+            ("commit rows", loop, "commit_rows"), ("evict", loop, "evict"),
+            ("processors", PrefixProcessors, "__call__"),
+        ]
         self.totals: dict[str, float] = {}
         self._stack: list[list] = []
         self._saved: list[tuple] = []
@@ -237,7 +233,7 @@ def main():
     p.add_argument("--assisted-max-batch", type=int, default=32, help="skip hf assisted above this batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--schedule", nargs="+", default=["constant"], choices=specsampler._generate.SCHEDULES,
+    p.add_argument("--schedule", nargs="+", default=["constant"], choices=SCHEDULES,
                    help="specsampler's draft length: K every step, adapted per row (transformers' heuristic), or "
                         "chosen per step from measured costs; several: a row per schedule, 'specsampler (name)'")
     p.add_argument("--profile", action="store_true",

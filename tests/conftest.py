@@ -26,3 +26,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def scripted_cost_schedule():
+    """The "cost" schedule with scripted times for one test: ``scripted_cost_schedule()`` enters
+    :func:`util.scripted_costs` until the test ends (a test may call it conditionally)."""
+    import contextlib
+
+    from util import scripted_costs
+
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(scripted_costs())
+
+
+@pytest.fixture
+def kernel_settings():
+    """Set the kernels' switches for one test, restored after it: ``kernel_settings(fast_launch=False)``,
+    ``kernel_settings(pdl=True)`` (``specsampler._testing.kernel_settings``); returns the launching module."""
+    import contextlib
+
+    from specsampler import _testing
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **switches: stack.enter_context(_testing.kernel_settings(**switches))
+
+
+@pytest.fixture
+def fresh_kernel_state():
+    """The kernels' process-wide caches emptied before and after the test (``specsampler._testing``)."""
+    from specsampler import _testing
+
+    _testing.reset_kernel_state()
+    yield
+    _testing.reset_kernel_state()

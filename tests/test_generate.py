@@ -10,10 +10,10 @@ transformers = pytest.importorskip("transformers")
 
 from util import (  # noqa: E402
     catches_up,
+    char_tokenizer,
     chi2_pvalue_pooled,
     perturbed,
     record_draft_lengths,
-    scripted_costs,
     tiny_config,
     tiny_model,
 )
@@ -118,7 +118,7 @@ def test_greedy_heuristic_schedule_matches_target_generate(pair):
         specsampler.generate(target, draft, ids, mask, max_new_tokens=2, num_assistant_tokens_schedule="dynamic")
 
 
-def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch):
+def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch, scripted_cost_schedule):
     """The "cost" schedule (K' per step from measured times and acceptance) keeps greedy output equal to
     target.generate row by row: with this machine's own times, and with scripted ones that make K' vary."""
     target, draft = pair
@@ -126,7 +126,7 @@ def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch):
     out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
                                pad_token_id=0, num_assistant_tokens_schedule="cost")
     _check_rows(target, out, ids, mask, 16)
-    scripted_costs(monkeypatch)
+    scripted_cost_schedule()
     seen = record_draft_lengths(monkeypatch)
     out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=3, eos_token_id=[],
                                pad_token_id=0, num_assistant_tokens_schedule="cost")
@@ -135,10 +135,10 @@ def test_greedy_cost_schedule_matches_target_generate(pair, monkeypatch):
 
 
 def _step_of(counts, accepted):
-    from specsampler._generate import _Step
+    from specsampler.generation.loop import Step
 
     width = max(counts) + 1
-    return _Step(counts, width, torch.tensor([len(t) - 1 for t in accepted]), accepted, torch.zeros(len(counts)))
+    return Step(counts, width, torch.tensor([len(t) - 1 for t in accepted]), accepted, torch.zeros(len(counts)))
 
 
 def test_cost_schedule_choice():
@@ -146,16 +146,18 @@ def test_cost_schedule_choice():
     and drafts are cheap and accepted; K' = 0 (plain decoding) where each token row fed costs as much as a forward's
     fixed part and drafts are rejected half the time, with a draft again every PROBE_EVERY steps; K' never past what
     the rows can use; what carries over to the next call."""
-    from specsampler._generate import PROBE_EVERY, _Costs, _CostSchedule
+    from specsampler.generation.schedules import Costs, CostSchedule, CostTuning
+
+    PROBE_EVERY = CostTuning().probe_every
 
     def schedule(acc, forward, draft, k=4):
         """Two rows; the first (prefill) step, then steps of K' = 2 and 4 with `forward(rows fed)` seconds."""
-        s = _CostSchedule(_Costs(), k0=k, max_k=2 * k, batch=2)
+        s = CostSchedule(Costs(), k0=k, watch=None, max_k=2 * k)
         assert s.choose([100, 100]) == k  # nothing measured yet
-        s.observe(_step_of([k, k], acc(k)), [1.0, forward(40 + 2 * (k + 1)), 0.0], prefill_rows=40)
+        s.observe(_step_of([k, k], acc(k)), spans=[1.0, forward(40 + 2 * (k + 1)), 0.0], prefill_rows=40)
         assert s.choose([100, 100]) == k  # the first forward also fed the prompt: no draft time yet
         for kk in (2, 4):
-            s.observe(_step_of([kk, kk], acc(kk)), [draft * kk, forward(2 * (kk + 1)), 0.01])
+            s.observe(_step_of([kk, kk], acc(kk)), spans=[draft * kk, forward(2 * (kk + 1)), 0.01])
         return s
 
     def all_accepted(k):
@@ -173,40 +175,40 @@ def test_cost_schedule_choice():
     assert steep.choose([100, 100]) == 0  # a step of plain decoding
     counts = list(steep.costs.verified), list(steep.costs.rejected)
     for _ in range(PROBE_EVERY - 1):
-        steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
+        steep.observe(_step_of([0, 0], [[7], [7]]), spans=[0.0, 0.3, 0.01])
         assert steep.choose([100, 100]) == 0  # no drafts: nothing learnt about acceptance
         assert (steep.costs.verified, steep.costs.rejected) == counts
-    steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
+    steep.observe(_step_of([0, 0], [[7], [7]]), spans=[0.0, 0.3, 0.01])
     assert steep.choose([100, 100]) == 1  # a probe (one draft per row) after PROBE_EVERY steps without
-    steep.observe(_step_of([1, 1], [[7], [7, 7]]), [0.01, 0.5, 0.01])
+    steep.observe(_step_of([1, 1], [[7], [7, 7]]), spans=[0.01, 0.5, 0.01])
     assert steep.choose([100, 100]) == 0
     choices = []  # the probe changed nothing: the next one waits twice as long
     for _ in range(2 * PROBE_EVERY):
-        steep.observe(_step_of([0, 0], [[7], [7]]), [0.0, 0.3, 0.01])
+        steep.observe(_step_of([0, 0], [[7], [7]]), spans=[0.0, 0.3, 0.01])
         choices.append(steep.choose([100, 100]))
     assert choices == [0] * (2 * PROBE_EVERY - 1) + [1]
     # times and acceptance carry over: a later call with the same pair chooses from its first step
-    assert _CostSchedule(steep.costs, k0=4, max_k=8, batch=2).choose([100, 100]) == 0
-    assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 8
+    assert CostSchedule(steep.costs, k0=4, watch=None, max_k=8).choose([100, 100]) == 0
+    assert CostSchedule(flat.costs, k0=4, watch=None, max_k=8).choose([100, 100, 100]) == 8
     # a fresh pair's acceptance starts at 1/2 per draft: a sixth draft adds 1/64 of a token for 1% more time
-    fresh = _Costs()
+    fresh = Costs()
     fresh.target, fresh.draft, fresh.rest = dict(flat.costs.target), dict(flat.costs.draft), dict(flat.costs.rest)
-    assert _CostSchedule(fresh, k0=4, max_k=8, batch=3).choose([100, 100, 100]) == 5
+    assert CostSchedule(fresh, k0=4, watch=None, max_k=8).choose([100, 100, 100]) == 5
     # draft times at another batch size: measured within a factor 2 of B' (eight rows: K until measured there)
-    assert _CostSchedule(flat.costs, k0=4, max_k=8, batch=8).choose([100] * 8) == 4
+    assert CostSchedule(flat.costs, k0=4, watch=None, max_k=8).choose([100] * 8) == 4
     # a size measured is taken as measured, not from the line (here a 5-token forward cheaper than 1-3 token ones)
-    odd = _Costs()
+    odd = Costs()
     odd.target, odd.draft, odd.rest = {2: 1.0, 4: 2.0, 6: 3.0, 10: 1.2}, {2: 0.01}, {2: 0.0}
-    assert _CostSchedule(odd, k0=1, max_k=8, batch=2).choose([100, 100]) == 4
+    assert CostSchedule(odd, k0=1, watch=None, max_k=8).choose([100, 100]) == 4
 
 
 def test_cost_schedule_acceptance_by_position():
     """S(i), the chance that drafts 1..i are all accepted, position by position (Kaplan-Meier over rows): runs of
     0, 1, 3 and 3 accepted drafts of 3 give rejection rates 1/4, 1/3, 0/2 at positions 1-3, each shrunk towards the
     rate over all positions (2.5 / 10) with the weight of one draft; position 4, never drafted, takes that rate."""
-    from specsampler._generate import ACCEPTANCE_MEMORY, _Costs
+    from specsampler.generation.schedules import Costs, CostTuning
 
-    costs = _Costs()
+    costs = Costs()
     costs.count_acceptance([3, 3, 3, 3], [[7], [7, 7], [7] * 4, [7] * 4])
     assert costs.verified == [0.0, 4.0, 3.0, 2.0] and costs.rejected == [0.0, 1.0, 1.0, 0.0]
     pooled = 2.5 / 10
@@ -215,32 +217,36 @@ def test_cost_schedule_acceptance_by_position():
     for h in hazards:
         expected.append(expected[-1] * (1 - h))
     assert costs.survival(4) == pytest.approx(expected)
-    costs.count_acceptance([1], [[7, 7]])  # older steps count ACCEPTANCE_MEMORY times less per step
-    m = ACCEPTANCE_MEMORY
+    costs.count_acceptance([1], [[7, 7]])  # older steps count acceptance_memory times less per step
+    m = CostTuning().acceptance_memory
     assert costs.verified == pytest.approx([0.0, 4 * m + 1, 3 * m, 2 * m])
 
 
 def test_cost_schedule_times_belong_to_a_model_pair():
-    """One _Costs per (target, drafter) pair, the same object on the next call (prompt-lookup drafters: per
-    setting), gone with the models."""
+    """One Costs per (target, drafter) pair, the same object on the next call (prompt-lookup drafters: per
+    setting), gone with the models; reset() forgets them all."""
     import gc
 
-    from specsampler import _generate
+    from specsampler.generation.schedules import CostRegistry
+
+    registry = CostRegistry()
 
     class Model:
         pass
 
     target, draft, other = Model(), Model(), Model()
-    costs = _generate._costs_of(target, draft)
-    assert _generate._costs_of(target, draft) is costs
-    assert _generate._costs_of(target, other) is not costs and _generate._costs_of(other, draft) is not costs
-    lookup = _generate._costs_of(draft, PromptLookupDrafter(max_ngram=2))
-    assert _generate._costs_of(draft, PromptLookupDrafter(max_ngram=2)) is lookup  # one per setting, not per object
-    assert _generate._costs_of(draft, PromptLookupDrafter(max_ngram=3)) is not lookup
-    n = len(_generate._COSTS)
+    costs = registry.costs_of(target, draft)
+    assert registry.costs_of(target, draft) is costs
+    assert registry.costs_of(target, other) is not costs and registry.costs_of(other, draft) is not costs
+    lookup = registry.costs_of(draft, PromptLookupDrafter(max_ngram=2))
+    assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=2)) is lookup  # one per setting, not per object
+    assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=3)) is not lookup
+    n = len(registry._pairs)
     del target, other
     gc.collect()
-    assert len(_generate._COSTS) == n - 2
+    assert len(registry._pairs) == n - 2
+    registry.reset()
+    assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=2)) is not lookup and len(registry._pairs) == 1
 
 
 @torch.no_grad()
@@ -256,7 +262,7 @@ def _exact_pair_after(target, prompt, skip):
     return joint.reshape(-1, v, v).sum(0)
 
 
-def test_sampled_cost_schedule_follows_target_distribution(monkeypatch):
+def test_sampled_cost_schedule_follows_target_distribution(monkeypatch, scripted_cost_schedule):
     """Sampled tokens under the "cost" schedule, its K' varied by scripted times: the joint of the fifth and sixth
     new tokens (made in the steps after the first, where K' is the schedule's: drafts, none, drafts after a catch-up)
     against the exact target marginal (chi-square p > 1e-4; the draft's own marginal rejected at p < 1e-4)."""
@@ -265,7 +271,7 @@ def test_sampled_cost_schedule_follows_target_distribution(monkeypatch):
     draft = perturbed(target, 0.05)
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
                              pad_token_id=0)
-    scripted_costs(monkeypatch)
+    scripted_cost_schedule()
     seen = record_draft_lengths(monkeypatch)
     out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=8, num_draft_tokens=2,
                                do_sample=True, seed=1234, eos_token_id=[], num_assistant_tokens_schedule="cost")
@@ -280,9 +286,9 @@ def test_sampled_cost_schedule_follows_target_distribution(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA events")
 def test_stopwatch_times_a_cuda_stream():
     """On a GPU the marks are CUDA events, read after the work they close: spans in order, positive."""
-    from specsampler._generate import _Stopwatch
+    from specsampler.generation.schedules import Stopwatch
 
-    watch = _Stopwatch(torch.device("cuda"))
+    watch = Stopwatch(torch.device("cuda"))
     x = torch.randn(2048, 2048, device="cuda")
     float((x @ x).sum())  # (cuBLAS set up, the stream idle, before the first mark)
     watch.mark()
@@ -297,7 +303,7 @@ def test_stopwatch_times_a_cuda_stream():
 
 
 @pytest.mark.parametrize("k, schedule", [(1, "constant"), (3, "constant"), (3, "cost")])
-def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k, schedule, monkeypatch):
+def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k, schedule, monkeypatch, scripted_cost_schedule):
     """The draft's cache (holes, the d_K fed late, rows leaving; with the scripted "cost" schedule also steps without
     drafts, whose tokens the draft is fed later) is right iff every step proposes the draft's own greedy continuation
     of the row: replay the steps with uncached draft.generate and count the accepted drafts."""
@@ -305,7 +311,7 @@ def test_draft_cache_proposes_what_a_fresh_draft_proposes(pair, k, schedule, mon
     ids, mask = _ragged([7, 3, 9, 5], seed=11)
     max_new = 14 if schedule == "constant" else 24
     if schedule == "cost":
-        scripted_costs(monkeypatch)
+        scripted_cost_schedule()
     seen = record_draft_lengths(monkeypatch)  # K' of each step: every running row takes part in every step
     out = specsampler.generate(target, draft, ids, mask, max_new_tokens=max_new, num_draft_tokens=k, eos_token_id=[],
                                num_assistant_tokens_schedule=schedule)
@@ -520,7 +526,7 @@ def test_sampled_generation_never_sorts(llama_pair, monkeypatch):
     """Drafts are drawn by specsampler.sample from the draft's raw scores and verify gets the raw target and draft
     scores with the warpers: no step sorts a vocabulary (torch.sort and argsort raise here; with top_k set the torch
     backend takes topk, and the Triton kernel never sorts)."""
-    from specsampler import _generate
+    from specsampler.generation import drafters, loop
 
     target, draft = llama_pair
     ids, mask = _ragged([6, 3, 8], seed=9)
@@ -540,8 +546,8 @@ def test_sampled_generation_never_sorts(llama_pair, monkeypatch):
     def no_sort(*args, **kwargs):
         raise AssertionError("a vocabulary was sorted")
 
-    monkeypatch.setattr(_generate, "sample", spy_sample)
-    monkeypatch.setattr(_generate, "verify", spy_verify)
+    monkeypatch.setattr(drafters, "sample", spy_sample)
+    monkeypatch.setattr(loop, "verify", spy_verify)
     for owner in (torch, torch.Tensor):
         for name in ("sort", "argsort", "msort"):
             if hasattr(owner, name):
@@ -562,11 +568,11 @@ def test_sampled_generation_never_sorts(llama_pair, monkeypatch):
 @pytest.mark.parametrize("option, value, error", [
     ("temperature", -1.0, ValueError), ("temperature", float("nan"), ValueError),
     ("temperature", float("inf"), ValueError), ("top_k", -3, ValueError), ("top_k", 2.5, ValueError),
-    ("top_p", 0.0, ValueError), ("top_p", 1.5, ValueError), ("top_p", float("nan"), ValueError),
+    ("top_p", -0.1, ValueError), ("top_p", 1.5, ValueError), ("top_p", float("nan"), ValueError),
     ("min_p", -0.1, ValueError), ("min_p", 1.5, ValueError), ("min_p", float("nan"), ValueError),
     ("min_p", True, ValueError),
     ("max_new_tokens", -1, ValueError), ("num_draft_tokens", 0, ValueError), ("do_sample", "yes", TypeError),
-    ("seed", 1.5, TypeError),
+    ("seed", 1.5, TypeError), ("temperature", "1", TypeError), ("num_assistant_tokens", -2, ValueError),
 ])
 def test_generate_validates_every_option(option, value, error):
     """Each sampling option out of range raises before any model is touched, naming the option."""
@@ -580,7 +586,7 @@ def test_generate_validates_every_option(option, value, error):
 
 def test_prompt_lookup_run_follows_the_drafter_protocol():
     """The per-call prompt-lookup state: drafts capped by each row's limit and padded, token lists kept per row."""
-    from specsampler.drafters import PromptLookupRun
+    from specsampler.generation.drafters import PromptLookupRun
 
     run = PromptLookupRun(PromptLookupDrafter(max_ngram=2), [[1, 2, 3, 1, 2], [4, 5]], k=3, fill=0)
     drafts, scores, counts = run.propose(torch.tensor([2, 5]), [2, 3])
@@ -593,16 +599,7 @@ def test_prompt_lookup_run_follows_the_drafter_protocol():
 
 # ------------------------------------------------------------------------------ transformers' names and configs
 def _tiny_tokenizer(vocab=V):
-    """A character tokenizer over `vocab` single characters (one token each), built offline with `tokenizers`."""
-    import string
-
-    tokenizers = pytest.importorskip("tokenizers")
-    chars = (string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation + " é")[:vocab]
-    assert len(chars) == vocab
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=chars[0]))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
-    tok.decoder = tokenizers.decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
+    return char_tokenizer(vocab)
 
 
 @pytest.fixture
@@ -699,7 +696,7 @@ def test_options_default_to_the_generation_configs(llama_pair, gen_config):
 def test_sampling_options_resolve_as_model_generate(llama_pair, gen_config, monkeypatch, config, kw):
     """The warpers specsampler applies are those target.generate applies for the same call (its own resolution,
     transformers' default top_k=50 included); checked on the options verify receives."""
-    from specsampler import _generate
+    from specsampler.generation import loop
 
     target, draft = llama_pair
     for name, value in config.items():
@@ -711,7 +708,7 @@ def test_sampling_options_resolve_as_model_generate(llama_pair, gen_config, monk
         seen.append(vkw)
         return specsampler.verify(*args, **vkw)
 
-    monkeypatch.setattr(_generate, "verify", spy_verify)
+    monkeypatch.setattr(loop, "verify", spy_verify)
     specsampler.generate(target, draft, torch.tensor([[5, 6, 7]]), max_new_tokens=3, seed=0, **kw)
     assert ref.do_sample and seen
     want = dict(temperature=float(ref.temperature if ref.temperature is not None else 1.0),
@@ -726,7 +723,7 @@ def test_sampling_options_resolve_as_model_generate(llama_pair, gen_config, monk
 def test_every_generation_config_option_is_classified():
     """Each attribute of the installed transformers' GenerationConfig is honoured, refused or irrelevant: a new
     option fails here until it is classified in GENERATION_CONFIG_OPTIONS."""
-    from specsampler._generate import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, REFUSED
+    from specsampler.generation.options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, REFUSED
 
     names = {k for k in vars(transformers.GenerationConfig()) if not k.startswith("_")}
     assert names - set(GENERATION_CONFIG_OPTIONS) == set()
@@ -746,7 +743,7 @@ REFUSED_VALUES = dict(
 def test_refused_options_raise_by_name(llama_pair, gen_config, name):
     """A refused option set to a non-default value raises a ValueError naming it, whether passed, given in
     generation_config= or set in the model's config; passing its off value overrides the model's config."""
-    from specsampler._generate import GENERATION_CONFIG_OPTIONS, REFUSED
+    from specsampler.generation.options import GENERATION_CONFIG_OPTIONS, REFUSED
 
     if name not in vars(transformers.GenerationConfig()):
         pytest.skip(f"{name} is not an option of transformers {transformers.__version__}")

@@ -152,7 +152,7 @@ def test_wrapper_each_signature(version):
 def verify_calls(monkeypatch):
     """The number of drafts of every call to specsampler.verify made through the patch (the batched path, or
     transformers' own assisted generation's verify step)."""
-    from specsampler import _generate
+    from specsampler.generation import loop
 
     calls = []
 
@@ -161,7 +161,7 @@ def verify_calls(monkeypatch):
         return specsampler.verify(*args, **kwargs)
 
     monkeypatch.setattr(hf, "verify", spy)
-    monkeypatch.setattr(_generate, "verify", spy)
+    monkeypatch.setattr(loop, "verify", spy)
     return calls
 
 
@@ -236,13 +236,13 @@ def test_custom_generate_sampling_and_return_dict(models):
 def test_custom_generate_reads_min_p(models, monkeypatch):
     """The warpers transformers prepared, min-p included, reach specsampler.generate as its options; the other
     processors as processors."""
-    from specsampler import _generate
+    from specsampler.generation import api
 
     target, draft = models
     ids, mask = _prompts()
     seen = []
-    real = _generate._run
-    monkeypatch.setattr(_generate, "_run", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    real = api.run
+    monkeypatch.setattr(api, "run", lambda *a, **kw: seen.append(dict(kw, sampling=a[4].sampling)) or real(*a, **kw))
     kw = dict(attention_mask=mask, custom_generate=specsampler.speculative_generate, draft_model=draft,
               max_new_tokens=6, do_sample=True, temperature=0.9, top_k=12, min_p=0.05, seed=2, pad_token_id=0,
               eos_token_id=None)
@@ -259,13 +259,13 @@ def test_custom_generate_reads_min_p(models, monkeypatch):
 def test_draft_length_schedule_reaches_specsampler(models, monkeypatch, value, schedule):
     """num_assistant_tokens_schedule given to generate (patched, or custom_generate) is the schedule specsampler
     runs; greedy output stays plain generate's; an unknown value raises naming the option."""
-    from specsampler import _generate
+    from specsampler.generation import api
 
     target, draft = models
     ids, mask = _prompts()
     seen = []
-    real = _generate._run
-    monkeypatch.setattr(_generate, "_run", lambda *a, **kw: seen.append(kw["schedule"]) or real(*a, **kw))
+    real = api.run
+    monkeypatch.setattr(api, "run", lambda *a, **kw: seen.append(a[4].schedule) or real(*a, **kw))
     kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
     extra = {} if value is None else dict(num_assistant_tokens_schedule=value)
     plain = target.generate(ids, **kw)
@@ -282,18 +282,18 @@ def test_draft_length_schedule_reaches_specsampler(models, monkeypatch, value, s
 
 def test_custom_generate_prompt_lookup(models, monkeypatch):
     """prompt_lookup_num_tokens=N drafts by prompt lookup with K = N; greedy output equals plain generate."""
-    from specsampler import _generate
+    from specsampler.generation import api
 
     target, _ = models
     ids = torch.tensor([[4, 5, 6, 4, 5, 6, 4, 5]])
     seen = []
-    real = _generate._run
-    monkeypatch.setattr(_generate, "_run", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
+    real = api.run
+    monkeypatch.setattr(api, "run", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
     out = target.generate(ids, custom_generate=specsampler.speculative_generate, prompt_lookup_num_tokens=3,
                           max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     ref = target.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert torch.equal(out, ref)
-    assert isinstance(seen[0][0][1], specsampler.PromptLookupDrafter) and seen[0][1]["num_draft_tokens"] == 3
+    assert isinstance(seen[0][0][1], specsampler.PromptLookupDrafter) and seen[0][0][4].num_draft_tokens == 3
 
 
 def test_custom_generate_without_a_drafter_says_why(models):

@@ -11,10 +11,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from transformers.generation import logits_process as lp  # noqa: E402
-from util import chi2_pvalue_pooled, perturbed, scripted_costs, tiny_config, tiny_model  # noqa: E402
+from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
 
 import specsampler  # noqa: E402
-from specsampler._processors import PrefixProcessors, split_processors  # noqa: E402
+from specsampler.generation.processors import PrefixProcessors, split_processors  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,7 +87,7 @@ PROCESSOR_OPTIONS = ["repetition_penalty", "encoder_repetition_penalty", "no_rep
 
 
 def test_every_processor_option_is_covered():
-    from specsampler._generate import PROCESSOR_OPTIONS as BUILT
+    from specsampler.generation.options import PROCESSOR_OPTIONS as BUILT
 
     assert sorted(BUILT) == sorted(PROCESSOR_OPTIONS)
 
@@ -120,7 +120,7 @@ def test_greedy_equals_model_generate(models, name, drafter):
 
 
 @pytest.mark.parametrize("drafter, schedule", [("model", "heuristic"), ("model", "cost"), ("lookup", "cost")])
-def test_greedy_all_processors_together_adaptive_schedules(models, monkeypatch, drafter, schedule):
+def test_greedy_all_processors_together_adaptive_schedules(models, drafter, schedule, scripted_cost_schedule):
     """Draft lengths that change from step to step (per row: "heuristic"; per step, with scripted times that make
     some steps draft nothing: "cost") keep every prefix right."""
     target, draft = models
@@ -129,7 +129,7 @@ def test_greedy_all_processors_together_adaptive_schedules(models, monkeypatch, 
               exponential_decay_length_penalty=(3, 1.2))
     ref = _plain(target, ids, mask, **kw)
     if schedule == "cost":
-        scripted_costs(monkeypatch)
+        scripted_cost_schedule()
     drafter = draft if drafter == "model" else specsampler.PromptLookupDrafter(max_ngram=2)
     out = specsampler.generate(target, drafter, ids, mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=PAD,
                                num_draft_tokens=2, num_assistant_tokens_schedule=schedule, **kw)
@@ -209,12 +209,12 @@ def test_patched_generate_applies_the_processors(models, drafter):
 def test_draft_scores_are_processed_too(models, monkeypatch):
     """verify gets target and draft scores both processed (here a suppressed id is -inf in both), so q is what each
     draft was drawn from."""
-    from specsampler import _generate
+    from specsampler.generation import loop
 
     target, draft = models
     ids, mask = _prompts()
     seen = []
-    real = _generate.verify
+    real = loop.verify
 
     def spy(target_logits, drafts, draft_logits, **kw):
         nd = kw.get("num_draft_tokens")
@@ -223,7 +223,7 @@ def test_draft_scores_are_processed_too(models, monkeypatch):
             seen.append((target_logits[i, :n + 1].clone(), draft_logits[i, :n].clone()))
         return real(target_logits, drafts, draft_logits, **kw)
 
-    monkeypatch.setattr(_generate, "verify", spy)
+    monkeypatch.setattr(loop, "verify", spy)
     specsampler.generate(target, draft, ids, mask, max_new_tokens=20, do_sample=True, seed=0, top_k=0,
                          suppress_tokens=[7, 8], eos_token_id=[], pad_token_id=PAD)
     assert len(seen) > 9

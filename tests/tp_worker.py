@@ -10,6 +10,7 @@ model; the seed broadcast alone). Each rank writes what it generated to OUT_DIR/
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import json
@@ -77,16 +78,18 @@ def main(out_dir: pathlib.Path, mode: str) -> None:
     record("greedy", run())
     # The "cost" draft-length schedule: every rank measures its own times; here rank 1's say that drafting never pays
     # (K' = 0) while rank 0's real ones let it draft, so the ranks stay in step only if all follow rank 0's choice.
+    expensive = contextlib.nullcontext()
     if rank == 1:
-        from specsampler import _generate
+        from specsampler.generation.schedules import COSTS, Stopwatch
 
-        class Expensive(_generate._Stopwatch):
+        class Expensive(Stopwatch):
             def spans(self):
                 return [10.0, 1.0, 0.0] if super().spans() else []
 
-        _generate._Stopwatch = Expensive
-    record("cost_greedy", run(num_assistant_tokens_schedule="cost"))
-    record("cost_sampled_seed", run(num_assistant_tokens_schedule="cost", do_sample=True, seed=99))
+        expensive = COSTS.configured(clock=Expensive)
+    with expensive:
+        record("cost_greedy", run(num_assistant_tokens_schedule="cost"))
+        record("cost_sampled_seed", run(num_assistant_tokens_schedule="cost", do_sample=True, seed=99))
     # Each rank's own torch random state from here on, as independent processes would have: a seed drawn locally
     # then differs between ranks, and only a shared one makes them agree.
     torch.manual_seed(1000 + rank)

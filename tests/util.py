@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-import weakref
 
 import torch
 
@@ -146,8 +146,8 @@ def chi2_pvalue_pooled(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------ generate: the "cost" schedule, scripted
 class ScriptedStopwatch:
-    """Stands in for _generate._Stopwatch: every third step's drafts took 10 s, the others 0.1 ms; a target forward
-    1 s whatever its size. With no smoothing and a probe after 2 steps without drafts, the "cost" schedule then
+    """Stands in for the "cost" schedule's Stopwatch: every third step's drafts took 10 s, the others 0.1 ms; a target
+    forward 1 s whatever its size. With no smoothing and a probe after 2 steps without drafts, the "cost" schedule then
     alternates between long drafts and none (K' = 0: plain decoding, the draft catching up afterwards)."""
 
     def __init__(self, device):
@@ -163,31 +163,46 @@ class ScriptedStopwatch:
 
 def record_draft_lengths(monkeypatch):
     """The K' of every draft-model proposal, in order (a list filled as generate runs)."""
-    from specsampler import _generate
+    from specsampler.generation.drafters import DraftModel
 
-    seen, propose = [], _generate._DraftModel.propose
+    seen, propose = [], DraftModel.propose
 
     def spy(self, last, limits):
         out = propose(self, last, limits)
         seen.append(out[0].shape[1])
         return out
 
-    monkeypatch.setattr(_generate._DraftModel, "propose", spy)
+    monkeypatch.setattr(DraftModel, "propose", spy)
     return seen
 
 
-def scripted_costs(monkeypatch):
-    """Make generate's "cost" schedule follow ScriptedStopwatch's times alone (none kept from earlier calls), with no
-    smoothing and a probe after 2 steps without drafts: its K' then varies from step to step, 0 included,
-    deterministically."""
-    from specsampler import _generate
+@contextlib.contextmanager
+def scripted_costs():
+    """A block in which generate's "cost" schedule follows ScriptedStopwatch's times alone (none kept from earlier
+    calls), with no smoothing and a probe after 2 steps without drafts: its K' then varies from step to step, 0
+    included, deterministically."""
+    from specsampler.generation.schedules import COSTS, CostTuning
 
-    monkeypatch.setattr(_generate, "_Stopwatch", ScriptedStopwatch)
-    monkeypatch.setattr(_generate, "_COSTS", weakref.WeakKeyDictionary())  # (no times from earlier calls)
-    monkeypatch.setattr(_generate, "COST_SMOOTHING", 1.0)
-    monkeypatch.setattr(_generate, "PROBE_EVERY", 2)
+    with COSTS.configured(tuning=CostTuning(smoothing=1.0, probe_every=2), clock=ScriptedStopwatch):
+        yield
 
 
 def catches_up(seen):
     """Whether some step drafted after two steps without drafts (the draft model fed what it skipped)."""
     return any(seen[i] == seen[i + 1] == 0 < seen[i + 2] for i in range(len(seen) - 2))
+
+
+def char_tokenizer(vocab: int):
+    """A character tokenizer over `vocab` single characters (one token each), built offline with `tokenizers`."""
+    import string
+
+    import pytest
+    import transformers
+
+    tokenizers = pytest.importorskip("tokenizers")
+    chars = (string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation + " é")[:vocab]
+    assert len(chars) == vocab
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=chars[0]))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
+    tok.decoder = tokenizers.decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok)

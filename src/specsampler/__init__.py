@@ -1,8 +1,7 @@
 """specsampler: exact, fused speculative-decoding verification for PyTorch, and batched speculative generation."""
 
 from ._api import VerifyResult, sample, verify, verify_probs
-from ._generate import GenerateOutput, GenerationStats, generate
-from .drafters import PromptLookupDrafter
+from .generation import GenerateOutput, GenerationStats, PromptLookupDrafter, generate
 from .hf import patch_transformers, patched_transformers, speculative_generate, unpatch_transformers
 from .torch_backend import RESIDUAL_EPS
 

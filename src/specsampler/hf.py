@@ -76,26 +76,54 @@ def _make_generate(original):
     def generate(*args, **kwargs):
         bound = sig.bind(*args, **kwargs)
         a = bound.arguments
-        extra = a.setdefault("kwargs", {}) if "kwargs" in sig.parameters else {}
-        model, cfg = a["self"], a.get("generation_config")
-        lookup = extra.get("prompt_lookup_num_tokens")
-        if lookup is None:
-            lookup = getattr(cfg if cfg is not None else model.generation_config, "prompt_lookup_num_tokens", None)
-        assistant = a.get("assistant_model")
-        if (assistant is None and not lookup) or a.get("custom_generate") is not None or \
-                extra.get("assistant_tokenizer") is not None or "kwargs" not in sig.parameters or \
-                getattr(model.config, "is_encoder_decoder", False):  # (decoder-only models only)
+        if "kwargs" not in sig.parameters:
             return original(*args, **kwargs)
-        a["assistant_model"] = None
+        extra = a.setdefault("kwargs", {})
+        if a.get("custom_generate") is speculative_generate:
+            _hand_over_stop_strings(a, extra)
+            return original(*bound.args, **bound.kwargs)
+        if not _is_speculative(a, extra):
+            return original(*args, **kwargs)
+        _hand_over_stop_strings(a, extra)
+        extra["draft_model"], a["assistant_model"] = a.get("assistant_model"), None
         a["custom_generate"] = speculative_generate
-        extra["draft_model"] = assistant
         if a.get("streamer") is not None:
-            extra["token_streamer"] = a["streamer"]
-            a["streamer"] = None
+            extra["token_streamer"], a["streamer"] = a["streamer"], None
         return original(*bound.args, **bound.kwargs)
 
     generate._specsampler_original = original
     return generate
+
+
+def _is_speculative(a: dict, extra: dict) -> bool:
+    """Whether a ``generate`` call (its bound arguments `a`, `extra` its **kwargs) is one specsampler runs: a draft
+    model or prompt lookup, a decoder-only target, no custom_generate and no assistant tokenizer of its own."""
+    model, cfg = a["self"], a.get("generation_config")
+    lookup = extra.get("prompt_lookup_num_tokens")
+    if lookup is None:
+        lookup = getattr(cfg if cfg is not None else model.generation_config, "prompt_lookup_num_tokens", None)
+    return (a.get("assistant_model") is not None or bool(lookup)) and a.get("custom_generate") is None and \
+        extra.get("assistant_tokenizer") is None and not getattr(model.config, "is_encoder_decoder", False)
+
+
+def _hand_over_stop_strings(a: dict, extra: dict) -> None:
+    """transformers (5.25) drops ``tokenizer=`` on the way to a ``custom_generate`` callable and then refuses stop
+    strings for want of one: with a tokenizer, the stop strings (the call's, else its generation config's, else the
+    model's) become a StopStringCriteria among the stopping criteria, and stop_strings is cleared for transformers."""
+    tokenizer = extra.pop("tokenizer", None)
+    strings = extra.get("stop_strings")
+    for cfg in (a.get("generation_config"), a["self"].generation_config):
+        if strings is None and cfg is not None:
+            strings = getattr(cfg, "stop_strings", None)
+    if tokenizer is None or strings is None:
+        if tokenizer is not None:
+            extra["tokenizer"] = tokenizer
+        return
+    from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
+
+    criteria = StoppingCriteriaList(list(a.get("stopping_criteria") or []))
+    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=strings))
+    a["stopping_criteria"], extra["stop_strings"] = criteria, None
 
 
 def _mixin():
@@ -154,19 +182,21 @@ NO_DRAFTER = ("speculative_generate needs a drafter: pass draft_model=<the draft
 
 def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                          draft_model=None, num_draft_tokens: int | None = None, seed: int | None = None,
-                         token_streamer=None, **model_kwargs):
+                         token_streamer=None, tokenizer=None, **model_kwargs):
     """Batched speculative decoding as a ``custom_generate`` callable.
 
     Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
     max_new_tokens=32, do_sample=True, top_k=20)``. transformers prepares the inputs, the generation config and the
-    warpers, then calls this function, which runs :func:`specsampler.generate` (the draft travels as ``draft_model``
-    because ``generate`` consumes ``assistant_model`` itself). The warpers' values are read from the prepared list and
-    applied by specsampler itself (:func:`specsampler.sample` for the drafts, :func:`specsampler.verify`).
+    warpers, then calls this function, which runs specsampler's batched speculative decoding (the draft travels as
+    ``draft_model`` because ``generate`` consumes ``assistant_model`` itself). The options are resolved by the same
+    resolver as :func:`specsampler.generate` (:func:`specsampler.generation.settings.resolve_settings`) from the
+    generation config transformers prepared; the warpers' values are read from the prepared list and applied by
+    specsampler itself (:func:`specsampler.sample` for the drafts, :func:`specsampler.verify`).
 
     Parameters
     ----------
     model : transformers.PreTrainedModel
-        The target (``self`` of ``generate``).
+        The target (``self`` of ``generate``), decoder-only (an encoder-decoder model raises a ValueError).
     input_ids : torch.Tensor
         [B, P] left-padded prompts.
     logits_processor : LogitsProcessorList
@@ -178,22 +208,24 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
         Prepared by ``generate`` (max length, EOS, stop strings, the caller's own): a row stops at the first token
         where one fires.
     generation_config : GenerationConfig
-        ``do_sample``, ``max_length``, EOS and pad ids.
+        As transformers prepared it: ``do_sample``, ``max_length``, EOS and pad ids, the draft length options.
     draft_model : PreTrainedModel or PromptLookupDrafter, optional
         The drafter. Without it ``prompt_lookup_num_tokens=N`` (a generation option: it arrives in
-        `generation_config`) drafts by prompt lookup; without either a ValueError says why ``assistant_model=`` cannot
-        reach this function (nothing falls back silently).
+        `generation_config`, with ``max_matching_ngram_size``) drafts by prompt lookup; without either a ValueError
+        says why ``assistant_model=`` cannot reach this function (nothing falls back silently).
     num_draft_tokens : int, optional
         K; default the generation config's ``prompt_lookup_num_tokens`` with prompt lookup, else its
         ``num_assistant_tokens``, else 4. The draft length follows the generation config's
-        ``num_assistant_tokens_schedule`` (the call's or the target's; default "constant"), as in
-        :func:`specsampler.generate`.
+        ``num_assistant_tokens_schedule`` (default "constant"), as in :func:`specsampler.generate`.
     seed : int, optional
         Seeds the sampling.
     token_streamer : BaseStreamer, optional
         A transformers streamer for a single row (``generate`` keeps its own ``streamer=`` from a ``custom_generate``
         callable, so it travels under this name; the patched ``generate`` passes it so): the prompt, then each
         step's tokens, then ``end()``.
+    tokenizer : optional
+        Accepted for transformers' stop strings (the stopping criteria arrive prepared; the patched ``generate`` turns
+        ``stop_strings`` with ``tokenizer=`` into one, since transformers 5.25 does not hand the tokenizer over).
     **model_kwargs
         ``attention_mask`` is used; the rest (the cache ``generate`` prepared, position ids) is ignored.
 
@@ -202,58 +234,50 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     torch.Tensor or GenerateDecoderOnlyOutput
         [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
     """
-    from transformers import GenerationConfig
-
-    from ._generate import _refuse_unsupported, _run, _sampling, _schedule, _stop_rows, _StreamRows, check_options
-    from ._processors import split_processors
-    from .drafters import PromptLookupDrafter
+    from .generation.api import run_streamed
+    from .generation.processors import split_processors
+    from .generation.settings import check_inputs, refuse_unsupported, resolve_generation_options, resolve_settings
 
     cfg = generation_config if generation_config is not None else model.generation_config
-    # the options transformers merged (the call's and the model's): a refused one set (num_beams > 1, output_scores,
-    # dola_layers, ...) raises by name, as in specsampler.generate (attributes GenerationConfig does not define, such as
-    # a model's own extra fields, decide nothing in generate and are left alone)
-    known = vars(GenerationConfig())
-    _refuse_unsupported({name: (value, "the generation config") for name, value in vars(cfg).items()
-                         if name in known and not name.startswith("_")}, who="speculative_generate")
-    lookup = getattr(cfg, "prompt_lookup_num_tokens", None)
-    if draft_model is None and not lookup:
+    if draft_model is None and not getattr(cfg, "prompt_lookup_num_tokens", None):
         raise ValueError(NO_DRAFTER)
-    if num_draft_tokens is None:  # K: prompt lookup's N, else a num_assistant_tokens somebody set, else 4
-        set_k = getattr(cfg, "num_assistant_tokens", None)
-        set_k = None if set_k == getattr(GenerationConfig(), "num_assistant_tokens", None) else set_k
-        num_draft_tokens = int(lookup) if draft_model is None else int(set_k or 4)
-    streamer = token_streamer
-    if streamer is not None and input_ids.shape[0] != 1:
+    if token_streamer is not None and input_ids.shape[0] != 1:
         raise ValueError(f"streamer= takes one row, as transformers' streamers do (here {input_ids.shape[0]})")
-    do_sample = bool(cfg.do_sample)
-    # transformers merged the call's options with the model's config into `cfg` and built its processors from them:
-    # the warpers' values go to sample / verify, the other processors are applied position by position
-    processors, warpers = split_processors(logits_processor)
-    warp = dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | warpers
-    eos = getattr(cfg, "_eos_token_tensor", None)
-    eos = eos if eos is not None else cfg.eos_token_id
-    eos = [] if eos is None else eos
-    pad = getattr(cfg, "_pad_token_tensor", None)
-    pad = int(pad) if pad is not None else cfg.pad_token_id
+    attention_mask = check_inputs(input_ids, model_kwargs.get("attention_mask"))
     max_new = int(cfg.max_length) - input_ids.shape[1]
     if max_new < 1:
         return input_ids
-    check_options(max_new_tokens=max_new, num_draft_tokens=num_draft_tokens, do_sample=do_sample, seed=seed, **warp)
-    schedule = _schedule(getattr(cfg, "num_assistant_tokens_schedule", None))
-    # (transformers has repeated the prompts for num_return_sequences already, and prepared the stopping criteria:
-    # max length, EOS, stop strings and the caller's own, checked token by token within each step)
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
-    out = _run(model, draft_model if draft_model is not None else PromptLookupDrafter(), input_ids,
-               model_kwargs.get("attention_mask"), max_new_tokens=max_new, num_draft_tokens=num_draft_tokens,
-               sampling=_sampling(do_sample, **warp), seed=seed, eos_token_id=eos, pad_token_id=pad,
-               callback=None if streamer is None else _StreamRows(streamer, None),
-               stop=_stop_rows(input_ids, list(stopping_criteria or [])), schedule=schedule, processors=processors)
-    if streamer is not None:
-        streamer.end()
+    # transformers merged the call's options with the model's config into `cfg` and built its processors from them:
+    # an option specsampler cannot apply is named first (before the processor it built), then the warpers' values go
+    # to sample / verify and the other processors are applied position by position
+    refuse_unsupported(resolve_generation_options(model, cfg), "speculative_generate")
+    processors, warpers = split_processors(logits_processor)
+    settings = resolve_settings(model, cfg, prompt_width=input_ids.shape[1], draft=draft_model,
+                                num_draft_tokens=num_draft_tokens, seed=seed, who="speculative_generate",
+                                max_new_tokens=max_new, eos_token_id=_prepared_eos(cfg),
+                                pad_token_id=_prepared_pad(cfg),
+                                **(dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | warpers))
+    # (transformers has repeated the prompts for num_return_sequences already, and prepared the stopping criteria)
+    out = run_streamed(model, settings.drafter, input_ids, attention_mask, settings, processors=processors,
+                       criteria=list(stopping_criteria or []), streamer=token_streamer)
     if getattr(cfg, "return_dict_in_generate", False):
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
         return GenerateDecoderOnlyOutput(sequences=out.sequences)
     return out.sequences
 
+
+def _prepared_eos(cfg) -> list[int]:
+    """The EOS ids transformers prepared (its special-token tensor, else the config's)."""
+    eos = getattr(cfg, "_eos_token_tensor", None)
+    eos = eos if eos is not None else cfg.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos.flatten().tolist() if hasattr(eos, "flatten") else
+                             ([eos] if isinstance(eos, int) else eos))]
+
+
+def _prepared_pad(cfg) -> int | None:
+    """The pad id transformers prepared (its special-token tensor, else the config's)."""
+    pad = getattr(cfg, "_pad_token_tensor", None)
+    return int(pad) if pad is not None else cfg.pad_token_id

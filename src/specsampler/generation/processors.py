@@ -29,7 +29,10 @@ import copy
 
 import torch
 
-__all__ = ["PrefixProcessors", "split_processors"]
+from .kv_cache import input_device
+from .options import PROCESSOR_OPTIONS
+
+__all__ = ["PrefixProcessors", "build_processors", "split_processors"]
 
 #: Processors ``model.generate`` may prepare that cannot be applied position by position here: class name -> why.
 UNSUPPORTED = {
@@ -224,3 +227,34 @@ class PrefixProcessors:
                 x = _for_rows(proc, batch_rows, self.batch)(prefix, x)
             scores[i_t, s_t] = x.to(scores.dtype)
         return scores
+
+
+def build_processors(target, options, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new: int,
+                     eos: list[int], logits_processor=None, prefix_allowed_tokens_fn=None) -> list:
+    """The processors ``model.generate`` would build for these options and [B, P] prompts (repeated for
+    num_return_sequences already), warpers excluded: transformers' own ``_get_logits_processor`` on a config with the
+    resolved values, ``max_length`` = P + `max_new` and ``min_length`` from ``min_new_tokens`` as transformers sets
+    them; the caller's `logits_processor` list and `prefix_allowed_tokens_fn` where it puts them."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    values = {name: options[name][0] for name in PROCESSOR_OPTIONS if options[name][0] is not None}
+    if not values and not logits_processor and prefix_allowed_tokens_fn is None:
+        return []
+    prompt = input_ids.shape[1]
+    n_seq = options["num_return_sequences"][0] or 1
+    cfg = GenerationConfig(**values, max_length=prompt + max_new, num_beams=1)
+    cfg.num_return_sequences = n_seq  # (PrefixConstrained's rows per prompt; set after the greedy-only validation)
+    if cfg.min_new_tokens is not None:
+        cfg.min_length = cfg.min_new_tokens + prompt
+    device = input_device(target)
+    cfg._eos_token_tensor = torch.tensor(eos, device=device) if eos else None
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    procs = target._get_logits_processor(
+        generation_config=cfg, input_ids_seq_length=prompt, encoder_input_ids=input_ids.to(device),
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, logits_processor=LogitsProcessorList(logits_processor or []),
+        device=device, model_kwargs={"attention_mask": mask.to(device)})
+    processors, warp = split_processors(procs)
+    if warp:
+        raise ValueError(f"logits_processor holds warpers ({sorted(warp)}): pass temperature=, top_k=, top_p=, "
+                         f"min_p= instead (specsampler applies them inside verify)")
+    return processors

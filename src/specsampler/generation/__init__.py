@@ -1,0 +1,20 @@
+"""Batched speculative generation for HuggingFace causal LMs: :func:`specsampler.generate`.
+
+Read in this order:
+
+- :mod:`.api`: :func:`generate`, the entry point: options resolved, processors and stopping criteria built, the loop.
+- :mod:`.settings`: the one resolver every entry point uses (``generate``, the patched ``model.generate``,
+  ``speculative_generate``, the CLI): argument, then ``generation_config=``, then the model's config, then
+  transformers' defaults; range checks and refusals by name. :mod:`.options` is its table of transformers' options.
+- :mod:`.loop`: prefill, step (draft, score, verify, trim the caches), commit, evict.
+- :mod:`.kv_cache`: the KV cache with holes (rows accept different numbers of drafts).
+- :mod:`.drafters`: the drafter protocol, the draft model, prompt lookup.
+- :mod:`.schedules`: draft lengths per step: constant, heuristic, cost (with the process's measurements).
+- :mod:`.processors`, :mod:`.stopping`: transformers' logits processors at every scored position, stopping criteria.
+"""
+
+from .api import generate
+from .drafters import PromptLookupDrafter
+from .loop import GenerateOutput, GenerationStats
+
+__all__ = ["GenerateOutput", "GenerationStats", "PromptLookupDrafter", "generate"]

@@ -1,0 +1,332 @@
+"""One resolver for every option of a speculative generation call: :func:`resolve_settings`.
+
+:func:`specsampler.generate`, transformers' patched ``generate`` / ``speculative_generate`` and the CLI all build a
+:class:`Settings` here first, so that an option means the same everywhere. The order is transformers': an argument,
+then ``generation_config=``, then ``target.generation_config``, then transformers' defaults (do_sample False, top_k
+50, max_length 20, ...). Each option is range-checked once (:func:`check_option`, naming the option as the caller
+wrote it), the options specsampler cannot apply exactly are refused by name
+(:data:`~.options.GENERATION_CONFIG_OPTIONS`), and so are models it cannot run (encoder-decoder models).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import _checks
+from .drafters import PromptLookupDrafter
+from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, global_defaults, is_off, same
+from .schedules import SCHEDULES
+
+__all__ = ["Settings", "check_inputs", "check_option", "resolve_generation_options", "resolve_settings"]
+
+_POSITIVE = (0.0, math.inf)
+
+#: The range check of each option that has one: name -> check(name, value) -> the normalised value.
+_CHECKS = {
+    "max_new_tokens": lambda n, v: _checks.integer(n, v, 0),
+    "num_draft_tokens": lambda n, v: _checks.integer(n, v, 1),
+    "num_assistant_tokens": lambda n, v: _checks.integer(n, v, 1),
+    "prompt_lookup_num_tokens": lambda n, v: _checks.integer(n, v, 1),
+    "max_matching_ngram_size": lambda n, v: _checks.integer(n, v, 1),
+    "num_return_sequences": lambda n, v: _checks.integer(n, v, 1),
+    "no_repeat_ngram_size": lambda n, v: _checks.integer(n, v, 0),
+    "do_sample": _checks.boolean,
+    "temperature": lambda n, v: _checks.temperature(v, n),
+    "top_k": lambda n, v: _checks.top_k(v, n),
+    "top_p": lambda n, v: _checks.top_p(v, n),
+    "min_p": lambda n, v: _checks.min_p(v, n),
+    "seed": lambda n, v: _checks.seed(v, n),
+    "repetition_penalty": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
+    "max_time": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
+}
+
+
+def check_option(name: str, value):
+    """The range check `name` gets in :func:`resolve_settings`: the value normalised (top_k 0, top_p 1 and min_p 0
+    become None, "off"), or a TypeError / ValueError naming `name`. Options without a check are returned as given."""
+    check = _CHECKS.get(name)
+    return value if check is None or value is None else check(name, value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options of one speculative generation call.
+
+    Attributes
+    ----------
+    max_new_tokens : int
+        The most new tokens per row.
+    num_draft_tokens : int
+        K, drafts per step (the starting draft length of the "heuristic" schedule, the first of "cost").
+    schedule : str
+        "constant", "heuristic" or "cost".
+    do_sample : bool
+    temperature : float
+    top_k, top_p, min_p : int, float, float or None
+        None: off.
+    eos_token_ids : list of int
+    pad_token_id : int
+    num_return_sequences : int
+    seed : int or None
+    drafter : object
+        The draft model or PromptLookupDrafter of the call (None where the caller brings its own).
+    options : dict
+        Every ``GenerationConfig`` option: name -> (value, source), source "argument", "generation_config",
+        "target.generation_config" or "default".
+    """
+
+    max_new_tokens: int
+    num_draft_tokens: int
+    schedule: str
+    do_sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    eos_token_ids: list[int]
+    pad_token_id: int
+    num_return_sequences: int
+    seed: int | None
+    drafter: object = None
+    options: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def sampling(self) -> dict | None:
+        """The keyword arguments :func:`specsampler.sample` and :func:`specsampler.verify` take (the same for both,
+        so that the draft's q in verify is the distribution its tokens were drawn from); None when greedy."""
+        if not self.do_sample or self.temperature == 0:
+            return None
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Option name -> where its value came from."""
+        return {name: source for name, (_, source) in self.options.items()}
+
+    def value(self, name: str):
+        """The resolved value of any ``GenerationConfig`` option."""
+        return self.options[name][0]
+
+
+def resolve_generation_options(target, generation_config=None, **explicit) -> dict[str, tuple[object, str]]:
+    """Every ``GenerationConfig`` option as ``model.generate`` resolves it: name -> (value, source).
+
+    The order is transformers': an explicit keyword (source "argument"), then `generation_config` where it sets the
+    option, then ``target.generation_config`` where it sets it, then transformers' global default ("default"). An
+    option counts as set in a config when it differs from a fresh ``GenerationConfig()`` (5.x: not None; 4.x: not
+    the built-in default), as transformers decides in ``_prepare_generation_config``; a 4.x model's config that
+    unsets an option (``top_k=None``) thus unsets it here too.
+    """
+    from transformers import GenerationConfig
+
+    fresh = GenerationConfig()
+    defaults = global_defaults()
+    model_cfg = getattr(target, "generation_config", None)
+    names = [k for k in vars(fresh) if not k.startswith("_")]
+    names += [k for k in explicit if k not in names]
+    out = {}
+    for name in names:
+        if name in explicit:
+            out[name] = (explicit[name], "argument")
+            continue
+        unset = getattr(fresh, name, None)
+        for source, cfg in (("generation_config", generation_config), ("target.generation_config", model_cfg)):
+            if cfg is not None and hasattr(cfg, name) and not same(getattr(cfg, name), unset):
+                out[name] = (getattr(cfg, name), source)
+                break
+        else:
+            out[name] = (defaults.get(name, unset), "default")
+    return out
+
+
+def refuse_unsupported(options: dict[str, tuple[object, str]], who: str = "specsampler.generate") -> None:
+    """A ValueError naming the first refused (or unknown) option set to a value that would change the output."""
+    from transformers import GenerationConfig
+
+    fresh, defaults = GenerationConfig(), global_defaults()
+    for name, (value, source) in options.items():
+        kind, why = GENERATION_CONFIG_OPTIONS.get(name, (None, "specsampler does not know this option"))
+        if kind in (HONOURED, IRRELEVANT) or is_off(name, value, defaults, fresh):
+            continue
+        where = "passed" if source == "argument" else f"set in {source}"
+        hint = "" if source == "argument" else f" (pass {name}=<its off value> to generate to override it)"
+        raise ValueError(f"{who} does not support {name}={value!r} ({where}): {why}{hint}")
+
+
+def _drafter_of(draft, assistant_model, prompt_lookup_num_tokens, options) -> tuple[object, int | None]:
+    """The one drafter of the call and, for prompt_lookup_num_tokens=N, K = N (else None); a ValueError unless
+    exactly one of draft, assistant_model, prompt_lookup_num_tokens is given (without any, a
+    prompt_lookup_num_tokens set in a generation config is used, as transformers does)."""
+    given = [name for name, value in (("draft", draft), ("assistant_model", assistant_model),
+                                      ("prompt_lookup_num_tokens", prompt_lookup_num_tokens)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give exactly one drafter: draft, assistant_model or prompt_lookup_num_tokens (got "
+                         f"{' and '.join(given)})")
+    if not given:
+        lookup, source = options.get("prompt_lookup_num_tokens", (None, "default"))
+        if lookup is None:
+            raise ValueError("specsampler.generate needs a drafter: draft= (or transformers' name, assistant_model=) "
+                             "a smaller model or a PromptLookupDrafter, or prompt_lookup_num_tokens=N for prompt "
+                             "lookup")
+        prompt_lookup_num_tokens = lookup
+    if prompt_lookup_num_tokens is not None:
+        n = check_option("prompt_lookup_num_tokens", prompt_lookup_num_tokens)
+        ngram = options.get("max_matching_ngram_size", (None, "default"))[0]
+        ngram = None if ngram is None else check_option("max_matching_ngram_size", ngram)
+        return (PromptLookupDrafter(max_ngram=ngram) if ngram else PromptLookupDrafter()), n
+    return (draft if draft is not None else assistant_model), None
+
+
+def _draft_length(num_draft_tokens, num_assistant_tokens, lookup_k, options) -> int:
+    """K: num_draft_tokens or its transformers name num_assistant_tokens (the same value if both), prompt lookup's
+    N, a num_assistant_tokens a generation config sets, else 4; range-checked under the name it was given by."""
+    if num_draft_tokens is not None and num_assistant_tokens is not None and num_draft_tokens != num_assistant_tokens:
+        raise ValueError(f"num_draft_tokens={num_draft_tokens!r} and num_assistant_tokens={num_assistant_tokens!r} "
+                         f"are the same option: give one")
+    k = num_draft_tokens if num_draft_tokens is not None else num_assistant_tokens
+    if lookup_k is not None:
+        if k is not None and k != lookup_k:
+            raise ValueError(f"prompt_lookup_num_tokens={lookup_k} is the draft length of prompt lookup: "
+                             f"num_draft_tokens / num_assistant_tokens={k!r} contradicts it")
+        return lookup_k
+    if k is not None:
+        return check_option("num_draft_tokens" if num_draft_tokens is not None else "num_assistant_tokens", k)
+    value, source = options.get("num_assistant_tokens", (None, "default"))
+    if source == "default" or value is None:
+        return 4
+    return check_option("num_assistant_tokens", value)
+
+
+def _max_new_tokens(options, prompt_width: int) -> int:
+    """max_new_tokens if set anywhere, else max_length minus the prompt width (transformers' rule and errors)."""
+    value, _ = options["max_new_tokens"]
+    if value is not None:
+        return check_option("max_new_tokens", value)
+    max_length, source = options["max_length"]
+    if source == "default":
+        warnings.warn(f"Using the model-agnostic default `max_length` (={max_length}) to control the generation "
+                      f"length, as transformers does. We recommend setting `max_new_tokens`.", UserWarning,
+                      stacklevel=3)
+    if prompt_width is None:
+        raise ValueError("max_new_tokens is needed (no max_length applies without a prompt width)")
+    if not isinstance(max_length, numbers.Integral) or prompt_width >= max_length:
+        raise ValueError(f"Input length of input_ids is {prompt_width}, but `max_length` is set to {max_length!r}: "
+                         f"set max_new_tokens (or a larger max_length)")
+    return int(max_length) - prompt_width
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, torch.Tensor):
+        return [int(v) for v in x.flatten().tolist()]
+    if isinstance(x, numbers.Integral):
+        return [int(x)]
+    return [int(v) for v in x]
+
+
+def _schedule(value) -> str:
+    """The schedule for a ``num_assistant_tokens_schedule`` value (None: "constant"); a ValueError names the option
+    for any other value."""
+    value = value or "constant"
+    if value not in SCHEDULES:
+        raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
+                         f"{value!r}")
+    return "heuristic" if value == "heuristic_transient" else value
+
+
+def check_models(*models, who: str = "specsampler.generate") -> None:
+    """A ValueError naming an encoder-decoder model: speculative generation here continues a decoder-only LM's
+    input ids (an encoder-decoder model would continue its encoder's input)."""
+    for role, model in zip(("target", "draft"), models, strict=False):
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise ValueError(f"{who} supports decoder-only models; the {role} ({type(model).__name__}) is an "
+                             f"encoder-decoder model (config.is_encoder_decoder=True): use its own generate()")
+
+
+def check_inputs(input_ids, attention_mask) -> torch.Tensor:
+    """The [B, P] mask of left-padded prompts (None: all ones); a ValueError naming the argument for a wrong shape or
+    type, or unless every row ends with a token."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be a [B, P] integer tensor, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids!r}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}, got {got}")
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("prompts must be left padded (attention_mask[:, -1] must be 1)")
+    return attention_mask
+
+
+def _eos_and_pad(options) -> tuple[list[int], int]:
+    """The EOS ids and the pad id (set, else the first EOS id, else 0)."""
+    eos = _as_list(options["eos_token_id"][0])
+    pad = options["pad_token_id"][0]
+    pad = pad if pad is not None else (eos[0] if eos else 0)
+    return eos, int(pad)
+
+
+def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
+                     assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
+                     who: str = "specsampler.generate", **explicit) -> Settings:
+    """Resolve and check every option of a call, as ``target.generate`` would resolve them.
+
+    Parameters
+    ----------
+    target : transformers.PreTrainedModel
+    generation_config : transformers.GenerationConfig, optional
+        Options where no argument sets them, before ``target.generation_config``.
+    prompt_width : int, optional
+        P, for max_length (needed when max_new_tokens is set nowhere).
+    draft, assistant_model : optional
+        The drafter (a model or a PromptLookupDrafter; at most one); neither: ``prompt_lookup_num_tokens`` decides.
+        Pass ``draft=False`` where the caller brings its drafter itself (no drafter is chosen then).
+    num_draft_tokens, num_assistant_tokens : int, optional
+        K under specsampler's and transformers' names.
+    seed : int, optional
+    who : str
+        The entry point, in messages.
+    **explicit
+        ``GenerationConfig`` options passed as arguments (only those the caller set).
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the option (or model) at fault.
+    """
+    check_models(target, draft, assistant_model, who=who)
+    options = resolve_generation_options(target, generation_config, **explicit)
+    refuse_unsupported(options, who)
+    drafter, lookup_k = (None, None) if draft is False else _drafter_of(
+        draft, assistant_model, explicit.get("prompt_lookup_num_tokens"), options)
+
+    def opt(name):
+        return check_option(name, options[name][0])
+
+    do_sample = bool(opt("do_sample"))
+    n_seq = opt("num_return_sequences") or 1
+    if n_seq > 1 and not do_sample:
+        raise ValueError(f"Greedy methods (do_sample != True) without beam search do not support "
+                         f"`num_return_sequences` different than 1 (got {n_seq}).")
+    for name in ("repetition_penalty", "no_repeat_ngram_size", "max_time"):
+        opt(name)
+    temperature = opt("temperature")
+    eos, pad = _eos_and_pad(options)
+    return Settings(
+        max_new_tokens=_max_new_tokens(options, prompt_width),
+        num_draft_tokens=_draft_length(num_draft_tokens, num_assistant_tokens, lookup_k, options),
+        schedule=_schedule(options["num_assistant_tokens_schedule"][0]), do_sample=do_sample,
+        temperature=1.0 if temperature is None else temperature, top_k=opt("top_k"), top_p=opt("top_p"),
+        min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq,
+        seed=check_option("seed", seed), drafter=drafter, options=options)
