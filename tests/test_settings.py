@@ -1,0 +1,240 @@
+"""One resolver for every entry point (generation/settings.py), and the defects that three resolvers grew: each test
+below failed on 5b60d60, where generate, the patched generate / speculative_generate and the CLI resolved options
+each their own way."""
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from util import char_tokenizer, perturbed, tiny_config, tiny_model  # noqa: E402
+
+import specsampler  # noqa: E402
+from specsampler.generation import api  # noqa: E402
+from specsampler.generation.settings import check_option, resolve_settings  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V = 64
+SMALL_V = 60  # a draft vocabulary smaller than the target's
+KW = dict(max_new_tokens=8, eos_token_id=[], pad_token_id=0)
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = tiny_model(tiny_config("llama", V), 0)
+    return target, perturbed(target, 0.005)
+
+
+@pytest.fixture(scope="module")
+def small_draft(models):
+    """A draft of SMALL_V ids: the target's weights without its last rows of embeddings and output layer."""
+    target = models[0]
+    draft = tiny_model(tiny_config("llama", SMALL_V), 0)
+    state = {name: (w[:SMALL_V] if "embed_tokens" in name or "lm_head" in name else w)
+             for name, w in target.state_dict().items()}
+    draft.load_state_dict(state)
+    return draft
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(5)
+    return torch.randint(1, V, (2, 6), generator=g)
+
+
+def _plain(target, ids, **kw):
+    return target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                           eos_token_id=None, pad_token_id=0, **kw)
+
+
+# ---------------------------------------------------------------------------- 1: a draft with a smaller vocabulary
+@pytest.mark.parametrize("option", [
+    dict(bad_words_ids=[[3], [62], [7, 9]]),
+    dict(sequence_bias={(5,): -3.0, (61,): 4.0, (2, 62): 3.0}),
+    dict(prefix_allowed_tokens_fn=lambda batch_id, ids: [2, 5, 11, 61, 62, 63]),
+])
+def test_smaller_draft_vocabulary_with_processors(models, small_draft, option):
+    """Processors built for the target's V (bad words, sequence bias, allowed tokens, ids past the draft's vocabulary
+    included) apply to a draft of fewer ids: greedy output equals plain generate, through specsampler.generate and the
+    patched generate; sampling runs and never emits a refused id."""
+    target = models[0]
+    ids = _prompts()
+    ref = _plain(target, ids, **option)
+    out = specsampler.generate(target, small_draft, ids, **KW, **option)
+    assert torch.equal(out.sequences, ref)
+    with specsampler.patched_transformers():
+        patched = target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=small_draft,
+                                  do_sample=False, max_new_tokens=8, eos_token_id=None, pad_token_id=0, **option)
+    assert torch.equal(patched, ref)
+    sampled = specsampler.generate(target, small_draft, ids, **KW, **option, do_sample=True, seed=3)
+    new = sampled.sequences[:, ids.shape[1]:]
+    assert bool(((new >= 0) & (new < V)).all())
+    if "bad_words_ids" in option:
+        assert not bool(((new == 3) | (new == 62)).any())
+    if "prefix_allowed_tokens_fn" in option:
+        assert set(new.flatten().tolist()) <= {2, 5, 11, 61, 62, 63}
+
+
+# ---------------------------------------------------------------------------------------- 2: encoder-decoder models
+def test_encoder_decoder_models_are_refused(models):
+    """An encoder-decoder model (target or draft) raises a ValueError naming it, through generate and
+    custom_generate; the patched generate leaves it to transformers' own assisted generation."""
+    cfg = transformers.T5Config(vocab_size=V, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+                                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    t5 = transformers.T5ForConditionalGeneration(cfg).eval()
+    ids = _prompts()
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        specsampler.generate(t5, t5, ids, max_new_tokens=3)
+    with pytest.raises(ValueError, match="draft .*encoder-decoder"):
+        specsampler.generate(models[0], t5, ids, max_new_tokens=3)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        t5.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=t5, max_new_tokens=3)
+    plain = t5.generate(ids[:1], max_new_tokens=3, do_sample=False)
+    with specsampler.patched_transformers():
+        assert torch.equal(t5.generate(ids[:1], assistant_model=t5, max_new_tokens=3, do_sample=False), plain)
+
+
+# ---------------------------------------------------------------------- 3: stop_strings with tokenizer= in the patch
+def test_stop_strings_with_tokenizer_through_the_patch(models):
+    """stop_strings with tokenizer= through the patched generate (assistant_model= and custom_generate=) equals plain
+    generate (transformers 5.25 does not hand the tokenizer to a custom_generate callable: the patch builds the
+    criterion itself)."""
+    target, draft = models
+    tok = char_tokenizer(V)
+    ids = _prompts()[:1]
+    free = _plain(target, ids)
+    stop = tok.decode(free[0, ids.shape[1] + 3: ids.shape[1] + 5])
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8, eos_token_id=None,
+              pad_token_id=0, stop_strings=[stop], tokenizer=tok)
+    ref = target.generate(ids, **kw)
+    assert ref.shape[1] < free.shape[1]
+    with specsampler.patched_transformers():
+        assert torch.equal(target.generate(ids, assistant_model=draft, **kw), ref)
+        assert torch.equal(target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                                           **kw), ref)
+
+
+# -------------------------------------------------------------------------------- 5, 6, 7: options and their checks
+def test_numpy_seed(models):
+    target, draft = models
+    ids = _prompts()
+    a = specsampler.generate(target, draft, ids, **KW, do_sample=True, seed=np.int64(3))
+    b = specsampler.generate(target, draft, ids, **KW, do_sample=True, seed=3)
+    assert torch.equal(a.sequences, b.sequences)
+
+
+def test_top_p_zero_keeps_the_most_likely_token(models):
+    """top_p=0 keeps one token, as transformers' TopPLogitsWarper does (verify and sample take it too): sampling
+    with it is greedy decoding."""
+    target, draft = models
+    ids = _prompts()
+    out = specsampler.generate(target, draft, ids, **KW, do_sample=True, top_p=0.0, seed=1)
+    assert torch.equal(out.sequences, _plain(target, ids))
+    assert check_option("top_p", 0) == 0.0
+
+
+def test_draft_length_named_as_given(models):
+    """num_assistant_tokens out of range raises naming num_assistant_tokens wherever it comes from: generate's
+    argument, the patched generate (before: silently 4), custom_generate."""
+    target, draft = models
+    ids = _prompts()
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="num_assistant_tokens"):
+            specsampler.generate(target, draft, ids, num_assistant_tokens=bad, **KW)
+        with specsampler.patched_transformers(), pytest.raises(ValueError, match="num_assistant_tokens"):
+            target.generate(ids, assistant_model=draft, num_assistant_tokens=bad, max_new_tokens=4)
+        with pytest.raises(ValueError, match="num_assistant_tokens"):
+            target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                            num_assistant_tokens=bad, max_new_tokens=4)
+
+
+def test_patched_prompt_lookup_takes_max_matching_ngram_size(models, monkeypatch):
+    target, _ = models
+    ids = torch.tensor([[4, 5, 6, 4, 5, 6, 4, 5]])
+    seen = []
+    real = api.run
+    monkeypatch.setattr(api, "run", lambda *a, **kw: seen.append(a[1]) or real(*a, **kw))
+    with specsampler.patched_transformers():
+        out = target.generate(ids, prompt_lookup_num_tokens=3, max_matching_ngram_size=2, max_new_tokens=6,
+                              do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert seen[0].max_ngram == 2
+    assert torch.equal(out, target.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                            eos_token_id=None))
+
+
+def test_resolver_defaults_as_model_generate(models):
+    """A model config that samples and leaves top_k unset gets transformers' top_k 50, as target.generate applies
+    it; the pad id is the config's (else the first EOS id); each value says where it came from."""
+    target = models[0]
+    cfg = transformers.GenerationConfig(do_sample=True, temperature=0.7, eos_token_id=[9, 4])
+    s = resolve_settings(target, cfg, max_new_tokens=4, draft=False)
+    assert (s.do_sample, s.temperature, s.top_k, s.top_p) == (True, 0.7, 50, None)
+    assert s.eos_token_ids == [9, 4] and s.pad_token_id == 9
+    assert s.sources["temperature"] == "generation_config" and s.sources["top_k"] == "default"
+    assert s.sampling == dict(temperature=0.7, top_k=50, top_p=None, min_p=None)
+    ref, _ = target._prepare_generation_config(cfg)
+    assert ref.top_k == s.top_k and ref.temperature == s.temperature
+
+
+@pytest.mark.parametrize("mask, match", [(torch.ones(2, 5, dtype=torch.long), r"attention_mask .*\(2, 6\)"),
+                                         ([[1] * 6] * 2, "attention_mask")])
+def test_attention_mask_of_the_wrong_shape(models, mask, match):
+    target, draft = models
+    with pytest.raises(ValueError, match=match):
+        specsampler.generate(target, draft, _prompts(), mask, **KW)
+
+
+# ------------------------------------------------------------------------------------- 8: stopping checks, linear
+def test_stopping_criteria_see_views_of_one_buffer(models):
+    """Each row's checks get [1, L] views of one preallocated buffer, one token longer per check (a new tensor per
+    token and criterion made a row's checks quadratic in its length), and the output is unchanged."""
+    target, draft = models
+    ids = _prompts()
+    seen = []
+
+    class Record(transformers.StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            seen.append((input_ids.shape, input_ids.untyped_storage().data_ptr()))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    crits = transformers.StoppingCriteriaList([Record()])
+    out = specsampler.generate(target, draft, ids, **KW, stopping_criteria=crits)
+    assert torch.equal(out.sequences, _plain(target, ids))
+    assert len(seen) == 2 * 8 and len({ptr for _, ptr in seen}) == 1
+    assert sorted(shape[1] for shape, _ in seen) == sorted(list(range(7, 15)) * 2)
+
+
+# ------------------------------------------------------------------------------------ 10: gaps mutation testing found
+def test_eos_as_the_bonus_token_after_accepted_drafts(models):
+    """With the target as its own draft every step accepts all K drafts; an EOS id that first appears as the first
+    step's bonus token (after K_b = 3 accepted drafts) ends the row right there, as in plain generate."""
+    target, _ = models
+    k = 3
+    for seed in range(50):  # the first prompt whose bonus token is new
+        ids = torch.randint(1, V, (1, 6), generator=torch.Generator().manual_seed(seed))
+        free = _plain(target, ids)[0, ids.shape[1]:].tolist()
+        if free[k] not in free[:k]:
+            break
+    assert free[k] not in free[:k], free
+    out = specsampler.generate(target, target, ids, max_new_tokens=8, num_draft_tokens=k, eos_token_id=free[k],
+                               pad_token_id=0)
+    assert out.sequences[0, ids.shape[1]:].tolist() == free[:k + 1]
+    assert out.stats.target_forwards == 1 and out.stats.accepted == k
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.5, 1.6, 3.0])
+def test_draft_sampled_at_the_call_temperature(models, monkeypatch, temperature):
+    """Every draft is drawn at the call's temperature and verify gets the same one (a draft drawn at another
+    temperature than verify's q would bias the output)."""
+    from specsampler.generation import drafters, loop
+
+    target, draft = models
+    samples, verifies = [], []
+    monkeypatch.setattr(drafters, "sample", lambda logits, **kw: samples.append(kw) or specsampler.sample(logits, **kw))
+    monkeypatch.setattr(loop, "verify", lambda *a, **kw: verifies.append(kw) or specsampler.verify(*a, **kw))
+    specsampler.generate(target, draft, _prompts(), **KW, do_sample=True, temperature=temperature, seed=2)
+    assert samples and all(kw["temperature"] == temperature for kw in samples)
+    assert verifies and all(kw["temperature"] == temperature for kw in verifies)
