@@ -236,8 +236,15 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     """
     from .generation.api import run_streamed
     from .generation.processors import split_processors
-    from .generation.settings import check_inputs, refuse_unsupported, resolve_generation_options, resolve_settings
+    from .generation.settings import (
+        check_inputs,
+        check_models,
+        refuse_unsupported,
+        resolve_generation_options,
+        resolve_settings,
+    )
 
+    check_models(model, draft_model, who="speculative_generate")
     cfg = generation_config if generation_config is not None else model.generation_config
     if draft_model is None and not getattr(cfg, "prompt_lookup_num_tokens", None):
         raise ValueError(NO_DRAFTER)
