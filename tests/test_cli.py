@@ -190,7 +190,7 @@ def test_compare_json(models, capsys):
                                "--raw", "--max-new-tokens", 12, "--compare", "--json"])
     assert rc == 0
     res = json.loads(out)
-    assert res["sampling"]["source"] == "default (greedy)"  # the tiny models' generation config does not sample
+    assert res["sampling"]["sources"]["do_sample"] == "default"  # the tiny models' generation config does not sample
     c = res["compare"]
     assert c["identical"] is True and c["new_tokens"] == res["stats"]["new_tokens"] and c["speedup"] > 0
 
@@ -217,20 +217,79 @@ def test_prompts_file_batch_sampled(models, capsys, tmp_path):
     assert rc == 0 and "=== [3/3] 'w20'" in out and "acceptance" in out
 
 
-def test_sampling_settings_read_min_p():
-    """--min-p means sampling; without options the target's generation config decides, min_p included."""
-    from types import SimpleNamespace
+@pytest.fixture(scope="module")
+def sampling_target(models, tmp_path_factory):
+    """The tiny target with a generation config that samples at temperature 20 (nearly uniform over the 64 tokens)
+    and leaves top_k unset, so that target.generate applies transformers' default top_k 50; its pad id (5) is not
+    the tokenizer's (0)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(models["target"])
+    model.generation_config = transformers.GenerationConfig(do_sample=True, temperature=20.0, bos_token_id=1,
+                                                            eos_token_id=2, pad_token_id=5)
+    tok = transformers.AutoTokenizer.from_pretrained(models["target"])
+    return _save(tmp_path_factory.mktemp("cli_sampling") / "target", model, tok)
 
-    args = cli.build_parser().parse_args(["generate", "--target", "t", "--prompt-lookup", "--prompt", "x"])
-    config = SimpleNamespace(do_sample=True, temperature=0.6, top_k=0, top_p=1.0, min_p=0.1)
-    got = options.sampling_settings(args, SimpleNamespace(generation_config=config))
-    assert got == dict(do_sample=True, temperature=0.6, top_k=None, top_p=None, min_p=0.1,
-                       source="the target's generation config")
-    config.min_p = None
-    assert options.sampling_settings(args, SimpleNamespace(generation_config=config))["min_p"] is None
-    args.min_p = 0.2
-    got = options.sampling_settings(args, SimpleNamespace(generation_config=config))
-    assert got["do_sample"] and got["min_p"] == 0.2 and got["temperature"] == 1.0 and got["source"] == "options"
+
+def _ranks(folder, prompt_ids: list[int], new: list[int]) -> list[int]:
+    """Each new token's rank among the target's next-token logits (0: the most likely)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    seq = torch.tensor([prompt_ids + new])
+    with torch.no_grad():
+        logits = model(seq).logits[0, len(prompt_ids) - 1:-1]
+    return [int((row > row[t]).sum()) for row, t in zip(logits, new, strict=True)]
+
+
+def test_config_sampling_applies_default_top_k(sampling_target, models, capsys, tmp_path):
+    """Issue 20, item 6: where the target's generation config samples and leaves top_k unset, target.generate
+    applies top_k 50, and so must the CLI: no new token ranks 50th or lower (at temperature 20, without top-k, about
+    a fifth of them would)."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(["w5 w6 w7", "w9 w10 w9", "w20 w21", "w30", "w40 w41 w42", "w50 w51"]) + "\n")
+    rc, out, err = _run(capsys, ["generate", "--target", sampling_target, "--draft", models["draft"], "--prompts-file",
+                                 path, "--raw", "--max-new-tokens", 12, "--seed", 1, "--json"])
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["sampling"]["do_sample"] is True and res["sampling"]["top_k"] == 50
+    assert res["sampling"]["sources"]["top_k"] == "default"
+    assert res["sampling"]["sources"]["temperature"] == "target.generation_config"
+    tok = transformers.AutoTokenizer.from_pretrained(sampling_target)
+    ranks = [r for o in res["outputs"] for r in _ranks(sampling_target, tok(o["prompt"])["input_ids"], o["token_ids"])]
+    assert len(ranks) >= 30 and max(ranks) < 50, ranks
+
+
+def test_pad_and_eos_ids_follow_the_config(sampling_target, capsys):
+    """Issue 20, item 6: the pad id comes from the target's generation config before the tokenizer (as in
+    specsampler.generate and target.generate); the prompts are left-padded with it."""
+    rc, out, err = _run(capsys, ["generate", "--target", sampling_target, "--prompt-lookup", "--prompt", "w5 w6 w7",
+                                 "--prompt", "w9", "--raw", "--greedy", "--max-new-tokens", 6, "--json"])
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["pad_token_id"] == 5 and res["eos_token_ids"] == [2]
+    assert res["sampling"]["do_sample"] is False and res["sampling"]["sources"]["do_sample"] == "argument"
+
+
+def test_flags_to_options():
+    """Only the options the flags set reach the resolver: --greedy and --temperature 0 mean greedy, any other
+    sampling flag means sampling with the values given (the rest from the target's config and transformers)."""
+    parse = lambda *a: cli.build_parser().parse_args(["generate", "--target", "t", "--prompt-lookup", "--prompt", "x",
+                                                       *a])
+    assert options.given_options(parse()) == {} and options.option_flags(parse()) == {}
+    assert options.given_options(parse("--greedy")) == {"do_sample": False}
+    assert options.given_options(parse("--temperature", "0", "--top-k", "5")) == {"do_sample": False}
+    assert options.option_flags(parse("--temperature", "0")) == {"do_sample": "--temperature 0"}
+    args = parse("--min-p", "0.2", "--top-k", "0", "--repetition-penalty", "1.2")
+    assert options.given_options(args) == {"do_sample": True, "top_k": 0, "min_p": 0.2, "repetition_penalty": 1.2}
+    assert options.option_flags(args) == {"do_sample": "--top-k", "top_k": "--top-k", "min_p": "--min-p",
+                                          "repetition_penalty": "--repetition-penalty"}
+
+
+def test_sampling_flag_keeps_the_config_temperature(sampling_target, capsys):
+    """--min-p alone samples at the temperature of the target's generation config (as target.generate would), and
+    the notes say where each value came from."""
+    rc, out, err = _run(capsys, ["generate", "--target", sampling_target, "--prompt-lookup", "--prompt", "w5 w6",
+                                 "--raw", "--min-p", 0.01, "--max-new-tokens", 4, "--seed", 0])
+    assert rc == 0, err
+    assert ("sampling (temperature 20 [target.generation_config], top-k 50 [default], top-p off, min-p 0.01 "
+            "[--min-p])") in err
 
 
 def test_chat_template(models, capsys):
@@ -253,7 +312,6 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
     (["--prompt-lookup"], "--prompt"),
     (["--prompt-lookup", "--prompts-file", "{tmp}/none.txt"], "--prompts-file"),
     (["--prompt-lookup", "--prompt", "w5", "--temperature", "-0.5"], "--temperature"),
-    (["--prompt-lookup", "--prompt", "w5", "--top-p", "0"], "--top-p"),
     (["--prompt-lookup", "--prompt", "w5", "--top-p", "1.5"], "--top-p"),
     (["--prompt-lookup", "--prompt", "w5", "--top-k", "-1"], "--top-k"),
     (["--prompt-lookup", "--prompt", "w5", "--greedy", "--temperature", "0.7"], "--greedy"),

@@ -10,12 +10,13 @@ import time
 import torch
 
 from .. import PromptLookupDrafter
+from ..generation.settings import Settings, resolve_settings
 from .compare import DEFAULT_REPEATS, comparison, rate, time_interleaved, timing
 from .display import Interrupted, emit, is_terminal, note, print_interrupted, warn
 from .errors import EXIT_INTERRUPTED, CLIError
 from .info import backend_choice
 from .models import check_vocab, load_model, require_transformers, resolve_model
-from .options import check_context, check_options, processor_options, sampling_settings
+from .options import check_context, check_options, given_options, option_flags, processor_options
 from .prompts import encode_prompts, read_prompts
 from .runs import Job, run_plain, run_speculative, run_speculative_timed
 
@@ -97,49 +98,72 @@ def load_models(args, device: torch.device, prompts: list[str], say) -> Loaded:
     return Loaded(target, tokenizer, target_label, draft, draft_label, rows)
 
 
-def _as_ids(x) -> list[int]:
-    if x is None:
-        return []
-    if isinstance(x, int):
-        return [x]
-    return [int(v) for v in x]
+def resolve(args, loaded: Loaded) -> Settings:
+    """The call's settings, resolved by the library from the options given (:func:`given_options`), the target's
+    generation config and transformers' defaults, as ``target.generate`` resolves them.
+
+    Raises
+    ------
+    CLIError
+        Naming ``--target``: an option its generation config sets that specsampler refuses, or a model it cannot run.
+    """
+    try:
+        return resolve_settings(loaded.target, prompt_width=max(map(len, loaded.rows)), draft=loaded.drafter,
+                                num_draft_tokens=args.num_draft_tokens, seed=args.seed,
+                                max_new_tokens=args.max_new_tokens, num_assistant_tokens_schedule=args.schedule,
+                                who="specsampler generate", **given_options(args))
+    except (TypeError, ValueError) as exc:
+        raise CLIError("--target", str(exc)) from None
 
 
-def make_job(args, loaded: Loaded, device: torch.device, settings: dict) -> Job:
-    """The runs' shared options: sampling settings, EOS and pad ids, logits processors."""
-    gc = getattr(loaded.target, "generation_config", None)
-    eos = _as_ids(getattr(gc, "eos_token_id", None)) or _as_ids(loaded.tokenizer.eos_token_id)
-    pad_id = next((x for x in (loaded.tokenizer.pad_token_id, getattr(gc, "pad_token_id", None)) if x is not None),
-                  eos[0] if eos else 0)
-    common = dict(do_sample=settings["do_sample"], pad_token_id=pad_id, eos_token_id=eos or None,
-                  **processor_options(args))
-    speculative = common | dict(num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.schedule,
-                                temperature=settings["temperature"], top_k=settings["top_k"],
-                                top_p=settings["top_p"], min_p=settings["min_p"])
-    plain = dict(common)
-    if settings["do_sample"]:
-        plain.update(temperature=settings["temperature"], top_k=settings["top_k"] or 0,
-                     top_p=settings["top_p"] or 1.0, min_p=settings["min_p"] or 0.0)
+def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> Job:
+    """What every run shares: the options given (the rest both sides resolve alike), the resolved EOS and pad ids."""
+    ids = dict(eos_token_id=settings.eos_token_ids or None, pad_token_id=settings.pad_token_id)
+    speculative = given_options(args) | ids | dict(num_draft_tokens=args.num_draft_tokens,
+                                                   num_assistant_tokens_schedule=args.schedule)
     return Job(loaded.target, loaded.drafter, loaded.rows, device, args.max_new_tokens, args.batch_size, args.seed,
-               eos, pad_id, speculative, plain)
+               settings.eos_token_ids, settings.pad_token_id, speculative, given_options(args) | ids)
 
 
-def describe_settings(settings: dict) -> str:
-    """The decoding mode in words, with where it came from."""
-    if not settings["do_sample"]:
-        return f"greedy [{settings['source']}]"
-    return (f"sampling (temperature {settings['temperature']:g}, top-k {settings['top_k'] or 'off'}, "
-            f"top-p {settings['top_p'] or 'off'}, min-p {settings['min_p'] or 'off'}) [{settings['source']}]")
+def describe_settings(settings: Settings, flags: dict[str, str]) -> str:
+    """The decoding mode in words, each value with the flag that set it or where it came from.
+
+    Parameters
+    ----------
+    settings : Settings
+    flags : dict of str to str
+        Option name -> the flag that set it (:func:`~specsampler.cli.options.option_flags`).
+
+    Returns
+    -------
+    str
+        e.g. ``"sampling (temperature 0.7 [--temperature], top-k 50 [default], top-p off, min-p off)"``.
+    """
+    where = lambda name: flags.get(name) or settings.sources[name]
+    if settings.sampling is None:
+        return f"greedy [{where('do_sample')}]"
+    values = [("temperature", f"{settings.temperature:g}")] + [
+        (name, settings.sampling[name]) for name in ("top_k", "top_p", "min_p")]
+    return "sampling (" + ", ".join(f"{name.replace('_', '-')} {value} [{where(name)}]" if value is not None
+                                    else f"{name.replace('_', '-')} off" for name, value in values) + ")"
+
+
+def sampling_json(settings: Settings) -> dict:
+    """The result's ``sampling``: the warpers' values (None when greedy or off), the seed, and where each came from."""
+    names = ("temperature", "top_k", "top_p", "min_p")
+    values = settings.sampling or dict.fromkeys(names)
+    return {"do_sample": settings.sampling is not None, **values, "seed": settings.seed,
+            "sources": {name: settings.sources[name] for name in ("do_sample", *names)}}
 
 
 def _generate(args, device: torch.device, prompts: list[str]) -> int:
     say = (lambda *parts: None) if args.quiet else note
     loaded = load_models(args, device, prompts, say)
-    settings = sampling_settings(args, loaded.target)
+    settings = resolve(args, loaded)
     job = make_job(args, loaded, device, settings)
     if not args.json:
-        say(f"drafter: {loaded.drafter_label}, K = {args.num_draft_tokens}; {describe_settings(settings)}; "
-            f"verify backend: {backend_choice(device)[1]}")
+        say(f"drafter: {loaded.drafter_label}, K = {args.num_draft_tokens}; "
+            f"{describe_settings(settings, option_flags(args))}; verify backend: {backend_choice(device)[1]}")
     if args.compare:
         run_speculative(job.warm_up(), track=False)
         run_plain(job.warm_up())
@@ -153,7 +177,7 @@ def _generate(args, device: torch.device, prompts: list[str]) -> int:
     result = make_result(args, loaded, prompts, texts, outs, stats, seconds, settings, device)
     if args.compare:
         try:
-            result |= compare_runs(job, outs, settings["do_sample"], args.repeats or DEFAULT_REPEATS, say)
+            result |= compare_runs(job, outs, settings.sampling is not None, args.repeats or DEFAULT_REPEATS, say)
         except KeyboardInterrupt:  # Interrupted included
             emit(result, prompts, texts, args.json, streamed)
             sys.stdout.flush()
@@ -163,7 +187,7 @@ def _generate(args, device: torch.device, prompts: list[str]) -> int:
     return 0
 
 
-def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: float, settings: dict,
+def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: float, settings: Settings,
                 device: torch.device) -> dict:
     """The JSON result of the shown run (``--compare`` replaces its timings and adds ``compare``)."""
     n_new = sum(len(o) for o in outs)
@@ -172,9 +196,8 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
         "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": args.num_draft_tokens,
         "schedule": args.schedule, "device": str(device), "dtype": args.dtype, "backend": backend,
         "backend_reason": why,
-        "sampling": {k: settings[k] for k in ("do_sample", "temperature", "top_k", "top_p", "min_p", "source")}
-        | {"seed": args.seed},
-        "processors": processor_options(args),
+        "sampling": sampling_json(settings), "eos_token_ids": settings.eos_token_ids,
+        "pad_token_id": settings.pad_token_id, "processors": processor_options(args),
         "texts": texts,
         "outputs": [{"prompt": p, "text": t, "prompt_tokens": len(r), "new_tokens": len(o), "token_ids": o}
                     for p, t, r, o in zip(prompts, texts, loaded.rows, outs, strict=True)],

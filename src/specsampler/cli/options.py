@@ -1,14 +1,18 @@
 """The options of ``specsampler generate``: their range checks (all before a model is loaded), the device, the
-sampling settings and logits processors they ask for, and the check of a prompt against a model's context."""
+generation options the flags set (only those given: the rest is resolved as ``target.generate`` resolves it), and the
+check of a prompt against a model's context."""
 
 from __future__ import annotations
 
 import torch
 
+from ..generation.settings import check_option
 from .display import warn
 from .errors import CLIError, first_line
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p")  # any of them means sampling (temperature 0: greedy)
+CHECKED = SAMPLING_FLAGS + ("repetition_penalty", "no_repeat_ngram_size", "max_new_tokens", "num_draft_tokens",
+                            "seed")  # the generation options the flags set, checked as the library checks them
 
 
 def _flag(name: str) -> str:
@@ -16,7 +20,8 @@ def _flag(name: str) -> str:
 
 
 def check_options(args) -> torch.device:
-    """Reject bad option values, all before any model is loaded.
+    """Reject bad option values, all before any model is loaded: the generation options with the library's own range
+    checks (:func:`specsampler.generation.settings.check_option`), the command line's with its.
 
     Parameters
     ----------
@@ -36,31 +41,26 @@ def check_options(args) -> torch.device:
     given = [name for name in SAMPLING_FLAGS if getattr(args, name) is not None]
     if args.greedy and given:
         raise CLIError("--greedy", f"not allowed with {_flag(given[0])}")
-    _check_generation_options(args)
+    for name in CHECKED:
+        if getattr(args, name) is not None:
+            _check(name, getattr(args, name))
+    if args.max_new_tokens < 1:  # transformers refuses 0 (GenerationConfig.validate)
+        raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:  # torch seeds 64-bit generators; batches add their row
+        raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
     _check_run_options(args)
     return resolve_device(args.device)
 
 
-def _check_generation_options(args) -> None:
-    """The options that ``specsampler.generate`` takes."""
-    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
-        raise CLIError("--temperature", f"must be finite and >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CLIError("--top-p", f"must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 0:
-        raise CLIError("--top-k", f"must be >= 0, got {args.top_k}")
-    if args.min_p is not None and not 0 <= args.min_p <= 1:
-        raise CLIError("--min-p", f"must be in [0, 1], got {args.min_p}")
-    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
-        raise CLIError("--repetition-penalty", f"must be finite and > 0, got {args.repetition_penalty}")
-    if args.no_repeat_ngram_size is not None and args.no_repeat_ngram_size < 0:
-        raise CLIError("--no-repeat-ngram-size", f"must be >= 0, got {args.no_repeat_ngram_size}")
-    if args.max_new_tokens < 1:
-        raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
-    if args.num_draft_tokens < 1:
-        raise CLIError("--num-draft-tokens", f"must be >= 1, got {args.num_draft_tokens}")
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
+def _check(name: str, value) -> None:
+    """:func:`check_option`, its error turned into a CLIError naming the flag."""
+    try:
+        check_option(name, value)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        if message.startswith(f"{name} "):  # "top_p must be ...": the flag is named in front instead
+            message = message[len(name) + 1:]
+        raise CLIError(_flag(name), message) from None
 
 
 def _check_run_options(args) -> None:
@@ -100,30 +100,42 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def sampling_settings(args, target) -> dict:
-    """do_sample, temperature, top_k, top_p, min_p, and where they came from.
+def given_options(args) -> dict:
+    """The generation options the flags set, by their ``GenerationConfig`` names; those not given are left out, so
+    that the target's generation config and transformers' defaults apply as in ``target.generate``.
 
-    ``--greedy`` wins; any of ``--temperature``, ``--top-k``, ``--top-p``, ``--min-p`` means sampling (temperature 0:
-    greedy); with none of them, the target's generation config decides (as ``target.generate`` would).
+    ``--greedy`` and ``--temperature 0`` mean ``do_sample=False`` (transformers refuses temperature 0 when sampling);
+    any other of ``--temperature``, ``--top-k``, ``--top-p``, ``--min-p`` means ``do_sample=True`` and passes the
+    values given.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    dict
     """
-    given = [name for name in SAMPLING_FLAGS if getattr(args, name) is not None]
-    off = dict(temperature=1.0, top_k=None, top_p=None, min_p=None)
+    sampling = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    if args.greedy or args.temperature == 0:
+        options = {"do_sample": False}
+    else:
+        options = {"do_sample": True, **sampling} if sampling else {}
+    return options | processor_options(args)
+
+
+def option_flags(args) -> dict[str, str]:
+    """The flag that set each generation option (``do_sample``: ``--greedy``, ``--temperature 0`` or the first
+    sampling flag given), for messages."""
+    sampling = [name for name in SAMPLING_FLAGS if getattr(args, name) is not None]
+    flags = {name: _flag(name) for name in given_options(args) if name != "do_sample"}
     if args.greedy:
-        if given:
-            raise CLIError("--greedy", f"not allowed with {_flag(given[0])}")
-        return dict(do_sample=False, **off, source="--greedy")
-    if given:
-        t = 1.0 if args.temperature is None else args.temperature
-        return dict(do_sample=t > 0, temperature=t if t > 0 else 1.0, top_k=args.top_k or None, top_p=args.top_p,
-                    min_p=args.min_p or None, source="options")
-    gc = getattr(target, "generation_config", None)
-    if gc is not None and getattr(gc, "do_sample", False):
-        t = gc.temperature if gc.temperature is not None else 1.0
-        min_p = getattr(gc, "min_p", None)
-        return dict(do_sample=t > 0, temperature=t if t > 0 else 1.0, top_k=gc.top_k or None,
-                    top_p=gc.top_p if gc.top_p is not None and gc.top_p < 1.0 else None,
-                    min_p=min_p if min_p else None, source="the target's generation config")
-    return dict(do_sample=False, **off, source="default (greedy)")
+        flags["do_sample"] = "--greedy"
+    elif args.temperature == 0:
+        flags["do_sample"] = "--temperature 0"
+    elif sampling:
+        flags["do_sample"] = _flag(sampling[0])
+    return flags
 
 
 def processor_options(args) -> dict:

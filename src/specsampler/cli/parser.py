@@ -9,7 +9,7 @@ import sys
 import torch
 
 from .. import __version__
-from .._generate import SCHEDULES
+from ..generation.schedules import SCHEDULES
 from .bench import cmd_bench
 from .compare import DEFAULT_REPEATS
 from .errors import EXIT_BAD_OPTION, EXIT_INTERRUPTED, CLIError
