@@ -238,3 +238,35 @@ def test_draft_sampled_at_the_call_temperature(models, monkeypatch, temperature)
     specsampler.generate(target, draft, _prompts(), **KW, do_sample=True, temperature=temperature, seed=2)
     assert samples and all(kw["temperature"] == temperature for kw in samples)
     assert verifies and all(kw["temperature"] == temperature for kw in verifies)
+
+
+def test_draft_positions_processed_with_their_own_prefix(models, monkeypatch):
+    """The draft's i-th forward is processed with the row and the i - 1 drafts before it: under a processor that
+    bans repeating the prefix's last token, no greedy draft repeats the token before it (the draft model alone would:
+    these tiny models repeat tokens). A wrong prefix leaves the output exact (q stays what the drafts were drawn
+    from), so only the drafts can show it."""
+    from specsampler.generation.drafters import DraftModel
+
+    class NoRepeat(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[torch.arange(scores.shape[0]), input_ids[:, -1]] = -float("inf")
+            return scores
+
+    target, draft = models
+    ids = torch.tensor([[7, 7, 7, 7, 7, 7], [3, 9, 3, 9, 3, 9]])
+    proposals, propose = [], DraftModel.propose
+    monkeypatch.setattr(DraftModel, "propose",
+                        lambda self, last, limits: proposals.append((last, propose(self, last, limits))) or
+                        proposals[-1][1])
+    out = specsampler.generate(target, draft, ids, max_new_tokens=12, num_draft_tokens=4, eos_token_id=[],
+                               pad_token_id=0, logits_processor=[NoRepeat()])
+    assert torch.equal(out.sequences, target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                      max_new_tokens=12, eos_token_id=None, pad_token_id=0,
+                                                      logits_processor=[NoRepeat()]))
+    repeats = 0
+    for last, proposal in proposals:
+        chain = torch.cat([last[:, None], proposal.drafts], dim=1)
+        for b, count in enumerate(proposal.counts):
+            repeats += int((chain[b, 1:count + 1] == chain[b, :count]).sum())
+    assert proposals and repeats == 0
