@@ -6,8 +6,8 @@ Usage::
 
 What is timed: ``specsampler.verify(target, drafts, draft, temperature=T, seed=seeds, backend="triton")`` on CPU
 tensors, with Triton's interpreter selected (``TRITON_INTERPRET=1``, set here before Triton is imported) and both
-launches replaced by no-ops (``_row_stats_kernel.run`` and ``_verify_kernel.run`` of
-``specsampler.triton_kernels.verify`` return None): our Python only (argument checks, the launch configuration, the
+launches replaced by no-ops (``specsampler.triton_kernels.launching.launch`` returns None for
+``_row_stats_kernel`` and ``_verify_kernel``): our Python only (argument checks, the launch configuration, the
 allocation of the statistics and outputs, building the launch arguments, the ``kernel[grid]`` proxies) and none of
 the kernels. On a GPU a call also pays Triton's launch path (binding and specialising the arguments, the cache
 look-up, the driver's launch) and the CUDA-only branches of the launchers (device properties, streams), which this
@@ -81,17 +81,18 @@ def split_call(t0: int, t1: int, marks: list[tuple[int, int, int]]) -> dict:
 class LaunchClock:
     """Splits the host time of calls into phases, with timestamps around both kernels' launches.
 
-    A context manager. Where `module` launches through one function ``_launch(kernel, ...)`` (Triton's path the first
-    time, the compiled launcher after), that function is wrapped (or replaced, when `noop`). Otherwise (an older
-    kernel module), ``.run`` of `module`'s ``_row_stats_kernel`` and ``_verify_kernel`` is replaced on
-    the instance (``kernel[grid](...)`` calls ``kernel.run``) by a wrapper that takes ``time.perf_counter_ns()``
-    before and after the original, or instead of it when `noop` (the launch then returns None); on exit the originals
-    are restored. No synchronisation anywhere. :meth:`call` times one call and appends its phases (ns) to ``records``.
+    A context manager. Where `module` launches through one function (``launching.launch(kernel, ...)`` of the
+    package, ``_launch`` of a single-file kernel module: Triton's path the first time, the compiled launcher after),
+    that function is wrapped (or replaced, when `noop`). Otherwise (an older kernel module), ``.run`` of `module`'s
+    ``_row_stats_kernel`` and ``_verify_kernel`` is replaced on the instance (``kernel[grid](...)`` calls
+    ``kernel.run``) by a wrapper that takes ``time.perf_counter_ns()`` before and after the original, or instead of it
+    when `noop` (the launch then returns None); on exit the originals are restored. No synchronisation anywhere.
+    :meth:`call` times one call and appends its phases (ns) to ``records``.
 
     Parameters
     ----------
     module : module
-        The kernel module (``specsampler.triton_kernels.verify``, or a baseline copy).
+        The kernel package (``specsampler.triton_kernels``), or a baseline copy (a package or a single file).
     noop : bool
         Replace the launches by no-ops.
     """
@@ -100,12 +101,14 @@ class LaunchClock:
         self.module, self.noop = module, noop
         self.marks: list[tuple[int, int, int]] = []
         self.records: list[dict] = []
-        self._saved: list[tuple[object, object]] = []
+        self._saved: list[tuple[object, str, object]] = []
 
     def __enter__(self) -> LaunchClock:
-        launch_fn = getattr(self.module, "_launch", None)
-        if launch_fn is not None:  # one function launches both kernels, through Triton or its compiled launchers
-            ids = {getattr(self.module, name): launch for launch, name in enumerate(KERNELS, 1)}
+        owner = getattr(self.module, "launching", self.module)  # the package's launch machinery, or a lone file
+        name = "launch" if callable(getattr(owner, "launch", None)) else "_launch"
+        launch_fn = getattr(owner, name, None)
+        if launch_fn is not None:  # one function launches every kernel, through Triton or its compiled launchers
+            ids = {getattr(self.module, kernel): launch for launch, kernel in enumerate(KERNELS, 1)}
             marks, noop, now = self.marks, self.noop, time.perf_counter_ns
 
             def timed_launch(kernel, *args, **kwargs):
@@ -114,23 +117,21 @@ class LaunchClock:
                 marks.append((ids[kernel], start, now()))
                 return out
 
-            self._saved.append((self.module, launch_fn))
-            self.module._launch = timed_launch
+            self._saved.append((owner, name, launch_fn))
+            setattr(owner, name, timed_launch)
             return self
         for launch, name in enumerate(KERNELS, 1):
             kernel = getattr(self.module, name)
-            self._saved.append((kernel, vars(kernel).get("run", _MISSING)))
+            self._saved.append((kernel, "run", vars(kernel).get("run", _MISSING)))
             kernel.run = self._wrap(launch, kernel.run)
         return self
 
     def __exit__(self, *exc) -> None:
-        for kernel, old in reversed(self._saved):
-            if kernel is self.module:
-                self.module._launch = old
-            elif old is _MISSING:
-                del kernel.run
+        for owner, name, old in reversed(self._saved):
+            if old is _MISSING:
+                delattr(owner, name)
             else:
-                kernel.run = old
+                setattr(owner, name, old)
         self._saved.clear()
 
     def _wrap(self, launch: int, run):
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
     where = ensure_importable()
     import torch
     import triton
-    from specsampler.triton_kernels import verify as kernels
+
+    from specsampler import triton_kernels as kernels
 
     print(f"host path of specsampler.verify (from {where}) on the CPU, launches replaced by no-ops; torch "
           f"{torch.__version__}, triton {triton.__version__}; {args.calls} calls per case after {args.warmup}")

@@ -11,7 +11,8 @@ and greedy (the dry run: K = 2, V = 1000, B in {1, 2}). Grid: B in {1, 8, 64, 25
 128256, 151936, 262144}, float32 and bfloat16 logits, sampled (temperature 1) and greedy (temperature 0) rows; after
 the goal cases V = 128256 first. Every case gets fresh random inputs, identical for every provider (see
 ``devcheck_providers`` for what each one runs). ``--baseline-kernel PATH`` adds the provider ``baseline``: an older
-copy of ``triton_kernels/verify.py`` loaded from PATH, timed beside the current kernel in both tables.
+copy of the kernels loaded from PATH (a ``triton_kernels/`` folder, or the single ``triton_kernels/verify.py`` of
+commits before the split into one module per launch), timed beside the current kernel in both tables.
 
 Timing: ``triton.testing.do_bench`` medians (short warmup and rep), or ``do_bench_cudagraph`` medians when the case
 reads at most ``--graph-mib`` MiB and the provider runs without a host synchronisation (checked with
@@ -29,7 +30,7 @@ GB/s of a plain Triton kernel that reads 1 GiB of float32 once and sums it (``de
 per-lane accumulators, one reduction per program, up to 8 programs per SM), timed as a CUDA graph.
 
 Where the time goes (goal cases, providers ``specsampler``, ``baseline`` and, on sm_90 and later, ``ours+pdl``:
-specsampler with programmatic dependent launch, ``kernels.PDL``, off by default until this table has timed it; the
+specsampler with programmatic dependent launch, ``launching.PDL``, off by default until this table has timed it; the
 summary lines ``PDL ...`` compare the two), one row per provider and case:
 - ``launch1_us``, ``launch2_us``: CUDA time of ``_row_stats_kernel`` and ``_verify_kernel`` per call, from
   ``torch.profiler`` (ProfilerActivity.CUDA: the duration of every kernel event whose name holds the kernel's name,
@@ -122,7 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rep-ms", type=float, default=10.0, help="do_bench and do_bench_cudagraph rep")
     p.add_argument("--graph-mib", type=float, default=64.0, help="use CUDA graphs up to this many MiB read")
     p.add_argument("--baseline-kernel", default=None, metavar="PATH",
-                   help="an older copy of triton_kernels/verify.py, timed as the provider 'baseline'")
+                   help="an older copy of the triton_kernels/ folder (or of the single-file triton_kernels/verify.py "
+                        "of older commits), timed as the provider 'baseline'")
     p.add_argument("--launch-calls", type=int, default=None, help="calls profiled per goal case (default 20; 2 dry)")
     p.add_argument("--host-calls", type=int, default=None,
                    help="calls queued for the host time per goal case (default 200; 3 dry)")
@@ -399,17 +401,20 @@ def launch_case(case, providers, timer, state, args) -> list[dict]:
     return rows
 
 
-PDL_PROVIDER = "ours+pdl"  # specsampler with programmatic dependent launch (kernels.PDL), where the GPU has it
+PDL_PROVIDER = "ours+pdl"  # specsampler with programmatic dependent launch (launching.PDL), where the GPU has it
 
 
 def _with_pdl(fn, module):
-    """`fn` with `module.PDL` set for its duration (graph capture included)."""
+    """`fn` with PDL set for its duration (graph capture included): on the package's launch machinery
+    (``module.launching``), or on a single-file kernel module itself."""
+    owner = getattr(module, "launching", module)
+
     def run():
-        old, module.PDL = module.PDL, True
+        old, owner.PDL = owner.PDL, True
         try:
             return fn()
         finally:
-            module.PDL = old
+            owner.PDL = old
     return run
 
 
@@ -438,7 +443,7 @@ def _case_dict(case) -> dict:
 
 def run_launches(cases, timer, state, args, path: Path, started: float) -> list[dict]:
     """Where the time goes in the goal `cases`: writes ``launches_<gpu>.csv`` (flushed per case), prints the rows."""
-    from specsampler.triton_kernels import verify as kernels
+    from specsampler import triton_kernels as kernels
 
     providers = [("specsampler", kernels)] + ([("baseline", state["baseline"])] if state["baseline"] else [])
     device = state["torch_device"]

@@ -107,8 +107,9 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     """
     import triton.runtime.jit as jit
     from specsampler.triton_kernels import row_stats, verify_rows, warp_cuts
-    from specsampler.triton_kernels import verify as kernels
     from triton.runtime.driver import driver
+
+    from specsampler import triton_kernels as kernels
 
     def forget():  # the per-device caches hold the target they were made for (device 0 for every arch here)
         for fn in (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel):
@@ -144,7 +145,7 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
 
 def _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, batch=4, k=4, splits=4):
     """One verification through the real launchers with their GPU tile widths (CPU tensors: never read)."""
-    from specsampler.triton_kernels.verify import gpu_block_v
+    from specsampler.triton_kernels.launching import gpu_block_v
 
     from specsampler.torch_backend import Warp
 
@@ -346,6 +347,14 @@ def loop_table(sass: str, lines: dict[int, tuple[str, int]], block_v: int | None
     return rows
 
 
+def kernel_sources() -> dict[str, str]:
+    """File name -> path of every module of the kernel package (the loops' source lines name their files)."""
+    from specsampler import triton_kernels
+
+    folder = os.path.dirname(triton_kernels.__file__)
+    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder)) if name.endswith(".py")}
+
+
 def _fmt(value, digits=1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -378,8 +387,7 @@ def main(argv=None) -> int:
             continue
         dtypes = {name: (dtype, vocab) for name, dtype, vocab, _ in configs}
         configs_opts = {name: opt for name, _, _, opt in configs}
-        kernels = sys.modules["specsampler.triton_kernels.verify"]  # (compile_all imported it)
-        sources = {os.path.basename(kernels.__file__): kernels.__file__}
+        sources = kernel_sources()
         for config, kernel_name, kernel, block_v in results:
             dtype, vocab = dtypes[config]
             use, loops = {}, []

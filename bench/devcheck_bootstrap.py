@@ -36,15 +36,26 @@ def ensure_importable(root: Path = ROOT) -> str:
 
 
 def _load_from_source(root: Path) -> None:
-    """Put ``root/src`` first on sys.path and register ``root/triton_kernels`` as ``specsampler.triton_kernels``."""
+    """Put ``root/src`` first on sys.path and register ``root/triton_kernels`` as ``specsampler.triton_kernels``.
+
+    The kernel package goes first: it imports nothing of specsampler (nor triton, until a launcher is asked for),
+    while specsampler's torch backend takes its constants from it."""
     for name in [m for m in sys.modules if m == "specsampler" or m.startswith("specsampler.")]:
         del sys.modules[name]
     sys.path.insert(0, str(root / "src"))
-    package = importlib.import_module("specsampler")
+    spec = importlib.util.find_spec("specsampler")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
     folder = root / "triton_kernels"
-    spec = importlib.util.spec_from_file_location("specsampler.triton_kernels", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    package.triton_kernels = module
+    kernels_spec = importlib.util.spec_from_file_location("specsampler.triton_kernels", folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+    kernels = importlib.util.module_from_spec(kernels_spec)
+    sys.modules[kernels_spec.name] = kernels
+    kernels_spec.loader.exec_module(kernels)
+    package.triton_kernels = kernels
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        for name in [m for m in sys.modules if m == "specsampler" or m.startswith("specsampler.")]:
+            del sys.modules[name]
+        raise

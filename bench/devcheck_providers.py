@@ -23,8 +23,9 @@ transformers
     argmax-and-compare that ``_assisted_decoding`` inlines for them. Slow at large B: only the first ``row_cap`` rows
     are timed and the time is scaled by B / rows (rows are independent and run one after another).
 baseline
-    Only with ``--baseline-kernel PATH``: an older copy of the kernel module (``triton_kernels/verify.py`` of an
-    earlier commit) loaded from PATH with importlib (:func:`load_baseline`) and called as ``verify`` calls it:
+    Only with ``--baseline-kernel PATH``: an older copy of the kernels (a ``triton_kernels/`` folder, or the
+    single-file ``triton_kernels/verify.py`` of commits before the split into one module per launch) loaded from
+    PATH with importlib (:func:`load_baseline`) and called as ``verify`` calls it:
     ``stats = row_stats(target, draft, None, T)``, then ``verify_rows(target, drafts, draft, None, T, seeds, stats)``
     (no argument checks: its host time is the launchers' alone). Old and new are timed side by side in one run.
 
@@ -165,17 +166,21 @@ def _ours(case: Case, inputs: dict, backend: str) -> Built:
 
 
 def load_baseline(path: str):
-    """An older copy of the kernel module (``triton_kernels/verify.py`` of an earlier commit), imported from `path`.
+    """An older copy of the kernels, imported from `path`: a ``triton_kernels/`` folder (a package: its ``__init__``
+    provides the launchers), or the single ``triton_kernels/verify.py`` of commits before the split.
 
     Parameters
     ----------
     path : str
-        A file that defines ``row_stats`` and ``verify_rows`` with the launchers' signatures (and the two kernels).
+        A package folder or a file that defines ``row_stats`` and ``verify_rows`` with the launchers' signatures (and
+        the two kernels).
 
     Returns
     -------
     module
-        Registered in ``sys.modules`` under a name of its own, so that it never replaces the current kernels.
+        Registered in ``sys.modules`` under a name of its own, so that it never replaces the current kernels: the
+        package (this layout: launchers and kernels as its attributes, the launch machinery as ``.launching``), or
+        the module that holds them all (the single-file layout, alone or inside its package).
 
     Raises
     ------
@@ -183,13 +188,19 @@ def load_baseline(path: str):
         When the file is missing or lacks the launchers.
     """
     file = Path(path).resolve()
-    if not file.is_file():
-        raise ValueError(f"--baseline-kernel: no such file: {file}")
     name = f"_specsampler_baseline_{abs(hash(str(file))):x}"
-    spec = importlib.util.spec_from_file_location(name, file)
+    if file.is_dir() and (file / "__init__.py").is_file():  # a package: its modules import one another relatively
+        spec = importlib.util.spec_from_file_location(name, file / "__init__.py",
+                                                      submodule_search_locations=[str(file)])
+    elif file.is_file():
+        spec = importlib.util.spec_from_file_location(name, file)
+    else:
+        raise ValueError(f"--baseline-kernel: no such file or package folder: {file}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    if file.is_dir() and not (file / "launching.py").is_file() and callable(getattr(module, "row_stats", None)):
+        module = sys.modules[module.row_stats.__module__]  # a package of the single-module layout: that module
     missing = [f for f in ("row_stats", "verify_rows") if not callable(getattr(module, f, None))]
     if missing:
         raise ValueError(f"--baseline-kernel {file}: defines no {', '.join(missing)}")

@@ -62,7 +62,7 @@ class ResourceReport:
     def collect(self, config: str) -> None:
         """Record the variants compiled since the last call, tagged `config`; never raises."""
         try:
-            from specsampler.triton_kernels import verify as kernels
+            from specsampler import triton_kernels as kernels
         except Exception as exc:
             self.errors.append(f"cannot import the kernels: {exc}")
             return

@@ -5,7 +5,8 @@
 #   bench/device_check.sh --quick          # the same with a small grid
 #   bench/device_check.sh --dry-run        # on a CPU: no test suite, tiny sizes, the kernel under TRITON_INTERPRET=1
 #   bench/device_check.sh --skip-tests     # benchmarks only
-#   bench/device_check.sh --baseline-kernel OLD.py   # also time an older copy of triton_kernels/verify.py
+#   bench/device_check.sh --baseline-kernel OLD      # also time an older copy of triton_kernels/ (a folder, or the
+#                                                    # single verify.py of commits before the split)
 #   bench/device_check.sh --sweep          # then the launch-configuration sweep (bench/sweep_config.py, ~1 minute)
 # Other options (--budget-seconds, --providers, --skip-launches, --skip-warped, ...) go to bench/bench_verify_gpu.py.
 #

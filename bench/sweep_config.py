@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("sweep_config: needs a CUDA device", file=sys.stderr)
         return 2
-    from specsampler.triton_kernels import verify as kernels
+    from specsampler import triton_kernels as kernels
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name()

@@ -2,10 +2,12 @@
 
 import csv
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,20 +25,23 @@ sys.path.insert(0, str(BENCH))
 
 
 def _baseline_kernel(folder: Path) -> Path:
-    """The committed kernel (``git show HEAD:triton_kernels/verify.py``), else the working tree's, as a lone file."""
-    path = folder / "baseline_verify.py"
+    """The committed kernel package (``git archive HEAD triton_kernels``), else the working tree's, as a folder of its
+    own (``baseline_kernels``)."""
+    path = folder / "baseline_kernels"
     try:
-        text = subprocess.run(["git", "show", "HEAD:triton_kernels/verify.py"], cwd=ROOT, capture_output=True,
-                              text=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):  # no git, or no repository (a copy of the tree)
-        text = (ROOT / "triton_kernels" / "verify.py").read_text()
-    path.write_text(text)
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "triton_kernels"], cwd=ROOT,
+                                 capture_output=True, check=True, timeout=30).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder / "archive", filter="data")
+        shutil.move(folder / "archive" / "triton_kernels", path)
+    except (OSError, subprocess.SubprocessError, tarfile.TarError):  # no git, or no repository (a copy of the tree)
+        shutil.copytree(ROOT / "triton_kernels", path, ignore=shutil.ignore_patterns("__pycache__"))
     return path
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    """Runs ``bench/device_check.sh --dry-run --baseline-kernel baseline_verify.py`` once, from a temporary folder
+    """Runs ``bench/device_check.sh --dry-run --baseline-kernel baseline_kernels`` once, from a temporary folder
     (so the relative path must be resolved before the script moves to the repository), with OUT there too."""
     if os.environ.get("DEVICE_CHECK_RUNNING") == "1":
         pytest.skip("inside the device check itself: its dry run would only spend the GPU window")
@@ -261,14 +266,21 @@ def test_race_verify_is_exact():
 
 
 def test_load_baseline(tmp_path):
-    """A kernel file loads as a module of its own; a file without the launchers is refused by name."""
+    """A kernel package folder, or a single kernel file (the layout before the split), loads as a module of its own;
+    a file without the launchers is refused by name."""
     from devcheck_providers import load_baseline
 
-    copy = tmp_path / "old_verify.py"
-    copy.write_text((ROOT / "triton_kernels" / "verify.py").read_text())
+    copy = tmp_path / "old_kernels"
+    shutil.copytree(ROOT / "triton_kernels", copy, ignore=shutil.ignore_patterns("__pycache__"))
     module = load_baseline(str(copy))
-    assert callable(module.row_stats) and callable(module.verify_rows) and module.__file__ == str(copy)
+    assert callable(module.row_stats) and callable(module.verify_rows) and module.__file__ == str(copy / "__init__.py")
     assert module.__name__.startswith("_specsampler_baseline_")
+    from specsampler import triton_kernels
+
+    assert module.row_stats is not triton_kernels.row_stats  # its own modules, its own caches
+    single = tmp_path / "old_verify.py"
+    single.write_text("def row_stats(*args):\n    pass\n\n\ndef verify_rows(*args):\n    pass\n")
+    assert load_baseline(str(single)).__file__ == str(single)
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="row_stats, verify_rows"):
         load_baseline(str(tmp_path / "empty.py"))

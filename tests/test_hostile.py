@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from util import check_structure, make_case
 
 from specsampler import torch_backend
-from specsampler._api import verify_probs_with_hooks, verify_with_hooks
+from specsampler._testing import verify_probs_with_hooks, verify_with_hooks
 
 INF, NAN = float("inf"), float("nan")
 
@@ -154,10 +154,10 @@ def test_greedy_rows_agree_with_own_randomness():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiles on CUDA only (the interpreter compiles nothing)")
 def test_no_recompilation_per_shape():
     """One compilation per dtype and mode (and stride alignment class), whatever B, K and V are."""
-    from specsampler.triton_kernels import verify as kernels
+    from specsampler import triton_kernels
 
     def compiled():
-        return sum(len(cache[0]) for kernel in (kernels._row_stats_kernel, kernels._verify_kernel)
+        return sum(len(cache[0]) for kernel in (triton_kernels._row_stats_kernel, triton_kernels._verify_kernel)
                    for cache in kernel.device_caches.values())
 
     for batch, k, vocab in [(1, 1, 1024), (3, 4, 4096), (7, 8, 2048)]:  # all row strides multiples of 16

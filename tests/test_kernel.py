@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
-from specsampler.triton_kernels import verify as kernels
+from specsampler.triton_kernels import launching
 from util import STATS_TOL, check_structure, make_case
 
-from specsampler import _api, torch_backend
-from specsampler._api import verify_probs_with_hooks, verify_with_hooks
+from specsampler import _api, _testing, torch_backend, triton_kernels
+from specsampler._testing import verify_probs_with_hooks, verify_with_hooks
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
@@ -158,34 +158,21 @@ class _Sizes(TorchDispatchMode):
         return out
 
 
-def _counted_launches(monkeypatch, *kernel_fns) -> list:
-    """The kernels launched from now on, in order (every launch through JITFunction.run, where it is counted)."""
-    launches = []
-    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
-    for kernel in kernel_fns:
-        def counted(*a, _run=kernel.run, _kernel=kernel, **kw):
-            launches.append(_kernel)
-            return _run(*a, **kw)
-
-        monkeypatch.setattr(kernel, "run", counted)
-    return launches
-
-
-def test_kernel_launches_and_allocations(device, monkeypatch):
+def test_kernel_launches_and_allocations(device):
     """Two launches from logits, one from probabilities; nothing of B*(K+1)*V elements allocated in the call."""
-    launches = _counted_launches(monkeypatch, kernels._row_stats_kernel, kernels._verify_kernel)
     args = make_case(7, 4, 1000, seed=1, device=device)
     del args["_uniforms"], args["_noise"]
-    kernels._workspace(torch.device(device), 7)  # the workspace is allocated once per device and stream
+    launching.workspace(torch.device(device), 7)  # the workspace is allocated once per device and stream
 
-    with _Sizes() as sizes:
+    with _Sizes() as sizes, _testing.recorded_launches() as launches:
         verify_with_hooks(**args, seed=0, backend="triton")
-    assert launches == [kernels._row_stats_kernel, kernels._verify_kernel]
+    assert [launch["kernel"] for launch in launches] == [triton_kernels._row_stats_kernel,
+                                                          triton_kernels._verify_kernel]
     assert sizes.largest < 7 * 5 * 1000 // 4
-    launches.clear()
-    verify_probs_with_hooks(args["target_logits"].softmax(-1), args["draft_tokens"], args["draft_logits"].softmax(-1),
-                             seed=0, backend="triton")
-    assert launches == [kernels._verify_kernel]
+    with _testing.recorded_launches() as launches:
+        verify_probs_with_hooks(args["target_logits"].softmax(-1), args["draft_tokens"],
+                                args["draft_logits"].softmax(-1), seed=0, backend="triton")
+    assert [launch["kernel"] for launch in launches] == [triton_kernels._verify_kernel]
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F16])
@@ -198,7 +185,7 @@ def test_row_stats_against_torch(dtype, device):
     target[0, 1, 5000] = float("nan")  # NaN reads as -inf
     target[1, 0, -1] = 100.0  # the last lane of the last tile wins
     target[2, 2, 7] = target[2, 2, 4000] = 50.0  # a tie across splits: the lower id
-    stats, s1 = kernels.row_stats(target, draft, None, temp, block_v=1024, num_splits=3)
+    stats, s1 = triton_kernels.row_stats(target, draft, None, temp, block_v=1024, num_splits=3)
     assert s1 == 3 and stats.shape == (2, batch * (2 * k + 1), 3)
     s_max, s_sum = stats
     scores = torch.cat([target.float().reshape(-1, vocab), draft.float().reshape(-1, vocab)])
@@ -209,7 +196,7 @@ def test_row_stats_against_torch(dtype, device):
     torch.testing.assert_close(m.cpu(), scores.amax(1).cpu(), rtol=0, atol=0)
     torch.testing.assert_close(lse.cpu(), torch.logsumexp(scores / t_rows[:, None], 1).cpu(), **STATS_TOL[dtype])
 
-    stats, _ = kernels.row_stats(target, draft, None, torch.zeros_like(temp), block_v=1024, num_splits=3)
+    stats, _ = triton_kernels.row_stats(target, draft, None, torch.zeros_like(temp), block_v=1024, num_splits=3)
     rows = batch * (k + 1)
     s_max, s_arg = stats[0, :rows], stats[1, :rows].view(torch.int32)
     m = s_max.max(1).values
@@ -220,15 +207,42 @@ def test_row_stats_against_torch(dtype, device):
 
 
 def test_fast_launch_key():
-    """The key of the compiled-launcher cache tells apart whatever Triton specialises on: stride classes (1, multiple
-    of 16, 64-bit, and their mixes), 16-byte alignment (a view one element in)."""
-    assert kernels._stride_class(1, 16, 7, 2**31, 2**31 + 1, -(2**31) - 16, 0) == (1, 2, 0, 6, 4, 6, 2)
+    """The key of the compiled-launcher cache tells apart whatever Triton specialises on: int classes (1, multiple of
+    16, 64-bit, and their mixes; only the width for do_not_specialize ones), 16-byte alignment (a view one element
+    in) and dtype of every pointer."""
+    assert [launching._int_class(v, True) for v in (1, 16, 7, 2**31, 2**31 + 16, -(2**31) - 1, 0, 2**63)] == \
+        [3, 6, 0, 7, 7, 1, 6, 8]
+    assert [launching._int_class(v, False) for v in (1, 16, 7, 2**31)] == [0, 0, 0, 1]
     x = torch.zeros(64)
-    assert kernels._aligned(x, x[4:], x[1:]) == (True, True, False)
+    kernel = triton_kernels._row_stats_kernel
+    assert launching.launch_key(kernel, torch.device("cpu"), (x,), {}, {}) == \
+        launching.launch_key(kernel, torch.device("cpu"), (x[4:],), {}, {})
+    assert launching.launch_key(kernel, torch.device("cpu"), (x,), {}, {}) != \
+        launching.launch_key(kernel, torch.device("cpu"), (x[1:],), {}, {})
+
+
+def _row_stats_keys(tokens_views) -> list:
+    """The launch keys launch 1 computes for the same inputs with each of the caller's token buffers (``tokens=``)."""
+    args = make_case(2, 3, 300, seed=5)
+    with _testing.recorded_launches(run=False) as launches:
+        for tokens in tokens_views:
+            triton_kernels.row_stats(args["target_logits"], args["draft_logits"], None, 1.0, tokens=tokens)
+    return [launch["key"] for launch in launches]
+
+
+def test_fast_launch_key_covers_the_callers_buffers():
+    """Every pointer argument's alignment is in the key: a misaligned caller buffer (``tokens=`` one element in)
+    selects another compiled launcher than an aligned one (the key once recorded the inputs' alignment only)."""
+    store = torch.empty(2 * 4 + 2, dtype=torch.int64)
+    aligned, misaligned = store[:8].view(2, 4), store[1:9].view(2, 4)
+    assert aligned.data_ptr() % 16 == 0 and misaligned.data_ptr() % 16 != 0
+    again = store[2:10].view(2, 4)
+    first, second, third = _row_stats_keys([aligned, misaligned, again])
+    assert first != second and first == third
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled launchers exist on CUDA only")
-def test_fast_launch_matches_triton_launch(monkeypatch):
+def test_fast_launch_matches_triton_launch(kernel_settings):
     """Launches through the cached compiled launchers give what Triton's own launch path gives, also for arguments
     of another specialisation (a misaligned view, int32 drafts, per-row temperatures) met after the first call."""
     args = make_case(7, 4, 8193, seed=21, device="cuda", temperature="mixed")
@@ -236,8 +250,8 @@ def test_fast_launch_matches_triton_launch(monkeypatch):
     variants = [args, dict(args, target_logits=misaligned), dict(args, draft_tokens=args["draft_tokens"].int()),
                 dict(args, temperature=1.0)]
     fast = [verify_with_hooks(**v, backend="triton") for v in variants * 2]
-    assert kernels._COMPILED  # the second round went through the cached launchers
-    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
+    assert launching._COMPILED  # the second round went through the cached launchers
+    kernel_settings(fast_launch=False)
     slow = [verify_with_hooks(**v, backend="triton") for v in variants]
     for a, b in zip(fast, slow * 2, strict=True):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.num_accepted, b.num_accepted)
@@ -250,7 +264,7 @@ def test_launch_1_sets_the_tokens_to_minus_one(device, k):
     args = make_case(5, k, 300, seed=k, device=device)
     for temperature in (1.0, 0.0):
         tokens = torch.full((5, k + 1), 7, dtype=torch.int64, device=device)
-        kernels.row_stats(args["target_logits"], args["draft_logits"], None, temperature, tokens=tokens)
+        triton_kernels.row_stats(args["target_logits"], args["draft_logits"], None, temperature, tokens=tokens)
         assert bool((tokens == -1).all())
 
 
@@ -258,11 +272,11 @@ def test_outgrown_workspace_is_kept(device):
     """A workspace that a larger batch outgrows stays allocated (a graph captured earlier may point at it), and the
     new one is zero and large enough."""
     dev = torch.device(device)
-    first = kernels._workspace(dev, 8)
-    grown = kernels._workspace(dev, first.shape[0] + 1)
+    first = launching.workspace(dev, 8)
+    grown = launching.workspace(dev, first.shape[0] + 1)
     assert grown.shape[0] > first.shape[0] and not bool(grown.any())
-    assert any(old is first for old in kernels._OUTGROWN)
-    assert kernels._workspace(dev, 8) is grown
+    assert any(old is first for old in launching._OUTGROWN)
+    assert launching.workspace(dev, 8) is grown
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs exist on CUDA only")
@@ -288,7 +302,7 @@ def test_graph_replay_after_the_workspace_grows():
     del garbage
 
 
-def test_launch_guard_uses_the_tensors_device(monkeypatch):
+def test_launch_guard_uses_the_tensors_device(monkeypatch, fresh_kernel_state):
     """The launch logic without a GPU: tensors on cuda:1 while cuda:0 is current launch under a guard that makes
     cuda:1 current, through Triton the first time and the cached compiled launcher after; on the current device no
     guard is entered."""
@@ -306,8 +320,14 @@ def test_launch_guard_uses_the_tensors_device(monkeypatch):
             current[0] = self.saved
 
     class Launcher:
+        do_not_specialize = ()
+
         def __init__(self, path):
             self.path = path
+
+        @staticmethod
+        def fn(x_ptr, n):  # the kernel's parameters, as launch_key reads them
+            pass
 
         def __getitem__(self, grid):
             def launch(*args, stream=None, **kwargs):
@@ -318,15 +338,40 @@ def test_launch_guard_uses_the_tensors_device(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
     monkeypatch.setattr(torch.cuda, "device", Guard)
-    monkeypatch.setattr(kernels, "_raw_stream", lambda index: 0)
-    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(launching, "_raw_stream", lambda index: 0)  # (no CUDA stream here)
     x = torch.zeros(4)
+    kernel = Launcher("triton")
     for index in (1, 1, 0):
-        kernels._launch(Launcher("triton"), (3, 2), ("key", index), (x, 7), {}, 4, torch.device("cuda", index))
+        launching.launch(kernel, (3, 2), (x, 7), {}, 4, torch.device("cuda", index))
     assert seen == [("triton", 1, (3, 2)), ("compiled", 1, (3, 2, 1)), ("triton", 0, (3, 2))]
     assert current[0] == 0
     # Triton's path gets the tensor; the compiled launcher its address (no data_ptr() + driver query per pointer)
     assert passed[0][0] is x and passed[1] == (x.data_ptr(), 7) and passed[2][0] is x
+
+
+def test_compiled_launchers_are_bounded(monkeypatch, fresh_kernel_state):
+    """The compiled-launcher cache keeps at most MAX_COMPILED launchers, the least recently used evicted first, and
+    reset() empties it."""
+    class Launcher:
+        do_not_specialize = ()
+
+        @staticmethod
+        def fn(n):
+            pass
+
+        def __getitem__(self, grid):
+            return lambda *args, stream=None, **kwargs: Launcher()
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launching, "_raw_stream", lambda index: 0)  # (no CUDA stream here)
+    monkeypatch.setattr(launching, "MAX_COMPILED", 3)
+    kernel, cuda = Launcher(), torch.device("cuda", 0)
+    for flag in range(5):  # five specialisations (a constexpr each)
+        launching.launch(kernel, (1, 1), (7,), dict(FLAG=flag), 4, cuda)
+    assert len(launching._COMPILED) == 3
+    assert [key[3] for key in launching._COMPILED] == [2, 3, 4]
+    _testing.reset_kernel_state()
+    assert not launching._COMPILED and not launching._WORKSPACES
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
@@ -422,10 +467,10 @@ def test_kernel_warped_matches_torch_oracle(case, device):
 
 def _cuts(scores, temperature, warp, device):
     """The kernel's cuts and kept masses for [B, 1, V] scores, and the torch backend's kept sets and masses."""
-    stats = kernels.row_stats(scores, None, None, temperature)
+    stats = triton_kernels.row_stats(scores, None, None, temperature)
     batch = scores.shape[0]
     w = _api._warp(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, scores.device)
-    cuts = kernels.warp_cuts(scores, None, None, temperature, w, stats).cpu()
+    cuts = triton_kernels.warp_cuts(scores, None, None, temperature, w, stats).cpu()
     warped = torch_backend.warp_scores(scores, temperature, w)[:, 0].cpu()
     flat = torch.nan_to_num(scores[:, 0].float().cpu(), nan=float("-inf"), neginf=float("-inf"))
     m = flat.amax(1)
@@ -462,24 +507,24 @@ def test_kernel_sample_matches_torch(device):
     noise = torch.empty(9, 3000).exponential_(generator=g).to(device)
     temperature = torch.tensor([0.7, 0.0, 1.2, 0.7, 0.7, 0.0, 2.0, 0.5, 1.0], device=device)
     for warp in (dict(), dict(top_k=40, top_p=0.9), dict(min_p=0.05, top_p=0.95)):
-        got = _api.sample_with_hooks(logits, temperature=temperature, _noise=noise, backend="triton", **warp)
-        want = _api.sample_with_hooks(logits, temperature=temperature, _noise=noise, backend="torch", **warp)
+        got = _testing.sample_with_hooks(logits, temperature=temperature, _noise=noise, backend="triton", **warp)
+        want = _testing.sample_with_hooks(logits, temperature=temperature, _noise=noise, backend="torch", **warp)
         assert torch.equal(got.cpu(), want.cpu())
         greedy = (temperature == 0).cpu()
         assert torch.equal(got.cpu()[greedy], logits.cpu().argmax(1)[greedy])
 
 
-def test_warped_kernel_launches_and_allocations(device, monkeypatch):
+def test_warped_kernel_launches_and_allocations(device):
     """Three launches with warpers; nothing of B*(K+1)*V elements allocated (the scratch rows hold 8 slots per lane of
     a 1024-wide tile: 8192 logits)."""
-    launches = _counted_launches(monkeypatch, kernels._row_stats_kernel, kernels._warp_cut_kernel,
-                                 kernels._verify_kernel)
     args = make_case(3, 4, 20000, seed=1, device=device)
     del args["_uniforms"], args["_noise"]
-    kernels._workspace(torch.device(device), 3)
-    with _Sizes() as sizes:
+    launching.workspace(torch.device(device), 3)
+    with _Sizes() as sizes, _testing.recorded_launches() as launches:
         verify_with_hooks(**args, seed=0, backend="triton", top_k=50, top_p=0.9)
-    assert launches == [kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel]
+    assert [launch["kernel"] for launch in launches] == [triton_kernels._row_stats_kernel,
+                                                          triton_kernels._warp_cut_kernel,
+                                                          triton_kernels._verify_kernel]
     assert sizes.largest == 3 * 9 * 8192 < 3 * 5 * 20000
 
 
@@ -496,10 +541,11 @@ def test_warp_cuts_from_launch_1_candidates(warp, device):
     target = (torch.randn(batch, k + 1, vocab, generator=g) * 3).to(device)
     draft = target[:, :k] + 0.5 * torch.randn(batch, k, vocab, generator=g).to(device)
     w = _api._warp(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, target.device)
-    stats = kernels.row_stats(target, draft, None, temperature, 256, 1, None, candidates=True)
+    stats = triton_kernels.row_stats(target, draft, None, temperature, 256, 1, None, candidates=True)
     assert stats[2] is not None and stats[2].shape == (batch * (2 * k + 1), 4 * 256)
-    cuts = kernels.warp_cuts(target, draft, None, temperature, w, stats)
-    poisoned = kernels.warp_cuts(torch.full_like(target, float("nan")), torch.full_like(draft, float("nan")), None,
+    cuts = triton_kernels.warp_cuts(target, draft, None, temperature, w, stats)
+    poisoned = triton_kernels.warp_cuts(torch.full_like(target, float("nan")), torch.full_like(draft, float("nan")),
+                                        None,
                                  temperature, w, stats)
     rows = torch.cat([target.reshape(-1, vocab), draft.reshape(-1, vocab)]).cpu()
     kept = torch.cat([torch_backend.warp_scores(target, temperature, w).reshape(-1, vocab),
@@ -552,21 +598,21 @@ def test_warped_call_has_no_host_sync_and_replays_in_a_graph():
 
 
 # ------------------------------------------------------------------------------------ programmatic dependent launch
-def test_pdl_only_where_it_exists(monkeypatch):
+def test_pdl_only_where_it_exists(kernel_settings):
     """PDL (off by default until a GPU run times it) never applies under the interpreter; it can be forced for
     offline compilation."""
-    assert kernels.PDL == (os.environ.get("SPECSAMPLER_PDL", "0") == "1")
-    monkeypatch.setattr(kernels, "PDL", True)
-    assert not kernels._pdl(torch.device("cpu"))
-    assert kernels._pdl(torch.device("cpu"), True) and not kernels._pdl(torch.device("cuda"), False)
+    assert launching.PDL == (os.environ.get("SPECSAMPLER_PDL", "0") == "1")
+    kernel_settings(pdl=True)
+    assert not launching.use_pdl(torch.device("cpu"))
+    assert launching.use_pdl(torch.device("cpu"), True) and not launching.use_pdl(torch.device("cuda"), False)
 
 
-_PDL_GPU = torch.cuda.is_available() and kernels.gdc_wait is not None and \
+_PDL_GPU = torch.cuda.is_available() and triton_kernels.gdc_wait is not None and \
     torch.cuda.get_device_capability()[0] >= 9
 
 
 @pytest.mark.skipif(not _PDL_GPU, reason="programmatic dependent launch needs CUDA sm_90+ and a Triton with GDC")
-def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(monkeypatch):
+def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(kernel_settings):
     """With PDL, launch 2 reads the drafts and their scores before it waits for launch 1 (or the cut launch): the
     tokens equal those without PDL (injected randoms and Philox, warped, ragged, K + 1 > 8), and a captured call
     replays like an eager one."""
@@ -577,7 +623,7 @@ def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(monkeypatch):
     expected = [[verify_with_hooks(**c, **w, backend="triton") for w in warps] for c in cases]
     philox = [verify_with_hooks(**{k: v for k, v in c.items() if not k.startswith("_")}, seed=5, backend="triton")
               for c in cases]
-    monkeypatch.setattr(kernels, "PDL", True)
+    kernel_settings(pdl=True)
     for case, want, want_philox in zip(cases, expected, philox, strict=True):
         for warp, res in zip(warps, want, strict=True):
             got = verify_with_hooks(**case, **warp, backend="triton")
@@ -594,6 +640,6 @@ def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(monkeypatch):
     for step in range(2):
         seed.copy_(torch.arange(64, device="cuda") + 1000 * step)
         graph.replay()
-        monkeypatch.setattr(kernels, "PDL", False)
-        assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed).tokens)
-        monkeypatch.setattr(kernels, "PDL", True)
+        with _testing.kernel_settings(pdl=False):
+            assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed).tokens)
+

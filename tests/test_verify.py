@@ -6,7 +6,7 @@ import torch
 from util import check_structure, make_case
 
 import specsampler
-from specsampler._api import verify_probs_with_hooks, verify_with_hooks
+from specsampler._testing import verify_probs_with_hooks, verify_with_hooks
 
 INF = float("inf")
 
@@ -300,3 +300,4 @@ def test_public_functions_have_no_test_hooks():
     args = make_case(3, 2, 50, seed=2)
     del args["_uniforms"], args["_noise"]
     assert torch.equal(specsampler.verify(**args, seed=4).tokens, verify_with_hooks(**args, seed=4).tokens)
+

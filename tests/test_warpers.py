@@ -22,7 +22,8 @@ from util import check_structure, chi2_pvalue, make_case
 
 import specsampler
 from specsampler import torch_backend
-from specsampler._api import _warp, sample_with_hooks, verify_with_hooks
+from specsampler._api import _warp
+from specsampler._testing import sample_with_hooks, verify_with_hooks
 from specsampler.torch_backend import warp_scores
 
 ALPHA = 1e-4  # as tests/test_distribution.py

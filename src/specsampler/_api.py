@@ -17,6 +17,25 @@ _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKEN_DTYPES = (torch.int32, torch.int64)
 
 
+class Hooks(NamedTuple):
+    """What the testing entry (``specsampler._testing``) may set, and the public functions never do.
+
+    uniforms, noise : torch.Tensor or None
+        [B, K] acceptance uniforms and [B, V] exponential noise replacing both backends' own random numbers (so that
+        they can be compared token for token); given together or not at all.
+    block_v, num_splits : int or None
+        The kernel's tile width and vocabulary splits (None: the launch table's).
+    """
+
+    uniforms: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    block_v: int | None = None
+    num_splits: int | None = None
+
+
+NO_HOOKS = Hooks()
+
+
 class VerifyResult(NamedTuple):
     """Output of :func:`verify`.
 
@@ -154,7 +173,26 @@ def _warp(top_k, top_p, min_p, temperature, batch: int, device: torch.device) ->
     return Warp(top_k, top_p, offset)
 
 
-def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, uniforms, noise,
+def _check_hooks(hooks: Hooks, batch: int, k: int, vocab: int, device: torch.device) -> None:
+    """The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
+    garbage there instead of failing here (metadata only, no host synchronisation)."""
+    for name, hook, dims, shape in (("_uniforms", hooks.uniforms, "[B, K]", (batch, k)),
+                                    ("_noise", hooks.noise, "[B, V]", (batch, vocab))):
+        if hook is None:
+            continue
+        if not isinstance(hook, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(hook).__name__}")
+        if tuple(hook.shape) != shape:
+            raise ValueError(f"{name} must have shape {dims} = {list(shape)}, got {tuple(hook.shape)}")
+        if hook.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {hook.dtype}")
+        _check_device(name, hook, device)
+    if (hooks.uniforms is None) != (hooks.noise is None):
+        missing = "_noise" if hooks.noise is None else "_uniforms"
+        raise ValueError(f"{missing} is missing: _uniforms and _noise go together")
+
+
+def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, hooks: Hooks,
              generator=None, top_k=None, top_p=None, min_p=None):
     """Validate metadata (no host synchronisation on CUDA) and normalise the arguments; `names` are the two score
     arguments' names."""
@@ -193,21 +231,8 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
         if temperature < GREEDY_BELOW:  # 1 / T would overflow float32: greedy, as on both backends for a tensor
             temperature = 0.0
     seed = _seed(seed, generator, batch, device)
-    # The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
-    # garbage there instead of failing here (metadata only, no host synchronisation).
-    for name, hook, dims, shape in (("_uniforms", uniforms, "[B, K]", (batch, k)),
-                                    ("_noise", noise, "[B, V]", (batch, vocab))):
-        if hook is None:
-            continue
-        if not isinstance(hook, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(hook).__name__}")
-        if tuple(hook.shape) != shape:
-            raise ValueError(f"{name} must have shape {dims} = {list(shape)}, got {tuple(hook.shape)}")
-        if hook.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32, got {hook.dtype}")
-        _check_device(name, hook, device)
-    if (uniforms is None) != (noise is None):
-        raise ValueError(f"{'_noise' if noise is None else '_uniforms'} is missing: _uniforms and _noise go together")
+    if hooks is not NO_HOOKS:
+        _check_hooks(hooks, batch, k, vocab, device)
     warp = _warp(top_k, top_p, min_p, temperature, batch, device)
     return num_draft_tokens, temperature, seed, _pick_backend(backend, device), warp
 
@@ -274,33 +299,31 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     >>> res.tokens.shape, res.num_accepted.shape
     (torch.Size([2, 4]), torch.Size([2]))
     """
-    return verify_with_hooks(target_logits, draft_tokens, draft_logits, num_draft_tokens=num_draft_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                             generator=generator, backend=backend)
+    return _verify(target_logits, draft_tokens, draft_logits, num_draft_tokens=num_draft_tokens,
+                   temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, generator=generator,
+                   backend=backend)
 
 
-def verify_with_hooks(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0,
-                      top_k=None, top_p=None, min_p=None, seed=None, generator=None, backend="auto", _uniforms=None,
-                      _noise=None, _block_v=None, _num_splits=None) -> VerifyResult:
-    """:func:`verify` with the test hooks: `_uniforms` [B, K] acceptance uniforms and `_noise` [B, V] exponential
-    noise replacing both backends' own random numbers (so that they can be compared token for token), and the
-    kernel's tile width `_block_v` and vocabulary splits `_num_splits`."""
+def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
+            top_p=None, min_p=None, seed=None, generator=None, backend="auto", hooks: Hooks = NO_HOOKS) -> VerifyResult:
+    """:func:`verify`, with the `hooks` only ``specsampler._testing`` sets."""
     num_draft_tokens, temperature, seed, backend, warp = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-        seed, backend, _uniforms, _noise, generator, top_k, top_p, min_p)
+        seed, backend, hooks, generator, top_k, top_p, min_p)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                          seed, uniforms=_uniforms, noise=_noise, warp=warp))
+                                          seed, uniforms=hooks.uniforms, noise=hooks.noise, warp=warp))
     kernels = _kernels()
     batch, k_plus_1, _ = target_logits.shape
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
-    stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, _block_v, _num_splits,
-                              tokens, candidates=warp is not None)
+    stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
+                              hooks.num_splits, tokens, candidates=warp is not None)
     cuts = None
     if warp is not None:
         cuts = kernels.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
     return VerifyResult(*kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                             seed, stats[:2], _uniforms, _noise, _block_v, _num_splits, tokens, cuts))
+                                             seed, stats[:2], hooks.uniforms, hooks.noise, hooks.block_v,
+                                             hooks.num_splits, tokens, cuts))
 
 
 def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=None, generator=None,
@@ -328,20 +351,22 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=
     >>> specsampler.sample(torch.randn(3, 100), temperature=0.7, top_k=50, top_p=0.9, seed=0).shape
     torch.Size([3])
     """
-    return sample_with_hooks(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                             generator=generator, backend=backend)
+    return _sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                   generator=generator, backend=backend)
 
 
-def sample_with_hooks(logits, *, _noise=None, **kwargs) -> torch.Tensor:
-    """:func:`sample` with the test hook `_noise` [B, V] (see :func:`verify_with_hooks`)."""
+def _sample(logits, *, hooks: Hooks = NO_HOOKS, **options) -> torch.Tensor:
+    """:func:`sample`, with the `hooks` only ``specsampler._testing`` sets (the noise [B, V]; no uniforms: a draw
+    decides no draft)."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must be a [B, V] tensor with V >= 1, got "
                          f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
     batch = logits.shape[0]
     drafts = torch.empty(batch, 0, dtype=torch.int64, device=logits.device)
-    uniforms = None if _noise is None else torch.empty(batch, 0, dtype=torch.float32, device=logits.device)
+    if hooks.noise is not None:
+        hooks = hooks._replace(uniforms=torch.empty(batch, 0, dtype=torch.float32, device=logits.device))
     try:
-        res = verify_with_hooks(logits[:, None, :], drafts, _uniforms=uniforms, _noise=_noise, **kwargs)
+        res = _verify(logits[:, None, :], drafts, hooks=hooks, **options)
     except (TypeError, ValueError) as err:  # name the argument as the caller wrote it
         raise type(err)(str(err).replace("target_logits", "logits")) from None
     return res.tokens[:, 0]
@@ -366,19 +391,18 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
     -------
     VerifyResult
     """
-    return verify_probs_with_hooks(target_probs, draft_tokens, draft_probs, num_draft_tokens=num_draft_tokens,
-                                   seed=seed, generator=generator, backend=backend)
+    return _verify_probs(target_probs, draft_tokens, draft_probs, num_draft_tokens=num_draft_tokens, seed=seed,
+                         generator=generator, backend=backend)
 
 
-def verify_probs_with_hooks(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None,
-                            generator=None, backend="auto", _uniforms=None, _noise=None, _block_v=None,
-                            _num_splits=None) -> VerifyResult:
-    """:func:`verify_probs` with the test hooks of :func:`verify_with_hooks`."""
+def _verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
+                  backend="auto", hooks: Hooks = NO_HOOKS) -> VerifyResult:
+    """:func:`verify_probs`, with the `hooks` only ``specsampler._testing`` sets."""
     num_draft_tokens, _, seed, backend, _ = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
-        _uniforms, _noise, generator)
+        hooks, generator)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
-                                          from_probs=True, uniforms=_uniforms, noise=_noise))
+                                          from_probs=True, uniforms=hooks.uniforms, noise=hooks.noise))
     return VerifyResult(*_kernels().verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
-                                                None, _uniforms, _noise, _block_v, _num_splits))
+                                                None, hooks.uniforms, hooks.noise, hooks.block_v, hooks.num_splits))

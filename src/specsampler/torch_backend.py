@@ -45,10 +45,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-# A residual with at most this much mass is rounding noise (p equals q); the next token is then drawn from p.
-RESIDUAL_EPS = 1e-6
-# Temperatures below the smallest normal float32 make a row greedy (1 / T would overflow float32); the kernel agrees.
-GREEDY_BELOW = 2.0**-126
+# RESIDUAL_EPS: a residual with at most this much mass is rounding noise (p equals q), the next token is then drawn
+# from p; GREEDY_BELOW: temperatures below the smallest normal float32 make a row greedy (1 / T would overflow). One
+# definition for both backends, in a module that imports no triton.
+from .triton_kernels.constants import GREEDY_BELOW, RESIDUAL_EPS
+
 _FMAX = torch.finfo(torch.float32).max
 LOG2_E = 1.4426950408889634
 
