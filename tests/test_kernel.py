@@ -643,3 +643,15 @@ def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(kernel_settings):
         with _testing.kernel_settings(pdl=False):
             assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed).tokens)
 
+
+def test_launchers_with_no_rows(device):
+    """The launchers themselves take B = 0 (no launch): empty statistics, cuts and tokens."""
+    from specsampler.torch_backend import Warp
+
+    target, draft = torch.randn(0, 3, 16, device=device), torch.randn(0, 2, 16, device=device)
+    stats = triton_kernels.row_stats(target, draft, None, 1.0, candidates=True)
+    assert stats[0].shape[1] == 0
+    assert triton_kernels.warp_cuts(target, draft, None, 1.0, Warp(3, 1.0, float("-inf")), stats).shape == (2, 0)
+    tokens, n = triton_kernels.verify_rows(target, torch.zeros(0, 2, dtype=torch.int64, device=device), draft, None,
+                                           1.0, 0, stats[:2])
+    assert tokens.shape == (0, 3) and n.shape == (0,)

@@ -214,8 +214,8 @@ def test_strided_row_tensors(backend):
         (dict(draft_logits=torch.zeros(2, 3, 10)), ValueError, r"draft_logits .*\[2, 2, \*\].*\(2, 3, 10\)"),
         (dict(draft_logits=torch.zeros(2, 2, 11)), ValueError, r"draft_logits has a larger vocabulary \(11\)"),
         (dict(temperature=-1.0), ValueError, "temperature"),
-        (dict(temperature=float("inf")), ValueError, "temperature must be finite"),
-        (dict(temperature=float("nan")), ValueError, "temperature must be finite"),
+        (dict(temperature=float("inf")), ValueError, r"temperature must be a number in \[0, inf\)"),
+        (dict(temperature=float("nan")), ValueError, r"temperature must be a number in \[0, inf\)"),
         (dict(temperature=torch.tensor([1.0, float("inf")])), ValueError, "temperature must be finite"),
         (dict(temperature=torch.tensor([1.0, -1.0])), ValueError, "temperature"),
         (dict(temperature=torch.ones(3)), ValueError, "temperature"),
@@ -300,4 +300,53 @@ def test_public_functions_have_no_test_hooks():
     args = make_case(3, 2, 50, seed=2)
     del args["_uniforms"], args["_noise"]
     assert torch.equal(specsampler.verify(**args, seed=4).tokens, verify_with_hooks(**args, seed=4).tokens)
+
+
+# ------------------------------------------------------------------------------------------------- defects of issue 20
+def test_empty_batch_gives_empty_results(backend):
+    """B = 0 gives empty results on every entry and backend (the launch configuration divided by the rows)."""
+    d = _dev(backend)
+    assert specsampler.sample(torch.randn(0, 16, device=d), backend=backend).shape == (0,)
+    assert specsampler.sample(torch.randn(0, 16, device=d), temperature=0.0, top_k=3, backend=backend).shape == (0,)
+    target, draft = torch.randn(0, 4, 16, device=d), torch.randn(0, 3, 16, device=d)
+    drafts = torch.zeros(0, 3, dtype=torch.int64, device=d)
+    for res in (specsampler.verify(target, drafts, draft, backend=backend),
+                specsampler.verify(target, drafts, None, temperature=torch.ones(0, device=d), backend=backend),
+                specsampler.verify(target, drafts, draft, top_p=0.9, num_draft_tokens=[], backend=backend),
+                specsampler.verify_probs(target.softmax(-1), drafts, draft.softmax(-1), backend=backend)):
+        assert res.tokens.shape == (0, 4) and res.tokens.dtype == torch.int64
+        assert res.num_accepted.shape == (0,) and res.num_accepted.dtype == torch.int64
+
+
+@pytest.mark.parametrize("value, error", [(None, TypeError), ("1", TypeError), (True, TypeError), (-0.5, ValueError),
+                                          (float("nan"), ValueError)])
+def test_temperature_that_is_not_a_number_is_refused_by_name(backend, value, error):
+    """sample(temperature=None) was a TypeError from float(), and temperature='1' was accepted."""
+    d = _dev(backend)
+    with pytest.raises(error, match="temperature"):
+        specsampler.sample(torch.randn(2, 16, device=d), temperature=value, backend=backend)
+    with pytest.raises(error, match="temperature"):
+        specsampler.verify(torch.randn(2, 3, 16, device=d), torch.zeros(2, 2, dtype=torch.int64, device=d),
+                           temperature=value, backend=backend)
+
+
+@pytest.mark.parametrize("value", [[1.5, 2, 3], [1.0, 2.0, 0.0], torch.tensor([1.0, 2.0, 0.0]), [True, False, True],
+                                   "123"])
+def test_non_integer_num_draft_tokens_are_refused(backend, value):
+    """num_draft_tokens=[1.5, 2, 3] was truncated silently: non-integers (lists, float tensors) are refused by name."""
+    d = _dev(backend)
+    with pytest.raises(TypeError, match="num_draft_tokens"):
+        specsampler.verify(torch.randn(3, 4, 16, device=d), torch.zeros(3, 3, dtype=torch.int64, device=d),
+                           num_draft_tokens=value, backend=backend)
+
+
+def test_numpy_integers_keep_working(backend):
+    """numpy integer seeds and draft counts are integers: they give what the same Python ints give."""
+    d = _dev(backend)
+    target, drafts = torch.randn(3, 4, 16, device=d), torch.zeros(3, 3, dtype=torch.int64, device=d)
+    want = specsampler.verify(target, drafts, seed=3, num_draft_tokens=[1, 2, 3], backend=backend)
+    got = specsampler.verify(target, drafts, seed=np.int64(3), num_draft_tokens=np.array([1, 2, 3]), backend=backend)
+    assert torch.equal(got.tokens, want.tokens)
+    assert torch.equal(specsampler.sample(target[:, 0], seed=np.int64(3), backend=backend),
+                       specsampler.sample(target[:, 0], seed=3, backend=backend))
 

@@ -120,7 +120,8 @@ def launch_config(launch: str, device_type: str, index: int | None, rows: int, v
     """(BLOCK_V, splits, tiles per split, num_warps) of launch "stats" or "race" over `rows` rows of `vocab` scores of
     `itemsize` bytes, computed once per shape; `block_v` / `num_splits` override the tile width and the splits.
 
-    On a CPU (the interpreter) tiles are 8192 wide and there are about 4 programs in all."""
+    On a CPU (the interpreter) tiles are 8192 wide and there are about 4 programs in all. No rows (B = 0) gives one
+    split: the launchers launch nothing then."""
     on_gpu = device_type == "cuda"
     sms = _multiprocessors(device_type, index)
     if launch == "stats":
@@ -131,7 +132,7 @@ def launch_config(launch: str, device_type: str, index: int | None, rows: int, v
         block_v = gpu_block_v(launch, itemsize, rows, sms) if on_gpu else CPU_BLOCK_V
     tiles = triton.cdiv(vocab, block_v)
     if num_splits is None:
-        num_splits = triton.cdiv(per_sm * sms if on_gpu else CPU_PROGRAMS, rows)
+        num_splits = triton.cdiv(per_sm * sms if on_gpu else CPU_PROGRAMS, max(rows, 1))
     num_splits = max(1, min(num_splits, tiles, max_splits))
     tiles_per_split = triton.cdiv(tiles, num_splits)
     return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, 8 if block_v >= 2048 else 4

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import _checks
 from .torch_backend import GREEDY_BELOW, Warp, hash_seed, verify_torch
 
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -173,6 +174,19 @@ def _warp(top_k, top_p, min_p, temperature, batch: int, device: torch.device) ->
     return Warp(top_k, top_p, offset)
 
 
+def _integer_rows(name: str, value, device: torch.device) -> torch.Tensor:
+    """A sequence of integers as an int64 tensor; floats (1.5, or 2.0) are refused by name rather than truncated."""
+    try:
+        rows = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a [B] integer tensor or a sequence of integers, got {value!r}") from err
+    integral = rows.dtype in _TOKEN_DTYPES or rows.dtype in (torch.int8, torch.int16, torch.uint8)
+    if not integral and rows.numel() > 0:  # (an empty list reads as float32: B = 0 has no counts to check)
+        raise TypeError(f"{name} must be a [B] integer tensor or a sequence of integers, got {value!r} "
+                        f"({rows.dtype})")
+    return rows.to(device=device, dtype=torch.int64)
+
+
 def _check_hooks(hooks: Hooks, batch: int, k: int, vocab: int, device: torch.device) -> None:
     """The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
     garbage there instead of failing here (metadata only, no host synchronisation)."""
@@ -216,7 +230,7 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
             raise ValueError(f"{draft_name} has a larger vocabulary ({draft.shape[2]}) than {target_name} ({vocab})")
     if num_draft_tokens is not None:
         if not isinstance(num_draft_tokens, torch.Tensor):
-            num_draft_tokens = torch.as_tensor(num_draft_tokens, dtype=torch.int64, device=device)
+            num_draft_tokens = _integer_rows("num_draft_tokens", num_draft_tokens, device)
         num_draft_tokens = _row_tensor("num_draft_tokens", num_draft_tokens, batch, device, _TOKEN_DTYPES)
         if device.type == "cpu" and bool(((num_draft_tokens < 0) | (num_draft_tokens > k)).any()):
             raise ValueError(f"num_draft_tokens must lie in [0, K] = [0, {k}], got {num_draft_tokens.tolist()}")
@@ -225,9 +239,7 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
         if device.type == "cpu" and not bool(((temperature >= 0) & (temperature < math.inf)).all()):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature.tolist()}")
     else:
-        temperature = float(temperature)
-        if not 0 <= temperature < math.inf:
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        temperature = _checks.temperature(temperature)
         if temperature < GREEDY_BELOW:  # 1 / T would overflow float32: greedy, as on both backends for a tensor
             temperature = 0.0
     seed = _seed(seed, generator, batch, device)
@@ -304,17 +316,25 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
                    backend=backend)
 
 
+def _empty_result(batch: int, k_plus_1: int, device: torch.device) -> VerifyResult:
+    """The result of a batch of no rows (B = 0): no launch, no draw."""
+    return VerifyResult(torch.empty(batch, k_plus_1, dtype=torch.int64, device=device),
+                        torch.empty(batch, dtype=torch.int64, device=device))
+
+
 def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
             top_p=None, min_p=None, seed=None, generator=None, backend="auto", hooks: Hooks = NO_HOOKS) -> VerifyResult:
     """:func:`verify`, with the `hooks` only ``specsampler._testing`` sets."""
     num_draft_tokens, temperature, seed, backend, warp = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
         seed, backend, hooks, generator, top_k, top_p, min_p)
+    batch, k_plus_1, _ = target_logits.shape
+    if batch == 0:
+        return _empty_result(batch, k_plus_1, target_logits.device)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
                                           seed, uniforms=hooks.uniforms, noise=hooks.noise, warp=warp))
     kernels = _kernels()
-    batch, k_plus_1, _ = target_logits.shape
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
     stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
                               hooks.num_splits, tokens, candidates=warp is not None)
@@ -401,6 +421,9 @@ def _verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tok
     num_draft_tokens, _, seed, backend, _ = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
         hooks, generator)
+    batch, k_plus_1, _ = target_probs.shape
+    if batch == 0:
+        return _empty_result(batch, k_plus_1, target_probs.device)
     if backend == "torch":
         return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
                                           from_probs=True, uniforms=hooks.uniforms, noise=hooks.noise))
