@@ -364,12 +364,15 @@ def test_compiled_launchers_are_bounded(monkeypatch, fresh_kernel_state):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(launching, "_raw_stream", lambda index: 0)  # (no CUDA stream here)
-    monkeypatch.setattr(launching, "MAX_COMPILED", 3)
     kernel, cuda = Launcher(), torch.device("cuda", 0)
-    for flag in range(5):  # five specialisations (a constexpr each)
+    bound = launching.MAX_COMPILED
+    for flag in range(bound + 2):  # as many specialisations (a constexpr each), and two more
         launching.launch(kernel, (1, 1), (7,), dict(FLAG=flag), 4, cuda)
-    assert len(launching._COMPILED) == 3
-    assert [key[3] for key in launching._COMPILED] == [2, 3, 4]
+    launching.launch(kernel, (1, 1), (7,), dict(FLAG=2), 4, cuda)  # a hit: the most recently used now
+    launching.launch(kernel, (1, 1), (7,), dict(FLAG=bound + 2), 4, cuda)  # evicts the least recently used (3)
+    assert len(launching._COMPILED) == bound
+    flags = [key[3] for key in launching._COMPILED]
+    assert flags[-2:] == [2, bound + 2] and 3 not in flags and flags[0] == 4
     _testing.reset_kernel_state()
     assert not launching._COMPILED and not launching._WORKSPACES
 
@@ -642,6 +645,19 @@ def test_pdl_gives_the_same_tokens_and_replays_in_a_graph(kernel_settings):
         graph.replay()
         with _testing.kernel_settings(pdl=False):
             assert torch.equal(out.tokens, verify_with_hooks(**args, seed=seed).tokens)
+
+
+@pytest.mark.parametrize("case", range(4), ids=["-inf", "top-k", "one-hot -inf", "one-hot top-k"])
+def test_kernel_uniform_zero_never_accepts_a_draft_of_probability_zero(device, case):
+    """u = 0 with p(x) = 0 (a -inf logit, a token top-k removes): the kernel rejects the draft (uniforms injected
+    through the testing entry), as the torch backend does (test_verify.py)."""
+    from test_verify import _zero_probability_cases
+
+    target, drafts, draft, options = _zero_probability_cases()[case]
+    res = verify_with_hooks(target.to(device), drafts.to(device), None if draft is None else draft.to(device),
+                            backend="triton", _uniforms=torch.zeros(1, 2, device=device),
+                            _noise=torch.ones(1, 8, device=device), **options)
+    assert int(res.num_accepted[0]) == 0 and int(res.tokens[0, 0]) != 0
 
 
 def test_launchers_with_no_rows(device):

@@ -282,13 +282,15 @@ def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):
         specsampler.verify(torch.zeros(1, 2, 5), torch.zeros(1, 1, dtype=torch.int64), backend="triton")
 
 
-def test_auto_backend_is_torch_on_cpu(monkeypatch):
-    calls = []
-    import specsampler._api as api
+def test_auto_backend_is_torch_on_cpu():
+    """backend='auto' on CPU tensors runs the torch backend: no kernel launch, the torch backend's tokens."""
+    from specsampler import _testing
 
-    monkeypatch.setattr(api, "verify_torch", lambda *a, **k: calls.append(1) or (torch.zeros(1, 2), torch.zeros(1)))
-    specsampler.verify(torch.zeros(1, 2, 5), torch.zeros(1, 1, dtype=torch.int64))
-    assert calls == [1]
+    target, drafts = torch.randn(3, 3, 20), torch.zeros(3, 2, dtype=torch.int64)
+    with _testing.recorded_launches() as launches:
+        auto = specsampler.verify(target, drafts, seed=5)
+    assert not launches
+    assert torch.equal(auto.tokens, specsampler.verify(target, drafts, seed=5, backend="torch").tokens)
 
 
 def test_public_functions_have_no_test_hooks():
@@ -350,3 +352,33 @@ def test_numpy_integers_keep_working(backend):
     assert torch.equal(specsampler.sample(target[:, 0], seed=np.int64(3), backend=backend),
                        specsampler.sample(target[:, 0], seed=3, backend=backend))
 
+
+def _zero_probability_cases():
+    """(target [1, 3, 8], drafts [1, 2], draft [1, 2, 8], options): the target gives the first draft probability 0,
+    by a -inf logit or by top-k removing it, while the draft gives it most of its mass."""
+    target = torch.linspace(0.0, 3.5, 8).repeat(1, 3, 1)  # id 7 the most likely, id 0 the least
+    draft = torch.zeros(1, 2, 8)
+    draft[0, :, 0] = 5.0  # the draft proposes id 0
+    drafts = torch.zeros(1, 2, dtype=torch.int64)
+    minus_inf = target.clone()
+    minus_inf[0, 0, 0] = -INF
+    return [(minus_inf, drafts, draft, {}), (target, drafts, draft, dict(top_k=3)),
+            (minus_inf, drafts, None, {}), (target, drafts, None, dict(top_k=3, top_p=0.9))]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["-inf", "top-k", "one-hot -inf", "one-hot top-k"])
+@pytest.mark.parametrize("path", ["per-row", "batched"])
+def test_uniform_zero_never_accepts_a_draft_of_probability_zero(path, case):
+    """u = 0 with p(x) = 0: u * q(x) < p(x) is false, so the draft is rejected (written u * q <= p it was accepted,
+    and no test saw it). The torch backend's per-row (CPU) and batched paths; the kernel's in test_kernel.py."""
+    from specsampler import _api, torch_backend
+
+    target, drafts, draft, options = _zero_probability_cases()[case]
+    uniforms = torch.zeros(1, 2)
+    noise = torch.ones(1, 8)
+    warp = _api._warp(options.get("top_k"), options.get("top_p"), None, 1.0, 1, target.device)
+    tokens, n = torch_backend.verify_torch(target, drafts, draft, None, 1.0, 0, uniforms=uniforms, noise=noise,
+                                           vectorized=path == "batched", warp=warp)
+    assert int(n[0]) == 0 and int(tokens[0, 0]) != 0
+    res = verify_with_hooks(target, drafts, draft, backend="torch", _uniforms=uniforms, _noise=noise, **options)
+    assert int(res.num_accepted[0]) == 0 and int(res.tokens[0, 0]) != 0

@@ -4,8 +4,8 @@ per-stream workspace, programmatic dependent launch (PDL), and the reset of all 
 Host side: tile widths and splits per (launch, B, V, dtype, device) come from an H200 sweep (:func:`launch_config`);
 launches are guarded to the tensors' device, and after a specialisation's first launch through Triton, go straight to
 its compiled launcher (:func:`launch`), which gets the tensors' addresses as ints (no data_ptr() call and no driver
-query per pointer). Autotuning is not used: it would time each candidate by running it, and launch 2's workspace
-atomics and the -1 fill must run exactly once per call (and a tuned choice would differ from run to run).
+query per pointer). Autotuning is not used: it times each candidate by running it, and launch 2's workspace atomics
+and launch 1's -1 fill must run exactly once per call; the table is measured once, offline (bench/sweep_config.py).
 
 Programmatic dependent launch (sm_90+): launch 2 starts while the launch before it (launch 1, or the cut launch) runs,
 reads the call's inputs (the drafts, the scores at them) and then waits (griddepcontrol.wait) for that launch's
@@ -20,8 +20,9 @@ Process-wide state (this module owns all of it; :func:`reset` empties it, tests 
   through Triton's own cache on its next launch, at its host cost once).
 - ``_WORKSPACES``: one zeroed [rows, 3] int64 workspace per (device, stream) launch 2 ran on, 24 bytes a row, grown by
   doubling (at least 64 rows); ``_OUTGROWN`` keeps the outgrown ones alive (a CUDA graph captured earlier may still
-  point at one), so the memory held is at most twice the largest batch's per stream. :func:`reset` drops both: call it
-  only when no captured graph that verified through them will be replayed.
+  point at one). Bound: per (device, stream), the sizes double, so all of them together hold at most 4 x 24 bytes a
+  row of the largest batch seen (2.4 MB at B = 25,000); as many entries as streams used. :func:`reset` drops them:
+  call it only when no captured graph that verified through them will be replayed.
 - caches of the launch configuration (:func:`launch_config`, 1024 shapes), each device's compute capability and SMs
   (one entry per device).
 - :data:`PDL` and :data:`FAST_LAUNCH`: switches read at every launch.

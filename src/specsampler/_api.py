@@ -1,4 +1,9 @@
-"""`specsampler.verify` and `specsampler.verify_probs`: validation and dispatch to a backend."""
+"""`specsampler.verify`, `specsampler.verify_probs` and `specsampler.sample`: validation and dispatch to a backend.
+
+The public functions call internal implementations (`_verify`, `_verify_probs`, `_sample`) with no :class:`Hooks`;
+only ``specsampler._testing`` passes hooks. Process-wide state here: two answers asked once per process, whether
+triton imports (:func:`triton_available`) and the kernel package (:func:`_kernels`); ``_testing.reset_kernel_state``
+clears them with the kernels' own caches (``triton_kernels/launching.py``)."""
 
 from __future__ import annotations
 

@@ -62,8 +62,12 @@ def kernel_settings(*, fast_launch: bool | None = None, pdl: bool | None = None)
 
 
 def reset_kernel_state() -> None:
-    """Empty the kernels' process-wide caches (compiled launchers, workspaces, launch configurations): see
-    ``specsampler.triton_kernels.launching``."""
+    """Empty the kernels' process-wide caches (compiled launchers, workspaces, launch configurations: see
+    ``specsampler.triton_kernels.launching``), and ask again whether triton imports."""
+    from . import _api
+
+    _api.triton_available.cache_clear()
+    _api._kernels.cache_clear()
     _launching().reset()
 
 
