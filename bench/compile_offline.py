@@ -414,12 +414,12 @@ def main(argv=None) -> int:
                     failures.append(f"{where}: no source line, cannot tell whether it walks the vocabulary")
                 loop_rows.append((arch, config, kernel_name, warps, block_v, loop))
     print()
-    print(f"{'arch':<6} {'config':<14} {'kernel':<18} {'loop':<9} {'kind':<5} {'source':<14} {'warps':>5} "
+    print(f"{'arch':<6} {'config':<14} {'kernel':<18} {'loop':<9} {'kind':<5} {'source':<20} {'warps':>5} "
           f"{'BLOCK_V':>7} {'instrs':>6} {'/elem':>6} {'bar':>4} {'shfl':>4} {'wsync':>5} {'LDG':>4} {'MUFU':>4} "
           f"{'philox':>6} {'/elem':>5}")
     for arch, config, kernel_name, warps, block_v, loop in loop_rows:
         print(f"sm_{arch:<3} {config:<14} {kernel_name:<18} {loop['lo']:04x}-{loop['hi']:04x} {loop['kind']:<5} "
-              f"{loop['source']:<14} {warps:>5} {block_v if block_v is not None else '?'!s:>7} {loop['instrs']:>6} "
+              f"{loop['source']:<20} {warps:>5} {block_v if block_v is not None else '?'!s:>7} {loop['instrs']:>6} "
               f"{_fmt(loop['instrs_per_elem']):>6} {loop['barriers']:>4} {loop['shfl']:>4} {loop['warpsync']:>5} "
               f"{loop['ldg']:>4} {loop['mufu']:>4} {_fmt(loop['philox']):>6} {_fmt(loop['philox_per_elem'], 2):>5}")
     if tool is None:

@@ -1,10 +1,10 @@
-"""The launch-configuration sweep behind ``_launch_config``: tile width x splits for each launch, on a GPU.
+"""The launch-configuration sweep behind ``launch_config`` (triton_kernels/launching.py): tile width x splits, on a GPU.
 
 For K = 4, V = 128256, B in {1, 64, 256}, bfloat16 and float32 logits, sampled and greedy rows, every launch is timed
 alone with CUDA graphs (``triton.testing.do_bench_cudagraph``, median): launch 1 (``row_stats``) over BLOCK_V in
 {1024, 2048, 4096} and the splits that give {1, 2, 4, 8} programs per SM; launch 2 (``verify_rows``, from the
 statistics of launch 1) over BLOCK_V in {512, 1024, 2048} and the same program targets. Warps follow the tile width as
-in ``_launch_config`` (8 from 2048 up, else 4). Prints one line per point and, per case, the best point next to the
+in ``launch_config`` (8 from 2048 up, else 4). Prints one line per point and, per case, the best point next to the
 default configuration's time, and writes ``sweep_<gpu>.csv`` under ``--out`` (default ``$OUT``, else bench/out).
 
     python bench/sweep_config.py [--quick] [--out DIR]
