@@ -671,3 +671,13 @@ def test_launchers_with_no_rows(device):
     tokens, n = triton_kernels.verify_rows(target, torch.zeros(0, 2, dtype=torch.int64, device=device), draft, None,
                                            1.0, 0, stats[:2])
     assert tokens.shape == (0, 3) and n.shape == (0,)
+
+
+def test_kernel_a_small_residual_is_drawn_from(device):
+    """The kernel draws the correction from a residual of small mass (0.003), as the torch backend does
+    (test_verify.py): only a residual of at most RESIDUAL_EPS falls back to p."""
+    from test_verify import _small_residual_case
+
+    p, drafts, q, uniforms, noise = (t.to(device) for t in _small_residual_case())
+    res = verify_probs_with_hooks(p, drafts, q, backend="triton", _uniforms=uniforms, _noise=noise)
+    assert int(res.num_accepted[0]) == 0 and res.tokens[0].tolist() == [2, -1]

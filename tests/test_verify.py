@@ -382,3 +382,25 @@ def test_uniform_zero_never_accepts_a_draft_of_probability_zero(path, case):
     assert int(n[0]) == 0 and int(tokens[0, 0]) != 0
     res = verify_with_hooks(target, drafts, draft, backend="torch", _uniforms=uniforms, _noise=noise, **options)
     assert int(res.num_accepted[0]) == 0 and int(res.tokens[0, 0]) != 0
+
+
+def _small_residual_case():
+    """(p [1, 2, 4], drafts [1, 1], q [1, 1, 4], uniforms, noise): the draft x = 0 is rejected (u q(0) > p(0)) and
+    the residual max(0, p - q) has mass 0.003 at id 2 alone: well above RESIDUAL_EPS, so the correction is 2 (p's
+    most likely ids, 0 and 1, would be drawn from p)."""
+    p = torch.tensor([[[0.497, 0.5, 0.003, 0.0], [0.25, 0.25, 0.25, 0.25]]])
+    q = torch.tensor([[[0.5, 0.5, 0.0, 0.0]]])
+    return p, torch.zeros(1, 1, dtype=torch.int64), q, torch.full((1, 1), 0.999), torch.ones(1, 4)
+
+
+@pytest.mark.parametrize("path", ["per-row", "batched"])
+def test_a_small_residual_is_drawn_from(path):
+    """A residual of small mass (0.003) is still the distribution of the correction: only a residual of at most
+    RESIDUAL_EPS (rounding noise) falls back to p (written with a threshold of 1e-2, the batched path passed every
+    other test)."""
+    from specsampler import torch_backend
+
+    p, drafts, q, uniforms, noise = _small_residual_case()
+    tokens, n = torch_backend.verify_torch(p, drafts, q, None, 1.0, 0, from_probs=True, uniforms=uniforms, noise=noise,
+                                           vectorized=path == "batched")
+    assert int(n[0]) == 0 and tokens[0].tolist() == [2, -1]
