@@ -69,7 +69,7 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
                    "generation config samples or a sampling option is given)")
     g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: off)")
-    g.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1]")
+    g.add_argument("--top-p", type=float, help="nucleus sampling, in [0, 1] (0 keeps the most likely token)")
     g.add_argument("--min-p", type=float, help="keep tokens at least this times as likely as the top one, in [0, 1] "
                    "(0: off)")
     g.add_argument("--repetition-penalty", type=float,

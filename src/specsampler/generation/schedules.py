@@ -156,7 +156,7 @@ class Stopwatch:
 
 class Costs:
     """Measured times and acceptance of one (target, drafter) pair on this machine, kept across :func:`generate` calls
-    (the "cost" schedule's model of a step; see :class:`_CostSchedule`).
+    (the "cost" schedule's model of a step; see :class:`CostSchedule`).
 
     Attributes
     ----------
