@@ -1,6 +1,7 @@
 """The Triton kernel against the torch oracle, token for token, on identical random numbers; its own randomness;
 its shape (launches, allocations); its split statistics."""
 
+import inspect
 import math
 import os
 import sys
@@ -210,11 +211,16 @@ def test_fast_launch_key():
     """The key of the compiled-launcher cache tells apart whatever Triton specialises on: int classes (1, multiple of
     16, 64-bit, and their mixes; only the width for do_not_specialize ones), 16-byte alignment (a view one element
     in) and dtype of every pointer."""
-    assert [launching._int_class(v, True) for v in (1, 16, 7, 2**31, 2**31 + 16, -(2**31) - 1, 0, 2**63)] == \
-        [3, 6, 0, 7, 7, 1, 6, 8]
-    assert [launching._int_class(v, False) for v in (1, 16, 7, 2**31)] == [0, 0, 0, 1]
-    x = torch.zeros(64)
     kernel = triton_kernels._row_stats_kernel
+    unspecialised = list(inspect.signature(kernel.fn).parameters).index("B")  # (in do_not_specialize)
+
+    def int_class(value, at):  # the key's entry for an int passed as the kernel's argument number `at`
+        return launching.launch_key(kernel, torch.device("cpu"), (0,) * at + (value,), {}, {})[-1]
+
+    assert [int_class(v, 0) for v in (1, 16, 7, 2**31, 2**31 + 16, -(2**31) - 1, 0, 2**63)] == \
+        [3, 6, 0, 7, 7, 1, 6, 8]
+    assert [int_class(v, unspecialised) for v in (1, 16, 7, 2**31)] == [0, 0, 0, 1]
+    x = torch.zeros(64)
     assert launching.launch_key(kernel, torch.device("cpu"), (x,), {}, {}) == \
         launching.launch_key(kernel, torch.device("cpu"), (x[4:],), {}, {})
     assert launching.launch_key(kernel, torch.device("cpu"), (x,), {}, {}) != \

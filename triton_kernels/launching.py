@@ -159,28 +159,32 @@ def _unspecialised(kernel) -> tuple[bool, ...]:
     return tuple(name in names or i in names for i, name in enumerate(inspect.signature(kernel.fn).parameters))
 
 
-def _int_class(value: int, specialised: bool) -> int:
-    """What Triton specialises an int on: its type (int32, int64, uint64), and unless it is in do_not_specialize,
-    whether it is 1 and whether it is a multiple of 16."""
-    width = 0 if -2**31 <= value < 2**31 else (1 if value < 2**63 else 2)
-    return width if not specialised else width + 3 * (value == 1) + 6 * (value % 16 == 0)
-
-
 def launch_key(kernel, device: torch.device, args: tuple, constexprs: dict, options: dict) -> tuple:
     """The key of the compiled specialisation a launch of `kernel` with positional `args` selects: everything Triton
     specialises on and a call can change. Every pointer argument's dtype and 16-byte alignment (inputs, outputs,
-    workspaces and the dummies that stand for absent tensors alike), the class of every int (see :func:`_int_class`),
-    the type of every other scalar, the constexprs and compile options (warps, PDL), and the device (each compiled
-    kernel is loaded on one)."""
+    workspaces and the dummies that stand for absent tensors alike); of every int its type (int32, int64, uint64)
+    and, unless it is in do_not_specialize, whether it is 1 and whether it is a multiple of 16; the type of every other
+    scalar; the constexprs and compile options (warps, PDL), and the device (each compiled kernel is loaded on one)."""
+    return _key_and_addresses(kernel, device, args, constexprs, options)[0]
+
+
+def _key_and_addresses(kernel, device: torch.device, args: tuple, constexprs: dict, options: dict):
+    """:func:`launch_key`, and `args` with each tensor replaced by its address, in one pass (this runs on every launch:
+    each tensor's address is asked once, and the ints are classed inline)."""
     key = [kernel, device.type, device.index, *constexprs.values(), *options.values()]
-    for arg, fixed in zip(args, _unspecialised(kernel), strict=False):  # (constexprs: passed by name)
-        if isinstance(arg, torch.Tensor):
-            key += (arg.dtype, arg.data_ptr() % 16 == 0)
-        elif isinstance(arg, int) and not isinstance(arg, bool):
-            key.append(_int_class(arg, not fixed))
+    addresses = list(args)
+    for i, (arg, fixed) in enumerate(zip(args, _unspecialised(kernel), strict=False)):  # (constexprs: by name)
+        kind = type(arg)
+        if kind is int:
+            width = 0 if -2147483648 <= arg < 2147483648 else (1 if arg < 9223372036854775808 else 2)
+            key.append(width if fixed else width + 3 * (arg == 1) + 6 * (arg % 16 == 0))
+        elif isinstance(arg, torch.Tensor):
+            address = arg.data_ptr()
+            addresses[i] = address
+            key += (arg.dtype, address % 16 == 0)
         else:
-            key.append(type(arg))
-    return tuple(key)
+            key.append(kind)
+    return tuple(key), addresses
 
 
 def launch(kernel, grid, args: tuple, constexprs: dict, num_warps: int, device: torch.device,
@@ -202,13 +206,13 @@ def _launch_on_current(kernel, grid, args: tuple, constexprs: dict, options: dic
     """The compiled launcher gets the tensors' addresses as ints: given a tensor, it calls ``data_ptr()`` and asks
     the driver (``cuPointerGetAttribute``) whether the address is a device one, for each of the 10-14 pointers, on
     every launch; the API has checked every tensor's device already."""
-    key = launch_key(kernel, device, args, constexprs, options) if FAST_LAUNCH else None
-    compiled = _COMPILED.get(key) if FAST_LAUNCH else None
-    if compiled is not None:
-        _COMPILED.move_to_end(key)
-        args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
-        compiled[(grid[0], grid[1], 1)](*args, *constexprs.values(), stream=_raw_stream(device.index))
-        return
+    if FAST_LAUNCH:
+        key, addresses = _key_and_addresses(kernel, device, args, constexprs, options)
+        compiled = _COMPILED.get(key)
+        if compiled is not None:
+            _COMPILED.move_to_end(key)
+            compiled[(grid[0], grid[1], 1)](*addresses, *constexprs.values(), stream=_raw_stream(device.index))
+            return
     compiled = kernel[grid](*args, **constexprs, **options)
     if FAST_LAUNCH:
         _COMPILED[key] = compiled
