@@ -235,6 +235,7 @@ class DraftModel:
         drafts, scores = [], []
         for _ in range(k):
             logits = self._scores(self.lm.forward(tokens, valid, last_only=True, holes=holes)[:, -1], drafts)
+            self.forwards += 1
             if self.sampling is None:
                 token = logits.argmax(dim=-1)
             else:  # the warpers run inside sample (no sort of the vocabulary on CUDA); verify applies them again
@@ -259,7 +260,6 @@ class DraftModel:
         """A draft forward's [B, Vd] logits -> the float32 scores a draft is chosen from: ids past the target's V
         dropped; processed (with each row's sequence and `drafts`, the drafts before) over the target's V ids, the
         ids past Vd at -inf (q = 0 there), since the processors were built for the target's vocabulary."""
-        self.forwards += 1
         logits = logits[:, :self.vocab].float()
         if self.processors is None:
             return logits
