@@ -1,6 +1,6 @@
 """specsampler: exact, fused speculative-decoding verification for PyTorch, and batched speculative generation."""
 
-from ._api import VerifyResult, sample, verify, verify_probs
+from ._api import VerifyLogprobsResult, VerifyResult, sample, verify, verify_probs
 from .generation import GenerateOutput, GenerationStats, PromptLookupDrafter, generate
 from .hf import patch_transformers, patched_transformers, speculative_generate, unpatch_transformers
 from .torch_backend import RESIDUAL_EPS
@@ -10,6 +10,7 @@ __all__ = [
     "GenerateOutput",
     "GenerationStats",
     "PromptLookupDrafter",
+    "VerifyLogprobsResult",
     "VerifyResult",
     "generate",
     "patch_transformers",

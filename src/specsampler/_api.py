@@ -18,6 +18,7 @@ import torch
 
 from . import _checks
 from .torch_backend import GREEDY_BELOW, Warp, hash_seed, verify_torch
+from .torch_block import emitted_logprobs, verify_block_torch
 
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKEN_DTYPES = (torch.int32, torch.int64)
@@ -55,6 +56,37 @@ class VerifyResult(NamedTuple):
 
     tokens: torch.Tensor
     num_accepted: torch.Tensor
+
+
+class VerifyLogprobsResult(NamedTuple):
+    """Output of :func:`verify` with ``return_logprobs=True``: :class:`VerifyResult` and the log-probabilities.
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        [B, K+1] int64, as in :class:`VerifyResult`.
+    num_accepted : torch.Tensor
+        [B] int64.
+    logprobs : torch.Tensor
+        [B, K+1] float32: the log-probability of each emitted token under the target's distribution at its position
+        (sampled rows: softmax of the warped scores / T; greedy rows: softmax of the scores at T = 1); finite for every
+        emitted token (-log V where the target's row has no mass and the token was drawn uniformly); 0 at padding, so
+        that a row's sum is its emitted tokens' log-probability.
+    """
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+    logprobs: torch.Tensor
+
+
+METHODS = ("token", "block")
+
+
+def _check_method(method, return_logprobs) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be 'token' or 'block', got {method!r}")
+    if not isinstance(return_logprobs, bool):
+        raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
 
 
 def _check_scores(name: str, x: torch.Tensor, batch: int | None, rows: int | None) -> None:
@@ -255,7 +287,8 @@ def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, 
 
 
 def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
-           top_p=None, min_p=None, seed=None, generator=None, backend="auto") -> VerifyResult:
+           top_p=None, min_p=None, seed=None, generator=None, backend="auto", method="token",
+           return_logprobs=False) -> VerifyResult | VerifyLogprobsResult:
     """Verify K drafted tokens per row against the target model: the speculative-decoding acceptance step.
 
     Draft token x_t is accepted iff u_t * q_t(x_t) < p_t(x_t), u_t ~ U[0, 1), with p_t = softmax(target_logits[b, t]
@@ -300,11 +333,21 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
         Instead of `seed`: [B] per-row seeds are drawn from it (on its device; no host synchronisation).
     backend : {"auto", "triton", "torch"}
         "auto" runs the Triton kernel on CUDA tensors and the torch backend elsewhere.
+    method : {"token", "block"}
+        "token": each draft on its own, as above. "block": block verification (Sun et al., ICLR 2025, arXiv
+        2403.10444), which decides the K_b drafts together: with w_0 = 1, w_i = min(1, w_{i-1} p(x_i) / q(x_i)),
+        residual masses r_i = sum max(w_i p_{i+1} - q_{i+1}, 0) and h_i = r_i / (r_i + 1 - w_i) (h_{K_b} = w_{K_b}),
+        the number accepted is the largest i with eta_i < h_i (eta_i uniform), and the next token comes from
+        norm(max(w_i p_{i+1} - q_{i+1}, 0)), or p_{K_b + 1} after all. As exact, and in expectation never fewer
+        accepted drafts; K_b = 1 is token verification; greedy rows are unchanged.
+    return_logprobs : bool
+        Also return each emitted token's log-probability (:class:`VerifyLogprobsResult`).
 
     Returns
     -------
-    VerifyResult
-        ``tokens`` [B, K+1] int64 (accepted drafts, the next token, then -1) and ``num_accepted`` [B] int64.
+    VerifyResult or VerifyLogprobsResult
+        ``tokens`` [B, K+1] int64 (accepted drafts, the next token, then -1) and ``num_accepted`` [B] int64; with
+        `return_logprobs`, ``logprobs`` [B, K+1] float32 too.
 
     Examples
     --------
@@ -318,37 +361,71 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     """
     return _verify(target_logits, draft_tokens, draft_logits, num_draft_tokens=num_draft_tokens,
                    temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, generator=generator,
-                   backend=backend)
+                   backend=backend, method=method, return_logprobs=return_logprobs)
 
 
-def _empty_result(batch: int, k_plus_1: int, device: torch.device) -> VerifyResult:
+def _empty_result(batch: int, k_plus_1: int, device: torch.device, logprobs: bool):
     """The result of a batch of no rows (B = 0): no launch, no draw."""
-    return VerifyResult(torch.empty(batch, k_plus_1, dtype=torch.int64, device=device),
-                        torch.empty(batch, dtype=torch.int64, device=device))
+    tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
+    counts = torch.empty(batch, dtype=torch.int64, device=device)
+    if logprobs:
+        return VerifyLogprobsResult(tokens, counts, torch.empty(batch, k_plus_1, dtype=torch.float32, device=device))
+    return VerifyResult(tokens, counts)
+
+
+def _torch_verify(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, hooks: Hooks, warp, from_probs,
+                  method, return_logprobs):
+    """The torch backend: token or block verification, then the log-probabilities when asked for."""
+    fn = verify_block_torch if method == "block" else verify_torch
+    tokens, n = fn(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=from_probs,
+                   uniforms=hooks.uniforms, noise=hooks.noise, warp=warp)
+    if not return_logprobs:
+        return VerifyResult(tokens, n)
+    tokens, n = tokens.to(scores.device), n.to(scores.device)
+    return VerifyLogprobsResult(tokens, n, emitted_logprobs(scores, tokens, n, temperature, warp, from_probs))
+
+
+def _kernel_options(method: str, return_logprobs: bool) -> dict:
+    """The launchers' keywords for block verification and log-probabilities (none for the default call)."""
+    options = {}
+    if method == "block":
+        options["block"] = True
+    if return_logprobs:
+        options["logprobs"] = True
+    return options
+
+
+def _kernel_result(out, return_logprobs: bool):
+    return VerifyLogprobsResult(*out) if return_logprobs else VerifyResult(*out)
 
 
 def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
-            top_p=None, min_p=None, seed=None, generator=None, backend="auto", hooks: Hooks = NO_HOOKS) -> VerifyResult:
+            top_p=None, min_p=None, seed=None, generator=None, backend="auto", method="token", return_logprobs=False,
+            hooks: Hooks = NO_HOOKS):
     """:func:`verify`, with the `hooks` only ``specsampler._testing`` sets."""
+    _check_method(method, return_logprobs)
     num_draft_tokens, temperature, seed, backend, warp = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
         seed, backend, hooks, generator, top_k, top_p, min_p)
     batch, k_plus_1, _ = target_logits.shape
     if batch == 0:
-        return _empty_result(batch, k_plus_1, target_logits.device)
+        return _empty_result(batch, k_plus_1, target_logits.device, return_logprobs)
     if backend == "torch":
-        return VerifyResult(*verify_torch(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                          seed, uniforms=hooks.uniforms, noise=hooks.noise, warp=warp))
+        return _torch_verify(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed, hooks,
+                             warp, False, method, return_logprobs)
     kernels = _kernels()
+    options = _kernel_options(method, return_logprobs)
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
     stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
-                              hooks.num_splits, tokens, candidates=warp is not None)
+                              hooks.num_splits, tokens, candidates=warp is not None,
+                              **({"logprobs": True} if return_logprobs else {}))
     cuts = None
     if warp is not None:
         cuts = kernels.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
-    return VerifyResult(*kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-                                             seed, stats[:2], hooks.uniforms, hooks.noise, hooks.block_v,
-                                             hooks.num_splits, tokens, cuts))
+    return _kernel_result(kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens,
+                                              temperature, seed, stats[:2], hooks.uniforms, hooks.noise,
+                                              hooks.block_v, hooks.num_splits, tokens, cuts, **options),
+                          return_logprobs)
 
 
 def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=None, generator=None,
@@ -398,7 +475,7 @@ def _sample(logits, *, hooks: Hooks = NO_HOOKS, **options) -> torch.Tensor:
 
 
 def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
-                 backend="auto") -> VerifyResult:
+                 backend="auto", method="token", return_logprobs=False) -> VerifyResult | VerifyLogprobsResult:
     """:func:`verify` from already-normalised probabilities: one kernel launch, every row sampled.
 
     Parameters
@@ -409,28 +486,30 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
         [B, K] int32 or int64.
     draft_probs : torch.Tensor, optional
         [B, K, Vd] probabilities, Vd <= V; None for one-hot drafts.
-    num_draft_tokens, seed, generator, backend
-        As in :func:`verify`.
+    num_draft_tokens, seed, generator, backend, method, return_logprobs
+        As in :func:`verify`; the log-probabilities are the logs of `target_probs` at the emitted tokens.
 
     Returns
     -------
-    VerifyResult
+    VerifyResult or VerifyLogprobsResult
     """
     return _verify_probs(target_probs, draft_tokens, draft_probs, num_draft_tokens=num_draft_tokens, seed=seed,
-                         generator=generator, backend=backend)
+                         generator=generator, backend=backend, method=method, return_logprobs=return_logprobs)
 
 
 def _verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
-                  backend="auto", hooks: Hooks = NO_HOOKS) -> VerifyResult:
+                  backend="auto", method="token", return_logprobs=False, hooks: Hooks = NO_HOOKS):
     """:func:`verify_probs`, with the `hooks` only ``specsampler._testing`` sets."""
+    _check_method(method, return_logprobs)
     num_draft_tokens, _, seed, backend, _ = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
         hooks, generator)
     batch, k_plus_1, _ = target_probs.shape
     if batch == 0:
-        return _empty_result(batch, k_plus_1, target_probs.device)
+        return _empty_result(batch, k_plus_1, target_probs.device, return_logprobs)
     if backend == "torch":
-        return VerifyResult(*verify_torch(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
-                                          from_probs=True, uniforms=hooks.uniforms, noise=hooks.noise))
-    return VerifyResult(*_kernels().verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
-                                                None, hooks.uniforms, hooks.noise, hooks.block_v, hooks.num_splits))
+        return _torch_verify(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, hooks, None, True,
+                             method, return_logprobs)
+    return _kernel_result(_kernels().verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
+                                                 None, hooks.uniforms, hooks.noise, hooks.block_v, hooks.num_splits,
+                                                 **_kernel_options(method, return_logprobs)), return_logprobs)

@@ -1,0 +1,175 @@
+"""Block verification and the emitted tokens' log-probabilities in torch: the oracle for the Triton kernel's block mode.
+
+Block verification (Sun, Mendlovic, Leviathan, Aharoni, Beirami, Ro, Suresh, "Block Verification Accelerates
+Speculative Decoding", ICLR 2025, arXiv 2403.10444, Algorithm 2) decides a block of K_b drafts at once. Positions are
+0-indexed here: draft x_t was drawn from q_t (draft row t), p_t is target row t; w_i is the weight after i accepted
+drafts.
+
+- w_0 = 1, w_{i+1} = min(1, w_i p_i(x_i) / q_i(x_i)) for i < K_b.
+- r_i = sum_x max(w_i p_i(x) - q_i(x), 0); h_0 = 1, h_i = r_i / (r_i + 1 - w_i) for 0 < i < K_b (1 where the
+  denominator is 0), h_{K_b} = w_{K_b}.
+- With eta_i ~ U[0, 1) (the acceptance uniforms, eta_i = u[i - 1]): tau = max{i : i = 0 or eta_i < h_i} drafts are
+  accepted. tau < K_b: the next token is drawn from norm(max(w_tau p_tau - q_tau, 0)) (from p_tau when that has at
+  most RESIDUAL_EPS of mass); tau = K_b: from p_{K_b} (the bonus).
+With K_b = 1 this is token verification (eta_1 < min(1, p/q)); in expectation it never accepts fewer drafts. Strict
+comparisons, as token verification's u q < p: a weight of 0 never accepts.
+
+The same conventions as token verification (``torch_backend``): a position whose draft gives its own token no
+probability (and every position of one-hot drafts) has q_t the point mass at x_t; an id outside [0, V) has ratio 0;
+greedy rows (T below 2**-126) accept the argmax prefix; the warpers apply to p and q alike; the random numbers are
+the same [B, K+1] uniforms (the last one draws the next token by the inverse CDF) or, with the test hook, the
+exponential race on the given noise [B, V].
+
+:func:`emitted_logprobs` gives the log-probability of each emitted token under the target's distribution at its
+position, for either method: softmax of the warped scores / T_b on sampled rows, of the unwarped scores at T = 1 on
+greedy rows (as transformers' ``compute_transition_scores(..., normalize_logits=True)`` gives for greedy search), the
+given probabilities with `from_probs`; -log V where the row has no mass (a uniform draw); 0 at padding.
+
+This path computes every row's softmax and residual at once ([B, K+1, V] float32 temporaries, no host
+synchronisation): an oracle, and the backend on devices without the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .torch_backend import (
+    GREEDY_BELOW,
+    RESIDUAL_EPS,
+    Warp,
+    _argmax,
+    _draw,
+    _softmax,
+    draw_uniforms,
+    warp_scores,
+)
+
+
+def verify_block_torch(target, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=False,
+                       uniforms=None, noise=None, warp: Warp | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block verification of B rows of K drafts; arguments as :func:`torch_backend.verify_torch` (validated by
+    :func:`specsampler.verify`).
+
+    Returns
+    -------
+    tokens : torch.Tensor
+        [B, K+1] int64: the tau accepted drafts, the next token, then -1.
+    num_accepted : torch.Tensor
+        [B] int64: tau.
+    """
+    batch, k_plus_1, vocab = target.shape
+    k = k_plus_1 - 1
+    device = target.device
+    target = target.detach()
+    draft = None if draft is None else draft.detach()
+    if from_probs:
+        temperature = 1.0
+    nd = torch.full((batch,), k, dtype=torch.int64, device=device) if num_draft_tokens is None else \
+        num_draft_tokens.to(torch.int64).clamp(0, k)
+    u = draw_uniforms(seed, batch, k_plus_1, device)
+    if uniforms is not None:
+        u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
+    if warp is not None and not from_probs:  # (greedy rows come back unwarped)
+        target = warp_scores(target, temperature, warp, host=False)
+        draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
+    greedy = torch.zeros(batch, dtype=torch.bool, device=device)
+    if isinstance(temperature, torch.Tensor):
+        greedy = temperature < GREEDY_BELOW
+        temperature = torch.where(greedy, 1.0, temperature)
+    elif temperature < GREEDY_BELOW and not from_probs:
+        greedy[:], temperature = True, 1.0
+
+    x = draft_tokens.to(device=device, dtype=torch.int64)
+    xs = x.clamp(0, vocab - 1)
+    valid = xs == x
+    p = _softmax(target, temperature, from_probs, vocab, scrub=True)  # [B, K+1, V]
+    q = _effective_draft(draft, xs, valid, temperature, from_probs, vocab)  # [B, K, V]
+    p_x = p[:, :k].gather(2, xs[:, :, None])[:, :, 0]
+    q_x = q.gather(2, xs[:, :, None])[:, :, 0]
+    ratio = torch.where(valid & (q_x > 0), p_x / torch.where(q_x > 0, q_x, 1.0), 0.0)
+    tau, residual = _block_decision(p, q, ratio, nd, u[:, :k])
+
+    rows = torch.arange(batch, device=device)
+    at = tau.clamp(max=max(k - 1, 0))
+    dist = p[rows, tau]
+    if k > 0:
+        res = residual[rows, at]
+        use_residual = (tau < nd) & (res.sum(dim=1) > RESIDUAL_EPS)
+        dist = torch.where(use_residual[:, None], res, dist)
+    total = dist.sum(dim=1, keepdim=True)
+    dist = torch.where(total > 0, dist, 1.0)  # p has no mass either: uniform
+    next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
+
+    best = _argmax(target)  # greedy rows: the argmax prefix, then the argmax
+    pos = torch.arange(k_plus_1, device=device)
+    hits = (xs == best[:, :k]) & valid & (pos[None, :k] < nd[:, None])
+    n_greedy = hits.to(torch.int64).cumprod(dim=1).sum(dim=1)
+    tau = torch.where(greedy, n_greedy, tau)
+    next_token = torch.where(greedy, best[rows, tau], next_token)
+
+    tokens = torch.where(pos < tau[:, None], torch.nn.functional.pad(x, (0, 1)), -1)
+    tokens.scatter_(1, tau[:, None], next_token[:, None])
+    return tokens, tau
+
+
+def _effective_draft(draft, xs, valid, temperature, from_probs, vocab) -> torch.Tensor:
+    """q_t [B, K, V]: the draft's distribution, or the point mass at x_t where the draft gives x_t nothing (one-hot
+    drafts: everywhere); zero where x_t is outside the vocabulary and there are no draft scores."""
+    point = torch.zeros(*xs.shape, vocab, dtype=torch.float32, device=xs.device)
+    point.scatter_(2, xs[:, :, None], valid[:, :, None].float())
+    if draft is None:
+        return point
+    q = _softmax(draft, temperature, from_probs, vocab, scrub=True)
+    q_x = q.gather(2, xs[:, :, None])[:, :, 0]
+    one_hot = valid & ~(q_x > 0)
+    return torch.where(one_hot[:, :, None], point, q)
+
+
+def _block_decision(p, q, ratio, nd, eta):
+    """tau [B] and the residuals max(w_i p_i - q_i, 0) [B, K, V] from p [B, K+1, V], q [B, K, V], the ratios
+    p_i(x_i) / q_i(x_i) [B, K], the drafts per row nd [B] and the uniforms eta [B, K]."""
+    batch, k = ratio.shape
+    weights = [torch.ones(batch, dtype=torch.float32, device=p.device)]
+    for i in range(k):
+        weights.append(torch.clamp(weights[-1] * ratio[:, i], max=1.0))
+    w = torch.stack(weights, dim=1)  # [B, K+1]
+    residual = (w[:, :k, None] * p[:, :k] - q).clamp_min_(0.0)
+    r = residual.sum(dim=2, dtype=torch.float64).float()  # [B, K]
+    denom = r + 1.0 - w[:, :k]
+    h_mid = torch.where(denom > 0, r / torch.where(denom > 0, denom, 1.0), 1.0)
+    pos = torch.arange(k + 1, device=p.device)
+    h = torch.where(pos[None, :] == nd[:, None], w, torch.nn.functional.pad(h_mid, (0, 1)))
+    h = torch.where(pos[None, :] <= nd[:, None], h, 0.0)
+    passed = torch.cat([torch.ones_like(h[:, :1], dtype=torch.bool), eta < h[:, 1:]], dim=1)
+    tau = (passed.to(torch.int64) * pos[None, :]).amax(dim=1)
+    return tau, residual
+
+
+def emitted_logprobs(target, tokens, num_accepted, temperature, warp: Warp | None, from_probs: bool) -> torch.Tensor:
+    """[B, K+1] float32: the log-probability of each emitted token under the target's distribution at its position
+    (see the module docstring); 0 at padding. `target` [B, K+1, V] logits (probabilities with `from_probs`), `tokens`
+    [B, K+1] int64 with -1 padding, `num_accepted` [B]."""
+    batch, k_plus_1, vocab = target.shape
+    device = target.device
+    ids = tokens.to(device).clamp(min=0)
+    emitted = torch.arange(k_plus_1, device=device)[None, :] <= num_accepted.to(device)[:, None]
+    if from_probs:
+        probs = torch.nan_to_num(target.detach().float(), nan=0.0).clamp_(0.0, 1.0)
+        chosen = probs.gather(2, ids[:, :, None])[:, :, 0]
+        out = torch.where(probs.sum(dim=2) > 0, torch.log(chosen), -math.log(vocab))
+        return torch.where(emitted, out, 0.0)
+    temp = temperature if isinstance(temperature, torch.Tensor) else torch.full((batch,), float(temperature),
+                                                                                device=device)
+    greedy = temp < GREEDY_BELOW
+    scores = target.detach().float()
+    if warp is not None:  # (greedy rows come back unwarped)
+        scores = warp_scores(scores, temp, warp, host=False)
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    top = scores.amax(dim=2, keepdim=True)
+    scores = (scores - torch.where(top > float("-inf"), top, 0.0)) / torch.where(greedy, 1.0, temp)[:, None, None]
+    lse = torch.logsumexp(scores, dim=2)
+    chosen = scores.gather(2, ids[:, :, None])[:, :, 0]
+    out = torch.where(lse > float("-inf"), chosen - lse, -math.log(vocab))
+    return torch.where(emitted, out, 0.0)
