@@ -132,6 +132,24 @@ def test_greedy_json_equals_target_generate(models, capsys, draft, schedule):
 
 
 @pytest.mark.parametrize("drafter", ["--prompt-lookup", "--draft"])
+def test_verify_method_flag(models, capsys, drafter):
+    """--verify-method block reaches specsampler.generate: greedy output still equals target.generate, the JSON says
+    which method ran ("token" without the flag); sampled, seeded runs repeat."""
+    given = [drafter] if drafter == "--prompt-lookup" else [drafter, models["draft"]]
+    base = ["generate", "--target", models["target"], *given, "--prompt", PROMPT, "--raw", "--max-new-tokens", 12,
+            "--json"]
+    rc, out, _ = _run(capsys, [*base, "--greedy", "--verify-method", "block"])
+    res = json.loads(out)
+    assert rc == 0 and res["verify_method"] == "block"
+    assert res["outputs"][0]["token_ids"] == _plain_greedy(models["target"], PROMPT, 12)
+    rc, out, _ = _run(capsys, [*base, "--greedy"])
+    assert rc == 0 and json.loads(out)["verify_method"] == "token"
+    sampled = [_run(capsys, [*base, "--temperature", 0.9, "--seed", 1, "--verify-method", "block"])[1]
+               for _ in range(2)]
+    assert json.loads(sampled[0])["texts"] == json.loads(sampled[1])["texts"]
+
+
+@pytest.mark.parametrize("drafter", ["--prompt-lookup", "--draft"])
 def test_greedy_with_processors_equals_target_generate(models, capsys, drafter):
     """--repetition-penalty and --no-repeat-ngram-size: greedy tokens equal target.generate with the same options
     (and differ from those without them)."""
@@ -280,6 +298,8 @@ def test_flags_to_options():
     assert options.given_options(args) == {"do_sample": True, "top_k": 0, "min_p": 0.2, "repetition_penalty": 1.2}
     assert options.option_flags(args) == {"do_sample": "--top-k", "top_k": "--top-k", "min_p": "--min-p",
                                           "repetition_penalty": "--repetition-penalty"}
+    assert options.speculative_options(parse()) == {} and "verify_method" not in options.given_options(parse())
+    assert options.speculative_options(parse("--verify-method", "block")) == {"verify_method": "block"}
 
 
 def test_sampling_flag_keeps_the_config_temperature(sampling_target, capsys):
@@ -328,6 +348,7 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
     (["--prompt-lookup", "--prompt", "w5", "--num-draft-tokens", "0"], "--num-draft-tokens"),
     (["--prompt-lookup", "--prompt", "w5", "--dtype", "int8"], "--dtype"),
     (["--prompt-lookup", "--prompt", "w5", "--schedule", "dynamic"], "--schedule"),
+    (["--prompt-lookup", "--prompt", "w5", "--verify-method", "blocks"], "--verify-method"),
 ]
 
 

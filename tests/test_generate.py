@@ -102,6 +102,19 @@ def test_greedy_matches_target_generate_ragged(pair):
     assert s.target_forwards < 16 and s.tokens_per_forward > 1
 
 
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_greedy_block_verification_matches_target_generate(pair, drafter):
+    """verify_method="block" leaves greedy rows as they are: each equals target.generate on that row alone (a
+    ragged, left-padded batch; a draft model and prompt lookup's one-hot drafts)."""
+    target, draft = pair
+    ids, mask = _ragged([9, 4, 1, 7], seed=3, repeat=drafter == "lookup")
+    drafter = draft if drafter == "model" else PromptLookupDrafter()
+    out = specsampler.generate(target, drafter, ids, mask, max_new_tokens=14, num_draft_tokens=3, eos_token_id=[],
+                               pad_token_id=0, verify_method="block")
+    _check_rows(target, out, ids, mask, 14)
+    assert out.stats.drafted > 0
+
+
 def test_greedy_heuristic_schedule_matches_target_generate(pair):
     """Per-row adaptive draft lengths (transformers' "heuristic" schedule) keep greedy output equal to
     target.generate row by row, and adapt: fewer drafts per step than a constant 6 where drafts are rejected."""
@@ -494,6 +507,9 @@ def _exact_two_tokens(target, prompt, warp):
     ("model", dict(num_assistant_tokens_schedule="heuristic")),
     ("model", dict(temperature=0.7, top_k=6, min_p=0.3)),
     ("lookup", dict(temperature=0.8, top_p=0.9, min_p=0.35)),
+    ("model", dict(verify_method="block")),
+    ("model", dict(verify_method="block", temperature=0.7, top_k=5, top_p=0.8)),
+    ("lookup", dict(verify_method="block", temperature=1.3, top_p=0.9)),
 ])
 def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     vocab, n = 8, 3000
@@ -503,7 +519,8 @@ def test_sampled_tokens_follow_target_distribution(drafter, warp_kw):
     # whose continuations the target likes
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
                              pad_token_id=0)
-    schedule = {"num_assistant_tokens_schedule": warp_kw.pop("num_assistant_tokens_schedule", "constant")}
+    schedule = {"num_assistant_tokens_schedule": warp_kw.pop("num_assistant_tokens_schedule", "constant"),
+                "verify_method": warp_kw.pop("verify_method", "token")}
     exact = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
     # max_new_tokens=3 so that the first step verifies both drafts; the first two new tokens are checked
     out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, num_draft_tokens=2,

@@ -370,6 +370,27 @@ def test_patched_generate_runs_batches(models, verify_calls, drafter):
     assert torch.equal(out, plain)
 
 
+@pytest.mark.parametrize("drafter", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_patched_generate_takes_verify_method(models, drafter):
+    """verify_method= (specsampler's own keyword) passes through the patched generate and custom_generate alike:
+    greedy rows equal plain generate with "block"; a sampled call with a seed repeats itself."""
+    target, draft = models
+    ids, mask = _prompts()
+    extra = dict(assistant_model=draft) if drafter == "assistant_model" else dict(prompt_lookup_num_tokens=3)
+    kw = dict(attention_mask=mask, max_new_tokens=8, pad_token_id=0, eos_token_id=None)
+    plain = target.generate(ids, do_sample=False, **kw)
+    with specsampler.patched_transformers():
+        out = target.generate(ids, do_sample=False, verify_method="block", **extra, **kw)
+        sampled = [target.generate(ids, do_sample=True, top_k=10, seed=4, verify_method="block", **extra, **kw)
+                   for _ in range(2)]
+    assert torch.equal(out, plain)
+    assert sampled[0].shape == (3, 14) and torch.equal(sampled[0], sampled[1])
+    custom = dict(draft_model=draft) if drafter == "assistant_model" else dict(prompt_lookup_num_tokens=3)
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, do_sample=False,
+                          verify_method="block", **custom, **kw)
+    assert torch.equal(out, plain)
+
+
 def test_patched_generate_sampling_and_streamer(models):
     """A sampled batch runs; one row streams exactly the tokens of its result, then end()."""
     from transformers.generation.streamers import BaseStreamer

@@ -270,3 +270,53 @@ def test_draft_positions_processed_with_their_own_prefix(models, monkeypatch):
         for b, count in enumerate(proposal.counts):
             repeats += int((chain[b, 1:count + 1] == chain[b, :count]).sum())
     assert proposals and repeats == 0
+
+
+# ---------------------------------------------------------------------- verify_method: one option, every entry point
+@pytest.mark.parametrize("value, want", [(None, "token"), ("token", "token"), ("block", "block")])
+def test_verify_method_resolved(models, value, want):
+    """specsampler's own option: None means "token"; the resolver keeps it on the Settings."""
+    target, draft = models
+    assert resolve_settings(target, draft=draft, verify_method=value, max_new_tokens=4).verify_method == want
+    assert check_option("verify_method", "block") == "block"
+
+
+@pytest.mark.parametrize("value", ["blok", "Block", "", 1, True])
+def test_verify_method_refused_by_name(models, value):
+    """A bad verify_method raises a ValueError naming the option, at every entry point, before any step runs."""
+    target, draft = models
+    ids = _prompts()
+    with pytest.raises(ValueError, match="verify_method must be 'token' or 'block'"):
+        resolve_settings(target, draft=draft, verify_method=value, max_new_tokens=4)
+    with pytest.raises(ValueError, match="verify_method"):
+        specsampler.generate(target, draft, ids, verify_method=value, **KW)
+    with pytest.raises(ValueError, match="verify_method"):
+        target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                        verify_method=value, **KW)
+    with specsampler.patched_transformers(), pytest.raises(ValueError, match="verify_method"):
+        target.generate(ids, assistant_model=draft, verify_method=value, **KW)
+
+
+@pytest.mark.parametrize("entry", ["generate", "custom_generate", "patched", "lookup"])
+@pytest.mark.parametrize("method", [None, "token", "block"])
+def test_verify_method_reaches_verify(models, monkeypatch, entry, method):
+    """Each entry point hands its verify_method to specsampler.verify at every step ("token" when not given),
+    sampled and greedy alike, with a draft model and with prompt lookup's one-hot drafts."""
+    from specsampler.generation import loop
+
+    target, draft = models
+    seen = []
+    monkeypatch.setattr(loop, "verify", lambda *a, **kw: seen.append(kw["method"]) or specsampler.verify(*a, **kw))
+    given = {} if method is None else dict(verify_method=method)
+    kw = dict(KW, do_sample=True, seed=2, **given)
+    ids = _prompts()
+    if entry == "generate":
+        specsampler.generate(target, draft, ids, **kw)
+    elif entry == "lookup":
+        specsampler.generate(target, None, ids, prompt_lookup_num_tokens=3, **kw)
+    elif entry == "custom_generate":
+        target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, **kw)
+    else:
+        with specsampler.patched_transformers():
+            target.generate(ids, assistant_model=draft, **kw)
+    assert seen and set(seen) == {method or "token"}

@@ -16,7 +16,14 @@ from .display import Interrupted, emit, is_terminal, note, print_interrupted, wa
 from .errors import EXIT_INTERRUPTED, CLIError
 from .info import backend_choice
 from .models import check_vocab, load_model, require_transformers, resolve_model
-from .options import check_context, check_options, given_options, option_flags, processor_options
+from .options import (
+    check_context,
+    check_options,
+    given_options,
+    option_flags,
+    processor_options,
+    speculative_options,
+)
 from .prompts import encode_prompts, read_prompts
 from .runs import Job, run_plain, run_speculative, run_speculative_timed
 
@@ -111,7 +118,7 @@ def resolve(args, loaded: Loaded) -> Settings:
         return resolve_settings(loaded.target, prompt_width=max(map(len, loaded.rows)), draft=loaded.drafter,
                                 num_draft_tokens=args.num_draft_tokens, seed=args.seed,
                                 max_new_tokens=args.max_new_tokens, num_assistant_tokens_schedule=args.schedule,
-                                who="specsampler generate", **given_options(args))
+                                who="specsampler generate", **speculative_options(args), **given_options(args))
     except (TypeError, ValueError) as exc:
         raise CLIError("--target", str(exc)) from None
 
@@ -119,8 +126,8 @@ def resolve(args, loaded: Loaded) -> Settings:
 def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> Job:
     """What every run shares: the options given (the rest both sides resolve alike), the resolved EOS and pad ids."""
     ids = dict(eos_token_id=settings.eos_token_ids or None, pad_token_id=settings.pad_token_id)
-    speculative = given_options(args) | ids | dict(num_draft_tokens=args.num_draft_tokens,
-                                                   num_assistant_tokens_schedule=args.schedule)
+    speculative = given_options(args) | ids | speculative_options(args) | dict(
+        num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.schedule)
     return Job(loaded.target, loaded.drafter, loaded.rows, device, args.max_new_tokens, args.batch_size, args.seed,
                settings.eos_token_ids, settings.pad_token_id, speculative, given_options(args) | ids)
 
@@ -163,7 +170,8 @@ def _generate(args, device: torch.device, prompts: list[str]) -> int:
     job = make_job(args, loaded, device, settings)
     if not args.json:
         say(f"drafter: {loaded.drafter_label}, K = {args.num_draft_tokens}; "
-            f"{describe_settings(settings, option_flags(args))}; verify backend: {backend_choice(device)[1]}")
+            f"{describe_settings(settings, option_flags(args))}; verify method: {settings.verify_method}; "
+            f"verify backend: {backend_choice(device)[1]}")
     if args.compare:
         run_speculative(job.warm_up(), track=False)
         run_plain(job.warm_up())
@@ -194,7 +202,8 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
     backend, why = backend_choice(device)
     return {
         "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": args.num_draft_tokens,
-        "schedule": args.schedule, "device": str(device), "dtype": args.dtype, "backend": backend,
+        "schedule": args.schedule, "verify_method": settings.verify_method, "device": str(device),
+        "dtype": args.dtype, "backend": backend,
         "backend_reason": why,
         "sampling": sampling_json(settings), "eos_token_ids": settings.eos_token_ids,
         "pad_token_id": settings.pad_token_id, "processors": processor_options(args),

@@ -138,6 +138,12 @@ def option_flags(args) -> dict[str, str]:
     return flags
 
 
+def speculative_options(args) -> dict:
+    """specsampler's own options given on the command line (not ``GenerationConfig`` options: plain
+    ``target.generate`` of ``--compare`` does not get them): ``verify_method`` when ``--verify-method`` is given."""
+    return {} if args.verify_method is None else {"verify_method": args.verify_method}
+
+
 def processor_options(args) -> dict:
     """The logits-processor options given on the command line (the others come from the target's generation config,
     on both sides of --compare)."""

@@ -65,6 +65,10 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
                    help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
                         "or per step from measured forward times and acceptance (0 to 2K; sampled tokens then vary "
                         "between runs with one seed)")
+    g.add_argument("--verify-method", choices=("token", "block"),
+                   help="how each step's drafts are verified: token by token (the default), or block verification "
+                        "(Sun et al. 2025: as exact, in expectation at least as many tokens per target forward; "
+                        "greedy output is the same either way)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
                    "generation config samples or a sampling option is given)")
     g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")

@@ -41,7 +41,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
              prompt_lookup_num_tokens: int | None = None, num_assistant_tokens: int | None = None,
              generation_config=None, streamer=None, stopping_criteria=None, stop_strings=_UNSET, tokenizer=None,
              num_return_sequences: int | None = None, logits_processor=None, prefix_allowed_tokens_fn=None,
-             **generation_kwargs) -> GenerateOutput:
+             verify_method: str | None = None, **generation_kwargs) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
     Takes transformers' names too: ``generate(target, input_ids=ids, attention_mask=mask, assistant_model=draft,
@@ -129,6 +129,11 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         rows whose prefixes have the same length). Warpers are refused: pass temperature, top_k, top_p, min_p.
     prefix_allowed_tokens_fn : callable, optional
         ``fn(batch_id, input_ids) -> list of allowed ids``, as in ``model.generate`` (batch_id: the prompt's index).
+    verify_method : {"token", "block"}, optional
+        specsampler's own option (transformers has none): how each step's drafts are verified, the ``method`` of
+        :func:`specsampler.verify`. "token" (None, the default): each draft on its own. "block": block verification
+        (Sun et al., ICLR 2025), which decides a row's drafts together: as exact, and in expectation at least as many
+        tokens per target forward. Greedy rows are the same either way; prompt lookup's one-hot drafts work with both.
     **generation_kwargs
         Any other ``GenerationConfig`` option (e.g. ``repetition_penalty=1.0`` to override a model's config, or
         ``max_length``, ``max_time``, ``max_matching_ngram_size``); refused ones raise a ValueError when set, other
@@ -162,7 +167,8 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
                                  top_k=top_k, top_p=top_p, min_p=min_p, stop_strings=stop_strings)
     settings = resolve_settings(target, generation_config, prompt_width=input_ids.shape[1], draft=draft,
                                 assistant_model=assistant_model, num_draft_tokens=num_draft_tokens,
-                                num_assistant_tokens=num_assistant_tokens, seed=seed, **explicit)
+                                num_assistant_tokens=num_assistant_tokens, seed=seed, verify_method=verify_method,
+                                **explicit)
     n_seq = settings.num_return_sequences
     if streamer is not None and input_ids.shape[0] * n_seq != 1:
         raise ValueError(f"streamer= takes one row, as transformers' streamers do (here {input_ids.shape[0]} prompts "

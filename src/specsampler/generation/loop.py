@@ -158,7 +158,7 @@ def prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
 
 
 def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
-          rng: random.Random, processors: PrefixProcessors | None = None, watch=None) -> Step:
+          rng: random.Random, processors: PrefixProcessors | None = None, watch=None, method: str = "token") -> Step:
     """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
 
     Parameters
@@ -179,6 +179,8 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
     watch : Stopwatch, optional
         Marks the start, the drafts proposed, the target's forward done and the step's synchronisation (the "cost"
         schedule's measurements).
+    method : {"token", "block"}
+        :func:`specsampler.verify`'s ``method`` (greedy rows are the same either way).
 
     Returns
     -------
@@ -200,10 +202,12 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
     vseed = rng.getrandbits(62)
     if sampling is None:
-        res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed)
+        res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed,
+                     method=method)
     else:  # raw scores: verify warps target and draft alike
         dscores = None if scores is None else scores.to(logits.device)
-        res = verify(logits, drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed, **sampling)
+        res = verify(logits, drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed, method=method,
+                     **sampling)
     # the one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts
     n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
     if watch is not None:
@@ -323,7 +327,7 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
             prefix.start_step(rows.ids, rows.new)
         prefill_rows = lm.pending[0].numel() if lm.pending is not None else 0
         done = step(lm, drafter, rows.last, [min(m, n) for m, n in zip(limits, lengths, strict=True)],
-                    settings.sampling, rng, prefix, schedule.watch)
+                    settings.sampling, rng, prefix, schedule.watch, settings.verify_method)
         schedule.observe(done, prefill_rows)
         keep = commit_rows(rows, done, budget, settings.eos_token_ids, stats, callback, stop)
         schedule.select(keep)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _checks
+from .._api import METHODS
 from .drafters import PromptLookupDrafter
 from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, global_defaults, is_off, same
 from .schedules import SCHEDULES
@@ -25,6 +26,16 @@ from .schedules import SCHEDULES
 __all__ = ["Settings", "check_inputs", "check_option", "resolve_generation_options", "resolve_settings"]
 
 _POSITIVE = (0.0, math.inf)
+
+
+def _verify_method(name: str, value) -> str:
+    """`value` if it is one of :data:`specsampler._api.METHODS` ("token", "block"), else a ValueError naming `name`
+    (a TypeError-and-ValueError for a non-string)."""
+    if not isinstance(value, str):
+        raise _checks.OptionTypeError(f"{name} must be 'token' or 'block', got {value!r} ({type(value).__name__})")
+    if value not in METHODS:
+        raise ValueError(f"{name} must be 'token' or 'block', got {value!r}")
+    return value
 
 #: The range check of each option that has one: name -> check(name, value) -> the normalised value.
 _CHECKS = {
@@ -43,7 +54,9 @@ _CHECKS = {
     "seed": lambda n, v: _checks.seed(v, n),
     "repetition_penalty": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
     "max_time": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
+    "verify_method": _verify_method,
 }
+
 
 
 def check_option(name: str, value):
@@ -75,6 +88,8 @@ class Settings:
     seed : int or None
     drafter : object
         The draft model or PromptLookupDrafter of the call (None where the caller brings its own).
+    verify_method : str
+        "token" or "block": :func:`specsampler.verify`'s ``method`` at every step (greedy rows are the same either way).
     options : dict
         Every ``GenerationConfig`` option: name -> (value, source), source "argument", "generation_config",
         "target.generation_config" or "default".
@@ -93,6 +108,7 @@ class Settings:
     num_return_sequences: int
     seed: int | None
     drafter: object = None
+    verify_method: str = "token"
     options: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -275,7 +291,7 @@ def _eos_and_pad(options) -> tuple[list[int], int]:
 
 def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
                      assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
-                     who: str = "specsampler.generate", **explicit) -> Settings:
+                     verify_method=None, who: str = "specsampler.generate", **explicit) -> Settings:
     """Resolve and check every option of a call, as ``target.generate`` would resolve them.
 
     Parameters
@@ -291,6 +307,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     num_draft_tokens, num_assistant_tokens : int, optional
         K under specsampler's and transformers' names.
     seed : int, optional
+    verify_method : {"token", "block"}, optional
+        specsampler's own option (transformers has none): how each step's drafts are verified
+        (:func:`specsampler.verify`'s ``method``). None: "token".
     who : str
         The entry point, in messages.
     **explicit
@@ -329,4 +348,6 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         schedule=_schedule(options["num_assistant_tokens_schedule"][0]), do_sample=do_sample,
         temperature=1.0 if temperature is None else temperature, top_k=opt("top_k"), top_p=opt("top_p"),
         min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq,
-        seed=check_option("seed", seed), drafter=drafter, options=options)
+        seed=check_option("seed", seed), drafter=drafter,
+        verify_method="token" if verify_method is None else check_option("verify_method", verify_method),
+        options=options)
