@@ -288,3 +288,34 @@ def test_empty_batch_with_logprobs():
     res = specsampler.verify(torch.randn(0, 3, 9), torch.empty(0, 2, dtype=torch.int64), method="block",
                              return_logprobs=True)
     assert [tuple(t.shape) for t in res] == [(0, 3), (0,), (0, 3)]
+
+
+@pytest.mark.parametrize("case", ["sampled", "one-hot", "warped", "mixed-temperature", "hostile"])
+def test_per_row_and_batched_paths_agree(case):
+    """The CPU's per-row path (masses only where they can decide) and the batched path (every mass) give the same
+    tokens on the same random numbers."""
+    from specsampler import torch_backend
+    from specsampler._api import _warp
+
+    batch, k, vocab = 12, 4, 257
+    args = _hooked(batch, k, vocab, seed=12, num_draft_tokens=torch.tensor([4, 4, 4, 3, 2, 1, 0, 4, 4, 4, 3, 4]))
+    temperature = 1.0
+    if case == "one-hot":  # the target's argmax, made likely
+        args["draft_logits"] = None
+        args["target_logits"] *= 3
+        args["draft_tokens"] = args["target_logits"][:, :k].argmax(-1)
+    if case == "mixed-temperature":
+        temperature = torch.tensor([0.0, 0.5, 1.0, 2.0] * 3)
+    if case == "hostile":  # NaN and -inf at drafted ids, an all -inf target row, +inf logits
+        drafts = args["draft_tokens"]
+        args["draft_logits"][0, 1, drafts[0, 1]] = float("nan")
+        args["draft_logits"][1, 0, drafts[1, 0]] = float("-inf")
+        args["target_logits"][2, 2] = float("-inf")
+        args["target_logits"][3, 0, 7] = float("inf")
+    warp = _warp(20, 0.9, None, temperature, batch, torch.device("cpu")) if case == "warped" else None
+    out = [torch_backend.verify_torch(args["target_logits"], args["draft_tokens"], args["draft_logits"],
+                                      args["num_draft_tokens"], temperature, 0, uniforms=args["_uniforms"],
+                                      noise=args["_noise"], vectorized=vectorized, warp=warp, method="block")
+           for vectorized in (False, True)]
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert len(set(out[0][1].tolist())) >= 3  # several decisions, not all tau = 0

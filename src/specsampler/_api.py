@@ -18,7 +18,7 @@ import torch
 
 from . import _checks
 from .torch_backend import GREEDY_BELOW, Warp, hash_seed, verify_torch
-from .torch_block import emitted_logprobs, verify_block_torch
+from .torch_block import emitted_logprobs
 
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKEN_DTYPES = (torch.int32, torch.int64)
@@ -376,9 +376,8 @@ def _empty_result(batch: int, k_plus_1: int, device: torch.device, logprobs: boo
 def _torch_verify(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, hooks: Hooks, warp, from_probs,
                   method, return_logprobs):
     """The torch backend: token or block verification, then the log-probabilities when asked for."""
-    fn = verify_block_torch if method == "block" else verify_torch
-    tokens, n = fn(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=from_probs,
-                   uniforms=hooks.uniforms, noise=hooks.noise, warp=warp)
+    tokens, n = verify_torch(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=from_probs,
+                             uniforms=hooks.uniforms, noise=hooks.noise, warp=warp, method=method)
     if not return_logprobs:
         return VerifyResult(tokens, n)
     tokens, n = tokens.to(scores.device), n.to(scores.device)

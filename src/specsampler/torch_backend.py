@@ -314,6 +314,7 @@ def verify_torch(
     noise: torch.Tensor | None = None,
     vectorized: bool | None = None,
     warp: Warp | None = None,
+    method: str = "token",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify B rows of K drafts each; arguments already validated by :func:`specsampler.verify`.
 
@@ -338,6 +339,9 @@ def verify_torch(
         Force the batched path (True) or the per-row path (False, CPU tensors only); None: per-row on the CPU.
     warp : Warp or None
         top-k / top-p / min-p, applied to the target's and the draft's logits of sampled rows (not with `from_probs`).
+    method : {"token", "block"}
+        Token verification (this module), or block verification (``torch_block``: the same paths, the same random
+        numbers, another decision).
 
     Returns
     -------
@@ -358,6 +362,10 @@ def verify_torch(
     u = draw_uniforms(seed, batch, k_plus_1, device)
     if uniforms is not None:
         u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
+    verify_batch, verify_row = _verify_batch, _verify_row
+    if method == "block":
+        from .torch_block import block_batch as verify_batch
+        from .torch_block import block_row as verify_row
     if vectorized is None:
         vectorized = device.type != "cpu"
     elif not vectorized and device.type != "cpu":
@@ -367,10 +375,10 @@ def verify_torch(
         draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
     if vectorized:
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
-        tokens, n, clean = _verify_batch(*args, scrub=device.type != "cpu")
+        tokens, n, clean = verify_batch(*args, scrub=device.type != "cpu")
         if device.type != "cpu":  # scrubbed already: no host synchronisation (CUDA graphs, torch.compile)
             return tokens, n
-        return (tokens, n) if bool(clean) else _verify_batch(*args, scrub=True)[:2]
+        return (tokens, n) if bool(clean) else verify_batch(*args, scrub=True)[:2]
 
     drafts = draft_tokens.tolist()
     k_rows = [k] * batch if num_draft_tokens is None else num_draft_tokens.tolist()
@@ -391,9 +399,9 @@ def verify_torch(
         first = None if first_t is None else (first_t[b], None if first_d is None else first_d[b])
         args = (target[b], drafts[b], None if draft is None else draft[b], k_rows[b], temps[b], u_rows[b],
                 None if noise is None else noise[b], from_probs, warps[b], first)
-        n, token, clean = _verify_row(*args, scrub=False)
+        n, token, clean = verify_row(*args, scrub=False)
         if not clean:
-            n, token, _ = _verify_row(*args, scrub=True)
+            n, token, _ = verify_row(*args, scrub=True)
         tokens[b, :n] = drafts[b][:n]
         tokens[b, n] = token
         counts[b] = n

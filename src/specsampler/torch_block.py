@@ -41,39 +41,21 @@ from .torch_backend import (
     Warp,
     _argmax,
     _draw,
+    _draw_row,
+    _row_scores,
     _softmax,
-    draw_uniforms,
     warp_scores,
 )
 
 
-def verify_block_torch(target, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=False,
-                       uniforms=None, noise=None, warp: Warp | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block verification of B rows of K drafts; arguments as :func:`torch_backend.verify_torch` (validated by
-    :func:`specsampler.verify`).
-
-    Returns
-    -------
-    tokens : torch.Tensor
-        [B, K+1] int64: the tau accepted drafts, the next token, then -1.
-    num_accepted : torch.Tensor
-        [B] int64: tau.
-    """
+def block_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_probs, scrub):
+    """The batched path (any device, no host synchronisation), as ``torch_backend._verify_batch``: `target`
+    [B, K+1, V] and `draft` [B, K, Vd] already warped, `nd` [B] or None, `u` [B, K+1] (the eta_i, then the sampling
+    uniform). Returns (tokens [B, K+1], tau [B], whether the rows were free of NaN)."""
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    target = target.detach()
-    draft = None if draft is None else draft.detach()
-    if from_probs:
-        temperature = 1.0
-    nd = torch.full((batch,), k, dtype=torch.int64, device=device) if num_draft_tokens is None else \
-        num_draft_tokens.to(torch.int64).clamp(0, k)
-    u = draw_uniforms(seed, batch, k_plus_1, device)
-    if uniforms is not None:
-        u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
-    if warp is not None and not from_probs:  # (greedy rows come back unwarped)
-        target = warp_scores(target, temperature, warp, host=False)
-        draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
+    nd = torch.full((batch,), k, dtype=torch.int64, device=device) if nd is None else nd
     greedy = torch.zeros(batch, dtype=torch.bool, device=device)
     if isinstance(temperature, torch.Tensor):
         greedy = temperature < GREEDY_BELOW
@@ -84,21 +66,21 @@ def verify_block_torch(target, draft_tokens, draft, num_draft_tokens, temperatur
     x = draft_tokens.to(device=device, dtype=torch.int64)
     xs = x.clamp(0, vocab - 1)
     valid = xs == x
-    p = _softmax(target, temperature, from_probs, vocab, scrub=True)  # [B, K+1, V]
-    q = _effective_draft(draft, xs, valid, temperature, from_probs, vocab)  # [B, K, V]
+    p = _softmax(target, temperature, from_probs, vocab, scrub)  # [B, K+1, V]
+    q = _effective_draft(draft, xs, valid, temperature, from_probs, vocab, scrub)  # [B, K, V]
     p_x = p[:, :k].gather(2, xs[:, :, None])[:, :, 0]
     q_x = q.gather(2, xs[:, :, None])[:, :, 0]
     ratio = torch.where(valid & (q_x > 0), p_x / torch.where(q_x > 0, q_x, 1.0), 0.0)
     tau, residual = _block_decision(p, q, ratio, nd, u[:, :k])
 
     rows = torch.arange(batch, device=device)
-    at = tau.clamp(max=max(k - 1, 0))
     dist = p[rows, tau]
     if k > 0:
-        res = residual[rows, at]
+        res = residual[rows, tau.clamp(max=k - 1)]
         use_residual = (tau < nd) & (res.sum(dim=1) > RESIDUAL_EPS)
         dist = torch.where(use_residual[:, None], res, dist)
     total = dist.sum(dim=1, keepdim=True)
+    clean = ~(total.isnan().any() | p_x.isnan().any() | q_x.isnan().any())
     dist = torch.where(total > 0, dist, 1.0)  # p has no mass either: uniform
     next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
 
@@ -111,17 +93,17 @@ def verify_block_torch(target, draft_tokens, draft, num_draft_tokens, temperatur
 
     tokens = torch.where(pos < tau[:, None], torch.nn.functional.pad(x, (0, 1)), -1)
     tokens.scatter_(1, tau[:, None], next_token[:, None])
-    return tokens, tau
+    return tokens, tau, clean
 
 
-def _effective_draft(draft, xs, valid, temperature, from_probs, vocab) -> torch.Tensor:
+def _effective_draft(draft, xs, valid, temperature, from_probs, vocab, scrub) -> torch.Tensor:
     """q_t [B, K, V]: the draft's distribution, or the point mass at x_t where the draft gives x_t nothing (one-hot
     drafts: everywhere); zero where x_t is outside the vocabulary and there are no draft scores."""
     point = torch.zeros(*xs.shape, vocab, dtype=torch.float32, device=xs.device)
     point.scatter_(2, xs[:, :, None], valid[:, :, None].float())
     if draft is None:
         return point
-    q = _softmax(draft, temperature, from_probs, vocab, scrub=True)
+    q = _softmax(draft, temperature, from_probs, vocab, scrub)
     q_x = q.gather(2, xs[:, :, None])[:, :, 0]
     one_hot = valid & ~(q_x > 0)
     return torch.where(one_hot[:, :, None], point, q)
@@ -145,6 +127,73 @@ def _block_decision(p, q, ratio, nd, eta):
     passed = torch.cat([torch.ones_like(h[:, :1], dtype=torch.bool), eta < h[:, 1:]], dim=1)
     tau = (passed.to(torch.int64) * pos[None, :]).amax(dim=1)
     return tau, residual
+
+
+def block_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, first, scrub):
+    """One row on the CPU, as ``torch_backend._verify_row``: target [K+1, V], x K ints, draft [K, Vd] or None, k_b,
+    temperature (0: greedy), u K+1 floats, noise [V] or None. Returns (tau, next token, whether the row was free of
+    NaN).
+
+    The weights need every position's softmax (computed once and kept; none past a weight of 0, where every later h is
+    0); the residual masses are taken from the top down and only where they can decide: h_i <= w_i, so a position
+    with eta_i >= w_i is passed over, and the first i with eta_i < h_i is tau."""
+    vocab = target.shape[-1]
+    if temperature < GREEDY_BELOW and not from_probs:
+        best = _argmax(target[: k_b + 1]).tolist()
+        n = next((t for t in range(k_b) if x[t] != best[t]), k_b)
+        return n, best[n], True
+    p_rows, q_rows, w = [], [], [1.0]
+    for t in range(k_b):
+        p_t = _softmax(_row_scores(target, t, temperature, warp, first and first[0]), temperature, from_probs, vocab,
+                       scrub)
+        q_t = None if draft is None else _softmax(_row_scores(draft, t, temperature, warp, first and first[1]),
+                                                  temperature, from_probs, vocab, scrub)
+        valid = 0 <= x[t] < vocab
+        q_x = 1.0 if q_t is None else (q_t[x[t]].item() if valid else 0.0)
+        if q_x != q_x:
+            return t, 0, False  # NaN from an unscrubbed row: redo the row from scrubbed scores
+        if valid and not q_x > 0.0:  # q gives its own token nothing: the point mass at x_t
+            q_t, q_x = None, 1.0
+        p_x = p_t[x[t]].item() if valid else 0.0
+        if p_x != p_x:
+            return t, 0, False
+        p_rows.append(p_t)
+        q_rows.append(q_t)
+        w.append(min(1.0, w[-1] * p_x / q_x) if valid else 0.0)
+        if w[-1] == 0.0:
+            break
+    if len(w) == k_b + 1 and (k_b == 0 or u[k_b - 1] < w[k_b]):
+        tau, dist = k_b, None
+    else:
+        tau, dist = _descend(p_rows, q_rows, x, w, u, vocab)
+    if dist is None or float(dist.sum(dtype=torch.float64)) <= RESIDUAL_EPS:
+        dist = p_rows[tau] if tau < k_b else _softmax(_row_scores(target, tau, temperature, warp, first and first[0]),
+                                                      temperature, from_probs, vocab, scrub)
+    token, total = _draw_row(dist, u[-1], noise)
+    return tau, token, total == total
+
+
+def _residual(p_t, q_t, x_t: int, w: float, vocab: int) -> torch.Tensor:
+    """max(w p_t - q_t, 0), q_t None meaning the point mass at x_t (nothing for an id outside the vocabulary)."""
+    res = p_t * w if w != 1.0 else p_t.clone()
+    if q_t is not None:
+        return res.sub_(q_t).clamp_min_(0.0)
+    if 0 <= x_t < vocab:
+        res[x_t] = max(res[x_t].item() - 1.0, 0.0)
+    return res
+
+
+def _descend(p_rows, q_rows, x, w, u, vocab):
+    """tau < K_b and its residual: the largest i with eta_i < h_i, masses computed only where eta_i < w_i."""
+    for i in range(len(w) - 1, 0, -1):
+        if i >= len(p_rows) or not u[i - 1] < w[i]:  # (a weight of 0 ends the rows: h = 0 there)
+            continue
+        res = _residual(p_rows[i], q_rows[i], x[i], w[i], vocab)
+        r = float(res.sum(dtype=torch.float64))
+        denom = r + 1.0 - w[i]
+        if u[i - 1] < (r / denom if denom > 0 else 1.0):
+            return i, res
+    return 0, _residual(p_rows[0], q_rows[0], x[0], 1.0, vocab)
 
 
 def emitted_logprobs(target, tokens, num_accepted, temperature, warp: Warp | None, from_probs: bool) -> torch.Tensor:
