@@ -14,6 +14,9 @@ Then the warped case (``warp_peers.py``): temperature 0.7, top_k 50, top_p 0.9, 
 ``specsampler.verify`` at temperature 1; and ``specsampler.sample`` against those warpers, a softmax and
 ``torch.multinomial``. Its rows start with ``verify`` or ``sample``.
 
+Then block against token verification (``method="block"`` / ``"token"``, torch backend, float32, K = 4, V = 32000) at
+B = 1 and 64 over the same sigmas, timed side by side, with each method's mean accepted drafts per row.
+
     python bench/bench_cpu.py            # the tables
     python bench/bench_cpu.py --quick    # fewer repeats
 """
@@ -145,6 +148,30 @@ def run_warped(batches, k, vocab, repeats):
     return rows
 
 
+def run_methods(cases, repeats):
+    """Print block against token verification; returns its rows (B, K, V, sigma, token accepted, block accepted,
+    token s, block s)."""
+    print("\nblock vs token verification (torch backend, one thread, same inputs and seeds, timed in alternation)\n")
+    header = (f"{'B':>4} {'K':>3} {'V':>7} {'sigma':>6} {'acc token':>10} {'acc block':>10} {'token':>11} "
+              f"{'block':>11} {'block/token':>12}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for batch, k, vocab, sigma in cases:
+        target, drafts, draft = make_inputs(max(batch, POOL), k, vocab, sigma)
+        inputs = [(target[lo : lo + batch], drafts[lo : lo + batch], draft[lo : lo + batch])
+                  for lo in range(0, target.shape[0] - batch + 1, batch)]
+        providers = [lambda t, x, d, m=m: specsampler.verify(t, x, d, seed=0, backend="torch", method=m)
+                     for m in ("token", "block")]
+        t_token, t_block = interleaved_medians(providers, inputs, repeats if batch == 1 else max(5, repeats // 10))
+        accepted = [float(specsampler.verify(target, drafts, draft, seed=0, backend="torch", method=m)
+                          .num_accepted.float().mean()) for m in ("token", "block")]
+        rows.append((batch, k, vocab, sigma, *accepted, t_token, t_block))
+        print(f"{batch:>4} {k:>3} {vocab:>7} {sigma:>6.2f} {accepted[0]:>10.2f} {accepted[1]:>10.2f} "
+              f"{t_token * 1e6:>8.0f} us {t_block * 1e6:>8.0f} us {t_block / t_token:>11.2f}x")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -154,6 +181,7 @@ def main():
     repeats = 40 if args.quick else 200
     run(cases, repeats=repeats)
     run_warped((1, 64), 4, 32000, repeats)
+    run_methods(cases, repeats)
 
 
 if __name__ == "__main__":
