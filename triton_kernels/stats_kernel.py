@@ -69,6 +69,36 @@ def _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
+def _split_argmax_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V: tl.constexpr):
+    """(max, sum of exp2((l - max) * scale), lowest id of the max) over a split in one pass: :func:`_split_argmax`'s
+    running max and id on the raw values (NaN never wins) beside :func:`_split_logsumexp`'s online sums on the
+    scrubbed ones (greedy rows whose log-probabilities are asked for, at T = 1)."""
+    lanes = tl.arange(0, BLOCK_V)
+    m_arg = tl.full([BLOCK_V], -float("inf"), tl.float32)
+    arg = (tile_lo * BLOCK_V + lanes).to(tl.int32)
+    m = tl.full([BLOCK_V], -FLOAT32_MAX, tl.float32)
+    z = tl.zeros([BLOCK_V], tl.float32)
+    for masked in tl.static_range(2):
+        first, last = _tile_range(tile_lo, tiles, n, masked, BLOCK_V)
+        for tile in range(first, last):
+            offs = tile * BLOCK_V + lanes
+            raw = _load_tile(row_ptr, stride_v, offs, n, masked).to(tl.float32)
+            new = raw > m_arg
+            m_arg = tl.where(new, raw, m_arg)
+            arg = tl.where(new, offs.to(tl.int32), arg)
+            x = _finite_logits(raw)
+            hi = tl.maximum(m, x)
+            e = tl.exp2((tl.minimum(m, x) - hi) * scale)
+            z = tl.where(x > m, z * e + 1.0, z + e)
+            m = hi
+    best_arg = tl.max(m_arg, axis=0)
+    arg = tl.min(tl.where(m_arg == best_arg, arg, INT32_MAX), axis=0)
+    best = tl.max(m, axis=0)
+    total = tl.sum(z * tl.exp2((m - best) * scale), axis=0)
+    return tl.minimum(best_arg, FLOAT32_MAX), total, arg
+
+
+@triton.jit
 def _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, cand, CAND: tl.constexpr, BLOCK_V: tl.constexpr):
     """(max, sum of exp2((l - max) * scale)) over a split: per-lane online sums, one exp per element, one reduction.
 
@@ -113,13 +143,21 @@ def _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, cand, CAND: tl
 
 @triton.jit
 def _split_stats(row_ptr, stride_v, tile_lo, tiles, n, temp, scale, out, stride_sp, cand, CAND: tl.constexpr,
-                 BLOCK_V: tl.constexpr):
+                 LOGPROBS: tl.constexpr, BLOCK_V: tl.constexpr):
     """Stores a split's max at `out` and its sum of exponentials (sampled) or argmax bits (greedy) one plane on; with
-    CAND (sampled rows) also its lanes' candidates at `cand` and their bound two planes on."""
+    CAND (sampled rows) also its lanes' candidates at `cand` and their bound two planes on. With LOGPROBS greedy rows
+    store their sum of exponentials at T = 1 one plane on and their argmax bits two planes on (greedy rows have no
+    candidates: the plane is free there)."""
     if temp == 0.0:
-        best, arg = _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V)
-        tl.store(out, best)
-        tl.store(out + stride_sp, arg.to(tl.float32, bitcast=True))
+        if LOGPROBS:
+            best, total, arg = _split_argmax_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, BLOCK_V)
+            tl.store(out, best)
+            tl.store(out + stride_sp, total)
+            tl.store(out + 2 * stride_sp, arg.to(tl.float32, bitcast=True))
+        else:
+            best, arg = _split_argmax(row_ptr, stride_v, tile_lo, tiles, n, BLOCK_V)
+            tl.store(out, best)
+            tl.store(out + stride_sp, arg.to(tl.float32, bitcast=True))
     else:
         best, total, bound = _split_logsumexp(row_ptr, stride_v, tile_lo, tiles, n, scale, cand, CAND, BLOCK_V)
         tl.store(out, best)
@@ -135,13 +173,14 @@ def _row_stats_kernel(
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] logits (the target when there are none; never read then)
     num_draft_ptr,  # [B] int, read when RAGGED
     temp_ptr,  # [B] float32, read when ROW_TEMP
-    stats_ptr, stride_sp, stride_sr,  # [2 (3 with CAND), B*(K+1) + B*K, S1] float32: max; sum of exp (sampled) or
-    #                                   argmax bits; with CAND the bound of the split's candidates
+    stats_ptr, stride_sp, stride_sr,  # [2 (3 with CAND or LOGPROBS), B*(K+1) + B*K, S1] float32: max; sum of exp
+    #                                   (sampled; greedy too with LOGPROBS) or argmax bits; the third plane: the bound
+    #                                   of the split's candidates (CAND, sampled rows), argmax bits (LOGPROBS, greedy)
     out_ptr,  # [B, K+1] int64 contiguous tokens launch 2 writes, set to -1 here when FILL
     cand_ptr,  # [B*(K+1) + B*K, S1, 4, BLOCK_V] float32 candidates (contiguous), written when CAND
     B, K, V, Vd, tiles, S1, temperature,
     BLOCK_V: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr, FILL: tl.constexpr, CAND: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, LOGPROBS: tl.constexpr,
 ):
     if PDL:  # the next launch may start (its programs wait for this one's results before reading them)
         gdc_launch_dependents()
@@ -161,15 +200,15 @@ def _row_stats_kernel(
     if is_draft:
         if (t < k_b) & (temp != 0.0):
             _split_stats(draft_ptr + b * stride_db + t * stride_dt, stride_dv, tile_lo, tiles, Vd, temp, scale, out,
-                         stride_sp, cand, CAND, BLOCK_V)
+                         stride_sp, cand, CAND, LOGPROBS, BLOCK_V)
     else:
         if t <= k_b:
             _split_stats(target_ptr + b * stride_tb + t * stride_tt, stride_tv, tile_lo, tiles, V, temp, scale, out,
-                         stride_sp, cand, CAND, BLOCK_V)
+                         stride_sp, cand, CAND, LOGPROBS, BLOCK_V)
 
 
 def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_splits=None, tokens=None,
-              candidates=False, pdl=None):
+              candidates=False, pdl=None, logprobs=False):
     """Launch 1: split statistics of every target and draft row a decision needs.
 
     Parameters
@@ -192,6 +231,9 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     pdl : bool or None
         Let the next launch start early (programmatic dependent launch); None: as ``launching.PDL`` and the device
         decide.
+    logprobs : bool
+        The log-probabilities of the emitted tokens follow: greedy rows also sum their exponentials at T = 1 (in the
+        same pass), into stats[1], and put their argmax bits in a third plane, stats[2].
 
     Returns
     -------
@@ -199,7 +241,8 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
         (stats [2, R, S1] float32, S1) with R = B*(K+1) + B*K: stats[0] the split maxima, stats[1] the split sums of
         exp((l - max) / T) on sampled rows and the split argmax (int32 bits; view as torch.int32) on greedy rows.
         With `candidates`, a third item: None, or [R, S1 * 4 * BLOCK_V] float32 candidates, with stats[2] (a third
-        plane) the largest logit of each split they may have left out.
+        plane) the largest logit of each split they may have left out. With `logprobs` stats has three planes too, and
+        greedy rows hold their sums in stats[1] and their argmax in stats[2].
     """
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
@@ -211,7 +254,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
     cand = None
     if candidates and s1 * 4 * block_v * 8 <= vocab:
         cand = torch.empty(rows, s1 * 4 * block_v, dtype=torch.float32, device=device)
-    stats = torch.empty(2 if cand is None else 3, rows, s1, dtype=torch.float32, device=device)
+    stats = torch.empty(2 if cand is None and not logprobs else 3, rows, s1, dtype=torch.float32, device=device)
     row_temp = isinstance(temperature, torch.Tensor)
     # Draft rows only where some row samples (a float temperature of 0 needs none).
     with_drafts = draft is not None and (row_temp or temperature != 0.0)
@@ -223,6 +266,7 @@ def row_stats(target, draft, num_draft_tokens, temperature, block_v=None, num_sp
                 cand if cand is not None else stats, batch, k, vocab, vd, tiles, s1,
                 0.0 if row_temp else float(temperature))
         constexprs = dict(BLOCK_V=block_v, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
-                          FILL=tokens is not None, CAND=cand is not None, PDL=launching.use_pdl(device, pdl))
+                          FILL=tokens is not None, CAND=cand is not None, PDL=launching.use_pdl(device, pdl),
+                          LOGPROBS=bool(logprobs))
         launching.launch(_row_stats_kernel, grid, args, constexprs, num_warps, device)
     return (stats, s1, cand) if candidates else (stats, s1)

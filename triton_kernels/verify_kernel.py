@@ -57,11 +57,15 @@ from .jit_helpers import INT32_MAX, _finite_logits, _num_drafts, _scaled_tempera
 MASS_SCALE = tl.constexpr(1099511627776.0)  # 2**40: the residual mass is summed in fixed point (exact, any order)
 UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2**-24: uniforms are multiples of it
 RNG_GROUP = tl.constexpr(4)  # vocabulary ids per Philox call (its four 32-bit outputs)
+LN2 = tl.constexpr(0.6931471805599453)  # ln x = log2(x) * LN2
+WS_SLOT = tl.constexpr(3)  # int64 words per workspace slot: best packed key, mass in 2**-40, programs done (slot 0)
 
 
 @triton.jit
-def _combine_stats(stats_ptr, stride_sp, stride_sr, rows, row_mask, S1, scale, BLOCK_S: tl.constexpr):
-    """Row max (0 when -inf), sum of exponentials (1 when 0) and argmax (greedy rows) from the split statistics."""
+def _combine_stats(stats_ptr, stride_sp, stride_sr, rows, row_mask, S1, scale, BLOCK_S: tl.constexpr,
+                   ARG_PLANE: tl.constexpr):
+    """Row max (0 when -inf), sum of exponentials (1 when 0) and argmax (greedy rows: its bits in plane ARG_PLANE, 2
+    when launch 1 also summed greedy rows for their log-probabilities) from the split statistics."""
     s = tl.arange(0, BLOCK_S)
     mask = row_mask[:, None] & (s < S1)[None, :]
     offs = rows[:, None] * stride_sr + s[None, :]
@@ -70,7 +74,10 @@ def _combine_stats(stats_ptr, stride_sp, stride_sr, rows, row_mask, S1, scale, B
     m = tl.max(m_s, axis=1)
     m_safe = tl.where(m == -float("inf"), 0.0, m)
     z = tl.sum(second * tl.exp2((m_s - m_safe[:, None]) * scale), axis=1)
-    arg = tl.min(tl.where(mask & (m_s == m[:, None]), second.to(tl.int32, bitcast=True), INT32_MAX), axis=1)
+    bits = second
+    if ARG_PLANE != 1:
+        bits = tl.load(stats_ptr + ARG_PLANE * stride_sp + offs, mask=mask, other=0.0)
+    arg = tl.min(tl.where(mask & (m_s == m[:, None]), bits.to(tl.int32, bitcast=True), INT32_MAX), axis=1)
     return m_safe, tl.where(z > 0.0, z, 1.0), arg.to(tl.int64)
 
 
@@ -151,40 +158,41 @@ def _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, 
 @triton.jit
 def _accept_prefix(t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
                    uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp,
-                   b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first,
+                   b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first, log_v,
                    BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
-                   GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, MANY_K: tl.constexpr):
+                   GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, MANY_K: tl.constexpr, LOGPROBS: tl.constexpr):
     """n = the first rejected position (K_b if none), row n's statistics, x_n, and whether q_n is one-hot at x_n:
     (n, m_p, z_p, cut_p, argmax p, m_q, z_q, cut_q, x_n, one_hot_n). With WARP the sums and cuts are the warped
     rows' (from :func:`_warp_cut_kernel`). Positions 0 .. BLOCK_K - 1 are decided from :func:`_gather_drafts`' values
-    read before (outside the loop over K, which then holds nothing of them), later ones BLOCK_K at a time."""
+    read before (outside the loop over K, which then holds nothing of them), later ones BLOCK_K at a time. The last
+    item: with LOGPROBS ln p_t(x_t) of positions 0 .. BLOCK_K - 1 (the launcher makes BLOCK_K >= K + 1 then)."""
     t = tl.arange(0, BLOCK_K)
     zero = (b * 0).to(tl.float32)  # (tensors: the running values change type nowhere)
-    n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_positions(
+    n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, lp_t = _accept_positions(
         t, x_first, lp_first, lq_first, k_b, zero, zero + 1.0, zero - float("inf"), b * 0, zero, zero + 1.0,
         zero - float("inf"), b * 0 - 1, b * 0, uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr,
-        cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS,
-        HAS_DRAFT, GIVEN_RANDOM, WARP)
+        cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, log_v, BLOCK_K, BLOCK_S,
+        FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP, LOGPROBS)
     if MANY_K:  # (compiled only for K >= BLOCK_K: the usual K has no loop here, and no registers held for one)
         for t0 in range(BLOCK_K, K + 1, BLOCK_K):
             t = t0 + tl.arange(0, BLOCK_K)
             x, l_p, l_q = _gather_drafts(t, t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr,
                                          stride_xb, stride_xt, b, V, Vd, k_b, greedy, FROM_PROBS, HAS_DRAFT)
-            n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_positions(
+            n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, _ = _accept_positions(
                 t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, uniform_ptr, stride_ub,
                 stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy,
-                scale, seed_b, row_key, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
-    return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n
+                scale, seed_b, row_key, log_v, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP, False)
+    return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, lp_t
 
 
 @triton.jit
-def _accept_positions(t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n,
-                      uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp,
-                      b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key,
-                      BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr,
-                      HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
-    """Positions `t` [BLOCK_K] of :func:`_accept_prefix`: drafts `x` and the scores at them (`l_p`, `l_q`, from
-    :func:`_load_scores`); returns the running (n, row n's statistics, x_n, one_hot_n) updated."""
+def _position_probs(t, x, l_p, l_q, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b,
+                    greedy, scale, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr,
+                    HAS_DRAFT: tl.constexpr, WARP: tl.constexpr, ARG_PLANE: tl.constexpr):
+    """Positions `t` [BLOCK_K]: each target row's and draft row's statistics (max, sum, cut; the target's argmax,
+    from plane ARG_PLANE) and p_t(x_t), q_t(x_t) from the scores at the drafts (`l_p`, `l_q`, from
+    :func:`_load_scores`): (m_t, z_t, ct_t, arg_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather), q_x 1 where the
+    draft is one-hot at x_t (`one_hot_t`), 0 where x_t is outside [0, V) or t >= K_b (`gather` false)."""
     decide = t < k_b
     gather = decide & (x >= 0) & (x < V)
     sampled = _splat(~greedy, t)
@@ -197,9 +205,9 @@ def _accept_positions(t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q
         zq_t = z_t
     else:
         m_t, z_t, arg_t = _combine_stats(stats_ptr, stride_sp, stride_sr, b * (K + 1) + t, t <= k_b, S1, scale,
-                                         BLOCK_S)
+                                         BLOCK_S, ARG_PLANE)
         mq_t, zq_t, _ = _combine_stats(stats_ptr, stride_sp, stride_sr, B * (K + 1) + b * K + t, decide & sampled,
-                                       S1, scale, BLOCK_S)
+                                       S1, scale, BLOCK_S, 1)
     ct_t = tl.full([BLOCK_K], -float("inf"), tl.float32)
     cq_t = ct_t
     if WARP:  # the warped rows' cuts and sums (written for every row of the cut launch's grid)
@@ -221,6 +229,36 @@ def _accept_positions(t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q
     else:
         q_x = tl.where(gather, 1.0, 0.0)
         one_hot_t = gather
+    return m_t, z_t, ct_t, arg_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather
+
+
+@triton.jit
+def _logprob(score, m, z, scale, log_v, FROM_PROBS: tl.constexpr):
+    """ln p of a token from its `score` (:func:`_load_scores`) and its row's max `m`, sum of exponentials `z` (the
+    kept mass on warped rows) and log2(e) / T `scale`, in log space: (l - m) / T - ln z; from probabilities ln p.
+    -ln V (`log_v`) where the row has no mass (a logit of -inf: every emitted token has a finite one otherwise; a
+    probability of 0)."""
+    if FROM_PROBS:
+        return tl.where(score > 0.0, tl.log(tl.where(score > 0.0, score, 1.0)), -log_v)
+    else:
+        finite = score > -float("inf")
+        return tl.where(finite, ((tl.where(finite, score, m) - m) * scale - tl.log2(z)) * LN2, -log_v)
+
+
+@triton.jit
+def _accept_positions(t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n,
+                      uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp,
+                      b, B, K, V, Vd, S1, k_b, greedy, scale, seed_b, row_key, log_v,
+                      BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, FROM_PROBS: tl.constexpr,
+                      HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr,
+                      LOGPROBS: tl.constexpr):
+    """Positions `t` [BLOCK_K] of :func:`_accept_prefix`: drafts `x` and the scores at them (`l_p`, `l_q`, from
+    :func:`_load_scores`); returns the running (n, row n's statistics, x_n, one_hot_n) updated, and with LOGPROBS
+    ln p_t(x_t) [BLOCK_K] (0 without)."""
+    decide = t < k_b
+    m_t, z_t, ct_t, arg_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather = _position_probs(
+        t, x, l_p, l_q, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1, k_b, greedy, scale,
+        BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, WARP, 2 if LOGPROBS else 1)
     if GIVEN_RANDOM:
         u = tl.load(uniform_ptr + b * stride_ub + t * stride_ut, mask=decide, other=0.0)
     else:
@@ -240,25 +278,33 @@ def _accept_positions(t, x, l_p, l_q, n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q
         cut_q = tl.max(tl.where(here, cq_t, -float("inf")), axis=0)
         x_n = tl.sum(tl.where(here, x, 0), axis=0)
         one_hot_n = tl.sum(tl.where(here & one_hot_t, 1, 0), axis=0).to(tl.int64)
-    return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n
+    lp_t = tl.zeros([BLOCK_K], tl.float32)
+    if LOGPROBS:
+        lp_t = _logprob(l_p, m_t, z_t, scale, log_v, FROM_PROBS)
+    return n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, lp_t
 
 
-# What a race draws from: the residual max(0, p - q), p alone, or uniform.
+# What a race draws from: the residual max(0, p - q), p alone, uniform, or block verification's residual
+# max(0, w p - q).
 RACE_RESIDUAL = tl.constexpr(0)
 RACE_P = tl.constexpr(1)
 RACE_UNIFORM = tl.constexpr(2)
+RACE_WEIGHTED = tl.constexpr(3)
 
 
 @triton.jit
 def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, q_full, q_one_hot, x_n, Vd, m_p, z_p, cut_p, m_q, z_q,
-               cut_q, scale, DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+               cut_q, scale, w, DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
                WARP: tl.constexpr):
-    """The raced distribution at `offs`, unnormalised: max(0, p - q), p, or 1; 0 where `mask` is off. q is the draft's
-    row where `q_full`, one-hot at x_n where `q_one_hot` (tensors of one value each), else 0 (the bonus row)."""
+    """The raced distribution at `offs`, unnormalised: max(0, p - q), p, 1, or max(0, w p - q) (RACE_WEIGHTED); 0 where
+    `mask` is off. q is the draft's row where `q_full`, one-hot at x_n where `q_one_hot` (tensors of one value each),
+    else 0 (the bonus row)."""
     if DIST == RACE_UNIFORM:
         return tl.where(mask, 1.0, 0.0)
     p = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, cut_p, FROM_PROBS, WARP)
-    if DIST == RACE_RESIDUAL:
+    if DIST == RACE_WEIGHTED:
+        p = p * w
+    if DIST != RACE_P:  # (RACE_RESIDUAL, RACE_WEIGHTED)
         q = tl.where((offs == x_n) & q_one_hot, 1.0, 0.0)
         if HAS_DRAFT:
             q_mask = mask & (offs < Vd) & q_full
@@ -278,7 +324,7 @@ def _race_step(best, arg, mass, dist, e, offs, mask):
 
 @triton.jit
 def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, one_hot_n, m_p, z_p,
-          cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, DIST: tl.constexpr, BLOCK_V: tl.constexpr,
+          cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, w, DIST: tl.constexpr, BLOCK_V: tl.constexpr,
           FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
     """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
 
@@ -311,13 +357,13 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
         offs2 = offs0 + 2
         offs3 = offs0 + 3
         d0 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs0, offs0 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         d1 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs1, offs1 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         d2 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs2, offs2 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         d3 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs3, offs3 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
         if GIVEN_RANDOM:
             e0 = tl.load(noise_row + offs0 * stride_ev, mask=offs0 < hi, other=1.0)
             e1 = tl.load(noise_row + offs1 * stride_ev, mask=offs1 < hi, other=1.0)
@@ -345,44 +391,194 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
 
 
 @triton.jit
+def _fold(slot, key, idx, mass):
+    """Fold a program's race result (best key, its id, the mass raced) into a workspace slot [3] int64 (best packed
+    key, mass in 2**-40). Relaxed: the two atomics are in flight together; the row's counter orders them."""
+    tl.atomic_max(slot, _pack(tl.maximum(key, 0.0), idx), sem="relaxed")
+    mass = tl.where(mass == mass, tl.minimum(mass, 4.0), 0.0)
+    tl.atomic_add(slot + 1, (mass * MASS_SCALE).to(tl.int64), sem="relaxed")
+
+
+@triton.jit
+def _unpack_id(packed):
+    """The id of a packed (key, id) (:func:`_pack`)."""
+    return ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
+
+
+@triton.jit
+def _fallback_draw(next_token, total, p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, n, k_b, x_n,
+                   one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, EPS: tl.constexpr,
+                   BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+                   GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+    """The last program's next token: the race's winner `next_token`, or, where the raced mass `total` (in 2**-40) is
+    at most EPS (p equals q), a race over p_n alone (the whole row), and a uniform one when p_n has no mass either;
+    clamped to [0, V)."""
+    if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
+        _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n, k_b,
+                                  x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, 1.0,
+                                  RACE_P, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+        next_token = from_p.to(tl.int64)
+        if mass_p <= 0.0:
+            _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n,
+                                     k_b, x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b,
+                                     row_key, 1.0, RACE_UNIFORM, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            next_token = uniform_id.to(tl.int64)
+    return tl.minimum(tl.maximum(next_token, 0), V - 1)
+
+
+@triton.jit
+def _score_at(row_ptr, stride_v, idx, FROM_PROBS: tl.constexpr):
+    """The score of one id of a row (:func:`_load_scores`), as a scalar (loaded through a 2-lane tensor: the
+    interpreter needs tensor masks)."""
+    lane = tl.arange(0, 2)
+    return tl.max(_load_scores(row_ptr, idx + lane * 0, stride_v, lane >= 0, FROM_PROBS), axis=0)
+
+
+@triton.jit
+def _write_logprobs(lp_ptr, stride_lb, stride_lt, b, K, n, lp_t, lp_next, BLOCK_K: tl.constexpr):
+    """logprobs[b] = ln p_t(x_t) of the n accepted drafts (`lp_t` [BLOCK_K], BLOCK_K >= K + 1), the next token's
+    `lp_next`, then 0."""
+    t = tl.arange(0, BLOCK_K)
+    tl.store(lp_ptr + b * stride_lb + t * stride_lt, tl.where(t < n, lp_t, tl.where(t == n, lp_next, 0.0)),
+             mask=t <= K)
+
+
+@triton.jit
 def _fold_and_write(ws_ptr, out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, key, idx, mass,
                     p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, b, K, V, Vd, S2, n, k_b, x_n, one_hot_n,
-                    m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, EPS: tl.constexpr,
-                    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
-                    GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+                    m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, lp_ptr, stride_lb, stride_lt, lp_t,
+                    log_v, EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, FROM_PROBS: tl.constexpr,
+                    HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr,
+                    LOGPROBS: tl.constexpr):
     """Fold a program's race result (best key, its id, the mass raced) into row b's workspace [3] int64; the last
     program of the row reads it back, resets it to zero, falls back to p (or uniform) where the residual has no mass,
-    and writes the row."""
-    ws = ws_ptr + b * 3
+    and writes the row (and its log-probabilities with LOGPROBS)."""
+    ws = ws_ptr + b * WS_SLOT
     # The two data atomics are relaxed (in flight together); the counter's acq_rel orders them: the last program's
     # acquire sees every program's key and mass, and its relaxed reads-and-resets go out together too.
-    tl.atomic_max(ws, _pack(tl.maximum(key, 0.0), idx), sem="relaxed")
-    mass = tl.where(mass == mass, tl.minimum(mass, 4.0), 0.0)
-    tl.atomic_add(ws + 1, (mass * MASS_SCALE).to(tl.int64), sem="relaxed")
+    _fold(ws, key, idx, mass)
     done = tl.atomic_add(ws + 2, 1, sem="acq_rel")
     if done == S2 - 1:
         packed = tl.atomic_xchg(ws, 0, sem="relaxed")
         total = tl.atomic_xchg(ws + 1, 0, sem="relaxed")
         tl.atomic_xchg(ws + 2, 0, sem="relaxed")
-        next_token = ((packed & INT32_MAX) * -1 + INT32_MAX).to(tl.int64)  # (tensor first: the interpreter)
-        if total <= EPS * MASS_SCALE:  # p equals q: draw from p; uniform when p has no mass either
-            _, from_p, mass_p = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n, k_b,
-                                      x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key,
-                                      RACE_P, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
-            next_token = from_p.to(tl.int64)
-            if mass_p <= 0.0:
-                _, uniform_id, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, 0, V, Vd, n,
-                                         k_b, x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b,
-                                         row_key, RACE_UNIFORM, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
-                next_token = uniform_id.to(tl.int64)
-        next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
+        next_token = _fallback_draw(_unpack_id(packed), total, p_row, stride_tv, q_row, stride_dv, noise_row,
+                                    stride_ev, V, Vd, n, k_b, x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale,
+                                    seed_b, row_key, EPS, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
         _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,
                    BLOCK_K)
+        if LOGPROBS:
+            lp_next = _logprob(_score_at(p_row, stride_tv, next_token, FROM_PROBS), m_p, z_p, scale, log_v,
+                               FROM_PROBS)
+            _write_logprobs(lp_ptr, stride_lb, stride_lt, b, K, n, lp_t, lp_next, BLOCK_K)
+
+
+@triton.jit
+def _block_weights(t, ratio, BLOCK_K: tl.constexpr):
+    """w [BLOCK_K]: w_0 = 1, w_{j+1} = min(1, w_j ratio_j), in float32 and in the oracle's order (a product per
+    position, not a scan in log space: the decisions compare w with uniforms)."""
+    w = tl.sum(ratio * 0.0, axis=0) + 1.0
+    w_t = tl.where(t == 0, 1.0, 0.0)
+    for j in tl.static_range(BLOCK_K - 1):
+        w = tl.minimum(w * tl.sum(tl.where(t == j, ratio, 0.0), axis=0), 1.0)
+        w_t = tl.where(t == j + 1, w, w_t)
+    return w_t
+
+
+@triton.jit
+def _block_uniforms(t, k_b, uniform_ptr, stride_ub, stride_ut, b, seed_b, row_key, GIVEN_RANDOM: tl.constexpr):
+    """eta_t [BLOCK_K] = the acceptance uniform of position t - 1 (token verification's: Philox stream 0, or the
+    given uniforms) for 1 <= t <= K_b; 1 elsewhere (never below a weight)."""
+    has_eta = (t >= 1) & (t <= k_b)
+    if GIVEN_RANDOM:
+        eta = tl.load(uniform_ptr + b * stride_ub + (t - 1) * stride_ut, mask=has_eta, other=1.0)
+    else:
+        zero = (t * 0).to(tl.uint32)
+        bits, _, _, _ = philox(seed_b, zero, (t - 1).to(tl.uint32), zero + row_key.to(tl.uint32), zero)
+        eta = tl.where(has_eta, _to_uniform(bits, False), 1.0)
+    return eta
+
+
+@triton.jit
+def _at(t, i, values):
+    """values[i] of a [BLOCK_K] vector, as a scalar."""
+    return tl.sum(tl.where(t == i, values, 0), axis=0)
+
+
+@triton.jit
+def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather, lp_t, t_row, stride_tt, stride_tv,
+               d_row, stride_dt, stride_dv, noise_row, stride_ev, uniform_ptr, stride_ub, stride_ut, ws_row, out_ptr,
+               stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, lp_ptr, stride_lb, stride_lt,
+               b, K, V, Vd, S2, lo, hi, k_b, scale, seed_b, row_key, log_v, EPS: tl.constexpr, BLOCK_V: tl.constexpr,
+               BLOCK_K: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+               GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, LOGPROBS: tl.constexpr):
+    """Block verification of a sampled row (positions `t` [BLOCK_K], BLOCK_K >= K + 1, with
+    :func:`_position_probs`' vectors): the weights w_t, the candidate rows, one pass of this program's split over
+    each (residual mass and race at once, folded into the row's slot of that position), and, in the row's last
+    program, tau, the next token and the row's output."""
+    ratio = tl.where(gather, p_x / tl.where(gather, q_x, 1.0), 0.0)  # p_t(x_t) / q_t(x_t); 0 for ids outside [0, V)
+    w_t = _block_weights(t, ratio, BLOCK_K)
+    eta = _block_uniforms(t, k_b, uniform_ptr, stride_ub, stride_ut, b, seed_b, row_key, GIVEN_RANDOM)
+    # tau = K_b iff eta_{K_b} < h_{K_b} = w_{K_b}: then only the bonus row is raced.
+    bonus = (k_b == 0) | (_at(t, k_b, eta) < _at(t, k_b, w_t))
+    # h_i <= w_i, so position i can only pass when eta_i < w_i; and w_i = 1 gives h_i = 1: it passes, and no position
+    # below the highest such s (or 0) can be tau. The candidates: s and the positions above it with eta_i < w_i.
+    sure = (t == 0) | ((t < k_b) & (w_t == 1.0) & (eta < 1.0))
+    s = tl.max(tl.where(sure, t, 0), axis=0)
+    cand = (t == s) | ((t > s) & (t < k_b) & (eta < w_t))
+    if bonus:
+        key, idx, mass = _race(t_row + k_b * stride_tt, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd,
+                               k_b, k_b, k_b * 0, k_b * 0, _at(t, k_b, m_t), _at(t, k_b, z_t),
+                               tl.max(tl.where(t == k_b, ct_t, -float("inf")), axis=0), 0.0, 1.0,
+                               -float("inf"), scale, seed_b, row_key, 1.0, RACE_RESIDUAL, BLOCK_V, FROM_PROBS,
+                               HAS_DRAFT, GIVEN_RANDOM, WARP)
+        _fold(ws_row + k_b * WS_SLOT, key, idx, mass)
+    else:
+        # One pass over this program's split of each candidate row i: its residual max(0, w_i p_i - q_i)'s mass
+        # (r_i, for h_i) and its race (the next token, should tau be i), the same noise for every row.
+        for i in range(s, k_b):
+            if _at(t, i, cand.to(tl.int32)) != 0:
+                key, idx, mass = _race(t_row + i * stride_tt, stride_tv, d_row + i * stride_dt, stride_dv, noise_row,
+                                       stride_ev, lo, hi, Vd, i, k_b, _at(t, i, x), _at(t, i, one_hot_t.to(tl.int64)),
+                                       _at(t, i, m_t), _at(t, i, z_t),
+                                       tl.max(tl.where(t == i, ct_t, -float("inf")), axis=0), _at(t, i, mq_t),
+                                       _at(t, i, zq_t), tl.max(tl.where(t == i, cq_t, -float("inf")), axis=0), scale,
+                                       seed_b, row_key, _at(t, i, w_t), RACE_WEIGHTED, BLOCK_V, FROM_PROBS,
+                                       HAS_DRAFT, GIVEN_RANDOM, WARP)
+                _fold(ws_row + i * WS_SLOT, key, idx, mass)
+    done = tl.atomic_add(ws_row + 2, 1, sem="acq_rel")  # (the row's counter: in slot 0)
+    if done == S2 - 1:
+        live = t <= k_b  # the slots this row can have touched: read back and reset together
+        zeros = tl.zeros([BLOCK_K], tl.int64)
+        keys = tl.where(live, tl.atomic_xchg(ws_row + t * WS_SLOT, zeros, mask=live, sem="relaxed"), 0)
+        masses = tl.where(live, tl.atomic_xchg(ws_row + t * WS_SLOT + 1, zeros, mask=live, sem="relaxed"), 0)
+        tl.atomic_xchg(ws_row + 2, 0, sem="relaxed")
+        # h_i = r_i / (r_i + 1 - w_i) (1 where that is not positive), in the oracle's order of operations.
+        r = masses.to(tl.float32) * (1.0 / MASS_SCALE)
+        denom = (r + 1.0) - w_t
+        h = tl.where(denom > 0.0, r / tl.where(denom > 0.0, denom, 1.0), 1.0)
+        passed = (t == s) | (cand & (eta < h))
+        tau = tl.where(bonus, k_b, tl.max(tl.where(passed, t, 0), axis=0))
+        m_p = _at(t, tau, m_t)
+        z_p = _at(t, tau, z_t)
+        cut_p = tl.max(tl.where(t == tau, ct_t, -float("inf")), axis=0)
+        p_row = t_row + tau * stride_tt
+        next_token = _fallback_draw(_unpack_id(_at(t, tau, keys)), _at(t, tau, masses), p_row, stride_tv, d_row,
+                                    stride_dv, noise_row, stride_ev, V, Vd, tau, k_b, k_b * 0, k_b * 0, m_p, z_p,
+                                    cut_p, 0.0, 1.0, -float("inf"), scale, seed_b, row_key, EPS, BLOCK_V, FROM_PROBS,
+                                    HAS_DRAFT, GIVEN_RANDOM, WARP)
+        _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, tau, next_token,
+                   BLOCK_K)
+        if LOGPROBS:
+            lp_next = _logprob(_score_at(p_row, stride_tv, next_token, FROM_PROBS), m_p, z_p, scale, log_v,
+                               FROM_PROBS)
+            _write_logprobs(lp_ptr, stride_lb, stride_lt, b, K, tau, lp_t, lp_next, BLOCK_K)
 
 
 @triton.jit(do_not_specialize=["B", "K", "V", "Vd", "tiles", "S1", "S2", "temperature", "seed",
                                "stride_xb", "stride_xt", "stride_ub", "stride_ut", "stride_eb", "stride_ev",
-                               "stride_sp", "stride_sr", "stride_cp", "stride_ob", "stride_ot"])
+                               "stride_sp", "stride_sr", "stride_cp", "stride_ob", "stride_ot", "stride_lb",
+                               "stride_lt"])
 def _verify_kernel(
     target_ptr, stride_tb, stride_tt, stride_tv,  # [B, K+1, V] logits, or probabilities when FROM_PROBS
     draft_ptr, stride_db, stride_dt, stride_dv,  # [B, K, Vd] like the target, read when HAS_DRAFT
@@ -392,15 +588,18 @@ def _verify_kernel(
     seed_ptr,  # [B] int64, read when ROW_SEED
     uniform_ptr, stride_ub, stride_ut,  # [B, K] float32 acceptance uniforms, read when GIVEN_RANDOM
     noise_ptr, stride_eb, stride_ev,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
-    stats_ptr, stride_sp, stride_sr,  # [2, B*(K+1) + B*K, S1] float32 split statistics, read unless FROM_PROBS
+    stats_ptr, stride_sp, stride_sr,  # [2 (3), B*(K+1) + B*K, S1] float32 split statistics, read unless FROM_PROBS
     cut_ptr, stride_cp,  # [2, B*(K+1) + B*K] float32 warped rows' cuts and sums (contiguous rows), read when WARP
-    ws_ptr,  # [>= B, 3] int64 workspace (best packed key, residual mass in 2**-40, programs done), zero between
+    ws_ptr,  # [>= B (B*(K+1) when BLOCK), 3] int64 workspace slots (best packed key, residual mass in 2**-40,
+    #          programs done), zero between launches; BLOCK: slot b*(K+1)+i for row b's position i, the counter in i = 0
     out_ptr, stride_ob, stride_ot,  # [B, K+1] int64 tokens
     nacc_ptr,  # [B] int64 number accepted
+    lp_ptr, stride_lb, stride_lt,  # [B, K+1] float32 log-probabilities, written when LOGPROBS
     B, K, V, Vd, tiles, S1, S2, temperature, seed,
     EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
     ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, PDL: tl.constexpr, MANY_K: tl.constexpr,
+    BLOCK: tl.constexpr, LOGPROBS: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -415,6 +614,9 @@ def _verify_kernel(
         row_key = b
     t_row = target_ptr + b * stride_tb
     d_row = draft_ptr + b * stride_db
+    log_v = 0.0
+    if LOGPROBS:
+        log_v = tl.log(V.to(tl.float32))
 
     # 1. Acceptance: n, and the statistics of row n. The drafts and the scores at them are the call's inputs: they
     # are read first, and with PDL before waiting for the launches before (their statistics, cuts, the -1 start).
@@ -423,31 +625,64 @@ def _verify_kernel(
                                                  FROM_PROBS, HAS_DRAFT)
     if PDL:
         gdc_wait()
-    n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n = _accept_prefix(
-        t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
-        uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1,
-        k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT,
-        GIVEN_RANDOM, WARP, MANY_K)
-    if greedy:
-        if split == 0:
-            _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
-                       BLOCK_K)
+    if BLOCK:  # (one block of positions: the launcher makes BLOCK_K >= K + 1)
+        t = tl.arange(0, BLOCK_K)
+        m_t, z_t, ct_t, arg_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather = _position_probs(
+            t, x_first, lp_first, lq_first, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1,
+            k_b, greedy, scale, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, WARP, 2 if LOGPROBS else 1)
+        lp_t = tl.zeros([BLOCK_K], tl.float32)
+        if LOGPROBS:
+            lp_t = _logprob(lp_first, m_t, z_t, scale, log_v, FROM_PROBS)
+        if greedy:  # the argmax prefix, as token verification
+            if split == 0:
+                n = tl.minimum(k_b, tl.min(tl.where((t < k_b) & ~(gather & (x_first == arg_t)), t, K + 1), axis=0))
+                arg_n = _at(t, n, arg_t)
+                _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_n,
+                           BLOCK_K)
+                if LOGPROBS:
+                    lp_next = _logprob(_score_at(t_row + n * stride_tt, stride_tv, arg_n, FROM_PROBS),
+                                       _at(t, n, m_t), _at(t, n, z_t), scale, log_v, FROM_PROBS)
+                    _write_logprobs(lp_ptr, stride_lb, stride_lt, b, K, n, lp_t, lp_next, BLOCK_K)
+        else:
+            lo = (split * tiles * BLOCK_V).to(tl.int32)  # ids within a row fit 32 bits: fewer registers per element
+            hi = tl.minimum(lo + tiles * BLOCK_V, V)
+            _block_row(t, x_first, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather, lp_t, t_row,
+                       stride_tt, stride_tv, d_row, stride_dt, stride_dv, noise_ptr + b * stride_eb, stride_ev,
+                       uniform_ptr, stride_ub, stride_ut, ws_ptr + b * (K + 1) * WS_SLOT, out_ptr, stride_ob, stride_ot,
+                       tokens_ptr, stride_xb, stride_xt, nacc_ptr, lp_ptr, stride_lb, stride_lt, b, K, V, Vd, S2, lo,
+                       hi, k_b, scale, seed_b, row_key, log_v, EPS, BLOCK_V, BLOCK_K, FROM_PROBS, HAS_DRAFT,
+                       GIVEN_RANDOM, WARP, LOGPROBS)
     else:
-        # 2. The race over this program's split of row n.
-        lo = (split * tiles * BLOCK_V).to(tl.int32)  # ids within a row fit 32 bits: fewer registers per element
-        hi = tl.minimum(lo + tiles * BLOCK_V, V)
-        p_row = t_row + n * stride_tt
-        q_row = d_row + n * stride_dt
-        noise_row = noise_ptr + b * stride_eb
-        key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n,
-                               one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, RACE_RESIDUAL,
-                               BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+        n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, lp_t = _accept_prefix(
+            t_row, stride_tt, stride_tv, d_row, stride_dt, stride_dv, tokens_ptr, stride_xb, stride_xt,
+            uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd,
+            S1, k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first, log_v, BLOCK_K, BLOCK_S,
+            FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP, MANY_K, LOGPROBS)
+        if greedy:
+            if split == 0:
+                _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
+                           BLOCK_K)
+                if LOGPROBS:
+                    lp_next = _logprob(_score_at(t_row + n * stride_tt, stride_tv, arg_p, FROM_PROBS), m_p, z_p,
+                                       scale, log_v, FROM_PROBS)
+                    _write_logprobs(lp_ptr, stride_lb, stride_lt, b, K, n, lp_t, lp_next, BLOCK_K)
+        else:
+            # 2. The race over this program's split of row n.
+            lo = (split * tiles * BLOCK_V).to(tl.int32)  # ids within a row fit 32 bits: fewer registers per element
+            hi = tl.minimum(lo + tiles * BLOCK_V, V)
+            p_row = t_row + n * stride_tt
+            q_row = d_row + n * stride_dt
+            noise_row = noise_ptr + b * stride_eb
+            key, idx, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n,
+                                   one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, 1.0,
+                                   RACE_RESIDUAL, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
 
-        # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
-        _fold_and_write(ws_ptr, out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, key, idx,
-                        mass, p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, b, K, V, Vd, S2, n, k_b, x_n,
-                        one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, EPS, BLOCK_V, BLOCK_K,
-                        FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            # 3. Fold into the row's workspace; the last program of the row reads it back, resets it and writes.
+            _fold_and_write(ws_ptr, out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, key,
+                            idx, mass, p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, b, K, V, Vd, S2, n,
+                            k_b, x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, lp_ptr,
+                            stride_lb, stride_lt, lp_t, log_v, EPS, BLOCK_V, BLOCK_K, FROM_PROBS, HAS_DRAFT,
+                            GIVEN_RANDOM, WARP, LOGPROBS)
 
 
 def _seed_arg(seed: int) -> int:
@@ -456,7 +691,8 @@ def _seed_arg(seed: int) -> int:
 
 
 def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
-                noise=None, block_v=None, num_splits=None, tokens=None, cuts=None, pdl=None):
+                noise=None, block_v=None, num_splits=None, tokens=None, cuts=None, pdl=None, block=False,
+                logprobs=False):
     """Launch 2: acceptance, first rejection and the correction or bonus token of every row.
 
     Parameters
@@ -487,6 +723,11 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     pdl : bool or None
         Launch as a programmatic dependent launch of the launch before (from logits only); None: as
         ``launching.PDL`` and the device decide.
+    block : bool
+        Block verification (see the module docstring) instead of token verification.
+    logprobs : bool
+        Also return the emitted tokens' log-probabilities; from logits, `stats` must come from
+        :func:`~.stats_kernel.row_stats` with ``logprobs=True`` (greedy rows' sums).
 
     Returns
     -------
@@ -494,6 +735,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
         [B, K+1] int64, -1 padded.
     num_accepted : torch.Tensor
         [B] int64.
+    logprobs : torch.Tensor
+        Only with `logprobs`: [B, K+1] float32, ln p of each emitted token at its position, 0 at padding.
     """
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
@@ -505,11 +748,16 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     if tokens is None:
         tokens = torch.full((batch, k_plus_1), -1, dtype=torch.int64, device=device)  # a row never written reads -1
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
+    # Every row's output is written by one of its programs: no fill for the log-probabilities.
+    lp = torch.empty(batch, k_plus_1, dtype=torch.float32, device=device) if logprobs else None
     given = uniforms is not None
     if given and (uniforms.shape != (batch, k) or noise is None or noise.shape != (batch, vocab)):
         raise ValueError(f"uniforms must be [B, K] = {(batch, k)} and noise [B, V] = {(batch, vocab)}")
     if not batch:
-        return tokens, num_accepted
+        return (tokens, num_accepted, lp) if logprobs else (tokens, num_accepted)
+    # Block verification and log-probabilities hold every position at once (no loop over K): BLOCK_K >= K + 1.
+    block_k = max(BLOCK_K, triton.next_power_of_2(k_plus_1)) if block or logprobs else BLOCK_K
+    lp_arg = lp if lp is not None else num_accepted  # (absent: a dummy pointer, never written)
     d = draft if draft is not None else target  # (absent tensors: a dummy pointer, never read)
     u = uniforms if given else target
     e = noise if given else target
@@ -520,13 +768,13 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     args = (target, *target.stride(), d, *d.stride(), draft_tokens, *draft_tokens.stride(),
             num_draft_tokens if num_draft_tokens is not None else target, temperature if row_temp else target,
             seed if row_seed else target, u, *u.stride()[:2], e, *e.stride()[:2], stats_t, *stats_t.stride()[:2],
-            c, c.stride(0), launching.workspace(device, batch), tokens, k_plus_1, 1, num_accepted,
-            batch, k, vocab, d.shape[2], tiles, s1, s2, 0.0 if row_temp else float(temperature),
-            0 if row_seed else _seed_arg(seed))
+            c, c.stride(0), launching.workspace(device, batch * k_plus_1 if block else batch), tokens, k_plus_1, 1,
+            num_accepted, lp_arg, k_plus_1, 1, batch, k, vocab, d.shape[2], tiles, s1, s2,
+            0.0 if row_temp else float(temperature), 0 if row_seed else _seed_arg(seed))
     pdl = stats is not None and launching.use_pdl(device, pdl)  # (from probabilities no launch before to overlap)
-    constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=BLOCK_K, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
+    constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=block_k, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
                       HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
                       ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None, PDL=pdl,
-                      MANY_K=k_plus_1 > BLOCK_K)
+                      MANY_K=k_plus_1 > block_k, BLOCK=bool(block), LOGPROBS=bool(logprobs))
     launching.launch(_verify_kernel, (batch, s2), args, constexprs, num_warps, device, launch_pdl=pdl)
-    return tokens, num_accepted
+    return (tokens, num_accepted, lp) if logprobs else (tokens, num_accepted)
