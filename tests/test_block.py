@@ -290,7 +290,7 @@ def test_empty_batch_with_logprobs():
     assert [tuple(t.shape) for t in res] == [(0, 3), (0,), (0, 3)]
 
 
-@pytest.mark.parametrize("case", ["sampled", "one-hot", "warped", "mixed-temperature", "hostile"])
+@pytest.mark.parametrize("case", ["sampled", "one-hot", "warped", "mixed-temperature", "hostile", "small-draft-vocab"])
 def test_per_row_and_batched_paths_agree(case):
     """The CPU's per-row path (masses only where they can decide) and the batched path (every mass) give the same
     tokens on the same random numbers."""
@@ -312,6 +312,9 @@ def test_per_row_and_batched_paths_agree(case):
         args["draft_logits"][1, 0, drafts[1, 0]] = float("-inf")
         args["target_logits"][2, 2] = float("-inf")
         args["target_logits"][3, 0, 7] = float("inf")
+    if case == "small-draft-vocab":  # Vd = 200 < V: drafted ids past it have q = 0 (one-hot there)
+        args["draft_logits"] = args["draft_logits"][:, :, :200].contiguous()
+        args["draft_tokens"][::3, 1] = 250
     warp = _warp(20, 0.9, None, temperature, batch, torch.device("cpu")) if case == "warped" else None
     out = [torch_backend.verify_torch(args["target_logits"], args["draft_tokens"], args["draft_logits"],
                                       args["num_draft_tokens"], temperature, 0, uniforms=args["_uniforms"],
