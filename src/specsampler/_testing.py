@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from ._api import Hooks, VerifyResult, _sample, _verify, _verify_probs
+from ._tree import TreeResult, _verify_tree
 
 
 def _hooks(uniforms, noise, block_v, num_splits) -> Hooks:
@@ -32,6 +33,13 @@ def verify_probs_with_hooks(target_probs, draft_tokens, draft_probs=None, *, _un
     """:func:`specsampler.verify_probs` (same `options`) with the test hooks."""
     return _verify_probs(target_probs, draft_tokens, draft_probs,
                          hooks=_hooks(_uniforms, _noise, _block_v, _num_splits), **options)
+
+
+def verify_tree_with_hooks(target_logits, tree_tokens, tree_parents, draft_logits=None, *, _uniforms=None,
+                           _noise=None, **options) -> TreeResult:
+    """:func:`specsampler.verify_tree` (same `options`) with the hooks ``_uniforms`` [B, N] and ``_noise`` [B, V]."""
+    return _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits,
+                        hooks=_hooks(_uniforms, _noise, None, None), **options)
 
 
 def sample_with_hooks(logits, *, _noise=None, _block_v=None, _num_splits=None, **options):

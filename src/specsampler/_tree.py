@@ -1,0 +1,163 @@
+"""`specsampler.verify_tree`: validation and dispatch for token-tree verification (the rule: ``torch_tree``)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import torch
+
+from . import _checks
+from ._api import (
+    _SCORE_DTYPES,
+    _TOKEN_DTYPES,
+    NO_HOOKS,
+    Hooks,
+    _check_device,
+    _check_hooks,
+    _check_scores,
+    _integer_rows,
+    _row_tensor,
+    _seed,
+    _warp,
+)
+from .torch_backend import GREEDY_BELOW
+from .torch_tree import verify_tree_torch
+
+
+class TreeResult(NamedTuple):
+    """Output of :func:`verify_tree`.
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        [B, D+1] int64: the accepted path's tokens, then the next token, then -1 (D the deepest path).
+    num_accepted : torch.Tensor
+        [B] int64: the accepted path's length.
+    path : torch.Tensor
+        [B, D] int64: the accepted nodes' indices in order, -1 padded (for the caller's cache bookkeeping).
+    """
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+    path: torch.Tensor
+
+
+def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, num_nodes=None, temperature=1.0,
+                top_k=None, top_p=None, min_p=None, seed=None, generator=None, backend="auto",
+                max_depth=None) -> TreeResult:
+    """Verify a tree of drafted candidates per row: the deepest accepted path, then one more token.
+
+    At the current node (the root first) with residual r (the target's warped p there), each child x in node order is
+    accepted with probability min(1, r(x) / q(x)), q the distribution the children were drawn from (the point mass at
+    x with ``draft_logits=None``); a rejection sets r to norm(max(r - q, 0)). An accepted child becomes the current
+    node with r its p; when every child is rejected (or there is none), the next token is drawn from r. The emitted
+    tokens follow p exactly when each node's children are i.i.d. draws from its q (SpecInfer's multi-step
+    speculative sampling) or point masses (any deterministic choice, such as the draft's top tokens). A chain is
+    token verification; greedy rows (T = 0) follow the child equal to argmax p.
+
+    Parameters
+    ----------
+    target_logits : torch.Tensor
+        [B, N+1, V] float32, bfloat16 or float16: row 0 the target's scores at the root (after the last committed
+        token), row i + 1 its scores after node i's path.
+    tree_tokens : torch.Tensor
+        [B, N] int32 or int64: each node's token.
+    tree_parents : torch.Tensor
+        [B, N] int32 or int64: each node's parent in [-1, i) (-1: a child of the root), so nodes are in topological
+        order; siblings are tried in node order. Checked on CPU tensors; on CUDA a node with another parent is never
+        reached.
+    draft_logits : torch.Tensor, optional
+        [B, N+1, Vd] (Vd <= V): row 0 the scores the root's children were drawn from, row i + 1 node i's children's.
+        None: point-mass candidates.
+    num_nodes : torch.Tensor or sequence of int, optional
+        [B] in [0, N]: the nodes each row really has. None: N.
+    temperature, top_k, top_p, min_p, seed, generator
+        As in :func:`specsampler.verify`.
+    backend : {"auto", "torch"}
+        The torch backend on every device (the Triton kernel is not written yet).
+    max_depth : int, optional
+        The output width D: nodes deeper than it are never reached. None: the deepest path of the trees (one host
+        synchronisation on CUDA; pass it under CUDA-graph capture).
+
+    Returns
+    -------
+    TreeResult
+        ``tokens`` [B, D+1], ``num_accepted`` [B] and ``path`` [B, D], int64.
+    """
+    return _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes=num_nodes,
+                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                        generator=generator, backend=backend, max_depth=max_depth)
+
+
+def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, num_nodes=None, temperature=1.0,
+                 top_k=None, top_p=None, min_p=None, seed=None, generator=None, backend="auto", max_depth=None,
+                 hooks: Hooks = NO_HOOKS) -> TreeResult:
+    """:func:`verify_tree`, with the `hooks` only ``specsampler._testing`` sets ([B, N] uniforms, [B, V] noise)."""
+    _check_scores("target_logits", target_logits, None, None)
+    batch, n_plus_1, vocab = target_logits.shape
+    device = target_logits.device
+    n = n_plus_1 - 1
+    _check_nodes("tree_tokens", tree_tokens, batch, n, device)
+    _check_nodes("tree_parents", tree_parents, batch, n, device)
+    if device.type == "cpu" and n > 0:
+        bad = (tree_parents < -1) | (tree_parents >= torch.arange(n))
+        if bool(bad.any()):
+            raise ValueError(f"tree_parents must hold, at node i, a parent in [-1, i) (topological order); got "
+                             f"{tree_parents.tolist()}")
+    if draft_logits is not None:
+        _check_scores("draft_logits", draft_logits, batch, n_plus_1)
+        _check_device("draft_logits", draft_logits, device)
+        if draft_logits.shape[2] > vocab:
+            raise ValueError(f"draft_logits has a larger vocabulary ({draft_logits.shape[2]}) than target_logits "
+                             f"({vocab})")
+    num_nodes = _num_nodes(num_nodes, batch, n, device)
+    temperature = _temperature(temperature, batch, device)
+    if max_depth is not None and (not isinstance(max_depth, numbers.Integral) or isinstance(max_depth, bool)
+                                  or max_depth < 0):
+        raise ValueError(f"max_depth must be None or an integer >= 0, got {max_depth!r}")
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto' or 'torch' for verify_tree (no Triton kernel yet), got {backend!r}")
+    seed = _seed(seed, generator, batch, device)
+    if hooks is not NO_HOOKS:
+        _check_hooks(hooks, batch, n, vocab, device)
+    warp = _warp(top_k, top_p, min_p, temperature, batch, device)
+    if batch == 0:
+        width = 0 if max_depth is None else int(max_depth)
+        empty = torch.empty(0, width + 1, dtype=torch.int64, device=device)
+        return TreeResult(empty, torch.empty(0, dtype=torch.int64, device=device), empty[:, :width])
+    return TreeResult(*verify_tree_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
+                                         temperature, seed, hooks.uniforms, hooks.noise, warp,
+                                         None if max_depth is None else int(max_depth)))
+
+
+def _check_nodes(name: str, x, batch: int, n: int, device: torch.device) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _TOKEN_DTYPES:
+        raise TypeError(f"{name} must be int32 or int64, got {x.dtype}")
+    if tuple(x.shape) != (batch, n):
+        raise ValueError(f"{name} must have shape [B, N] = [{batch}, {n}] (target_logits is [B, N+1, V]), got "
+                         f"{tuple(x.shape)}")
+    _check_device(name, x, device)
+
+
+def _num_nodes(value, batch: int, n: int, device: torch.device):
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        value = _integer_rows("num_nodes", value, device)
+    value = _row_tensor("num_nodes", value, batch, device, _TOKEN_DTYPES).to(torch.int64)
+    if device.type == "cpu" and bool(((value < 0) | (value > n)).any()):
+        raise ValueError(f"num_nodes must lie in [0, N] = [0, {n}], got {value.tolist()}")
+    return value
+
+
+def _temperature(value, batch: int, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        value = _row_tensor("temperature", value, batch, device, _SCORE_DTYPES).float()
+        if device.type == "cpu" and not bool(((value >= 0) & (value < float("inf"))).all()):
+            raise ValueError(f"temperature must be finite and >= 0, got {value.tolist()}")
+        return value
+    value = _checks.temperature(value)
+    return 0.0 if value < GREEDY_BELOW else value
