@@ -536,7 +536,8 @@ def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gath
     else:
         # One pass over this program's split of each candidate row i: its residual max(0, w_i p_i - q_i)'s mass
         # (r_i, for h_i) and its race (the next token, should tau be i), the same noise for every row.
-        for i in range(s, k_b):
+        for pos in range(s, k_b):
+            i = k_b * 0 + pos  # (a tensor: the interpreter's loop variable is an int)
             if _at(t, i, cand.to(tl.int32)) != 0:
                 key, idx, mass = _race(t_row + i * stride_tt, stride_tv, d_row + i * stride_dt, stride_dv, noise_row,
                                        stride_ev, lo, hi, Vd, i, k_b, _at(t, i, x), _at(t, i, one_hot_t.to(tl.int64)),
