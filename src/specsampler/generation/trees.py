@@ -1,0 +1,355 @@
+"""Token trees for speculative generation: drafting them, feeding them, keeping the verified path.
+
+A step with a tree instead of a chain of drafts (``draft_tree=(3, 2, 1, 1)``: 3 children at the root, 2 under each
+of those, then 1 and 1: 3 + 6 + 6 + 6 = 21 nodes, depth 4), for B rows at once:
+
+1. the drafter proposes a tree per row: ``tree_tokens`` [B, N] and ``tree_parents`` [B, N] (parent in [-1, i): the
+   nodes in breadth-first, hence topological, order), with the draft scores the children were drawn from when they
+   are i.i.d. samples (:func:`expand_tree`, a draft model), or point masses (the draft's top tokens; n-gram matches
+   merged into a trie, :func:`lookup_candidates`);
+2. the target scores [last, node_0..node_{N-1}] in ONE forward (:meth:`.kv_cache.CachedModel.forward_tree` with
+   :func:`tree_inputs`): row 0 is the root's scores, row i + 1 the scores after node i's path, as
+   :func:`specsampler.verify_tree` takes them;
+3. :func:`specsampler.verify_tree` returns the accepted path (node indices) and one more token;
+4. both caches keep the accepted path's slots only (:func:`path_keep` -> :meth:`.kv_cache.CachedModel.keep_path`);
+   the draft, which never fed the deepest level (as the chain drafter never feeds its last draft), is handed the
+   accepted leaf to feed in front of its next forward (:func:`accept_tree`).
+
+The draft model grows its tree level by level: ONE forward per depth over the whole frontier, each frontier node
+seeing its own ancestors only (the levels before stay open in its cache, :mod:`.kv_cache`). Its open slots are
+[last, node_0..node_{F-1}] (F: the nodes above the deepest level), so the target's and the draft's slots are indexed
+alike, and :func:`path_keep` serves both. Sampling follows the chain drafter (:class:`.drafters.DraftModel`): ids the
+draft cannot embed are fed as its last id, its scores are cut to the target's V (a smaller draft vocabulary gives
+the rest q = 0), draws come from :func:`specsampler.sample` with a seed from the caller's ``random.Random``, and the
+raw (processed, unwarped) scores are returned for verification to warp again.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from .._api import sample
+from .kv_cache import CachedModel
+
+__all__ = ["DraftTree", "LookupTree", "accept_tree", "expand_tree", "lookup_candidates", "path_keep", "tree_inputs",
+           "tree_size"]
+
+
+class DraftTree(NamedTuple):
+    """A drafted token tree per row (:func:`expand_tree`).
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        [B, N] int64 node tokens, breadth-first.
+    parents : torch.Tensor
+        [B, N] int64 node parents in [-1, i) (-1: a child of the root, the last committed token).
+    scores : torch.Tensor or None
+        [B, N + 1, V'] float32 (V' = min(Vd, V), or V with processors): row 0 the scores the root's children were
+        drawn from, row i + 1 node i's children's (zeros for the leaves, which have none); None for point-mass
+        (top-token) candidates. ``verify_tree``'s ``draft_logits``.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    scores: torch.Tensor | None
+
+
+class LookupTree(NamedTuple):
+    """Prompt-lookup candidates merged into a trie per row (:func:`lookup_candidates`).
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        [B, N] int64 node tokens (N the largest trie; `fill` past a row's nodes).
+    parents : torch.Tensor
+        [B, N] int64 node parents in [-1, i) (-1 past a row's nodes).
+    num_nodes : torch.Tensor
+        [B] int64 each row's nodes: ``verify_tree``'s ``num_nodes``; the target feeds the rest as holes.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    num_nodes: torch.Tensor
+
+
+def tree_size(branching: Sequence[int]) -> tuple[int, int]:
+    """(N, F): the nodes of a tree with `branching` children per node at each depth, and those above its deepest
+    level (the draft feeds them; F = N - the leaves)."""
+    widths = [math.prod(branching[:d + 1]) for d in range(len(branching))]
+    return sum(widths), sum(widths[:-1])
+
+
+def tree_inputs(last: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor,
+                num_nodes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What the target feeds to score a tree in one forward: [last, node_0..node_{N-1}].
+
+    Parameters
+    ----------
+    last : torch.Tensor
+        [B] int64 each row's last committed token (in no cache yet).
+    tree_tokens, tree_parents : torch.Tensor
+        [B, N] int64, parents in [-1, i).
+    num_nodes : torch.Tensor, optional
+        [B] the nodes each row really has; the rest are fed as holes. None: all N.
+
+    Returns
+    -------
+    tokens, parents : torch.Tensor
+        [B, N + 1] int64 for :meth:`.kv_cache.CachedModel.forward_tree`: parents -1 for last, a_i + 1 for node i.
+    valid : torch.Tensor or None
+        [B, N + 1] bool (None without `num_nodes`).
+    """
+    tokens = torch.cat([last[:, None].to(tree_tokens.device), tree_tokens.long()], dim=1)
+    parents = torch.cat([torch.full_like(tree_parents[:, :1], -1), tree_parents + 1], dim=1).long()
+    if num_nodes is None:
+        return tokens, parents, None
+    n = tree_tokens.shape[1]
+    valid = torch.arange(n + 1, device=tokens.device)[None, :] <= num_nodes.to(tokens.device)[:, None]
+    return tokens, parents, valid
+
+
+def path_keep(path: torch.Tensor, width: int) -> torch.Tensor:
+    """The fed slots [last, node_0..] to keep after verification: last and the accepted path's nodes.
+
+    Parameters
+    ----------
+    path : torch.Tensor
+        [B, D] int64 accepted node indices, -1 padded (``verify_tree(...).path``).
+    width : int
+        The open slots: N + 1 for the target; F + 1 for the draft (:func:`tree_size`), whose deepest level was never
+        fed (nodes past it are left out).
+
+    Returns
+    -------
+    torch.Tensor
+        [B, width] bool for :meth:`.kv_cache.CachedModel.keep_path`.
+    """
+    keep = torch.zeros(path.shape[0], width + 1, dtype=torch.bool, device=path.device)
+    slot = torch.where((path >= 0) & (path + 1 < width), path + 1, width)  # width: a spare column, dropped
+    keep.scatter_(1, slot, True)
+    keep[:, 0] = True
+    return keep[:, :width]
+
+
+def accept_tree(draft: CachedModel, path: torch.Tensor, tree_tokens: torch.Tensor, fed: int) -> torch.Tensor:
+    """After verification, trim the draft's cache to the accepted path, and defer the accepted leaf it never fed.
+
+    Parameters
+    ----------
+    draft : CachedModel
+        The draft, with the tree of :func:`expand_tree` open ([last, node_0..node_{F-1}]).
+    path : torch.Tensor
+        [B, D] int64 accepted node indices, -1 padded.
+    tree_tokens : torch.Tensor
+        [B, N] int64.
+    fed : int
+        F, the nodes the draft fed (:func:`tree_size`).
+
+    Returns
+    -------
+    torch.Tensor
+        [B] int64: the accepted path's last node where the draft never fed it, else -1. It is deferred (a hole for
+        the other rows) and fed in front of the draft's next forward, as the chain drafter feeds d_K.
+    """
+    draft.keep_path(path_keep(path.to(draft.device), fed + 1))
+    n = (path >= 0).sum(dim=1)
+    end = path.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]
+    leaf = (n > 0) & (end >= fed)
+    behind = torch.where(leaf, tree_tokens.gather(1, end.clamp_min(0)[:, None])[:, 0], -1)
+    if bool(leaf.any()):
+        max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
+        draft.defer(behind.clamp(0, max_id)[:, None].to(draft.device), leaf[:, None].to(draft.device))
+    return behind
+
+
+def _check_branching(branching) -> tuple[int, ...]:
+    branching = tuple(branching)
+    if not branching or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in branching):
+        raise ValueError(f"branching must be a non-empty sequence of integers >= 1, got {branching!r}")
+    return branching
+
+
+def _node_scores(logits: torch.Tensor, paths: torch.Tensor, vocab: int, processors) -> torch.Tensor:
+    """A draft forward's [B, M, Vd] logits -> float32 scores to draw children from: ids past the target's V dropped;
+    with `processors` (a :class:`.processors.PrefixProcessors`, or any callable of its signature), each frontier node
+    processed with its own path ([B, M, d] `paths`) over the target's V ids, ids past Vd at -inf."""
+    scores = logits[..., :vocab].float()
+    if processors is None:
+        return scores
+    if scores.shape[-1] < vocab:
+        scores = torch.nn.functional.pad(scores, (0, vocab - scores.shape[-1]), value=-math.inf)
+    depth = paths.shape[2]
+    for m in range(scores.shape[1]):
+        before = paths[:, m] if depth else None
+        scores[:, m] = processors(scores[:, m][:, None], before, depth)[:, 0]
+    return scores
+
+
+def _per_draw(sampling: dict, batch: int, reps: int) -> dict:
+    """The sampling options for [B * reps] flattened draws (per-row [B] tensors repeated)."""
+    return {k: v.repeat_interleave(reps) if isinstance(v, torch.Tensor) and v.dim() == 1 and v.shape[0] == batch
+            else v for k, v in sampling.items()}
+
+
+def _children(scores: torch.Tensor, c: int, candidates: str, sampling: dict | None,
+              rng: random.Random | None) -> torch.Tensor:
+    """[B, M, V'] scores -> [B, M, c] children per frontier node: the top c tokens (the argmax, lowest id on ties,
+    for c = 1), or c i.i.d. draws of :func:`specsampler.sample` (one call, one seed from `rng`)."""
+    batch, m, vocab = scores.shape
+    if candidates == "top":
+        return scores.argmax(dim=-1, keepdim=True) if c == 1 else scores.topk(c, dim=-1).indices
+    flat = scores.repeat_interleave(c, dim=1).reshape(batch * m * c, vocab)
+    draws = sample(flat, seed=rng.getrandbits(62), **_per_draw(sampling, batch, m * c))
+    return draws.view(batch, m, c)
+
+
+def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int], *, vocab: int | None = None,
+                sampling: dict | None = None, candidates: str = "top", rng: random.Random | None = None,
+                processors=None) -> DraftTree:
+    """Draft a token tree per row with a draft model: one forward per depth over the whole frontier.
+
+    Parameters
+    ----------
+    draft : CachedModel
+        The draft and its cache (no tree open); a deferred prefill or leaf (:func:`accept_tree`) goes in front of
+        its first forward. The tree's open slots [last, node_0..node_{F-1}] stay open: close them with
+        :func:`accept_tree` after verification.
+    last : torch.Tensor
+        [B] int64 each row's last committed token.
+    branching : sequence of int
+        Children per node at each depth, root first: ``(3, 2, 1, 1)``.
+    vocab : int, optional
+        The target's vocabulary size V (draft scores past it dropped). None: the draft's.
+    sampling : dict, optional
+        :func:`specsampler.sample`'s options (temperature, top_k, top_p, min_p; numbers or [B] tensors) for
+        ``candidates="iid"``.
+    candidates : {"top", "iid"}
+        "top": each node's children are the draft's top tokens there (distinct; point masses for verification);
+        "iid": i.i.d. draws from the draft's warped distribution there (needs `sampling` and `rng`).
+    rng : random.Random, optional
+        Draws one seed per depth ("iid").
+    processors : PrefixProcessors, optional
+        Applied to each frontier node's scores with its path as the drafts before it (as the chain drafter applies
+        them), before children are chosen; the processed scores are what verify sees.
+
+    Returns
+    -------
+    DraftTree
+        N = sum over depths of the product of `branching` so far; ``scores`` only for "iid".
+    """
+    branching = _check_branching(branching)
+    if candidates not in ("top", "iid"):
+        raise ValueError(f"candidates must be 'top' or 'iid', got {candidates!r}")
+    if candidates == "iid" and (sampling is None or rng is None):
+        raise ValueError("candidates='iid' draws samples: pass sampling= (sample's options) and rng=")
+    max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
+    vocab = max_id + 1 if vocab is None else vocab
+    batch, dev = last.shape[0], draft.device
+    feed, feed_parents = last.to(dev)[:, None], torch.full((batch, 1), -1, dtype=torch.long, device=dev)
+    frontier = feed_parents  # the frontier's node indices (-1: the root)
+    paths = torch.empty(batch, 1, 0, dtype=torch.long, device=dev)
+    tokens, parents, rows, n = [], [], [], 0
+    for c in branching:
+        logits = draft.forward_tree(feed.clamp(max=max_id), feed_parents)
+        scores = _node_scores(logits, paths, vocab, processors)
+        rows.append(scores)
+        kids = _children(scores, c, candidates, sampling, rng).reshape(batch, -1)
+        kid_parents = frontier.repeat_interleave(c, dim=1)
+        tokens.append(kids)
+        parents.append(kid_parents)
+        paths = torch.cat([paths.repeat_interleave(c, dim=1), kids[..., None]], dim=2)
+        frontier = n + torch.arange(kids.shape[1], device=dev).expand(batch, -1)
+        n += kids.shape[1]
+        feed, feed_parents = kids, kid_parents + 1  # open slot of node i: i + 1 (slot 0: last)
+    return DraftTree(torch.cat(tokens, dim=1), torch.cat(parents, dim=1), _scores_rows(rows, n, candidates))
+
+
+def _scores_rows(rows: list[torch.Tensor], n: int, candidates: str) -> torch.Tensor | None:
+    """The [B, N + 1, V'] draft rows: the fed slots' scores [last, node_0..node_{F-1}], zeros for the leaves."""
+    if candidates != "iid":
+        return None
+    fed = torch.cat(rows, dim=1)
+    leaves = fed.new_zeros(fed.shape[0], n + 1 - fed.shape[1], fed.shape[2])
+    return torch.cat([fed, leaves], dim=1)
+
+
+def _continuations(seq: list[int], m: int, max_ngram: int, min_ngram: int, k: int, start: int) -> list[list[int]]:
+    """Up to `m` distinct continuations (each not a prefix of one found before) of the row's tail n-gram, longest
+    n first and latest occurrence first (:class:`.drafters.PromptLookupDrafter`'s order), each up to `k` tokens."""
+    found: list[list[int]] = []
+    for n in range(min(max_ngram, len(seq) - 1), min_ngram - 1, -1):
+        tail = seq[-n:]
+        for i in range(len(seq) - n - 1, start - 1, -1):
+            if seq[i:i + n] != tail:
+                continue
+            cont = seq[i + n:i + n + k]
+            if not any(f[:len(cont)] == cont for f in found):
+                found.append(cont)
+                if len(found) == m:
+                    return found
+    return found
+
+
+def _trie(conts: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Merge token lists into a trie: (tokens, parents), nodes in insertion order (topological), shared prefixes
+    one node; siblings in the order their lists came."""
+    index: dict[tuple[int, int], int] = {}
+    tokens: list[int] = []
+    parents: list[int] = []
+    for cont in conts:
+        parent = -1
+        for tok in cont:
+            if (parent, tok) not in index:
+                index[parent, tok] = len(tokens)
+                tokens.append(tok)
+                parents.append(parent)
+            parent = index[parent, tok]
+    return tokens, parents
+
+
+def lookup_candidates(seqs: Sequence[Sequence[int]], num_candidates: int, max_ngram: int = 3, num_tokens: int = 4,
+                      min_ngram: int = 1, max_lookback: int | None = None, fill: int = 0,
+                      device: torch.device | str | None = None) -> LookupTree:
+    """Prompt-lookup candidates as a tree: the continuations of up to `num_candidates` n-gram matches per row,
+    merged into a trie (one-hot candidates: verification accepts a node with probability p(x), exact as ever).
+
+    Parameters
+    ----------
+    seqs : sequence of sequence of int
+        B rows of committed tokens, no padding, each ending with its last token.
+    num_candidates : int
+        m, the most distinct continuations per row.
+    max_ngram, min_ngram : int
+        The tail n-gram sizes tried, longest first (within one size, the latest occurrence first).
+    num_tokens : int
+        The most tokens per continuation (the trie's depth).
+    max_lookback : int, optional
+        Search only the last `max_lookback` tokens of a row.
+    fill : int
+        The token past a row's nodes.
+    device : optional
+        Where the tensors go (default: the CPU).
+
+    Returns
+    -------
+    LookupTree
+    """
+    if num_candidates < 1 or num_tokens < 1 or not 1 <= min_ngram <= max_ngram:
+        raise ValueError(f"need num_candidates >= 1, num_tokens >= 1 and 1 <= min_ngram <= max_ngram, got "
+                         f"{num_candidates}, {num_tokens}, {min_ngram}, {max_ngram}")
+    tries = []
+    for seq in seqs:
+        seq = list(seq)
+        start = 0 if max_lookback is None else max(0, len(seq) - max_lookback)
+        tries.append(_trie(_continuations(seq, num_candidates, max_ngram, min_ngram, num_tokens, start)))
+    n = max((len(t) for t, _ in tries), default=0)
+    tokens = torch.tensor([t + [fill] * (n - len(t)) for t, _ in tries], dtype=torch.long).view(len(tries), n)
+    parents = torch.tensor([p + [-1] * (n - len(p)) for _, p in tries], dtype=torch.long).view(len(tries), n)
+    num = torch.tensor([len(t) for t, _ in tries], dtype=torch.long)
+    return LookupTree(tokens.to(device), parents.to(device), num.to(device))
