@@ -750,7 +750,7 @@ def test_every_generation_config_option_is_classified():
 REFUSED_VALUES = dict(
     guidance_scale=1.5, typical_p=0.9, epsilon_cutoff=1e-3, eta_cutoff=1e-3, top_h=0.5,
     num_beams=2, num_beam_groups=2, diversity_penalty=0.5, penalty_alpha=0.6, dola_layers="low", token_healing=True,
-    output_scores=True, output_logits=True, output_attentions=True, output_hidden_states=True,
+    output_attentions=True, output_hidden_states=True,
     assistant_early_exit=1, assistant_ensemble_weight=0.5, speculation_type="dflash", use_mtp=True,
     cache_implementation="quantized", constraints=["c"], force_words_ids=[[5]], watermarking_config={"bias": 2.0},
 )

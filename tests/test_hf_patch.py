@@ -336,10 +336,11 @@ def test_custom_generate_honours_the_prepared_stopping_criteria(models):
 
 
 @pytest.mark.parametrize("option", [dict(typical_p=0.9, do_sample=True), dict(num_beams=2),
-                                    dict(output_scores=True, return_dict_in_generate=True), dict(dola_layers="low"),
+                                    dict(output_attentions=True, return_dict_in_generate=True),
+                                    dict(dola_layers="low"),
                                     dict(penalty_alpha=0.6, top_k=4), dict(guidance_scale=1.5)])
 def test_refuses_what_it_cannot_apply(models, option):
-    """Options the generation config carries that specsampler does not apply (a warper after min-p, beams, scores
+    """Options the generation config carries that specsampler does not apply (a warper after min-p, beams, attentions
     in the output, DoLa, contrastive search, guidance) raise a ValueError naming them, through custom_generate and
     through the patched generate alike."""
     target, draft = models

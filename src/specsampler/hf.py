@@ -235,7 +235,11 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     Returns
     -------
     torch.Tensor or GenerateDecoderOnlyOutput
-        [B, P + N] sequences (an output object with only ``sequences`` when ``return_dict_in_generate``).
+        [B, P + N] sequences; with ``return_dict_in_generate``, transformers' ``GenerateDecoderOnlyOutput`` with
+        ``sequences`` and, when ``output_scores`` / ``output_logits`` ask for them, ``scores`` / ``logits`` (one [B, V]
+        float32 tensor per new token, as :attr:`specsampler.GenerateOutput.scores` describes; without
+        ``return_dict_in_generate`` they are not computed, as in transformers). Attentions and hidden states are
+        refused by name.
     """
     from .generation.api import run_streamed
     from .generation.processors import split_processors
@@ -264,7 +268,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     processors, warpers = split_processors(logits_processor)
     settings = resolve_settings(model, cfg, prompt_width=input_ids.shape[1], draft=draft_model,
                                 num_draft_tokens=num_draft_tokens, seed=seed, verify_method=verify_method,
-                                who="speculative_generate",
+                                returns_dict=False, who="speculative_generate",
                                 max_new_tokens=max_new, eos_token_id=_prepared_eos(cfg),
                                 pad_token_id=_prepared_pad(cfg),
                                 **(dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | warpers))
@@ -274,7 +278,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     if getattr(cfg, "return_dict_in_generate", False):
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-        return GenerateDecoderOnlyOutput(sequences=out.sequences)
+        return GenerateDecoderOnlyOutput(sequences=out.sequences, scores=out.scores, logits=out.logits)
     return out.sequences
 
 

@@ -34,6 +34,7 @@ from .._api import verify
 from .._distributed import run_seed
 from .drafters import Drafter, start_drafter
 from .kv_cache import CachedModel
+from .outputs import ScoreRecorder, make_recorder
 from .processors import PrefixProcessors
 from .schedules import make_schedule
 
@@ -93,10 +94,20 @@ class GenerateOutput:
         [B, P + N] int64: the input ids (left padding kept), then the new tokens; rows that finish early are padded
         with pad_token_id. N is the longest row's number of new tokens.
     stats : GenerationStats
+    scores : tuple of torch.Tensor or None
+        With ``output_scores=True``: N tensors [B, V] float32, as transformers' ``GenerateDecoderOnlyOutput.scores``:
+        the scores each new token was chosen from (logits processors applied, then, when sampling, transformers'
+        warpers: temperature divides, top-k / top-p / min-p set the removed ids to -inf). A row's entries past its
+        end hold 0 at pad_token_id and -inf elsewhere. None otherwise.
+    logits : tuple of torch.Tensor or None
+        With ``output_logits=True``: N tensors [B, V] float32, the target's raw scores at those positions (the same
+        fill past a row's end). None otherwise.
     """
 
     sequences: torch.Tensor
     stats: GenerationStats = field(default_factory=GenerationStats)
+    scores: tuple | None = None
+    logits: tuple | None = None
 
 
 @dataclass
@@ -138,6 +149,9 @@ class Step:
         B' lists of n_b + 1 tokens: the accepted drafts, then the token verify drew.
     last : torch.Tensor
         [B'] int64 that drawn token, on the target's device.
+    raw, processed : torch.Tensor or None
+        [B', K'+1, V] float32 the target's raw scores and the processed ones (logits processors applied), kept only
+        for a :class:`~.outputs.ScoreRecorder` (output_logits, output_scores).
     """
 
     counts: list[int]
@@ -145,6 +159,8 @@ class Step:
     n: torch.Tensor
     accepted: list[list[int]]
     last: torch.Tensor
+    raw: torch.Tensor | None = None
+    processed: torch.Tensor | None = None
 
 
 def prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[CachedModel, int]:
@@ -158,7 +174,8 @@ def prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
 
 
 def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
-          rng: random.Random, processors: PrefixProcessors | None = None, watch=None, method: str = "token") -> Step:
+          rng: random.Random, processors: PrefixProcessors | None = None, watch=None, method: str = "token",
+          recorder: ScoreRecorder | None = None) -> Step:
     """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
 
     Parameters
@@ -181,6 +198,8 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
         schedule's measurements).
     method : {"token", "block"}
         :func:`specsampler.verify`'s ``method`` (greedy rows are the same either way).
+    recorder : ScoreRecorder, optional
+        Asks for the step's raw and processed scores (:attr:`Step.raw`, :attr:`Step.processed`).
 
     Returns
     -------
@@ -197,6 +216,7 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
     logits = lm.forward(tokens, None).float()
     if watch is not None:
         watch.mark()
+    raw = None if recorder is None else recorder.raw(logits, processed_in_place=processors is not None)
     if processors is not None:
         logits = processors(logits, drafts, 0, counts)
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
@@ -214,7 +234,8 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
         watch.mark()
     accepted = [t[:n + 1] for t, n in zip(tok_host, n_host, strict=True)]
     drawn = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0]
-    step = Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device))
+    step = Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device), raw,
+                logits if recorder is not None and recorder.scores else None)
     lm.keep(step.n, step.width, max(n_host), min(n_host))
     drafter.accept(step.n, step.accepted)
     return step
@@ -308,8 +329,10 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
     """
     max_new, k = settings.max_new_tokens, settings.num_draft_tokens
     if max_new < 1:
-        return GenerateOutput(input_ids.clone(), GenerationStats())
+        return GenerateOutput(input_ids.clone(), GenerationStats(), () if settings.output_scores else None,
+                              () if settings.output_logits else None)
     batch = input_ids.shape[0]
+    recorder = make_recorder(settings, batch)
     rng = random.Random(run_seed(settings.seed, target))
     lm, vocab = prefill(target, input_ids, attention_mask)
     schedule = make_schedule(settings.schedule, k, batch, target, draft, lm.device)
@@ -327,10 +350,13 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
             prefix.start_step(rows.ids, rows.new)
         prefill_rows = lm.pending[0].numel() if lm.pending is not None else 0
         done = step(lm, drafter, rows.last, [min(m, n) for m, n in zip(limits, lengths, strict=True)],
-                    settings.sampling, rng, prefix, schedule.watch, settings.verify_method)
+                    settings.sampling, rng, prefix, schedule.watch, settings.verify_method, recorder)
         schedule.observe(done, prefill_rows)
         keep = commit_rows(rows, done, budget, settings.eos_token_ids, stats, callback, stop)
+        if recorder is not None:
+            recorder.record(rows.ids, rows.new, done.raw, done.processed)
         schedule.select(keep)
         evict(rows, keep, lm, drafter)
     stats.draft_forwards = drafter.forwards
-    return GenerateOutput(sequences(input_ids, rows.new, settings.pad_token_id), stats)
+    scores, logits = (None, None) if recorder is None else recorder.result(settings.pad_token_id, vocab, lm.device)
+    return GenerateOutput(sequences(input_ids, rows.new, settings.pad_token_id), stats, scores, logits)

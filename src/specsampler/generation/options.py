@@ -77,10 +77,13 @@ GENERATION_CONFIG_OPTIONS: dict[str, tuple[str, str]] = {
     "assistant_ensemble_weight": (REFUSED, "lossy ensemble verification: specsampler verifies exactly"),
     "speculation_type": (REFUSED, "DFlash drafting is not supported"),
     "use_mtp": (REFUSED, "multi-token-prediction drafting is not supported"),
-    # outputs: generate returns GenerateOutput (sequences and stats), whatever return_dict_in_generate says
-    "return_dict_in_generate": (IRRELEVANT, "generate always returns a GenerateOutput with .sequences"),
-    "output_scores": (REFUSED, "scores are not returned"),
-    "output_logits": (REFUSED, "logits are not returned"),
+    # outputs: specsampler.generate returns a GenerateOutput whatever return_dict_in_generate says;
+    # transformers' generate (patched, or custom_generate=speculative_generate) its GenerateDecoderOnlyOutput with it
+    "return_dict_in_generate": (HONOURED, "specsampler.generate: always a GenerateOutput; transformers' generate: "
+                                          "a GenerateDecoderOnlyOutput (sequences, scores, logits)"),
+    "output_scores": (HONOURED, "each new token's processed and warped scores, [B, V] per token (finished rows: 0 "
+                                "at the pad id, -inf elsewhere)"),
+    "output_logits": (HONOURED, "each new token's raw target scores, [B, V] per token (finished rows filled alike)"),
     "output_attentions": (REFUSED, "attentions are not returned"),
     "output_hidden_states": (REFUSED, "hidden states are not returned"),
     "return_legacy_cache": (IRRELEVANT, "no cache is returned (transformers 4.x)"),

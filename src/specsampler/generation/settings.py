@@ -55,6 +55,9 @@ _CHECKS = {
     "repetition_penalty": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
     "max_time": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
     "verify_method": _verify_method,
+    "output_scores": _checks.boolean,
+    "output_logits": _checks.boolean,
+    "return_dict_in_generate": _checks.boolean,
 }
 
 
@@ -90,6 +93,8 @@ class Settings:
         The draft model or PromptLookupDrafter of the call (None where the caller brings its own).
     verify_method : str
         "token" or "block": :func:`specsampler.verify`'s ``method`` at every step (greedy rows are the same either way).
+    output_scores, output_logits : bool
+        Whether the call keeps each new token's scores, raw logits (:class:`~.outputs.ScoreRecorder`).
     options : dict
         Every ``GenerationConfig`` option: name -> (value, source), source "argument", "generation_config",
         "target.generation_config" or "default".
@@ -109,6 +114,8 @@ class Settings:
     seed: int | None
     drafter: object = None
     verify_method: str = "token"
+    output_scores: bool = False
+    output_logits: bool = False
     options: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -291,7 +298,8 @@ def _eos_and_pad(options) -> tuple[list[int], int]:
 
 def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
                      assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
-                     verify_method=None, who: str = "specsampler.generate", **explicit) -> Settings:
+                     verify_method=None, returns_dict: bool = True, who: str = "specsampler.generate",
+                     **explicit) -> Settings:
     """Resolve and check every option of a call, as ``target.generate`` would resolve them.
 
     Parameters
@@ -310,6 +318,10 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     verify_method : {"token", "block"}, optional
         specsampler's own option (transformers has none): how each step's drafts are verified
         (:func:`specsampler.verify`'s ``method``). None: "token".
+    returns_dict : bool
+        Whether the entry point always returns an output object (:func:`specsampler.generate`'s GenerateOutput):
+        then ``output_scores`` / ``output_logits`` alone ask for scores / logits; False (``speculative_generate``):
+        only together with ``return_dict_in_generate``, as in transformers.
     who : str
         The entry point, in messages.
     **explicit
@@ -342,6 +354,7 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         opt(name)
     temperature = opt("temperature")
     eos, pad = _eos_and_pad(options)
+    outputs = bool(opt("return_dict_in_generate")) or returns_dict
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
         num_draft_tokens=_draft_length(num_draft_tokens, num_assistant_tokens, lookup_k, options),
@@ -350,4 +363,5 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq,
         seed=check_option("seed", seed), drafter=drafter,
         verify_method="token" if verify_method is None else check_option("verify_method", verify_method),
+        output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
         options=options)
