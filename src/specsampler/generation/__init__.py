@@ -11,6 +11,8 @@ Read in this order:
 - :mod:`.drafters`: the drafter protocol, the draft model, prompt lookup.
 - :mod:`.schedules`: draft lengths per step: constant, heuristic, cost (with the process's measurements).
 - :mod:`.processors`, :mod:`.stopping`: transformers' logits processors at every scored position, stopping criteria.
+- :mod:`.outputs`: ``output_scores`` / ``output_logits``, each kept token's scores and logits as transformers returns
+  them (recorded only when asked for).
 """
 
 from .api import generate

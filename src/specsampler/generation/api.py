@@ -142,7 +142,10 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     Returns
     -------
     GenerateOutput
-        ``sequences`` [B n, P + N] int64 on input_ids' device and ``stats``.
+        ``sequences`` [B n, P + N] int64 on input_ids' device and ``stats``; with ``output_scores=True`` /
+        ``output_logits=True`` (GenerationConfig options: through `**generation_kwargs` or a config) also ``scores`` /
+        ``logits``, one [B n, V] float32 tensor per new token as transformers defines them (see
+        :class:`GenerateOutput`). Always a GenerateOutput: ``return_dict_in_generate`` changes nothing here.
 
     Notes
     -----

@@ -5,7 +5,9 @@ One step, for every unfinished row b at once (gpt-fast's loop, batched):
 1. the drafter proposes K_b <= K tokens d_1..d_K (a draft model: K single-token forwards, sampling each d_i from its
    warped distribution q_i; the prompt-lookup drafter: an n-gram match, one-hot q);
 2. the target runs one forward over [last, d_1..d_K] and gives K+1 rows of scores;
-3. :func:`specsampler.verify` accepts n_b drafts and draws one more token: row b gains n_b + 1 tokens.
+3. :func:`specsampler.verify` accepts n_b drafts and draws one more token: row b gains n_b + 1 tokens (token or
+   block verification, ``verify_method``; with ``output_scores`` / ``output_logits`` a :mod:`.outputs` recorder
+   keeps the scores of the positions kept).
 
 :func:`run` prefills (:func:`prefill`; each model holds its prompt, fed in front of its first forward, as
 transformers' assisted generation does: one forward fewer per model) and loops over :func:`step` (steps 1-3, then
