@@ -320,3 +320,24 @@ def test_verify_method_reaches_verify(models, monkeypatch, entry, method):
         with specsampler.patched_transformers():
             target.generate(ids, assistant_model=draft, **kw)
     assert seen and set(seen) == {method or "token"}
+
+
+@pytest.mark.parametrize("returns_dict, given, want", [
+    (True, dict(output_scores=True), (True, False)),
+    (True, dict(output_logits=True, return_dict_in_generate=False), (False, True)),
+    (False, dict(output_scores=True, output_logits=True), (False, False)),
+    (False, dict(output_scores=True, return_dict_in_generate=True), (True, False)),
+    (True, {}, (False, False)),
+])
+def test_outputs_resolved(models, returns_dict, given, want):
+    """output_scores / output_logits ask for the outputs where the entry point always returns an output object
+    (specsampler.generate); elsewhere only with return_dict_in_generate, as in transformers."""
+    target, draft = models
+    s = resolve_settings(target, draft=draft, max_new_tokens=4, returns_dict=returns_dict, **given)
+    assert (s.output_scores, s.output_logits) == want
+
+
+def test_output_option_types_refused_by_name(models):
+    target, draft = models
+    with pytest.raises(ValueError, match="output_scores"):
+        resolve_settings(target, draft=draft, max_new_tokens=4, output_scores="yes")
