@@ -74,8 +74,9 @@ def check_tree_attention(model) -> None:
     """Refuse, naming it, a model that cannot take a 4D attention mask (once per model; a probe of two tokens).
 
     The attention implementation must be one of :data:`TREE_ATTENTION` (flash-attention kernels take no arbitrary
-    mask, flex attention wants a ``BlockMask``); then the model runs [a, b] at position 0 both, b hidden from a by a
-    4D mask, and b's logits must be those of b alone: a model that drops or rebuilds the mask fails.
+    mask, flex attention wants a ``BlockMask``); then the model runs [a, b] at positions [0, 1] with a 4D mask that
+    hides a from b, and b's logits must be those of b alone at position 1: a model that drops or rebuilds the mask
+    fails.
 
     Raises
     ------
@@ -91,7 +92,7 @@ def check_tree_attention(model) -> None:
                                   f"attn_implementation='sdpa')")
     emb = model.get_input_embeddings().weight
     ids = torch.tensor([[0, min(1, emb.shape[0] - 1)]], device=emb.device)
-    pos = torch.zeros_like(ids)
+    pos = torch.arange(2, device=emb.device)[None]  # (not [0, 0]: transformers 5 reads that as two packed sequences)
     mask = torch.full((1, 1, 2, 2), torch.finfo(emb.dtype).min, dtype=emb.dtype, device=emb.device)
     mask[0, 0, 0, 0] = mask[0, 0, 1, 1] = 0
     with torch.no_grad():
@@ -236,12 +237,12 @@ class CachedModel:
         valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.to(self.device, torch.bool)
         if self.pending is not None and self.open is not None:
             raise RuntimeError("forward_tree: a prefill was deferred while a tree is open")
-        pend_tokens, pend_valid = self.pending if self.pending is not None else (tokens[:, :0], valid[:, :0].long())
-        self.pending = None
         s = 0 if self.open is None else self.open[0].shape[1]
         if tokens.device.type == "cpu" and bool(((parents < -1) | (parents >= s + torch.arange(t))).any()):
             raise ValueError(f"parents must hold, at fed token j, a parent in [-1, S + j) with S = {s} open slots; "
                              f"got {parents.tolist()}")
+        pend_tokens, pend_valid = self.pending if self.pending is not None else (tokens[:, :0], valid[:, :0].long())
+        self.pending = None
         tree_parents = parents if self.open is None else torch.cat([self.open[0], parents], dim=1)
         tree_valid = valid if self.open is None else torch.cat([self.open[1], valid], dim=1)
         allowed, positions = self._tree_mask(tree_parents, tree_valid, pend_valid.bool(), t)
@@ -271,7 +272,7 @@ class CachedModel:
         causal = torch.ones(p, p, dtype=torch.bool, device=self.device).tril()
         pend_sees = (causal & pend_valid[:, None, :]) | torch.eye(p, dtype=torch.bool, device=self.device)
         top = torch.cat([committed[:, None].expand(batch, p, -1), pend_sees,
-                         pend_valid.new_zeros(batch, p, t)], dim=2)
+                         pend_valid.new_zeros(batch, p, s + t)], dim=2)
         bottom = torch.cat([committed[:, None].expand(batch, t, -1), pend_valid[:, None].expand(batch, t, p),
                             tree_sees], dim=2)
         return torch.cat([top, bottom], dim=1), torch.cat([pend_pos, tree_pos], dim=1)

@@ -1,0 +1,403 @@
+"""Token trees through the KV cache with holes, tree drafting and prompt-lookup tries (generation building blocks).
+
+Tiny Llama, Qwen2 and GPT-2 models from configs, with the sdpa and the eager attention: a tree forward gives, node by
+node, the logits of feeding that node's path as a plain sequence (fresh model, no cache); after ``keep_path`` the cache
+computes what a cache of the committed tokens alone computes; the draft grows its tree one forward per depth, with its
+top tokens or i.i.d. draws whose distributions it returns; n-gram continuations merge into a trie; and a small greedy
+tree-speculation loop built from these pieces gives target.generate's tokens.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from util import perturbed, tiny_config, tiny_model  # noqa: E402
+
+import specsampler  # noqa: E402
+from specsampler.generation.kv_cache import CachedModel, check_tree_attention, tree_ancestors  # noqa: E402
+from specsampler.generation.trees import (  # noqa: E402
+    accept_tree,
+    expand_tree,
+    lookup_candidates,
+    path_keep,
+    tree_inputs,
+    tree_size,
+)
+
+transformers.logging.set_verbosity_error()
+pytestmark = pytest.mark.usefixtures("one_thread")
+V = 96
+# Logits of a tree forward against a plain forward of the same path: only the summation order differs (masked
+# slots add exact zeros after the softmax). float32: measured <= 1e-7; bfloat16: every op rounds to 8 bits.
+ATOL = {torch.float32: 1e-4, torch.bfloat16: 0.1}
+FAMILIES = [(f, a) for f in ("llama", "qwen2", "gpt2") for a in ("sdpa", "eager")]
+
+
+def _model(family: str, attn: str, dtype=torch.float32, vocab: int = V):
+    config = tiny_config(family, vocab)
+    config._attn_implementation = attn
+    return tiny_model(config, 0).to(dtype)
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f"{f}-{a}" for f, a in FAMILIES])
+def model(request):
+    return _model(*request.param)
+
+
+def _path(tokens: torch.Tensor, parents: torch.Tensor, j: int) -> list[int]:
+    """Row tokens of the fed token j's path (root first), following `parents` over the fed tokens."""
+    out = []
+    while j >= 0:
+        out.append(int(tokens[j]))
+        j = int(parents[j])
+    return out[::-1]
+
+
+def _plain(model, seq: list[int]) -> torch.Tensor:
+    """The logits after `seq`, from a plain forward of the whole sequence (no cache, no mask)."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+
+
+def _random_parents(batch: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """[B, N] random topological parents in [-1, i)."""
+    return torch.stack([torch.randint(-1, max(i, 0), (batch,), generator=g) if i else torch.full((batch,), -1)
+                        for i in range(n)], dim=1)
+
+
+def _cache_with_holes(model, steps: int, g: torch.Generator) -> tuple[CachedModel, list[list[int]], torch.Tensor]:
+    """Three left-padded rows (5, 2, 4 prompt tokens) through `steps` chain steps that accept 2, 0, 1 and 0, 1, 2
+    drafts: holes in the cache. Returns the cache, each row's committed tokens, and each row's last token."""
+    lengths, accepted = [5, 2, 4], [[2, 0, 1], [0, 1, 2]]
+    prompt = torch.zeros(3, 5, dtype=torch.long)
+    mask = torch.zeros(3, 5, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        prompt[b, 5 - n:], mask[b, 5 - n:] = torch.randint(3, V, (n,), generator=g), 1
+    lm = CachedModel(model, 3)
+    lm.defer(prompt[:, :-1], mask[:, :-1])
+    committed = [prompt[b, mask[b].bool()][:-1].tolist() for b in range(3)]
+    last = prompt[:, -1]
+    for s in range(steps):
+        fed = torch.cat([last[:, None], torch.randint(3, V, (3, 3), generator=g)], dim=1)
+        with torch.no_grad():
+            lm.forward(fed, None)
+        n = torch.tensor(accepted[s])
+        lm.keep(n, 4, int(n.max()), int(n.min()))
+        for b in range(3):
+            committed[b] += fed[b, :int(n[b]) + 1].tolist()
+        last = torch.randint(3, V, (3,), generator=g)
+    return lm, committed, last
+
+
+# ------------------------------------------------------------------------------------------ forward_tree, keep_path
+def test_tree_ancestors():
+    parents = torch.tensor([[-1, 0, 0, 1, -1, 4]])
+    anc = tree_ancestors(parents)[0]
+    assert anc[3].nonzero().flatten().tolist() == [0, 1, 3]
+    assert anc[5].nonzero().flatten().tolist() == [4, 5]
+    assert anc[2].nonzero().flatten().tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("steps", [0, 2], ids=["after-prefill", "with-holes"])
+def test_tree_forward_equals_plain_paths(model, steps):
+    g = torch.Generator().manual_seed(steps)
+    lm, committed, last = _cache_with_holes(model, steps, g)
+    nodes = 7
+    tree_tokens = torch.randint(3, V, (3, nodes), generator=g)
+    tokens, parents, _ = tree_inputs(last, tree_tokens, _random_parents(3, nodes, g))
+    with torch.no_grad():
+        logits = lm.forward_tree(tokens, parents).float()
+    assert logits.shape == (3, nodes + 1, V)
+    for b in range(3):
+        for j in range(nodes + 1):
+            ref = _plain(model, committed[b] + _path(tokens[b], parents[b], j))
+            torch.testing.assert_close(logits[b, j], ref, atol=ATOL[torch.float32], rtol=0)
+
+
+def test_tree_forward_bfloat16():
+    model = _model("llama", "sdpa", torch.bfloat16)
+    g = torch.Generator().manual_seed(5)
+    lm, committed, last = _cache_with_holes(model, 2, g)
+    tokens, parents, _ = tree_inputs(last, torch.randint(3, V, (3, 6), generator=g), _random_parents(3, 6, g))
+    with torch.no_grad():
+        logits = lm.forward_tree(tokens, parents).float()
+    for b in range(3):
+        for j in range(7):
+            ref = _plain(model, committed[b] + _path(tokens[b], parents[b], j))
+            torch.testing.assert_close(logits[b, j], ref, atol=ATOL[torch.bfloat16], rtol=0)
+
+
+def test_keep_path_then_plain_forward(model):
+    """After a tree and keep_path (paths of depth 2, 0 and 3: ragged holes), the chain API goes on as if the cache
+    had only ever seen the committed tokens and the accepted path; then a second tree on top of it."""
+    g = torch.Generator().manual_seed(3)
+    lm, committed, last = _cache_with_holes(model, 2, g)
+    tree_parents = torch.tensor([[-1, -1, 0, 0, 2, 1]] * 3)
+    tree_tokens = torch.randint(3, V, (3, 6), generator=g)
+    path = torch.tensor([[0, 2, -1], [-1, -1, -1], [0, 2, 4]])
+    with torch.no_grad():
+        lm.forward_tree(*tree_inputs(last, tree_tokens, tree_parents)[:2])
+        lm.keep_path(path_keep(path, 7))
+        assert lm.mask.shape[1] == lm.cache.get_seq_length()  # the slots no row keeps (past node 4) are cropped
+        for b in range(3):
+            committed[b] += [int(last[b])] + [int(tree_tokens[b, i]) for i in path[b].tolist() if i >= 0]
+        fed = torch.randint(3, V, (3, 3), generator=g)
+        logits = lm.forward(fed, None).float()
+        for b in range(3):
+            for j in range(3):
+                torch.testing.assert_close(logits[b, j], _plain(model, committed[b] + fed[b, :j + 1].tolist()),
+                                           atol=ATOL[torch.float32], rtol=0)
+        lm.keep(torch.tensor([2, 2, 2]), 3, 2, 2)
+        committed = [c + fed[b].tolist() for b, c in enumerate(committed)]
+        last = torch.randint(3, V, (3,), generator=g)
+        tokens, parents, _ = tree_inputs(last, tree_tokens, tree_parents)
+        logits = lm.forward_tree(tokens, parents).float()
+    for b in range(3):
+        for j in range(7):
+            torch.testing.assert_close(logits[b, j], _plain(model, committed[b] + _path(tokens[b], parents[b], j)),
+                                       atol=ATOL[torch.float32], rtol=0)
+
+
+def test_padded_nodes_are_holes():
+    """Rows with fewer nodes (num_nodes): the padding nodes are fed as holes, seen by nobody, never kept."""
+    model = _model("qwen2", "sdpa")
+    g = torch.Generator().manual_seed(4)
+    lm, committed, last = _cache_with_holes(model, 1, g)
+    tree_tokens = torch.randint(3, V, (3, 4), generator=g)
+    tree_parents = torch.tensor([[-1, 0, 1, 2]] * 3)
+    num = torch.tensor([4, 1, 2])
+    tokens, parents, valid = tree_inputs(last, tree_tokens, tree_parents, num)
+    assert valid.tolist() == [[True] * 5, [True, True, False, False, False], [True] * 3 + [False] * 2]
+    with torch.no_grad():
+        logits = lm.forward_tree(tokens, parents, valid).float()
+        for b in range(3):
+            for j in range(int(num[b]) + 1):
+                torch.testing.assert_close(logits[b, j], _plain(model, committed[b] + _path(tokens[b], parents[b], j)),
+                                           atol=ATOL[torch.float32], rtol=0)
+        lm.keep_path(torch.ones(3, 5, dtype=torch.bool))  # holes stay holes
+        assert lm.mask[:, -5:].tolist() == valid.long().tolist()
+
+
+def test_open_tree_blocks_the_chain_api():
+    model = _model("llama", "sdpa")
+    lm = CachedModel(model, 1)
+    with torch.no_grad():
+        lm.forward_tree(torch.tensor([[5, 6]]), torch.tensor([[-1, 0]]))
+        with pytest.raises(RuntimeError, match="open"):
+            lm.forward(torch.tensor([[7]]), None)
+        with pytest.raises(ValueError, match=r"\[B, S\]"):
+            lm.keep_path(torch.ones(1, 3, dtype=torch.bool))
+        with pytest.raises(ValueError, match="parent"):
+            lm.forward_tree(torch.tensor([[7]]), torch.tensor([[2]]))
+        lm.keep_path(torch.tensor([[True, False]]))
+    with pytest.raises(RuntimeError, match="no token tree"):
+        lm.keep_path(torch.ones(1, 1, dtype=torch.bool))
+    assert lm.mask.tolist() == [[1]] and lm.cache.get_seq_length() == 1
+
+
+class _Drops4DMask(torch.nn.Module):
+    """A model that ignores its attention mask (as a model that rebuilds its own causal mask would)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def test_models_without_4d_masks_are_refused_by_name():
+    inner = _model("llama", "sdpa")
+    with pytest.raises(NotImplementedError, match="_Drops4DMask.*does not apply a 4D attention mask"):
+        check_tree_attention(_Drops4DMask(inner))
+    check_tree_attention(inner)
+    flash = _model("gpt2", "sdpa")
+    flash.config._attn_implementation = "flash_attention_2"  # (the name is what is checked: no kernel runs)
+    lm = CachedModel(flash, 1)
+    with pytest.raises(NotImplementedError, match="GPT2LMHeadModel runs attention with 'flash_attention_2'"):
+        lm.forward_tree(torch.tensor([[5]]), torch.tensor([[-1]]))
+
+
+# ------------------------------------------------------------------------------------------------ path_keep
+def test_path_keep():
+    path = torch.tensor([[0, 4, 5, 6], [-1, -1, -1, -1], [2, 3, -1, -1]])
+    keep = path_keep(path, 8)
+    assert keep.tolist() == [[True, True, False, False, False, True, True, True],
+                             [True] + [False] * 7,
+                             [True, False, False, True, True, False, False, False]]
+    # the draft's open slots stop before its unfed leaves: nodes past them are left out
+    assert path_keep(path, 6)[0].tolist() == [True, True, False, False, False, True]
+
+
+# ---------------------------------------------------------------------------------------------- expand_tree
+@pytest.fixture(scope="module")
+def draft():
+    return _model("llama", "sdpa")
+
+
+def _counting(model):
+    """Count `model`'s forwards (after its 4D-mask probe, which runs once per model)."""
+    check_tree_attention(model)
+    calls = []
+    forward = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    return calls, lambda: model.__dict__.pop("forward")
+
+
+def test_expand_tree_top_tokens(draft):
+    g = torch.Generator().manual_seed(6)
+    lm, committed, last = _cache_with_holes(draft, 1, g)
+    calls, restore = _counting(draft)
+    try:
+        with torch.no_grad():
+            tree = expand_tree(lm, last, (3, 2, 1, 1))
+    finally:
+        restore()
+    assert len(calls) == 4  # one forward per depth, the leaves never fed
+    n, fed = tree_size((3, 2, 1, 1))
+    assert (n, fed) == (21, 15) and tree.scores is None
+    assert tree.tokens.shape == tree.parents.shape == (3, 21)
+    expected = [-1] * 3 + [0, 0, 1, 1, 2, 2] + list(range(3, 9)) + list(range(9, 15))
+    assert tree.parents.tolist() == [expected] * 3
+    assert lm.open[0].shape == (3, fed + 1)
+    branching = {-1: 3, **{i: c for c, nodes in ((2, range(3)), (1, range(3, 15))) for i in nodes}}
+    for b in range(3):
+        for node, c in branching.items():
+            kids = [int(tree.tokens[b, i]) for i in range(21) if int(tree.parents[b, i]) == node]
+            path = _path(torch.cat([last[b:b + 1], tree.tokens[b]]), torch.cat([torch.tensor([-1]),
+                                                                                tree.parents[b] + 1]), node + 1)
+            ref = _plain(draft, committed[b] + path)
+            assert len(set(kids)) == c
+            assert kids == ref.topk(c).indices.tolist()
+
+
+def test_expand_tree_iid_scores_are_the_sampled_distributions(draft):
+    g = torch.Generator().manual_seed(7)
+    lm, committed, last = _cache_with_holes(draft, 2, g)
+    sampling = {"temperature": torch.tensor([0.7, 1.0, 1.3]), "top_k": 5}
+    with torch.no_grad():
+        tree = expand_tree(lm, last, (2, 2, 1), sampling=sampling, candidates="iid", rng=random.Random(11))
+    n, fed = tree_size((2, 2, 1))
+    assert tree.scores.shape == (3, n + 1, V) and tree.scores.dtype == torch.float32
+    assert bool((tree.scores[:, fed + 1:] == 0).all())  # the leaves: no children, zero rows
+    tokens, parents, _ = tree_inputs(last, tree.tokens, tree.parents)
+    for b in range(3):
+        for j in range(fed + 1):
+            ref = _plain(draft, committed[b] + _path(tokens[b], parents[b], j))
+            torch.testing.assert_close(tree.scores[b, j], ref, atol=ATOL[torch.float32], rtol=0)
+    # the children are draws of specsampler.sample from exactly those rows (same seeds, same order)
+    rng = random.Random(11)
+    start = 0
+    for width, c in ((1, 2), (2, 2), (4, 1)):
+        rows = tree.scores[:, start:start + width].repeat_interleave(c, dim=1).reshape(-1, V)
+        temps = sampling["temperature"].repeat_interleave(width * c)
+        draws = specsampler.sample(rows, seed=rng.getrandbits(62), temperature=temps, top_k=5).view(3, -1)
+        level = torch.tensor([start + i for i in range(width)]) - 1  # frontier nodes of this depth (-1: root)
+        kids = torch.stack([tree.tokens[b][torch.isin(tree.parents[b], level)] for b in range(3)])
+        assert torch.equal(kids, draws)
+        assert bool(torch.isin(kids[:, :c], tree.scores[:, start].topk(5).indices).all())
+        start += width
+
+
+def test_expand_tree_vocab_and_processors(draft):
+    """A target vocabulary smaller than the draft's cuts the scores; processors see each node's own path."""
+    lm = CachedModel(draft, 2)
+    seen = []
+
+    def ban_seven(scores, before, first):
+        seen.append((first, None if before is None else before.tolist()))
+        return scores.index_fill(-1, torch.tensor([7]), float("-inf"))
+
+    last = torch.tensor([5, 9])
+    with torch.no_grad():
+        tree = expand_tree(lm, last, (2, 2), vocab=90, processors=ban_seven)
+    assert bool((tree.tokens < 90).all()) and not bool((tree.tokens == 7).any())
+    assert seen[0] == (0, None) and [f for f, _ in seen] == [0, 1, 1]
+    assert seen[1][1] == tree.tokens[:, 0:1].tolist() and seen[2][1] == tree.tokens[:, 1:2].tolist()
+    with pytest.raises(ValueError, match="branching"):
+        expand_tree(lm, last, (2, 0))
+    with pytest.raises(ValueError, match="sampling"):
+        expand_tree(lm, last, (2,), candidates="iid")
+
+
+# ------------------------------------------------------------------------------------------------ prompt lookup
+def test_lookup_candidates_trie():
+    seq = [5, 6, 1, 2, 5, 6, 1, 3, 9, 5, 6]  # tail [5, 6]: after it at 4 came [1, 3, 9, 5], at 0 [1, 2, 5, 6]
+    tree = lookup_candidates([seq], num_candidates=4, max_ngram=2, num_tokens=4)
+    assert tree.tokens.tolist() == [[1, 3, 9, 5, 2, 5, 6]]
+    assert tree.parents.tolist() == [[-1, 0, 1, 2, 0, 4, 5]]  # the shared 1 is one node
+    assert tree.num_nodes.tolist() == [7]
+    short = lookup_candidates([seq], num_candidates=1, max_ngram=2, num_tokens=2)
+    assert short.tokens.tolist() == [[1, 3]] and short.parents.tolist() == [[-1, 0]]
+
+
+def test_lookup_candidates_batch():
+    rows = [
+        [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3, 4, 1, 2, 3],  # 3-gram matches at 4 and 0, then the 2-gram one at 10
+        [4, 5, 6],  # no match
+        [7, 8, 7, 8, 7],  # [8, 7] twice (a prefix of the first: no new node), then [8, 7, 8]: one more node
+    ]
+    tree = lookup_candidates(rows, num_candidates=3, max_ngram=3, num_tokens=3, fill=0)
+    assert tree.num_nodes.tolist() == [9, 0, 3]
+    assert tree.tokens[0].tolist() == [7, 8, 5, 9, 1, 2, 4, 1, 2]
+    assert tree.parents[0].tolist() == [-1, 0, 1, -1, 3, 4, -1, 6, 7]
+    assert tree.tokens[1].tolist() == [0] * 9 and tree.parents[1].tolist() == [-1] * 9
+    assert tree.tokens[2, :3].tolist() == [8, 7, 8] and tree.parents[2, :3].tolist() == [-1, 0, 1]
+    assert lookup_candidates(rows, 2, 3, 3).tokens[0].tolist() == [7, 8, 5, 9, 1, 2]
+
+
+def test_lookup_trie_verifies_and_keeps_the_path():
+    """verify_tree on a trie (greedy target wanting 1, 2, 5, 6, then 4) -> path -> the fed slots to keep."""
+    tree = lookup_candidates([[5, 6, 1, 2, 5, 6, 1, 3, 9, 5, 6]], 4, 2, 4)
+    wanted = {(): 1, (1,): 2, (1, 2): 5, (1, 2, 5): 6, (1, 2, 5, 6): 4}
+    tokens, parents, _ = tree_inputs(torch.tensor([6]), tree.tokens, tree.parents)
+    logits = torch.zeros(1, 8, 16)
+    for j in range(8):
+        prefix = tuple(_path(tokens[0], parents[0], j)[1:])
+        logits[0, j, wanted.get(prefix, 0)] = 5.0
+    res = specsampler.verify_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes, temperature=0.0)
+    assert res.path.tolist() == [[0, 4, 5, 6]] and res.tokens.tolist() == [[1, 2, 5, 6, 4]]
+    assert path_keep(res.path, 8).tolist() == [[True, True, False, False, False, True, True, True]]
+
+
+# ------------------------------------------------------------------------------------- the pieces together
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_greedy_tree_loop_matches_target_generate(family):
+    """prefill, then steps of: expand_tree (draft), forward_tree (target), verify_tree, keep_path, accept_tree;
+    ragged prompts: every row's tokens are target.generate's."""
+    target = _model(family, "sdpa")
+    draft = perturbed(target, 0.02)
+    g = torch.Generator().manual_seed(8)
+    rows = [torch.randint(3, V, (n,), generator=g).tolist() for n in (6, 2, 4)]
+    prompt = torch.tensor([[0] * (6 - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (6 - len(r)) + [1] * len(r) for r in rows])
+    t_lm, d_lm = CachedModel(target, 3), CachedModel(draft, 3)
+    for lm in (t_lm, d_lm):
+        lm.defer(prompt[:, :-1], mask[:, :-1])
+    last, new, accepted = prompt[:, -1], [[] for _ in rows], 0
+    branching = (2, 2, 1)
+    n, fed = tree_size(branching)
+    with torch.no_grad():
+        while min(len(x) for x in new) < 12:
+            tree = expand_tree(d_lm, last, branching)
+            logits = t_lm.forward_tree(*tree_inputs(last, tree.tokens, tree.parents)[:2]).float()
+            res = specsampler.verify_tree(logits, tree.tokens, tree.parents, temperature=0.0)
+            t_lm.keep_path(path_keep(res.path, n + 1))
+            accept_tree(d_lm, res.path, tree.tokens, fed)
+            for b in range(3):
+                new[b] += res.tokens[b, :int(res.num_accepted[b]) + 1].tolist()
+            accepted += int(res.num_accepted.sum())
+            last = res.tokens.gather(1, res.num_accepted[:, None])[:, 0]
+        for b, r in enumerate(rows):
+            ref = target.generate(torch.tensor([r]), max_new_tokens=12, do_sample=False, pad_token_id=0)
+            ref = ref[0, len(r):].tolist()  # (up to an EOS)
+            assert new[b][:len(ref)] == ref and len(ref) > 3, f"row {b}"
+    assert accepted > 0
