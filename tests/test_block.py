@@ -40,16 +40,16 @@ def _warped(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
 
 
 def _emit_three(tables, rows: int, seed: int, *, method: str, one_hot=False, ragged=False, top_k=None,
-                backend="torch"):
-    """Generate until every row has 3 tokens, one verify call per round: [rows, 3] tokens and the accepted counts
-    of every call of the first round."""
+                backend="torch", device="cpu", need=3):
+    """Generate until every row has `need` tokens, one verify call per round: [rows, 3] tokens (-1 past `need`) and
+    the accepted counts of the first call."""
     target_t, draft_t = tables
     g = torch.Generator().manual_seed(seed)
     out = torch.full((rows, 3 + K + 1), -1, dtype=torch.int64)
     length = torch.zeros(rows, dtype=torch.int64)
     first_counts = None
     for call in range(4):
-        active = torch.nonzero(length < 3)[:, 0]
+        active = torch.nonzero(length < need)[:, 0]
         if active.numel() == 0:
             break
         code = _codes(out[active], length[active])
@@ -63,8 +63,10 @@ def _emit_three(tables, rows: int, seed: int, *, method: str, one_hot=False, rag
         target = torch.stack([target_t[c] for c in codes], dim=1)
         draft = None if one_hot else torch.stack([draft_t[c] for c in codes[:K]], dim=1)
         nd = torch.randint(0, K + 1, (active.numel(),), generator=g) if ragged else None
-        res = specsampler.verify(target, drafts, draft, num_draft_tokens=nd, top_k=top_k, method=method,
-                                 seed=seed * 100 + call, backend=backend)
+        on = [None if t is None else t.to(device) for t in (target, drafts, draft, nd)]
+        res = specsampler.verify(*on[:3], num_draft_tokens=on[3], top_k=top_k, method=method, seed=seed * 100 + call,
+                                 backend=backend)
+        res = type(res)(*(t.cpu() for t in res))
         if first_counts is None:
             first_counts = res.num_accepted
         for j in range(K + 1):  # append the emitted tokens
@@ -107,6 +109,24 @@ def test_block_joint_of_three_tokens_is_the_targets(case):
     tokens, _ = _emit_three(tables, 20000, seed=2, method="block", one_hot=case == "one-hot",
                             ragged=case == "ragged", top_k=top_k)
     _check_joint(tokens, _target_joint(tables, top_k))
+
+
+def test_kernel_block_joint_is_the_targets(device):
+    """The Triton kernel with its own Philox numbers, through the same generation by verify calls. On CUDA the joint
+    of three tokens over many rows; under the CPU interpreter (about 0.2 s a row and call) 200 rows and the joint of
+    the first two tokens (16 cells, about 12 draws each), so that the chi-square approximation holds."""
+    tables = _tables(seed=1)
+    rows = 100000 if device.type == "cuda" else 200
+    tokens, _ = _emit_three(tables, rows, seed=5, method="block", backend="triton", device=device,
+                            need=3 if device.type == "cuda" else 2)
+    joint = _target_joint(tables)
+    if device.type == "cuda":
+        _check_joint(tokens, joint)
+        return
+    pairs = joint.reshape(V * V, V).sum(dim=1)
+    counts = torch.bincount(tokens[:, 0] * V + tokens[:, 1], minlength=V * V)
+    p_value = chi2_pvalue(counts, pairs.float())
+    assert p_value > ALPHA, f"p-value {p_value}: counts {counts.tolist()}"
 
 
 def test_joint_check_catches_a_wrong_prefix():
