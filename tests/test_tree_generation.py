@@ -16,7 +16,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from util import perturbed, tiny_config, tiny_model  # noqa: E402
+from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
 
 import specsampler  # noqa: E402
 from specsampler.generation.kv_cache import CachedModel, check_tree_attention, tree_ancestors  # noqa: E402
@@ -328,6 +328,27 @@ def test_expand_tree_vocab_and_processors(draft):
         expand_tree(lm, last, (2,), candidates="iid")
 
 
+def test_accept_tree_then_next_tree_sees_the_path(draft):
+    """accept_tree: paths to a leaf (never fed: deferred, then fed in front of the next forward), to an inner node,
+    and none; the next tree's root scores are those of the committed tokens, last, the path and the new last."""
+    g = torch.Generator().manual_seed(9)
+    lm, committed, last = _cache_with_holes(draft, 2, g)
+    with torch.no_grad():
+        tree = expand_tree(lm, last, (2, 2, 1))  # nodes 0-1, 2-5, leaves 6-9 (parents 2-5)
+        n, fed = tree_size((2, 2, 1))
+        path = torch.tensor([[1, 4, 8], [0, -1, -1], [-1, -1, -1]])
+        behind = accept_tree(lm, path, tree.tokens, fed)
+        assert behind.tolist() == [int(tree.tokens[0, 8]), -1, -1]
+        for b in range(3):
+            committed[b] += [int(last[b])] + [int(tree.tokens[b, i]) for i in path[b].tolist() if i >= 0]
+        new_last = torch.randint(3, V, (3,), generator=g)
+        again = expand_tree(lm, new_last, (2,), sampling={}, candidates="iid", rng=random.Random(0))
+    for b in range(3):
+        ref = _plain(draft, committed[b] + [int(new_last[b])])
+        torch.testing.assert_close(again.scores[b, 0], ref, atol=ATOL[torch.float32], rtol=0)
+    assert lm.open[0].shape == (3, 1)
+
+
 # ------------------------------------------------------------------------------------------------ prompt lookup
 def test_lookup_candidates_trie():
     seq = [5, 6, 1, 2, 5, 6, 1, 3, 9, 5, 6]  # tail [5, 6]: after it at 4 came [1, 3, 9, 5], at 0 [1, 2, 5, 6]
@@ -374,7 +395,7 @@ def test_greedy_tree_loop_matches_target_generate(family):
     """prefill, then steps of: expand_tree (draft), forward_tree (target), verify_tree, keep_path, accept_tree;
     ragged prompts: every row's tokens are target.generate's."""
     target = _model(family, "sdpa")
-    draft = perturbed(target, 0.02)
+    draft = perturbed(target, 0.005)
     g = torch.Generator().manual_seed(8)
     rows = [torch.randint(3, V, (n,), generator=g).tolist() for n in (6, 2, 4)]
     prompt = torch.tensor([[0] * (6 - len(r)) + r for r in rows])
@@ -382,7 +403,7 @@ def test_greedy_tree_loop_matches_target_generate(family):
     t_lm, d_lm = CachedModel(target, 3), CachedModel(draft, 3)
     for lm in (t_lm, d_lm):
         lm.defer(prompt[:, :-1], mask[:, :-1])
-    last, new, accepted = prompt[:, -1], [[] for _ in rows], 0
+    last, new, accepted, leaves = prompt[:, -1], [[] for _ in rows], 0, 0
     branching = (2, 2, 1)
     n, fed = tree_size(branching)
     with torch.no_grad():
@@ -391,7 +412,7 @@ def test_greedy_tree_loop_matches_target_generate(family):
             logits = t_lm.forward_tree(*tree_inputs(last, tree.tokens, tree.parents)[:2]).float()
             res = specsampler.verify_tree(logits, tree.tokens, tree.parents, temperature=0.0)
             t_lm.keep_path(path_keep(res.path, n + 1))
-            accept_tree(d_lm, res.path, tree.tokens, fed)
+            leaves += int((accept_tree(d_lm, res.path, tree.tokens, fed) >= 0).sum())
             for b in range(3):
                 new[b] += res.tokens[b, :int(res.num_accepted[b]) + 1].tolist()
             accepted += int(res.num_accepted.sum())
@@ -400,4 +421,61 @@ def test_greedy_tree_loop_matches_target_generate(family):
             ref = target.generate(torch.tensor([r]), max_new_tokens=12, do_sample=False, pad_token_id=0)
             ref = ref[0, len(r):].tolist()  # (up to an EOS)
             assert new[b][:len(ref)] == ref and len(ref) > 3, f"row {b}"
+    assert accepted > 0 and leaves > 0  # some step accepted a leaf, which the draft fed at its next step
+
+
+def _warp(logits, temperature, top_k):
+    from transformers.generation import logits_process as lp
+
+    for proc in (lp.TemperatureLogitsWarper(temperature), lp.TopKLogitsWarper(top_k)):
+        logits = proc(None, logits)
+    return logits
+
+
+@torch.no_grad()
+def _exact_two_tokens(model, prompt: list[int], temperature: float, top_k: int) -> torch.Tensor:
+    """[v * v] P(x1, x2 | prompt) under `model`'s warped distribution, by enumeration."""
+    v = model.config.vocab_size
+    p1 = _warp(model(torch.tensor([prompt])).logits[:, -1].float(), temperature, top_k).softmax(-1)[0]
+    both = torch.cat([torch.tensor([prompt]).repeat(v, 1), torch.arange(v)[:, None]], dim=1)
+    p2 = _warp(model(both).logits[:, -1].float(), temperature, top_k).softmax(-1)
+    return (p1[:, None] * p2).flatten()
+
+
+@pytest.mark.parametrize("candidates, draft_vocab", [("iid", 8), ("top", 8), ("iid", 6)])
+def test_sampled_tree_steps_follow_target_distribution(candidates, draft_vocab):
+    """3000 copies of one prompt in one batch, tree steps (2, 2) until each row has two new tokens: their joint is
+    the warped target's (chi-square), not the draft's. Draft vocabulary 6 < 8: the draft gives ids 6, 7 q = 0."""
+    vocab, rows, temperature, top_k = 8, 3000, 0.8, 6
+    target = tiny_model(tiny_config("llama", vocab, 1, 16), 0)
+    with torch.no_grad():
+        target.get_output_embeddings().weight.mul_(8.0)  # peaked next-token distributions
+    draft = perturbed(target, 0.05) if draft_vocab == vocab else tiny_model(tiny_config("llama", draft_vocab, 1, 16), 1)
+    prompt = [1, 2, 5, 3]
+    t_lm, d_lm = CachedModel(target, rows), CachedModel(draft, rows)
+    for lm in (t_lm, d_lm):
+        lm.defer(torch.tensor([prompt[:-1]]).repeat(rows, 1).clamp(max=lm.model.config.vocab_size - 1),
+                 torch.ones(rows, 3))
+    rng, sampling = random.Random(0), {"temperature": temperature, "top_k": top_k}
+    last, new, accepted = torch.full((rows,), prompt[-1]), [[] for _ in range(rows)], 0
+    n, fed = tree_size((2, 2))
+    with torch.no_grad():
+        while min(len(x) for x in new) < 2:
+            tree = expand_tree(d_lm, last, (2, 2), vocab=vocab, sampling=sampling, candidates=candidates, rng=rng)
+            logits = t_lm.forward_tree(*tree_inputs(last, tree.tokens, tree.parents)[:2]).float()
+            res = specsampler.verify_tree(logits, tree.tokens, tree.parents, tree.scores, seed=rng.getrandbits(62),
+                                          **sampling)
+            t_lm.keep_path(path_keep(res.path, n + 1))
+            accept_tree(d_lm, res.path, tree.tokens, fed)
+            for x, tokens in zip(new, res.tokens.tolist(), strict=True):
+                x += [t for t in tokens if t >= 0]  # the path, the next token (then -1)
+            accepted += int(res.num_accepted.sum())
+            last = res.tokens.gather(1, res.num_accepted[:, None])[:, 0]
+    new = torch.tensor([x[:2] for x in new])
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    exact = _exact_two_tokens(target, prompt, temperature, top_k)
+    assert int(counts[exact == 0].sum()) == 0
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    if draft_vocab == vocab:  # the test has power: the draft's own distribution is told apart
+        assert chi2_pvalue_pooled(counts, _exact_two_tokens(draft, prompt, temperature, top_k)) < 1e-4
     assert accepted > 0
