@@ -183,6 +183,22 @@ def test_padded_nodes_are_holes():
         assert lm.mask[:, -5:].tolist() == valid.long().tolist()
 
 
+def test_select_rows_with_an_open_tree():
+    model = _model("gpt2", "eager")
+    g = torch.Generator().manual_seed(10)
+    lm, committed, last = _cache_with_holes(model, 1, g)
+    tree_tokens = torch.randint(3, V, (3, 3), generator=g)
+    with torch.no_grad():
+        lm.forward_tree(*tree_inputs(last, tree_tokens, torch.tensor([[-1, 0, -1]] * 3))[:2])
+        lm.select(torch.tensor([2, 0]))
+        lm.keep_path(path_keep(torch.tensor([[0, 1], [2, -1]]), 4))
+        fed = torch.randint(3, V, (2, 2), generator=g)
+        logits = lm.forward(fed, None).float()
+    for i, (b, path) in enumerate(((2, [0, 1]), (0, [2]))):
+        seq = committed[b] + [int(last[b])] + [int(tree_tokens[b, j]) for j in path] + fed[i].tolist()
+        torch.testing.assert_close(logits[i, -1], _plain(model, seq), atol=ATOL[torch.float32], rtol=0)
+
+
 def test_open_tree_blocks_the_chain_api():
     model = _model("llama", "sdpa")
     lm = CachedModel(model, 1)
