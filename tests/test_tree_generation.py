@@ -24,6 +24,7 @@ from specsampler.generation.trees import (  # noqa: E402
     accept_tree,
     expand_tree,
     lookup_candidates,
+    nodes_within,
     path_keep,
     tree_inputs,
     tree_size,
@@ -251,6 +252,11 @@ def test_path_keep():
                              [True, False, False, True, True, False, False, False]]
     # the draft's open slots stop before its unfed leaves: nodes past them are left out
     assert path_keep(path, 6)[0].tolist() == [True, True, False, False, False, True]
+
+
+def test_nodes_within():
+    assert tree_size((3, 2, 1, 1)) == (21, 15)
+    assert nodes_within((3, 2, 1, 1), [0, 1, 2, 4, 9]) == [0, 3, 9, 21, 21]
 
 
 # ---------------------------------------------------------------------------------------------- expand_tree

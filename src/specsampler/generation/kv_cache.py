@@ -210,7 +210,8 @@ class CachedModel:
         Each fed token sees the cache's valid slots (a deferred prefill included, fed first as a sequence), its
         ancestors among the open tree slots and the fed tokens, and itself; its position is the number of valid
         slots before the tree plus its valid ancestors in it. The fed slots join the open tree until
-        :meth:`keep_path`.
+        :meth:`keep_path`. The mask is [B, 1, P + T, L + P + T] in the model's dtype: a deferred prefill of P tokens
+        costs P^2 entries per row (transformers builds a bool mask of that shape for a padded prefill too).
 
         Parameters
         ----------
@@ -235,8 +236,6 @@ class CachedModel:
             raise ValueError("forward_tree needs at least one token")
         tokens, parents = tokens.to(self.device), parents.to(self.device, torch.int64)
         valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.to(self.device, torch.bool)
-        if self.pending is not None and self.open is not None:
-            raise RuntimeError("forward_tree: a prefill was deferred while a tree is open")
         s = 0 if self.open is None else self.open[0].shape[1]
         if tokens.device.type == "cpu" and bool(((parents < -1) | (parents >= s + torch.arange(t))).any()):
             raise ValueError(f"parents must hold, at fed token j, a parent in [-1, S + j) with S = {s} open slots; "
