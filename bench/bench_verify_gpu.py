@@ -62,6 +62,15 @@ K = 4, V = 128256, B in {1, 64} (the dry run: K = 2, V = 1000, B in {1, 2}), fre
 Timed like the grid (CUDA graphs up to ``--graph-mib``); the table (``peer/ours``: the peer's median over ours) is
 printed as measured and again before the verify table.
 
+The methods case (``--skip-methods`` leaves it out): what block verification and the log-probabilities cost on the
+Triton kernel, bfloat16, K = 4, V = 128256, temperature 1, drafts sampled from a draft close to the target (the dry
+run: K = 2, V = 1000), fresh inputs per B, every variant on the same ones:
+- ``block``: ``verify(..., method="block")`` against ``method="token"``, B in {1, 64, 256} (dry: 1);
+- ``logprobs``: ``verify(..., return_logprobs=True)`` against the plain call (token verification), B = 64 (dry: 1).
+Timed like the grid (CUDA graphs up to ``--graph-mib``); ``over_token``: the variant's median over token
+verification's (without log-probabilities) on the same inputs; the mean accepted drafts per row of both methods
+(``accepted``) on those inputs with the timed seeds.
+
 Outputs, under ``--out`` (default ``$OUT``, else ``bench/out``), the CSV flushed after every case so that a run cut
 short keeps what it measured:
 - ``verify_<gpu>.csv``: ``device, B, K, V, dtype, provider, median_us, bytes, gbps, pct_of_copy_bw, mode``, one row
@@ -71,6 +80,7 @@ short keeps what it measured:
   host_between_us, host_launch2_us, host_post_us, provider`` (see above; empty where not measured);
 - ``warped_<gpu>.csv``: ``device, what, B, K, V, dtype, provider, median_us, peer_over_ours, how`` (``what``:
   verify or sample; ``peer_over_ours``: the peer's median over specsampler's, on the peer's row);
+- ``methods_<gpu>.csv``: ``device, what, B, K, V, dtype, variant, median_us, over_token, accepted, how``;
 - ``resources_<gpu>.csv``: registers and spills of every compiled variant of the two kernels;
 - ``verify_<gpu>.png``: the roofline plot (with matplotlib: the optional extra ``plot``);
 - printed: the launches table as it is measured; at the end notes (skipped providers and why, scaled timings), the
@@ -104,6 +114,9 @@ GOAL = dict(B=(1, 64, 256), K=(4,), V=(128256,))
 DRY_GOAL = dict(B=(1, 2), K=(2,), V=(1000,))
 WARPED = dict(B=(1, 64), K=4, V=128256)
 DRY_WARPED = dict(B=(1, 2), K=2, V=1000)
+METHODS = dict(block=(1, 64, 256), logprobs=(64,), K=4, V=128256)
+DRY_METHODS = dict(block=(1,), logprobs=(1,), K=2, V=1000)  # (the interpreter: a few seconds in all)
+METHODS_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "variant", "median_us", "over_token", "accepted", "how")
 WARPED_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "provider", "median_us", "peer_over_ours", "how")
 KERNEL_NAMES = ("_row_stats_kernel", "_verify_kernel")
 
@@ -130,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="calls queued for the host time per goal case (default 200; 3 dry)")
     p.add_argument("--skip-launches", action="store_true", help="no per-launch / host / read-roofline table")
     p.add_argument("--skip-warped", action="store_true", help="no warped case (temperature 0.7, top-k 50, top-p 0.9)")
+    p.add_argument("--skip-methods", action="store_true",
+                   help="no methods case (block against token verification, with and without log-probabilities)")
     args = p.parse_args(argv)
     if args.compile_budget_seconds is None:
         args.compile_budget_seconds = 8.0 if args.dry_run else 60.0
@@ -530,6 +545,89 @@ def run_warped(timer, state, args, path: Path, started: float) -> list[dict]:
     return rows
 
 
+def methods_inputs(batch: int, k: int, vocab: int, device, seed: int) -> dict:
+    """verify()'s inputs for the methods case: bfloat16 target logits, a draft close to them (so that drafts are
+    accepted often and block verification's candidate rows are raced), drafts sampled from the draft, [B] seeds."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    target = torch.randn(batch, k + 1, vocab, generator=g) * 2.0
+    draft = target[:, :k] + 0.7 * torch.randn(batch, k, vocab, generator=g)
+    drafts = (draft + torch.empty_like(draft).exponential_(generator=g).log().neg()).argmax(-1)
+    return dict(target_logits=target.to(torch.bfloat16).to(device), draft_tokens=drafts.to(device),
+                draft_logits=draft.to(torch.bfloat16).to(device),
+                seed=torch.arange(batch, dtype=torch.int64, device=device) + seed)
+
+
+METHOD_VARIANTS = dict(block=dict(token={}, block=dict(method="block")),
+                       logprobs=dict(token={}, logprobs=dict(return_logprobs=True)))
+
+
+def run_methods(timer, state, args, path: Path, started: float) -> list[dict]:
+    """The methods case (see the module docstring): writes ``methods_<gpu>.csv`` (flushed per B), prints the rows."""
+    import specsampler
+
+    device, notes = state["torch_device"], state["notes"]
+    sizes = DRY_METHODS if args.dry_run else METHODS
+    k, vocab = sizes["K"], sizes["V"]
+    rows: list[dict] = []
+    print("\nmethods case:\n" + methods_table_lines([])[0], flush=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METHODS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for what in ("block", "logprobs"):
+            for batch in sizes[what]:
+                if time.monotonic() - started > args.budget_seconds:
+                    notes.add(f"budget spent during the methods case ({what}, B={batch})")
+                    break
+                try:
+                    inputs = methods_inputs(batch, k, vocab, device, seed=batch * 31 + vocab)
+                except Exception as exc:  # out of memory: the grid still runs
+                    notes.add(f"methods case stopped at B={batch}: {type(exc).__name__}: {str(exc)[:200]}")
+                    if device.type == "cuda":
+                        import torch
+
+                        _recover(torch)
+                    break
+                nbytes = 2 * batch * (2 * k + 1) * vocab
+                timed, accepted = {}, {}
+                for variant, options in METHOD_VARIANTS[what].items():
+                    label = f"methods {what} {variant}"
+
+                    def call(options=options, inputs=inputs):
+                        return specsampler.verify(**inputs, backend="triton", **options)
+
+                    try:
+                        accepted[variant] = float(call().num_accepted.float().mean())
+                        timed[variant] = timer(call, nbytes <= args.graph_mib * 2**20, label=label)
+                    except Exception as exc:  # ours: note it, go on
+                        _failed(state, notes, f"{label} failed on B={batch} K={k} V={vocab}", exc, True, device)
+                token = timed.get("token")
+                new = [dict(device=state["device"], what=what, B=batch, K=k, V=vocab, dtype="bfloat16",
+                            variant=variant, median_us=_sig(ms * 1e3),
+                            over_token=_sig(ms / token[0]) if token and variant != "token" else "",
+                            accepted=_sig(accepted[variant]), how=how) for variant, (ms, how) in timed.items()]
+                del inputs
+                writer.writerows(new)
+                f.flush()
+                for line in methods_table_lines(new)[1:]:
+                    print(line, flush=True)
+                rows += new
+    return rows
+
+
+def methods_table_lines(rows: list[dict]) -> list[str]:
+    """The methods table: header, then one line per (what, B, variant): the median (us; * = CUDA graph), its ratio
+    to token verification's, the mean accepted drafts."""
+    out = [f"{'what':<9} {'B':>4} {'K':>2} {'V':>7} {'variant':<9} {'median_us':>10} {'over_token':>10} "
+           f"{'accepted':>8}"]
+    for r in rows:
+        star = "*" if r["how"] == "graph" else ""
+        out.append(f"{r['what']:<9} {r['B']:>4} {r['K']:>2} {r['V']:>7} {r['variant']:<9} "
+                   f"{str(r['median_us']) + star:>10} {str(r['over_token']):>10} {str(r['accepted']):>8}")
+    return out
+
+
 def warped_table_lines(rows: list[dict]) -> list[str]:
     """The warped table: header, then one line per (what, B): each provider's median (us; * = CUDA graph) and the
     peer's over ours."""
@@ -843,6 +941,8 @@ def main(argv=None) -> int:
                                                             args, launches_path, started)
     warped_path = out / f"warped_{slug(name)}.csv"
     warped = [] if args.skip_warped else run_warped(timer, state, args, warped_path, started)
+    methods_path = out / f"methods_{slug(name)}.csv"
+    methods = [] if args.skip_methods else run_methods(timer, state, args, methods_path, started)
     csv_path = out / f"verify_{slug(name)}.csv"
     rows = run_grid(cases, device, providers, timer, state, args, csv_path, started)
     write_resources(out / f"resources_{slug(name)}.csv", report)
@@ -855,7 +955,8 @@ def main(argv=None) -> int:
         notes.add(plot_line)
 
     print(f"\nwrote {csv_path} ({len(rows)} rows), {launches_path.name} ({len(launches)} rows), "
-          f"{warped_path.name} ({len(warped)} rows), resources_{slug(name)}.csv; {plot_line}; "
+          f"{warped_path.name} ({len(warped)} rows), {methods_path.name} ({len(methods)} rows), "
+          f"resources_{slug(name)}.csv; {plot_line}; "
           f"{time.monotonic() - started:.0f} s")
     print(f"copy ceiling: {copy_gbps:.1f} GB/s (read + written); read ceiling: {read_gbps:.4g} GB/s (read only)")
     print("\n".join(["", *(f"note: {n}" for n in notes.lines), ""]))
@@ -867,6 +968,10 @@ def main(argv=None) -> int:
     if warped:
         print("warped case (us; * = timed as a CUDA graph; peer/ours: the peer's median over specsampler's)\n")
         print("\n".join([*warped_table_lines(warped), ""]))
+    if methods:
+        print("methods case (us; * = timed as a CUDA graph; over_token: the variant's median over token "
+              "verification's; accepted: mean drafts accepted per row)\n")
+        print("\n".join([*methods_table_lines(methods), ""]))
     print("\n".join(report.lines()))
     print("\n".join(["", *goal_lines(rows, report), *baseline_lines(rows, args.baseline_kernel), ""]))
     print("table: median us per provider (* = timed as a CUDA graph); ours in GB/s and % of the copy ceiling; "

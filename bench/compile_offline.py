@@ -40,6 +40,7 @@ ptxas unrolled holds several iterations, and its figures per element are that ma
 
     python bench/compile_offline.py                 # sm_80 and sm_90, every configuration
     python bench/compile_offline.py --arch 90 --quick
+    python bench/compile_offline.py --arch 90 --config block --config sampled
 
 Exit status 0 when every variant compiled with no spill inside a loop, no local arrays and no barrier inside a
 vocabulary loop (a CTA barrier there is a block reduction per tile), and every loop was found in the source; 1
@@ -76,8 +77,21 @@ CONFIGS = [
     ("many-K", torch.bfloat16, 32000, dict(k=9, ragged=True)),  # K + 1 > BLOCK_K: launch 2's loop over positions
     ("sampled-pdl", torch.bfloat16, 128256, dict(pdl=True)),  # programmatic dependent launch (sm_90+ only)
     ("warped-pdl", torch.float32, 128256, dict(warp=(50, 0.9, float("-inf")), splits=2, pdl=True)),
+    # block verification (method="block") and the emitted tokens' log-probabilities (return_logprobs=True)
+    ("block", torch.bfloat16, 128256, dict(block=True)),
+    ("block-mixed", torch.bfloat16, 32000, dict(block=True, row_temp=True, ragged=True, row_seed=True)),
+    ("block-one-hot", torch.float16, 32000, dict(block=True, one_hot=True)),
+    ("block-fp32", torch.float32, 32000, dict(block=True)),
+    ("block-probs", torch.float32, 32000, dict(block=True, probs=True)),
+    ("block-hook", torch.float32, 32000, dict(block=True, given=True)),
+    ("block-warped", torch.float32, 128256, dict(block=True, warp=(50, 0.9, float("-inf")), splits=2)),
+    ("block-many-K", torch.bfloat16, 32000, dict(block=True, k=9, ragged=True)),  # 16 positions at once
+    ("block-pdl", torch.bfloat16, 128256, dict(block=True, pdl=True)),
+    ("logprobs", torch.bfloat16, 128256, dict(logprobs=True, row_temp=True)),  # greedy rows summed at T = 1
+    ("logprobs-probs", torch.float32, 32000, dict(logprobs=True, probs=True)),
+    ("block-logprobs", torch.bfloat16, 128256, dict(block=True, logprobs=True, row_temp=True)),
 ]
-QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V", "warped", "sampled-pdl")
+QUICK = ("sampled", "mixed-ragged", "probs-one-hot", "unaligned-V", "warped", "sampled-pdl", "block", "logprobs")
 PDL_ARCH = 90  # griddepcontrol exists from sm_90 on
 PHILOX_ROUND_CONSTANTS = (0xD2511F53, 0xCD9E8D57)
 
@@ -161,12 +175,16 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, batch=4, k=4, 
     uniforms = torch.zeros(batch, k) if opt.get("given") else None
     noise = torch.ones(batch, vocab) if opt.get("given") else None
     out = torch.empty(batch, k + 1, dtype=torch.int64)  # as verify passes it: launch 1 sets it to -1
+    # block verification and log-probabilities, as _api passes them: only when set
+    options = {name: True for name in ("block", "logprobs") if opt.get(name)}
     if opt.get("probs"):
-        verify_rows(scores, tokens, draft, ragged, temperature, seed, None, uniforms, noise, race_block_v, splits)
+        verify_rows(scores, tokens, draft, ragged, temperature, seed, None, uniforms, noise, race_block_v, splits,
+                    **options)
     else:
         pdl = bool(opt.get("pdl"))
         stats = row_stats(scores, draft, ragged, temperature, stats_block_v, splits, out,
-                          candidates=bool(opt.get("warp")), pdl=pdl)
+                          candidates=bool(opt.get("warp")), pdl=pdl,
+                          **({"logprobs": True} if opt.get("logprobs") else {}))
         cuts = None
         if opt.get("warp") == "rows":  # per-row warpers
             cuts = warp_cuts(scores, draft, ragged, temperature, Warp(torch.zeros(batch, dtype=torch.int64),
@@ -175,7 +193,7 @@ def _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, batch=4, k=4, 
         elif opt.get("warp"):
             cuts = warp_cuts(scores, draft, ragged, temperature, Warp(*opt["warp"]), stats, pdl=pdl)
         verify_rows(scores, tokens, draft, ragged, temperature, seed, stats[:2], uniforms, noise, race_block_v, splits,
-                    out, cuts, pdl=pdl)
+                    out, cuts, pdl=pdl, **options)
 
 
 def _tool(name: str) -> str | None:
@@ -363,6 +381,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (80, 90, ...); repeatable")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--config", action="append", choices=[c[0] for c in CONFIGS],
+                        help="only this configuration; repeatable")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_offline: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
@@ -370,7 +390,7 @@ def main(argv=None) -> int:
     os.environ.pop("TRITON_DISABLE_LINE_INFO", None)  # the loops are told apart by their source lines
     import triton
 
-    configs = [c for c in CONFIGS if not args.quick or c[0] in QUICK]
+    configs = [c for c in CONFIGS if (not args.quick or c[0] in QUICK) and (not args.config or c[0] in args.config)]
     tool = _cuobjdump()
     disassembler = _tool("nvdisasm")
     print(f"triton {triton.__version__}, torch {torch.__version__}; cuobjdump: {tool or 'not found'}; "

@@ -8,7 +8,8 @@
 #   bench/device_check.sh --baseline-kernel OLD      # also time an older copy of triton_kernels/ (a folder, or the
 #                                                    # single verify.py of commits before the split)
 #   bench/device_check.sh --sweep          # then the launch-configuration sweep (bench/sweep_config.py, ~1 minute)
-# Other options (--budget-seconds, --providers, --skip-launches, --skip-warped, ...) go to bench/bench_verify_gpu.py.
+# Other options (--budget-seconds, --providers, --skip-launches, --skip-warped, --skip-methods, ...) go to
+# bench/bench_verify_gpu.py.
 #
 # Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
@@ -18,7 +19,8 @@
 # the whole, default 120; --skip-e2e), and the same models with a draft that agrees about 30% of the time
 # (--late-scale 0.09: 27-35% measured in float32 on a CPU for 0.08-0.10) under the heuristic and the "cost" draft
 # lengths, B = 1 and 8, against plain generate (E2E_LOW_SECONDS, 50).
-# Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, verify_<gpu>.png,
+# Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, methods_<gpu>.csv
+# (block against token verification, log-probabilities), verify_<gpu>.png,
 # resources_<gpu>.csv, generate_<gpu>.csv, generate_low_<gpu>.csv, tests.log, bench.log, generate.log,
 # generate_low.log, sweep_<gpu>.csv (--sweep).
 # Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),

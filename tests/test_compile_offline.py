@@ -43,11 +43,11 @@ def test_kernels_compile_for_sm90_without_spills(sm90):
     assert failures or "all variants compiled, no spills in loops" in out
     rows, _ = _tables(out)
     compiled = {(row[1], row[4]) for row in rows}
-    for name, *_ in compile_offline.CONFIGS:
+    for name, _, _, opt in compile_offline.CONFIGS:
         assert (name, "_verify_kernel") in compiled, out
-        if not name.startswith("probs"):  # from probabilities there is no statistics launch
+        if not opt.get("probs"):  # from probabilities there is no statistics launch
             assert (name, "_row_stats_kernel") in compiled, out
-        if name.startswith("warped"):  # the warpers' cut search, between the two
+        if opt.get("warp"):  # the warpers' cut search, between the two
             assert (name, "_warp_cut_kernel") in compiled, out
     # registers counted; no local arrays; no spill inside a loop (one register saved across the kernel may happen)
     assert all(int(row[6]) > 0 and row[8] == "0" and row[10] == "0" for row in rows), out
@@ -64,6 +64,7 @@ def test_loop_table_finds_the_vocabulary_loops(sm90):
     _, out, err = sm90
     variants, loops = _tables(out)
     assert loops, out + err
+    given = {name for name, _, _, opt in compile_offline.CONFIGS if opt.get("given")}
     for variant in variants:
         config, kernel, warps = variant[1], variant[4], variant[5]
         vocab = [row for row in loops if row[1:3] == [config, kernel] and row[4] == "vocab"]
@@ -73,11 +74,26 @@ def test_loop_table_finds_the_vocabulary_loops(sm90):
             assert int(row[8]) > 0 and float(row[9]) > 0, row  # instrs, /elem
         assert any(int(row[13]) > 0 for row in vocab), vocab  # LDG (a fallback race over ids alone loads nothing)
         philox_per_elem = [float(row[16]) for row in vocab]
-        if kernel in ("_row_stats_kernel", "_warp_cut_kernel") or config == "test-hook":
+        if kernel in ("_row_stats_kernel", "_warp_cut_kernel") or config in given:
             assert not any(philox_per_elem), vocab
         else:
             assert any(philox_per_elem), vocab
     assert all(row[4] in ("vocab", "outer", "other") for row in loops), out  # every loop found in the source
+
+
+def test_block_and_logprobs_variants_compile_without_spills(sm90):
+    """Block verification and the log-probabilities compile for sm_90 with no spill at all (not even outside the
+    loops), and the block kernel's race is one vocabulary loop per race call site like the token kernel's; the token
+    launch's registers are those of its own variant (the switches are constexprs: the token code is unchanged)."""
+    _, out, err = sm90
+    rows, loops = _tables(out)
+    new = [row for row in rows if row[1].startswith(("block", "logprobs"))]
+    assert {row[1] for row in new} == {name for name, *_ in compile_offline.CONFIGS
+                                       if name.startswith(("block", "logprobs"))}, out
+    assert all(row[9] == "0" and row[7] == "0" for row in new), out  # spills, stack
+    verify_loops = {row[1]: [r for r in loops if r[1] == row[1] and r[2] == "_verify_kernel" and r[4] == "vocab"]
+                    for row in rows if row[4] == "_verify_kernel"}
+    assert len(verify_loops["block"]) == len(verify_loops["sampled-pdl"]), out
 
 
 def test_no_barrier_in_a_vocabulary_loop(sm90):

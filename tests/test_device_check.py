@@ -106,6 +106,26 @@ def test_dry_run_launches_csv(dry_run):
         assert abs(float(r["total_cuda_us"]) - total) <= 1e-3 * total
 
 
+def test_dry_run_methods_csv(dry_run):
+    """The methods case: block against token verification at each B, token with and without log-probabilities; the
+    same inputs for every variant of a B (the ratio to token verification's median beside each)."""
+    rows = _csv(dry_run.out / "methods_cpu.csv")
+    keys = [(r["what"], r["B"], r["variant"]) for r in rows]
+    assert keys == [("block", "1", "token"), ("block", "1", "block"), ("logprobs", "1", "token"),
+                    ("logprobs", "1", "logprobs")]
+    for r in rows:
+        assert (r["device"], r["K"], r["V"], r["dtype"], r["how"]) == ("cpu", "2", "1000", "bfloat16", "wall")
+        assert float(r["median_us"]) > 0 and 0 <= float(r["accepted"]) <= 2
+        assert (r["over_token"] == "") == (r["variant"] == "token")
+    by = {(r["what"], r["B"], r["variant"]): r for r in rows}
+    for what, batch, variant in keys:
+        if variant != "token":
+            ratio = float(by[what, batch, variant]["median_us"]) / float(by[what, batch, "token"]["median_us"])
+            assert abs(float(by[what, batch, variant]["over_token"]) - ratio) <= 1e-3 * ratio
+    bench_log = (dry_run.out / "bench.log").read_text()
+    assert "methods case (us; * = timed as a CUDA graph" in bench_log
+
+
 def test_dry_run_passes_the_baseline_through(dry_run):
     """A relative --baseline-kernel reaches bench_verify_gpu.py as an absolute path, and is loaded and timed."""
     bench_log = (dry_run.out / "bench.log").read_text()

@@ -5,8 +5,8 @@ A newcomer reads, in this order:
 - ``stats_kernel``: launch 1, ``row_stats``: each needed row's max and sum of exponentials (argmax for greedy rows),
   in splits;
 - ``cut_kernel``: launch 1.5, ``warp_cuts`` (top-k / top-p / min-p only): each warped row's cut and kept mass;
-- ``verify_kernel``: launch 2, ``verify_rows``: acceptance, the first rejection, the exponential race for the next
-  token;
+- ``verify_kernel``: launch 2, ``verify_rows``: acceptance (token or block verification), the first rejection, the
+  exponential race for the next token, the emitted tokens' log-probabilities;
 - ``jit_helpers``: the @triton.jit helpers more than one launch uses; ``launching``: the launch-configuration table,
   the compiled-launcher cache, the workspace, programmatic dependent launch, and the process-wide state's reset;
 - ``constants``: the numbers shared with the torch backend (imports nothing).

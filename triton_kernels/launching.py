@@ -19,10 +19,11 @@ Process-wide state (this module owns all of it; :func:`reset` empties it, tests 
   :data:`MAX_COMPILED` entries (each a reference to a kernel Triton keeps loaded anyway; an evicted one is found again
   through Triton's own cache on its next launch, at its host cost once).
 - ``_WORKSPACES``: one zeroed [rows, 3] int64 workspace per (device, stream) launch 2 ran on, 24 bytes a row, grown by
-  doubling (at least 64 rows); ``_OUTGROWN`` keeps the outgrown ones alive (a CUDA graph captured earlier may still
-  point at one). Bound: per (device, stream), the sizes double, so all of them together hold at most 4 x 24 bytes a
-  row of the largest batch seen (2.4 MB at B = 25,000); as many entries as streams used. :func:`reset` drops them:
-  call it only when no captured graph that verified through them will be replayed.
+  doubling (at least 64 rows); token verification uses a row per batch row, block verification K + 1 (a slot per
+  position). ``_OUTGROWN`` keeps the outgrown ones alive (a CUDA graph captured earlier may still point at one).
+  Bound: per (device, stream), the sizes double, so all of them together hold at most 4 x 24 bytes a row of the
+  largest B (B*(K+1) in block mode) seen (2.4 MB at 25,000 rows); as many entries as streams used. :func:`reset`
+  drops them: call it only when no captured graph that verified through them will be replayed.
 - caches of the launch configuration (:func:`launch_config`, 1024 shapes), each device's compute capability and SMs
   (one entry per device).
 - :data:`PDL` and :data:`FAST_LAUNCH`: switches read at every launch.
@@ -53,8 +54,8 @@ _OUTGROWN: list[torch.Tensor] = []
 
 
 def workspace(device: torch.device, batch: int) -> torch.Tensor:
-    """Zeroed per-(device, stream) workspace that every launch leaves zeroed; grown (never freed) when B outgrows
-    it."""
+    """Zeroed per-(device, stream) workspace of at least `batch` rows (B, or B*(K+1) for block verification) that
+    every launch leaves zeroed; grown (never freed) when a call needs more rows."""
     if device.type == "cuda":
         stream = _raw_stream(device.index if device.index is not None else torch.cuda.current_device())
     else:

@@ -10,18 +10,21 @@ reduction (no barrier) inside the vocabulary loop.
 - Greedy rows: the lane's running max and its lowest id (strictly greater wins, so a lane keeps its first id); no
   exponential at all. Launch 2 needs only the argmax there.
 The program writes its split's max and, in the second plane, the sum (sampled) or the argmax (greedy, int32 bits).
-Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped, and with a float temperature of 0 the
-grid holds no draft rows at all. NaN is read as -inf and +inf as the largest float32; padding lanes load -inf; so no
-padding lane ever wins, and a row that is all -inf has max -inf and sum 0: probability 0 everywhere. Split 0 of each
-row's first target row also sets the row's output tokens to -1 (no fill launch of its own).
+When the emitted tokens' log-probabilities are asked for (LOGPROBS), greedy rows also keep the online sums at T = 1
+beside their argmax, in the same pass (the log-probabilities need softmax at T = 1 there), and store the argmax in a
+third plane. Rows no decision can reach (t > K_b; draft rows of greedy rows) are skipped, and with a float
+temperature of 0 the grid holds no draft rows at all. NaN is read as -inf and +inf as the largest float32; padding
+lanes load -inf; so no padding lane ever wins, and a row that is all -inf has max -inf and sum 0: probability 0
+everywhere. Split 0 of each row's first target row also sets the row's output tokens to -1 (no fill launch of its
+own).
 
 With the warpers and many rows over few splits (candidates at most V / 8), sampled rows also keep each lane's 4
 largest logits, and the largest 4th of them per split: every logit left out is at most that bound. The cut launch
 (``cut_kernel``) searches those candidates first.
 
 Bytes, with s the element size of the scores and S1 the splits: reads each needed logit once, at most
-B*(K+1)*V*s + B*K*Vd*s; writes 8 * rows * S1 (12 with candidates), 8 * B*(K+1) of -1 tokens, and with candidates
-16 * S1 * BLOCK_V bytes a sampled row.
+B*(K+1)*V*s + B*K*Vd*s (block verification reads the same: it needs no more statistics); writes 8 * rows * S1 (12
+with candidates or LOGPROBS), 8 * B*(K+1) of -1 tokens, and with candidates 16 * S1 * BLOCK_V bytes a sampled row.
 
 References: Milakov and Gimelshein 2018 (online softmax, arXiv 1805.02867); Triton's tutorial 02-fused-softmax;
 vLLM's fix for padding lanes winning a tie (GHSA-8wr5-jm2h-8r4f).

@@ -38,6 +38,40 @@ synchronisation, and the workspace is zero again after every launch (and never f
 it), so the call can be captured in a CUDA graph. The tokens start at -1 (launch 1 sets them; from probabilities a
 fill does), so a row that were never written could not look valid.
 
+Block verification (BLOCK; Sun et al., "Block Verification Accelerates Speculative Decoding", ICLR 2025, arXiv
+2403.10444; the oracle is ``specsampler.torch_block``), positions 0-indexed: w_0 = 1, w_{i+1} = min(1, w_i p_i(x_i) /
+q_i(x_i)); r_i = sum_x max(w_i p_i(x) - q_i(x), 0); h_0 = 1, h_i = r_i / (r_i + 1 - w_i) for 0 < i < K_b (1 where that
+denominator is not positive), h_{K_b} = w_{K_b}; tau = max{i : i = 0 or eta_i < h_i}, eta_i the acceptance uniform
+of position i - 1 (stream 0, as above); the next token from max(w_tau p_tau - q_tau, 0) (the same fallbacks), or the
+bonus from p_{K_b} when tau = K_b. One launch still, the residual masses folded into the race's pass:
+- every program of a sampled row holds all K + 1 positions at once (the launcher makes BLOCK_K >= K + 1: no loop over
+  K), computes p_t(x_t), q_t(x_t) as token verification does, the weights w_t (a float32 product in the oracle's
+  order) and eta_t: scalars every program derives alike;
+- tau = K_b exactly when eta_{K_b} < w_{K_b}: then the bonus row alone is raced. Otherwise h_i <= w_i, so only the
+  positions with eta_i < w_i can pass, and a position with w_i = 1 (h_i = 1) always does: no position below the
+  highest such s (or 0) can be tau. The candidates are s and the positions above it with eta_i < w_i;
+- one pass of the program's split over each candidate row i accumulates both r_i (the race's mass, fixed point) and
+  the race's best (key, id) over max(w_i p_i - q_i, 0) (Philox counters at position i; the test hook's noise[b] for
+  every row, as the oracle), folded into the row's workspace slot of position i (K + 1 slots a row, the counter in
+  slot 0);
+- the row's last program reads back and resets every slot the row can have touched, computes h_i from the masses,
+  picks tau, takes row tau's winner (or runs the fallback race over p_tau) and writes the row. Greedy rows: the
+  argmax prefix, as in token verification.
+Token verification keeps its own code path: BLOCK and LOGPROBS are constexprs, and without them the launch compiles
+to the code it had before (bench/results/compile_offline_block_triton*.txt).
+
+Log-probabilities (LOGPROBS; the oracle is ``torch_block.emitted_logprobs``): ln p of each emitted token at its
+position, in log space from what the launch holds: (l - m) / T - ln z with the row's max m, its sum of exponentials z
+(the kept mass on warped rows, from the cut launch; greedy rows at T = 1 from launch 1, which sums them only then) and
+the logit l at the emitted id (the gathered draft logits; one more load for the next token); ln p from probabilities;
+-ln V on a row with no mass (a uniform draw). Written as [B, K+1] float32, 0 past the next token; no [B, K+1, V]
+tensor exists.
+
+Bytes of block verification: as token verification, but for each sampled row one row pair (V + Vd) * s per candidate
+row raced (the bonus row alone, V * s, when tau = K_b is decided from the weights; at most K_b pairs), and 24 * (K+1)
+bytes of workspace slots a row touched with atomics. With log-probabilities 4 * B*(K+1) more bytes written and one
+score read per row; from logits, launch 1 reads nothing more (greedy rows sum the tiles they already load).
+
 References: vLLM's Triton rejection sampler (vllm/v1/sample/rejection_sampler.py); FlashInfer's
 chain_speculative_sampling; Triton's tutorial 04-low-memory-dropout (in-kernel Philox); Salmon et al. 2011 (Philox);
 the exponential race (Gumbel-max with exponentials: argmax r(x) / E_x).
@@ -474,12 +508,13 @@ def _fold_and_write(ws_ptr, out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb
 
 
 @triton.jit
-def _block_weights(t, ratio, BLOCK_K: tl.constexpr):
-    """w [BLOCK_K]: w_0 = 1, w_{j+1} = min(1, w_j ratio_j), in float32 and in the oracle's order (a product per
-    position, not a scan in log space: the decisions compare w with uniforms)."""
+def _block_weights(t, ratio, k_b):
+    """w [BLOCK_K]: w_0 = 1, w_{j+1} = min(1, w_j ratio_j) for j < K_b (0 past K_b), in float32 and in the oracle's
+    order (a product per position, not a scan in log space: the decisions compare w with uniforms). A loop, not
+    unrolled: an unrolled one holds a predicate per position, which ptxas spills."""
     w = tl.sum(ratio * 0.0, axis=0) + 1.0
     w_t = tl.where(t == 0, 1.0, 0.0)
-    for j in tl.static_range(BLOCK_K - 1):
+    for j in range(0, k_b):
         w = tl.minimum(w * tl.sum(tl.where(t == j, ratio, 0.0), axis=0), 1.0)
         w_t = tl.where(t == j + 1, w, w_t)
     return w_t
@@ -517,7 +552,7 @@ def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gath
     each (residual mass and race at once, folded into the row's slot of that position), and, in the row's last
     program, tau, the next token and the row's output."""
     ratio = tl.where(gather, p_x / tl.where(gather, q_x, 1.0), 0.0)  # p_t(x_t) / q_t(x_t); 0 for ids outside [0, V)
-    w_t = _block_weights(t, ratio, BLOCK_K)
+    w_t = _block_weights(t, ratio, k_b)
     eta = _block_uniforms(t, k_b, uniform_ptr, stride_ub, stride_ut, b, seed_b, row_key, GIVEN_RANDOM)
     # tau = K_b iff eta_{K_b} < h_{K_b} = w_{K_b}: then only the bonus row is raced.
     bonus = (k_b == 0) | (_at(t, k_b, eta) < _at(t, k_b, w_t))
@@ -526,33 +561,34 @@ def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gath
     sure = (t == 0) | ((t < k_b) & (w_t == 1.0) & (eta < 1.0))
     s = tl.max(tl.where(sure, t, 0), axis=0)
     cand = (t == s) | ((t > s) & (t < k_b) & (eta < w_t))
-    if bonus:
-        key, idx, mass = _race(t_row + k_b * stride_tt, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd,
-                               k_b, k_b, k_b * 0, k_b * 0, _at(t, k_b, m_t), _at(t, k_b, z_t),
-                               tl.max(tl.where(t == k_b, ct_t, -float("inf")), axis=0), 0.0, 1.0,
-                               -float("inf"), scale, seed_b, row_key, 1.0, RACE_RESIDUAL, BLOCK_V, FROM_PROBS,
-                               HAS_DRAFT, GIVEN_RANDOM, WARP)
-        _fold(ws_row + k_b * WS_SLOT, key, idx, mass)
-    else:
-        # One pass over this program's split of each candidate row i: its residual max(0, w_i p_i - q_i)'s mass
-        # (r_i, for h_i) and its race (the next token, should tau be i), the same noise for every row.
-        for pos in range(s, k_b):
-            i = k_b * 0 + pos  # (a tensor: the interpreter's loop variable is an int)
-            if _at(t, i, cand.to(tl.int32)) != 0:
-                key, idx, mass = _race(t_row + i * stride_tt, stride_tv, d_row + i * stride_dt, stride_dv, noise_row,
-                                       stride_ev, lo, hi, Vd, i, k_b, _at(t, i, x), _at(t, i, one_hot_t.to(tl.int64)),
-                                       _at(t, i, m_t), _at(t, i, z_t),
-                                       tl.max(tl.where(t == i, ct_t, -float("inf")), axis=0), _at(t, i, mq_t),
-                                       _at(t, i, zq_t), tl.max(tl.where(t == i, cq_t, -float("inf")), axis=0), scale,
-                                       seed_b, row_key, _at(t, i, w_t), RACE_WEIGHTED, BLOCK_V, FROM_PROBS,
-                                       HAS_DRAFT, GIVEN_RANDOM, WARP)
-                _fold(ws_row + i * WS_SLOT, key, idx, mass)
+    # One pass over this program's split of each raced row i: the bonus row alone (w = 1, q = 0: p), or each
+    # candidate's residual max(0, w_i p_i - q_i), its mass (r_i, for h_i) and its race (the next token, should tau be
+    # i) at once, the same noise for every row. (One call site of the race: its registers and code once.)
+    raced = tl.where(bonus, t == k_b, cand)
+    for pos in range(tl.where(bonus, k_b, s), tl.where(bonus, k_b + 1, k_b)):
+        i = k_b * 0 + pos  # (a tensor: the interpreter's loop variable is an int)
+        if _at(t, i, raced.to(tl.int32)) != 0:
+            key, idx, mass = _race(t_row + i * stride_tt, stride_tv, d_row + i * stride_dt, stride_dv, noise_row,
+                                   stride_ev, lo, hi, Vd, i, k_b, _at(t, i, x), _at(t, i, one_hot_t.to(tl.int64)),
+                                   _at(t, i, m_t), _at(t, i, z_t),
+                                   tl.max(tl.where(t == i, ct_t, -float("inf")), axis=0), _at(t, i, mq_t),
+                                   _at(t, i, zq_t), tl.max(tl.where(t == i, cq_t, -float("inf")), axis=0), scale,
+                                   seed_b, row_key, tl.where(i < k_b, _at(t, i, w_t), 1.0), RACE_WEIGHTED, BLOCK_V,
+                                   FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            _fold(ws_row + i * WS_SLOT, key, idx, mass)
     done = tl.atomic_add(ws_row + 2, 1, sem="acq_rel")  # (the row's counter: in slot 0)
     if done == S2 - 1:
-        live = t <= k_b  # the slots this row can have touched: read back and reset together
+        # The slots this row can have touched, read back and reset: every other program of the row is done (the
+        # counter's acquire), so plain stores reset them; the loads are volatile (relaxed, from L2: never a stale L1
+        # line). No vector atomics: a [BLOCK_K] tensor is replicated across threads, and only one copy of a
+        # read-and-reset would see the value.
+        live = t <= k_b
+        slot = ws_row + t * WS_SLOT
+        keys = tl.load(slot, mask=live, other=0, volatile=True)
+        masses = tl.load(slot + 1, mask=live, other=0, volatile=True)
         zeros = tl.zeros([BLOCK_K], tl.int64)
-        keys = tl.where(live, tl.atomic_xchg(ws_row + t * WS_SLOT, zeros, mask=live, sem="relaxed"), 0)
-        masses = tl.where(live, tl.atomic_xchg(ws_row + t * WS_SLOT + 1, zeros, mask=live, sem="relaxed"), 0)
+        tl.store(slot, zeros, mask=live)
+        tl.store(slot + 1, zeros, mask=live)
         tl.atomic_xchg(ws_row + 2, 0, sem="relaxed")
         # h_i = r_i / (r_i + 1 - w_i) (1 where that is not positive), in the oracle's order of operations.
         r = masses.to(tl.float32) * (1.0 / MASS_SCALE)
