@@ -34,8 +34,9 @@ transformers.logging.set_verbosity_error()
 pytestmark = pytest.mark.usefixtures("one_thread")
 V = 96
 # Logits of a tree forward against a plain forward of the same path: only the summation order differs (masked
-# slots add exact zeros after the softmax). float32: measured <= 1e-7; bfloat16: every op rounds to 8 bits.
-ATOL = {torch.float32: 1e-4, torch.bfloat16: 0.1}
+# slots add exact zeros after the softmax). The tiny models' logits are below 1 in size; measured (2026-12-05, three
+# families, sdpa): float32 <= 9e-8, bfloat16 <= 2e-3 (one bfloat16 step at 0.4 is 2e-3).
+ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 FAMILIES = [(f, a) for f in ("llama", "qwen2", "gpt2") for a in ("sdpa", "eager")]
 
 
