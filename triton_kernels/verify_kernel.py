@@ -43,17 +43,20 @@ Block verification (BLOCK; Sun et al., "Block Verification Accelerates Speculati
 q_i(x_i)); r_i = sum_x max(w_i p_i(x) - q_i(x), 0); h_0 = 1, h_i = r_i / (r_i + 1 - w_i) for 0 < i < K_b (1 where that
 denominator is not positive), h_{K_b} = w_{K_b}; tau = max{i : i = 0 or eta_i < h_i}, eta_i the acceptance uniform
 of position i - 1 (stream 0, as above); the next token from max(w_tau p_tau - q_tau, 0) (the same fallbacks), or the
-bonus from p_{K_b} when tau = K_b. One launch still, the residual masses folded into the race's pass:
+bonus from p_{K_b} when tau = K_b. One launch still, grid (B, S2 * (K+1)): program (b, S2 * i + split) owns split
+`split` of row b's position i; the residual masses are folded into the race's pass:
 - every program of a sampled row holds all K + 1 positions at once (the launcher makes BLOCK_K >= K + 1: no loop over
   K), computes p_t(x_t), q_t(x_t) as token verification does, the weights w_t (a float32 product in the oracle's
   order) and eta_t: scalars every program derives alike;
 - tau = K_b exactly when eta_{K_b} < w_{K_b}: then the bonus row alone is raced. Otherwise h_i <= w_i, so only the
   positions with eta_i < w_i can pass, and a position with w_i = 1 (h_i = 1) always does: no position below the
   highest such s (or 0) can be tau. The candidates are s and the positions above it with eta_i < w_i;
-- one pass of the program's split over each candidate row i accumulates both r_i (the race's mass, fixed point) and
-  the race's best (key, id) over max(w_i p_i - q_i, 0) (Philox counters at position i; the test hook's noise[b] for
-  every row, as the oracle), folded into the row's workspace slot of position i (K + 1 slots a row, the counter in
-  slot 0);
+- a program whose position i is raced makes one pass over its split of row i that accumulates both r_i (the race's
+  mass, fixed point) and the race's best (key, id) over max(w_i p_i - q_i, 0) (Philox counters at position i; the
+  test hook's noise[b] for every row, as the oracle), folded into the row's workspace slot of position i (K + 1
+  slots a row, the counter in slot 0); the others only count. The raced rows go in parallel, and each program's race
+  is straight-line code like token verification's (a loop over the candidates in one program held 128 to 172
+  registers at sm_90);
 - the row's last program reads back and resets every slot the row can have touched, computes h_i from the masses,
   picks tau, takes row tau's winner (or runs the fallback race over p_tau) and writes the row. Greedy rows: the
   argmax prefix, as in token verification.
@@ -544,13 +547,14 @@ def _at(t, i, values):
 def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather, lp_t, t_row, stride_tt, stride_tv,
                d_row, stride_dt, stride_dv, noise_row, stride_ev, uniform_ptr, stride_ub, stride_ut, ws_row, out_ptr,
                stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, lp_ptr, stride_lb, stride_lt,
-               b, K, V, Vd, S2, lo, hi, k_b, scale, seed_b, row_key, log_v, EPS: tl.constexpr, BLOCK_V: tl.constexpr,
+               b, K, V, Vd, S2, i, lo, hi, k_b, scale, seed_b, row_key, log_v, EPS: tl.constexpr,
+               BLOCK_V: tl.constexpr,
                BLOCK_K: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
                GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, LOGPROBS: tl.constexpr):
     """Block verification of a sampled row (positions `t` [BLOCK_K], BLOCK_K >= K + 1, with
-    :func:`_position_probs`' vectors): the weights w_t, the candidate rows, one pass of this program's split over
-    each (residual mass and race at once, folded into the row's slot of that position), and, in the row's last
-    program, tau, the next token and the row's output."""
+    :func:`_position_probs`' vectors) by one of its S2 * (K+1) programs, the one of ids [lo, hi) of position i: the
+    weights w_t, the raced rows, one pass over its split of row i if that is raced (residual mass and race at once,
+    folded into the row's slot i), and, in the row's last program, tau, the next token and the row's output."""
     ratio = tl.where(gather, p_x / tl.where(gather, q_x, 1.0), 0.0)  # p_t(x_t) / q_t(x_t); 0 for ids outside [0, V)
     w_t = _block_weights(t, ratio, k_b)
     eta = _block_uniforms(t, k_b, uniform_ptr, stride_ub, stride_ut, b, seed_b, row_key, GIVEN_RANDOM)
@@ -561,23 +565,22 @@ def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gath
     sure = (t == 0) | ((t < k_b) & (w_t == 1.0) & (eta < 1.0))
     s = tl.max(tl.where(sure, t, 0), axis=0)
     cand = (t == s) | ((t > s) & (t < k_b) & (eta < w_t))
-    # One pass over this program's split of each raced row i: the bonus row alone (w = 1, q = 0: p), or each
-    # candidate's residual max(0, w_i p_i - q_i), its mass (r_i, for h_i) and its race (the next token, should tau be
-    # i) at once, the same noise for every row. (One call site of the race: its registers and code once.)
+    # This program's part (grid (B, S2 * (K+1)): program (b, S2 * i + split)): its split of row i, if row i is raced.
+    # The bonus row alone (w = 1, q = 0: p), or a candidate's residual max(0, w_i p_i - q_i): its mass (r_i, for h_i)
+    # and its race (the next token, should tau be i) in one pass, with the same noise for every row. The raced rows go
+    # in parallel, each program's race straight-line code as token verification's (a loop over the candidates inside
+    # a program held 128 to 172 registers at sm_90, and raced them one after the other).
     raced = tl.where(bonus, t == k_b, cand)
-    for pos in range(tl.where(bonus, k_b, s), tl.where(bonus, k_b + 1, k_b)):
-        i = k_b * 0 + pos  # (a tensor: the interpreter's loop variable is an int)
-        if _at(t, i, raced.to(tl.int32)) != 0:
-            key, idx, mass = _race(t_row + i * stride_tt, stride_tv, d_row + i * stride_dt, stride_dv, noise_row,
-                                   stride_ev, lo, hi, Vd, i, k_b, _at(t, i, x), _at(t, i, one_hot_t.to(tl.int64)),
-                                   _at(t, i, m_t), _at(t, i, z_t),
-                                   tl.max(tl.where(t == i, ct_t, -float("inf")), axis=0), _at(t, i, mq_t),
-                                   _at(t, i, zq_t), tl.max(tl.where(t == i, cq_t, -float("inf")), axis=0), scale,
-                                   seed_b, row_key, tl.where(i < k_b, _at(t, i, w_t), 1.0), RACE_WEIGHTED, BLOCK_V,
-                                   FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
-            _fold(ws_row + i * WS_SLOT, key, idx, mass)
-    done = tl.atomic_add(ws_row + 2, 1, sem="acq_rel")  # (the row's counter: in slot 0)
-    if done == S2 - 1:
+    if _at(t, i, raced.to(tl.int32)) != 0:
+        key, idx, mass = _race(t_row + i * stride_tt, stride_tv, d_row + i * stride_dt, stride_dv, noise_row,
+                               stride_ev, lo, hi, Vd, i, k_b, _at(t, i, x), _at(t, i, one_hot_t.to(tl.int64)),
+                               _at(t, i, m_t), _at(t, i, z_t), tl.max(tl.where(t == i, ct_t, -float("inf")), axis=0),
+                               _at(t, i, mq_t), _at(t, i, zq_t), tl.max(tl.where(t == i, cq_t, -float("inf")), axis=0),
+                               scale, seed_b, row_key, tl.where(i < k_b, _at(t, i, w_t), 1.0), RACE_WEIGHTED,
+                               BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+        _fold(ws_row + i * WS_SLOT, key, idx, mass)
+    done = tl.atomic_add(ws_row + 2, 1, sem="acq_rel")  # (the row's counter, in slot 0: every program counts)
+    if done == S2 * (K + 1) - 1:
         # The slots this row can have touched, read back and reset: every other program of the row is done (the
         # counter's acquire), so plain stores reset them; the loads are volatile (relaxed, from L2: never a stale L1
         # line). No vector atomics: a [BLOCK_K] tensor is replicated across threads, and only one copy of a
@@ -681,13 +684,14 @@ def _verify_kernel(
                                        _at(t, n, m_t), _at(t, n, z_t), scale, log_v, FROM_PROBS)
                     _write_logprobs(lp_ptr, stride_lb, stride_lt, b, K, n, lp_t, lp_next, BLOCK_K)
         else:
-            lo = (split * tiles * BLOCK_V).to(tl.int32)  # ids within a row fit 32 bits: fewer registers per element
+            i = split // S2  # (program (b, S2 * i + split_v): position i, split split_v)
+            lo = ((split - i * S2) * tiles * BLOCK_V).to(tl.int32)  # ids of a row fit 32 bits: fewer registers
             hi = tl.minimum(lo + tiles * BLOCK_V, V)
             _block_row(t, x_first, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather, lp_t, t_row,
                        stride_tt, stride_tv, d_row, stride_dt, stride_dv, noise_ptr + b * stride_eb, stride_ev,
                        uniform_ptr, stride_ub, stride_ut, ws_ptr + b * (K + 1) * WS_SLOT, out_ptr, stride_ob, stride_ot,
-                       tokens_ptr, stride_xb, stride_xt, nacc_ptr, lp_ptr, stride_lb, stride_lt, b, K, V, Vd, S2, lo,
-                       hi, k_b, scale, seed_b, row_key, log_v, EPS, BLOCK_V, BLOCK_K, FROM_PROBS, HAS_DRAFT,
+                       tokens_ptr, stride_xb, stride_xt, nacc_ptr, lp_ptr, stride_lb, stride_lt, b, K, V, Vd, S2, i,
+                       lo, hi, k_b, scale, seed_b, row_key, log_v, EPS, BLOCK_V, BLOCK_K, FROM_PROBS, HAS_DRAFT,
                        GIVEN_RANDOM, WARP, LOGPROBS)
     else:
         n, m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q, x_n, one_hot_n, lp_t = _accept_prefix(
@@ -778,7 +782,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    if not isinstance(temperature, torch.Tensor) and temperature == 0.0 and stats is not None:
+    greedy_only = not isinstance(temperature, torch.Tensor) and temperature == 0.0 and stats is not None
+    if greedy_only:
         num_splits = 1  # greedy rows only: split 0 writes the row, there is no race to share
     block_v, s2, tiles, num_warps = launching.launch_config("race", device.type, device.index, batch, vocab,
                                                             target.itemsize, block_v, num_splits)
@@ -813,5 +818,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
                       HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
                       ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None, PDL=pdl,
                       MANY_K=k_plus_1 > block_k, BLOCK=bool(block), LOGPROBS=bool(logprobs))
-    launching.launch(_verify_kernel, (batch, s2), args, constexprs, num_warps, device, launch_pdl=pdl)
+    # Block verification: S2 programs for each position of a row (a raced row each, at most; the rest only count).
+    parts = s2 * k_plus_1 if block and not greedy_only else s2
+    launching.launch(_verify_kernel, (batch, parts), args, constexprs, num_warps, device, launch_pdl=pdl)
     return (tokens, num_accepted, lp) if logprobs else (tokens, num_accepted)
