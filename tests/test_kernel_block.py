@@ -294,3 +294,39 @@ def test_block_call_has_no_host_sync_and_replays_in_a_graph(warp):
         eager = verify_with_hooks(**args, seed=seed, **options)
         assert torch.equal(out.tokens, eager.tokens) and torch.equal(out.logprobs, eager.logprobs)
     assert not torch.equal(outputs[0], outputs[1])
+
+
+# ------------------------------------------------------------------------------------------------ launches
+@pytest.mark.parametrize("options", [dict(method="block"), dict(return_logprobs=True),
+                                     dict(method="block", return_logprobs=True)], ids=["block", "logprobs", "both"])
+def test_block_and_logprobs_add_no_launch_and_no_large_allocation(options, device):
+    """Block verification and the log-probabilities take the token call's launches (2 from logits, 3 with warpers, 1
+    from probabilities), with the switches as constexprs (the token launch's are off, its grid (B, S2)); block's grid
+    is (B, S2 * (K+1)); nothing of B*(K+1)*V elements is allocated."""
+    from test_kernel import _Sizes
+
+    from specsampler import _testing, triton_kernels
+
+    args = make_case(7, 4, 1000, seed=1, device=device)
+    del args["_uniforms"], args["_noise"]
+    launching.workspace(device, 7 * 5)  # allocated once per device and stream
+    with _testing.recorded_launches() as token:
+        verify_with_hooks(**args, seed=0, backend="triton", _num_splits=2)
+    assert token[-1]["constexprs"]["BLOCK"] is False and token[-1]["constexprs"]["LOGPROBS"] is False
+    with _Sizes() as sizes, _testing.recorded_launches() as launches:
+        verify_with_hooks(**args, seed=0, backend="triton", _num_splits=2, **options)
+    assert [launch["kernel"] for launch in launches] == [triton_kernels._row_stats_kernel,
+                                                          triton_kernels._verify_kernel]
+    assert sizes.largest < 7 * 5 * 1000 // 4
+    block = options.get("method") == "block"
+    assert launches[1]["constexprs"]["BLOCK"] is block
+    assert launches[1]["constexprs"]["LOGPROBS"] is bool(options.get("return_logprobs"))
+    assert launches[0]["constexprs"]["LOGPROBS"] is bool(options.get("return_logprobs"))
+    assert launches[1]["grid"] == (7, token[-1]["grid"][1] * (5 if block else 1))
+    with _testing.recorded_launches() as launches:
+        verify_with_hooks(**args, seed=0, backend="triton", top_k=20, top_p=0.9, **options)
+    assert len(launches) == 3
+    with _testing.recorded_launches() as launches:
+        verify_probs_with_hooks(args["target_logits"].softmax(-1), args["draft_tokens"],
+                                args["draft_logits"].softmax(-1), seed=0, backend="triton", **options)
+    assert [launch["kernel"] for launch in launches] == [triton_kernels._verify_kernel]
