@@ -13,7 +13,9 @@ target's final norm and output layer (early exit: cheap). Random weights, so the
 --new-tokens tokens.
 
 Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options;
-``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`).
+``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`);
+``--sample --verify-method token block`` runs token and block verification side by side (tokens per target forward
+and tokens/s of each).
 On a GPU: ``--preset gpu`` (the device check's end-to-end step): bf16 on CUDA, a Llama of 0.85B parameters (16 layers,
 hidden 2048, vocabulary 32000) and an early-exit draft of its first 2 layers, B = 1, 8, 32, 64, 64 new tokens, the
 median of 2 timed runs per method after a warm-up, transformers' assisted generation up to B = 8; ``--csv`` writes
@@ -82,6 +84,19 @@ def timed(fn, repeats: int = 1, sync: bool = False):
     return sorted(times)[len(times) // 2], out
 
 
+def timed_seeds(fn, repeats: int = 1, sync: bool = False):
+    """(median seconds, summed stats) of `repeats` runs of ``fn(seed)``, seeds 0, 1, ...: sampled runs then draw
+    other tokens each time, so the acceptance and tokens per target forward are averaged over the repeats."""
+    seeds = iter(range(repeats))
+    outs = []
+    t, _ = timed(lambda: outs.append(fn(next(seeds))), repeats, sync)
+    total = specsampler.GenerationStats()
+    for out in outs:
+        for name in ("target_forwards", "draft_forwards", "row_steps", "drafted", "accepted", "new_tokens"):
+            setattr(total, name, getattr(total, name) + getattr(out.stats, name))
+    return t, total
+
+
 def sampling_kwargs(args):
     """The sampling options for both specsampler.generate and transformers' generate (top_p, min_p only when set)."""
     if not args.sample:
@@ -97,11 +112,23 @@ def processor_kwargs(args):
     return {name: value for name, value in given.items() if value is not None}
 
 
-def run_specsampler(target, drafter, ids, mask, args, schedule=None):
+def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None, seed=0):
     return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens,
-                                num_draft_tokens=args.k, seed=0, eos_token_id=[], pad_token_id=0,
-                                num_assistant_tokens_schedule=schedule or args.schedule[0], **sampling_kwargs(args),
+                                num_draft_tokens=args.k, seed=seed, eos_token_id=[], pad_token_id=0,
+                                num_assistant_tokens_schedule=schedule or args.schedule[0],
+                                verify_method=method or args.verify_method[0], **sampling_kwargs(args),
                                 **processor_kwargs(args))
+
+
+def specsampler_variants(args) -> list[tuple[str, str, str]]:
+    """(row name, schedule, verify method) of every specsampler row: one per schedule x verify method given; the
+    name says the schedule and the method where several were given."""
+    out = []
+    for schedule in args.schedule:
+        for method in args.verify_method:
+            tags = ([schedule] if len(args.schedule) > 1 else []) + ([method] if len(args.verify_method) > 1 else [])
+            out.append((f"specsampler ({', '.join(tags)})" if tags else "specsampler", schedule, method))
+    return out
 
 
 def run_plain(target, ids, mask, args):
@@ -236,10 +263,15 @@ def main():
     p.add_argument("--schedule", nargs="+", default=["constant"], choices=SCHEDULES,
                    help="specsampler's draft length: K every step, adapted per row (transformers' heuristic), or "
                         "chosen per step from measured costs; several: a row per schedule, 'specsampler (name)'")
+    p.add_argument("--verify-method", nargs="+", default=["token"], choices=("token", "block"),
+                   help="specsampler.generate's verify_method: token verification, block verification (Sun et al. "
+                        "2025); several: a row per method, side by side (with --sample, where they differ)")
     p.add_argument("--profile", action="store_true",
                    help="then one more specsampler run per B with where its time goes (StepProfile)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per method and B (the median is reported)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed runs per method and B (the median time is reported; specsampler's runs are seeded 0, "
+                        "1, ..., and its acceptance and tokens per forward summed over them)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a set of the options above (gpu: see the docstring)")
     p.add_argument("--csv", help="also write the table (and the profile's share outside the forwards) here")
     p.add_argument("--budget-seconds", type=float, default=None,
@@ -275,7 +307,8 @@ def main():
           f"({sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params), draft: "
           f"{'prompt lookup' if args.prompt_lookup else f'first {args.draft_layers} layer(s)'}; K={args.k}, "
           f"{args.new_tokens} new tokens per row, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, "
-          f"{mode}")
+          f"{mode}; late-scale {args.late_scale}; {args.repeats} timed run(s) per row (median; specsampler seeded "
+          f"0..{args.repeats - 1})")
     # warm-up
     run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args)
     run_plain(target, ids_all[:2], mask_all[:2], args)
@@ -291,11 +324,10 @@ def main():
         ids, mask = ids_all[:batch], mask_all[:batch]
         tokens = batch * args.new_tokens
         rows = []
-        for schedule in args.schedule:
-            t_spec, out = timed(lambda: run_specsampler(target, drafter, ids, mask, args, schedule),  # noqa: B023
-                                args.repeats, sync)
-            name = "specsampler" if len(args.schedule) == 1 else f"specsampler ({schedule})"
-            rows.append((name, t_spec, out.stats.acceptance_rate, out.stats.tokens_per_forward))
+        for name, schedule, method in specsampler_variants(args):
+            t_spec, stats = timed_seeds(lambda seed: run_specsampler(target, drafter, ids, mask, args,  # noqa: B023
+                                                                     schedule, method, seed), args.repeats, sync)  # noqa: B023
+            rows.append((name, t_spec, stats.acceptance_rate, stats.tokens_per_forward))
         t_plain, _ = timed(lambda: run_plain(target, ids, mask, args), args.repeats, sync)  # noqa: B023
         rows.append(("hf plain", t_plain, None, None))
         t_assist = None
