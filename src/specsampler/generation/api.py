@@ -41,7 +41,8 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
              prompt_lookup_num_tokens: int | None = None, num_assistant_tokens: int | None = None,
              generation_config=None, streamer=None, stopping_criteria=None, stop_strings=_UNSET, tokenizer=None,
              num_return_sequences: int | None = None, logits_processor=None, prefix_allowed_tokens_fn=None,
-             verify_method: str | None = None, **generation_kwargs) -> GenerateOutput:
+             verify_method: str | None = None, draft_tree=None, draft_tree_sampling: str | None = None,
+             prompt_lookup_num_candidates: int | None = None, **generation_kwargs) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
     Takes transformers' names too: ``generate(target, input_ids=ids, attention_mask=mask, assistant_model=draft,
@@ -134,6 +135,21 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         :func:`specsampler.verify`. "token" (None, the default): each draft on its own. "block": block verification
         (Sun et al., ICLR 2025), which decides a row's drafts together: as exact, and in expectation at least as many
         tokens per target forward. Greedy rows are the same either way; prompt lookup's one-hot drafts work with both.
+    draft_tree : tuple or list of int, optional
+        specsampler's own: verify a token tree per step instead of a chain. ``(3, 2, 1, 1)``: the draft's 3
+        candidates for the next token, 2 under each, then 1 and 1 (21 nodes, depth 4). The draft model grows it with
+        one forward per depth, the target scores it in one forward (a 4D attention mask: eager or sdpa attention;
+        other models are refused by name) and :func:`specsampler.verify_tree` accepts the deepest path it can, exact
+        as a chain. It replaces `num_draft_tokens` (giving both is refused); `verify_method` and schedules other than
+        "constant" are refused with it. Needs a draft model.
+    draft_tree_sampling : {"top", "iid"}, optional
+        The tree's candidates when sampling: "top" (None, the default) the draft's top tokens at each node (point
+        masses), "iid" i.i.d. draws from the draft's warped distribution (verified against it). Greedy runs take the
+        top tokens. Needs `draft_tree`.
+    prompt_lookup_num_candidates : int, optional
+        specsampler's own, with prompt lookup: the continuations of up to m distinct n-gram matches per row, merged
+        into a trie and verified as a token tree (point-mass candidates). None or 1: one continuation, a chain.
+        m > 1 refuses `verify_method` and schedules other than "constant".
     **generation_kwargs
         Any other ``GenerationConfig`` option (e.g. ``repetition_penalty=1.0`` to override a model's config, or
         ``max_length``, ``max_time``, ``max_matching_ngram_size``); refused ones raise a ValueError when set, other
@@ -171,7 +187,8 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     settings = resolve_settings(target, generation_config, prompt_width=input_ids.shape[1], draft=draft,
                                 assistant_model=assistant_model, num_draft_tokens=num_draft_tokens,
                                 num_assistant_tokens=num_assistant_tokens, seed=seed, verify_method=verify_method,
-                                **explicit)
+                                draft_tree=draft_tree, draft_tree_sampling=draft_tree_sampling,
+                                prompt_lookup_num_candidates=prompt_lookup_num_candidates, **explicit)
     n_seq = settings.num_return_sequences
     if streamer is not None and input_ids.shape[0] * n_seq != 1:
         raise ValueError(f"streamer= takes one row, as transformers' streamers do (here {input_ids.shape[0]} prompts "

@@ -13,7 +13,8 @@ One step, for every unfinished row b at once (gpt-fast's loop, batched):
 transformers' assisted generation does: one forward fewer per model) and loops over :func:`step` (steps 1-3, then
 both caches trimmed to what each row accepted: holes, :mod:`.kv_cache`) and :func:`commit_rows` (append, EOS,
 stopping criteria, length) with :func:`evict` (finished rows leave the batch). The schedule (:mod:`.schedules`) sets
-K_b before each step.
+K_b before each step. With ``draft_tree`` or ``prompt_lookup_num_candidates`` > 1 a step verifies a token tree
+instead (:func:`.tree_loop.tree_step`, the same :class:`Step` out).
 
 Exactness: greedy rows accept a draft iff it is the target's argmax. Sampling draws each draft with
 :func:`specsampler.sample` from the draft's processed scores and hands :func:`specsampler.verify` the processed target
@@ -35,7 +36,7 @@ import torch
 from .._api import verify
 from .._distributed import run_seed
 from .drafters import Drafter, start_drafter
-from .kv_cache import CachedModel
+from .kv_cache import CachedModel, check_tree_attention
 from .outputs import ScoreRecorder, make_recorder
 from .processors import PrefixProcessors
 from .schedules import make_schedule
@@ -340,8 +341,14 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
     schedule = make_schedule(settings.schedule, k, batch, target, draft, lm.device)
     prefix = None if not processors else PrefixProcessors(processors, input_ids,
                                                           input_ids.shape[1] + max_new + schedule.max_k + 1, lm.device)
-    drafter = start_drafter(draft, input_ids, attention_mask, schedule.max_k, vocab, settings.sampling, rng,
-                            settings.pad_token_id, prefix)
+    if settings.tree:  # a token tree per step (:mod:`.tree_loop`): the same commit, evict and stream
+        from .tree_loop import start_tree_drafter, tree_step
+
+        check_tree_attention(target)
+        drafter, step_fn = start_tree_drafter(draft, input_ids, attention_mask, settings, vocab, rng, prefix), tree_step
+    else:
+        drafter, step_fn = start_drafter(draft, input_ids, attention_mask, schedule.max_k, vocab, settings.sampling,
+                                         rng, settings.pad_token_id, prefix), step
     rows = Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device))
     stats = GenerationStats()
     while rows.ids:
@@ -351,7 +358,7 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
         if prefix is not None:
             prefix.start_step(rows.ids, rows.new)
         prefill_rows = lm.pending[0].numel() if lm.pending is not None else 0
-        done = step(lm, drafter, rows.last, [min(m, n) for m, n in zip(limits, lengths, strict=True)],
+        done = step_fn(lm, drafter, rows.last, [min(m, n) for m, n in zip(limits, lengths, strict=True)],
                     settings.sampling, rng, prefix, schedule.watch, settings.verify_method, recorder)
         schedule.observe(done, prefill_rows)
         keep = commit_rows(rows, done, budget, settings.eos_token_ids, stats, callback, stop)

@@ -228,6 +228,48 @@ class PrefixProcessors:
             scores[i_t, s_t] = x.to(scores.dtype)
         return scores
 
+    def nodes(self, scores: torch.Tensor, paths: torch.Tensor, depths: list[list[int]], counts: list[int]
+              ) -> torch.Tensor:
+        """Process the scores of a token tree's slots, each with its own path (rows' paths differ in depth).
+
+        Parameters
+        ----------
+        scores : torch.Tensor
+            [B', S, V] float scores: slot s of row i continues row i's sequence and ``paths[i, s, :depths[i][s]]``.
+        paths : torch.Tensor
+            [B', S, D] int64 each slot's path tokens below the root (:func:`.tree_loop.node_paths`).
+        depths : list of list of int
+            B' x S path lengths.
+        counts : list of int
+            B': slots past counts[i] (row i's padding nodes) are left as they are.
+
+        Returns
+        -------
+        torch.Tensor
+            [B', S, V] the processed scores (`scores`, updated in place).
+        """
+        lengths = [self.written[r] for r in self.rows]
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for i, length in enumerate(lengths):
+            for s in range(min(scores.shape[1], counts[i] + 1)):
+                rows_s = groups.setdefault(length + depths[i][s], ([], []))
+                rows_s[0].append(i)
+                rows_s[1].append(s)
+        width = paths.shape[2]
+        ext = torch.cat([self.seq[self.rows_t, :max(lengths)], self.seq.new_zeros(len(lengths), width)], dim=1)
+        starts = torch.tensor(lengths, device=ext.device)[:, None]
+        for total, (idx, pos) in sorted(groups.items()):
+            i_t = torch.tensor(idx, device=scores.device)
+            s_t = torch.tensor(pos, device=scores.device)
+            cols = starts[i_t.to(ext.device)] + torch.arange(width, device=ext.device)
+            prefix = ext[i_t.to(ext.device)].scatter(1, cols, paths[i_t, s_t].to(ext.device))[:, :total]
+            x = scores[i_t, s_t]
+            batch_rows = self.rows_t[i_t.to(self.rows_t.device)].to(scores.device)
+            for proc in self.processors:
+                x = _for_rows(proc, batch_rows, self.batch)(prefix.to(scores.device), x)
+            scores[i_t, s_t] = x.to(scores.dtype)
+        return scores
+
 
 def build_processors(target, options, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new: int,
                      eos: list[int], logits_processor=None, prefix_allowed_tokens_fn=None) -> list:

@@ -37,6 +37,24 @@ def _verify_method(name: str, value) -> str:
         raise ValueError(f"{name} must be 'token' or 'block', got {value!r}")
     return value
 
+
+def _draft_tree(name: str, value) -> tuple[int, ...]:
+    """`value` (a tuple or list of ints >= 1, at least one) as a tuple, else an error naming `name`."""
+    if not isinstance(value, (tuple, list)):
+        raise _checks.OptionTypeError(f"{name} must be a tuple or list of integers >= 1 (children per node at each "
+                                      f"depth, e.g. (3, 2, 1, 1)), got {value!r} ({type(value).__name__})")
+    if not value:
+        raise ValueError(f"{name} must hold at least one depth (children per node at each depth), got {value!r}")
+    return tuple(_checks.integer(f"{name}[{d}]", c, 1) for d, c in enumerate(value))
+
+
+def _tree_sampling(name: str, value) -> str:
+    """`value` if it is "top" or "iid", else an error naming `name`."""
+    if not isinstance(value, str) or value not in ("top", "iid"):
+        error = ValueError if isinstance(value, str) else _checks.OptionTypeError
+        raise error(f"{name} must be 'top' or 'iid', got {value!r}")
+    return value
+
 #: The range check of each option that has one: name -> check(name, value) -> the normalised value.
 _CHECKS = {
     "max_new_tokens": lambda n, v: _checks.integer(n, v, 0),
@@ -55,6 +73,9 @@ _CHECKS = {
     "repetition_penalty": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
     "max_time": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
     "verify_method": _verify_method,
+    "draft_tree": _draft_tree,
+    "draft_tree_sampling": _tree_sampling,
+    "prompt_lookup_num_candidates": lambda n, v: _checks.integer(n, v, 1),
     "output_scores": _checks.boolean,
     "output_logits": _checks.boolean,
     "return_dict_in_generate": _checks.boolean,
@@ -95,6 +116,13 @@ class Settings:
         "token" or "block": :func:`specsampler.verify`'s ``method`` at every step (greedy rows are the same either way).
     output_scores, output_logits : bool
         Whether the call keeps each new token's scores, raw logits (:class:`~.outputs.ScoreRecorder`).
+    draft_tree : tuple of int or None
+        Children per node at each depth of the draft model's token tree (:mod:`.tree_loop`); None: chains.
+        ``num_draft_tokens`` is its depth then.
+    draft_tree_sampling : str
+        "top" (the draft's top tokens) or "iid" (i.i.d. draws; greedy runs take the top tokens).
+    lookup_candidates : int
+        Prompt lookup's continuations per row, merged into a trie when > 1 (``prompt_lookup_num_candidates``).
     options : dict
         Every ``GenerationConfig`` option: name -> (value, source), source "argument", "generation_config",
         "target.generation_config" or "default".
@@ -116,7 +144,15 @@ class Settings:
     verify_method: str = "token"
     output_scores: bool = False
     output_logits: bool = False
+    draft_tree: tuple | None = None
+    draft_tree_sampling: str = "top"
+    lookup_candidates: int = 1
     options: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def tree(self) -> bool:
+        """Whether each step verifies a token tree (:mod:`.tree_loop`) rather than a chain."""
+        return self.draft_tree is not None or self.lookup_candidates > 1
 
     @property
     def sampling(self) -> dict | None:
@@ -263,6 +299,38 @@ def _schedule(value) -> str:
     return "heuristic" if value == "heuristic_transient" else value
 
 
+def _tree_options(draft_tree, draft_tree_sampling, candidates, drafter, num_draft_tokens, num_assistant_tokens,
+                  verify_method, schedule: str) -> tuple[tuple[int, ...] | None, str, int]:
+    """(draft_tree, draft_tree_sampling, lookup candidates m) checked by name: a tree replaces num_draft_tokens,
+    needs a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own verification rule and a
+    constant shape (verify_method and schedules other than "constant" are refused with it)."""
+    tree = check_option("draft_tree", draft_tree)
+    sampling = check_option("draft_tree_sampling", draft_tree_sampling)
+    m = check_option("prompt_lookup_num_candidates", candidates)
+    lookup = isinstance(drafter, PromptLookupDrafter)
+    if tree is None and sampling is not None:
+        raise ValueError(f"draft_tree_sampling={sampling!r} needs draft_tree= (the branching per depth)")
+    if tree is not None:
+        for name, value in (("num_draft_tokens", num_draft_tokens), ("num_assistant_tokens", num_assistant_tokens)):
+            if value is not None:
+                raise ValueError(f"draft_tree={tree} replaces {name} (the tree's depth is its length): give one")
+        if lookup:
+            raise ValueError("draft_tree is grown by a draft model; prompt lookup proposes a tree with "
+                             "prompt_lookup_num_candidates=m (its n-gram matches merged as a trie)")
+    if m is not None and drafter is not None and not lookup:
+        raise ValueError(f"prompt_lookup_num_candidates={m} needs prompt lookup (prompt_lookup_num_tokens=N or a "
+                         f"PromptLookupDrafter); a draft model takes draft_tree=")
+    name = "draft_tree" if tree is not None else f"prompt_lookup_num_candidates={m}"
+    if tree is not None or (m or 1) > 1:
+        if verify_method is not None:
+            raise ValueError(f"verify_method={verify_method!r} does not apply with {name}: a token tree is verified "
+                             f"by its own rule (specsampler.verify_tree)")
+        if schedule != "constant":
+            raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a token tree "
+                             f"has a fixed shape (only 'constant')")
+    return tree, sampling or "top", m or 1
+
+
 def check_models(*models, who: str = "specsampler.generate") -> None:
     """A ValueError naming an encoder-decoder model: speculative generation here continues a decoder-only LM's
     input ids (an encoder-decoder model would continue its encoder's input)."""
@@ -298,8 +366,8 @@ def _eos_and_pad(options) -> tuple[list[int], int]:
 
 def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
                      assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
-                     verify_method=None, returns_dict: bool = True, who: str = "specsampler.generate",
-                     **explicit) -> Settings:
+                     verify_method=None, draft_tree=None, draft_tree_sampling=None, prompt_lookup_num_candidates=None,
+                     returns_dict: bool = True, who: str = "specsampler.generate", **explicit) -> Settings:
     """Resolve and check every option of a call, as ``target.generate`` would resolve them.
 
     Parameters
@@ -318,6 +386,13 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     verify_method : {"token", "block"}, optional
         specsampler's own option (transformers has none): how each step's drafts are verified
         (:func:`specsampler.verify`'s ``method``). None: "token".
+    draft_tree : tuple or list of int, optional
+        specsampler's own: the draft model's token tree, children per node at each depth (its length the depth; it
+        replaces num_draft_tokens; verify_method and schedules other than "constant" are refused with it).
+    draft_tree_sampling : {"top", "iid"}, optional
+        The tree's candidates: the draft's top tokens ("top", None) or i.i.d. draws ("iid"). Needs draft_tree.
+    prompt_lookup_num_candidates : int, optional
+        specsampler's own: prompt lookup's continuations per row (m >= 1), merged as a trie when m > 1. None: 1.
     returns_dict : bool
         Whether the entry point always returns an output object (:func:`specsampler.generate`'s GenerateOutput):
         then ``output_scores`` / ``output_logits`` alone ask for scores / logits; False (``speculative_generate``):
@@ -355,13 +430,17 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     temperature = opt("temperature")
     eos, pad = _eos_and_pad(options)
     outputs = bool(opt("return_dict_in_generate")) or returns_dict
+    schedule = _schedule(options["num_assistant_tokens_schedule"][0])
+    tree, tree_sampling, m = _tree_options(draft_tree, draft_tree_sampling, prompt_lookup_num_candidates, drafter,
+                                           num_draft_tokens, num_assistant_tokens, verify_method, schedule)
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
-        num_draft_tokens=_draft_length(num_draft_tokens, num_assistant_tokens, lookup_k, options),
-        schedule=_schedule(options["num_assistant_tokens_schedule"][0]), do_sample=do_sample,
+        num_draft_tokens=len(tree) if tree is not None else _draft_length(num_draft_tokens, num_assistant_tokens,
+                                                                         lookup_k, options),
+        schedule=schedule, do_sample=do_sample,
         temperature=1.0 if temperature is None else temperature, top_k=opt("top_k"), top_p=opt("top_p"),
         min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq,
         seed=check_option("seed", seed), drafter=drafter,
         verify_method="token" if verify_method is None else check_option("verify_method", verify_method),
         output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
-        options=options)
+        draft_tree=tree, draft_tree_sampling=tree_sampling, lookup_candidates=m, options=options)

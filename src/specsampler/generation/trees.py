@@ -114,7 +114,8 @@ def tree_inputs(last: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: tor
         [B, N + 1] bool (None without `num_nodes`).
     """
     tokens = torch.cat([last[:, None].to(tree_tokens.device), tree_tokens.long()], dim=1)
-    parents = torch.cat([torch.full_like(tree_parents[:, :1], -1), tree_parents + 1], dim=1).long()
+    root = torch.full((tree_parents.shape[0], 1), -1, dtype=torch.long, device=tree_parents.device)  # (N may be 0)
+    parents = torch.cat([root, tree_parents.long() + 1], dim=1)
     if num_nodes is None:
         return tokens, parents, None
     n = tree_tokens.shape[1]
@@ -166,6 +167,8 @@ def accept_tree(draft: CachedModel, path: torch.Tensor, tree_tokens: torch.Tenso
         the other rows) and fed in front of the draft's next forward, as the chain drafter feeds d_K.
     """
     draft.keep_path(path_keep(path.to(draft.device), fed + 1))
+    if path.shape[1] == 0:  # (no row can accept a node: D = 0)
+        path = path.new_full((path.shape[0], 1), -1)
     n = (path >= 0).sum(dim=1)
     end = path.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]
     leaf = (n > 0) & (end >= fed)

@@ -1,0 +1,248 @@
+"""A speculative step over a token tree: ``draft_tree=(3, 2, 1, 1)`` and ``prompt_lookup_num_candidates=m``.
+
+:func:`tree_step` is :func:`.loop.step` with a tree of candidates in place of a chain of drafts, and the same
+:class:`.loop.Step` out, so :func:`.loop.run` commits rows (EOS, stopping criteria, budgets), streams and evicts
+exactly as for chains:
+
+1. the tree drafter proposes a tree per row (:class:`TreeDraftModel`: the draft model grows it level by level with
+   :func:`.trees.expand_tree`; :class:`TreeLookupRun`: the continuations of up to m n-gram matches merged into a
+   trie, :func:`.trees.lookup_candidates`), at most `limits[b]` levels deep for row b (:func:`.trees.nodes_within`);
+2. the target scores [last, node_0..node_{N-1}] in one forward (:meth:`.kv_cache.CachedModel.forward_tree`), rows
+   with fewer nodes feeding the rest as holes; logits processors run at every node with its own path
+   (:meth:`.processors.PrefixProcessors.nodes`);
+3. :func:`specsampler.verify_tree` accepts a path and draws one more token (point-mass candidates for top tokens and
+   lookup tries, the draft's scores for i.i.d. candidates);
+4. both caches keep the accepted path (:func:`.trees.path_keep`, :func:`.trees.accept_tree`).
+
+Counts: a row's ``counts`` entry is its nodes verified (``GenerationStats.drafted``), its accepted depth is
+``len(accepted) - 1`` (``GenerationStats.accepted``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import NamedTuple
+
+import torch
+
+from .._tree import verify_tree
+from .drafters import PromptLookupDrafter
+from .kv_cache import CachedModel, check_tree_attention, tree_ancestors
+from .loop import Step
+from .outputs import ScoreRecorder
+from .processors import PrefixProcessors
+from .trees import accept_tree, expand_tree, lookup_candidates, nodes_within, path_keep, tree_inputs, tree_size
+
+__all__ = ["TreeDraftModel", "TreeLookupRun", "TreeProposal", "start_tree_drafter", "tree_step"]
+
+
+class TreeProposal(NamedTuple):
+    """One step's candidate trees for the running rows.
+
+    Attributes
+    ----------
+    tokens, parents : torch.Tensor
+        [B, N] int64 node tokens and parents in [-1, i) (breadth-first for a draft model, trie order for lookup).
+    scores : torch.Tensor or None
+        [B, N + 1, V'] the draft scores the children were drawn from (i.i.d. candidates), else None (point masses).
+    counts : list of int
+        B: the nodes each row verifies (the rest are fed as holes).
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    scores: torch.Tensor | None
+    counts: list[int]
+
+
+class TreeDraftModel:
+    """A draft model growing a token tree per row, one forward per depth (:func:`.trees.expand_tree`).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    batch : int
+    branching : tuple of int
+        Children per node at each depth.
+    vocab : int
+        The target's vocabulary size V.
+    sampling : dict or None
+        :func:`specsampler.sample`'s options; None: greedy (top tokens).
+    candidates : {"top", "iid"}
+        Top tokens (point masses) or i.i.d. draws ("iid" needs `sampling`; greedy runs take the top tokens).
+    rng : random.Random or None
+    processors : PrefixProcessors, optional
+    """
+
+    def __init__(self, model, batch: int, branching: tuple[int, ...], vocab: int, sampling: dict | None,
+                 candidates: str, rng: random.Random | None, processors: PrefixProcessors | None = None):
+        self.lm = CachedModel(model, batch)
+        self.branching, self.vocab, self.sampling, self.rng = branching, vocab, sampling, rng
+        self.candidates = candidates if sampling is not None else "top"
+        self.processors = processors
+        self.max_id = model.get_input_embeddings().weight.shape[0] - 1
+        self.nodes, self.fed = tree_size(branching)
+        self.forwards = 0
+        self.tokens = None  # [B, N] the last proposal's nodes
+
+    def prefill(self, prompt: torch.Tensor, mask: torch.Tensor) -> None:
+        """Feed [B, P - 1] `prompt` (`mask` 0 for padding) in front of the first forward."""
+        self.lm.defer(prompt.to(self.lm.device).clamp(max=self.max_id), mask)
+
+    def propose(self, last: torch.Tensor, limits: list[int]) -> TreeProposal:
+        """The full tree for every row; row b verifies the nodes of its first `limits[b]` levels."""
+        tree = expand_tree(self.lm, last, self.branching, vocab=self.vocab, sampling=self.sampling,
+                           candidates=self.candidates, rng=self.rng, processors=self.processors)
+        self.forwards += len(self.branching)
+        self.tokens = tree.tokens
+        return TreeProposal(tree.tokens, tree.parents, tree.scores, nodes_within(self.branching, limits))
+
+    def accept(self, path: torch.Tensor, accepted: list[list[int]]) -> None:
+        """Keep the accepted path in the draft's cache (its unfed leaf deferred to the next forward)."""
+        accept_tree(self.lm, path, self.tokens.to(path.device), self.fed)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.lm.select(rows)
+
+
+class TreeLookupRun:
+    """Prompt lookup with up to `m` candidates per row, merged into a trie (:func:`.trees.lookup_candidates`).
+
+    Parameters
+    ----------
+    lookup : PromptLookupDrafter
+        Its n-gram sizes and look-back.
+    seqs : list of list of int
+        B token lists: the prompts without their padding.
+    k : int
+        The most tokens per continuation (the trie's depth).
+    m : int
+        The most distinct continuations per row.
+    fill : int
+        The token of a row's padding nodes (never verified).
+    """
+
+    def __init__(self, lookup: PromptLookupDrafter, seqs: list[list[int]], k: int, m: int, fill: int):
+        self.lookup, self.seqs, self.k, self.m, self.fill = lookup, seqs, k, m, fill
+        self.forwards = 0
+
+    def propose(self, last: torch.Tensor, limits: list[int]) -> TreeProposal:
+        """Each row's trie of continuations, at most min(K, limits[b]) tokens deep."""
+        rows = [self._trie(seq, min(self.k, limit)) for seq, limit in zip(self.seqs, limits, strict=True)]
+        n = max(1, max(len(t) for t, _ in rows))  # (one padding node where no row has any: verify_tree needs N >= 1)
+        tokens = torch.tensor([t + [self.fill] * (n - len(t)) for t, _ in rows], dtype=torch.long)
+        parents = torch.tensor([p + [-1] * (n - len(p)) for _, p in rows], dtype=torch.long)
+        return TreeProposal(tokens.view(len(rows), n), parents.view(len(rows), n), None, [len(t) for t, _ in rows])
+
+    def _trie(self, seq: list[int], depth: int) -> tuple[list[int], list[int]]:
+        if depth < 1:
+            return [], []
+        lk = self.lookup
+        tree = lookup_candidates([seq], self.m, lk.max_ngram, depth, lk.min_ngram, lk.max_lookback, self.fill)
+        n = int(tree.num_nodes[0])
+        return tree.tokens[0, :n].tolist(), tree.parents[0, :n].tolist()
+
+    def accept(self, path: torch.Tensor, accepted: list[list[int]]) -> None:
+        """Append each row's new tokens to its token list."""
+        for seq, tokens in zip(self.seqs, accepted, strict=True):
+            seq += tokens
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.seqs = [self.seqs[i] for i in rows.tolist()]
+
+
+def start_tree_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, vocab: int,
+                       rng: random.Random, processors: PrefixProcessors | None = None):
+    """The tree drafter of a call, prefilled with the [B, P] prompts: a :class:`TreeLookupRun` for a
+    :class:`PromptLookupDrafter` (``settings.lookup_candidates`` continuations of ``settings.num_draft_tokens``), else
+    a :class:`TreeDraftModel` over ``settings.draft_tree`` (its 4D-mask support checked first, by name)."""
+    if isinstance(draft, PromptLookupDrafter):
+        seqs = [[t for t, m in zip(r, mk, strict=True) if m]
+                for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
+        return TreeLookupRun(draft, seqs, settings.num_draft_tokens, settings.lookup_candidates,
+                             settings.pad_token_id)
+    check_tree_attention(draft)
+    sampling = settings.sampling
+    draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
+    drafter = TreeDraftModel(draft, input_ids.shape[0], settings.draft_tree, vocab, sampling,
+                             settings.draft_tree_sampling, draft_rng, processors)
+    drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
+    return drafter
+
+
+def node_paths(tokens: torch.Tensor, parents: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each fed slot's path below the root, for the logits processors.
+
+    Parameters
+    ----------
+    tokens, parents : torch.Tensor
+        [B, S] the fed slots [last, node_0..] and their parents (:func:`.trees.tree_inputs`).
+    depth : int
+        The deepest path's length (at least every slot's).
+
+    Returns
+    -------
+    paths : torch.Tensor
+        [B, S, depth] int64: slot j's path tokens from the root's first child down to j (0 past its depth).
+    depths : torch.Tensor
+        [B, S] int64: each slot's path length (0 for the root).
+    """
+    s = tokens.shape[1]
+    anc = tree_ancestors(parents)[:, :, 1:]  # [B, S, S - 1] over the nodes: slot 0 is every slot's ancestor
+    depths = anc.sum(dim=2)
+    order = torch.where(anc, torch.arange(s - 1, device=anc.device), s - 1).sort(dim=2).values[..., :depth]
+    nodes = torch.cat([tokens[:, 1:], tokens.new_zeros(tokens.shape[0], 1)], dim=1)  # index s - 1: a zero
+    paths = nodes[:, None, :].expand(-1, s, -1).gather(2, order)
+    if paths.shape[2] < depth:
+        paths = torch.nn.functional.pad(paths, (0, depth - paths.shape[2]))
+    return paths, depths
+
+
+def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
+              rng: random.Random, processors: PrefixProcessors | None = None, watch=None, method: str = "token",
+              recorder: ScoreRecorder | None = None) -> Step:
+    """Propose a tree per row, score it with the target in one forward, verify it, keep the accepted path.
+
+    The signature is :func:`.loop.step`'s (`watch` and `method` are unused: a tree has its own rule and a constant
+    shape). `limits[b]` is the deepest path row b may accept.
+
+    Returns
+    -------
+    Step
+        ``counts``: nodes verified per row; ``accepted``: the accepted path's tokens, then the drawn token;
+        ``raw`` / ``processed`` (for a recorder) gathered along the path, as a chain step's positions.
+    """
+    prop = drafter.propose(last, limits)
+    n = prop.tokens.shape[1]
+    counts = torch.tensor(prop.counts, device=lm.device)
+    tokens, parents, valid = tree_inputs(last.to(lm.device), prop.tokens.to(lm.device), prop.parents.to(lm.device),
+                                         None if min(prop.counts) == n else counts)
+    logits = lm.forward_tree(tokens, parents, valid).float()
+    raw = None if recorder is None else recorder.raw(logits, processed_in_place=processors is not None)
+    if processors is not None:
+        paths, depths = node_paths(tokens, parents, max(max(limits), 0))
+        logits = processors.nodes(logits, paths, depths.tolist(), prop.counts)
+    dscores = None if prop.scores is None else prop.scores.to(logits.device)
+    res = verify_tree(logits, prop.tokens.to(logits.device), prop.parents.to(logits.device), dscores,
+                      num_nodes=counts.to(logits.device), seed=rng.getrandbits(62),
+                      **(sampling if sampling is not None else {"temperature": 0.0}))
+    n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()  # the step's one synchronisation
+    accepted = [t[:k + 1] for t, k in zip(tok_host, n_host, strict=True)]
+    drawn = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0]
+    lm.keep_path(path_keep(res.path.to(lm.device), n + 1))
+    drafter.accept(res.path, accepted)
+    kept = None if recorder is None else _path_rows(res.path.to(logits.device))
+    return Step(prop.counts, n + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device),
+                None if raw is None else _gather(raw, kept),
+                _gather(logits, kept) if recorder is not None and recorder.scores else None)
+
+
+def _path_rows(path: torch.Tensor) -> torch.Tensor:
+    """[B, D] accepted node indices (-1 padded) -> [B, D + 1] the fed slots of the root and the path (0 past it)."""
+    slots = torch.where(path >= 0, path + 1, 0)
+    return torch.cat([torch.zeros_like(slots[:, :1]), slots], dim=1)
+
+
+def _gather(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, S, V] scores at [B, D + 1] slots -> [B, D + 1, V]."""
+    return scores.gather(1, rows[:, :, None].expand(-1, -1, scores.shape[2]))
