@@ -17,6 +17,7 @@ from .errors import EXIT_INTERRUPTED, CLIError
 from .info import backend_choice
 from .models import check_vocab, load_model, require_transformers, resolve_model
 from .options import (
+    SPECULATIVE_FLAGS,
     check_context,
     check_options,
     given_options,
@@ -112,7 +113,8 @@ def resolve(args, loaded: Loaded) -> Settings:
     Raises
     ------
     CLIError
-        Naming ``--target``: an option its generation config sets that specsampler refuses, or a model it cannot run.
+        Naming ``--target``: an option its generation config sets that specsampler refuses, or a model it cannot run;
+        naming the flag of a specsampler option the library refuses (``--draft-tree`` with ``--num-draft-tokens``).
     """
     try:
         return resolve_settings(loaded.target, prompt_width=max(map(len, loaded.rows)), draft=loaded.drafter,
@@ -120,7 +122,8 @@ def resolve(args, loaded: Loaded) -> Settings:
                                 max_new_tokens=args.max_new_tokens, num_assistant_tokens_schedule=args.schedule,
                                 who="specsampler generate", **speculative_options(args), **given_options(args))
     except (TypeError, ValueError) as exc:
-        raise CLIError("--target", str(exc)) from None
+        flags = SPECULATIVE_FLAGS | {"num_assistant_tokens_schedule": "--schedule"}
+        raise CLIError(next((f for n, f in flags.items() if str(exc).startswith(n)), "--target"), str(exc)) from None
 
 
 def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> Job:
@@ -130,6 +133,14 @@ def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> 
         num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.schedule)
     return Job(loaded.target, loaded.drafter, loaded.rows, device, args.max_new_tokens, args.batch_size, args.seed,
                settings.eos_token_ids, settings.pad_token_id, speculative, given_options(args) | ids)
+
+
+def tree_label(settings: Settings) -> str:
+    """"K = 4", "tree (3, 2, 1, 1), top candidates" or "K = 10, 3 candidates" for the run's description."""
+    if settings.draft_tree is not None:
+        return f"tree {settings.draft_tree}, {settings.draft_tree_sampling} candidates"
+    more = f", {settings.lookup_candidates} candidates" if settings.lookup_candidates > 1 else ""
+    return f"K = {settings.num_draft_tokens}{more}"
 
 
 def describe_settings(settings: Settings, flags: dict[str, str]) -> str:
@@ -169,7 +180,7 @@ def _generate(args, device: torch.device, prompts: list[str]) -> int:
     settings = resolve(args, loaded)
     job = make_job(args, loaded, device, settings)
     if not args.json:
-        say(f"drafter: {loaded.drafter_label}, K = {args.num_draft_tokens}; "
+        say(f"drafter: {loaded.drafter_label}, {tree_label(settings)}; "
             f"{describe_settings(settings, option_flags(args))}; verify method: {settings.verify_method}; "
             f"verify backend: {backend_choice(device)[1]}")
     if args.compare:
@@ -201,7 +212,8 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
     n_new = sum(len(o) for o in outs)
     backend, why = backend_choice(device)
     return {
-        "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": args.num_draft_tokens,
+        "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": settings.num_draft_tokens,
+        "draft_tree": settings.draft_tree, "prompt_lookup_candidates": settings.lookup_candidates,
         "schedule": args.schedule, "verify_method": settings.verify_method, "device": str(device),
         "dtype": args.dtype, "backend": backend,
         "backend_reason": why,

@@ -48,6 +48,7 @@ def check_options(args) -> torch.device:
         raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
     if args.seed is not None and not 0 <= args.seed < 2**63:  # torch seeds 64-bit generators; batches add their row
         raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
+    _check_speculative(args)
     _check_run_options(args)
     return resolve_device(args.device)
 
@@ -138,10 +139,29 @@ def option_flags(args) -> dict[str, str]:
     return flags
 
 
+#: specsampler's own options (not ``GenerationConfig``'s) -> their flags.
+SPECULATIVE_FLAGS = {"verify_method": "--verify-method", "draft_tree": "--draft-tree",
+                     "draft_tree_sampling": "--draft-tree-sampling",
+                     "prompt_lookup_num_candidates": "--prompt-lookup-candidates"}
+
+
 def speculative_options(args) -> dict:
     """specsampler's own options given on the command line (not ``GenerationConfig`` options: plain
-    ``target.generate`` of ``--compare`` does not get them): ``verify_method`` when ``--verify-method`` is given."""
-    return {} if args.verify_method is None else {"verify_method": args.verify_method}
+    ``target.generate`` of ``--compare`` does not get them): ``verify_method``, ``draft_tree``,
+    ``draft_tree_sampling``, ``prompt_lookup_num_candidates``, each only when its flag is given."""
+    given = {"verify_method": args.verify_method, "draft_tree": args.draft_tree,
+             "draft_tree_sampling": args.draft_tree_sampling,
+             "prompt_lookup_num_candidates": args.prompt_lookup_candidates}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _check_speculative(args) -> None:
+    """specsampler's own options, checked by the library's checks, the error naming the flag."""
+    for name, value in speculative_options(args).items():
+        try:
+            check_option(name, value)
+        except (TypeError, ValueError) as exc:
+            raise CLIError(SPECULATIVE_FLAGS[name], str(exc)) from None
 
 
 def processor_options(args) -> dict:

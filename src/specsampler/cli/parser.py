@@ -58,9 +58,25 @@ def _add_models_and_prompts(g: argparse.ArgumentParser) -> None:
     g.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
 
 
+def _branching(text: str) -> tuple[int, ...]:
+    """``--draft-tree 3,2,1,1`` -> (3, 2, 1, 1) (the library checks the values)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 3,2,1,1; got {text!r}") from None
+
+
 def _add_decoding(g: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=128, help="per prompt (default 128)")
-    g.add_argument("--num-draft-tokens", type=int, default=4, help="K, drafts per step (default 4)")
+    g.add_argument("--num-draft-tokens", type=int, help="K, drafts per step (default 4)")
+    g.add_argument("--draft-tree", type=_branching, metavar="3,2,1,1",
+                   help="verify a token tree per step instead of a chain: the draft's candidates per node at each "
+                        "depth (the depth replaces --num-draft-tokens); needs --draft")
+    g.add_argument("--draft-tree-sampling", choices=("top", "iid"),
+                   help="the tree's candidates when sampling: the draft's top tokens (default) or i.i.d. draws")
+    g.add_argument("--prompt-lookup-candidates", type=int, metavar="M",
+                   help="with --prompt-lookup: the continuations of up to M n-gram matches, merged as a tree "
+                        "(default 1: one continuation, a chain)")
     g.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
                         "or per step from measured forward times and acceptance (0 to 2K; sampled tokens then vary "

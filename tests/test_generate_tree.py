@@ -1,0 +1,212 @@
+"""specsampler.generate with token trees (draft_tree=, prompt_lookup_num_candidates=), tiny models from configs (CPU):
+greedy rows equal target.generate row by row (batch 4, left padded; Llama, Qwen2, GPT-2; a draft model and prompt
+lookup tries; logits processors per node), sampled tokens follow the enumerated warped target (chi-square), the
+patched generate and speculative_generate take the keywords, options are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from test_generate import _check_rows, _exact_two_tokens, _peaked, _ragged, hf_warp  # noqa: E402
+from util import chi2_pvalue_pooled, perturbed, tiny_config, tiny_model  # noqa: E402
+
+import specsampler  # noqa: E402
+from specsampler import PromptLookupDrafter  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+pytestmark = pytest.mark.usefixtures("one_thread")
+V = 96
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def pair(request):
+    target = tiny_model(tiny_config(request.param, V, 2, 32), 0)
+    return target, perturbed(target, 0.005)
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    target = tiny_model(tiny_config("llama", V, 2, 32), 0)
+    return target, perturbed(target, 0.005)
+
+
+# ---------------------------------------------------------------------------------------------------- greedy
+def test_greedy_draft_tree_matches_target_generate(pair):
+    """Batch 4, left padded, ragged: each row equals target.generate on that row alone; a tree accepts more per
+    target forward than the chain of its depth."""
+    target, draft = pair
+    ids, mask = _ragged([9, 4, 1, 7])
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, draft_tree=(3, 2, 1, 1),
+                               eos_token_id=[], pad_token_id=0)
+    _check_rows(target, out, ids, mask, 16)
+    s = out.stats
+    assert s.new_tokens == 4 * 16 and 0 < s.accepted and s.drafted > s.accepted
+    assert s.draft_forwards == 4 * s.target_forwards  # one draft forward per depth
+    chain = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=4, eos_token_id=[],
+                                 pad_token_id=0)
+    assert torch.equal(chain.sequences, out.sequences)
+    assert s.tokens_per_forward >= chain.stats.tokens_per_forward
+
+
+def test_greedy_lookup_candidates_match_target_generate(pair):
+    """prompt_lookup_num_candidates=3: the tries of up to 3 n-gram continuations; rows equal target.generate."""
+    target, _ = pair
+    ids, mask = _ragged([9, 4, 1, 7], seed=2, repeat=True)
+    out = specsampler.generate(target, PromptLookupDrafter(), ids, mask, max_new_tokens=16, num_draft_tokens=3,
+                               prompt_lookup_num_candidates=3, eos_token_id=[], pad_token_id=0)
+    _check_rows(target, out, ids, mask, 16)
+    assert out.stats.drafted > 0 and out.stats.draft_forwards == 0
+
+
+def test_one_lookup_candidate_is_the_chain(llama_pair):
+    """prompt_lookup_num_candidates=1 runs today's chain step: the same tokens and the same counts."""
+    target, _ = llama_pair
+    ids, mask = _ragged([9, 4, 1, 7], seed=2, repeat=True)
+    kw = dict(max_new_tokens=12, prompt_lookup_num_tokens=3, eos_token_id=[], pad_token_id=0, do_sample=True, seed=3)
+    one = specsampler.generate(target, input_ids=ids, attention_mask=mask, prompt_lookup_num_candidates=1, **kw)
+    plain = specsampler.generate(target, input_ids=ids, attention_mask=mask, **kw)
+    assert torch.equal(one.sequences, plain.sequences) and one.stats == plain.stats
+
+
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_greedy_tree_with_processors_matches_target_generate(llama_pair, drafter):
+    """Logits processors at every node with its own path (repetition penalty, no-repeat n-grams, min_new_tokens
+    with an EOS): rows equal target.generate with the same options."""
+    target, draft = llama_pair
+    ids, mask = _ragged([9, 4, 1, 7], seed=5, repeat=drafter == "lookup")
+    opts = dict(repetition_penalty=1.3, no_repeat_ngram_size=3, min_new_tokens=4)
+    tree = dict(draft_tree=(2, 2, 1)) if drafter == "model" else dict(prompt_lookup_num_candidates=3,
+                                                                      num_draft_tokens=3)
+    out = specsampler.generate(target, draft if drafter == "model" else PromptLookupDrafter(), ids, mask,
+                               max_new_tokens=14, eos_token_id=[5], pad_token_id=0, **tree, **opts)
+    for b in range(4):
+        row = ids[b, mask[b].bool()][None]
+        ref = target.generate(row, attention_mask=torch.ones_like(row), do_sample=False, max_new_tokens=14,
+                              eos_token_id=[5], pad_token_id=0, **opts)[0, row.shape[1]:].tolist()
+        got = out.sequences[b, ids.shape[1]:].tolist()
+        assert got[:len(ref)] == ref, f"row {b}"
+
+
+def test_tree_eos_budget_streamer_and_scores(llama_pair):
+    """EOS ends a row inside an accepted path, the budget cuts a path, the streamer gets the row's tokens; output
+    scores equal the chain's (the same kept positions)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Recorder(BaseStreamer):
+        def __init__(self):
+            self.parts, self.ended = [], False
+
+        def put(self, value):
+            self.parts.append(value.flatten().tolist())
+
+        def end(self):
+            self.ended = True
+
+    target, draft = llama_pair
+    ids, mask = _ragged([5], seed=1)
+    ref = specsampler.generate(target, draft, ids, mask, max_new_tokens=11, eos_token_id=[], pad_token_id=0)
+    eos = ref.sequences[0, 5 + 6].item()  # the 7th new token: an EOS, wherever a path holds it
+    first = ref.sequences[0, 5:].tolist().index(eos)
+    streamer = Recorder()
+    out = specsampler.generate(target, draft, ids, mask, max_new_tokens=11, eos_token_id=[eos], pad_token_id=0,
+                               draft_tree=(2, 2, 2), streamer=streamer, output_scores=True)
+    assert out.sequences[0, 5:].tolist() == ref.sequences[0, 5:5 + first + 1].tolist()
+    assert streamer.ended and sum(streamer.parts[1:], []) == out.sequences[0, 5:].tolist()
+    chain = specsampler.generate(target, draft, ids, mask, max_new_tokens=11, eos_token_id=[eos], pad_token_id=0,
+                                 output_scores=True)
+    assert len(out.scores) == len(chain.scores) == first + 1
+    for a, b in zip(out.scores, chain.scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    budget = specsampler.generate(target, draft, ids, mask, max_new_tokens=3, eos_token_id=[], pad_token_id=0,
+                                  draft_tree=(3, 2, 1, 1))
+    assert budget.sequences[0, 5:].tolist() == ref.sequences[0, 5:8].tolist()
+
+
+# --------------------------------------------------------------------------------------------- distribution
+@pytest.mark.parametrize("drafter, warp_kw", [
+    ("top", dict(temperature=0.8, top_k=6)),
+    ("iid", dict(temperature=0.8, top_k=6)),
+    ("iid", dict(temperature=1.2, top_p=0.9)),
+    ("lookup", dict(temperature=1.3, top_p=0.9)),
+])
+def test_sampled_tree_follows_target_distribution(drafter, warp_kw):
+    """3000 copies of one prompt, max_new_tokens=3 (the first step verifies a tree of depth 2): the first two new
+    tokens follow the warped target's joint (chi-square, p > 1e-4); power: the draft's own joint is told apart."""
+    vocab, n = 8, 3000
+    target = _peaked(tiny_config("llama", vocab, 1, 16), 0, 8.0)
+    draft = perturbed(target, 0.05)
+    prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
+                             pad_token_id=0)
+    if drafter == "lookup":
+        tree = dict(draft=PromptLookupDrafter(max_ngram=2), num_draft_tokens=2, prompt_lookup_num_candidates=3)
+    else:
+        tree = dict(draft=draft, draft_tree=(2, 2), draft_tree_sampling=drafter)
+    out = specsampler.generate(target, input_ids=prompt.repeat(n, 1), max_new_tokens=3, do_sample=True, seed=1234,
+                               eos_token_id=[], **tree, **warp_kw)
+    new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    exact = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
+    assert counts[exact == 0].sum() == 0
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    if drafter != "lookup":
+        assert chi2_pvalue_pooled(counts, _exact_two_tokens(draft, prompt, lambda x: hf_warp(x, **warp_kw))
+                                  .flatten()) < 1e-4
+    assert 0 < out.stats.accepted < out.stats.drafted
+
+
+# ------------------------------------------------------------------------------------------- entry points
+def test_patched_generate_and_speculative_generate_take_the_keywords(llama_pair):
+    target, draft = llama_pair
+    ids, mask = _ragged([6, 3, 5], seed=4, repeat=True)
+    kw = dict(attention_mask=mask, max_new_tokens=8, pad_token_id=0, eos_token_id=None, do_sample=False)
+    plain = target.generate(ids, **kw)
+    with specsampler.patched_transformers():
+        tree = target.generate(ids, assistant_model=draft, draft_tree=(2, 2), **kw)
+        lookup = target.generate(ids, prompt_lookup_num_tokens=3, prompt_lookup_num_candidates=2, **kw)
+        sampled = [target.generate(ids, assistant_model=draft, draft_tree=[2, 1], draft_tree_sampling="iid",
+                                   **(kw | dict(do_sample=True, top_k=10)), seed=4) for _ in range(2)]
+    assert torch.equal(tree, plain) and torch.equal(lookup, plain)
+    assert torch.equal(sampled[0], sampled[1])
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                          draft_tree=(3, 1), **kw)
+    assert torch.equal(out, plain)
+
+
+REFUSALS = [
+    (dict(draft_tree=(2, 2), num_draft_tokens=3), ValueError, "draft_tree=.*replaces num_draft_tokens"),
+    (dict(draft_tree=(2, 2), num_assistant_tokens=3), ValueError, "replaces num_assistant_tokens"),
+    (dict(draft_tree=()), ValueError, "draft_tree must hold at least one depth"),
+    (dict(draft_tree=(2, 0)), ValueError, r"draft_tree\[1\] must be an integer >= 1"),
+    (dict(draft_tree=(2, 1.5)), TypeError, r"draft_tree\[1\] must be an integer"),
+    (dict(draft_tree=3), TypeError, "draft_tree must be a tuple or list"),
+    (dict(draft_tree=(2,), draft_tree_sampling="all"), ValueError, "draft_tree_sampling must be 'top' or 'iid'"),
+    (dict(draft_tree_sampling="iid"), ValueError, "draft_tree_sampling='iid' needs draft_tree"),
+    (dict(draft_tree=(2,), verify_method="block"), ValueError, "verify_method='block' does not apply with draft_tree"),
+    (dict(draft_tree=(2,), num_assistant_tokens_schedule="heuristic"), ValueError,
+     "num_assistant_tokens_schedule='heuristic' does not apply with draft_tree"),
+    (dict(prompt_lookup_num_candidates=2), ValueError, "prompt_lookup_num_candidates=2 needs prompt lookup"),
+    (dict(draft=None, prompt_lookup_num_tokens=3, prompt_lookup_num_candidates=0), ValueError,
+     "prompt_lookup_num_candidates must be an integer >= 1"),
+    (dict(draft=None, prompt_lookup_num_tokens=3, draft_tree=(2,)), ValueError, "draft_tree is grown by a draft"),
+    (dict(draft=None, prompt_lookup_num_tokens=3, prompt_lookup_num_candidates=2, verify_method="block"), ValueError,
+     "verify_method='block' does not apply with prompt_lookup_num_candidates=2"),
+]
+
+
+@pytest.mark.parametrize("kw, error, match", REFUSALS)
+def test_refusals_by_name(llama_pair, kw, error, match):
+    target, draft = llama_pair
+    kw = {"draft": draft} | kw
+    with pytest.raises(error, match=match):
+        specsampler.generate(target, input_ids=torch.tensor([[3, 4, 5]]), max_new_tokens=4, **kw)
+
+
+def test_model_without_4d_masks_is_refused_through_generate(llama_pair):
+    _, draft = llama_pair
+    target = tiny_model(tiny_config("gpt2", V, 1, 16), 0)
+    target.config._attn_implementation = "flash_attention_2"  # (the name is what is checked: no kernel runs)
+    with pytest.raises(NotImplementedError, match="GPT2LMHeadModel runs attention with 'flash_attention_2'"):
+        specsampler.generate(target, draft, torch.tensor([[3, 4, 5]]), max_new_tokens=4, draft_tree=(2,))
