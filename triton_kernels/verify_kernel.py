@@ -182,13 +182,20 @@ def _pack(key, idx):
 
 @triton.jit
 def _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,
-               BLOCK_K: tl.constexpr):
-    """tokens[b] = accepted drafts, the next token, then -1; num_accepted[b] = n."""
-    for t0 in range(0, K + 1, BLOCK_K):
-        t = t0 + tl.arange(0, BLOCK_K)
+               BLOCK_K: tl.constexpr, ONE_BLOCK: tl.constexpr):
+    """tokens[b] = accepted drafts, the next token, then -1; num_accepted[b] = n. ONE_BLOCK: BLOCK_K >= K + 1, no
+    loop (block verification's greedy rows: in a loop of one trip Triton 3.6's ptxas put a spill)."""
+    if ONE_BLOCK:
+        t = tl.arange(0, BLOCK_K)
         x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=t < n, other=0).to(tl.int64)
-        val = tl.where(t < n, x, tl.where(t == n, next_token, -1))
-        tl.store(out_ptr + b * stride_ob + t * stride_ot, val, mask=t <= K)
+        tl.store(out_ptr + b * stride_ob + t * stride_ot, tl.where(t < n, x, tl.where(t == n, next_token, -1)),
+                 mask=t <= K)
+    else:
+        for t0 in range(0, K + 1, BLOCK_K):
+            t = t0 + tl.arange(0, BLOCK_K)
+            x = tl.load(tokens_ptr + b * stride_xb + t * stride_xt, mask=t < n, other=0).to(tl.int64)
+            val = tl.where(t < n, x, tl.where(t == n, next_token, -1))
+            tl.store(out_ptr + b * stride_ob + t * stride_ot, val, mask=t <= K)
     tl.store(nacc_ptr + b, n)
 
 
@@ -503,7 +510,7 @@ def _fold_and_write(ws_ptr, out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb
                                     stride_ev, V, Vd, n, k_b, x_n, one_hot_n, m_p, z_p, cut_p, m_q, z_q, cut_q, scale,
                                     seed_b, row_key, EPS, BLOCK_V, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
         _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, next_token,
-                   BLOCK_K)
+                   BLOCK_K, False)
         if LOGPROBS:
             lp_next = _logprob(_score_at(p_row, stride_tv, next_token, FROM_PROBS), m_p, z_p, scale, log_v,
                                FROM_PROBS)
@@ -608,7 +615,7 @@ def _block_row(t, x, m_t, z_t, ct_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gath
                                     cut_p, 0.0, 1.0, -float("inf"), scale, seed_b, row_key, EPS, BLOCK_V, FROM_PROBS,
                                     HAS_DRAFT, GIVEN_RANDOM, WARP)
         _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, tau, next_token,
-                   BLOCK_K)
+                   BLOCK_K, False)
         if LOGPROBS:
             lp_next = _logprob(_score_at(p_row, stride_tv, next_token, FROM_PROBS), m_p, z_p, scale, log_v,
                                FROM_PROBS)
@@ -678,7 +685,7 @@ def _verify_kernel(
                 n = tl.minimum(k_b, tl.min(tl.where((t < k_b) & ~(gather & (x_first == arg_t)), t, K + 1), axis=0))
                 arg_n = _at(t, n, arg_t)
                 _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_n,
-                           BLOCK_K)
+                           BLOCK_K, True)
                 if LOGPROBS:
                     lp_next = _logprob(_score_at(t_row + n * stride_tt, stride_tv, arg_n, FROM_PROBS),
                                        _at(t, n, m_t), _at(t, n, z_t), scale, log_v, FROM_PROBS)
@@ -702,7 +709,7 @@ def _verify_kernel(
         if greedy:
             if split == 0:
                 _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
-                           BLOCK_K)
+                           BLOCK_K, False)
                 if LOGPROBS:
                     lp_next = _logprob(_score_at(t_row + n * stride_tt, stride_tv, arg_p, FROM_PROBS), m_p, z_p,
                                        scale, log_v, FROM_PROBS)
