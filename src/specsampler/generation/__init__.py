@@ -7,7 +7,11 @@ Read in this order:
   ``speculative_generate``, the CLI): argument, then ``generation_config=``, then the model's config, then
   transformers' defaults; range checks and refusals by name. :mod:`.options` is its table of transformers' options.
 - :mod:`.loop`: prefill, step (draft, score, verify, trim the caches), commit, evict.
-- :mod:`.kv_cache`: the KV cache with holes (rows accept different numbers of drafts).
+- :mod:`.tree_loop`: a step over a token tree (``draft_tree``, ``prompt_lookup_num_candidates``), the same
+  :class:`~.loop.Step` out; :mod:`.trees`: its pieces (expand_tree, tree_inputs, path_keep, accept_tree,
+  lookup_candidates, nodes_within).
+- :mod:`.kv_cache`: the KV cache with holes (rows accept different numbers of drafts), token trees through it
+  (``forward_tree``, ``keep_path``, ``check_tree_attention``).
 - :mod:`.drafters`: the drafter protocol, the draft model, prompt lookup.
 - :mod:`.schedules`: draft lengths per step: constant, heuristic, cost (with the process's measurements).
 - :mod:`.processors`, :mod:`.stopping`: transformers' logits processors at every scored position, stopping criteria.
