@@ -341,3 +341,31 @@ def test_output_option_types_refused_by_name(models):
     target, draft = models
     with pytest.raises(ValueError, match="output_scores"):
         resolve_settings(target, draft=draft, max_new_tokens=4, output_scores="yes")
+
+
+# ------------------------------------------------------------ token trees: resolved once, refused by name everywhere
+def test_tree_options_resolved(models):
+    """draft_tree (a list too) becomes a tuple and the depth K; draft_tree_sampling defaults to "top";
+    prompt_lookup_num_candidates defaults to 1 (the chain) and needs prompt lookup."""
+    target, draft = models
+    s = resolve_settings(target, draft=draft, draft_tree=[3, 2, 1], max_new_tokens=4)
+    assert (s.draft_tree, s.num_draft_tokens, s.draft_tree_sampling, s.lookup_candidates, s.tree) == \
+        ((3, 2, 1), 3, "top", 1, True)
+    s = resolve_settings(target, draft=draft, max_new_tokens=4)
+    assert (s.draft_tree, s.lookup_candidates, s.tree) == (None, 1, False)
+    s = resolve_settings(target, prompt_lookup_num_tokens=5, prompt_lookup_num_candidates=3, max_new_tokens=4)
+    assert (s.num_draft_tokens, s.lookup_candidates, s.tree) == (5, 3, True)
+    s = resolve_settings(target, prompt_lookup_num_tokens=5, prompt_lookup_num_candidates=1, max_new_tokens=4)
+    assert not s.tree
+
+
+def test_tree_options_refused_by_name_at_every_entry_point(models):
+    target, draft = models
+    ids = _prompts()
+    with pytest.raises(ValueError, match="draft_tree=.*replaces num_draft_tokens"):
+        specsampler.generate(target, draft, ids, draft_tree=(2, 2), num_draft_tokens=2, **KW)
+    with pytest.raises(ValueError, match=r"draft_tree\[0\] must be an integer >= 1"):
+        target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, draft_tree=(0,),
+                        **KW)
+    with specsampler.patched_transformers(), pytest.raises(ValueError, match="draft_tree_sampling must be"):
+        target.generate(ids, assistant_model=draft, draft_tree=(2,), draft_tree_sampling="any", **KW)

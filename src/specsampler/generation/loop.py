@@ -57,9 +57,9 @@ class GenerationStats:
     row_steps : int
         Sum over steps of the rows still running.
     drafted : int
-        Draft tokens verified (sum of K_b over rows and steps).
+        Draft tokens verified (sum of K_b over rows and steps; with a token tree, the nodes verified).
     accepted : int
-        Draft tokens accepted.
+        Draft tokens accepted (with a token tree, the accepted path's depth).
     new_tokens : int
         Tokens generated (kept), all rows together.
     """
