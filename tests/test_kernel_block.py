@@ -193,6 +193,19 @@ def test_logprobs_match_oracle(case, method, device):
 
 
 @pytest.mark.parametrize("method", ["token", "block"])
+def test_logprobs_with_launch_1_candidates_and_greedy_rows(method, device):
+    """Warped rows with launch 1's candidates (many rows, one split: the third statistics plane holds the sampled rows'
+    candidate bound) beside greedy rows (the same plane holds their argmax when log-probabilities are asked for)."""
+    args = make_case(4, 2, 8192, seed=37, device=device, temperature="mixed")
+    warp = dict(top_k=30, top_p=0.9)
+    kernel = verify_with_hooks(**args, **warp, backend="triton", method=method, return_logprobs=True, _block_v=256,
+                               _num_splits=1)
+    oracle = verify_with_hooks(**args, **warp, backend="torch", method=method, return_logprobs=True)
+    _same(kernel, oracle)
+    torch.testing.assert_close(kernel.logprobs.cpu(), oracle.logprobs.cpu(), **LOGPROB_TOL[F32])
+
+
+@pytest.mark.parametrize("method", ["token", "block"])
 @pytest.mark.parametrize("dtype", [F32, BF16, F16])
 def test_logprobs_from_probs_match_oracle(dtype, method, device):
     args = _probs(make_case(6, 3, 700, seed=23, ragged=True, device=device), dtype)
