@@ -276,7 +276,7 @@ def test_bad_trees_are_refused_by_name():
     with pytest.raises(ValueError, match="max_depth"):
         specsampler.verify_tree(target, tokens, torch.tensor([[-1, 0, 1]] * 2), max_depth=-1)
     with pytest.raises(ValueError, match="backend"):
-        specsampler.verify_tree(target, tokens, torch.tensor([[-1, 0, 1]] * 2), backend="triton")
+        specsampler.verify_tree(target, tokens, torch.tensor([[-1, 0, 1]] * 2), backend="gpu")
 
 
 def test_out_of_range_tokens_are_never_accepted_and_empty_batches():

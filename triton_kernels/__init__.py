@@ -7,6 +7,8 @@ A newcomer reads, in this order:
 - ``cut_kernel``: launch 1.5, ``warp_cuts`` (top-k / top-p / min-p only): each warped row's cut and kept mass;
 - ``verify_kernel``: launch 2, ``verify_rows``: acceptance (token or block verification), the first rejection, the
   exponential race for the next token, the emitted tokens' log-probabilities;
+- ``tree_kernel``: ``verify_tree_rows``, token-tree verification after launch 1 (and the cut launch): one program per
+  row walks its tree's nodes, the residual kept as max(p - c q, 0) without its removed ids;
 - ``jit_helpers``: the @triton.jit helpers more than one launch uses; ``launching``: the launch-configuration table,
   the compiled-launcher cache, the workspace, programmatic dependent launch, and the process-wide state's reset;
 - ``constants``: the numbers shared with the torch backend (imports nothing).
@@ -27,12 +29,15 @@ _LAZY = {
     "_warp_cut_kernel": "cut_kernel",
     "verify_rows": "verify_kernel",
     "_verify_kernel": "verify_kernel",
+    "verify_tree_rows": "tree_kernel",
+    "_tree_kernel": "tree_kernel",
     "gdc_wait": "jit_helpers",
 }
 
-_SUBMODULES = ("constants", "cut_kernel", "jit_helpers", "launching", "stats_kernel", "verify_kernel")
+_SUBMODULES = ("constants", "cut_kernel", "jit_helpers", "launching", "stats_kernel", "tree_kernel",
+               "verify_kernel")
 
-__all__ = ["row_stats", "verify_rows", "warp_cuts"]
+__all__ = ["row_stats", "verify_rows", "verify_tree_rows", "warp_cuts"]
 
 
 def __getattr__(name: str):

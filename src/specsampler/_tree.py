@@ -17,12 +17,14 @@ from ._api import (
     _check_hooks,
     _check_scores,
     _integer_rows,
+    _kernels,
+    _pick_backend,
     _row_tensor,
     _seed,
     _warp,
 )
 from .torch_backend import GREEDY_BELOW
-from .torch_tree import verify_tree_torch
+from .torch_tree import tree_depths, verify_tree_torch
 
 
 class TreeResult(NamedTuple):
@@ -74,8 +76,11 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
         [B] in [0, N]: the nodes each row really has. None: N.
     temperature, top_k, top_p, min_p, seed, generator
         As in :func:`specsampler.verify`.
-    backend : {"auto", "torch"}
-        The torch backend on every device (the Triton kernel is not written yet).
+    backend : {"auto", "triton", "torch"}
+        "auto": the Triton kernel on CUDA tensors when triton is installed, else torch; "triton" also runs on CPU
+        tensors under TRITON_INTERPRET=1. The kernel's random numbers are Philox (a chain gives
+        :func:`specsampler.verify`'s tokens on the same seed), the torch backend's torch.Generator: the same seed
+        gives the same distribution, not the same tokens.
     max_depth : int, optional
         The output width D: nodes deeper than it are never reached. None: the deepest path of the trees (one host
         synchronisation on CUDA; pass it under CUDA-graph capture).
@@ -116,8 +121,7 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
     if max_depth is not None and (not isinstance(max_depth, numbers.Integral) or isinstance(max_depth, bool)
                                   or max_depth < 0):
         raise ValueError(f"max_depth must be None or an integer >= 0, got {max_depth!r}")
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"backend must be 'auto' or 'torch' for verify_tree (no Triton kernel yet), got {backend!r}")
+    backend = _pick_backend(backend, device)
     seed = _seed(seed, generator, batch, device)
     if hooks is not NO_HOOKS:
         _check_hooks(hooks, batch, n, vocab, device)
@@ -126,6 +130,13 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
         width = 0 if max_depth is None else int(max_depth)
         empty = torch.empty(0, width + 1, dtype=torch.int64, device=device)
         return TreeResult(empty, torch.empty(0, dtype=torch.int64, device=device), empty[:, :width])
+    if backend == "triton":
+        if max_depth is None:  # the deepest path of the trees: one host synchronisation on CUDA
+            depth = tree_depths(tree_parents, num_nodes)
+            max_depth = int(depth.max()) if depth.numel() else 0
+        return TreeResult(*_kernels().verify_tree_rows(target_logits, tree_tokens, tree_parents, draft_logits,
+                                                       num_nodes, temperature, seed, warp, int(max_depth),
+                                                       hooks.uniforms, hooks.noise))
     return TreeResult(*verify_tree_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
                                          temperature, seed, hooks.uniforms, hooks.noise, warp,
                                          None if max_depth is None else int(max_depth)))
