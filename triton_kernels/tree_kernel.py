@@ -107,8 +107,9 @@ def _prob(x, m, z, scale, cut, WARP: tl.constexpr):
 
 @triton.jit
 def _numerator(t_row, stride_tv, d_row, stride_dv, offs, mask, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c,
-               removed, slots, n_removed, HAS_DRAFT: tl.constexpr, WARP: tl.constexpr):
-    """max(p - c q, 0) at `offs` (0 where `mask` is off and on the `n_removed` ids of `removed` [BLOCK_R])."""
+               removed, slots, n_removed, HAS_DRAFT: tl.constexpr, WARP: tl.constexpr, DROP: tl.constexpr):
+    """max(p - c q, 0) at `offs`: 0 where `mask` is off, and with DROP on the `n_removed` ids of `removed`
+    [BLOCK_R]."""
     p = _prob(_finite_logits(tl.load(t_row + offs * stride_tv, mask=mask, other=-float("inf"))), m_p, z_p, scale,
               cut_p, WARP)
     if HAS_DRAFT:  # (c = 0 at a fresh node: q is not read)
@@ -117,22 +118,32 @@ def _numerator(t_row, stride_tv, d_row, stride_dv, offs, mask, Vd, m_p, z_p, cut
                   scale, cut_q, WARP)
         p = tl.maximum(p - c * tl.where(q_mask, q, 0.0), 0.0)
     keep = mask
-    for j in range(0, n_removed):
-        keep = keep & (offs != tl.sum(tl.where(slots == j, removed, 0), axis=0))
+    if DROP:
+        for j in range(0, n_removed):
+            keep = keep & (offs != tl.sum(tl.where(slots == j, removed, 0), axis=0))
     return tl.where(keep, p, 0.0)
 
 
 @triton.jit
 def _mass(t_row, stride_tv, d_row, stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed, slots,
           n_removed, BLOCK_V: tl.constexpr, HAS_DRAFT: tl.constexpr, WARP: tl.constexpr):
-    """Z: the sum of :func:`_numerator` over the row (per-lane sums, one reduction after the loop)."""
+    """Z: the sum of :func:`_numerator` over the row (per-lane sums, one reduction after the loop), the removed ids'
+    share taken off after it from their gathered scores (a reduction over the removed ids per tile costs a block
+    barrier there)."""
     lanes = tl.arange(0, BLOCK_V)
     acc = tl.zeros([BLOCK_V], tl.float32)
     for start in range(0, V, BLOCK_V):
         offs = start + lanes
         acc += _numerator(t_row, stride_tv, d_row, stride_dv, offs, offs < V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q,
-                          scale, c, removed, slots, n_removed, HAS_DRAFT, WARP)
-    return tl.sum(acc, axis=0)
+                          scale, c, removed, slots, n_removed, HAS_DRAFT, WARP, False)
+    total = tl.sum(acc, axis=0)
+    pair = tl.arange(0, 2)
+    for j in range(0, n_removed):
+        y = tl.sum(tl.where(slots == j, removed, 0), axis=0) + pair * 0  # (a 2-lane gather: the interpreter)
+        gone = _numerator(t_row, stride_tv, d_row, stride_dv, y, pair == 0, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q,
+                          scale, c, removed, slots, n_removed, HAS_DRAFT, WARP, False)
+        total -= tl.sum(gone, axis=0)
+    return tl.maximum(total, 0.0)
 
 
 @triton.jit
@@ -146,7 +157,7 @@ def _race_lanes(best, arg, mass, offs, bits, noise_row, stride_ev, t_row, stride
         dist = tl.where(mask, 1.0, 0.0)
     else:
         dist = _numerator(t_row, stride_tv, d_row, stride_dv, offs, mask, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale,
-                          c, removed, slots, n_removed, HAS_DRAFT, WARP)
+                          c, removed, slots, n_removed, HAS_DRAFT, WARP, True)
     if GIVEN_RANDOM:
         e = tl.load(noise_row + offs * stride_ev, mask=mask, other=1.0)
     else:
@@ -303,7 +314,7 @@ def _tree_kernel(
                 if ~take:
                     if point:  # R += {x}: no pass
                         rest = z_r - num_x
-                        if rest > EPS * z_r:
+                        if (rest > EPS * z_r) & ~gone:  # (an id removed already changes nothing)
                             removed = tl.where(slots == n_removed, x.to(tl.int32), removed)
                             n_removed += 1
                             z_r = rest
@@ -340,9 +351,9 @@ def _tree_kernel(
                                  m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key, cur + 1,
                                  False, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
         if ~(mass > 0.0):
-            next_token, _ = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p, cut_p,
-                                  m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key, cur + 1,
-                                  True, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            next_token, _unused = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p,
+                                        cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key,
+                                        cur + 1, True, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
     next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
     # The row's output past the accepted path (the path itself was stored as it was accepted: disjoint addresses).
     for d0 in range(0, D + 1, BLOCK_D):
