@@ -125,6 +125,24 @@ def test_tree_eos_budget_streamer_and_scores(llama_pair):
     assert budget.sequences[0, 5:].tolist() == ref.sequences[0, 5:8].tolist()
 
 
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_rows_leave_the_batch_mid_run(llama_pair, drafter):
+    """An EOS that ends one row early (the others go on: rows evicted with a deferred leaf in the draft's cache):
+    the same sequences as the chain, which equals target.generate (tests/test_generate.py)."""
+    target, draft = llama_pair
+    ids, mask = _ragged([9, 4, 1, 7], seed=6, repeat=drafter == "lookup")
+    drafter = draft if drafter == "model" else PromptLookupDrafter()
+    kw = dict(max_new_tokens=14, pad_token_id=0)
+    free = specsampler.generate(target, drafter, ids, mask, eos_token_id=[], **kw)
+    eos = free.sequences[1, ids.shape[1] + 2].item()
+    chain = specsampler.generate(target, drafter, ids, mask, eos_token_id=[eos], num_draft_tokens=3, **kw)
+    tree = dict(draft_tree=(2, 2, 1)) if drafter is draft else dict(prompt_lookup_num_candidates=3,
+                                                                    num_draft_tokens=3)
+    out = specsampler.generate(target, drafter, ids, mask, eos_token_id=[eos], **tree, **kw)
+    assert torch.equal(out.sequences, chain.sequences)
+    assert (out.sequences[:, ids.shape[1]:] == 0).any(dim=1).sum() >= 1  # some row ended early
+
+
 # --------------------------------------------------------------------------------------------- distribution
 @pytest.mark.parametrize("drafter, warp_kw", [
     ("top", dict(temperature=0.8, top_k=6)),
@@ -155,6 +173,38 @@ def test_sampled_tree_follows_target_distribution(drafter, warp_kw):
         assert chi2_pvalue_pooled(counts, _exact_two_tokens(draft, prompt, lambda x: hf_warp(x, **warp_kw))
                                   .flatten()) < 1e-4
     assert 0 < out.stats.accepted < out.stats.drafted
+
+
+@torch.no_grad()
+def _exact_two_tokens_penalised(target, prompt, penalty, warp):
+    """P(x1, x2 | prompt) [v * v] under the target with transformers' repetition penalty (each position with its
+    own prefix), then warped."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    rep, v = RepetitionPenaltyLogitsProcessor(penalty), target.config.vocab_size
+    p1 = warp(rep(prompt, target(prompt).logits[:, -1].float())).softmax(-1)[0]
+    both = torch.cat([prompt.repeat(v, 1), torch.arange(v)[:, None]], dim=1)
+    p2 = warp(rep(both, target(both).logits[:, -1].float())).softmax(-1)
+    return (p1[:, None] * p2).flatten()
+
+
+@pytest.mark.parametrize("candidates", ["top", "iid"])
+def test_sampled_tree_with_a_processor_follows_the_processed_target(candidates):
+    """A repetition penalty at every node with its own path, sampled: the first two tokens follow the penalised,
+    warped target (chi-square p > 1e-4); power: the unpenalised target's joint is told apart."""
+    vocab, n, warp_kw = 8, 3000, dict(temperature=0.9, top_k=6)
+    target = _peaked(tiny_config("llama", vocab, 1, 16), 0, 8.0)
+    prompt = torch.tensor([[1, 2, 5, 3]])
+    out = specsampler.generate(target, perturbed(target, 0.05), prompt.repeat(n, 1), max_new_tokens=3,
+                               do_sample=True, seed=99, eos_token_id=[], draft_tree=(2, 2),
+                               draft_tree_sampling=candidates, repetition_penalty=3.0, **warp_kw)
+    new = out.sequences[:, 4:6]
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    exact = _exact_two_tokens_penalised(target, prompt, 3.0, lambda x: hf_warp(x, **warp_kw))
+    assert counts[exact == 0].sum() == 0
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    plain = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
+    assert chi2_pvalue_pooled(counts, plain) < 1e-4
 
 
 # ------------------------------------------------------------------------------------------- entry points
