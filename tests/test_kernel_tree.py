@@ -191,3 +191,30 @@ def test_cuda_graph_capture_with_max_depth():
     torch.cuda.synchronize()
     for a, b in zip(eager, captured, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_residual_of_rounding_keeps_r(device):
+    """A rejection whose residual holds at most RESIDUAL_EPS of the mass changes nothing (the oracle keeps r): an
+    i.i.d. child with q a hair above p at its token (row 0; the kernel finds out in the race, and races again over
+    p), a point mass on a token p gives 1 - 5e-7 (row 1)."""
+    vocab = 20
+    g = torch.Generator().manual_seed(15)
+    target = torch.randn(2, 3, vocab, generator=g)
+    target[1, 0] = torch.log(torch.tensor(5e-7 / (vocab - 1)))
+    target[1, 0, 3] = 0.0
+    e = torch.empty(2, vocab).exponential_(generator=g)
+    winner = (torch.softmax(target[:, 0], dim=-1) / e).argmax(-1)
+    draft = target.clone()
+    tokens = torch.tensor([[int(winner[0]), 5], [3, 5]])  # (without r kept, neither row could emit p's winner)
+    draft[0, 0, tokens[0, 0]] += 1e-6  # q(x) a hair above p(x): rejected with u close to 1, residual ~3e-7
+    draft[1, 0] = float("-inf")  # row 1's root children are point masses
+    parents = torch.tensor([[-1, 0], [-1, 0]])
+    u = torch.full((2, 2), 1.0 - 2.0**-24)
+    moved = [x.to(device) for x in (target, tokens, parents, draft, u, e)]
+    results = [_testing.verify_tree_with_hooks(*moved[:4], _uniforms=moved[4], _noise=moved[5], backend=backend,
+                                               seed=0) for backend in ("torch", "triton")]
+    for want, got in zip(*results, strict=True):
+        assert torch.equal(want.cpu(), got.cpu()), results
+    assert results[1].num_accepted.tolist() == [0, 0]
+    # r kept: the next token is p's race winner
+    assert results[1].tokens[:, 0].cpu().tolist() == winner.tolist()

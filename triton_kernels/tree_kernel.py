@@ -14,8 +14,10 @@ residual row is ever materialised:
   u_i * q(x) < r(x), u_i node i's uniform; q(x) = 1 for a point-mass child (no draft logits, or a draft that gives x
   no probability: -inf, NaN, x >= Vd). Greedy rows: x == argmax p (launch 1's argmax), lowest index on ties;
 - a point-mass rejection: R += {x}, Z -= numerator(x) (no pass over the vocabulary);
-- an i.i.d. rejection: c += Z, Z = the sum of the new numerator (one pass over the node's p and q rows);
-- either is skipped when the new Z / old Z <= RESIDUAL_EPS (the oracle keeps r: rounding);
+- an i.i.d. rejection: c += Z, Z = the sum of the new numerator (one pass over the node's p and q rows), computed
+  only when a later sibling is tried (the final race sums the mass itself);
+- either is skipped when the new Z / old Z <= RESIDUAL_EPS (the oracle keeps r: rounding; for a pending i.i.d.
+  rejection the race decides it, and races again over the residual before it in that rare case);
 - an accepted child becomes the current node: c = 0, R empty, Z = 1, its own p and q statistics;
 - the next token: the exponential race argmax num(y) / E_y over the current numerator (one pass over p and, when
   c > 0, q), E_y from Philox as verify's race (or the noise hook); when the numerator has no mass at all (a row of
@@ -31,8 +33,10 @@ replaces them with uniforms [B, N] and noise [B, V], which the oracle accepts to
 Bytes (s the scores' element size): launch 1 reads every target row t <= num_nodes_b and draft row t < num_nodes_b
 once (at most B*(N+1)*V*s + B*N*Vd*s) and writes 8 * rows * S1 of statistics; the cut launch (warpers only) as in
 ``cut_kernel``. This launch reads per row the statistics of the nodes it visits (8 * S1 each), 2 ints and up to 2
-gathered scores per node walked, one (V + Vd) * s pass per i.i.d. rejection, one more for the race (V * s at a node
-with c = 0; a second V * s only for the uniform fallback), and writes 8 * (2D + 2) bytes a row. No [B, N+1, V]
+gathered scores per node walked, one (V + Vd) * s pass per i.i.d. rejection that a sibling follows, one more for the
+race (V * s at a node with c = 0, (V + Vd) * s after a rejection; a second only where the residual has at most
+RESIDUAL_EPS of the mass or none: then uniform), and writes 8 * (2D + 2) bytes a row. A chain reads what verify's
+token verification reads: launch 1, then one row (pair) for the race. No [B, N+1, V]
 tensor is allocated, there is no host synchronisation when `max_depth` is given, and no workspace.
 
 Cost of the one-program-per-row design, and what a split design would change: B programs only, so at small B most
@@ -41,8 +45,8 @@ rejected at each of d levels walks k*d + 1 rows serially). A split design would 
 row (as verify's race: per-split partial sums and race winners folded into a per-row workspace with atomics), at the
 price of a grid-wide dependency between sibling decisions (a split's Z is needed before the next sibling's test):
 either one launch per tree level / sibling round, or the last program of the row continuing the walk after each
-fold. A cheaper step before that: defer Z after an i.i.d. rejection until a later sibling needs it (the race folds the
-mass in), which saves the pass before the race on a node whose last child was rejected.
+fold. Z is already deferred after an i.i.d. rejection until a later sibling needs it; the passes left are those of
+nodes with several i.i.d. children rejected in turn, which a split design would run in parallel over the row.
 
 References: Miao et al. 2023 (SpecInfer, arXiv 2305.09781); Leviathan et al. 2023 (arXiv 2211.17192);
 ``verify_kernel`` (Philox layout, the exponential race); Salmon et al. 2011 (Philox).
@@ -287,6 +291,10 @@ def _tree_kernel(
                                      sampled & (n_b > 0), sampled, S1, scale, BLOCK_S, WARP)
     c = m_p * 0.0
     z_r = c + 1.0
+    # After an i.i.d. rejection, c + Z and its Z wait until a later sibling needs them (pending): the race folds the
+    # mass in, so a node whose last child was rejected makes one pass, not two.
+    c_new = c
+    pending = b < 0
     slots = tl.arange(0, BLOCK_R)
     removed = slots * 0 - 1
     n_removed = (b * 0).to(tl.int32)
@@ -298,6 +306,14 @@ def _tree_kernel(
             if greedy:
                 take = x == arg_p
             else:
+                if pending:  # the i.i.d. rejection before: Z = the new numerator's sum, one pass over p and q
+                    rest = _mass(t_row + (cur + 1) * stride_tn, stride_tv, d_row + (cur + 1) * stride_dn, stride_dv,
+                                 V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c_new, removed, slots, n_removed,
+                                 BLOCK_V, HAS_DRAFT, WARP)
+                    if rest > EPS * z_r:
+                        c = c_new
+                        z_r = rest
+                    pending = pending & False
                 l_p = _finite_logits(_scalar_load(t_row + (cur + 1) * stride_tn + x * stride_tv, x >= 0,
                                                   -float("inf")))
                 p_x = _prob(l_p, m_p, z_p, scale, cut_p, WARP)
@@ -318,14 +334,9 @@ def _tree_kernel(
                             removed = tl.where(slots == n_removed, x.to(tl.int32), removed)
                             n_removed += 1
                             z_r = rest
-                    else:  # c += Z, Z = the new numerator's sum: one pass over the node's p and q
+                    else:  # c += Z (pending: Z when a later sibling needs it, or in the race)
                         c_new = c + z_r
-                        rest = _mass(t_row + (cur + 1) * stride_tn, stride_tv, d_row + (cur + 1) * stride_dn,
-                                     stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c_new, removed,
-                                     slots, n_removed, BLOCK_V, HAS_DRAFT, WARP)
-                        if rest > EPS * z_r:
-                            c = c_new
-                            z_r = rest
+                        pending = pending | True
             if take:
                 tl.store(out_ptr + b * stride_ob + depth * stride_od, x)
                 tl.store(path_ptr + b * stride_pb + depth * stride_pd, i)
@@ -339,6 +350,7 @@ def _tree_kernel(
                 c = c * 0.0
                 z_r = c + 1.0
                 n_removed = n_removed * 0
+                pending = pending & False
 
     # The next token: greedy rows argmax p; sampled rows the race over the residual (uniform when it has no mass).
     if greedy:
@@ -348,8 +360,12 @@ def _tree_kernel(
         q_row = d_row + (cur + 1) * stride_dn
         noise_row = noise_ptr + b * stride_eb
         next_token, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p, cut_p,
-                                 m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key, cur + 1,
-                                 False, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
+                                 m_q, z_q, cut_q, scale, tl.where(pending, c_new, c), removed, slots, n_removed,
+                                 seed_b, row_key, cur + 1, False, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
+        if pending & ~(mass > EPS * z_r):  # the pending residual is rounding (p equals q): the one before it
+            next_token, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p,
+                                     cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key,
+                                     cur + 1, False, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
         if ~(mass > 0.0):
             next_token, _unused = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p,
                                         cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key,
