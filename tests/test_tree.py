@@ -279,6 +279,17 @@ def test_bad_trees_are_refused_by_name():
         specsampler.verify_tree(target, tokens, torch.tensor([[-1, 0, 1]] * 2), backend="gpu")
 
 
+def test_a_tree_of_no_nodes_draws_from_the_root():
+    """N = 0: the next token from p at the root, with draft scores or without, warped or not."""
+    none = torch.empty(3, 0, dtype=torch.int64)
+    target = torch.full((3, 1, 6), float("-inf"))
+    target[:, 0, 4] = 0.0  # p is the point mass at 4
+    for draft, options in ((None, {}), (torch.randn(3, 1, 6), dict(top_k=2))):
+        res = specsampler.verify_tree(target, none, none, draft, seed=0, **options)
+        assert res.tokens.tolist() == [[4]] * 3 and res.num_accepted.tolist() == [0] * 3
+        assert tuple(res.path.shape) == (3, 0)
+
+
 def test_out_of_range_tokens_are_never_accepted_and_empty_batches():
     target = torch.zeros(1, 3, 6)
     res = specsampler.verify_tree(target, torch.tensor([[-1, 9]]), torch.tensor([[-1, -1]]), seed=0)

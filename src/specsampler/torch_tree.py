@@ -154,7 +154,9 @@ def _outputs(x, a, current, depth, next_token, max_depth):
     batch = x.shape[0]
     device = x.device
     rows = torch.arange(batch, device=device)
-    node_depth = torch.where(current >= 0, depth[rows, current.clamp(min=0)], 0)
+    node_depth = torch.zeros_like(current)
+    if depth.shape[1]:  # (N = 0: no node, the root's token only)
+        node_depth = torch.where(current >= 0, depth[rows, current.clamp(min=0)], 0)
     path = torch.full((batch, max_depth), -1, dtype=torch.int64, device=device)
     node = current
     for level in range(max_depth, 0, -1):  # from the last accepted node up through its ancestors
