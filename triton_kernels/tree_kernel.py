@@ -48,6 +48,11 @@ either one launch per tree level / sibling round, or the last program of the row
 fold. Z is already deferred after an i.i.d. rejection until a later sibling needs it; the passes left are those of
 nodes with several i.i.d. children rejected in turn, which a split design would run in parallel over the row.
 
+Compiled offline for sm_90 (bench/compile_offline_tree.py; bench/results/compile_offline_tree_triton*.txt): 4 warps,
+BLOCK_V 1024, 92-128 registers, no spill inside a loop and no barrier inside a vocabulary loop with Triton 3.6 and 3.9
+(3.6 spills a few registers outside the loops in the warped variant). The walk over the nodes holds the per-node
+reductions (statistics, the removed ids): a few barriers a node.
+
 References: Miao et al. 2023 (SpecInfer, arXiv 2305.09781); Leviathan et al. 2023 (arXiv 2211.17192);
 ``verify_kernel`` (Philox layout, the exponential race); Salmon et al. 2011 (Philox).
 """
