@@ -94,6 +94,11 @@ def test_greedy_rows_beside_sampled_ones(device):
     _compare(device, target, tokens, parents, draft, temperature=0.0)
 
 
+def test_bfloat16_scores_and_int32_trees(device):
+    target, tokens, parents, draft = _tree_case(3, WIDE_DEEP[:8], 64, seed=16)
+    _compare(device, target.bfloat16(), tokens.int(), parents.int(), draft.half())
+
+
 @pytest.mark.parametrize("warpers", [dict(top_k=5), dict(top_p=0.8, temperature=0.8), dict(min_p=0.1),
                                      dict(top_k=torch.tensor([3, 0, 8]), top_p=0.9, min_p=0.02)])
 def test_warpers(device, warpers):
