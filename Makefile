@@ -58,6 +58,8 @@ test: $(VENV)/.installed $(TF457)/.installed $(TRITON36)/.installed
 	$(VENV)/bin/python -m pytest -q
 	PYTHONPATH=$(TRITON36) $(VENV)/bin/python -m pytest -q -p no:warnings tests/test_kernel.py tests/test_distribution.py \
 		tests/test_compile_offline.py -k "kernel or compile"
+	PYTHONPATH=$(TRITON36) $(VENV)/bin/python -m pytest -q -p no:warnings tests/test_kernel_block.py tests/test_kernel_tree.py \
+		-k "oracle or tree and not follows_p"
 	PYTHONPATH=$(TF457) $(VENV)/bin/python -m pytest -q tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py tests/test_settings.py \
 		tests/test_processors.py tests/test_generate_outputs.py tests/test_generate_tree.py tests/test_tree_generation.py
 
