@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import functools
 import os
 import re
@@ -114,19 +115,16 @@ class OfflineDriver:
         return self.target
 
 
-def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | None]]:
-    """Run the launchers for `configs` with every launch turned into a compilation for sm_`arch`.
-
-    Returns (config name, kernel name, CompiledKernel, the BLOCK_V the launch passed) per launch.
-    """
+@contextlib.contextmanager
+def offline(arch: int, kernels: tuple):
+    """Within the block every Triton launch compiles for sm_`arch` instead of running, and is recorded: yields the list
+    of (kernel name, CompiledKernel, the BLOCK_V the launch passed). `kernels`: the JIT functions whose per-device
+    caches to forget before and after (they hold the target they were made for: device 0 for every arch here)."""
     import triton.runtime.jit as jit
-    from specsampler.triton_kernels import row_stats, verify_rows, warp_cuts
     from triton.runtime.driver import driver
 
-    from specsampler import triton_kernels as kernels
-
-    def forget():  # the per-device caches hold the target they were made for (device 0 for every arch here)
-        for fn in (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel):
+    def forget():
+        for fn in kernels:
             fn.device_caches.clear()
 
     compiled = []
@@ -141,8 +139,25 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
     forget()
     jit.JITFunction.run = compile_only
     driver.set_active(OfflineDriver(arch))
-    results = []
     try:
+        yield compiled
+    finally:
+        jit.JITFunction.run = run
+        driver._active = previous
+        forget()
+
+
+def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | None]]:
+    """Run the launchers for `configs` with every launch turned into a compilation for sm_`arch`.
+
+    Returns (config name, kernel name, CompiledKernel, the BLOCK_V the launch passed) per launch.
+    """
+    from specsampler.triton_kernels import row_stats, verify_rows, warp_cuts
+
+    from specsampler import triton_kernels as kernels
+
+    results = []
+    with offline(arch, (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._verify_kernel)) as compiled:
         for name, dtype, vocab, opt in configs:
             if opt.get("pdl") and arch < PDL_ARCH:
                 continue
@@ -150,10 +165,6 @@ def compile_all(arch: int, configs: list) -> list[tuple[str, str, object, int | 
             _launch(dtype, vocab, opt, row_stats, verify_rows, warp_cuts, k=opt.get("k", 4),
                     splits=opt.get("splits", 4))
             results += [(name, kernel_name, kernel, block_v) for kernel_name, kernel, block_v in compiled[start:]]
-    finally:
-        jit.JITFunction.run = run
-        driver._active = previous
-        forget()
     return results
 
 

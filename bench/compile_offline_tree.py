@@ -53,38 +53,17 @@ def _call(opt, verify_tree_rows, batch=4, n=8, vocab=128256):
 
 
 def compile_tree(arch: int) -> list:
-    import triton.runtime.jit as jit
+    """(config name, kernel name, CompiledKernel, BLOCK_V) of ``_tree_kernel`` in every configuration."""
     from specsampler.triton_kernels import verify_tree_rows
-    from triton.runtime.driver import driver
 
     from specsampler import triton_kernels as kernels
 
-    def forget():
-        for fn in (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._tree_kernel):
-            fn.device_caches.clear()
-
-    compiled = []
-    run = jit.JITFunction.run
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.append((self.__name__, kernel, kwargs.get("BLOCK_V")))
-        return kernel
-
-    previous = driver._active
-    forget()
-    jit.JITFunction.run = compile_only
-    driver.set_active(co.OfflineDriver(arch))
     results = []
-    try:
+    with co.offline(arch, (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._tree_kernel)) as compiled:
         for name, opt in CONFIGS:
             start = len(compiled)
             _call(opt, verify_tree_rows)
             results += [(name, *entry) for entry in compiled[start:] if entry[0] == "_tree_kernel"]
-    finally:
-        jit.JITFunction.run = run
-        driver._active = previous
-        forget()
     return results
 
 
