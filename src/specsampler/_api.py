@@ -384,16 +384,6 @@ def _torch_verify(scores, draft_tokens, draft, num_draft_tokens, temperature, se
     return VerifyLogprobsResult(tokens, n, emitted_logprobs(scores, tokens, n, temperature, warp, from_probs))
 
 
-def _kernel_options(method: str, return_logprobs: bool) -> dict:
-    """The launchers' keywords for block verification and log-probabilities (none for the default call)."""
-    options = {}
-    if method == "block":
-        options["block"] = True
-    if return_logprobs:
-        options["logprobs"] = True
-    return options
-
-
 def _kernel_result(out, return_logprobs: bool):
     return VerifyLogprobsResult(*out) if return_logprobs else VerifyResult(*out)
 
@@ -413,17 +403,16 @@ def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=
         return _torch_verify(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed, hooks,
                              warp, False, method, return_logprobs)
     kernels = _kernels()
-    options = _kernel_options(method, return_logprobs)
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
     stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
-                              hooks.num_splits, tokens, candidates=warp is not None,
-                              **({"logprobs": True} if return_logprobs else {}))
+                              hooks.num_splits, tokens, candidates=warp is not None, logprobs=return_logprobs)
     cuts = None
     if warp is not None:
         cuts = kernels.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
     return _kernel_result(kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens,
                                               temperature, seed, stats[:2], hooks.uniforms, hooks.noise,
-                                              hooks.block_v, hooks.num_splits, tokens, cuts, **options),
+                                              hooks.block_v, hooks.num_splits, tokens, cuts,
+                                              block=method == "block", logprobs=return_logprobs),
                           return_logprobs)
 
 
@@ -511,4 +500,5 @@ def _verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tok
                              method, return_logprobs)
     return _kernel_result(_kernels().verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
                                                  None, hooks.uniforms, hooks.noise, hooks.block_v, hooks.num_splits,
-                                                 **_kernel_options(method, return_logprobs)), return_logprobs)
+                                                 block=method == "block", logprobs=return_logprobs),
+                          return_logprobs)
