@@ -6,7 +6,10 @@ A newcomer reads, in this order:
   in splits;
 - ``cut_kernel``: launch 1.5, ``warp_cuts`` (top-k / top-p / min-p only): each warped row's cut and kept mass;
 - ``verify_kernel``: launch 2, ``verify_rows``: acceptance (token or block verification), the first rejection, the
-  exponential race for the next token, the emitted tokens' log-probabilities;
+  exponential race for the next token, the emitted tokens' log-probabilities; its device functions in
+  ``verify_positions`` (values per position, log-probabilities, the row writers), ``verify_token`` (token
+  verification's acceptance and finish), ``verify_block`` (block verification) and ``verify_race`` (the exponential
+  race, the workspace fold, the fallbacks);
 - ``tree_kernel``: ``verify_tree_rows``, token-tree verification after launch 1 (and the cut launch): one program per
   row walks its tree's nodes, the residual kept as max(p - c q, 0) without its removed ids;
 - ``jit_helpers``: the @triton.jit helpers more than one launch uses; ``launching``: the launch-configuration table,
@@ -35,7 +38,7 @@ _LAZY = {
 }
 
 _SUBMODULES = ("constants", "cut_kernel", "jit_helpers", "launching", "stats_kernel", "tree_kernel",
-               "verify_kernel")
+               "verify_block", "verify_kernel", "verify_positions", "verify_race", "verify_token")
 
 __all__ = ["row_stats", "verify_rows", "verify_tree_rows", "warp_cuts"]
 

@@ -1,5 +1,6 @@
-"""The @triton.jit helpers that more than one launch uses: named constants, a row's temperature and draft count, tiles
-of a row, scrubbed logits, and grid dependency control (programmatic dependent launch).
+"""The @triton.jit helpers that more than one launch uses: named constants, a row's temperature, draft count and
+Philox key, uniforms from Philox's bits, tiles of a row, scrubbed logits, and grid dependency control (programmatic
+dependent launch).
 
 Helpers are inlined where they are called: a split into named steps changes no generated instruction."""
 
@@ -20,6 +21,8 @@ FLOAT32_MIN_NORMAL = tl.constexpr(GREEDY_BELOW)  # 2**-126: below it a temperatu
 LOG2_E = tl.constexpr(1.4426950408889634)
 INT32_MAX = tl.constexpr(2147483647)
 INT64_MAX = tl.constexpr(9223372036854775807)
+UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2**-24: uniforms are multiples of it
+RNG_GROUP = tl.constexpr(4)  # vocabulary ids per Philox call (its four 32-bit outputs)
 
 
 @triton.jit
@@ -48,6 +51,28 @@ def _num_drafts(num_draft_ptr, b, K, RAGGED: tl.constexpr):
     else:
         k_b = tl.cast(K, tl.int64)
     return k_b
+
+
+@triton.jit
+def _philox_key(seed_ptr, b, seed, ROW_SEED: tl.constexpr):
+    """(seed, row counter) of row b's Philox streams: with ROW_SEED its own seed of `seed_ptr` [B] int64 and 0 (a row's
+    numbers do not depend on its place in the batch), else the call's `seed` and b."""
+    if ROW_SEED:
+        seed_b = tl.load(seed_ptr + b)
+        row_key = b * 0
+    else:
+        seed_b = seed
+        row_key = b
+    return seed_b, row_key
+
+
+@triton.jit
+def _to_uniform(bits, OPEN: tl.constexpr):
+    """32 random bits -> float32 uniform in [0, 1), or in (0, 1) when OPEN; multiples of 2**-24."""
+    u = (bits >> 8).to(tl.float32)
+    if OPEN:
+        u = u + 0.5
+    return u * UNIFORM_SCALE
 
 
 @triton.jit

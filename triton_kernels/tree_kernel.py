@@ -66,10 +66,17 @@ from triton.language.random import philox
 
 from . import launching
 from .constants import BLOCK_S, RESIDUAL_EPS
-from .jit_helpers import INT32_MAX, _finite_logits, _scaled_temperature, _splat
-from .verify_kernel import _to_uniform
+from .jit_helpers import (
+    INT32_MAX,
+    RNG_GROUP,
+    _finite_logits,
+    _num_drafts,
+    _philox_key,
+    _scaled_temperature,
+    _splat,
+    _to_uniform,
+)
 
-RNG_GROUP = tl.constexpr(4)  # vocabulary ids per Philox call (its four 32-bit outputs), as verify's race
 BLOCK_D = tl.constexpr(16)  # output positions written per store
 GPU_BLOCK_V = 1024  # one program per row: 1024-wide tiles, 4 warps (not yet timed on a GPU)
 GPU_WARPS = 4
@@ -268,19 +275,11 @@ def _tree_kernel(
     GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    if RAGGED:
-        n_b = tl.minimum(tl.maximum(tl.load(num_nodes_ptr + b).to(tl.int64), 0), N)
-    else:
-        n_b = tl.cast(N, tl.int64)
+    n_b = _num_drafts(num_nodes_ptr, b, N, RAGGED)
     temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
     greedy = temp == 0.0
     sampled = ~greedy
-    if ROW_SEED:
-        seed_b = tl.load(seed_ptr + b)
-        row_key = b * 0
-    else:
-        seed_b = seed
-        row_key = b
+    seed_b, row_key = _philox_key(seed_ptr, b, seed, ROW_SEED)
     t_row = target_ptr + b * stride_tb
     d_row = draft_ptr + b * stride_db
     t_stats = b * (N + 1)  # launch 1's rows: target b*(N+1) + t, then draft B*(N+1) + b*N + t
