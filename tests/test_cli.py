@@ -301,8 +301,9 @@ def test_flags_to_options():
     assert options.speculative_options(parse()) == {} and "verify_method" not in options.given_options(parse())
     assert options.speculative_options(parse("--verify-method", "block")) == {"verify_method": "block"}
     assert options.speculative_options(parse("--draft-tree", "3,2,1,1", "--draft-tree-sampling", "iid",
-                                             "--prompt-lookup-candidates", "4")) == {
-        "draft_tree": (3, 2, 1, 1), "draft_tree_sampling": "iid", "prompt_lookup_num_candidates": 4}
+                                             "--draft-tree-min-prob", "0.05", "--prompt-lookup-candidates", "4")) == {
+        "draft_tree": (3, 2, 1, 1), "draft_tree_sampling": "iid", "draft_tree_min_prob": 0.05,
+        "prompt_lookup_num_candidates": 4}
 
 
 @pytest.mark.parametrize("drafter", ["--prompt-lookup", "--draft"])
@@ -310,14 +311,15 @@ def test_tree_flags(models, capsys, drafter):
     """--draft-tree 2,2,1 (a draft model) and --prompt-lookup-candidates 3 (prompt lookup) reach
     specsampler.generate: greedy output equals target.generate, the JSON names the tree."""
     given = ["--prompt-lookup", "--prompt-lookup-candidates", 3] if drafter == "--prompt-lookup" else \
-        ["--draft", models["draft"], "--draft-tree", "2,2,1", "--draft-tree-sampling", "iid"]
+        ["--draft", models["draft"], "--draft-tree", "2,2,1", "--draft-tree-sampling", "iid", "--draft-tree-min-prob",
+         "0.001"]
     rc, out, _ = _run(capsys, ["generate", "--target", models["target"], *given, "--prompt", PROMPT, "--raw",
                                "--greedy", "--max-new-tokens", 12, "--json"])
     res = json.loads(out)
     assert rc == 0 and res["outputs"][0]["token_ids"] == _plain_greedy(models["target"], PROMPT, 12)
     if drafter == "--draft":
-        assert res["draft_tree"] == [2, 2, 1] and res["num_draft_tokens"] == 3
-        assert res["stats"]["draft_forwards"] == 3 * res["stats"]["target_forwards"]
+        assert res["draft_tree"] == [2, 2, 1] and res["num_draft_tokens"] == 3 and res["draft_tree_min_prob"] == 0.001
+        assert res["stats"]["draft_forwards"] <= 3 * res["stats"]["target_forwards"]
     else:
         assert res["draft_tree"] is None and res["prompt_lookup_candidates"] == 3
 
@@ -373,6 +375,10 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
     (["--prompt-lookup", "--prompt", "w5", "--draft-tree", "2,x"], "--draft-tree"),
     (["--prompt-lookup", "--prompt", "w5", "--draft-tree", "2,0"], "--draft-tree"),
     (["--prompt-lookup", "--prompt", "w5", "--draft-tree-sampling", "all"], "--draft-tree-sampling"),
+    (["--target", "{tmp}/missing", "--draft", "{draft}", "--prompt", "w5", "--draft-tree", "2,2",
+      "--draft-tree-min-prob", "2"], "--draft-tree-min-prob"),  # before loading
+    (["--draft", "{draft}", "--prompt", "w5", "--draft-tree-min-prob", "0.1"], "--draft-tree-min-prob"),
+    (["--draft", "{draft}", "--prompt", "w5", "--draft-tree-sampling", "iid"], "--draft-tree-sampling"),
     (["--draft", "{draft}", "--prompt", "w5", "--draft-tree", "2,2", "--num-draft-tokens", "3"], "--draft-tree"),
     (["--draft", "{draft}", "--prompt", "w5", "--draft-tree", "2,2", "--verify-method", "block"], "--verify-method"),
     (["--draft", "{draft}", "--prompt", "w5", "--prompt-lookup-candidates", "2"], "--prompt-lookup-candidates"),

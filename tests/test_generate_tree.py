@@ -44,11 +44,27 @@ def test_greedy_draft_tree_matches_target_generate(pair):
     _check_rows(target, out, ids, mask, 16)
     s = out.stats
     assert s.new_tokens == 4 * 16 and 0 < s.accepted and s.drafted > s.accepted
-    assert s.draft_forwards == 4 * s.target_forwards  # one draft forward per depth
+    assert s.draft_forwards <= 4 * s.target_forwards  # one per depth (fewer where every row's budget is shallower)
     chain = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, num_draft_tokens=4, eos_token_id=[],
                                  pad_token_id=0)
     assert torch.equal(chain.sequences, out.sequences)
     assert s.tokens_per_forward >= chain.stats.tokens_per_forward
+
+
+def test_greedy_pruned_tree_matches_target_generate(pair):
+    """draft_tree_min_prob=0.01 (confidence pruning): batch 4, left padded, ragged: each row equals target.generate on
+    that row alone; the rows verify fewer nodes than the full tree's, and the draft's top-1 chain stays: the same
+    sequences as the chain of its depth."""
+    target, draft = pair
+    ids, mask = _ragged([9, 4, 1, 7])
+    kw = dict(max_new_tokens=16, eos_token_id=[], pad_token_id=0)
+    out = specsampler.generate(target, draft, ids, mask, draft_tree=(3, 2, 1, 1), draft_tree_min_prob=0.01, **kw)
+    _check_rows(target, out, ids, mask, 16)
+    full = specsampler.generate(target, draft, ids, mask, draft_tree=(3, 2, 1, 1), **kw)
+    assert torch.equal(out.sequences, full.sequences)
+    s = out.stats
+    assert s.new_tokens == 4 * 16 and 0 < s.accepted and s.drafted < full.stats.drafted
+    assert s.drafted / s.row_steps < 21 and s.draft_forwards <= 4 * s.target_forwards
 
 
 def test_greedy_lookup_candidates_match_target_generate(pair):
@@ -175,6 +191,42 @@ def test_sampled_tree_follows_target_distribution(drafter, warp_kw):
     assert 0 < out.stats.accepted < out.stats.drafted
 
 
+@pytest.mark.parametrize("candidates, min_prob", [("top", 0.1), ("iid", 0.2)])
+def test_sampled_pruned_tree_follows_target_distribution(candidates, min_prob, monkeypatch):
+    """draft_tree_min_prob with (2, 2) trees, sampled: 3000 copies of one prompt, the first two new tokens follow the
+    warped target's joint (chi-square, p > 1e-4); power: the draft's own joint is told apart. The first step's trees
+    are pruned: "top" (the same tree in every row) keeps the root's 2 candidates and the chain's next one (3 of 6
+    nodes), "iid" prunes some rows and not others."""
+    from specsampler.generation import tree_loop
+
+    vocab, n, warp_kw = 8, 3000, dict(temperature=0.8, top_k=6)
+    target = _peaked(tiny_config("llama", vocab, 1, 16), 0, 8.0)
+    draft = perturbed(target, 0.05)
+    prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
+                             pad_token_id=0)
+    counts_seen, propose = [], tree_loop.TreeDraftModel.propose
+
+    def recorded(self, *args):
+        proposal = propose(self, *args)
+        counts_seen.append(proposal.counts)
+        return proposal
+
+    monkeypatch.setattr(tree_loop.TreeDraftModel, "propose", recorded)
+    out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, do_sample=True, seed=4321,
+                               eos_token_id=[], draft_tree=(2, 2), draft_tree_sampling=candidates,
+                               draft_tree_min_prob=min_prob, **warp_kw)
+    new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    exact = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
+    assert counts[exact == 0].sum() == 0
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    assert chi2_pvalue_pooled(counts, _exact_two_tokens(draft, prompt, lambda x: hf_warp(x, **warp_kw))
+                              .flatten()) < 1e-4
+    first = counts_seen[0]
+    assert set(first) == {3} if candidates == "top" else max(first) == 6 and min(first) < 6
+    assert 0 < out.stats.accepted < out.stats.drafted
+
+
 @torch.no_grad()
 def _exact_two_tokens_penalised(target, prompt, penalty, warp):
     """P(x1, x2 | prompt) [v * v] under the target with transformers' repetition penalty (each position with its
@@ -218,10 +270,14 @@ def test_patched_generate_and_speculative_generate_take_the_keywords(llama_pair)
         lookup = target.generate(ids, prompt_lookup_num_tokens=3, prompt_lookup_num_candidates=2, **kw)
         sampled = [target.generate(ids, assistant_model=draft, draft_tree=[2, 1], draft_tree_sampling="iid",
                                    **(kw | dict(do_sample=True, top_k=10)), seed=4) for _ in range(2)]
-    assert torch.equal(tree, plain) and torch.equal(lookup, plain)
+        pruned = target.generate(ids, assistant_model=draft, draft_tree=(3, 2), draft_tree_min_prob=0.05, **kw)
+    assert torch.equal(tree, plain) and torch.equal(lookup, plain) and torch.equal(pruned, plain)
     assert torch.equal(sampled[0], sampled[1])
     out = target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft,
                           draft_tree=(3, 1), **kw)
+    assert torch.equal(out, plain)
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft,
+                          draft_tree=(3, 1), draft_tree_min_prob=0.05, **kw)
     assert torch.equal(out, plain)
 
 
@@ -234,6 +290,9 @@ REFUSALS = [
     (dict(draft_tree=3), TypeError, "draft_tree must be a tuple or list"),
     (dict(draft_tree=(2,), draft_tree_sampling="all"), ValueError, "draft_tree_sampling must be 'top' or 'iid'"),
     (dict(draft_tree_sampling="iid"), ValueError, "draft_tree_sampling='iid' needs draft_tree"),
+    (dict(draft_tree=(2,), draft_tree_min_prob=1.5), ValueError, r"draft_tree_min_prob must be a number in \[0, 1\]"),
+    (dict(draft_tree=(2,), draft_tree_min_prob="high"), TypeError, "draft_tree_min_prob must be a number"),
+    (dict(draft_tree_min_prob=0.1), ValueError, "draft_tree_min_prob=0.1 prunes a draft_tree: it needs draft_tree="),
     (dict(draft_tree=(2,), verify_method="block"), ValueError, "verify_method='block' does not apply with draft_tree"),
     (dict(draft_tree=(2,), num_assistant_tokens_schedule="heuristic"), ValueError,
      "num_assistant_tokens_schedule='heuristic' does not apply with draft_tree"),

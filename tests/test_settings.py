@@ -369,3 +369,22 @@ def test_tree_options_refused_by_name_at_every_entry_point(models):
                         **KW)
     with specsampler.patched_transformers(), pytest.raises(ValueError, match="draft_tree_sampling must be"):
         target.generate(ids, assistant_model=draft, draft_tree=(2,), draft_tree_sampling="any", **KW)
+
+
+def test_draft_tree_min_prob_resolved_and_refused_by_name(models):
+    """draft_tree_min_prob: a number in [0, 1] (0: no pruning, None); needs draft_tree; a bad value is named at every
+    entry point."""
+    target, draft = models
+    ids = _prompts()
+    s = resolve_settings(target, draft=draft, draft_tree=(2, 2), draft_tree_min_prob=0.25, max_new_tokens=4)
+    assert s.draft_tree_min_prob == 0.25
+    assert resolve_settings(target, draft=draft, draft_tree=(2,), draft_tree_min_prob=0,
+                            max_new_tokens=4).draft_tree_min_prob is None
+    assert check_option("draft_tree_min_prob", 1) == 1.0
+    with pytest.raises(ValueError, match=r"draft_tree_min_prob must be a number in \[0, 1\]"):
+        specsampler.generate(target, draft, ids, draft_tree=(2, 2), draft_tree_min_prob=-0.1, **KW)
+    with pytest.raises(TypeError, match="draft_tree_min_prob must be a number"):
+        target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, draft_tree=(2,),
+                        draft_tree_min_prob="0.1", **KW)
+    with specsampler.patched_transformers(), pytest.raises(ValueError, match="draft_tree_min_prob=0.5 prunes"):
+        target.generate(ids, assistant_model=draft, draft_tree_min_prob=0.5, **KW)

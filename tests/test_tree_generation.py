@@ -502,3 +502,83 @@ def test_sampled_tree_steps_follow_target_distribution(candidates, draft_vocab):
     if draft_vocab == vocab:  # the test has power: the draft's own distribution is told apart
         assert chi2_pvalue_pooled(counts, _exact_two_tokens(draft, prompt, temperature, top_k)) < 1e-4
     assert accepted > 0
+
+
+# ------------------------------------------------------------------------------------ confidence pruning (min_prob)
+class _TableDraft:
+    """A stand-in for a draft's CachedModel whose scores after a fed token depend on that token only: log(table[t])
+    (rows of a hand-made distribution over 6 ids). Records what each forward feeds."""
+
+    def __init__(self, table: list[list[float]]):
+        from types import SimpleNamespace
+
+        self.table = torch.tensor(table).log()
+        self.device = torch.device("cpu")
+        self.model = SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(weight=torch.empty(6, 1)))
+        self.open, self.fed = None, []
+
+    def forward_tree(self, tokens, parents, valid=None):
+        real = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
+        self.fed.append([t[r].tolist() for t, r in zip(tokens, real, strict=True)])
+        return self.table[tokens]
+
+
+# after 0 (the root): 1 .6, 2 .3, 3 .1; after 1: 4 .9, 5 .1; after 2: 4 .6, 5 .4; after 3: 4 .7, 5 .3;
+# after 4: 1 .8, 2 .2; after 5: 2 .9, 3 .1
+TABLE = [[1e-9, .6, .3, .1, 1e-9, 1e-9], [1e-9, 1e-9, 1e-9, 1e-9, .9, .1], [1e-9, 1e-9, 1e-9, 1e-9, .6, .4],
+         [1e-9, 1e-9, 1e-9, 1e-9, .7, .3], [1e-9, .8, .2, 1e-9, 1e-9, 1e-9], [1e-9, 1e-9, .9, .1, 1e-9, 1e-9]]
+
+
+def test_pruning_keeps_the_likely_nodes_and_the_top1_chain():
+    """Top candidates, (3, 2, 1), min_prob 0.15: row 0 (root 0) keeps 1 (.6), 2 (.3) but not 3 (.1); under 1: 4
+    (.54) but not 5 (.06); under 2: 4 (.18) but not 5 (.12); then 1 under 1-4 (.432, the chain) but not under 2-4
+    (.144). Row 1 (root 4): 1 (.8), 2 (.2); 4 under 1 (.72); 1 under 1-4. Only expanded nodes are fed, the leaves
+    are not; rows have their own node counts. min_prob 0.99 keeps the top-1 chain alone."""
+    draft = _TableDraft(TABLE)
+    tree = expand_tree(draft, torch.tensor([0, 4]), (3, 2, 1), min_prob=0.15)
+    assert tree.tokens.tolist() == [[1, 2, 4, 4, 1], [1, 2, 4, 1, 0]]
+    assert tree.parents.tolist() == [[-1, -1, 0, 1, 2], [-1, -1, 0, 2, -1]]
+    assert tree.widths.tolist() == [[2, 2, 1], [2, 1, 1]] and tree.num_nodes.tolist() == [5, 4]
+    assert tree.slots.tolist() == [[1, 2, 3, 4, -1], [1, 2, 3, -1, -1]]  # [last, fed..]: node 1 of row 1 is fed
+    assert draft.fed == [[[0], [4]], [[1, 2], [1, 2]], [[4, 4], [4]]] and tree.forwards == 3 and tree.scores is None
+    chain = expand_tree(_TableDraft(TABLE), torch.tensor([0, 4]), (3, 2, 1), min_prob=0.99)
+    assert chain.tokens.tolist() == [[1, 4, 1], [1, 4, 1]] and chain.parents.tolist() == [[-1, 0, 1]] * 2
+    full = expand_tree(_TableDraft(TABLE), torch.tensor([0, 4]), (3, 2, 1))
+    assert full.tokens.shape == (2, 15) and full.widths.tolist() == [[3, 6, 6]] * 2
+    assert full.slots[0].tolist() == list(range(1, 10)) + [-1] * 6
+    with pytest.raises(ValueError, match="min_prob"):
+        expand_tree(_TableDraft(TABLE), torch.tensor([0]), (2,), min_prob=1.5)
+
+
+def test_pruning_iid_expands_by_the_path_probability_and_keeps_every_draw():
+    """i.i.d. candidates, (3, 2, 1), min_prob 0.2: a node has all its draws or none (their number depends on its own
+    path probability, not on the draws), the first-child chain always has them; the draft rows are the fed nodes'
+    scores, zeros for the others."""
+    draft = _TableDraft(TABLE)
+    sampling = {"temperature": 1.0}
+    last = torch.tensor([0, 4, 0, 5])
+    tree = expand_tree(draft, last, (3, 2, 1), sampling=sampling, candidates="iid", rng=random.Random(3),
+                       min_prob=0.2)
+    probs, grown, pruned = torch.tensor(TABLE), 0, 0
+    for b in range(4):
+        n = int(tree.num_nodes[b])
+        tokens, parents = tree.tokens[b, :n].tolist(), tree.parents[b, :n].tolist()
+        prob, chain, depth = {-1: 1.0}, {-1: True}, {-1: 0}
+        for i, (t, a) in enumerate(zip(tokens, parents, strict=True)):
+            up = int(last[b]) if a < 0 else tokens[a]
+            prob[i], depth[i] = prob[a] * float(probs[up, t]), depth[a] + 1
+            chain[i] = chain[a] and parents.index(a) == i  # the first child of a chain node
+        for node in [-1, *range(n)]:
+            kids = [i for i, a in enumerate(parents) if a == node]
+            expanded = depth[node] < 3 and (chain[node] or prob[node] >= 0.2)
+            assert len(kids) == ((3, 2, 1)[depth[node]] if expanded else 0), (b, node)
+            row = tree.scores[b, node + 1]
+            fed = int(last[b]) if node < 0 else tokens[node]
+            if expanded:
+                torch.testing.assert_close(row, probs[fed].log())
+            else:
+                assert bool((row == 0).all())
+        assert (tree.slots[b, :n] >= 0).tolist() == [i in parents for i in range(n)]
+        grown += sum(1 for i in range(n) if not chain[i] and i in parents)
+        pruned += sum(1 for i in range(n) if depth[i] < 3 and i not in parents)
+    assert grown > 0 and pruned > 0  # both rules met off the chain

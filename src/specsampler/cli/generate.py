@@ -123,7 +123,8 @@ def resolve(args, loaded: Loaded) -> Settings:
                                 who="specsampler generate", **speculative_options(args), **given_options(args))
     except (TypeError, ValueError) as exc:
         flags = SPECULATIVE_FLAGS | {"num_assistant_tokens_schedule": "--schedule"}
-        raise CLIError(next((f for n, f in flags.items() if str(exc).startswith(n)), "--target"), str(exc)) from None
+        named = max((n for n in flags if str(exc).startswith(n)), key=len, default=None)  # (draft_tree_sampling)
+        raise CLIError(flags.get(named, "--target"), str(exc)) from None
 
 
 def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> Job:
@@ -138,7 +139,9 @@ def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> 
 def tree_label(settings: Settings) -> str:
     """"K = 4", "tree (3, 2, 1, 1), top candidates" or "K = 10, 3 candidates" for the run's description."""
     if settings.draft_tree is not None:
-        return f"tree {settings.draft_tree}, {settings.draft_tree_sampling} candidates"
+        pruned = "" if settings.draft_tree_min_prob is None else \
+            f", pruned below path probability {settings.draft_tree_min_prob:g}"
+        return f"tree {settings.draft_tree}, {settings.draft_tree_sampling} candidates{pruned}"
     more = f", {settings.lookup_candidates} candidates" if settings.lookup_candidates > 1 else ""
     return f"K = {settings.num_draft_tokens}{more}"
 
@@ -213,7 +216,8 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
     backend, why = backend_choice(device)
     return {
         "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": settings.num_draft_tokens,
-        "draft_tree": settings.draft_tree, "prompt_lookup_candidates": settings.lookup_candidates,
+        "draft_tree": settings.draft_tree, "draft_tree_min_prob": settings.draft_tree_min_prob,
+        "prompt_lookup_candidates": settings.lookup_candidates,
         "schedule": args.schedule, "verify_method": settings.verify_method, "device": str(device),
         "dtype": args.dtype, "backend": backend,
         "backend_reason": why,

@@ -74,6 +74,10 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
                         "depth (the depth replaces --num-draft-tokens); needs --draft")
     g.add_argument("--draft-tree-sampling", choices=("top", "iid"),
                    help="the tree's candidates when sampling: the draft's top tokens (default) or i.i.d. draws")
+    g.add_argument("--draft-tree-min-prob", type=float, metavar="P",
+                   help="prune the tree (exactly): a node whose path probability under the draft is below P is not "
+                        "expanded (with top candidates, not scored); the draft's top-1 chain is always kept "
+                        "(default: the full tree)")
     g.add_argument("--prompt-lookup-candidates", type=int, metavar="M",
                    help="with --prompt-lookup: the continuations of up to M n-gram matches, merged as a tree "
                         "(default 1: one continuation, a chain)")

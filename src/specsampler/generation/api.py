@@ -42,7 +42,8 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
              generation_config=None, streamer=None, stopping_criteria=None, stop_strings=_UNSET, tokenizer=None,
              num_return_sequences: int | None = None, logits_processor=None, prefix_allowed_tokens_fn=None,
              verify_method: str | None = None, draft_tree=None, draft_tree_sampling: str | None = None,
-             prompt_lookup_num_candidates: int | None = None, **generation_kwargs) -> GenerateOutput:
+             draft_tree_min_prob: float | None = None, prompt_lookup_num_candidates: int | None = None,
+             **generation_kwargs) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
     Takes transformers' names too: ``generate(target, input_ids=ids, attention_mask=mask, assistant_model=draft,
@@ -146,6 +147,14 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         The tree's candidates when sampling: "top" (None, the default) the draft's top tokens at each node (point
         masses), "iid" i.i.d. draws from the draft's warped distribution (verified against it). Greedy runs take the
         top tokens. Needs `draft_tree`.
+    draft_tree_min_prob : float, optional
+        specsampler's own: confidence pruning (EAGLE-2's idea, kept exact), a number in [0, 1]; `draft_tree` is then
+        the largest tree. A node's path probability is the product along its path of the draft's probability of each
+        token (softmax at the sampling temperature, 1 when greedy, before top-k / top-p / min-p); a node below it is
+        not expanded, and with "top" candidates not scored either. The draft's first-child chain (its top-1 chain
+        with "top") is always kept, so a pruned tree holds the chain of its depth; with "iid" an expanded node keeps
+        all its draws (their number is fixed before they are drawn: still i.i.d., still exact). Rows then verify
+        trees of their own sizes, and the target scores fewer tokens. None or 0: the full tree. Needs `draft_tree`.
     prompt_lookup_num_candidates : int, optional
         specsampler's own, with prompt lookup: the continuations of up to m distinct n-gram matches per row, merged
         into a trie and verified as a token tree (point-mass candidates). None or 1: one continuation, a chain.
@@ -188,6 +197,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
                                 assistant_model=assistant_model, num_draft_tokens=num_draft_tokens,
                                 num_assistant_tokens=num_assistant_tokens, seed=seed, verify_method=verify_method,
                                 draft_tree=draft_tree, draft_tree_sampling=draft_tree_sampling,
+                                draft_tree_min_prob=draft_tree_min_prob,
                                 prompt_lookup_num_candidates=prompt_lookup_num_candidates, **explicit)
     n_seq = settings.num_return_sequences
     if streamer is not None and input_ids.shape[0] * n_seq != 1:

@@ -55,6 +55,13 @@ def _tree_sampling(name: str, value) -> str:
         raise error(f"{name} must be 'top' or 'iid', got {value!r}")
     return value
 
+
+def _tree_min_prob(name: str, value) -> float | None:
+    """`value` as a float in [0, 1] (0: no pruning, returned as None), else an error naming `name`."""
+    value = _checks.real(name, value, 0.0, 1.0, what="(a path probability under the draft)")
+    return value or None
+
+
 #: The range check of each option that has one: name -> check(name, value) -> the normalised value.
 _CHECKS = {
     "max_new_tokens": lambda n, v: _checks.integer(n, v, 0),
@@ -75,6 +82,7 @@ _CHECKS = {
     "verify_method": _verify_method,
     "draft_tree": _draft_tree,
     "draft_tree_sampling": _tree_sampling,
+    "draft_tree_min_prob": _tree_min_prob,
     "prompt_lookup_num_candidates": lambda n, v: _checks.integer(n, v, 1),
     "output_scores": _checks.boolean,
     "output_logits": _checks.boolean,
@@ -121,6 +129,10 @@ class Settings:
         ``num_draft_tokens`` is its depth then.
     draft_tree_sampling : str
         "top" (the draft's top tokens) or "iid" (i.i.d. draws; greedy runs take the top tokens).
+    draft_tree_min_prob : float or None
+        Confidence pruning of the draft tree (:func:`.trees.expand_tree`'s ``min_prob``): nodes whose path
+        probability under the draft is below it are not expanded (with "top" candidates, not kept); None: the full
+        tree.
     lookup_candidates : int
         Prompt lookup's continuations per row, merged into a trie when > 1 (``prompt_lookup_num_candidates``).
     options : dict
@@ -146,6 +158,7 @@ class Settings:
     output_logits: bool = False
     draft_tree: tuple | None = None
     draft_tree_sampling: str = "top"
+    draft_tree_min_prob: float | None = None
     lookup_candidates: int = 1
     options: dict = field(default_factory=dict, repr=False)
 
@@ -299,17 +312,24 @@ def _schedule(value) -> str:
     return "heuristic" if value == "heuristic_transient" else value
 
 
-def _tree_options(draft_tree, draft_tree_sampling, candidates, drafter, num_draft_tokens, num_assistant_tokens,
-                  verify_method, schedule: str) -> tuple[tuple[int, ...] | None, str, int]:
-    """(draft_tree, draft_tree_sampling, lookup candidates m) checked by name: a tree replaces num_draft_tokens,
-    needs a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own verification rule and a
-    constant shape (verify_method and schedules other than "constant" are refused with it)."""
+def _tree_options(draft_tree, draft_tree_sampling, min_prob, candidates, drafter, num_draft_tokens,
+                  num_assistant_tokens, verify_method, schedule: str
+                  ) -> tuple[tuple[int, ...] | None, str, float | None, int]:
+    """(draft_tree, draft_tree_sampling, draft_tree_min_prob, lookup candidates m) checked by name: a tree replaces
+    num_draft_tokens, needs a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own
+    verification rule and a constant shape (verify_method and schedules other than "constant" are refused with
+    it)."""
     tree = check_option("draft_tree", draft_tree)
     sampling = check_option("draft_tree_sampling", draft_tree_sampling)
+    given_min_prob = min_prob
+    min_prob = check_option("draft_tree_min_prob", min_prob)
     m = check_option("prompt_lookup_num_candidates", candidates)
     lookup = isinstance(drafter, PromptLookupDrafter)
     if tree is None and sampling is not None:
         raise ValueError(f"draft_tree_sampling={sampling!r} needs draft_tree= (the branching per depth)")
+    if tree is None and given_min_prob is not None:
+        raise ValueError(f"draft_tree_min_prob={given_min_prob!r} prunes a draft_tree: it needs draft_tree= (the "
+                         f"branching per depth)")
     if tree is not None:
         for name, value in (("num_draft_tokens", num_draft_tokens), ("num_assistant_tokens", num_assistant_tokens)):
             if value is not None:
@@ -328,7 +348,7 @@ def _tree_options(draft_tree, draft_tree_sampling, candidates, drafter, num_draf
         if schedule != "constant":
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a token tree "
                              f"has a fixed shape (only 'constant')")
-    return tree, sampling or "top", m or 1
+    return tree, sampling or "top", min_prob, m or 1
 
 
 def check_models(*models, who: str = "specsampler.generate") -> None:
@@ -366,8 +386,9 @@ def _eos_and_pad(options) -> tuple[list[int], int]:
 
 def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
                      assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
-                     verify_method=None, draft_tree=None, draft_tree_sampling=None, prompt_lookup_num_candidates=None,
-                     returns_dict: bool = True, who: str = "specsampler.generate", **explicit) -> Settings:
+                     verify_method=None, draft_tree=None, draft_tree_sampling=None, draft_tree_min_prob=None,
+                     prompt_lookup_num_candidates=None, returns_dict: bool = True, who: str = "specsampler.generate",
+                     **explicit) -> Settings:
     """Resolve and check every option of a call, as ``target.generate`` would resolve them.
 
     Parameters
@@ -391,6 +412,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         replaces num_draft_tokens; verify_method and schedules other than "constant" are refused with it).
     draft_tree_sampling : {"top", "iid"}, optional
         The tree's candidates: the draft's top tokens ("top", None) or i.i.d. draws ("iid"). Needs draft_tree.
+    draft_tree_min_prob : float, optional
+        specsampler's own: confidence pruning of draft_tree, a number in [0, 1] (None or 0: the full tree). Needs
+        draft_tree.
     prompt_lookup_num_candidates : int, optional
         specsampler's own: prompt lookup's continuations per row (m >= 1), merged as a trie when m > 1. None: 1.
     returns_dict : bool
@@ -431,8 +455,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     eos, pad = _eos_and_pad(options)
     outputs = bool(opt("return_dict_in_generate")) or returns_dict
     schedule = _schedule(options["num_assistant_tokens_schedule"][0])
-    tree, tree_sampling, m = _tree_options(draft_tree, draft_tree_sampling, prompt_lookup_num_candidates, drafter,
-                                           num_draft_tokens, num_assistant_tokens, verify_method, schedule)
+    tree, tree_sampling, min_prob, m = _tree_options(draft_tree, draft_tree_sampling, draft_tree_min_prob,
+                                                     prompt_lookup_num_candidates, drafter, num_draft_tokens,
+                                                     num_assistant_tokens, verify_method, schedule)
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
         num_draft_tokens=len(tree) if tree is not None else _draft_length(num_draft_tokens, num_assistant_tokens,
@@ -443,4 +468,5 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         seed=check_option("seed", seed), drafter=drafter,
         verify_method="token" if verify_method is None else check_option("verify_method", verify_method),
         output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
-        draft_tree=tree, draft_tree_sampling=tree_sampling, lookup_candidates=m, options=options)
+        draft_tree=tree, draft_tree_sampling=tree_sampling, draft_tree_min_prob=min_prob, lookup_candidates=m,
+        options=options)

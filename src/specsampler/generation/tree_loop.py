@@ -31,7 +31,7 @@ from .kv_cache import CachedModel, check_tree_attention, tree_ancestors
 from .loop import Step
 from .outputs import ScoreRecorder
 from .processors import PrefixProcessors
-from .trees import accept_tree, expand_tree, lookup_candidates, nodes_within, path_keep, tree_inputs, tree_size
+from .trees import accept_tree, expand_tree, lookup_candidates, nodes_within, path_keep, tree_inputs
 
 __all__ = ["TreeDraftModel", "TreeLookupRun", "TreeProposal", "start_tree_drafter", "tree_step"]
 
@@ -75,31 +75,38 @@ class TreeDraftModel:
     """
 
     def __init__(self, model, batch: int, branching: tuple[int, ...], vocab: int, sampling: dict | None,
-                 candidates: str, rng: random.Random | None, processors: PrefixProcessors | None = None):
+                 candidates: str, rng: random.Random | None, processors: PrefixProcessors | None = None,
+                 min_prob: float | None = None):
         self.lm = CachedModel(model, batch)
         self.branching, self.vocab, self.sampling, self.rng = branching, vocab, sampling, rng
         self.candidates = candidates if sampling is not None else "top"
-        self.processors = processors
+        self.processors, self.min_prob = processors, min_prob
         self.max_id = model.get_input_embeddings().weight.shape[0] - 1
-        self.nodes, self.fed = tree_size(branching)
         self.forwards = 0
-        self.tokens = None  # [B, N] the last proposal's nodes
+        self.tree = None  # the last proposal (its tokens and draft slots, for accept)
 
     def prefill(self, prompt: torch.Tensor, mask: torch.Tensor) -> None:
         """Feed [B, P - 1] `prompt` (`mask` 0 for padding) in front of the first forward."""
         self.lm.defer(prompt.to(self.lm.device).clamp(max=self.max_id), mask)
 
     def propose(self, last: torch.Tensor, limits: list[int]) -> TreeProposal:
-        """The full tree for every row; row b verifies the nodes of its first `limits[b]` levels."""
-        tree = expand_tree(self.lm, last, self.branching, vocab=self.vocab, sampling=self.sampling,
-                           candidates=self.candidates, rng=self.rng, processors=self.processors)
-        self.forwards += len(self.branching)
-        self.tokens = tree.tokens
-        return TreeProposal(tree.tokens, tree.parents, tree.scores, nodes_within(self.branching, limits))
+        """The tree for every row, no deeper than the deepest limit (at least 1: the draft feeds `last`); row b
+        verifies the nodes of its first `limits[b]` levels."""
+        branching = self.branching[:max(1, max(limits))]
+        tree = expand_tree(self.lm, last, branching, vocab=self.vocab, sampling=self.sampling,
+                           candidates=self.candidates, rng=self.rng, processors=self.processors,
+                           min_prob=self.min_prob)
+        self.forwards += tree.forwards
+        self.tree = tree
+        if self.min_prob is None:
+            counts = nodes_within(branching, limits)
+        else:  # breadth-first: a row's nodes of its first limits[b] levels are its first ones
+            counts = [sum(w[:max(0, limit)]) for w, limit in zip(tree.widths.tolist(), limits, strict=True)]
+        return TreeProposal(tree.tokens, tree.parents, tree.scores, counts)
 
     def accept(self, path: torch.Tensor, accepted: list[list[int]]) -> None:
         """Keep the accepted path in the draft's cache (its unfed leaf deferred to the next forward)."""
-        accept_tree(self.lm, path, self.tokens.to(path.device), self.fed)
+        accept_tree(self.lm, path, self.tree.tokens.to(path.device), self.tree.slots.to(path.device))
 
     def select_rows(self, rows: torch.Tensor) -> None:
         self.lm.select(rows)
@@ -129,7 +136,7 @@ class TreeLookupRun:
     def propose(self, last: torch.Tensor, limits: list[int]) -> TreeProposal:
         """Each row's trie of continuations, at most min(K, limits[b]) tokens deep."""
         rows = [self._trie(seq, min(self.k, limit)) for seq, limit in zip(self.seqs, limits, strict=True)]
-        n = max(1, max(len(t) for t, _ in rows))  # (one padding node where no row has any: verify_tree needs N >= 1)
+        n = max(len(t) for t, _ in rows)  # (0 where no row has any: verify_tree draws from the root's p)
         tokens = torch.tensor([t + [self.fill] * (n - len(t)) for t, _ in rows], dtype=torch.long)
         parents = torch.tensor([p + [-1] * (n - len(p)) for _, p in rows], dtype=torch.long)
         return TreeProposal(tokens.view(len(rows), n), parents.view(len(rows), n), None, [len(t) for t, _ in rows])
@@ -165,7 +172,7 @@ def start_tree_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Ten
     sampling = settings.sampling
     draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
     drafter = TreeDraftModel(draft, input_ids.shape[0], settings.draft_tree, vocab, sampling,
-                             settings.draft_tree_sampling, draft_rng, processors)
+                             settings.draft_tree_sampling, draft_rng, processors, settings.draft_tree_min_prob)
     drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
     return drafter
 

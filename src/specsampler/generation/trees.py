@@ -46,18 +46,35 @@ class DraftTree(NamedTuple):
     Attributes
     ----------
     tokens : torch.Tensor
-        [B, N] int64 node tokens, breadth-first.
+        [B, N] int64 node tokens, breadth-first (0 past a row's nodes).
     parents : torch.Tensor
-        [B, N] int64 node parents in [-1, i) (-1: a child of the root, the last committed token).
+        [B, N] int64 node parents in [-1, i) (-1: a child of the root, the last committed token; -1 past a row's
+        nodes).
     scores : torch.Tensor or None
         [B, N + 1, V'] float32 (V' = min(Vd, V), or V with processors): row 0 the scores the root's children were
-        drawn from, row i + 1 node i's children's (zeros for the leaves, which have none); None for point-mass
-        (top-token) candidates. ``verify_tree``'s ``draft_logits``.
+        drawn from, row i + 1 node i's children's (zeros for a node the draft never fed, which has none); None for
+        point-mass (top-token) candidates. ``verify_tree``'s ``draft_logits``.
+    slots : torch.Tensor
+        [B, N] int64: the draft's open slot of each node (slot 0: the last committed token), -1 for a node it never
+        fed (the deepest level; with pruning, every node not expanded). :func:`accept_tree` keeps the accepted ones.
+    widths : torch.Tensor
+        [B, D] int64: each row's nodes at each depth (the nodes of the first d levels are a row's first
+        ``widths[b, :d].sum()``: ``verify_tree``'s ``num_nodes`` for a row limited to d levels).
+    forwards : int
+        The draft forwards it took (one per depth, fewer when pruning left nothing to expand).
     """
 
     tokens: torch.Tensor
     parents: torch.Tensor
     scores: torch.Tensor | None
+    slots: torch.Tensor | None = None
+    widths: torch.Tensor | None = None
+    forwards: int = 0
+
+    @property
+    def num_nodes(self) -> torch.Tensor:
+        """[B] int64 each row's nodes (N where the tree is not pruned)."""
+        return self.widths.sum(dim=1)
 
 
 class LookupTree(NamedTuple):
@@ -146,19 +163,20 @@ def path_keep(path: torch.Tensor, width: int) -> torch.Tensor:
     return keep[:, :width]
 
 
-def accept_tree(draft: CachedModel, path: torch.Tensor, tree_tokens: torch.Tensor, fed: int) -> torch.Tensor:
+def accept_tree(draft: CachedModel, path: torch.Tensor, tree_tokens: torch.Tensor, slots) -> torch.Tensor:
     """After verification, trim the draft's cache to the accepted path, and defer the accepted leaf it never fed.
 
     Parameters
     ----------
     draft : CachedModel
-        The draft, with the tree of :func:`expand_tree` open ([last, node_0..node_{F-1}]).
+        The draft, with the tree of :func:`expand_tree` open ([last, then the nodes it fed]).
     path : torch.Tensor
         [B, D] int64 accepted node indices, -1 padded.
     tree_tokens : torch.Tensor
         [B, N] int64.
-    fed : int
-        F, the nodes the draft fed (:func:`tree_size`).
+    slots : torch.Tensor or int
+        [B, N] the draft's open slot of each node, -1 where never fed (:attr:`DraftTree.slots`); or F, the nodes it
+        fed, for an unpruned tree (node i at slot i + 1 when i < F, :func:`tree_size`).
 
     Returns
     -------
@@ -166,12 +184,22 @@ def accept_tree(draft: CachedModel, path: torch.Tensor, tree_tokens: torch.Tenso
         [B] int64: the accepted path's last node where the draft never fed it, else -1. It is deferred (a hole for
         the other rows) and fed in front of the draft's next forward, as the chain drafter feeds d_K.
     """
-    draft.keep_path(path_keep(path.to(draft.device), fed + 1))
+    width = draft.open[0].shape[1] if draft.open is not None else 1
+    path = path.to(tree_tokens.device)
     if path.shape[1] == 0:  # (no row can accept a node: D = 0)
         path = path.new_full((path.shape[0], 1), -1)
+    if isinstance(slots, int):
+        on = torch.where((path >= 0) & (path < slots), path + 1, -1)
+    else:
+        on = torch.where(path >= 0, slots.to(path.device).gather(1, path.clamp_min(0)), -1)
+    keep = torch.zeros(path.shape[0], width + 1, dtype=torch.bool, device=path.device)
+    keep.scatter_(1, torch.where(on >= 0, on, width), True)  # width: a spare column, dropped
+    keep[:, 0] = True
+    draft.keep_path(keep[:, :width].to(draft.device))
     n = (path >= 0).sum(dim=1)
-    end = path.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]
-    leaf = (n > 0) & (end >= fed)
+    last = (n - 1).clamp_min(0)[:, None]
+    end = path.gather(1, last)[:, 0]
+    leaf = (n > 0) & (on.gather(1, last)[:, 0] < 0)
     behind = torch.where(leaf, tree_tokens.gather(1, end.clamp_min(0)[:, None])[:, 0], -1)
     if bool(leaf.any()):
         max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
@@ -220,16 +248,38 @@ def _children(scores: torch.Tensor, c: int, candidates: str, sampling: dict | No
     return draws.view(batch, m, c)
 
 
+def _compact(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, K] bool -> (index [B, W], valid [B, W]): each row's flagged columns in order, then padding (column 0); W
+    the most any row flags (one host synchronisation)."""
+    count = flags.sum(dim=1)
+    width = int(count.max()) if flags.numel() else 0
+    order = torch.sort((~flags).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=flags.device)[None, :] < count[:, None]
+    return torch.where(valid, order, 0), valid
+
+
+def _candidate_probs(scores: torch.Tensor, kids: torch.Tensor, temperature) -> torch.Tensor:
+    """[B, M, V'] scores, [B, M, c] children -> [B, M, c] each child's probability under softmax(scores / T) (T a
+    number or [B]; 0 reads as 1: greedy rows), 0 where undefined (a row of -inf)."""
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(scores.device, torch.float32)
+        t = torch.where(t > 0, t, 1.0)[:, None, None]
+    else:
+        t = float(temperature) if temperature else 1.0
+    probs = torch.softmax(scores / t, dim=-1).gather(2, kids)
+    return torch.nan_to_num(probs, nan=0.0)
+
+
 def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int], *, vocab: int | None = None,
                 sampling: dict | None = None, candidates: str = "top", rng: random.Random | None = None,
-                processors=None) -> DraftTree:
+                processors=None, min_prob: float | None = None) -> DraftTree:
     """Draft a token tree per row with a draft model: one forward per depth over the whole frontier.
 
     Parameters
     ----------
     draft : CachedModel
         The draft and its cache (no tree open); a deferred prefill or leaf (:func:`accept_tree`) goes in front of
-        its first forward. The tree's open slots [last, node_0..node_{F-1}] stay open: close them with
+        its first forward. The tree's open slots [last, then the fed nodes] stay open: close them with
         :func:`accept_tree` after verification.
     last : torch.Tensor
         [B] int64 each row's last committed token.
@@ -248,46 +298,110 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
     processors : PrefixProcessors, optional
         Applied to each frontier node's scores with its path as the drafts before it (as the chain drafter applies
         them), before children are chosen; the processed scores are what verify sees.
+    min_prob : float, optional
+        Confidence pruning (EAGLE-2's idea, kept exact): `branching` is then the largest tree. A node's path
+        probability is the product, along its path, of the draft's probability of each token (softmax of its scores
+        at the sampling temperature, 1 when greedy; before top-k / top-p / min-p). A node below `min_prob` is not
+        expanded (not fed, no children); with "top" candidates it is not kept either (dropping a deterministic
+        candidate keeps verification exact). With "iid" an expanded node keeps all its draws (their number is
+        fixed before they are drawn, so they stay i.i.d.). The first-child chain from the root (the draft's top-1
+        chain with "top") is always kept and expanded: the tree holds the chain of its depth. None: no pruning.
 
     Returns
     -------
     DraftTree
-        N = sum over depths of the product of `branching` so far; ``scores`` only for "iid".
+        Without pruning N = sum over depths of the product of `branching` so far; with it, rows have their own node
+        counts (``widths``; N the most). ``scores`` only for "iid".
     """
     branching = _check_branching(branching)
     if candidates not in ("top", "iid"):
         raise ValueError(f"candidates must be 'top' or 'iid', got {candidates!r}")
     if candidates == "iid" and (sampling is None or rng is None):
         raise ValueError("candidates='iid' draws samples: pass sampling= (sample's options) and rng=")
+    if min_prob is not None and not 0.0 <= min_prob <= 1.0:
+        raise ValueError(f"min_prob must be None or a number in [0, 1], got {min_prob!r}")
     max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
     vocab = max_id + 1 if vocab is None else vocab
+    temperature = 1.0 if sampling is None else sampling.get("temperature", 1.0)
     batch, dev = last.shape[0], draft.device
-    feed, feed_parents = last.to(dev)[:, None], torch.full((batch, 1), -1, dtype=torch.long, device=dev)
-    frontier = feed_parents  # the frontier's node indices (-1: the root)
+    # The frontier, fed by this depth's forward: its tokens, their open parent slots and which are real (None: all),
+    # then each one's node index (-1: the root), open slot, path probability, first-child-chain flag and path tokens
+    feed, feed_parents, real = last.to(dev)[:, None], torch.full((batch, 1), -1, dtype=torch.long, device=dev), None
+    f_node, f_slot = feed_parents, torch.zeros(batch, 1, dtype=torch.long, device=dev)
+    f_prob = torch.ones(batch, 1, device=dev)
+    f_chain = torch.ones(batch, 1, dtype=torch.bool, device=dev)
     paths = torch.empty(batch, 1, 0, dtype=torch.long, device=dev)
-    tokens, parents, rows, n = [], [], [], 0
-    for c in branching:
-        logits = draft.forward_tree(feed.clamp(max=max_id), feed_parents)
+    count = torch.zeros(batch, dtype=torch.long, device=dev)  # each row's nodes so far
+    opened, rows, blocks, widths = 1, [], [], []
+    for depth, c in enumerate(branching):
+        logits = draft.forward_tree(feed.clamp(max=max_id), feed_parents, real)
         scores = _node_scores(logits, paths, vocab, processors)
         rows.append(scores)
-        kids = _children(scores, c, candidates, sampling, rng).reshape(batch, -1)
-        kid_parents = frontier.repeat_interleave(c, dim=1)
-        tokens.append(kids)
-        parents.append(kid_parents)
-        paths = torch.cat([paths.repeat_interleave(c, dim=1), kids[..., None]], dim=2)
-        frontier = n + torch.arange(kids.shape[1], device=dev).expand(batch, -1)
-        n += kids.shape[1]
-        feed, feed_parents = kids, kid_parents + 1  # open slot of node i: i + 1 (slot 0: last)
-    return DraftTree(torch.cat(tokens, dim=1), torch.cat(parents, dim=1), _scores_rows(rows, n, candidates))
+        kids3 = _children(scores, c, candidates, sampling, rng)  # [B, M, c]
+        m = kids3.shape[1]
+        kids = kids3.reshape(batch, m * c)
+        kid_parents = f_node.repeat_interleave(c, dim=1)
+        if min_prob is None:  # every child kept and (above the deepest level) fed
+            keep = grow = None
+            node_of = count[:, None] + torch.arange(m * c, device=dev)
+            block_tokens, block_parents, block_valid = kids, kid_parents, None
+            width = torch.full((batch,), m * c, dtype=torch.long, device=dev)
+        else:
+            kid_prob = (f_prob[:, :, None] * _candidate_probs(scores, kids3, temperature)).reshape(batch, m * c)
+            first = torch.arange(c, device=dev) == 0
+            kid_chain = (f_chain[:, :, None] & first).reshape(batch, m * c)
+            sure = kid_chain | (kid_prob >= min_prob)
+            keep = torch.ones_like(sure) if real is None else real.repeat_interleave(c, dim=1)
+            keep = keep & sure if candidates == "top" else keep
+            grow = keep & sure
+            node_of = count[:, None] + keep.long().cumsum(dim=1) - 1
+            idx, block_valid = _compact(keep)
+            block_tokens = torch.where(block_valid, kids.gather(1, idx), 0)
+            block_parents = torch.where(block_valid, kid_parents.gather(1, idx), -1)
+            width = block_valid.sum(dim=1)
+        block_slots = torch.full_like(block_tokens, -1)
+        last_level = depth == len(branching) - 1
+        if not last_level:
+            if grow is None:
+                gidx, real = None, None
+                feed, feed_parents = kids, f_slot.repeat_interleave(c, dim=1)
+                f_node = node_of
+                block_slots = opened + torch.arange(m * c, device=dev).expand(batch, -1)
+            else:
+                gidx, real = _compact(grow)
+                feed = kids.gather(1, gidx)
+                feed_parents = torch.where(real, f_slot.repeat_interleave(c, dim=1).gather(1, gidx), -1)
+                f_node = torch.where(real, node_of.gather(1, gidx), -1)
+                f_prob, f_chain = kid_prob.gather(1, gidx), kid_chain.gather(1, gidx) & real
+                spare = block_slots.shape[1]  # a column past the block for the padding, dropped
+                at = torch.where(real, f_node - count[:, None], spare)
+                block_slots = torch.cat([block_slots, block_slots[:, :1]], dim=1).scatter_(
+                    1, at, opened + torch.arange(gidx.shape[1], device=dev).expand(batch, -1))[:, :spare]
+            f_slot = opened + torch.arange(feed.shape[1], device=dev).expand(batch, -1)
+            paths = torch.cat([paths.repeat_interleave(c, dim=1), kids[..., None]], dim=2)
+            paths = paths if gidx is None else paths.gather(1, gidx[..., None].expand(-1, -1, paths.shape[2]))
+            opened += feed.shape[1]
+        blocks.append((block_tokens, block_parents, block_slots, block_valid))
+        widths.append(width)
+        count = count + width
+        if last_level or feed.shape[1] == 0:  # (pruning left nothing to expand)
+            break
+    widths += [torch.zeros_like(count)] * (len(branching) - len(widths))
+    tokens, parents, slots = (torch.cat([b[k] for b in blocks], dim=1) for k in range(3))
+    if min_prob is not None:  # each row's nodes in breadth-first order, first; -1 (0 for tokens) past them
+        idx, valid = _compact(torch.cat([b[3] for b in blocks], dim=1))
+        tokens = torch.where(valid, tokens.gather(1, idx), 0)
+        parents, slots = (torch.where(valid, x.gather(1, idx), -1) for x in (parents, slots))
+    scores = None if candidates != "iid" else _node_rows(torch.cat(rows, dim=1), slots)
+    return DraftTree(tokens, parents, scores, slots, torch.stack(widths, dim=1), len(rows))
 
 
-def _scores_rows(rows: list[torch.Tensor], n: int, candidates: str) -> torch.Tensor | None:
-    """The [B, N + 1, V'] draft rows: the fed slots' scores [last, node_0..node_{F-1}], zeros for the leaves."""
-    if candidates != "iid":
-        return None
-    fed = torch.cat(rows, dim=1)
-    leaves = fed.new_zeros(fed.shape[0], n + 1 - fed.shape[1], fed.shape[2])
-    return torch.cat([fed, leaves], dim=1)
+def _node_rows(fed: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """[B, S, V'] the fed slots' scores [last, fed nodes..], [B, N] each node's slot (-1: never fed) -> the
+    [B, N + 1, V'] draft rows: the root's, then each node's (zeros where it was never fed)."""
+    table = torch.cat([fed, fed.new_zeros(fed.shape[0], 1, fed.shape[2])], dim=1)
+    at = torch.cat([torch.zeros_like(slots[:, :1]), torch.where(slots >= 0, slots, fed.shape[1])], dim=1)
+    return table.gather(1, at[:, :, None].expand(-1, -1, fed.shape[2]))
 
 
 def _continuations(seq: list[int], m: int, max_ngram: int, min_ngram: int, k: int, start: int) -> list[list[int]]:
