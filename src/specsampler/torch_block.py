@@ -134,20 +134,20 @@ def block_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, fi
     temperature (0: greedy), u K+1 floats, noise [V] or None. Returns (tau, next token, whether the row was free of
     NaN).
 
-    The weights need every position's softmax (computed once and kept; none past a weight of 0, where every later h is
-    0); the residual masses are taken from the top down and only where they can decide: h_i <= w_i, so a position
+    The weights need every position's softmax (computed once, in one call unless each row is warped on its own); the
+    residual masses are taken from the top down and only where they can decide: h_i <= w_i, so a position
     with eta_i >= w_i is passed over, and the first i with eta_i < h_i is tau."""
     vocab = target.shape[-1]
     if temperature < GREEDY_BELOW and not from_probs:
         best = _argmax(target[: k_b + 1]).tolist()
         n = next((t for t in range(k_b) if x[t] != best[t]), k_b)
         return n, best[n], True
+    p_all = _probs(target, k_b, temperature, warp, first and first[0], from_probs, vocab, scrub)
+    q_all = None if draft is None else _probs(draft, k_b, temperature, warp, first and first[1], from_probs, vocab,
+                                              scrub)
     p_rows, q_rows, w = [], [], [1.0]
     for t in range(k_b):
-        p_t = _softmax(_row_scores(target, t, temperature, warp, first and first[0]), temperature, from_probs, vocab,
-                       scrub)
-        q_t = None if draft is None else _softmax(_row_scores(draft, t, temperature, warp, first and first[1]),
-                                                  temperature, from_probs, vocab, scrub)
+        p_t, q_t = p_all[t], None if q_all is None else q_all[t]
         valid = 0 <= x[t] < vocab
         q_x = 1.0 if q_t is None else (q_t[x[t]].item() if valid else 0.0)
         if q_x != q_x:
@@ -166,11 +166,22 @@ def block_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, fi
         tau, dist = k_b, None
     else:
         tau, dist = _descend(p_rows, q_rows, x, w, u, vocab)
-    if dist is None or float(dist.sum(dtype=torch.float64)) <= RESIDUAL_EPS:
-        dist = p_rows[tau] if tau < k_b else _softmax(_row_scores(target, tau, temperature, warp, first and first[0]),
-                                                      temperature, from_probs, vocab, scrub)
+    if dist is None:
+        dist = _softmax(_row_scores(target, tau, temperature, warp, first and first[0]), temperature, from_probs, vocab,
+                        scrub)
     token, total = _draw_row(dist, u[-1], noise)
+    if tau < k_b and total <= RESIDUAL_EPS:  # a residual of (almost) no mass: from p_tau
+        token, total = _draw_row(p_rows[tau], u[-1], noise)
     return tau, token, total == total
+
+
+def _probs(rows, n, temperature, warp, first, from_probs, vocab, scrub):
+    """Softmax of the first n of `rows` [R, V']: in one call ([n, vocab]; block verification reads every position's),
+    or a list of rows where each is warped on its own."""
+    if warp is None or temperature < GREEDY_BELOW:
+        return _softmax(rows[:n], temperature, from_probs, vocab, scrub)
+    return [_softmax(_row_scores(rows, t, temperature, warp, first), temperature, from_probs, vocab, scrub)
+            for t in range(n)]
 
 
 def _residual(p_t, q_t, x_t: int, w: float, vocab: int) -> torch.Tensor:
@@ -189,7 +200,7 @@ def _descend(p_rows, q_rows, x, w, u, vocab):
         if i >= len(p_rows) or not u[i - 1] < w[i]:  # (a weight of 0 ends the rows: h = 0 there)
             continue
         res = _residual(p_rows[i], q_rows[i], x[i], w[i], vocab)
-        r = float(res.sum(dtype=torch.float64))
+        r = float(res.sum())  # (float32, pairwise: a quarter of a float64 sum's time)
         denom = r + 1.0 - w[i]
         if u[i - 1] < (r / denom if denom > 0 else 1.0):
             return i, res
