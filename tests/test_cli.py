@@ -301,8 +301,9 @@ def test_flags_to_options():
     assert options.speculative_options(parse()) == {} and "verify_method" not in options.given_options(parse())
     assert options.speculative_options(parse("--verify-method", "block")) == {"verify_method": "block"}
     assert options.speculative_options(parse("--draft-tree", "3,2,1,1", "--draft-tree-sampling", "iid",
-                                             "--draft-tree-min-prob", "0.05", "--prompt-lookup-candidates", "4")) == {
-        "draft_tree": (3, 2, 1, 1), "draft_tree_sampling": "iid", "draft_tree_min_prob": 0.05,
+                                             "--draft-tree-min-prob", "0.05", "--draft-tree-budget", "8",
+                                             "--prompt-lookup-candidates", "4")) == {
+        "draft_tree": (3, 2, 1, 1), "draft_tree_sampling": "iid", "draft_tree_min_prob": 0.05, "draft_tree_budget": 8,
         "prompt_lookup_num_candidates": 4}
 
 
@@ -379,6 +380,8 @@ ERRORS = [  # (arguments after "generate --target T", the option the message mus
       "--draft-tree-min-prob", "2"], "--draft-tree-min-prob"),  # before loading
     (["--draft", "{draft}", "--prompt", "w5", "--draft-tree-min-prob", "0.1"], "--draft-tree-min-prob"),
     (["--draft", "{draft}", "--prompt", "w5", "--draft-tree-sampling", "iid"], "--draft-tree-sampling"),
+    (["--draft", "{draft}", "--prompt", "w5", "--draft-tree", "2,2,1", "--draft-tree-budget", "2"],
+     "--draft-tree-budget"),
     (["--draft", "{draft}", "--prompt", "w5", "--draft-tree", "2,2", "--num-draft-tokens", "3"], "--draft-tree"),
     (["--draft", "{draft}", "--prompt", "w5", "--draft-tree", "2,2", "--verify-method", "block"], "--verify-method"),
     (["--draft", "{draft}", "--prompt", "w5", "--prompt-lookup-candidates", "2"], "--prompt-lookup-candidates"),

@@ -51,20 +51,22 @@ def test_greedy_draft_tree_matches_target_generate(pair):
     assert s.tokens_per_forward >= chain.stats.tokens_per_forward
 
 
-def test_greedy_pruned_tree_matches_target_generate(pair):
-    """draft_tree_min_prob=0.01 (confidence pruning): batch 4, left padded, ragged: each row equals target.generate on
-    that row alone; the rows verify fewer nodes than the full tree's, and the draft's top-1 chain stays: the same
-    sequences as the chain of its depth."""
+@pytest.mark.parametrize("prune", [dict(draft_tree_min_prob=0.01), dict(draft_tree_budget=6)], ids=["p", "budget"])
+def test_greedy_pruned_tree_matches_target_generate(pair, prune):
+    """draft_tree_min_prob=0.01 (confidence pruning) or draft_tree_budget=6: batch 4, left padded, ragged: each row
+    equals target.generate on that row alone; the rows verify fewer nodes than the full tree's (at most the budget),
+    and the draft's top-1 chain stays."""
     target, draft = pair
     ids, mask = _ragged([9, 4, 1, 7])
     kw = dict(max_new_tokens=16, eos_token_id=[], pad_token_id=0)
-    out = specsampler.generate(target, draft, ids, mask, draft_tree=(3, 2, 1, 1), draft_tree_min_prob=0.01, **kw)
+    out = specsampler.generate(target, draft, ids, mask, draft_tree=(3, 2, 1, 1), **prune, **kw)
     _check_rows(target, out, ids, mask, 16)
     full = specsampler.generate(target, draft, ids, mask, draft_tree=(3, 2, 1, 1), **kw)
     assert torch.equal(out.sequences, full.sequences)
     s = out.stats
     assert s.new_tokens == 4 * 16 and 0 < s.accepted and s.drafted < full.stats.drafted
     assert s.drafted / s.row_steps < 21 and s.draft_forwards <= 4 * s.target_forwards
+    assert s.drafted <= s.row_steps * prune.get("draft_tree_budget", 21)
 
 
 def test_greedy_lookup_candidates_match_target_generate(pair):
@@ -191,12 +193,16 @@ def test_sampled_tree_follows_target_distribution(drafter, warp_kw):
     assert 0 < out.stats.accepted < out.stats.drafted
 
 
-@pytest.mark.parametrize("candidates, min_prob", [("top", 0.1), ("iid", 0.2)])
-def test_sampled_pruned_tree_follows_target_distribution(candidates, min_prob, monkeypatch):
-    """draft_tree_min_prob with (2, 2) trees, sampled: 3000 copies of one prompt, the first two new tokens follow the
-    warped target's joint (chi-square, p > 1e-4); power: the draft's own joint is told apart. The first step's trees
-    are pruned: "top" (the same tree in every row) keeps the root's 2 candidates and the chain's next one (3 of 6
-    nodes), "iid" prunes some rows and not others."""
+PRUNINGS = [("top", dict(draft_tree_min_prob=0.1)), ("iid", dict(draft_tree_min_prob=0.2)),
+            ("top", dict(draft_tree_budget=3))]
+
+
+@pytest.mark.parametrize("candidates, prune", PRUNINGS, ids=["top-p", "iid-p", "top-budget"])
+def test_sampled_pruned_tree_follows_target_distribution(candidates, prune, monkeypatch):
+    """draft_tree_min_prob or draft_tree_budget with (2, 2) trees, sampled: 3000 copies of one prompt, the first two
+    new tokens follow the warped target's joint (chi-square, p > 1e-4); power: the draft's own joint is told apart.
+    The first step's trees are pruned: "top" (the same tree in every row) keeps the root's 2 candidates and the
+    chain's next one (3 of 6 nodes), "iid" prunes some rows and not others."""
     from specsampler.generation import tree_loop
 
     vocab, n, warp_kw = 8, 3000, dict(temperature=0.8, top_k=6)
@@ -214,7 +220,7 @@ def test_sampled_pruned_tree_follows_target_distribution(candidates, min_prob, m
     monkeypatch.setattr(tree_loop.TreeDraftModel, "propose", recorded)
     out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, do_sample=True, seed=4321,
                                eos_token_id=[], draft_tree=(2, 2), draft_tree_sampling=candidates,
-                               draft_tree_min_prob=min_prob, **warp_kw)
+                               **prune, **warp_kw)
     new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
     counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
     exact = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
@@ -293,6 +299,11 @@ REFUSALS = [
     (dict(draft_tree=(2,), draft_tree_min_prob=1.5), ValueError, r"draft_tree_min_prob must be a number in \[0, 1\]"),
     (dict(draft_tree=(2,), draft_tree_min_prob="high"), TypeError, "draft_tree_min_prob must be a number"),
     (dict(draft_tree_min_prob=0.1), ValueError, "draft_tree_min_prob=0.1 prunes a draft_tree: it needs draft_tree="),
+    (dict(draft_tree_budget=4), ValueError, "draft_tree_budget=4 caps a draft_tree: it needs draft_tree="),
+    (dict(draft_tree=(2, 2, 1), draft_tree_budget=2), ValueError, "draft_tree_budget=2 is below the tree's depth 3"),
+    (dict(draft_tree=(2, 2), draft_tree_budget=0), ValueError, "draft_tree_budget must be an integer >= 1"),
+    (dict(draft_tree=(2, 2), draft_tree_sampling="iid", draft_tree_budget=3), ValueError,
+     "draft_tree_budget=3 caps a tree of top candidates: not with draft_tree_sampling='iid'"),
     (dict(draft_tree=(2,), verify_method="block"), ValueError, "verify_method='block' does not apply with draft_tree"),
     (dict(draft_tree=(2,), num_assistant_tokens_schedule="heuristic"), ValueError,
      "num_assistant_tokens_schedule='heuristic' does not apply with draft_tree"),

@@ -381,6 +381,8 @@ def test_draft_tree_min_prob_resolved_and_refused_by_name(models):
     assert resolve_settings(target, draft=draft, draft_tree=(2,), draft_tree_min_prob=0,
                             max_new_tokens=4).draft_tree_min_prob is None
     assert check_option("draft_tree_min_prob", 1) == 1.0
+    s = resolve_settings(target, draft=draft, draft_tree=(2, 2), draft_tree_budget=3, max_new_tokens=4)
+    assert (s.draft_tree_budget, s.draft_tree_min_prob) == (3, None)
     with pytest.raises(ValueError, match=r"draft_tree_min_prob must be a number in \[0, 1\]"):
         specsampler.generate(target, draft, ids, draft_tree=(2, 2), draft_tree_min_prob=-0.1, **KW)
     with pytest.raises(TypeError, match="draft_tree_min_prob must be a number"):

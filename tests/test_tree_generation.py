@@ -550,6 +550,25 @@ def test_pruning_keeps_the_likely_nodes_and_the_top1_chain():
         expand_tree(_TableDraft(TABLE), torch.tensor([0]), (2,), min_prob=1.5)
 
 
+def test_budget_caps_the_nodes_keeping_the_chain_then_the_likeliest():
+    """budget= (top candidates), (3, 2, 1): level by level the chain's node, then the others by path probability,
+    room left for the chain's deeper nodes. Budget 5: all 3 root candidates, then the chain alone; budget 4: the
+    root's 2 likeliest (row 1: 1 .8 and 2 .2), then the chain; budget 3 (the depth): the chain; with min_prob 0.15 too
+    (budget 6): the min_prob tree. Below the depth, or with "iid", it is refused."""
+    last = torch.tensor([0, 4])
+    five = expand_tree(_TableDraft(TABLE), last[:1], (3, 2, 1), budget=5)
+    assert five.tokens.tolist() == [[1, 2, 3, 4, 1]] and five.parents.tolist() == [[-1, -1, -1, 0, 3]]
+    four = expand_tree(_TableDraft(TABLE), last, (3, 2, 1), budget=4)
+    assert four.tokens.tolist() == [[1, 2, 4, 1]] * 2 and four.parents.tolist() == [[-1, -1, 0, 2]] * 2
+    three = expand_tree(_TableDraft(TABLE), last, (3, 2, 1), budget=3)
+    assert three.tokens.tolist() == [[1, 4, 1]] * 2 and three.widths.tolist() == [[1, 1, 1]] * 2
+    both = expand_tree(_TableDraft(TABLE), last, (3, 2, 1), budget=6, min_prob=0.15)
+    assert both.tokens.tolist() == [[1, 2, 4, 4, 1], [1, 2, 4, 1, 0]]
+    for kw in (dict(budget=2), dict(budget=4, candidates="iid", sampling={}, rng=random.Random(0))):
+        with pytest.raises(ValueError, match="budget caps a tree of top candidates"):
+            expand_tree(_TableDraft(TABLE), last, (3, 2, 1), **kw)
+
+
 def test_pruning_iid_expands_by_the_path_probability_and_keeps_every_draw():
     """i.i.d. candidates, (3, 2, 1), min_prob 0.2: a node has all its draws or none (their number depends on its own
     path probability, not on the draws), the first-child chain always has them; the draft rows are the fed nodes'

@@ -184,7 +184,8 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
                          draft_model=None, num_draft_tokens: int | None = None, seed: int | None = None,
                          token_streamer=None, tokenizer=None, verify_method: str | None = None, draft_tree=None,
                          draft_tree_sampling: str | None = None, draft_tree_min_prob: float | None = None,
-                         prompt_lookup_num_candidates: int | None = None, **model_kwargs):
+                         draft_tree_budget: int | None = None, prompt_lookup_num_candidates: int | None = None,
+                         **model_kwargs):
     """Batched speculative decoding as a ``custom_generate`` callable.
 
     Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
@@ -231,7 +232,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     verify_method : {"token", "block"}, optional
         specsampler's own option, as in :func:`specsampler.generate` (``model.generate(..., verify_method="block")``
         hands it here, under the patch too). None: "token".
-    draft_tree, draft_tree_sampling, draft_tree_min_prob, prompt_lookup_num_candidates : optional
+    draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates : optional
         specsampler's own token trees, as in :func:`specsampler.generate` (``model.generate(..., draft_tree=(3, 2,
         1, 1))`` hands them here, under the patch too).
     **model_kwargs
@@ -274,7 +275,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     settings = resolve_settings(model, cfg, prompt_width=input_ids.shape[1], draft=draft_model,
                                 num_draft_tokens=num_draft_tokens, seed=seed, verify_method=verify_method,
                                 draft_tree=draft_tree, draft_tree_sampling=draft_tree_sampling,
-                                draft_tree_min_prob=draft_tree_min_prob,
+                                draft_tree_min_prob=draft_tree_min_prob, draft_tree_budget=draft_tree_budget,
                                 prompt_lookup_num_candidates=prompt_lookup_num_candidates, returns_dict=False,
                                 who="speculative_generate",
                                 max_new_tokens=max_new, eos_token_id=_prepared_eos(cfg),

@@ -141,6 +141,7 @@ def tree_label(settings: Settings) -> str:
     if settings.draft_tree is not None:
         pruned = "" if settings.draft_tree_min_prob is None else \
             f", pruned below path probability {settings.draft_tree_min_prob:g}"
+        pruned += "" if settings.draft_tree_budget is None else f", at most {settings.draft_tree_budget} nodes"
         return f"tree {settings.draft_tree}, {settings.draft_tree_sampling} candidates{pruned}"
     more = f", {settings.lookup_candidates} candidates" if settings.lookup_candidates > 1 else ""
     return f"K = {settings.num_draft_tokens}{more}"
@@ -217,6 +218,7 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
     return {
         "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": settings.num_draft_tokens,
         "draft_tree": settings.draft_tree, "draft_tree_min_prob": settings.draft_tree_min_prob,
+        "draft_tree_budget": settings.draft_tree_budget,
         "prompt_lookup_candidates": settings.lookup_candidates,
         "schedule": args.schedule, "verify_method": settings.verify_method, "device": str(device),
         "dtype": args.dtype, "backend": backend,

@@ -142,16 +142,18 @@ def option_flags(args) -> dict[str, str]:
 #: specsampler's own options (not ``GenerationConfig``'s) -> their flags.
 SPECULATIVE_FLAGS = {"verify_method": "--verify-method", "draft_tree": "--draft-tree",
                      "draft_tree_sampling": "--draft-tree-sampling", "draft_tree_min_prob": "--draft-tree-min-prob",
+                     "draft_tree_budget": "--draft-tree-budget",
                      "prompt_lookup_num_candidates": "--prompt-lookup-candidates"}
 
 
 def speculative_options(args) -> dict:
     """specsampler's own options given on the command line (not ``GenerationConfig`` options: plain
     ``target.generate`` of ``--compare`` does not get them): ``verify_method``, ``draft_tree``,
-    ``draft_tree_sampling``, ``draft_tree_min_prob``, ``prompt_lookup_num_candidates``, each only when its flag is
-    given."""
+    ``draft_tree_sampling``, ``draft_tree_min_prob``, ``draft_tree_budget``, ``prompt_lookup_num_candidates``, each
+    only when its flag is given."""
     given = {"verify_method": args.verify_method, "draft_tree": args.draft_tree,
              "draft_tree_sampling": args.draft_tree_sampling, "draft_tree_min_prob": args.draft_tree_min_prob,
+             "draft_tree_budget": args.draft_tree_budget,
              "prompt_lookup_num_candidates": args.prompt_lookup_candidates}
     return {name: value for name, value in given.items() if value is not None}
 

@@ -78,6 +78,9 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
                    help="prune the tree (exactly): a node whose path probability under the draft is below P is not "
                         "expanded (with top candidates, not scored); the draft's top-1 chain is always kept "
                         "(default: the full tree)")
+    g.add_argument("--draft-tree-budget", type=int, metavar="N",
+                   help="at most N nodes per row of the tree (top candidates; >= its depth): the top-1 chain first, "
+                        "then the likeliest candidates under the draft (default: no cap)")
     g.add_argument("--prompt-lookup-candidates", type=int, metavar="M",
                    help="with --prompt-lookup: the continuations of up to M n-gram matches, merged as a tree "
                         "(default 1: one continuation, a chain)")

@@ -42,7 +42,8 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
              generation_config=None, streamer=None, stopping_criteria=None, stop_strings=_UNSET, tokenizer=None,
              num_return_sequences: int | None = None, logits_processor=None, prefix_allowed_tokens_fn=None,
              verify_method: str | None = None, draft_tree=None, draft_tree_sampling: str | None = None,
-             draft_tree_min_prob: float | None = None, prompt_lookup_num_candidates: int | None = None,
+             draft_tree_min_prob: float | None = None, draft_tree_budget: int | None = None,
+             prompt_lookup_num_candidates: int | None = None,
              **generation_kwargs) -> GenerateOutput:
     """Speculative decoding for a batch of (left-padded, ragged) prompts; every row advances at its own pace.
 
@@ -155,6 +156,12 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         with "top") is always kept, so a pruned tree holds the chain of its depth; with "iid" an expanded node keeps
         all its draws (their number is fixed before they are drawn: still i.i.d., still exact). Rows then verify
         trees of their own sizes, and the target scores fewer tokens. None or 0: the full tree. Needs `draft_tree`.
+    draft_tree_budget : int, optional
+        specsampler's own: at most this many nodes per row (>= the tree's depth), with top candidates (a
+        deterministic choice: exact; refused with "iid"). Level by level the draft's top-1 chain's node comes first,
+        then the other candidates by path probability while they fit, room being left for the chain's deeper nodes
+        (after `draft_tree_min_prob`'s cut when both are given). A target forward then scores at most budget + 1
+        tokens per row, a cost that does not change from step to step. Needs `draft_tree`.
     prompt_lookup_num_candidates : int, optional
         specsampler's own, with prompt lookup: the continuations of up to m distinct n-gram matches per row, merged
         into a trie and verified as a token tree (point-mass candidates). None or 1: one continuation, a chain.
@@ -197,7 +204,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
                                 assistant_model=assistant_model, num_draft_tokens=num_draft_tokens,
                                 num_assistant_tokens=num_assistant_tokens, seed=seed, verify_method=verify_method,
                                 draft_tree=draft_tree, draft_tree_sampling=draft_tree_sampling,
-                                draft_tree_min_prob=draft_tree_min_prob,
+                                draft_tree_min_prob=draft_tree_min_prob, draft_tree_budget=draft_tree_budget,
                                 prompt_lookup_num_candidates=prompt_lookup_num_candidates, **explicit)
     n_seq = settings.num_return_sequences
     if streamer is not None and input_ids.shape[0] * n_seq != 1:

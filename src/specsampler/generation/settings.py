@@ -83,6 +83,7 @@ _CHECKS = {
     "draft_tree": _draft_tree,
     "draft_tree_sampling": _tree_sampling,
     "draft_tree_min_prob": _tree_min_prob,
+    "draft_tree_budget": lambda n, v: _checks.integer(n, v, 1),
     "prompt_lookup_num_candidates": lambda n, v: _checks.integer(n, v, 1),
     "output_scores": _checks.boolean,
     "output_logits": _checks.boolean,
@@ -133,6 +134,8 @@ class Settings:
         Confidence pruning of the draft tree (:func:`.trees.expand_tree`'s ``min_prob``): nodes whose path
         probability under the draft is below it are not expanded (with "top" candidates, not kept); None: the full
         tree.
+    draft_tree_budget : int or None
+        The most nodes per row of a tree of top candidates (:func:`.trees.expand_tree`'s ``budget``); None: no cap.
     lookup_candidates : int
         Prompt lookup's continuations per row, merged into a trie when > 1 (``prompt_lookup_num_candidates``).
     options : dict
@@ -159,6 +162,7 @@ class Settings:
     draft_tree: tuple | None = None
     draft_tree_sampling: str = "top"
     draft_tree_min_prob: float | None = None
+    draft_tree_budget: int | None = None
     lookup_candidates: int = 1
     options: dict = field(default_factory=dict, repr=False)
 
@@ -312,10 +316,11 @@ def _schedule(value) -> str:
     return "heuristic" if value == "heuristic_transient" else value
 
 
-def _tree_options(draft_tree, draft_tree_sampling, min_prob, candidates, drafter, num_draft_tokens,
+def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates, drafter, num_draft_tokens,
                   num_assistant_tokens, verify_method, schedule: str
-                  ) -> tuple[tuple[int, ...] | None, str, float | None, int]:
-    """(draft_tree, draft_tree_sampling, draft_tree_min_prob, lookup candidates m) checked by name: a tree replaces
+                  ) -> tuple[tuple[int, ...] | None, str, float | None, int | None, int]:
+    """(draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, lookup candidates m) checked by
+    name (a budget caps a tree of top candidates, at no fewer nodes than its depth): a tree replaces
     num_draft_tokens, needs a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own
     verification rule and a constant shape (verify_method and schedules other than "constant" are refused with
     it)."""
@@ -323,6 +328,7 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, candidates, drafter
     sampling = check_option("draft_tree_sampling", draft_tree_sampling)
     given_min_prob = min_prob
     min_prob = check_option("draft_tree_min_prob", min_prob)
+    budget = check_option("draft_tree_budget", budget)
     m = check_option("prompt_lookup_num_candidates", candidates)
     lookup = isinstance(drafter, PromptLookupDrafter)
     if tree is None and sampling is not None:
@@ -330,6 +336,11 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, candidates, drafter
     if tree is None and given_min_prob is not None:
         raise ValueError(f"draft_tree_min_prob={given_min_prob!r} prunes a draft_tree: it needs draft_tree= (the "
                          f"branching per depth)")
+    if budget is not None and (tree is None or budget < len(tree) or sampling == "iid"):
+        why = ("caps a draft_tree: it needs draft_tree=" if tree is None else
+               "caps a tree of top candidates: not with draft_tree_sampling='iid' (a cap would drop i.i.d. draws)"
+               if sampling == "iid" else f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
+        raise ValueError(f"draft_tree_budget={budget} {why}")
     if tree is not None:
         for name, value in (("num_draft_tokens", num_draft_tokens), ("num_assistant_tokens", num_assistant_tokens)):
             if value is not None:
@@ -348,7 +359,7 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, candidates, drafter
         if schedule != "constant":
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a token tree "
                              f"has a fixed shape (only 'constant')")
-    return tree, sampling or "top", min_prob, m or 1
+    return tree, sampling or "top", min_prob, budget, m or 1
 
 
 def check_models(*models, who: str = "specsampler.generate") -> None:
@@ -387,8 +398,8 @@ def _eos_and_pad(options) -> tuple[list[int], int]:
 def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
                      assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
                      verify_method=None, draft_tree=None, draft_tree_sampling=None, draft_tree_min_prob=None,
-                     prompt_lookup_num_candidates=None, returns_dict: bool = True, who: str = "specsampler.generate",
-                     **explicit) -> Settings:
+                     draft_tree_budget=None, prompt_lookup_num_candidates=None, returns_dict: bool = True,
+                     who: str = "specsampler.generate", **explicit) -> Settings:
     """Resolve and check every option of a call, as ``target.generate`` would resolve them.
 
     Parameters
@@ -414,6 +425,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         The tree's candidates: the draft's top tokens ("top", None) or i.i.d. draws ("iid"). Needs draft_tree.
     draft_tree_min_prob : float, optional
         specsampler's own: confidence pruning of draft_tree, a number in [0, 1] (None or 0: the full tree). Needs
+        draft_tree.
+    draft_tree_budget : int, optional
+        specsampler's own: the most nodes per row of draft_tree with top candidates (>= its depth). Needs
         draft_tree.
     prompt_lookup_num_candidates : int, optional
         specsampler's own: prompt lookup's continuations per row (m >= 1), merged as a trie when m > 1. None: 1.
@@ -455,9 +469,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     eos, pad = _eos_and_pad(options)
     outputs = bool(opt("return_dict_in_generate")) or returns_dict
     schedule = _schedule(options["num_assistant_tokens_schedule"][0])
-    tree, tree_sampling, min_prob, m = _tree_options(draft_tree, draft_tree_sampling, draft_tree_min_prob,
-                                                     prompt_lookup_num_candidates, drafter, num_draft_tokens,
-                                                     num_assistant_tokens, verify_method, schedule)
+    tree, tree_sampling, min_prob, budget, m = _tree_options(
+        draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates,
+        drafter, num_draft_tokens, num_assistant_tokens, verify_method, schedule)
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
         num_draft_tokens=len(tree) if tree is not None else _draft_length(num_draft_tokens, num_assistant_tokens,
@@ -468,5 +482,6 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         seed=check_option("seed", seed), drafter=drafter,
         verify_method="token" if verify_method is None else check_option("verify_method", verify_method),
         output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
-        draft_tree=tree, draft_tree_sampling=tree_sampling, draft_tree_min_prob=min_prob, lookup_candidates=m,
+        draft_tree=tree, draft_tree_sampling=tree_sampling, draft_tree_min_prob=min_prob,
+        draft_tree_budget=budget, lookup_candidates=m,
         options=options)

@@ -76,11 +76,11 @@ class TreeDraftModel:
 
     def __init__(self, model, batch: int, branching: tuple[int, ...], vocab: int, sampling: dict | None,
                  candidates: str, rng: random.Random | None, processors: PrefixProcessors | None = None,
-                 min_prob: float | None = None):
+                 min_prob: float | None = None, budget: int | None = None):
         self.lm = CachedModel(model, batch)
         self.branching, self.vocab, self.sampling, self.rng = branching, vocab, sampling, rng
         self.candidates = candidates if sampling is not None else "top"
-        self.processors, self.min_prob = processors, min_prob
+        self.processors, self.min_prob, self.budget = processors, min_prob, budget
         self.max_id = model.get_input_embeddings().weight.shape[0] - 1
         self.forwards = 0
         self.tree = None  # the last proposal (its tokens and draft slots, for accept)
@@ -95,10 +95,10 @@ class TreeDraftModel:
         branching = self.branching[:max(1, max(limits))]
         tree = expand_tree(self.lm, last, branching, vocab=self.vocab, sampling=self.sampling,
                            candidates=self.candidates, rng=self.rng, processors=self.processors,
-                           min_prob=self.min_prob)
+                           min_prob=self.min_prob, budget=self.budget)
         self.forwards += tree.forwards
         self.tree = tree
-        if self.min_prob is None:
+        if self.min_prob is None and self.budget is None:
             counts = nodes_within(branching, limits)
         else:  # breadth-first: a row's nodes of its first limits[b] levels are its first ones
             counts = [sum(w[:max(0, limit)]) for w, limit in zip(tree.widths.tolist(), limits, strict=True)]
@@ -172,7 +172,8 @@ def start_tree_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Ten
     sampling = settings.sampling
     draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
     drafter = TreeDraftModel(draft, input_ids.shape[0], settings.draft_tree, vocab, sampling,
-                             settings.draft_tree_sampling, draft_rng, processors, settings.draft_tree_min_prob)
+                             settings.draft_tree_sampling, draft_rng, processors, settings.draft_tree_min_prob,
+                             settings.draft_tree_budget)
     drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
     return drafter
 

@@ -272,7 +272,7 @@ def _candidate_probs(scores: torch.Tensor, kids: torch.Tensor, temperature) -> t
 
 def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int], *, vocab: int | None = None,
                 sampling: dict | None = None, candidates: str = "top", rng: random.Random | None = None,
-                processors=None, min_prob: float | None = None) -> DraftTree:
+                processors=None, min_prob: float | None = None, budget: int | None = None) -> DraftTree:
     """Draft a token tree per row with a draft model: one forward per depth over the whole frontier.
 
     Parameters
@@ -306,6 +306,11 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
         candidate keeps verification exact). With "iid" an expanded node keeps all its draws (their number is
         fixed before they are drawn, so they stay i.i.d.). The first-child chain from the root (the draft's top-1
         chain with "top") is always kept and expanded: the tree holds the chain of its depth. None: no pruning.
+    budget : int, optional
+        With "top" candidates: at most `budget` nodes per row (at least the depth). Level by level, the top-1 chain's
+        node and then the other candidates by path probability (highest first) are kept while they fit, room being
+        left for the chain's deeper nodes; with `min_prob` too, only candidates at or above it. A deterministic
+        choice of point-mass candidates: exact. None: no cap.
 
     Returns
     -------
@@ -320,6 +325,10 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
         raise ValueError("candidates='iid' draws samples: pass sampling= (sample's options) and rng=")
     if min_prob is not None and not 0.0 <= min_prob <= 1.0:
         raise ValueError(f"min_prob must be None or a number in [0, 1], got {min_prob!r}")
+    if budget is not None and (candidates != "top" or budget < len(branching)):
+        raise ValueError(f"budget caps a tree of top candidates at a number of nodes >= its depth "
+                         f"({len(branching)}), got budget={budget!r} with candidates={candidates!r}")
+    prune = min_prob is not None or budget is not None
     max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
     vocab = max_id + 1 if vocab is None else vocab
     temperature = 1.0 if sampling is None else sampling.get("temperature", 1.0)
@@ -341,7 +350,7 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
         m = kids3.shape[1]
         kids = kids3.reshape(batch, m * c)
         kid_parents = f_node.repeat_interleave(c, dim=1)
-        if min_prob is None:  # every child kept and (above the deepest level) fed
+        if not prune:  # every child kept and (above the deepest level) fed
             keep = grow = None
             node_of = count[:, None] + torch.arange(m * c, device=dev)
             block_tokens, block_parents, block_valid = kids, kid_parents, None
@@ -350,9 +359,15 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
             kid_prob = (f_prob[:, :, None] * _candidate_probs(scores, kids3, temperature)).reshape(batch, m * c)
             first = torch.arange(c, device=dev) == 0
             kid_chain = (f_chain[:, :, None] & first).reshape(batch, m * c)
-            sure = kid_chain | (kid_prob >= min_prob)
+            sure = kid_chain | (kid_prob >= (min_prob or 0.0))
             keep = torch.ones_like(sure) if real is None else real.repeat_interleave(c, dim=1)
             keep = keep & sure if candidates == "top" else keep
+            if budget is not None:  # the chain's node first, then by path probability, room left for its deeper ones
+                room = budget - count - (len(branching) - depth - 1)
+                key = torch.where(kid_chain, 2.0, torch.where(keep, kid_prob, -1.0))
+                order = key.argsort(dim=1, descending=True, stable=True)
+                rank = torch.empty_like(order).scatter_(1, order, torch.arange(m * c, device=dev).expand(batch, -1))
+                keep = keep & (rank < room[:, None])
             grow = keep & sure
             node_of = count[:, None] + keep.long().cumsum(dim=1) - 1
             idx, block_valid = _compact(keep)
@@ -388,7 +403,7 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
             break
     widths += [torch.zeros_like(count)] * (len(branching) - len(widths))
     tokens, parents, slots = (torch.cat([b[k] for b in blocks], dim=1) for k in range(3))
-    if min_prob is not None:  # each row's nodes in breadth-first order, first; -1 (0 for tokens) past them
+    if prune:  # each row's nodes in breadth-first order, first; -1 (0 for tokens) past them
         idx, valid = _compact(torch.cat([b[3] for b in blocks], dim=1))
         tokens = torch.where(valid, tokens.gather(1, idx), 0)
         parents, slots = (torch.where(valid, x.gather(1, idx), -1) for x in (parents, slots))
