@@ -66,7 +66,10 @@ The methods case (``--skip-methods`` leaves it out): what block verification and
 Triton kernel, bfloat16, K = 4, V = 128256, temperature 1, drafts sampled from a draft close to the target (the dry
 run: K = 2, V = 1000), fresh inputs per B, every variant on the same ones:
 - ``block``: ``verify(..., method="block")`` against ``method="token"``, B in {1, 64, 256} (dry: 1);
-- ``logprobs``: ``verify(..., return_logprobs=True)`` against the plain call (token verification), B = 64 (dry: 1).
+- ``logprobs``: ``verify(..., return_logprobs=True)`` against the plain call (token verification), B = 64 (dry: 1);
+- ``tree``: ``verify_tree`` of a (3, 2, 1, 1) tree (N = 21 nodes; dry: (2, 1), N = 4) with point-mass candidates
+  (the draft's top tokens, ``tree-top``) and i.i.d. ones (``tree-iid``) against token verification of a chain of K
+  drafts, B in {1, 8, 64} (dry: 1); ``K`` holds the drafts verified (N for the trees), ``accepted`` the mean depth.
 Timed like the grid (CUDA graphs up to ``--graph-mib``); ``over_token``: the variant's median over token
 verification's (without log-probabilities) on the same inputs; the mean accepted drafts per row of both methods
 (``accepted``) on those inputs with the timed seeds.
@@ -114,8 +117,8 @@ GOAL = dict(B=(1, 64, 256), K=(4,), V=(128256,))
 DRY_GOAL = dict(B=(1, 2), K=(2,), V=(1000,))
 WARPED = dict(B=(1, 64), K=4, V=128256)
 DRY_WARPED = dict(B=(1, 2), K=2, V=1000)
-METHODS = dict(block=(1, 64, 256), logprobs=(64,), K=4, V=128256)
-DRY_METHODS = dict(block=(1,), logprobs=(1,), K=2, V=1000)  # (the interpreter: a few seconds in all)
+METHODS = dict(block=(1, 64, 256), logprobs=(64,), tree=(1, 8, 64), K=4, V=128256, TREE=(3, 2, 1, 1))
+DRY_METHODS = dict(block=(1,), logprobs=(1,), tree=(1,), K=2, V=1000, TREE=(2, 1))  # (the interpreter: seconds)
 METHODS_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "variant", "median_us", "over_token", "accepted", "how")
 WARPED_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "provider", "median_us", "peer_over_ours", "how")
 KERNEL_NAMES = ("_row_stats_kernel", "_verify_kernel")
@@ -559,14 +562,62 @@ def methods_inputs(batch: int, k: int, vocab: int, device, seed: int) -> dict:
                 seed=torch.arange(batch, dtype=torch.int64, device=device) + seed)
 
 
+def tree_parents(branching) -> list[int]:
+    """The parents of a tree drafted `branching[d]` children per node at depth d, level by level (-1: the root)."""
+    parents, frontier = [], [-1]
+    for width in branching:
+        level = []
+        for parent in frontier:
+            level += [len(parents) + j for j in range(width)]
+            parents += [parent] * width
+        frontier = level
+    return parents
+
+
+def tree_inputs(batch: int, branching, vocab: int, device, seed: int) -> dict:
+    """verify_tree()'s inputs for the tree case, built as methods_inputs builds the chain's (target logits, a draft
+    close to them): for each node, the target's and the draft's rows after its path; the children of a node are the
+    draft's top tokens there (point masses, ``top_tokens``) or i.i.d. draws from it (``iid_tokens``)."""
+    import torch
+
+    parents = tree_parents(branching)
+    n = len(parents)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    target = torch.randn(batch, n + 1, vocab, generator=g) * 2.0
+    draft = target + 0.7 * torch.randn(batch, n + 1, vocab, generator=g)
+    rows = torch.tensor(parents) + 1  # the draft row each node was drawn from
+    rank = torch.tensor([sum(1 for q in parents[:i] if q == parents[i]) for i in range(n)])  # among its siblings
+    top = draft.topk(max(branching), dim=-1).indices  # [B, N+1, max width]
+    top_tokens = top[:, rows, rank]
+    gumbel = torch.empty(batch, n, vocab).exponential_(generator=g).log().neg()
+    iid_tokens = (draft[:, rows] + gumbel).argmax(-1)
+    as_device = dict(dtype=torch.bfloat16, device=device)
+    return dict(target_logits=target.to(**as_device), draft_logits=draft.to(**as_device),
+                tree_parents=torch.tensor(parents, device=device).repeat(batch, 1), top_tokens=top_tokens.to(device),
+                iid_tokens=iid_tokens.to(device), seed=torch.arange(batch, dtype=torch.int64, device=device) + seed,
+                max_depth=len(branching))
+
+
 METHOD_VARIANTS = dict(block=dict(token={}, block=dict(method="block")),
-                       logprobs=dict(token={}, logprobs=dict(return_logprobs=True)))
+                       logprobs=dict(token={}, logprobs=dict(return_logprobs=True)),
+                       tree={"token": {}, "tree-top": dict(draft_logits=None), "tree-iid": {}})
+
+
+def _method_call(what: str, variant: str, options: dict, inputs: dict):
+    """The timed call of a methods-case variant: verify() on the chain's inputs, verify_tree() on the tree's."""
+    import specsampler
+
+    if what != "tree":
+        return lambda: specsampler.verify(**inputs, backend="triton", **options)
+    if variant == "token":  # the chain K = 4 on the same sizes, for scale
+        return lambda: specsampler.verify(**inputs["chain"], backend="triton")
+    tree = {k: v for k, v in inputs.items() if k not in ("chain", "top_tokens", "iid_tokens")}
+    tokens = inputs["top_tokens"] if variant == "tree-top" else inputs["iid_tokens"]
+    return lambda: specsampler.verify_tree(**dict(tree, **options), tree_tokens=tokens, backend="triton")
 
 
 def run_methods(timer, state, args, path: Path, started: float) -> list[dict]:
     """The methods case (see the module docstring): writes ``methods_<gpu>.csv`` (flushed per B), prints the rows."""
-    import specsampler
-
     device, notes = state["torch_device"], state["notes"]
     sizes = DRY_METHODS if args.dry_run else METHODS
     k, vocab = sizes["K"], sizes["V"]
@@ -575,13 +626,16 @@ def run_methods(timer, state, args, path: Path, started: float) -> list[dict]:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METHODS_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for what in ("block", "logprobs"):
+        for what in ("block", "logprobs", "tree"):
             for batch in sizes[what]:
                 if time.monotonic() - started > args.budget_seconds:
                     notes.add(f"budget spent during the methods case ({what}, B={batch})")
                     break
                 try:
                     inputs = methods_inputs(batch, k, vocab, device, seed=batch * 31 + vocab)
+                    if what == "tree":
+                        inputs = dict(tree_inputs(batch, sizes["TREE"], vocab, device, seed=batch * 37 + vocab),
+                                      chain=inputs)
                 except Exception as exc:  # out of memory: the grid still runs
                     notes.add(f"methods case stopped at B={batch}: {type(exc).__name__}: {str(exc)[:200]}")
                     if device.type == "cuda":
@@ -589,21 +643,20 @@ def run_methods(timer, state, args, path: Path, started: float) -> list[dict]:
 
                         _recover(torch)
                     break
-                nbytes = 2 * batch * (2 * k + 1) * vocab
+                nodes = len(tree_parents(sizes["TREE"])) if what == "tree" else k
+                nbytes = 2 * batch * (2 * nodes + 2 if what == "tree" else 2 * k + 1) * vocab
                 timed, accepted = {}, {}
                 for variant, options in METHOD_VARIANTS[what].items():
                     label = f"methods {what} {variant}"
-
-                    def call(options=options, inputs=inputs):
-                        return specsampler.verify(**inputs, backend="triton", **options)
-
+                    call = _method_call(what, variant, options, inputs)
                     try:
                         accepted[variant] = float(call().num_accepted.float().mean())
                         timed[variant] = timer(call, nbytes <= args.graph_mib * 2**20, label=label)
                     except Exception as exc:  # ours: note it, go on
                         _failed(state, notes, f"{label} failed on B={batch} K={k} V={vocab}", exc, True, device)
                 token = timed.get("token")
-                new = [dict(device=state["device"], what=what, B=batch, K=k, V=vocab, dtype="bfloat16",
+                new = [dict(device=state["device"], what=what, B=batch, K=k if variant == "token" else nodes,
+                            V=vocab, dtype="bfloat16",
                             variant=variant, median_us=_sig(ms * 1e3),
                             over_token=_sig(ms / token[0]) if token and variant != "token" else "",
                             accepted=_sig(accepted[variant]), how=how) for variant, (ms, how) in timed.items()]

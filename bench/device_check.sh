@@ -18,14 +18,16 @@
 # B = 1, 8, 32, 64, K = 4 constant and the "cost" schedule, against transformers plain and assisted; E2E_SECONDS of
 # the whole, default 120; --skip-e2e), and the same models with a draft that agrees about 30% of the time
 # (--late-scale 0.09: 27-35% measured in float32 on a CPU for 0.08-0.10) under the heuristic and the "cost" draft
-# lengths, B = 1 and 8, against plain generate (E2E_LOW_SECONDS, 50).
+# lengths, B = 1 and 8, against plain generate (E2E_LOW_SECONDS, 50); then token trees (3,2,1,1) and (2,1,1,1), in
+# full and pruned (draft_tree_min_prob = TREE_MIN_PROB, default 0.05), beside the chain K = 4, greedy, B = 1 and 8
+# (E2E_TREE_SECONDS, 60).
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, methods_<gpu>.csv
-# (block against token verification, log-probabilities), verify_<gpu>.png,
-# resources_<gpu>.csv, generate_<gpu>.csv, generate_low_<gpu>.csv, tests.log, bench.log, generate.log,
-# generate_low.log, sweep_<gpu>.csv (--sweep).
+# (block against token verification, log-probabilities, verify_tree against a chain), verify_<gpu>.png,
+# resources_<gpu>.csv, generate_<gpu>.csv, generate_low_<gpu>.csv, generate_tree_<gpu>.csv, tests.log, bench.log,
+# generate.log, generate_low.log, generate_tree.log, sweep_<gpu>.csv (--sweep).
 # Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
-# E2E_SECONDS (default 120), E2E_LOW_SECONDS (default 50), DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to
-# unpack, default bench/wheels).
+# E2E_SECONDS (default 120), E2E_LOW_SECONDS (default 50), E2E_TREE_SECONDS (default 60), TREE_MIN_PROB (0.05),
+# DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
 
@@ -44,6 +46,7 @@ SWEEP=0
 E2E=1
 E2E_SECONDS=${E2E_SECONDS:-120}
 E2E_LOW_SECONDS=${E2E_LOW_SECONDS:-50}
+E2E_TREE_SECONDS=${E2E_TREE_SECONDS:-60}
 BENCH_ARGS=()
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
 while [ $# -gt 0 ]; do
@@ -56,7 +59,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
       shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
     --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) BENCH_ARGS+=("$1") ;;
   esac
   shift
@@ -111,7 +114,8 @@ fi
 
 ELAPSED=$(( $(date +%s) - START ))
 BUDGET=$(( TOTAL - ELAPSED - 45 ))  # leave time for the plot, the table and the last case
-[ "$E2E" = 1 ] && BUDGET=$(( BUDGET - E2E_SECONDS - E2E_LOW_SECONDS ))
+# (the dry run's end-to-end steps take seconds: its benchmarks keep the whole budget)
+[ "$E2E" = 1 ] && [ "$DRY" = 0 ] && BUDGET=$(( BUDGET - E2E_SECONDS - E2E_LOW_SECONDS - E2E_TREE_SECONDS ))
 [ "$BUDGET" -ge 60 ] || BUDGET=60
 echo "== 2-4. copy ceiling and benchmarks (budget ${BUDGET}s)"
 timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget-seconds "$BUDGET" "${BENCH_ARGS[@]}" \
@@ -140,6 +144,16 @@ if [ "$E2E" = 1 ]; then
   TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_LOW_SECONDS" "$PY" bench/bench_generate.py "${LOW_ARGS[@]}" \
     --late-scale 0.09 --schedule heuristic cost --assisted-max-batch 0 --csv "$OUT/generate_low_${GPU_NAME}.csv" 2>&1 \
     | tee "$OUT/generate_low.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
+  if [ "$DRY" = 1 ]; then
+    TREE_ARGS=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
+  else
+    TREE_ARGS=(--preset gpu --batch 1 8 --budget-seconds $(( E2E_TREE_SECONDS - 20 )))
+  fi
+  echo "== 5c. end-to-end generation, token trees against the chain, greedy (budget ${E2E_TREE_SECONDS}s)"
+  TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_TREE_SECONDS" "$PY" bench/bench_generate.py "${TREE_ARGS[@]}" \
+    --draft-tree 3,2,1,1 2,1,1,1 --draft-tree-min-prob "${TREE_MIN_PROB:-0.05}" --assisted-max-batch 0 \
+    --csv "$OUT/generate_tree_${GPU_NAME}.csv" 2>&1 | tee "$OUT/generate_tree.log"
   [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
 fi
 

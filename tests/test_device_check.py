@@ -107,14 +107,17 @@ def test_dry_run_launches_csv(dry_run):
 
 
 def test_dry_run_methods_csv(dry_run):
-    """The methods case: block against token verification at each B, token with and without log-probabilities; the
-    same inputs for every variant of a B (the ratio to token verification's median beside each)."""
+    """The methods case: block against token verification at each B, token with and without log-probabilities,
+    verify_tree (top and i.i.d. candidates) against a chain; the same inputs for every variant of a B (the ratio to
+    token verification's median beside each)."""
     rows = _csv(dry_run.out / "methods_cpu.csv")
     keys = [(r["what"], r["B"], r["variant"]) for r in rows]
     assert keys == [("block", "1", "token"), ("block", "1", "block"), ("logprobs", "1", "token"),
-                    ("logprobs", "1", "logprobs")]
-    for r in rows:
-        assert (r["device"], r["K"], r["V"], r["dtype"], r["how"]) == ("cpu", "2", "1000", "bfloat16", "wall")
+                    ("logprobs", "1", "logprobs"), ("tree", "1", "token"), ("tree", "1", "tree-top"),
+                    ("tree", "1", "tree-iid")]
+    for r in rows:  # (the dry run's tree (2, 1) has 4 nodes, 2 deep)
+        k = "4" if r["variant"].startswith("tree") else "2"
+        assert (r["device"], r["K"], r["V"], r["dtype"], r["how"]) == ("cpu", k, "1000", "bfloat16", "wall")
         assert float(r["median_us"]) > 0 and 0 <= float(r["accepted"]) <= 2
         assert (r["over_token"] == "") == (r["variant"] == "token")
     by = {(r["what"], r["B"], r["variant"]): r for r in rows}
@@ -334,6 +337,15 @@ def test_dry_run_end_to_end(dry_run):
     assert {row["method"] for row in low} == {"specsampler (heuristic)", "specsampler (cost)", "hf plain"}
     assert {row["batch"] for row in low} == {"1", "2"}
     assert "== 5b. end-to-end generation" in dry_run.log
+    trees = _csv(dry_run.out / "generate_tree_cpu.csv")  # 5c: trees in full and pruned beside the chain
+    methods = {row["method"] for row in trees}
+    for tree in ("3,2,1,1", "2,1,1,1"):  # in full, and one pruned row (its name says how)
+        assert f"specsampler tree {tree}" in methods
+        assert len([m for m in methods if m.startswith(f"specsampler tree {tree} ")]) == 1, methods
+    assert {"specsampler", "hf plain"} < methods and len(methods) == 6, methods
+    assert {row["batch"] for row in trees} == {"1", "2"}
+    assert all(float(row["tokens_per_forward"]) >= 1.0 for row in trees if row["method"].startswith("specsampler"))
+    assert "== 5c. end-to-end generation, token trees" in dry_run.log
 
 
 def test_pdl_provider_toggles_the_flag_and_is_summarised():
