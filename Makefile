@@ -3,7 +3,8 @@
 #             (medians of 5 interleaved timed runs per side, 1 torch thread: DEMO_REPEATS, DEMO_THREADS)
 # make test   a virtual environment ($(VENV), made if missing: torch 2.13 CPU wheel, this checkout with its test
 #             extras), then ruff, the test suite, the kernel tests and the offline sm_90 compilation again with
-#             Triton 3.6 (the oldest we support) and the generation tests again on transformers 4.57 (.ci/run calls it)
+#             Triton 3.6 (the oldest we support) and the generation tests again on transformers 4.57 (.ci/run calls it);
+#             pytest-xdist runs each on TEST_WORKERS (2) processes, a test file per worker at a time
 # make lint   ruff only
 
 PYTHON ?= python3
@@ -13,6 +14,8 @@ DEMO_REPEATS ?= 5
 DEMO_THREADS ?= 1
 TF457 ?= /tmp/specsampler-transformers-4.57
 TRITON36 ?= /tmp/specsampler-triton-3.6
+TEST_WORKERS ?= 2
+PYTEST = $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 DEMO_PROMPT ?= Correct the spelling mistakes in the following text. Text: Speculative decoding lets a small modle propose severall tokens at once. The large model then checks all of them in a singel forward pass, and keeps the ones it agrees with. The output is exactly the same as the large model alone would write, but it arrives faster.
 
 .PHONY: demo test lint
@@ -55,12 +58,12 @@ $(TRITON36)/.installed:
 
 test: $(VENV)/.installed $(TF457)/.installed $(TRITON36)/.installed
 	$(VENV)/bin/python -m ruff check .
-	$(VENV)/bin/python -m pytest -q
-	PYTHONPATH=$(TRITON36) $(VENV)/bin/python -m pytest -q -p no:warnings tests/test_kernel.py tests/test_distribution.py \
+	$(PYTEST)
+	PYTHONPATH=$(TRITON36) $(PYTEST) -p no:warnings tests/test_kernel.py tests/test_distribution.py \
 		tests/test_compile_offline.py -k "kernel or compile"
-	PYTHONPATH=$(TRITON36) $(VENV)/bin/python -m pytest -q -p no:warnings tests/test_kernel_block.py tests/test_kernel_tree.py \
+	PYTHONPATH=$(TRITON36) $(PYTEST) -p no:warnings tests/test_kernel_block.py tests/test_kernel_tree.py \
 		-k "oracle or tree and not follows_p"
-	PYTHONPATH=$(TF457) $(VENV)/bin/python -m pytest -q tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py tests/test_settings.py \
+	PYTHONPATH=$(TF457) $(PYTEST) tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py tests/test_settings.py \
 		tests/test_processors.py tests/test_generate_outputs.py tests/test_generate_tree.py tests/test_tree_generation.py
 
 lint: $(VENV)/.installed
