@@ -79,6 +79,27 @@ def test_greedy_lookup_candidates_match_target_generate(pair):
     assert out.stats.drafted > 0 and out.stats.draft_forwards == 0
 
 
+def test_lookup_step_without_any_match(llama_pair, monkeypatch):
+    """A step where no row's n-gram matches (a tree of N = 0 nodes: verify_tree draws from the root's p) commits one
+    token per row, as target.generate would."""
+    from specsampler.generation import tree_loop
+
+    target, _ = llama_pair
+    ids, mask = _ragged([3, 1], seed=7)
+    widths, propose = [], tree_loop.TreeLookupRun.propose
+
+    def recorded(self, *args):
+        proposal = propose(self, *args)
+        widths.append(proposal.tokens.shape[1])
+        return proposal
+
+    monkeypatch.setattr(tree_loop.TreeLookupRun, "propose", recorded)
+    out = specsampler.generate(target, PromptLookupDrafter(max_ngram=2, min_ngram=2), ids, mask, max_new_tokens=4,
+                               num_draft_tokens=2, prompt_lookup_num_candidates=2, eos_token_id=[], pad_token_id=0)
+    _check_rows(target, out, ids, mask, 4)
+    assert widths[0] == 0
+
+
 def test_one_lookup_candidate_is_the_chain(llama_pair):
     """prompt_lookup_num_candidates=1 runs today's chain step: the same tokens and the same counts."""
     target, _ = llama_pair
