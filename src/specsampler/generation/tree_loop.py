@@ -5,7 +5,8 @@
 exactly as for chains:
 
 1. the tree drafter proposes a tree per row (:class:`TreeDraftModel`: the draft model grows it level by level with
-   :func:`.trees.expand_tree`; :class:`TreeLookupRun`: the continuations of up to m n-gram matches merged into a
+   :func:`.trees.expand_tree`, pruned by ``draft_tree_min_prob`` / ``draft_tree_budget`` into rows of their own
+   sizes; :class:`TreeLookupRun`: the continuations of up to m n-gram matches merged into a
    trie, :func:`.trees.lookup_candidates`), at most `limits[b]` levels deep for row b (:func:`.trees.nodes_within`);
 2. the target scores [last, node_0..node_{N-1}] in one forward (:meth:`.kv_cache.CachedModel.forward_tree`), rows
    with fewer nodes feeding the rest as holes; logits processors run at every node with its own path
@@ -72,6 +73,8 @@ class TreeDraftModel:
         Top tokens (point masses) or i.i.d. draws ("iid" needs `sampling`; greedy runs take the top tokens).
     rng : random.Random or None
     processors : PrefixProcessors, optional
+    min_prob, budget : optional
+        Pruning (:func:`.trees.expand_tree`): ``draft_tree_min_prob``, ``draft_tree_budget``.
     """
 
     def __init__(self, model, batch: int, branching: tuple[int, ...], vocab: int, sampling: dict | None,

@@ -17,11 +17,17 @@ of those, then 1 and 1: 3 + 6 + 6 + 6 = 21 nodes, depth 4), for B rows at once:
 
 The draft model grows its tree level by level: ONE forward per depth over the whole frontier, each frontier node
 seeing its own ancestors only (the levels before stay open in its cache, :mod:`.kv_cache`). Its open slots are
-[last, node_0..node_{F-1}] (F: the nodes above the deepest level), so the target's and the draft's slots are indexed
-alike, and :func:`path_keep` serves both. Sampling follows the chain drafter (:class:`.drafters.DraftModel`): ids the
-draft cannot embed are fed as its last id, its scores are cut to the target's V (a smaller draft vocabulary gives
-the rest q = 0), draws come from :func:`specsampler.sample` with a seed from the caller's ``random.Random``, and the
-raw (processed, unwarped) scores are returned for verification to warp again.
+[last, then the nodes it fed]: without pruning node_0..node_{F-1} (F: the nodes above the deepest level), with it
+the expanded nodes only; :attr:`DraftTree.slots` maps each node to its slot for :func:`accept_tree`. Pruning
+(``min_prob``, ``budget``: :func:`expand_tree`) keeps verification exact: with point-mass candidates any
+deterministic choice of nodes is exact; with i.i.d. candidates a node's number of children is fixed by its own path
+probability before they are drawn, and all of them are kept. Rows then have their own node counts (breadth-first, so
+a row's first nodes are its shallowest: ``verify_tree``'s ``num_nodes``).
+
+Sampling follows the chain drafter (:class:`.drafters.DraftModel`): ids the draft cannot embed are fed as its last
+id, its scores are cut to the target's V (a smaller draft vocabulary gives the rest q = 0), draws come from
+:func:`specsampler.sample` with a seed from the caller's ``random.Random``, and the raw (processed, unwarped) scores
+are returned for verification to warp again.
 """
 
 from __future__ import annotations
