@@ -48,10 +48,10 @@ either one launch per tree level / sibling round, or the last program of the row
 fold. Z is already deferred after an i.i.d. rejection until a later sibling needs it; the passes left are those of
 nodes with several i.i.d. children rejected in turn, which a split design would run in parallel over the row.
 
-Compiled offline for sm_90 (bench/compile_offline_tree.py; bench/results/compile_offline_tree_triton*.txt): 4 warps,
-BLOCK_V 1024, 92-128 registers, no spill inside a loop and no barrier inside a vocabulary loop with Triton 3.6 and 3.9
-(3.6 spills a few registers outside the loops in the warped variant). The walk over the nodes holds the per-node
-reductions (statistics, the removed ids): a few barriers a node.
+Compiled offline for sm_90 (bench/compile_offline_tree.py; bench/results/compile_offline_tree_warps_triton*.txt): 8
+warps, BLOCK_V 1024, 64-101 registers, no spill and no barrier inside a vocabulary loop with Triton 3.6 and 3.9 (at 4
+warps 92-128 registers, and 3.6 spilled outside the loops in the warped variant: compile_offline_tree_triton*.txt).
+The walk over the nodes holds the per-node reductions (statistics, the removed ids): a few barriers a node.
 
 References: Miao et al. 2023 (SpecInfer, arXiv 2305.09781); Leviathan et al. 2023 (arXiv 2211.17192);
 ``verify_kernel`` (Philox layout, the exponential race); Salmon et al. 2011 (Philox).
@@ -78,8 +78,8 @@ from .jit_helpers import (
 )
 
 BLOCK_D = tl.constexpr(16)  # output positions written per store
-GPU_BLOCK_V = 1024  # one program per row: 1024-wide tiles, 4 warps (not yet timed on a GPU)
-GPU_WARPS = 4
+GPU_BLOCK_V = 1024  # one program per row: 1024-wide tiles, 8 warps (not yet timed on a GPU)
+GPU_WARPS = 8  # (at 4: 92-128 registers, and Triton 3.6 spilled outside the loops; at 8: 64-101, none)
 
 
 @triton.jit
@@ -465,5 +465,5 @@ def verify_tree_rows(target, tree_tokens, tree_parents, draft, num_nodes, temper
                       BLOCK_R=max(2, triton.next_power_of_2(max(n, 1))), HAS_DRAFT=draft is not None,
                       RAGGED=num_nodes is not None, ROW_TEMP=row_temp, ROW_SEED=row_seed, GIVEN_RANDOM=given,
                       WARP=cuts is not None)
-    launching.launch(_tree_kernel, (batch, 1), args, constexprs, GPU_WARPS if block_v < 2048 else 8, device)
+    launching.launch(_tree_kernel, (batch, 1), args, constexprs, GPU_WARPS, device)
     return tokens, num_accepted, path[:, :depth]

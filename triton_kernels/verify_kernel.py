@@ -253,5 +253,10 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
                       MANY_K=k_plus_1 > block_k, BLOCK=bool(block), LOGPROBS=bool(logprobs))
     # Block verification: S2 programs for each position of a row (a raced row each, at most; the rest only count).
     parts = s2 * k_plus_1 if block and not greedy_only else s2
+    if block and not logprobs and num_warps == 8:
+        # Block verification's programs hold the K + 1 positions' vectors across the race: at 8 warps ptxas kept
+        # them at 128 registers (two CTAs an SM) with a few spills; at 16, 104-118 registers and none, still 16 warps
+        # an SM (bench/results/compile_offline_warps_triton*.txt). With log-probabilities, 16 spill: 8 stay.
+        num_warps = 16
     launching.launch(_verify_kernel, (batch, parts), args, constexprs, num_warps, device, launch_pdl=pdl)
     return (tokens, num_accepted, lp) if logprobs else (tokens, num_accepted)
