@@ -122,39 +122,30 @@ timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget
   2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 
+# One end-to-end step: e2e NAME SECONDS "B ..." TITLE OPTION... runs bench/bench_generate.py for at most SECONDS with
+# the gpu preset (at those batch sizes; the preset's own when empty) or, in a dry run, tiny models on the CPU at
+# B = 1 and 2 (the script runs, nothing is measured); it writes NAME_<gpu>.csv and NAME.log.
 E2E_RC=0
+e2e() {
+  local name=$1 seconds=$2 batches=$3 title=$4
+  shift 4
+  local sizes=(--preset gpu --budget-seconds $(( seconds - 25 )))
+  # shellcheck disable=SC2206  # (the batch sizes split into words)
+  [ -n "$batches" ] && sizes+=(--batch $batches)
+  [ "$DRY" = 1 ] && sizes=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
+  echo "== $title (budget ${seconds}s)"
+  TRITON_INTERPRET=0 timeout -s INT -k 10 "$seconds" "$PY" bench/bench_generate.py "${sizes[@]}" "$@" \
+    --csv "$OUT/${name}_${GPU_NAME}.csv" 2>&1 | tee "$OUT/$name.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
+}
 if [ "$E2E" = 1 ]; then
   GPU_NAME=$("$PY" -c 'import torch; print(torch.cuda.get_device_name().lower().replace(" ", "_") if torch.cuda.is_available() else "cpu")')
-  if [ "$DRY" = 1 ]; then  # tiny models on the CPU: the script runs, nothing is measured
-    E2E_ARGS=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
-  else
-    E2E_ARGS=(--preset gpu --budget-seconds $(( E2E_SECONDS - 30 )))
-  fi
-  echo "== 5. end-to-end generation (budget ${E2E_SECONDS}s)"
-  TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_SECONDS" "$PY" bench/bench_generate.py "${E2E_ARGS[@]}" --profile \
-    --schedule constant cost \
-    --csv "$OUT/generate_${GPU_NAME}.csv" 2>&1 | tee "$OUT/generate.log"
-  E2E_RC=${PIPESTATUS[0]}
-  if [ "$DRY" = 1 ]; then
-    LOW_ARGS=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
-  else
-    LOW_ARGS=(--preset gpu --batch 1 8 --budget-seconds $(( E2E_LOW_SECONDS - 20 )))
-  fi
-  echo "== 5b. end-to-end generation, a draft that agrees ~30% of the time, adaptive K (budget ${E2E_LOW_SECONDS}s)"
-  TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_LOW_SECONDS" "$PY" bench/bench_generate.py "${LOW_ARGS[@]}" \
-    --late-scale 0.09 --schedule heuristic cost --assisted-max-batch 0 --csv "$OUT/generate_low_${GPU_NAME}.csv" 2>&1 \
-    | tee "$OUT/generate_low.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
-  if [ "$DRY" = 1 ]; then
-    TREE_ARGS=(--batch 1 2 --new-tokens 4 --layers 2 --hidden 64 --heads 2 --vocab 256 --repeats 1)
-  else
-    TREE_ARGS=(--preset gpu --batch 1 8 --budget-seconds $(( E2E_TREE_SECONDS - 20 )))
-  fi
-  echo "== 5c. end-to-end generation, token trees against the chain, greedy (budget ${E2E_TREE_SECONDS}s)"
-  TRITON_INTERPRET=0 timeout -s INT -k 10 "$E2E_TREE_SECONDS" "$PY" bench/bench_generate.py "${TREE_ARGS[@]}" \
-    --draft-tree 3,2,1,1 2,1,1,1 --draft-tree-min-prob "${TREE_MIN_PROB:-0.01}" --assisted-max-batch 0 \
-    --csv "$OUT/generate_tree_${GPU_NAME}.csv" 2>&1 | tee "$OUT/generate_tree.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || E2E_RC=1
+  e2e generate "$E2E_SECONDS" "" "5. end-to-end generation" --profile --schedule constant cost
+  e2e generate_low "$E2E_LOW_SECONDS" "1 8" \
+    "5b. end-to-end generation, a draft that agrees ~30% of the time, adaptive K" \
+    --late-scale 0.09 --schedule heuristic cost --assisted-max-batch 0
+  e2e generate_tree "$E2E_TREE_SECONDS" "1 8" "5c. end-to-end generation, token trees against the chain, greedy" \
+    --draft-tree 3,2,1,1 2,1,1,1 --draft-tree-min-prob "${TREE_MIN_PROB:-0.01}" --assisted-max-batch 0
 fi
 
 if [ "$SWEEP" = 1 ] && [ "$DRY" = 0 ]; then
