@@ -363,18 +363,10 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
             width = torch.full((batch,), m * c, dtype=torch.long, device=dev)
         else:
             kid_prob = (f_prob[:, :, None] * _candidate_probs(scores, kids3, temperature)).reshape(batch, m * c)
-            first = torch.arange(c, device=dev) == 0
-            kid_chain = (f_chain[:, :, None] & first).reshape(batch, m * c)
-            sure = kid_chain | (kid_prob >= (min_prob or 0.0))
-            keep = torch.ones_like(sure) if real is None else real.repeat_interleave(c, dim=1)
-            keep = keep & sure if candidates == "top" else keep
-            if budget is not None:  # the chain's node first, then by path probability, room left for its deeper ones
-                room = budget - count - (len(branching) - depth - 1)
-                key = torch.where(kid_chain, 2.0, torch.where(keep, kid_prob, -1.0))
-                order = key.argsort(dim=1, descending=True, stable=True)
-                rank = torch.empty_like(order).scatter_(1, order, torch.arange(m * c, device=dev).expand(batch, -1))
-                keep = keep & (rank < room[:, None])
-            grow = keep & sure
+            kid_chain = (f_chain[:, :, None] & (torch.arange(c, device=dev) == 0)).reshape(batch, m * c)
+            room = None if budget is None else budget - count - (len(branching) - depth - 1)
+            keep, grow = _prune(kid_prob, kid_chain, None if real is None else real.repeat_interleave(c, dim=1),
+                                candidates, min_prob, room)
             node_of = count[:, None] + keep.long().cumsum(dim=1) - 1
             idx, block_valid = _compact(keep)
             block_tokens = torch.where(block_valid, kids.gather(1, idx), 0)
@@ -415,6 +407,27 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
         parents, slots = (torch.where(valid, x.gather(1, idx), -1) for x in (parents, slots))
     scores = None if candidates != "iid" else _node_rows(torch.cat(rows, dim=1), slots)
     return DraftTree(tokens, parents, scores, slots, torch.stack(widths, dim=1), len(rows))
+
+
+def _prune(kid_prob, kid_chain, kid_real, candidates: str, min_prob, room) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pruning rule of one level (see :func:`expand_tree`): (keep, grow) [B, M] bool, the children kept as nodes
+    and those also expanded, from their path probabilities `kid_prob` [B, M], whether each is on the first-child chain
+    `kid_chain` [B, M], whether its parent is a real node `kid_real` [B, M] (None: all are) and, with a budget, the
+    nodes each row may still add at this level `room` [B] (None: no cap).
+
+    A child on the chain or at `min_prob` and above is grown; with "top" candidates the others are dropped (a
+    deterministic choice of point masses), with "iid" they stay as leaves (the draws of a node are all kept). The
+    budget keeps the chain's node first, then the others by path probability."""
+    sure = kid_chain | (kid_prob >= (min_prob or 0.0))
+    keep = torch.ones_like(sure) if kid_real is None else kid_real
+    keep = keep & sure if candidates == "top" else keep
+    if room is not None:
+        key = torch.where(kid_chain, 2.0, torch.where(keep, kid_prob, -1.0))
+        order = key.argsort(dim=1, descending=True, stable=True)
+        positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, positions)
+        keep = keep & (rank < room[:, None])
+    return keep, keep & sure
 
 
 def _node_rows(fed: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
