@@ -119,8 +119,14 @@ def gpu_block_v(launch: str, itemsize: int, rows: int, sms: int) -> int:
 @functools.lru_cache(maxsize=1024)
 def launch_config(launch: str, device_type: str, index: int | None, rows: int, vocab: int, itemsize: int,
                   block_v: int | None, num_splits: int | None) -> tuple[int, int, int, int]:
-    """(BLOCK_V, splits, tiles per split, num_warps) of launch "stats" or "race" over `rows` rows of `vocab` scores of
-    `itemsize` bytes, computed once per shape; `block_v` / `num_splits` override the tile width and the splits.
+    """(BLOCK_V, splits, tiles per split, num_warps) of launch "stats", "race" or "block-race" (launch 2 with block
+    verification and no log-probabilities) over `rows` rows of `vocab` scores of `itemsize` bytes, computed once per
+    shape; `block_v` / `num_splits` override the tile width and the splits.
+
+    "block-race" is "race" at 16 warps where "race" has 8: block verification's programs hold the K + 1 positions'
+    vectors across the race, and ptxas kept 8-warp ones at 128 registers (two CTAs an SM) with a few spills; 16-warp
+    ones take 104-118 registers and none, still 16 warps an SM (bench/results/compile_offline_warps_triton*.txt).
+    With log-probabilities 16 warps spill: those stay at 8 ("race").
 
     On a CPU (the interpreter) tiles are 8192 wide and there are about 4 programs in all. No rows (B = 0) gives one
     split: the launchers launch nothing then."""
@@ -137,7 +143,10 @@ def launch_config(launch: str, device_type: str, index: int | None, rows: int, v
         num_splits = triton.cdiv(per_sm * sms if on_gpu else CPU_PROGRAMS, max(rows, 1))
     num_splits = max(1, min(num_splits, tiles, max_splits))
     tiles_per_split = triton.cdiv(tiles, num_splits)
-    return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, 8 if block_v >= 2048 else 4
+    num_warps = 8 if block_v >= 2048 else 4
+    if launch == "block-race" and num_warps == 8:
+        num_warps = 16
+    return block_v, triton.cdiv(tiles, tiles_per_split), tiles_per_split, num_warps
 
 
 # ------------------------------------------------------------------------------------------------- launching

@@ -218,7 +218,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     greedy_only = not isinstance(temperature, torch.Tensor) and temperature == 0.0 and stats is not None
     if greedy_only:
         num_splits = 1  # greedy rows only: split 0 writes the row, there is no race to share
-    block_v, s2, tiles, num_warps = launching.launch_config("race", device.type, device.index, batch, vocab,
+    race = "block-race" if block and not logprobs else "race"
+    block_v, s2, tiles, num_warps = launching.launch_config(race, device.type, device.index, batch, vocab,
                                                             target.itemsize, block_v, num_splits)
     if tokens is None:
         tokens = torch.full((batch, k_plus_1), -1, dtype=torch.int64, device=device)  # a row never written reads -1
@@ -253,10 +254,5 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
                       MANY_K=k_plus_1 > block_k, BLOCK=bool(block), LOGPROBS=bool(logprobs))
     # Block verification: S2 programs for each position of a row (a raced row each, at most; the rest only count).
     parts = s2 * k_plus_1 if block and not greedy_only else s2
-    if block and not logprobs and num_warps == 8:
-        # Block verification's programs hold the K + 1 positions' vectors across the race: at 8 warps ptxas kept
-        # them at 128 registers (two CTAs an SM) with a few spills; at 16, 104-118 registers and none, still 16 warps
-        # an SM (bench/results/compile_offline_warps_triton*.txt). With log-probabilities, 16 spill: 8 stay.
-        num_warps = 16
     launching.launch(_verify_kernel, (batch, parts), args, constexprs, num_warps, device, launch_pdl=pdl)
     return (tokens, num_accepted, lp) if logprobs else (tokens, num_accepted)
