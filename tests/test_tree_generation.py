@@ -24,7 +24,6 @@ from specsampler.generation.trees import (  # noqa: E402
     accept_tree,
     expand_tree,
     lookup_candidates,
-    nodes_within,
     path_keep,
     tree_inputs,
     tree_size,
@@ -255,9 +254,33 @@ def test_path_keep():
     assert path_keep(path, 6)[0].tolist() == [True, True, False, False, False, True]
 
 
-def test_nodes_within():
+def test_tree_size():
     assert tree_size((3, 2, 1, 1)) == (21, 15)
-    assert nodes_within((3, 2, 1, 1), [0, 1, 2, 4, 9]) == [0, 3, 9, 21, 21]
+
+
+@pytest.mark.parametrize("prune", [{}, dict(min_prob=0.2), dict(budget=6)], ids=["full", "min_prob", "budget"])
+def test_proposal_counts_the_nodes_within_each_rows_limit(draft, prune):
+    """Row b verifies the nodes of its first limits[b] levels, its first nodes (breadth-first): 0, 3, 9, 21 of a full
+    (3, 2, 1, 1) tree at limits 0, 1, 2, 4; of a pruned one, the nodes that deep."""
+    from specsampler.generation.tree_loop import TreeDraftModel
+
+    g = torch.Generator().manual_seed(11)
+    vocab = draft.config.vocab_size
+    drafter = TreeDraftModel(draft, 4, (3, 2, 1, 1), vocab, None, "top", None, **prune)
+    drafter.prefill(torch.randint(0, vocab, (4, 5), generator=g), torch.ones(4, 5, dtype=torch.long))
+    with torch.no_grad():
+        proposal = drafter.propose(torch.randint(0, vocab, (4,), generator=g), [0, 1, 2, 4])
+    if not prune:
+        assert proposal.counts == [0, 3, 9, 21]
+    depth = torch.zeros_like(proposal.parents)
+    for i in range(proposal.parents.shape[1]):  # topological: a parent's depth is known first
+        parent = proposal.parents[:, i]
+        depth[:, i] = torch.where(parent >= 0, depth.gather(1, parent.clamp(min=0)[:, None])[:, 0] + 1, 1)
+    widths = drafter.tree.widths.tolist()
+    for b, limit in enumerate([0, 1, 2, 4]):
+        n = sum(widths[b])  # the row's real nodes, breadth-first
+        assert proposal.counts[b] == int((depth[b, :n] <= limit).sum())
+        assert bool((depth[b, : proposal.counts[b]] <= limit).all())
 
 
 # ---------------------------------------------------------------------------------------------- expand_tree

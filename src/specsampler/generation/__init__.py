@@ -9,7 +9,7 @@ Read in this order:
 - :mod:`.loop`: prefill, step (draft, score, verify, trim the caches), commit, evict.
 - :mod:`.tree_loop`: a step over a token tree (``draft_tree``, ``prompt_lookup_num_candidates``), the same
   :class:`~.loop.Step` out; :mod:`.trees`: its pieces (expand_tree, tree_inputs, path_keep, accept_tree,
-  lookup_candidates, nodes_within).
+  lookup_candidates).
 - :mod:`.kv_cache`: the KV cache with holes (rows accept different numbers of drafts), token trees through it
   (``forward_tree``, ``keep_path``, ``check_tree_attention``).
 - :mod:`.drafters`: the drafter protocol, the draft model, prompt lookup.

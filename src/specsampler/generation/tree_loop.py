@@ -7,7 +7,7 @@ exactly as for chains:
 1. the tree drafter proposes a tree per row (:class:`TreeDraftModel`: the draft model grows it level by level with
    :func:`.trees.expand_tree`, pruned by ``draft_tree_min_prob`` / ``draft_tree_budget`` into rows of their own
    sizes; :class:`TreeLookupRun`: the continuations of up to m n-gram matches merged into a
-   trie, :func:`.trees.lookup_candidates`), at most `limits[b]` levels deep for row b (:func:`.trees.nodes_within`);
+   trie, :func:`.trees.lookup_candidates`), at most `limits[b]` levels deep for row b (its nodes of those levels);
 2. the target scores [last, node_0..node_{N-1}] in one forward (:meth:`.kv_cache.CachedModel.forward_tree`), rows
    with fewer nodes feeding the rest as holes; logits processors run at every node with its own path
    (:meth:`.processors.PrefixProcessors.nodes`);
@@ -32,7 +32,7 @@ from .kv_cache import CachedModel, check_tree_attention, tree_ancestors
 from .loop import Step
 from .outputs import ScoreRecorder
 from .processors import PrefixProcessors
-from .trees import accept_tree, expand_tree, lookup_candidates, nodes_within, path_keep, tree_inputs
+from .trees import accept_tree, expand_tree, lookup_candidates, path_keep, tree_inputs
 
 __all__ = ["TreeDraftModel", "TreeLookupRun", "TreeProposal", "start_tree_drafter", "tree_step"]
 
@@ -101,10 +101,8 @@ class TreeDraftModel:
                            min_prob=self.min_prob, budget=self.budget)
         self.forwards += tree.forwards
         self.tree = tree
-        if self.min_prob is None and self.budget is None:
-            counts = nodes_within(branching, limits)
-        else:  # breadth-first: a row's nodes of its first limits[b] levels are its first ones
-            counts = [sum(w[:max(0, limit)]) for w, limit in zip(tree.widths.tolist(), limits, strict=True)]
+        # breadth-first: a row's nodes of its first limits[b] levels are its first ones (verify_tree's num_nodes)
+        counts = [sum(w[:max(0, limit)]) for w, limit in zip(tree.widths.tolist(), limits, strict=True)]
         return TreeProposal(tree.tokens, tree.parents, tree.scores, counts)
 
     def accept(self, path: torch.Tensor, accepted: list[list[int]]) -> None:

@@ -42,7 +42,7 @@ import torch
 from .._api import sample
 from .kv_cache import CachedModel
 
-__all__ = ["DraftTree", "LookupTree", "accept_tree", "expand_tree", "lookup_candidates", "nodes_within", "path_keep",
+__all__ = ["DraftTree", "LookupTree", "accept_tree", "expand_tree", "lookup_candidates", "path_keep",
            "tree_inputs", "tree_size"]
 
 
@@ -106,14 +106,6 @@ def tree_size(branching: Sequence[int]) -> tuple[int, int]:
     level (the draft feeds them; F = N - the leaves)."""
     widths = [math.prod(branching[:d + 1]) for d in range(len(branching))]
     return sum(widths), sum(widths[:-1])
-
-
-def nodes_within(branching: Sequence[int], limits: Sequence[int]) -> list[int]:
-    """Per row, the nodes of the tree's first `limits[b]` levels: breadth-first order lists the levels in turn, so a
-    row that may gain at most limits[b] drafts verifies the first nodes_within[b] nodes (``verify_tree``'s
-    ``num_nodes``; :func:`tree_inputs` feeds the rest as holes)."""
-    widths = [math.prod(branching[:d + 1]) for d in range(len(branching))]
-    return [sum(widths[:max(0, limit)]) for limit in limits]
 
 
 def tree_inputs(last: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor,
