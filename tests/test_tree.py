@@ -297,3 +297,31 @@ def test_out_of_range_tokens_are_never_accepted_and_empty_batches():
     empty = specsampler.verify_tree(torch.randn(0, 3, 6), torch.empty(0, 2, dtype=torch.int64),
                                     torch.empty(0, 2, dtype=torch.int64), max_depth=2)
     assert [tuple(t.shape) for t in empty] == [(0, 3), (0,), (0, 2)]
+
+
+@pytest.mark.parametrize("max_depth", [None, 2])
+def test_all_greedy_rows_take_the_argmax_walk_of_mixed_batches(max_depth):
+    """A float temperature of 0 (every row greedy: the oracle's argmax walk, no probabilities) gives what the same
+    rows give as greedy rows of a [B] temperature (the general walk), on random trees with ragged rows, out-of-range
+    tokens and parents outside [-1, i); and it follows argmax children."""
+    g = torch.Generator().manual_seed(11)
+    batch, n, vocab = 64, 9, 5
+    target = torch.randn(batch, n + 1, vocab, generator=g) * 3
+    tokens = torch.randint(-1, vocab + 1, (batch, n), generator=g)
+    parents = torch.stack([torch.randint(-1, max(i, 1), (batch,), generator=g) if i else torch.full((batch,), -1)
+                           for i in range(n)], dim=1)
+    num_nodes = torch.randint(0, n + 1, (batch,), generator=g)
+    greedy = specsampler.verify_tree(target, tokens, parents, num_nodes=num_nodes, temperature=0.0, seed=3,
+                                     max_depth=max_depth, backend="torch")
+    mixed = specsampler.verify_tree(target, tokens, parents, num_nodes=num_nodes, max_depth=max_depth, seed=3,
+                                    temperature=torch.zeros(batch), backend="torch")
+    for a, b in zip(greedy, mixed, strict=True):
+        assert torch.equal(a, b)
+    assert int(greedy.num_accepted.max()) >= 2  # (the trees do accept paths)
+    for b in range(batch):
+        node, d = -1, int(greedy.num_accepted[b])
+        for step in range(d):
+            child = int(greedy.path[b, step])
+            assert int(parents[b, child]) == node and int(tokens[b, child]) == int(target[b, node + 1].argmax())
+            node = child
+        assert int(greedy.tokens[b, d]) == int(target[b, node + 1].argmax())

@@ -11,7 +11,8 @@ probability); on a rejection r <- norm(max(r - q, 0)) (kept as it was when that 
 rounding). An accepted child becomes the current node with r = its p; when every child of the current node was
 rejected (or it has none), the next token is drawn from r. Exact when a node's children are i.i.d. draws from q or
 point masses (then it is drawing y ~ p and following the child equal to y). A chain (a_i = i - 1) is token
-verification, on the same random numbers. Greedy rows follow the first child equal to argmax p, then emit the argmax.
+verification, on the same random numbers. Greedy rows follow the first child equal to argmax p, then emit the argmax
+(a call whose rows are all greedy walks the argmax alone, without softmaxes).
 
 Randomness: node i's acceptance uniform is u[i] (a node is tried at most once), the next token is drawn with u[N]
 by the inverse CDF, or by the race argmax r / E with the test hook's noise E [B, V]; the same [B, N + 1] uniforms as
@@ -93,25 +94,29 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
         target = warp_scores(target, temperature, warp, host=False)
         draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
     greedy = torch.zeros(batch, dtype=torch.bool, device=device)
+    temperature_is_greedy = not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW
     if isinstance(temperature, torch.Tensor):
         greedy = temperature < GREEDY_BELOW
         temperature = torch.where(greedy, 1.0, temperature)
     elif temperature < GREEDY_BELOW:
         greedy[:], temperature = True, 1.0
-    p = _softmax(target, temperature, False, vocab, scrub=True)  # [B, N+1, V]
-    q = None if draft is None else _softmax(draft, temperature, False, vocab, scrub=True)
     best = _argmax(target)  # [B, N+1]
-
     depth = tree_depths(parents, num_nodes)
     if max_depth is not None:  # nodes deeper than the output can hold are never reached
         depth = tree_depths(torch.where(depth > max_depth, -2, parents.to(torch.int64)), num_nodes)
     reachable = depth > 0
-    current, residual, accepted = _walk(p, q, best, tokens.to(torch.int64), parents.to(torch.int64), reachable,
-                                        greedy, u[:, :n])
-    mass = residual.sum(dim=1, keepdim=True)
-    next_token = _draw(torch.where(mass > 0, residual, 1.0), u[:, n], None if noise is None else noise.float())
+    x, a = tokens.to(torch.int64), parents.to(torch.int64)
     rows = torch.arange(batch, device=device)
-    next_token = torch.where(greedy, best[rows, current + 1], next_token)
+    if temperature_is_greedy:  # every row greedy: the argmax path, no probabilities
+        current = _walk_greedy(best, x, a, reachable)
+        next_token = best[rows, current + 1]
+    else:
+        p = _softmax(target, temperature, False, vocab, scrub=True)  # [B, N+1, V]
+        q = None if draft is None else _softmax(draft, temperature, False, vocab, scrub=True)
+        current, residual, accepted = _walk(p, q, best, x, a, reachable, greedy, u[:, :n])
+        mass = residual.sum(dim=1, keepdim=True)
+        next_token = _draw(torch.where(mass > 0, residual, 1.0), u[:, n], None if noise is None else noise.float())
+        next_token = torch.where(greedy, best[rows, current + 1], next_token)
     if max_depth is None:
         max_depth = int(depth.max()) if depth.numel() else 0
     return _outputs(tokens.to(torch.int64), parents.to(torch.int64), current, depth, next_token, max_depth)
@@ -147,6 +152,17 @@ def _walk(p, q, best, x, a, reachable, greedy, u):
         current = torch.where(take, i, current)
         accepted[:, i] = take
     return current, residual, accepted
+
+
+def _walk_greedy(best, x, a, reachable):
+    """:func:`_walk` for greedy rows only: the current node [B] after following, from the root, the first child
+    equal to the argmax at each node."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    current = torch.full_like(rows, -1)
+    for i in range(x.shape[1]):
+        take = reachable[:, i] & (a[:, i] == current) & (x[:, i] == best[rows, current + 1])  # (best is in [0, V))
+        current = torch.where(take, i, current)
+    return current
 
 
 def _outputs(x, a, current, depth, next_token, max_depth):
