@@ -79,6 +79,76 @@ def test_greedy_lookup_candidates_match_target_generate(pair):
     assert out.stats.drafted > 0 and out.stats.draft_forwards == 0
 
 
+@pytest.mark.parametrize("schedule", ["heuristic", "cost"])
+def test_lookup_candidates_take_draft_length_schedules(pair, schedule, monkeypatch, scripted_cost_schedule):
+    """prompt_lookup_num_candidates=3 with a draft-length schedule (scripted times for "cost"): row b's trie is at
+    most K_b deep, the schedule's, which varies from step to step; the depth each trie reports is its deepest path;
+    rows equal target.generate."""
+    from specsampler.generation import tree_loop
+    from specsampler.generation.schedules import CostSchedule, HeuristicSchedule
+
+    target, _ = pair
+    ids = torch.tensor([[0, 0, 5, 1, 5, 2, 5, 3, 5], [5, 9, 9, 5, 8, 8, 5, 7, 5], [0, 0, 0, 0, 0, 4, 5, 4, 6],
+                        [0, 0, 0, 2, 3, 2, 4, 2, 5]])  # last tokens followed by several others: tries branch
+    mask = (torch.arange(9) >= torch.tensor([2, 0, 5, 3])[:, None]).long()
+    if schedule == "cost":
+        scripted_cost_schedule()
+    seen, propose = [], tree_loop.TreeLookupRun.propose
+
+    def recorded(self, last, limits):
+        proposal = propose(self, last, limits)
+        seen.append((list(limits), proposal))
+        return proposal
+
+    monkeypatch.setattr(tree_loop.TreeLookupRun, "propose", recorded)
+    cls = HeuristicSchedule if schedule == "heuristic" else CostSchedule
+    levels, observe = [], cls.observe
+
+    def observed(self, step, *args, **kwargs):
+        levels.append(step.levels)
+        return observe(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "observe", observed)
+    out = specsampler.generate(target, PromptLookupDrafter(max_ngram=1), ids, mask, max_new_tokens=16,
+                               num_draft_tokens=3, prompt_lookup_num_candidates=3,
+                               num_assistant_tokens_schedule=schedule, eos_token_id=[], pad_token_id=0)
+    _check_rows(target, out, ids, mask, 16)
+    assert len({k for limits, _ in seen for k in limits}) >= 3, seen
+    assert levels == [proposal.depths for _, proposal in seen]  # what the schedule saw: the depths
+    for limits, proposal in seen:
+        for b, (limit, count, depth) in enumerate(zip(limits, proposal.counts, proposal.depths, strict=True)):
+            levels = []
+            for parent in proposal.parents[b, :count].tolist():
+                levels.append(1 + (levels[parent] if parent >= 0 else 0))
+            assert depth == max(levels, default=0) <= min(limit, 6)  # (6: the heuristic's 2K)
+    assert any(c > d for _, prop in seen for c, d in zip(prop.counts, prop.depths, strict=True))  # (tries branch)
+
+
+def test_schedules_count_a_tree_by_its_depth():
+    """A schedule sees a tree step's depths, not its node counts: "heuristic" lengthens K_b after a trie of 9 nodes
+    whose deepest path (3 = K_b) was accepted, and shortens it after one whose accepted path stopped short; "cost"
+    counts acceptance by depth and prices a draft length by the rows a tree of that depth feeds (3 per level here)."""
+    from specsampler.generation.loop import Step
+    from specsampler.generation.schedules import Costs, CostSchedule, CostTuning, HeuristicSchedule
+
+    def tree_step(counts, depths, accepted):
+        return Step(counts, max(counts) + 1, torch.tensor([len(t) - 1 for t in accepted]), accepted,
+                    torch.zeros(len(counts)), depths=depths)
+
+    heuristic = HeuristicSchedule(3, 2)
+    heuristic.observe(tree_step([9, 9], [3, 3], [[7] * 4, [7] * 3]), 0)
+    assert heuristic.lengths([100, 100]) == [5, 2]
+    costs = Costs(CostTuning(smoothing=1.0))
+    costs.target, costs.draft, costs.rest = {1: 1.02, 2: 1.04}, {1: 0.0}, {1: 0.0}  # 1 s + 0.02 s per row fed
+    schedule = CostSchedule(costs, k0=3, watch=None, max_k=6)
+    schedule.observe(tree_step([9], [3], [[7] * 2]), spans=[0.0, 1.2, 0.0])  # 1 of depth 3 accepted, 10 rows fed
+    assert costs.verified[1:4] == [1.0, 1.0, 0.0] and costs.rejected[1:4] == [0.0, 1.0, 0.0]
+    assert schedule.breadth == 3.0 and costs.target[10] == 1.2
+    tree = schedule.choose([100])
+    schedule.breadth = 1.0
+    assert (tree, schedule.choose([100])) == (2, 4)  # a chain's K' feeds a third of the rows
+
+
 def test_lookup_step_without_any_match(llama_pair, monkeypatch):
     """A step where no row's n-gram matches (a tree of N = 0 nodes: verify_tree draws from the root's p) commits one
     token per row, as target.generate would."""
@@ -327,7 +397,7 @@ REFUSALS = [
      "draft_tree_budget=3 caps a tree of top candidates: not with draft_tree_sampling='iid'"),
     (dict(draft_tree=(2,), verify_method="block"), ValueError, "verify_method='block' does not apply with draft_tree"),
     (dict(draft_tree=(2,), num_assistant_tokens_schedule="heuristic"), ValueError,
-     "num_assistant_tokens_schedule='heuristic' does not apply with draft_tree"),
+     "num_assistant_tokens_schedule='heuristic' does not apply with draft_tree: a draft tree has a fixed shape"),
     (dict(prompt_lookup_num_candidates=2), ValueError, "prompt_lookup_num_candidates=2 needs prompt lookup"),
     (dict(draft=None, prompt_lookup_num_tokens=3, prompt_lookup_num_candidates=0), ValueError,
      "prompt_lookup_num_candidates must be an integer >= 1"),

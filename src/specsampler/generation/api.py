@@ -165,7 +165,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     prompt_lookup_num_candidates : int, optional
         specsampler's own, with prompt lookup: the continuations of up to m distinct n-gram matches per row, merged
         into a trie and verified as a token tree (point-mass candidates). None or 1: one continuation, a chain.
-        m > 1 refuses `verify_method` and schedules other than "constant".
+        m > 1 refuses `verify_method`; a schedule sets each row's trie depth (K_b) as it sets a chain's length.
     **generation_kwargs
         Any other ``GenerationConfig`` option (e.g. ``repetition_penalty=1.0`` to override a model's config, or
         ``max_length``, ``max_time``, ``max_matching_ngram_size``); refused ones raise a ValueError when set, other

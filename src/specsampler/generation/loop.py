@@ -155,6 +155,9 @@ class Step:
     raw, processed : torch.Tensor or None
         [B', K'+1, V] float32 the target's raw scores and the processed ones (logits processors applied), kept only
         for a :class:`~.outputs.ScoreRecorder` (output_logits, output_scores).
+    depths : list of int or None
+        B': a token tree's deepest proposed path per row (what a schedule's K_b bounds); None for a chain, whose
+        depths are its counts (:attr:`levels`).
     """
 
     counts: list[int]
@@ -164,6 +167,12 @@ class Step:
     last: torch.Tensor
     raw: torch.Tensor | None = None
     processed: torch.Tensor | None = None
+    depths: list[int] | None = None
+
+    @property
+    def levels(self) -> list[int]:
+        """B': the drafts each row proposed in sequence (a chain's counts, a tree's depths): what schedules see."""
+        return self.counts if self.depths is None else self.depths
 
 
 def prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[CachedModel, int]:
@@ -345,7 +354,8 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
         from .tree_loop import start_tree_drafter, tree_step
 
         check_tree_attention(target)
-        drafter, step_fn = start_tree_drafter(draft, input_ids, attention_mask, settings, vocab, rng, prefix), tree_step
+        drafter = start_tree_drafter(draft, input_ids, attention_mask, settings, vocab, rng, prefix, schedule.max_k)
+        step_fn = tree_step
     else:
         drafter, step_fn = start_drafter(draft, input_ids, attention_mask, schedule.max_k, vocab, settings.sampling,
                                          rng, settings.pad_token_id, prefix), step

@@ -94,7 +94,7 @@ class HeuristicSchedule:
         return list(self.k)
 
     def observe(self, step, prefill_rows: int) -> None:
-        for i, (count, tokens) in enumerate(zip(step.counts, step.accepted, strict=True)):
+        for i, (count, tokens) in enumerate(zip(step.levels, step.accepted, strict=True)):
             if len(tokens) - 1 < count:
                 self.k[i] = max(1, self.k[i] - 1)
             elif count == self.k[i]:
@@ -249,6 +249,10 @@ class CostSchedule:
     its next calls (:class:`Costs`); until they suffice (a target line; a draft time measured in this call, or in an
     earlier one within a factor 2 of B': a draft forward's time depends on B) a step drafts K.
 
+    With prompt-lookup tries (``prompt_lookup_num_candidates``) K' is the tries' depth: acceptance is counted by depth
+    (:attr:`.loop.Step.levels`) and a depth K' is priced at B' (1 + b K') token rows, b the tries' nodes per level of
+    depth so far (smoothed; 1 for chains).
+
     Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a
     step of plain decoding: the target's next token; the draft model is fed what it skipped in its next forward).
     Acceptance can change, so after ``CostTuning.probe_every`` such steps a probe drafts one token per row; each probe
@@ -278,6 +282,7 @@ class CostSchedule:
         self.probe_every = self.tuning.probe_every  # steps without drafts before a probe (doubles while it finds none)
         self.timed_draft = False  # whether this call measured a draft forward
         self.probed = False
+        self.breadth = 1.0  # token rows a row feeds per level of depth (a lookup trie's nodes / its depth), smoothed
 
     def lengths(self, limits: list[int]) -> list[int]:
         """K' for every running row (one value: the step's forwards are shared), the same on every rank."""
@@ -292,7 +297,10 @@ class CostSchedule:
         forward then fed the prompt too)."""
         spans = self.watch.spans() if spans is None else spans
         if step.width > 1:  # (a step without drafts says nothing about acceptance)
-            self.costs.count_acceptance(step.counts, step.accepted)
+            self.costs.count_acceptance(step.levels, step.accepted)
+            if sum(step.levels):  # a tree's nodes per level of depth (1 for chains)
+                w = self.tuning.smoothing
+                self.breadth = (1 - w) * self.breadth + w * sum(step.counts) / sum(step.levels)
         self.plain = self.plain + 1 if step.width == 1 else 0
         propose, forward, rest = spans
         rows = len(step.counts)
@@ -323,7 +331,7 @@ class CostSchedule:
         best, best_rate = 0, -1.0
         for k in range(self.max_k + 1):
             tokens = sum(expected[min(k, lim)] for lim in limits)
-            fed = rows * (k + 1)
+            fed = rows * (k + 1) if self.breadth == 1.0 else round(rows * (1 + self.breadth * k))
             seconds = self.costs.target.get(fed, base + per_row * fed) + k * draft + rest
             rate = tokens / max(seconds, 1e-12)
             if rate > best_rate:

@@ -322,8 +322,8 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
     """(draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, lookup candidates m) checked by
     name (a budget caps a tree of top candidates, at no fewer nodes than its depth): a tree replaces
     num_draft_tokens, needs a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own
-    verification rule and a constant shape (verify_method and schedules other than "constant" are refused with
-    it)."""
+    verification rule (verify_method is refused with any tree) and a constant shape (schedules other than
+    "constant" are refused with it; a lookup trie's depth follows the schedule)."""
     tree = check_option("draft_tree", draft_tree)
     sampling = check_option("draft_tree_sampling", draft_tree_sampling)
     given_min_prob = min_prob
@@ -356,8 +356,8 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
         if verify_method is not None:
             raise ValueError(f"verify_method={verify_method!r} does not apply with {name}: a token tree is verified "
                              f"by its own rule (specsampler.verify_tree)")
-        if schedule != "constant":
-            raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a token tree "
+        if schedule != "constant" and tree is not None:  # (a lookup trie's depth is K, which a schedule can vary)
+            raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a draft tree "
                              f"has a fixed shape (only 'constant')")
     return tree, sampling or "top", min_prob, budget, m or 1
 

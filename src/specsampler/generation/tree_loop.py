@@ -48,12 +48,15 @@ class TreeProposal(NamedTuple):
         [B, N + 1, V'] the draft scores the children were drawn from (i.i.d. candidates), else None (point masses).
     counts : list of int
         B: the nodes each row verifies (the rest are fed as holes).
+    depths : list of int
+        B: the deepest path among each row's verified nodes (what a draft-length schedule's K_b bounds).
     """
 
     tokens: torch.Tensor
     parents: torch.Tensor
     scores: torch.Tensor | None
     counts: list[int]
+    depths: list[int]
 
 
 class TreeDraftModel:
@@ -102,8 +105,9 @@ class TreeDraftModel:
         self.forwards += tree.forwards
         self.tree = tree
         # breadth-first: a row's nodes of its first limits[b] levels are its first ones (verify_tree's num_nodes)
-        counts = [sum(w[:max(0, limit)]) for w, limit in zip(tree.widths.tolist(), limits, strict=True)]
-        return TreeProposal(tree.tokens, tree.parents, tree.scores, counts)
+        widths = [w[:max(0, limit)] for w, limit in zip(tree.widths.tolist(), limits, strict=True)]
+        return TreeProposal(tree.tokens, tree.parents, tree.scores, [sum(w) for w in widths],
+                            [sum(1 for x in w if x) for w in widths])
 
     def accept(self, path: torch.Tensor, accepted: list[list[int]]) -> None:
         """Keep the accepted path in the draft's cache (its unfed leaf deferred to the next forward)."""
@@ -123,7 +127,7 @@ class TreeLookupRun:
     seqs : list of list of int
         B token lists: the prompts without their padding.
     k : int
-        The most tokens per continuation (the trie's depth).
+        The most tokens per continuation (the trie's depth; a row's schedule can ask for less).
     m : int
         The most distinct continuations per row.
     fill : int
@@ -137,18 +141,24 @@ class TreeLookupRun:
     def propose(self, last: torch.Tensor, limits: list[int]) -> TreeProposal:
         """Each row's trie of continuations, at most min(K, limits[b]) tokens deep."""
         rows = [self._trie(seq, min(self.k, limit)) for seq, limit in zip(self.seqs, limits, strict=True)]
-        n = max(len(t) for t, _ in rows)  # (0 where no row has any: verify_tree draws from the root's p)
-        tokens = torch.tensor([t + [self.fill] * (n - len(t)) for t, _ in rows], dtype=torch.long)
-        parents = torch.tensor([p + [-1] * (n - len(p)) for _, p in rows], dtype=torch.long)
-        return TreeProposal(tokens.view(len(rows), n), parents.view(len(rows), n), None, [len(t) for t, _ in rows])
+        n = max(len(t) for t, _, _ in rows)  # (0 where no row has any: verify_tree draws from the root's p)
+        tokens = torch.tensor([t + [self.fill] * (n - len(t)) for t, _, _ in rows], dtype=torch.long)
+        parents = torch.tensor([p + [-1] * (n - len(p)) for _, p, _ in rows], dtype=torch.long)
+        return TreeProposal(tokens.view(len(rows), n), parents.view(len(rows), n), None,
+                            [len(t) for t, _, _ in rows], [d for _, _, d in rows])
 
-    def _trie(self, seq: list[int], depth: int) -> tuple[list[int], list[int]]:
+    def _trie(self, seq: list[int], depth: int) -> tuple[list[int], list[int], int]:
+        """A row's trie (tokens, parents) and its depth."""
         if depth < 1:
-            return [], []
+            return [], [], 0
         lk = self.lookup
         tree = lookup_candidates([seq], self.m, lk.max_ngram, depth, lk.min_ngram, lk.max_lookback, self.fill)
         n = int(tree.num_nodes[0])
-        return tree.tokens[0, :n].tolist(), tree.parents[0, :n].tolist()
+        parents = tree.parents[0, :n].tolist()
+        levels: list[int] = []
+        for parent in parents:  # topological: a parent's level is known before its children's
+            levels.append(1 + (levels[parent] if parent >= 0 else 0))
+        return tree.tokens[0, :n].tolist(), parents, max(levels, default=0)
 
     def accept(self, path: torch.Tensor, accepted: list[list[int]]) -> None:
         """Append each row's new tokens to its token list."""
@@ -160,14 +170,15 @@ class TreeLookupRun:
 
 
 def start_tree_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, vocab: int,
-                       rng: random.Random, processors: PrefixProcessors | None = None):
+                       rng: random.Random, processors: PrefixProcessors | None = None, max_k: int | None = None):
     """The tree drafter of a call, prefilled with the [B, P] prompts: a :class:`TreeLookupRun` for a
-    :class:`PromptLookupDrafter` (``settings.lookup_candidates`` continuations of ``settings.num_draft_tokens``), else
-    a :class:`TreeDraftModel` over ``settings.draft_tree`` (its 4D-mask support checked first, by name)."""
+    :class:`PromptLookupDrafter` (``settings.lookup_candidates`` continuations of up to `max_k` tokens, the schedule's
+    most; default ``settings.num_draft_tokens``), else a :class:`TreeDraftModel` over ``settings.draft_tree`` (its
+    4D-mask support checked first, by name)."""
     if isinstance(draft, PromptLookupDrafter):
         seqs = [[t for t, m in zip(r, mk, strict=True) if m]
                 for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
-        return TreeLookupRun(draft, seqs, settings.num_draft_tokens, settings.lookup_candidates,
+        return TreeLookupRun(draft, seqs, max_k or settings.num_draft_tokens, settings.lookup_candidates,
                              settings.pad_token_id)
     check_tree_attention(draft)
     sampling = settings.sampling
@@ -212,8 +223,8 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
               recorder: ScoreRecorder | None = None) -> Step:
     """Propose a tree per row, score it with the target in one forward, verify it, keep the accepted path.
 
-    The signature is :func:`.loop.step`'s (`watch` and `method` are unused: a tree has its own rule and a constant
-    shape). `limits[b]` is the deepest path row b may accept.
+    The signature is :func:`.loop.step`'s (`method` is unused: a tree has its own rule; `watch` marks the same four
+    points). `limits[b]` is the deepest path row b may accept (a draft-length schedule's K_b for a lookup trie).
 
     Returns
     -------
@@ -221,12 +232,18 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
         ``counts``: nodes verified per row; ``accepted``: the accepted path's tokens, then the drawn token;
         ``raw`` / ``processed`` (for a recorder) gathered along the path, as a chain step's positions.
     """
+    if watch is not None:
+        watch.mark()
     prop = drafter.propose(last, limits)
+    if watch is not None:
+        watch.mark()
     n = prop.tokens.shape[1]
     counts = torch.tensor(prop.counts, device=lm.device)
     tokens, parents, valid = tree_inputs(last.to(lm.device), prop.tokens.to(lm.device), prop.parents.to(lm.device),
                                          None if min(prop.counts) == n else counts)
     logits = lm.forward_tree(tokens, parents, valid).float()
+    if watch is not None:
+        watch.mark()
     raw = None if recorder is None else recorder.raw(logits, processed_in_place=processors is not None)
     if processors is not None:
         paths, depths = node_paths(tokens, parents, max(max(limits), 0))
@@ -236,6 +253,8 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
                       num_nodes=counts.to(logits.device), seed=rng.getrandbits(62),
                       **(sampling if sampling is not None else {"temperature": 0.0}))
     n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()  # the step's one synchronisation
+    if watch is not None:
+        watch.mark()
     accepted = [t[:k + 1] for t, k in zip(tok_host, n_host, strict=True)]
     drawn = res.tokens.gather(1, res.num_accepted[:, None].to(res.tokens.device))[:, 0]
     lm.keep_path(path_keep(res.path.to(lm.device), n + 1))
@@ -243,7 +262,7 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
     kept = None if recorder is None else _path_rows(res.path.to(logits.device))
     return Step(prop.counts, n + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device),
                 None if raw is None else _gather(raw, kept),
-                _gather(logits, kept) if recorder is not None and recorder.scores else None)
+                _gather(logits, kept) if recorder is not None and recorder.scores else None, prop.depths)
 
 
 def _path_rows(path: torch.Tensor) -> torch.Tensor:
