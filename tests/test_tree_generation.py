@@ -624,3 +624,22 @@ def test_pruning_iid_expands_by_the_path_probability_and_keeps_every_draw():
         grown += sum(1 for i in range(n) if not chain[i] and i in parents)
         pruned += sum(1 for i in range(n) if depth[i] < 3 and i not in parents)
     assert grown > 0 and pruned > 0  # both rules met off the chain
+
+
+@pytest.mark.parametrize("candidates", ["top", "iid"])
+def test_pruning_that_keeps_everything_is_the_full_tree(draft, candidates):
+    """min_prob=0 keeps and grows every node: the pruned path (compacted blocks, frontier gathers, scattered slots)
+    gives the unpruned tree, node for node, with the same draws, forwards and draft rows (cache with holes)."""
+    trees = []
+    for min_prob in (None, 0.0):
+        lm, _, last = _cache_with_holes(draft, 1, torch.Generator().manual_seed(4))
+        kw = dict(sampling={"temperature": 0.8, "top_k": 5}, rng=random.Random(2)) if candidates == "iid" else {}
+        with torch.no_grad():
+            trees.append(expand_tree(lm, last, (3, 2, 1), candidates=candidates, min_prob=min_prob, **kw))
+    full, pruned = trees
+    for name in ("tokens", "parents", "slots", "widths"):
+        assert torch.equal(getattr(full, name), getattr(pruned, name)), name
+    assert full.forwards == pruned.forwards == 3 and full.widths.tolist() == [[3, 6, 6]] * 3
+    assert full.slots[0].tolist() == list(range(1, 10)) + [-1] * 6
+    if candidates == "iid":
+        torch.testing.assert_close(full.scores, pruned.scores, atol=ATOL[torch.float32], rtol=0)

@@ -316,6 +316,40 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
         Without pruning N = sum over depths of the product of `branching` so far; with it, rows have their own node
         counts (``widths``; N the most). ``scores`` only for "iid".
     """
+    branching = _check_expand(branching, candidates, sampling, rng, min_prob, budget)
+    prune = min_prob is not None or budget is not None
+    max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
+    vocab = max_id + 1 if vocab is None else vocab
+    temperature = 1.0 if sampling is None else sampling.get("temperature", 1.0)
+    front = _root_frontier(last.to(draft.device))
+    count = torch.zeros(last.shape[0], dtype=torch.long, device=draft.device)  # each row's nodes so far
+    rows, blocks, widths = [], [], []
+    for depth, c in enumerate(branching):
+        logits = draft.forward_tree(front.tokens.clamp(max=max_id), front.parents, front.real)
+        scores = _node_scores(logits, front.paths, vocab, processors)
+        rows.append(scores)
+        kids = _children(scores, c, candidates, sampling, rng)  # [B, M, c]
+        if not prune:  # every child kept and (above the deepest level) fed
+            level = _full_level(front, kids, count)
+        else:
+            room = None if budget is None else budget - count - (len(branching) - depth - 1)
+            probs = _candidate_probs(scores, kids, temperature)
+            level = _pruned_level(front, kids, probs, count, candidates, min_prob, room)
+        last_level = depth == len(branching) - 1
+        if last_level:  # the leaves: never fed
+            slots = torch.full_like(level.tokens, -1)
+        else:
+            front, slots = _next_frontier(front, level, c, count)
+        blocks.append((level.tokens, level.parents, slots, level.valid))
+        widths.append(level.width)
+        count = count + level.width
+        if last_level or front.tokens.shape[1] == 0:  # (pruning left nothing to expand)
+            break
+    return _assemble(blocks, rows, widths, len(branching), prune, candidates == "iid")
+
+
+def _check_expand(branching, candidates: str, sampling, rng, min_prob, budget) -> tuple[int, ...]:
+    """:func:`expand_tree`'s argument checks; returns `branching` as a tuple."""
     branching = _check_branching(branching)
     if candidates not in ("top", "iid"):
         raise ValueError(f"candidates must be 'top' or 'iid', got {candidates!r}")
@@ -326,79 +360,112 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
     if budget is not None and (candidates != "top" or budget < len(branching)):
         raise ValueError(f"budget caps a tree of top candidates at a number of nodes >= its depth "
                          f"({len(branching)}), got budget={budget!r} with candidates={candidates!r}")
-    prune = min_prob is not None or budget is not None
-    max_id = draft.model.get_input_embeddings().weight.shape[0] - 1
-    vocab = max_id + 1 if vocab is None else vocab
-    temperature = 1.0 if sampling is None else sampling.get("temperature", 1.0)
-    batch, dev = last.shape[0], draft.device
-    # The frontier, fed by this depth's forward: its tokens, their open parent slots and which are real (None: all),
-    # then each one's node index (-1: the root), open slot, path probability, first-child-chain flag and path tokens
-    feed, feed_parents, real = last.to(dev)[:, None], torch.full((batch, 1), -1, dtype=torch.long, device=dev), None
-    f_node, f_slot = feed_parents, torch.zeros(batch, 1, dtype=torch.long, device=dev)
-    f_prob = torch.ones(batch, 1, device=dev)
-    f_chain = torch.ones(batch, 1, dtype=torch.bool, device=dev)
-    paths = torch.empty(batch, 1, 0, dtype=torch.long, device=dev)
-    count = torch.zeros(batch, dtype=torch.long, device=dev)  # each row's nodes so far
-    opened, rows, blocks, widths = 1, [], [], []
-    for depth, c in enumerate(branching):
-        logits = draft.forward_tree(feed.clamp(max=max_id), feed_parents, real)
-        scores = _node_scores(logits, paths, vocab, processors)
-        rows.append(scores)
-        kids3 = _children(scores, c, candidates, sampling, rng)  # [B, M, c]
-        m = kids3.shape[1]
-        kids = kids3.reshape(batch, m * c)
-        kid_parents = f_node.repeat_interleave(c, dim=1)
-        if not prune:  # every child kept and (above the deepest level) fed
-            keep = grow = None
-            node_of = count[:, None] + torch.arange(m * c, device=dev)
-            block_tokens, block_parents, block_valid = kids, kid_parents, None
-            width = torch.full((batch,), m * c, dtype=torch.long, device=dev)
-        else:
-            kid_prob = (f_prob[:, :, None] * _candidate_probs(scores, kids3, temperature)).reshape(batch, m * c)
-            kid_chain = (f_chain[:, :, None] & (torch.arange(c, device=dev) == 0)).reshape(batch, m * c)
-            room = None if budget is None else budget - count - (len(branching) - depth - 1)
-            keep, grow = _prune(kid_prob, kid_chain, None if real is None else real.repeat_interleave(c, dim=1),
-                                candidates, min_prob, room)
-            node_of = count[:, None] + keep.long().cumsum(dim=1) - 1
-            idx, block_valid = _compact(keep)
-            block_tokens = torch.where(block_valid, kids.gather(1, idx), 0)
-            block_parents = torch.where(block_valid, kid_parents.gather(1, idx), -1)
-            width = block_valid.sum(dim=1)
-        block_slots = torch.full_like(block_tokens, -1)
-        last_level = depth == len(branching) - 1
-        if not last_level:
-            if grow is None:
-                gidx, real = None, None
-                feed, feed_parents = kids, f_slot.repeat_interleave(c, dim=1)
-                f_node = node_of
-                block_slots = opened + torch.arange(m * c, device=dev).expand(batch, -1)
-            else:
-                gidx, real = _compact(grow)
-                feed = kids.gather(1, gidx)
-                feed_parents = torch.where(real, f_slot.repeat_interleave(c, dim=1).gather(1, gidx), -1)
-                f_node = torch.where(real, node_of.gather(1, gidx), -1)
-                f_prob, f_chain = kid_prob.gather(1, gidx), kid_chain.gather(1, gidx) & real
-                spare = block_slots.shape[1]  # a column past the block for the padding, dropped
-                at = torch.where(real, f_node - count[:, None], spare)
-                block_slots = torch.cat([block_slots, block_slots[:, :1]], dim=1).scatter_(
-                    1, at, opened + torch.arange(gidx.shape[1], device=dev).expand(batch, -1))[:, :spare]
-            f_slot = opened + torch.arange(feed.shape[1], device=dev).expand(batch, -1)
-            paths = torch.cat([paths.repeat_interleave(c, dim=1), kids[..., None]], dim=2)
-            paths = paths if gidx is None else paths.gather(1, gidx[..., None].expand(-1, -1, paths.shape[2]))
-            opened += feed.shape[1]
-        blocks.append((block_tokens, block_parents, block_slots, block_valid))
-        widths.append(width)
-        count = count + width
-        if last_level or feed.shape[1] == 0:  # (pruning left nothing to expand)
-            break
-    widths += [torch.zeros_like(count)] * (len(branching) - len(widths))
-    tokens, parents, slots = (torch.cat([b[k] for b in blocks], dim=1) for k in range(3))
-    if prune:  # each row's nodes in breadth-first order, first; -1 (0 for tokens) past them
-        idx, valid = _compact(torch.cat([b[3] for b in blocks], dim=1))
-        tokens = torch.where(valid, tokens.gather(1, idx), 0)
-        parents, slots = (torch.where(valid, x.gather(1, idx), -1) for x in (parents, slots))
-    scores = None if candidates != "iid" else _node_rows(torch.cat(rows, dim=1), slots)
-    return DraftTree(tokens, parents, scores, slots, torch.stack(widths, dim=1), len(rows))
+    return branching
+
+
+class _Frontier(NamedTuple):
+    """The nodes one depth's draft forward feeds (:func:`expand_tree`); M the frontier's width.
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        [B, M] int64 the fed tokens (the root: each row's last token).
+    parents : torch.Tensor
+        [B, M] int64 each one's parent's open slot (-1: none, for the root and padding).
+    real : torch.Tensor or None
+        [B, M] bool which are real nodes, not padding (None: all are).
+    node : torch.Tensor
+        [B, M] int64 each one's node index (-1: the root, or padding).
+    slot : torch.Tensor
+        [B, M] int64 the open slot each one is fed into.
+    prob : torch.Tensor
+        [B, M] float32 path probabilities (kept up to date when pruning only).
+    chain : torch.Tensor
+        [B, M] bool on the first-child chain from the root (kept up to date when pruning only).
+    paths : torch.Tensor
+        [B, M, d] int64 each one's path tokens below the root (d its depth).
+    opened : int
+        The draft's open slots once this frontier is fed: the next frontier's first slot.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    real: torch.Tensor | None
+    node: torch.Tensor
+    slot: torch.Tensor
+    prob: torch.Tensor
+    chain: torch.Tensor
+    paths: torch.Tensor
+    opened: int
+
+
+def _root_frontier(last: torch.Tensor) -> _Frontier:
+    """[B] int64 each row's last committed token -> the first forward's frontier: the root alone, at slot 0."""
+    batch, dev = last.shape[0], last.device
+    root = torch.full((batch, 1), -1, dtype=torch.long, device=dev)
+    return _Frontier(last[:, None], root, None, root, torch.zeros(batch, 1, dtype=torch.long, device=dev),
+                     torch.ones(batch, 1, device=dev), torch.ones(batch, 1, dtype=torch.bool, device=dev),
+                     torch.empty(batch, 1, 0, dtype=torch.long, device=dev), 1)
+
+
+class _Level(NamedTuple):
+    """One depth's children and the block of nodes they add (:func:`_full_level`, :func:`_pruned_level`); K = M * c
+    the children (c per frontier node, in frontier order), W the block's width.
+
+    Attributes
+    ----------
+    kids : torch.Tensor
+        [B, K] int64 the children's tokens.
+    node : torch.Tensor
+        [B, K] int64 each child's node index (meaningful for kept children only).
+    grow : torch.Tensor or None
+        [B, K] bool the children also expanded (None: all of them, no pruning).
+    prob, chain : torch.Tensor or None
+        [B, K] float32 path probabilities, [B, K] bool on the first-child chain (None: no pruning).
+    tokens, parents : torch.Tensor
+        [B, W] int64 the block's nodes: tokens and parent node indices (0 and -1 past a row's nodes).
+    valid : torch.Tensor or None
+        [B, W] bool which block columns are a row's nodes (None: all, no pruning).
+    width : torch.Tensor
+        [B] int64 each row's nodes in the block.
+    """
+
+    kids: torch.Tensor
+    node: torch.Tensor
+    grow: torch.Tensor | None
+    prob: torch.Tensor | None
+    chain: torch.Tensor | None
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    valid: torch.Tensor | None
+    width: torch.Tensor
+
+
+def _full_level(front: _Frontier, kids: torch.Tensor, count: torch.Tensor) -> _Level:
+    """Without pruning: the [B, M, c] children of the frontier are all nodes, numbered on from each row's `count`
+    [B] nodes so far."""
+    batch, m, c = kids.shape
+    flat = kids.reshape(batch, m * c)
+    node = count[:, None] + torch.arange(m * c, device=count.device)
+    width = torch.full((batch,), m * c, dtype=torch.long, device=count.device)
+    return _Level(flat, node, None, None, None, flat, front.node.repeat_interleave(c, dim=1), None, width)
+
+
+def _pruned_level(front: _Frontier, kids: torch.Tensor, probs: torch.Tensor, count: torch.Tensor, candidates: str,
+                  min_prob, room) -> _Level:
+    """With pruning: the [B, M, c] children of the frontier, [B, M, c] their probabilities given their parents
+    (:func:`_candidate_probs`) -> the kept ones as a compacted block (:func:`_prune`'s rule; `room` [B] or None)."""
+    batch, m, c = kids.shape
+    flat = kids.reshape(batch, m * c)
+    prob = (front.prob[:, :, None] * probs).reshape(batch, m * c)
+    chain = (front.chain[:, :, None] & (torch.arange(c, device=count.device) == 0)).reshape(batch, m * c)
+    real = None if front.real is None else front.real.repeat_interleave(c, dim=1)
+    keep, grow = _prune(prob, chain, real, candidates, min_prob, room)
+    node = count[:, None] + keep.long().cumsum(dim=1) - 1
+    idx, valid = _compact(keep)
+    tokens = torch.where(valid, flat.gather(1, idx), 0)
+    parents = torch.where(valid, front.node.repeat_interleave(c, dim=1).gather(1, idx), -1)
+    return _Level(flat, node, grow, prob, chain, tokens, parents, valid, valid.sum(dim=1))
 
 
 def _prune(kid_prob, kid_chain, kid_real, candidates: str, min_prob, room) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,6 +487,45 @@ def _prune(kid_prob, kid_chain, kid_real, candidates: str, min_prob, room) -> tu
         rank = torch.empty_like(order).scatter_(1, order, positions)
         keep = keep & (rank < room[:, None])
     return keep, keep & sure
+
+
+def _next_frontier(front: _Frontier, level: _Level, c: int, count: torch.Tensor) -> tuple[_Frontier, torch.Tensor]:
+    """The next forward's frontier: the level's grown children (all, without pruning), fed into the slots after
+    `front`'s; and the block's [B, W] int64 slots (-1 for a node not fed). `count` [B]: the nodes before the block."""
+    batch, dev = count.shape[0], count.device
+    parent_slots = front.slot.repeat_interleave(c, dim=1)
+    paths = torch.cat([front.paths.repeat_interleave(c, dim=1), level.kids[..., None]], dim=2)
+    if level.grow is None:  # every child fed, in order
+        tokens, parents, real, node, prob, chain = level.kids, parent_slots, None, level.node, front.prob, front.chain
+        slots = front.opened + torch.arange(tokens.shape[1], device=dev).expand(batch, -1)
+    else:
+        idx, real = _compact(level.grow)
+        tokens = level.kids.gather(1, idx)
+        parents = torch.where(real, parent_slots.gather(1, idx), -1)
+        node = torch.where(real, level.node.gather(1, idx), -1)
+        prob, chain = level.prob.gather(1, idx), level.chain.gather(1, idx) & real
+        paths = paths.gather(1, idx[..., None].expand(-1, -1, paths.shape[2]))
+        slots = torch.full_like(level.tokens, -1)
+        spare = slots.shape[1]  # a column past the block for the padding, dropped
+        at = torch.where(real, node - count[:, None], spare)
+        slots = torch.cat([slots, slots[:, :1]], dim=1).scatter_(
+            1, at, front.opened + torch.arange(idx.shape[1], device=dev).expand(batch, -1))[:, :spare]
+    slot = front.opened + torch.arange(tokens.shape[1], device=dev).expand(batch, -1)
+    return _Frontier(tokens, parents, real, node, slot, prob, chain, paths, front.opened + tokens.shape[1]), slots
+
+
+def _assemble(blocks: list, rows: list, widths: list, depth: int, prune: bool, iid: bool) -> DraftTree:
+    """The levels' blocks (tokens, parents, slots, valid: [B, W_d] each), the forwards' [B, M_d, V'] scores and the
+    [B] widths -> the DraftTree of `depth` levels (levels never reached: width 0); with pruning, each row's nodes
+    compacted to its first columns."""
+    widths = widths + [torch.zeros_like(widths[0])] * (depth - len(widths))
+    tokens, parents, slots = (torch.cat([b[k] for b in blocks], dim=1) for k in range(3))
+    if prune:  # each row's nodes in breadth-first order, first; -1 (0 for tokens) past them
+        idx, valid = _compact(torch.cat([b[3] for b in blocks], dim=1))
+        tokens = torch.where(valid, tokens.gather(1, idx), 0)
+        parents, slots = (torch.where(valid, x.gather(1, idx), -1) for x in (parents, slots))
+    scores = _node_rows(torch.cat(rows, dim=1), slots) if iid else None
+    return DraftTree(tokens, parents, scores, slots, torch.stack(widths, dim=1), len(rows))
 
 
 def _node_rows(fed: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
