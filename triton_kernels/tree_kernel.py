@@ -76,6 +76,7 @@ from .jit_helpers import (
     _splat,
     _to_uniform,
 )
+from .verify_race import RACE_RESIDUAL, RACE_UNIFORM, _race_tiles
 
 BLOCK_D = tl.constexpr(16)  # output positions written per store
 GPU_BLOCK_V = 1024  # one program per row: 1024-wide tiles, 8 warps (not yet timed on a GPU)
@@ -163,78 +164,32 @@ def _mass(t_row, stride_tv, d_row, stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, 
 
 
 @triton.jit
-def _race_lanes(best, arg, mass, offs, bits, noise_row, stride_ev, t_row, stride_tv, d_row, stride_dv, V, Vd, m_p,
-                z_p, cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed, UNIFORM: tl.constexpr,
-                HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
-    """One lane set of a race tile: its key num / E replaces a lane's best only when strictly larger (lowest id on
-    ties)."""
-    mask = offs < V
-    if UNIFORM:
-        dist = tl.where(mask, 1.0, 0.0)
-    else:
-        dist = _numerator(t_row, stride_tv, d_row, stride_dv, offs, mask, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale,
-                          c, removed, slots, n_removed, HAS_DRAFT, WARP, True)
-    if GIVEN_RANDOM:
-        e = tl.load(noise_row + offs * stride_ev, mask=mask, other=1.0)
-    else:
-        e = -tl.log(_to_uniform(bits, True))
-    key = tl.where(mask, dist / e, -1.0)
-    better = key > best
-    return tl.where(better, key, best), tl.where(better, offs, arg), mass + dist
+def _race_numerator(offs, mask, args, DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+                    WARP: tl.constexpr):
+    """A tree race's distribution at `offs` (``verify_race._race_tiles``): :func:`_numerator` without the removed ids
+    (RACE_RESIDUAL), or 1 everywhere (RACE_UNIFORM); 0 where `mask` is off. `args`: (t_row, stride_tv, d_row,
+    stride_dv, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed). FROM_PROBS is unused (the
+    tree reads logits)."""
+    t_row, stride_tv, d_row, stride_dv, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed = args
+    if DIST == RACE_UNIFORM:
+        return tl.where(mask, 1.0, 0.0)
+    return _numerator(t_row, stride_tv, d_row, stride_dv, offs, mask, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c,
+                      removed, slots, n_removed, HAS_DRAFT, WARP, True)
 
 
 @triton.jit
 def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale,
-          c, removed, slots, n_removed, seed_b, row_key, pos, UNIFORM: tl.constexpr, BLOCK_V: tl.constexpr,
+          c, removed, slots, n_removed, seed_b, row_key, pos, DIST: tl.constexpr, BLOCK_V: tl.constexpr,
           HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
-    """(winner id, mass) of the exponential race over the numerator (or 1 everywhere, UNIFORM) of the whole row. As
-    verify's race: four interleaved lane sets, lane i of set j holding id start + 4i + j, fed by output j of Philox
-    group start / 4 + i (stream 1, position `pos`), so the ids get the same numbers whatever the tile width."""
-    LANES: tl.constexpr = BLOCK_V // RNG_GROUP
-    i = tl.arange(0, LANES)
-    four_i = i * RNG_GROUP
-    best0 = tl.full([LANES], -1.0, tl.float32)
-    best1 = best0
-    best2 = best0
-    best3 = best0
-    arg0 = four_i
-    arg1 = arg0 + 1
-    arg2 = arg0 + 2
-    arg3 = arg0 + 3
-    mass0 = tl.zeros([LANES], tl.float32)
-    mass1 = mass0
-    mass2 = mass0
-    mass3 = mass0
-    for start in range(0, V, BLOCK_V):
-        offs0 = four_i + start
-        g = (i + start // RNG_GROUP).to(tl.uint32)
-        zero = g * 0
-        if GIVEN_RANDOM:
-            r0 = zero
-            r1 = zero
-            r2 = zero
-            r3 = zero
-        else:
-            r0, r1, r2, r3 = philox(seed_b, g, zero + pos.to(tl.uint32), zero + row_key.to(tl.uint32), zero + 1)
-        best0, arg0, mass0 = _race_lanes(best0, arg0, mass0, offs0, r0, noise_row, stride_ev, t_row, stride_tv, d_row,
-                                         stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed, slots,
-                                         n_removed, UNIFORM, HAS_DRAFT, GIVEN_RANDOM, WARP)
-        best1, arg1, mass1 = _race_lanes(best1, arg1, mass1, offs0 + 1, r1, noise_row, stride_ev, t_row, stride_tv,
-                                         d_row, stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed,
-                                         slots, n_removed, UNIFORM, HAS_DRAFT, GIVEN_RANDOM, WARP)
-        best2, arg2, mass2 = _race_lanes(best2, arg2, mass2, offs0 + 2, r2, noise_row, stride_ev, t_row, stride_tv,
-                                         d_row, stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed,
-                                         slots, n_removed, UNIFORM, HAS_DRAFT, GIVEN_RANDOM, WARP)
-        best3, arg3, mass3 = _race_lanes(best3, arg3, mass3, offs0 + 3, r3, noise_row, stride_ev, t_row, stride_tv,
-                                         d_row, stride_dv, V, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed,
-                                         slots, n_removed, UNIFORM, HAS_DRAFT, GIVEN_RANDOM, WARP)
-    top = tl.maximum(tl.maximum(tl.max(best0, axis=0), tl.max(best1, axis=0)),
-                     tl.maximum(tl.max(best2, axis=0), tl.max(best3, axis=0)))
-    first = tl.minimum(tl.minimum(tl.min(tl.where(best0 == top, arg0, INT32_MAX), axis=0),
-                                  tl.min(tl.where(best1 == top, arg1, INT32_MAX), axis=0)),
-                       tl.minimum(tl.min(tl.where(best2 == top, arg2, INT32_MAX), axis=0),
-                                  tl.min(tl.where(best3 == top, arg3, INT32_MAX), axis=0)))
-    return first.to(tl.int64), tl.sum(mass0 + mass1 + mass2 + mass3, axis=0)
+    """(winner id, mass) of the exponential race over the numerator (RACE_RESIDUAL) or 1 everywhere (RACE_UNIFORM) of
+    the whole row: verify's race (``verify_race._race_tiles``: its lane sets and Philox layout, stream 1 at position
+    `pos`), so the ids get the same numbers whatever the tile width; its lane sets raced in turn (SETS_IN_TURN: the
+    numerator loops over the removed ids)."""
+    dist_args = (t_row, stride_tv, d_row, stride_dv, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, c, removed, slots,
+                 n_removed)
+    _, first, mass = _race_tiles(dist_args, noise_row, stride_ev, 0, V, pos, seed_b, row_key, _race_numerator, DIST,
+                                 BLOCK_V, False, HAS_DRAFT, GIVEN_RANDOM, WARP, True)
+    return first.to(tl.int64), mass
 
 
 @triton.jit
@@ -365,15 +320,15 @@ def _tree_kernel(
         noise_row = noise_ptr + b * stride_eb
         next_token, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p, cut_p,
                                  m_q, z_q, cut_q, scale, tl.where(pending, c_new, c), removed, slots, n_removed,
-                                 seed_b, row_key, cur + 1, False, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
+                                 seed_b, row_key, cur + 1, RACE_RESIDUAL, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
         if pending & ~(mass > EPS * z_r):  # the pending residual is rounding (p equals q): the one before it
             next_token, mass = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p,
                                      cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key,
-                                     cur + 1, False, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
+                                     cur + 1, RACE_RESIDUAL, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
         if ~(mass > 0.0):
             next_token, _unused = _race(p_row, stride_tv, q_row, stride_dv, noise_row, stride_ev, V, Vd, m_p, z_p,
                                         cut_p, m_q, z_q, cut_q, scale, c, removed, slots, n_removed, seed_b, row_key,
-                                        cur + 1, True, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
+                                        cur + 1, RACE_UNIFORM, BLOCK_V, HAS_DRAFT, GIVEN_RANDOM, WARP)
     next_token = tl.minimum(tl.maximum(next_token, 0), V - 1)
     # The row's output past the accepted path (the path itself was stored as it was accepted: disjoint addresses).
     for d0 in range(0, D + 1, BLOCK_D):

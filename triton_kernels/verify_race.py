@@ -58,12 +58,14 @@ RACE_WEIGHTED = tl.constexpr(3)
 
 
 @triton.jit
-def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, q_full, q_one_hot, x_n, Vd, m_p, z_p, cut_p, m_q, z_q,
-               cut_q, scale, w, DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+def _race_dist(offs, mask, args, DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
                WARP: tl.constexpr):
     """The raced distribution at `offs`, unnormalised: max(0, p - q), p, 1, or max(0, w p - q) (RACE_WEIGHTED); 0 where
-    `mask` is off. q is the draft's row where `q_full`, one-hot at x_n where `q_one_hot` (tensors of one value each),
-    else 0 (the bonus row)."""
+    `mask` is off. `args`: (t_row, stride_tv, d_row, stride_dv, q_full, q_one_hot, x_n, Vd, m_p, z_p, cut_p, m_q, z_q,
+    cut_q, scale, w); q is the draft's row where `q_full`, one-hot at x_n where `q_one_hot` (tensors of one value
+    each), else 0 (the bonus row). (The constexprs stay out of the tuple: in one, the compiler takes them for runtime
+    values.)"""
+    t_row, stride_tv, d_row, stride_dv, q_full, q_one_hot, x_n, Vd, m_p, z_p, cut_p, m_q, z_q, cut_q, scale, w = args
     if DIST == RACE_UNIFORM:
         return tl.where(mask, 1.0, 0.0)
     p = _load_probs(t_row, offs, stride_tv, mask, m_p, z_p, scale, cut_p, FROM_PROBS, WARP)
@@ -80,6 +82,32 @@ def _race_dist(t_row, stride_tv, d_row, stride_dv, offs, mask, q_full, q_one_hot
 
 
 @triton.jit
+def _race_bits(i, start, pos, seed_b, row_key, GIVEN_RANDOM: tl.constexpr):
+    """The four Philox outputs of the lanes `i` of the tile at `start` (group start / 4 + i, stream 1 at row position
+    `pos`); zeros with GIVEN_RANDOM (the noise row replaces them)."""
+    g = (i + start // RNG_GROUP).to(tl.uint32)
+    zero = g * 0
+    if GIVEN_RANDOM:
+        r0 = zero
+        r1 = zero
+        r2 = zero
+        r3 = zero
+    else:
+        r0, r1, r2, r3 = philox(seed_b, g, zero + pos.to(tl.uint32), zero + row_key.to(tl.uint32), zero + 1)
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _race_exp(bits, offs, hi, noise_row, stride_ev, GIVEN_RANDOM: tl.constexpr):
+    """E = -ln u of the Philox `bits` (u in (0, 1)), or the noise row's value with GIVEN_RANDOM (1 past `hi`)."""
+    if GIVEN_RANDOM:
+        e = tl.load(noise_row + offs * stride_ev, mask=offs < hi, other=1.0)
+    else:
+        e = -tl.log(_to_uniform(bits, True))
+    return e
+
+
+@triton.jit
 def _race_step(best, arg, mass, dist, e, offs, mask):
     """One tile of one lane set: a lane's key replaces its best only when strictly larger (its lowest id on ties)."""
     key = tl.where(mask, dist / e, -1.0)
@@ -88,16 +116,35 @@ def _race_step(best, arg, mass, dist, e, offs, mask):
 
 
 @triton.jit
-def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, one_hot_n, m_p, z_p,
-          cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, w, DIST: tl.constexpr, BLOCK_V: tl.constexpr,
-          FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
-    """The exponential race over ids [lo, hi) of row n (lo a multiple of BLOCK_V): (best key, its id, mass).
+def _race_set(best, arg, mass, offs, hi, bits, noise_row, stride_ev, dist_args, DIST_FN: tl.constexpr,
+              DIST: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
+              WARP: tl.constexpr):
+    """One lane set of a tile raced in one go (:func:`_race_tiles` with SETS_IN_TURN): its distribution, its E, its
+    step."""
+    dist = DIST_FN(offs, offs < hi, dist_args, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+    e = _race_exp(bits, offs, hi, noise_row, stride_ev, GIVEN_RANDOM)
+    return _race_step(best, arg, mass, dist, e, offs, offs < hi)
+
+
+@triton.jit
+def _race_tiles(dist_args, noise_row, stride_ev, lo, hi, pos, seed_b, row_key, DIST_FN: tl.constexpr,
+                DIST: tl.constexpr, BLOCK_V: tl.constexpr, FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr,
+                GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, SETS_IN_TURN: tl.constexpr):
+    """The exponential race over ids [lo, hi) (lo a multiple of BLOCK_V) of the unnormalised distribution
+    DIST_FN(offs, mask, dist_args, DIST, FROM_PROBS, HAS_DRAFT, WARP) (0 where `mask` is off; :func:`_race_dist`, or
+    the tree kernel's numerator), its exponentials from Philox stream 1 at row position `pos` (or the noise row):
+    (best key, its id, mass).
 
     A tile is four interleaved lane sets of BLOCK_V / 4 lanes: lane i of set j holds id start + 4i + j, so one Philox
     call per lane (group g = start / 4 + i) feeds the four ids 4g .. 4g+3, each output to its own set. The four sets
     have one shape and one layout: no output ever moves between threads (a [4, BLOCK_V / 4] tile would let the
     compiler spread a group over threads, and redo Philox in each). Every lane keeps its best key and id across the
-    tiles; one reduction after the loop. The mass is that of the distribution raced."""
+    tiles; one reduction after the loop. The mass is that of the distribution raced.
+
+    The order within a tile only changes registers (compile_offline*.py): SETS_IN_TURN races each set right after its
+    distribution (the tree's numerator holds a loop over the removed ids, and four distributions live across those
+    loops cost it up to 13 registers); else the four distributions first, then Philox (verify's launch 2: it spills
+    with the sets in turn)."""
     LANES: tl.constexpr = BLOCK_V // RNG_GROUP
     i = tl.arange(0, LANES)
     four_i = i * RNG_GROUP
@@ -113,39 +160,35 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
     mass1 = mass0
     mass2 = mass0
     mass3 = mass0
-    x_n32 = x_n.to(tl.int32)
-    q_full = _splat((n < k_b) & (one_hot_n == 0), i)
-    q_one_hot = _splat((n < k_b) & (one_hot_n != 0), i)
     for start in range(lo, hi, BLOCK_V):
         offs0 = four_i + start
         offs1 = offs0 + 1
         offs2 = offs0 + 2
         offs3 = offs0 + 3
-        d0 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs0, offs0 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
-        d1 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs1, offs1 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
-        d2 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs2, offs2 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
-        d3 = _race_dist(t_row, stride_tv, d_row, stride_dv, offs3, offs3 < hi, q_full, q_one_hot, x_n32, Vd, m_p,
-                        z_p, cut_p, m_q, z_q, cut_q, scale, w, DIST, FROM_PROBS, HAS_DRAFT, WARP)
-        if GIVEN_RANDOM:
-            e0 = tl.load(noise_row + offs0 * stride_ev, mask=offs0 < hi, other=1.0)
-            e1 = tl.load(noise_row + offs1 * stride_ev, mask=offs1 < hi, other=1.0)
-            e2 = tl.load(noise_row + offs2 * stride_ev, mask=offs2 < hi, other=1.0)
-            e3 = tl.load(noise_row + offs3 * stride_ev, mask=offs3 < hi, other=1.0)
+        if SETS_IN_TURN:
+            r0, r1, r2, r3 = _race_bits(i, start, pos, seed_b, row_key, GIVEN_RANDOM)
+            best0, arg0, mass0 = _race_set(best0, arg0, mass0, offs0, hi, r0, noise_row, stride_ev, dist_args, DIST_FN,
+                                           DIST, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            best1, arg1, mass1 = _race_set(best1, arg1, mass1, offs1, hi, r1, noise_row, stride_ev, dist_args, DIST_FN,
+                                           DIST, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            best2, arg2, mass2 = _race_set(best2, arg2, mass2, offs2, hi, r2, noise_row, stride_ev, dist_args, DIST_FN,
+                                           DIST, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
+            best3, arg3, mass3 = _race_set(best3, arg3, mass3, offs3, hi, r3, noise_row, stride_ev, dist_args, DIST_FN,
+                                           DIST, FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP)
         else:
-            g = (i + start // RNG_GROUP).to(tl.uint32)
-            zero = g * 0
-            r0, r1, r2, r3 = philox(seed_b, g, zero + n.to(tl.uint32), zero + row_key.to(tl.uint32), zero + 1)
-            e0 = -tl.log(_to_uniform(r0, True))
-            e1 = -tl.log(_to_uniform(r1, True))
-            e2 = -tl.log(_to_uniform(r2, True))
-            e3 = -tl.log(_to_uniform(r3, True))
-        best0, arg0, mass0 = _race_step(best0, arg0, mass0, d0, e0, offs0, offs0 < hi)
-        best1, arg1, mass1 = _race_step(best1, arg1, mass1, d1, e1, offs1, offs1 < hi)
-        best2, arg2, mass2 = _race_step(best2, arg2, mass2, d2, e2, offs2, offs2 < hi)
-        best3, arg3, mass3 = _race_step(best3, arg3, mass3, d3, e3, offs3, offs3 < hi)
+            d0 = DIST_FN(offs0, offs0 < hi, dist_args, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+            d1 = DIST_FN(offs1, offs1 < hi, dist_args, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+            d2 = DIST_FN(offs2, offs2 < hi, dist_args, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+            d3 = DIST_FN(offs3, offs3 < hi, dist_args, DIST, FROM_PROBS, HAS_DRAFT, WARP)
+            r0, r1, r2, r3 = _race_bits(i, start, pos, seed_b, row_key, GIVEN_RANDOM)
+            e0 = _race_exp(r0, offs0, hi, noise_row, stride_ev, GIVEN_RANDOM)
+            e1 = _race_exp(r1, offs1, hi, noise_row, stride_ev, GIVEN_RANDOM)
+            e2 = _race_exp(r2, offs2, hi, noise_row, stride_ev, GIVEN_RANDOM)
+            e3 = _race_exp(r3, offs3, hi, noise_row, stride_ev, GIVEN_RANDOM)
+            best0, arg0, mass0 = _race_step(best0, arg0, mass0, d0, e0, offs0, offs0 < hi)
+            best1, arg1, mass1 = _race_step(best1, arg1, mass1, d1, e1, offs1, offs1 < hi)
+            best2, arg2, mass2 = _race_step(best2, arg2, mass2, d2, e2, offs2, offs2 < hi)
+            best3, arg3, mass3 = _race_step(best3, arg3, mass3, d3, e3, offs3, offs3 < hi)
     top = tl.maximum(tl.maximum(tl.max(best0, axis=0), tl.max(best1, axis=0)),
                      tl.maximum(tl.max(best2, axis=0), tl.max(best3, axis=0)))
     first = tl.minimum(tl.minimum(tl.min(tl.where(best0 == top, arg0, INT32_MAX), axis=0),
@@ -153,6 +196,21 @@ def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, 
                        tl.minimum(tl.min(tl.where(best2 == top, arg2, INT32_MAX), axis=0),
                                   tl.min(tl.where(best3 == top, arg3, INT32_MAX), axis=0)))
     return top, first, tl.sum(mass0 + mass1 + mass2 + mass3, axis=0)
+
+
+@triton.jit
+def _race(t_row, stride_tv, d_row, stride_dv, noise_row, stride_ev, lo, hi, Vd, n, k_b, x_n, one_hot_n, m_p, z_p,
+          cut_p, m_q, z_q, cut_q, scale, seed_b, row_key, w, DIST: tl.constexpr, BLOCK_V: tl.constexpr,
+          FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+    """The exponential race (:func:`_race_tiles`) over ids [lo, hi) of row n (lo a multiple of BLOCK_V) of the
+    distribution DIST (:func:`_race_dist`): (best key, its id, mass)."""
+    lanes = tl.arange(0, BLOCK_V // RNG_GROUP)
+    q_full = _splat((n < k_b) & (one_hot_n == 0), lanes)
+    q_one_hot = _splat((n < k_b) & (one_hot_n != 0), lanes)
+    dist_args = (t_row, stride_tv, d_row, stride_dv, q_full, q_one_hot, x_n.to(tl.int32), Vd, m_p, z_p, cut_p, m_q,
+                 z_q, cut_q, scale, w)
+    return _race_tiles(dist_args, noise_row, stride_ev, lo, hi, n, seed_b, row_key, _race_dist, DIST, BLOCK_V,
+                       FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP, False)
 
 
 @triton.jit
