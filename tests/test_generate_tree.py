@@ -149,6 +149,34 @@ def test_schedules_count_a_tree_by_its_depth():
     assert (tree, schedule.choose([100])) == (2, 4)  # a chain's K' feeds a third of the rows
 
 
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_steps_whose_trees_are_chains_take_token_verification(llama_pair, drafter, monkeypatch):
+    """A step where every row's point-mass tree is a chain (draft_tree=(1, 1, 1); a lookup trie of one continuation,
+    or none) runs the chain's forward and token verification; the other steps verify_tree: rows equal
+    target.generate, and both kinds of step happen with lookup tries."""
+    from specsampler.generation import tree_loop
+
+    target, draft = llama_pair
+    kinds, chain, tree = [], tree_loop.verify_chain, tree_loop.verify_tree
+    monkeypatch.setattr(tree_loop, "verify_chain", lambda *a, **k: kinds.append("chain") or chain(*a, **k))
+    monkeypatch.setattr(tree_loop, "verify_tree", lambda *a, **k: kinds.append("tree") or tree(*a, **k))
+    if drafter == "model":
+        ids, mask = _ragged([9, 4, 1, 7])
+        options = dict(draft=draft, draft_tree=(1, 1, 1))
+    else:
+        ids, mask = _ragged([9, 4, 1, 7], seed=2, repeat=True)
+        options = dict(draft=PromptLookupDrafter(max_ngram=1), num_draft_tokens=3, prompt_lookup_num_candidates=3)
+    out = specsampler.generate(target, input_ids=ids, attention_mask=mask, max_new_tokens=16, eos_token_id=[],
+                               pad_token_id=0, **options)
+    _check_rows(target, out, ids, mask, 16)
+    assert out.stats.accepted > 0
+    assert set(kinds) == ({"chain"} if drafter == "model" else {"chain", "tree"}), kinds
+    if drafter == "model":  # the draft's cache kept the accepted nodes: it drafts what the chain drafter drafts
+        same = specsampler.generate(target, draft, ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=0,
+                                    num_draft_tokens=3)
+        assert (out.stats.accepted, out.stats.drafted) == (same.stats.accepted, same.stats.drafted)
+
+
 def test_lookup_step_without_any_match(llama_pair, monkeypatch):
     """A step where no row's n-gram matches (a tree of N = 0 nodes: verify_tree draws from the root's p) commits one
     token per row, as target.generate would."""
@@ -255,13 +283,15 @@ def test_rows_leave_the_batch_mid_run(llama_pair, drafter):
 # --------------------------------------------------------------------------------------------- distribution
 @pytest.mark.parametrize("drafter, warp_kw", [
     ("top", dict(temperature=0.8, top_k=6)),
+    ("chain", dict(temperature=0.8, top_k=6)),
     ("iid", dict(temperature=0.8, top_k=6)),
     ("iid", dict(temperature=1.2, top_p=0.9)),
     ("lookup", dict(temperature=1.3, top_p=0.9)),
 ])
 def test_sampled_tree_follows_target_distribution(drafter, warp_kw):
-    """3000 copies of one prompt, max_new_tokens=3 (the first step verifies a tree of depth 2): the first two new
-    tokens follow the warped target's joint (chi-square, p > 1e-4); power: the draft's own joint is told apart."""
+    """3000 copies of one prompt, max_new_tokens=3 (the first step verifies a tree of depth 2; with "chain" a tree of
+    one top candidate per node, verified as a chain): the first two new tokens follow the warped target's joint
+    (chi-square, p > 1e-4); power: the draft's own joint is told apart."""
     vocab, n = 8, 3000
     target = _peaked(tiny_config("llama", vocab, 1, 16), 0, 8.0)
     draft = perturbed(target, 0.05)
@@ -269,6 +299,8 @@ def test_sampled_tree_follows_target_distribution(drafter, warp_kw):
                              pad_token_id=0)
     if drafter == "lookup":
         tree = dict(draft=PromptLookupDrafter(max_ngram=2), num_draft_tokens=2, prompt_lookup_num_candidates=3)
+    elif drafter == "chain":  # top candidates, one per node: every step a chain (token verification)
+        tree = dict(draft=draft, draft_tree=(1, 1))
     else:
         tree = dict(draft=draft, draft_tree=(2, 2), draft_tree_sampling=drafter)
     out = specsampler.generate(target, input_ids=prompt.repeat(n, 1), max_new_tokens=3, do_sample=True, seed=1234,

@@ -35,7 +35,7 @@ import torch
 
 from .._api import verify
 from .._distributed import run_seed
-from .drafters import Drafter, start_drafter
+from .drafters import Drafter, Proposal, start_drafter
 from .kv_cache import CachedModel, check_tree_attention
 from .outputs import ScoreRecorder, make_recorder
 from .processors import PrefixProcessors
@@ -219,9 +219,21 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
     """
     if watch is not None:
         watch.mark()
-    drafts, scores, counts = drafter.propose(last, limits)
+    proposal = drafter.propose(last, limits)
     if watch is not None:
         watch.mark()
+    out = verify_chain(lm, proposal, last, sampling, rng, processors, watch, method, recorder)
+    drafter.accept(out.n, out.accepted)
+    return out
+
+
+def verify_chain(lm: CachedModel, proposal: Proposal, last: torch.Tensor, sampling: dict | None, rng: random.Random,
+                 processors: PrefixProcessors | None = None, watch=None, method: str = "token",
+                 recorder: ScoreRecorder | None = None) -> Step:
+    """The rest of :func:`step` once the drafts are proposed: score [last, d_1..d_K'] with the target, verify, keep in
+    the target's cache what each row accepted (the drafter's cache is the caller's: ``drafter.accept``). `watch`
+    marks the forward done and the synchronisation; the other arguments are :func:`step`'s."""
+    drafts, scores, counts = proposal
     k = drafts.shape[1]
     drafts = drafts.to(lm.device)
     tokens = torch.cat([last[:, None], drafts], dim=1)
@@ -249,7 +261,6 @@ def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int
     step = Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device), raw,
                 logits if recorder is not None and recorder.scores else None)
     lm.keep(step.n, step.width, max(n_host), min(n_host))
-    drafter.accept(step.n, step.accepted)
     return step
 
 

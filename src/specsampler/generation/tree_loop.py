@@ -15,21 +15,25 @@ exactly as for chains:
    lookup tries, the draft's scores for i.i.d. candidates);
 4. both caches keep the accepted path (:func:`.trees.path_keep`, :func:`.trees.accept_tree`).
 
+A step where every row's point-mass tree is a chain (a trie of one continuation, a tree pruned to its top-1 chain)
+runs the chain's step instead (:func:`.loop.verify_chain`: its forward and token verification, the same rule).
+
 Counts: a row's ``counts`` entry is its nodes verified (``GenerationStats.drafted``), its accepted depth is
 ``len(accepted) - 1`` (``GenerationStats.accepted``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import NamedTuple
 
 import torch
 
 from .._tree import verify_tree
-from .drafters import PromptLookupDrafter
+from .drafters import PromptLookupDrafter, Proposal
 from .kv_cache import CachedModel, check_tree_attention, tree_ancestors
-from .loop import Step
+from .loop import Step, verify_chain
 from .outputs import ScoreRecorder
 from .processors import PrefixProcessors
 from .trees import accept_tree, expand_tree, lookup_candidates, path_keep, tree_inputs
@@ -237,6 +241,8 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
     prop = drafter.propose(last, limits)
     if watch is not None:
         watch.mark()
+    if prop.scores is None and prop.depths == prop.counts:  # every row's nodes a chain: token verification
+        return _chain_step(lm, drafter, prop, last, sampling, rng, processors, watch, recorder)
     n = prop.tokens.shape[1]
     counts = torch.tensor(prop.counts, device=lm.device)
     tokens, parents, valid = tree_inputs(last.to(lm.device), prop.tokens.to(lm.device), prop.parents.to(lm.device),
@@ -263,6 +269,19 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
     return Step(prop.counts, n + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device),
                 None if raw is None else _gather(raw, kept),
                 _gather(logits, kept) if recorder is not None and recorder.scores else None, prop.depths)
+
+
+def _chain_step(lm: CachedModel, drafter, prop: TreeProposal, last: torch.Tensor, sampling: dict | None,
+                rng: random.Random, processors: PrefixProcessors | None, watch, recorder: ScoreRecorder | None) -> Step:
+    """A step whose point-mass trees are all chains (row b's nodes 0..counts[b]-1, each the child of the one before:
+    a lookup trie of one continuation, a draft tree pruned to its top-1 chain): the chain step's forward and token
+    verification (:func:`.loop.verify_chain`, the same rule for a chain, without the tree's mask and walk); the
+    drafter keeps the accepted nodes as the path they are."""
+    step = verify_chain(lm, Proposal(prop.tokens, None, prop.counts), last, sampling, rng, processors, watch,
+                        "token", recorder)
+    nodes = torch.arange(prop.tokens.shape[1], device=step.n.device)
+    drafter.accept(torch.where(nodes < step.n[:, None], nodes, -1), step.accepted)
+    return dataclasses.replace(step, depths=prop.depths)
 
 
 def _path_rows(path: torch.Tensor) -> torch.Tensor:
