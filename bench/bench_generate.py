@@ -347,8 +347,10 @@ def bench_smollm2(args) -> None:
     for _ in range(args.repeats):
         for name, (b, fn) in methods.items():
             start = time.perf_counter()
-            fn(*inputs[b])
+            res = fn(*inputs[b])
             times[name].append(time.perf_counter() - start)
+            if isinstance(res, specsampler.GenerateOutput):  # (the last timed run's: a "cost" warm-up differs)
+                per_forward[name] = res.stats.tokens_per_forward
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
           f"CPU float32; {label}; greedy, chat-templated editing prompts ({[len(r) for r in rows]} tokens), "
           f"max_new_tokens {new}; prompt lookup K={k} (specsampler max_ngram 3, transformers' default 2); median of "
