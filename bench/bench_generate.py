@@ -42,7 +42,7 @@ import torch
 import transformers
 
 import specsampler
-from specsampler.generation.schedules import SCHEDULES
+from specsampler.generation.schedules import COSTS, SCHEDULES
 
 
 def build_models(args):
@@ -294,13 +294,17 @@ EDIT_PROMPTS = [
 
 def _smollm2_methods(model, drafter_k: int, m: int, new: int, pad: int, eos: int, schedules: list[str]) -> dict:
     """name -> (batch size, fn(ids, mask) -> [B, P + N] sequences or a GenerateOutput) of the SmolLM2 comparison
-    (greedy): specsampler's chain and tries once per schedule."""
+    (greedy): specsampler's chain and tries once per schedule, each with its own "cost" measurements (a row's calls
+    carry them over to its next ones, never to another row's: the B = 4 prompts' acceptance is not B = 1's)."""
     common = dict(max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=eos)
 
     def spec(extra, schedule):
-        return lambda ids, mask: specsampler.generate(model, input_ids=ids, attention_mask=mask,
-                                                      prompt_lookup_num_tokens=drafter_k, **common, **extra,
-                                                      num_assistant_tokens_schedule=schedule)
+        def run(ids, mask):
+            with COSTS.scoped((ids.shape[0], tuple(extra.items()), schedule)):  # each row's own measurements
+                return specsampler.generate(model, input_ids=ids, attention_mask=mask,
+                                            prompt_lookup_num_tokens=drafter_k, **common, **extra,
+                                            num_assistant_tokens_schedule=schedule)
+        return run
 
     def hf(extra):
         return lambda ids, mask: model.generate(ids, attention_mask=mask, **common, **extra)

@@ -237,7 +237,7 @@ def test_cost_schedule_acceptance_by_position():
 
 def test_cost_schedule_times_belong_to_a_model_pair():
     """One Costs per (target, drafter) pair, the same object on the next call (prompt-lookup drafters: per
-    setting), gone with the models; reset() forgets them all."""
+    setting), gone with the models; reset() forgets them all; scoped(key) blocks keep theirs apart, per key."""
     import gc
 
     from specsampler.generation.schedules import CostRegistry
@@ -260,6 +260,15 @@ def test_cost_schedule_times_belong_to_a_model_pair():
     assert len(registry._pairs) == n - 2
     registry.reset()
     assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=2)) is not lookup and len(registry._pairs) == 1
+    outside = registry.costs_of(draft, PromptLookupDrafter(max_ngram=2))
+    with registry.scoped("a"):  # a scope keeps its own, from none, across its blocks
+        first = registry.costs_of(draft, PromptLookupDrafter(max_ngram=2))
+        assert first is not outside
+    with registry.scoped("b"):
+        assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=2)) not in (first, outside)
+    with registry.scoped("a"):
+        assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=2)) is first
+    assert registry.costs_of(draft, PromptLookupDrafter(max_ngram=2)) is outside
 
 
 @torch.no_grad()

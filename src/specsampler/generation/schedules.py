@@ -347,7 +347,8 @@ class CostRegistry:
     """The owner of the "cost" schedule's measurements: one :class:`Costs` per (target, drafter) pair, kept while both
     models live (weak references: the registry holds no model), so that a pair's next calls choose from their first
     step. Prompt-lookup drafters with the same setting count as one (``prompt_lookup_num_tokens=`` makes a new one per
-    call): the registry holds one stand-in per setting. Bound: one entry per live pair and per lookup setting.
+    call): the registry holds one stand-in per setting. Bound: one entry per live pair and per lookup setting (per
+    :meth:`scoped` key).
 
     Parameters
     ----------
@@ -364,6 +365,7 @@ class CostRegistry:
         """Forget every measurement."""
         self._pairs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lookups: dict[tuple, PromptLookupDrafter] = {}
+        self._scopes: dict = {}  # key -> (pairs, lookups) of :meth:`scoped` blocks
 
     def costs_of(self, target, drafter) -> Costs:
         """The measured times of this (target, drafter) pair: new ones for a pair not seen since the last reset."""
@@ -373,16 +375,27 @@ class CostRegistry:
         return self._pairs.setdefault(target, weakref.WeakKeyDictionary()).setdefault(drafter, Costs(self.tuning))
 
     @contextlib.contextmanager
+    def scoped(self, key):
+        """A block that keeps its measurements apart, under `key`: the ones a block with the same key left (none the
+        first time), restored after it (a benchmark timing several workloads in one process keeps each one's)."""
+        saved = (self._pairs, self._lookups)
+        self._pairs, self._lookups = self._scopes.setdefault(key, (weakref.WeakKeyDictionary(), {}))
+        try:
+            yield self
+        finally:
+            self._pairs, self._lookups = saved
+
+    @contextlib.contextmanager
     def configured(self, tuning: CostTuning | None = None, clock=None):
         """A block with other tuning constants or another clock, starting from no measurements; the registry's
         state is restored after it."""
-        saved = (self.tuning, self.clock, self._pairs, self._lookups)
+        saved = (self.tuning, self.clock, self._pairs, self._lookups, self._scopes)
         self.tuning, self.clock = tuning or self.tuning, clock or self.clock
         self.reset()
         try:
             yield self
         finally:
-            self.tuning, self.clock, self._pairs, self._lookups = saved
+            self.tuning, self.clock, self._pairs, self._lookups, self._scopes = saved
 
 
 #: The process's "cost" measurements (see :class:`CostRegistry`).
