@@ -331,7 +331,7 @@ class CostSchedule:
         best, best_rate = 0, -1.0
         for k in range(self.max_k + 1):
             tokens = sum(expected[min(k, lim)] for lim in limits)
-            fed = rows * (k + 1) if self.breadth == 1.0 else round(rows * (1 + self.breadth * k))
+            fed = round(rows * (1 + self.breadth * k))  # (B' (K' + 1) for chains)
             seconds = self.costs.target.get(fed, base + per_row * fed) + k * draft + rest
             rate = tokens / max(seconds, 1e-12)
             if rate > best_rate:
