@@ -351,7 +351,7 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
         ``callback(row, tokens)`` after every step for each row that gained tokens.
     """
     max_new, k = settings.max_new_tokens, settings.num_draft_tokens
-    if max_new < 1:
+    if max_new < 1 or input_ids.shape[0] == 0:  # nothing to add: the prompts as they are (B = 0: an empty batch)
         return GenerateOutput(input_ids.clone(), GenerationStats(), () if settings.output_scores else None,
                               () if settings.output_logits else None)
     batch = input_ids.shape[0]

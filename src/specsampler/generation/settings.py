@@ -22,10 +22,19 @@ from .._api import METHODS
 from .drafters import PromptLookupDrafter
 from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, global_defaults, is_off, same
 from .schedules import SCHEDULES
+from .trees import tree_size
 
 __all__ = ["Settings", "check_inputs", "check_option", "resolve_generation_options", "resolve_settings"]
 
 _POSITIVE = (0.0, math.inf)
+
+#: The most nodes a row's draft tree may verify per step (``draft_tree``'s node count, or ``draft_tree_budget`` where
+#: it caps the tree): a step gains at most depth + 1 tokens, while the target's forward scores every node (its cost
+#: grows about linearly with the nodes past a few hundred per row on a GPU, a few tens on a CPU) and the tree's
+#: attention mask grows with their square. Published draft trees stay well below it (EAGLE-2 60 nodes, Medusa 64,
+#: Sequoia's largest 768, built for a 70B model offloaded to the CPU); draft_tree=(6, 6, 6, 6) (1,554 nodes) took
+#: 7.5 s for 4 tokens of a tiny model on the CPU, (10, 10, 10, 10) (11,110) over 5 minutes.
+MAX_TREE_NODES = 1024
 
 
 def _verify_method(name: str, value) -> str:
@@ -342,6 +351,7 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
                if sampling == "iid" else f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
         raise ValueError(f"draft_tree_budget={budget} {why}")
     if tree is not None:
+        _check_tree_nodes(tree, budget)
         for name, value in (("num_draft_tokens", num_draft_tokens), ("num_assistant_tokens", num_assistant_tokens)):
             if value is not None:
                 raise ValueError(f"draft_tree={tree} replaces {name} (the tree's depth is its length): give one")
@@ -362,6 +372,17 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
     return tree, sampling or "top", min_prob, budget, m or 1
 
 
+def _check_tree_nodes(tree: tuple[int, ...], budget: int | None) -> None:
+    """A ValueError naming draft_tree, its node count and :data:`MAX_TREE_NODES` when a row could verify more nodes
+    per step than that (a budget below the limit lets any tree of top candidates run)."""
+    nodes = tree_size(tree)[0]
+    if min(nodes, budget or nodes) > MAX_TREE_NODES:
+        raise ValueError(f"draft_tree={tree} has {nodes} nodes per row, more than the {MAX_TREE_NODES} a step can "
+                         f"usefully verify (it gains at most {len(tree) + 1} tokens, the target scores every node): "
+                         f"use a smaller tree, or draft_tree_budget=N (<= {MAX_TREE_NODES}) to keep a row's N "
+                         f"likeliest candidates")
+
+
 def check_models(*models, who: str = "specsampler.generate") -> None:
     """A ValueError naming an encoder-decoder model: speculative generation here continues a decoder-only LM's
     input ids (an encoder-decoder model would continue its encoder's input)."""
@@ -373,10 +394,14 @@ def check_models(*models, who: str = "specsampler.generate") -> None:
 
 def check_inputs(input_ids, attention_mask) -> torch.Tensor:
     """The [B, P] mask of left-padded prompts (None: all ones); a ValueError naming the argument for a wrong shape or
-    type, or unless every row ends with a token."""
+    type, for P = 0 (no last token to continue from), or unless every row ends with a token. B = 0 passes: the
+    result is then empty."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         raise ValueError(f"input_ids must be a [B, P] integer tensor, got "
                          f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids!r}")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must hold at least one token per row (got shape {tuple(input_ids.shape)}): "
+                         f"generation continues each row's last token")
     if attention_mask is None:
         return torch.ones_like(input_ids)
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:

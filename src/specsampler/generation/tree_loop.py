@@ -186,12 +186,29 @@ def start_tree_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Ten
                              settings.pad_token_id)
     check_tree_attention(draft)
     sampling = settings.sampling
+    if sampling is None or settings.draft_tree_sampling == "top":
+        _check_top_candidates(settings.draft_tree, vocab if processors is not None else min(vocab, _rows(draft)))
     draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
     drafter = TreeDraftModel(draft, input_ids.shape[0], settings.draft_tree, vocab, sampling,
                              settings.draft_tree_sampling, draft_rng, processors, settings.draft_tree_min_prob,
                              settings.draft_tree_budget)
     drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
     return drafter
+
+
+def _rows(model) -> int:
+    """The rows of a model's output layer (its config's vocab_size without one)."""
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
+
+
+def _check_top_candidates(branching: tuple[int, ...], vocab: int) -> None:
+    """A ValueError naming draft_tree when a level asks for more distinct top candidates per node than the `vocab`
+    ids they are chosen from (V' = min(V, the draft's), or V with logits processors); i.i.d. draws may repeat."""
+    for depth, c in enumerate(branching):
+        if c > vocab:
+            raise ValueError(f"draft_tree={branching} asks for {c} distinct top candidates per node at depth {depth}, "
+                             f"but the draft chooses among {vocab} tokens: each level can be at most {vocab} wide")
 
 
 def node_paths(tokens: torch.Tensor, parents: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
