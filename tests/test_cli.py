@@ -319,7 +319,8 @@ def test_tree_flags(models, capsys, drafter):
     res = json.loads(out)
     assert rc == 0 and res["outputs"][0]["token_ids"] == _plain_greedy(models["target"], PROMPT, 12)
     if drafter == "--draft":
-        assert res["draft_tree"] == [2, 2, 1] and res["num_draft_tokens"] == 3 and res["draft_tree_min_prob"] == 0.001
+        assert res["draft_tree"] == [2, 2, 1] and res["draft_tree_min_prob"] == 0.001
+        assert res["num_draft_tokens"] is None  # (the tree replaces it; its depth is the tree's length)
         assert res["stats"]["draft_forwards"] <= 3 * res["stats"]["target_forwards"]
     else:
         assert res["draft_tree"] is None and res["prompt_lookup_candidates"] == 3
@@ -507,6 +508,21 @@ BEFORE_LOAD = [  # (arguments after "generate --target T", the option the messag
     (["--prompt-lookup", "--prompt", "w5", "--context-overflow", "ignore"], "--context-overflow"),
     (["--prompt-lookup", "--prompts-file", "{tmp}/latin1.txt"], "--prompts-file"),
     (["--draft", "{tmp}/missing", "--prompt", "w5"], "--draft"),
+    # issue 29: tree option combinations, refused by the library's resolver before the load
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree-sampling", "iid"], "--draft-tree-sampling"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree-min-prob", "0.1"], "--draft-tree-min-prob"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--prompt-lookup-candidates", "3"],
+     "--prompt-lookup-candidates"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree", "3,2", "--verify-method", "block"],
+     "--verify-method"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree", "3,2", "--draft-tree-budget", "1"],
+     "--draft-tree-budget"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree", "3,2", "--num-draft-tokens", "4"],
+     "--draft-tree"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree", "3,2", "--schedule", "cost"], "--schedule"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree", "10,10,10,10"], "--draft-tree"),
+    (["--draft", "{tmp}/unloadable", "--prompt", "w5", "--draft-tree", "3,0"], "--draft-tree"),
+    (["--prompt-lookup", "--prompt", "w5", "--draft-tree", "3,2"], "--draft-tree"),
 ]
 
 
@@ -773,4 +789,7 @@ def test_compare_interleaved_medians(models, capsys):
     steady = dict(res["compare"], speedup_runs=[2.0, 2.1, 1.9], speedup=2.0, speedup_min=1.9, speedup_max=2.1)
     assert not any("disagree" in line for line in display.summary_lines(res | {"compare": steady}))
     busy = dict(steady, speedup_runs=[0.4, 2.0, 4.3], speedup_min=0.4, speedup_max=4.3)
-    assert "--threads 1" in display.summary_lines(res | {"compare": busy})[-1]
+    note = display.summary_lines(res | {"compare": busy})[-1]
+    assert "the timed runs disagree" in note and "--threads" not in note  # (it ran on one thread already)
+    four = dict(res, timings=dict(t, threads=4))
+    assert "--threads 1" in display.summary_lines(four | {"compare": busy})[-1]

@@ -245,13 +245,13 @@ def summary_lines(result: dict) -> list[str]:
         f"{s['draft_forwards']} draft forwards)",
     ]
     if result.get("compare"):
-        lines += compare_lines(result["compare"])
+        lines += compare_lines(result["compare"], t["threads"])
     return lines
 
 
-def compare_lines(c: dict) -> list[str]:
+def compare_lines(c: dict, threads: int) -> list[str]:
     """The summary's lines on plain ``target.generate`` (``--compare``): its speed, the speedup, and a note when the
-    timed runs disagree."""
+    timed runs disagree (advising ``--threads 1`` to a run on more than one of torch's `threads`)."""
     same = {True: "identical output", False: "OUTPUT DIFFERS", None: "sampled: outputs differ by chance"}
     speedup = format_spread(c["speedup_runs"], "{:.2f}", "x", "interleaved pairs") if c["speedup"] else "n/a"
     lines = [f"    plain target.generate: {c['new_tokens']} new tokens, "
@@ -259,6 +259,7 @@ def compare_lines(c: dict) -> list[str]:
              f"    -> speedup {speedup} ({same[c['identical']]})"]
     if c["speedup"] and c["speedup_min"] > 0 and c["speedup_max"] / c["speedup_min"] > UNSTEADY:
         lines.append(f"    note: the timed runs disagree (speedups {c['speedup_min']:.2f}x to "
-                     f"{c['speedup_max']:.2f}x): something else is using the CPU; on a busy machine torch's "
-                     "threads wait on each other, and --threads 1 gives steadier figures")
+                     f"{c['speedup_max']:.2f}x): something else is using the CPU"
+                     + ("; on a busy machine torch's threads wait on each other, and --threads 1 gives steadier "
+                        "figures" if threads > 1 else ""))
     return lines

@@ -10,19 +10,19 @@ import time
 import torch
 
 from .. import PromptLookupDrafter
-from ..generation.settings import Settings, resolve_settings
+from ..generation.settings import Settings
 from .compare import DEFAULT_REPEATS, comparison, rate, time_interleaved, timing
 from .display import Interrupted, emit, is_terminal, note, print_interrupted, warn
 from .errors import EXIT_INTERRUPTED, CLIError
 from .info import backend_choice
 from .models import check_vocab, load_model, require_transformers, resolve_model
 from .options import (
-    SPECULATIVE_FLAGS,
     check_context,
     check_options,
     given_options,
     option_flags,
     processor_options,
+    resolve_flags,
     speculative_options,
 )
 from .prompts import encode_prompts, read_prompts
@@ -108,23 +108,15 @@ def load_models(args, device: torch.device, prompts: list[str], say) -> Loaded:
 
 def resolve(args, loaded: Loaded) -> Settings:
     """The call's settings, resolved by the library from the options given (:func:`given_options`), the target's
-    generation config and transformers' defaults, as ``target.generate`` resolves them.
+    generation config and transformers' defaults, as ``target.generate`` resolves them (the flags alone were
+    resolved before the load: :func:`~specsampler.cli.options.resolve_flags`).
 
     Raises
     ------
     CLIError
-        Naming ``--target``: an option its generation config sets that specsampler refuses, or a model it cannot run;
-        naming the flag of a specsampler option the library refuses (``--draft-tree`` with ``--num-draft-tokens``).
+        Naming ``--target``: an option its generation config sets that specsampler refuses, or a model it cannot run.
     """
-    try:
-        return resolve_settings(loaded.target, prompt_width=max(map(len, loaded.rows)), draft=loaded.drafter,
-                                num_draft_tokens=args.num_draft_tokens, seed=args.seed,
-                                max_new_tokens=args.max_new_tokens, num_assistant_tokens_schedule=args.schedule,
-                                who="specsampler generate", **speculative_options(args), **given_options(args))
-    except (TypeError, ValueError) as exc:
-        flags = SPECULATIVE_FLAGS | {"num_assistant_tokens_schedule": "--schedule"}
-        named = max((n for n in flags if str(exc).startswith(n)), key=len, default=None)  # (draft_tree_sampling)
-        raise CLIError(flags.get(named, "--target"), str(exc)) from None
+    return resolve_flags(args, loaded.target, loaded.drafter, max(map(len, loaded.rows)))
 
 
 def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> Job:
@@ -216,7 +208,8 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
     n_new = sum(len(o) for o in outs)
     backend, why = backend_choice(device)
     return {
-        "target": loaded.target_label, "drafter": loaded.drafter_label, "num_draft_tokens": settings.num_draft_tokens,
+        "target": loaded.target_label, "drafter": loaded.drafter_label,
+        "num_draft_tokens": None if settings.draft_tree is not None else settings.num_draft_tokens,  # (its depth)
         "draft_tree": settings.draft_tree, "draft_tree_min_prob": settings.draft_tree_min_prob,
         "draft_tree_budget": settings.draft_tree_budget,
         "prompt_lookup_candidates": settings.lookup_candidates,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..generation.settings import check_option
+from ..generation.drafters import PromptLookupDrafter
+from ..generation.settings import Settings, check_option, resolve_settings
 from .display import warn
 from .errors import CLIError, first_line
 
@@ -48,8 +49,8 @@ def check_options(args) -> torch.device:
         raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
     if args.seed is not None and not 0 <= args.seed < 2**63:  # torch seeds 64-bit generators; batches add their row
         raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
-    _check_speculative(args)
     _check_run_options(args)
+    resolve_flags(args)  # every combination, by the library's resolver, before a model is loaded
     return resolve_device(args.device)
 
 
@@ -158,13 +159,44 @@ def speculative_options(args) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
-def _check_speculative(args) -> None:
-    """specsampler's own options, checked by the library's checks, the error naming the flag."""
-    for name, value in speculative_options(args).items():
-        try:
-            check_option(name, value)
-        except (TypeError, ValueError) as exc:
-            raise CLIError(SPECULATIVE_FLAGS[name], str(exc)) from None
+class UnloadedDraft:
+    """Stands for ``--draft``'s model in :func:`resolve_flags` before it is loaded (a draft model, not prompt
+    lookup: all the resolver asks of it)."""
+
+    config = None
+
+
+def resolve_flags(args, target=None, drafter=None, prompt_width: int | None = None) -> Settings:
+    """The call's settings from the flags, by the library's resolver
+    (:func:`specsampler.generation.settings.resolve_settings`, which ``specsampler.generate`` runs): with no models
+    yet (`target` None: the flags alone, ``--draft`` stood for by :class:`UnloadedDraft`), so that every value and
+    combination is checked before a model is loaded; then again with the loaded target and drafter, whose
+    generation config fills in the options the flags leave unset.
+
+    Raises
+    ------
+    CLIError
+        Naming the flag of the option at fault (``--draft-tree-sampling`` without ``--draft-tree``, ...); naming
+        ``--target`` for what its generation config sets and specsampler refuses, or a model it cannot run.
+    """
+    if drafter is None:
+        drafter = PromptLookupDrafter() if args.prompt_lookup else UnloadedDraft()
+    try:
+        return resolve_settings(target, prompt_width=prompt_width, draft=drafter,
+                                num_draft_tokens=args.num_draft_tokens, seed=args.seed,
+                                max_new_tokens=args.max_new_tokens, num_assistant_tokens_schedule=args.schedule,
+                                who="specsampler generate", **speculative_options(args), **given_options(args))
+    except (TypeError, ValueError) as exc:
+        raise CLIError(_flag_of(str(exc), "--target" if target is not None else "generate"), str(exc)) from None
+
+
+def _flag_of(message: str, fallback: str) -> str:
+    """The flag of the option a resolver message starts with (the longest name: draft_tree_sampling, not
+    draft_tree), else `fallback`."""
+    flags = SPECULATIVE_FLAGS | {"num_assistant_tokens_schedule": "--schedule"}
+    flags |= {name: _flag(name) for name in CHECKED}
+    named = max((n for n in flags if message.startswith(n)), key=len, default=None)
+    return flags.get(named, fallback)
 
 
 def processor_options(args) -> dict:

@@ -429,7 +429,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
 
     Parameters
     ----------
-    target : transformers.PreTrainedModel
+    target : transformers.PreTrainedModel or None
+        None: the options alone, without a model's generation config (the CLI checks its flags so before it loads
+        the models).
     generation_config : transformers.GenerationConfig, optional
         Options where no argument sets them, before ``target.generation_config``.
     prompt_width : int, optional
