@@ -56,9 +56,9 @@ def cmd_generate(args) -> int:
     int
         The exit status: 0, or 130 after Ctrl-C.
     """
+    hf_logging = require_transformers("generate").utils.logging  # (the options' resolver needs it too)
     device = check_options(args)
     prompts = read_prompts(args.prompt, args.prompts_file)
-    hf_logging = require_transformers("generate").utils.logging
     resolve_model(args.target, "--target")  # fail on a missing path before spending time on the other model
     if args.draft:
         resolve_model(args.draft, "--draft")
