@@ -5,7 +5,7 @@ from __future__ import annotations
 
 HONOURED, REFUSED, IRRELEVANT = "honoured", "refused", "irrelevant"
 
-#: Every attribute of transformers' ``GenerationConfig`` (4.57 to 5.24), as :func:`generate` treats it, with why.
+#: Every attribute of transformers' ``GenerationConfig`` (4.57 to 5.25), as :func:`generate` treats it, with why.
 #: ``honoured``: applied exactly as ``model.generate`` applies it. ``refused``: a value other than its default (or
 #: "off" value) raises a ValueError naming the option and where it came from (an argument, ``generation_config=``,
 #: ``target.generation_config``): it would change the output, and specsampler does not apply it. ``irrelevant``: it
