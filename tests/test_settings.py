@@ -117,6 +117,30 @@ def test_stop_strings_with_tokenizer_through_the_patch(models):
                                            **kw), ref)
 
 
+def test_stop_strings_with_tokenizer_through_custom_generate_without_the_patch(models):
+    """Issue 29, defect 3: custom_generate=speculative_generate with stop_strings= and tokenizer=, unpatched, equals
+    plain generate (it raised transformers' "could not locate a tokenizer": transformers drops tokenizer= on
+    the way to a custom_generate callable); another custom_generate callable is left as transformers treats it."""
+    target, draft = models
+    tok = char_tokenizer(V)
+    ids = _prompts()[:1]
+    specsampler.unpatch_transformers()
+    free = _plain(target, ids)
+    stop = tok.decode(free[0, ids.shape[1] + 3: ids.shape[1] + 5])
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8, eos_token_id=None,
+              pad_token_id=0, stop_strings=[stop], tokenizer=tok)
+    ref = target.generate(ids, **kw)
+    assert ref.shape[1] < free.shape[1]
+    out = target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, **kw)
+    assert torch.equal(out, ref)
+
+    def other(model, input_ids, tokenizer=None, **rest):  # a callable of someone else's
+        return input_ids
+
+    with pytest.raises(ValueError, match="could not locate a tokenizer"):
+        target.generate(ids, custom_generate=other, **kw)
+
+
 # -------------------------------------------------------------------------------- 5, 6, 7: options and their checks
 def test_numpy_seed(models):
     target, draft = models

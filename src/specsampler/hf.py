@@ -11,6 +11,11 @@
   :func:`unpatch_transformers` restores both; :func:`patched_transformers` is the context manager.
 - :func:`speculative_generate` is a callable for ``model.generate(..., custom_generate=speculative_generate,
   draft_model=draft)``: batched speculative decoding (:func:`specsampler.generate`) behind transformers' ``generate``.
+  transformers (4.57 to 5.25) drops ``tokenizer=`` on the way to a ``custom_generate`` callable and then refuses
+  ``stop_strings=`` for want of one; so reaching ``speculative_generate`` (``specsampler.speculative_generate``, or
+  importing it from here) first wraps ``GenerationMixin._extract_generation_mode_kwargs`` to keep the tokenizer the
+  caller passed, for this callable only (:func:`keep_tokenizer_for_speculative_generate`; every other call is left
+  as it is). That is the moment transformers is imported for it: ``import specsampler`` alone imports nothing.
 
 transformers is imported lazily: ``import specsampler`` does not need it.
 """
@@ -23,7 +28,8 @@ import inspect
 
 from ._api import verify
 
-__all__ = ["patch_transformers", "patched_transformers", "speculative_generate", "unpatch_transformers"]
+__all__ = ["keep_tokenizer_for_speculative_generate", "patch_transformers", "patched_transformers",  # noqa: F822
+           "speculative_generate", "unpatch_transformers"]  # (speculative_generate: reached through __getattr__)
 
 
 def _utils():
@@ -79,14 +85,10 @@ def _make_generate(original):
         if "kwargs" not in sig.parameters:
             return original(*args, **kwargs)
         extra = a.setdefault("kwargs", {})
-        if a.get("custom_generate") is speculative_generate:
-            _hand_over_stop_strings(a, extra)
-            return original(*bound.args, **bound.kwargs)
         if not _is_speculative(a, extra):
             return original(*args, **kwargs)
-        _hand_over_stop_strings(a, extra)
         extra["draft_model"], a["assistant_model"] = a.get("assistant_model"), None
-        a["custom_generate"] = speculative_generate
+        a["custom_generate"] = _speculative_generate
         if a.get("streamer") is not None:
             extra["token_streamer"], a["streamer"] = a["streamer"], None
         return original(*bound.args, **bound.kwargs)
@@ -106,26 +108,6 @@ def _is_speculative(a: dict, extra: dict) -> bool:
         extra.get("assistant_tokenizer") is None and not getattr(model.config, "is_encoder_decoder", False)
 
 
-def _hand_over_stop_strings(a: dict, extra: dict) -> None:
-    """transformers (5.25) drops ``tokenizer=`` on the way to a ``custom_generate`` callable and then refuses stop
-    strings for want of one: with a tokenizer, the stop strings (the call's, else its generation config's, else the
-    model's) become a StopStringCriteria among the stopping criteria, and stop_strings is cleared for transformers."""
-    tokenizer = extra.pop("tokenizer", None)
-    strings = extra.get("stop_strings")
-    for cfg in (a.get("generation_config"), a["self"].generation_config):
-        if strings is None and cfg is not None:
-            strings = getattr(cfg, "stop_strings", None)
-    if tokenizer is None or strings is None:
-        if tokenizer is not None:
-            extra["tokenizer"] = tokenizer
-        return
-    from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
-
-    criteria = StoppingCriteriaList(list(a.get("stopping_criteria") or []))
-    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=strings))
-    a["stopping_criteria"], extra["stop_strings"] = criteria, None
-
-
 def _mixin():
     from transformers.generation.utils import GenerationMixin
 
@@ -142,9 +124,12 @@ def patch_transformers() -> None:
     speculative decoding, and transformers' own assisted generation verify with :func:`specsampler.verify`.
 
     Idempotent: patching twice keeps one wrapper around each original. Options specsampler does not support
-    (``assistant_ensemble_weight``, an ``assistant_tokenizer``) go to the originals.
+    (``assistant_ensemble_weight``, an ``assistant_tokenizer``) go to the originals. ``stop_strings=`` with
+    ``tokenizer=`` work through :func:`keep_tokenizer_for_speculative_generate` (which :func:`unpatch_transformers`
+    leaves in place: it changes no other call).
     """
     utils = _utils()
+    keep_tokenizer_for_speculative_generate()  # (stop_strings= with tokenizer=; left in place by unpatch)
     if not is_patched():
         mixin = _mixin()
         mixin.generate = _make_generate(mixin.generate)
@@ -180,7 +165,7 @@ NO_DRAFTER = ("speculative_generate needs a drafter: pass draft_model=<the draft
               "generate(assistant_model=...) itself verify with specsampler")
 
 
-def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+def _speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                          draft_model=None, num_draft_tokens: int | None = None, seed: int | None = None,
                          token_streamer=None, tokenizer=None, verify_method: str | None = None, draft_tree=None,
                          draft_tree_sampling: str | None = None, draft_tree_min_prob: float | None = None,
@@ -227,8 +212,8 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
         callable, so it travels under this name; the patched ``generate`` passes it so): the prompt, then each
         step's tokens, then ``end()``.
     tokenizer : optional
-        Accepted for transformers' stop strings (the stopping criteria arrive prepared; the patched ``generate`` turns
-        ``stop_strings`` with ``tokenizer=`` into one, since transformers 5.25 does not hand the tokenizer over).
+        Accepted for transformers' stop strings (the stopping criteria arrive prepared, a StopStringCriteria among
+        them: transformers gets the tokenizer through :func:`keep_tokenizer_for_speculative_generate`).
     verify_method : {"token", "block"}, optional
         specsampler's own option, as in :func:`specsampler.generate` (``model.generate(..., verify_method="block")``
         hands it here, under the patch too). None: "token".
@@ -289,6 +274,56 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
 
         return GenerateDecoderOnlyOutput(sequences=out.sequences, scores=out.scores, logits=out.logits)
     return out.sequences
+
+
+_speculative_generate.__name__ = _speculative_generate.__qualname__ = "speculative_generate"
+
+
+def keep_tokenizer_for_speculative_generate() -> bool:
+    """Make transformers' ``generate`` hand ``tokenizer=`` to :func:`speculative_generate` (idempotent).
+
+    transformers (4.57 to 5.25) pops ``tokenizer`` from ``generate``'s keywords and, for a ``custom_generate``
+    callable, replaces what it popped by the callable's own keywords, so the tokenizer reaches neither the callable
+    nor transformers' own stopping criteria, which then refuse ``stop_strings``. The wrapper around
+    ``GenerationMixin._extract_generation_mode_kwargs`` puts the caller's tokenizer back when the callable is
+    :func:`speculative_generate` (any other call is left as transformers makes it): its StopStringCriteria is then
+    built as for ``target.generate(..., stop_strings=..., tokenizer=...)``.
+
+    Returns
+    -------
+    bool
+        Whether the wrapper is in place (False: transformers is not installed, or has no such method).
+    """
+    try:
+        from transformers.generation.utils import GenerationMixin
+    except ImportError:
+        return False
+    original = getattr(GenerationMixin, "_extract_generation_mode_kwargs", None)
+    if original is None:
+        return False
+    if getattr(original, "_specsampler_keeps_tokenizer", False):
+        return True
+
+    @functools.wraps(original)
+    def _extract_generation_mode_kwargs(self, custom_generate, kwargs, *args, **more):
+        tokenizer = kwargs.get("tokenizer") if custom_generate is _speculative_generate else None
+        out = original(self, custom_generate, kwargs, *args, **more)
+        if tokenizer is not None:
+            out.setdefault("tokenizer", tokenizer)
+        return out
+
+    _extract_generation_mode_kwargs._specsampler_keeps_tokenizer = True
+    GenerationMixin._extract_generation_mode_kwargs = _extract_generation_mode_kwargs
+    return True
+
+
+def __getattr__(name: str):
+    """``speculative_generate``, with transformers made to hand it ``tokenizer=`` first (PEP 562: this runs when the
+    name is reached, so ``import specsampler`` does not import transformers)."""
+    if name == "speculative_generate":
+        keep_tokenizer_for_speculative_generate()
+        return _speculative_generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _prepared_eos(cfg) -> list[int]:
