@@ -353,6 +353,21 @@ def test_refuses_what_it_cannot_apply(models, option):
         target.generate(ids, assistant_model=draft, **kw)
 
 
+def test_warper_values_get_the_resolvers_check_and_message(models):
+    """top_p=1.5: transformers builds no TopPLogitsWarper for top_p >= 1, so the value passed custom_generate and the
+    patched generate unchecked; now it gets specsampler.generate's check and message (issue 29, item 1)."""
+    target, draft = models
+    ids, mask = _prompts()
+    kw = dict(attention_mask=mask, max_new_tokens=4, pad_token_id=0, eos_token_id=None, do_sample=True, top_p=1.5)
+    message = r"^top_p must be a number in \[0, 1\] \(1: off\), got 1.5$"
+    with pytest.raises(ValueError, match=message):
+        specsampler.generate(target, draft, ids, **kw)
+    with pytest.raises(ValueError, match=message):
+        target.generate(ids, custom_generate=specsampler.speculative_generate, draft_model=draft, **kw)
+    with specsampler.patched_transformers(), pytest.raises(ValueError, match=message):
+        target.generate(ids, assistant_model=draft, **kw)
+
+
 # ------------------------------------------------------------------------------- the patched generate, any batch
 @pytest.mark.parametrize("drafter", ["assistant_model", "prompt_lookup_num_tokens"])
 def test_patched_generate_runs_batches(models, verify_calls, drafter):

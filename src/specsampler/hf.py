@@ -235,8 +235,10 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
     from .generation.api import run_streamed
     from .generation.processors import split_processors
     from .generation.settings import (
+        WARPER_OPTIONS,
         check_inputs,
         check_models,
+        check_option,
         refuse_unsupported,
         resolve_generation_options,
         resolve_settings,
@@ -256,6 +258,8 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
     # an option specsampler cannot apply is named first (before the processor it built), then the warpers' values go
     # to sample / verify and the other processors are applied position by position
     refuse_unsupported(resolve_generation_options(model, cfg), "speculative_generate")
+    for name in WARPER_OPTIONS:  # checked as specsampler.generate checks them, with its message (transformers builds
+        check_option(name, getattr(cfg, name, None))  # no warper for top_p >= 1: 1.5 would pass unchecked)
     processors, warpers = split_processors(logits_processor)
     settings = resolve_settings(model, cfg, prompt_width=input_ids.shape[1], draft=draft_model,
                                 num_draft_tokens=num_draft_tokens, seed=seed, verify_method=verify_method,

@@ -71,6 +71,9 @@ def _tree_min_prob(name: str, value) -> float | None:
     return value or None
 
 
+#: The sampling warpers' options (as transformers applies them: temperature, top-k, top-p, min-p).
+WARPER_OPTIONS = ("temperature", "top_k", "top_p", "min_p")
+
 #: The range check of each option that has one: name -> check(name, value) -> the normalised value.
 _CHECKS = {
     "max_new_tokens": lambda n, v: _checks.integer(n, v, 0),
