@@ -113,6 +113,16 @@ _OFF_VALUES = {
 }
 _NOT_QUANTIZED = {"cache_implementation": lambda v: "quantized" not in str(v)}
 
+#: The sampling warpers, in ``model.generate``'s order: option -> (transformers' class in ``logits_process``, whose
+#: attribute of the option's name holds the value; the value's type; whether a value makes ``model.generate`` build
+#: the warper). :func:`.outputs.warpers_of` builds them, :func:`.processors.split_processors` reads them back.
+WARPERS = {
+    "temperature": ("TemperatureLogitsWarper", float, lambda v: v != 1.0),
+    "top_k": ("TopKLogitsWarper", int, bool),
+    "top_p": ("TopPLogitsWarper", float, lambda v: v is not None and v < 1.0),
+    "min_p": ("MinPLogitsWarper", float, bool),
+}
+
 #: The options that make ``model.generate`` build a logits processor (applied by
 #: :class:`~.processors.PrefixProcessors`).
 PROCESSOR_OPTIONS = ("min_length", "min_new_tokens", "repetition_penalty", "encoder_repetition_penalty",

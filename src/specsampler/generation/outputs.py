@@ -20,26 +20,20 @@ from __future__ import annotations
 
 import torch
 
+from .options import WARPERS
+
 __all__ = ["ScoreRecorder", "make_recorder", "warpers_of"]
 
 
 def warpers_of(sampling: dict | None) -> list:
     """transformers' warpers for :attr:`Settings.sampling` (temperature, top_k, top_p, min_p), in ``model.generate``'s
-    order and with its conditions; [] when greedy."""
+    order and with its conditions (:data:`~.options.WARPERS`); [] when greedy."""
     if sampling is None:
         return []
     from transformers.generation import logits_process as lp
 
-    warpers = []
-    if sampling["temperature"] != 1.0:
-        warpers.append(lp.TemperatureLogitsWarper(sampling["temperature"]))
-    if sampling["top_k"]:
-        warpers.append(lp.TopKLogitsWarper(top_k=sampling["top_k"], min_tokens_to_keep=1))
-    if sampling["top_p"] is not None and sampling["top_p"] < 1.0:
-        warpers.append(lp.TopPLogitsWarper(top_p=sampling["top_p"], min_tokens_to_keep=1))
-    if sampling["min_p"]:
-        warpers.append(lp.MinPLogitsWarper(min_p=sampling["min_p"], min_tokens_to_keep=1))
-    return warpers
+    # (each built with its option's value alone: top-k, top-p and min-p keep at least 1 token, as generate's do)
+    return [getattr(lp, cls)(sampling[name]) for name, (cls, _, applies) in WARPERS.items() if applies(sampling[name])]
 
 
 class ScoreRecorder:

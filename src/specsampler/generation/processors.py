@@ -30,7 +30,7 @@ import copy
 import torch
 
 from .kv_cache import input_device
-from .options import PROCESSOR_OPTIONS
+from .options import PROCESSOR_OPTIONS, WARPERS
 
 __all__ = ["PrefixProcessors", "build_processors", "split_processors"]
 
@@ -54,17 +54,12 @@ UNSUPPORTED = {
 
 
 def _warper_options(proc) -> dict | None:
-    """The option a warper sets ({"temperature": T}, ...), None for anything else."""
+    """The option a warper sets ({"temperature": T}, ...; :data:`~.options.WARPERS`), None for anything else."""
     from transformers.generation import logits_process as lp
 
-    if isinstance(proc, lp.TemperatureLogitsWarper):
-        return {"temperature": float(proc.temperature)}
-    if isinstance(proc, lp.TopKLogitsWarper):
-        return {"top_k": int(proc.top_k)}
-    if isinstance(proc, lp.TopPLogitsWarper):
-        return {"top_p": float(proc.top_p)}
-    if isinstance(proc, lp.MinPLogitsWarper):
-        return {"min_p": float(proc.min_p)}
+    for name, (cls, kind, _) in WARPERS.items():
+        if isinstance(proc, getattr(lp, cls)):
+            return {name: kind(getattr(proc, name))}
     return None
 
 

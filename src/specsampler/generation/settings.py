@@ -21,7 +21,7 @@ from .. import _checks
 from .._api import METHODS
 from .drafters import PromptLookupDrafter
 from .inputs import check_inputs, check_models
-from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, global_defaults, is_off, same
+from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, WARPERS, global_defaults, is_off, same
 from .schedules import SCHEDULES
 from .trees import tree_size
 
@@ -72,8 +72,8 @@ def _tree_min_prob(name: str, value) -> float | None:
     return value or None
 
 
-#: The sampling warpers' options (as transformers applies them: temperature, top-k, top-p, min-p).
-WARPER_OPTIONS = ("temperature", "top_k", "top_p", "min_p")
+#: The sampling warpers' options, in transformers' order (:data:`~.options.WARPERS`).
+WARPER_OPTIONS = tuple(WARPERS)
 
 #: The range check of each option that has one: name -> check(name, value) -> the normalised value.
 _CHECKS = {
