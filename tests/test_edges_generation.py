@@ -4,6 +4,9 @@ large to pay off, and stop strings with a tokenizer (issue #29, defects 3-6)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -133,3 +136,20 @@ def test_tree_node_limit_counts_the_budget():
     assert resolve_settings(target, draft=target, draft_tree=edge, max_new_tokens=4).draft_tree == edge
     with pytest.raises(ValueError, match=f"{MAX_TREE_NODES + 1} nodes"):
         resolve_settings(target, draft=target, draft_tree=(MAX_TREE_NODES + 1,), max_new_tokens=4)
+
+
+# ------------------------------------------------------------------ defect 3: how speculative_generate gets tokenizer=
+def test_reaching_speculative_generate_keeps_the_tokenizer_and_only_then_imports_transformers():
+    """``import specsampler`` imports no transformers; reaching ``specsampler.speculative_generate`` (PEP 562) imports
+    it and wraps ``_extract_generation_mode_kwargs`` once, so that transformers hands the callable tokenizer=."""
+    code = ("import sys, specsampler\n"
+            "assert 'transformers' not in sys.modules\n"
+            "f = specsampler.speculative_generate\n"
+            "from transformers.generation.utils import GenerationMixin\n"
+            "wrapped = GenerationMixin._extract_generation_mode_kwargs\n"
+            "assert wrapped._specsampler_keeps_tokenizer\n"
+            "from specsampler.hf import speculative_generate\n"
+            "assert speculative_generate is f and f.__name__ == 'speculative_generate'\n"
+            "specsampler.patch_transformers()\n"
+            "assert GenerationMixin._extract_generation_mode_kwargs is wrapped  # (once)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
