@@ -93,12 +93,8 @@ def register() -> None:
 
 
 def _vllm_logger():
-    """vLLM's own logger (its handlers print in every process), else this module's."""
-    try:
-        from vllm.logger import init_logger
-    except ImportError:  # pragma: no cover - vLLM is installed when register() gets here
-        return _log
-    return init_logger("specsampler.vllm")
+    """A logger under vLLM's ``vllm`` logger, whose handlers print (with the process name) in every process."""
+    return logging.getLogger("vllm.specsampler")
 
 
 def _specsampler_version() -> str:
