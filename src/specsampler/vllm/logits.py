@@ -98,13 +98,13 @@ def min_p_values(sampling_metadata, batch: int) -> torch.Tensor | None:
     return None
 
 
-def mask_min_p(scores: torch.Tensor, temperature: torch.Tensor, min_p: torch.Tensor) -> None:
-    """vLLM's min-p on [B, R, V] scores in place (before top-k and top-p, vLLM's order): ids whose probability at
-    temperature T is below min_p times the largest become -inf. Greedy rows (T = 0) take T = 1 (argmax unchanged)."""
+def mask_min_p(scores: torch.Tensor, temperature: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """vLLM's min-p on [B, R, V] scores (before top-k and top-p, vLLM's order), as a new tensor: ids whose probability
+    at temperature T is below min_p times the largest become -inf. Greedy rows (T = 0) take T = 1 (argmax unchanged)."""
     t = torch.where(temperature > 0, temperature, 1.0).to(scores.dtype)[:, None, None]
     probs = torch.softmax(scores / t, dim=-1)
     cut = probs.amax(dim=-1, keepdim=True) * min_p.to(scores.dtype)[:, None, None]
-    scores.masked_fill_(probs < cut, float("-inf"))
+    return scores.masked_fill(probs < cut, float("-inf"))
 
 
 def processed_logits(rows: torch.Tensor, temperature, top_k, top_p, min_p, greedy: bool) -> torch.Tensor:

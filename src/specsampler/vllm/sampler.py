@@ -12,8 +12,9 @@ the target rows are warped by specsampler's torch warpers and verified by :func:
 as given. The output is vLLM's: int32 [B, K+1] with -1 placeholders, and vLLM's own logprobs of the emitted tokens
 (raw or processed, per its ``logprobs_mode``).
 
-The layout costs one copy of the B (K+1) processed rows into the [B, K+1, V] buffer (vLLM's own path copies the
-drafted and bonus rows out of ``logits`` as well, which the plugin does too, to apply the processors).
+When no request has anything to apply before sampling (the usual case), the logits are read as vLLM hands them: a
+view when every request has K drafts (no copy), else one gather of the B (K+1) rows. Otherwise the drafted and bonus
+rows are copied out of ``logits`` (as vLLM's own path does), processed, and copied into the [B, K+1, V] buffer.
 """
 
 from __future__ import annotations
@@ -73,6 +74,38 @@ def _scores(target: torch.Tensor, bonus: torch.Tensor, counts: list[int], k: int
         scores.index_copy_(0, target_dst.to(device, non_blocking=True), target)
     scores.index_copy_(0, bonus_dst.to(device, non_blocking=True), bonus)
     return scores.view(batch, k + 1, vocab)
+
+
+def _unprocessed(sm) -> bool:
+    """Whether no request has anything vLLM applies before sampling (penalties, bad words, allowed tokens, min-tokens,
+    logit bias, a thinking budget): then the logits go to verification as vLLM hands them."""
+    from vllm.v1.sample.logits_processor.builtin import LogitBiasLogitsProcessor, MinTokensLogitsProcessor
+
+    if sm.allowed_token_ids_mask is not None or sm.bad_words_token_ids or not sm.no_penalties:
+        return False
+    holder = sm.thinking_budget_state_holder
+    if holder is not None and holder.has_tracked_requests():
+        return False
+    for proc in sm.logitsprocs.non_argmax_invariant:
+        if isinstance(proc, MinTokensLogitsProcessor) and not proc.min_toks:
+            continue
+        if isinstance(proc, LogitBiasLogitsProcessor) and not proc.biases:
+            continue
+        return False
+    return True
+
+
+def _scores_unprocessed(logits: torch.Tensor, counts: list[int], k: int) -> torch.Tensor:
+    """[B, K+1, V] from vLLM's [num_tokens + B, V] logits (request b's rows at s_b .. s_b + n_b, drafted then bonus):
+    a view when every request has K drafts (no copy), else one gather of B (K+1) rows (positions past a request's
+    bonus row repeat it)."""
+    batch, vocab = len(counts), logits.shape[-1]
+    if all(n == k for n in counts):
+        return logits.view(batch, k + 1, vocab)
+    n = torch.tensor(counts, dtype=torch.int64)
+    starts = torch.cumsum(n + 1, 0) - (n + 1)
+    rows = starts[:, None] + torch.minimum(torch.arange(k + 1)[None, :], n[:, None])
+    return logits.index_select(0, rows.flatten().to(logits.device, non_blocking=True)).view(batch, k + 1, vocab)
 
 
 def _drafts(flat: torch.Tensor, counts: list[int], k: int, rows: int | None = None) -> torch.Tensor:
@@ -140,17 +173,21 @@ def forward(self, metadata, draft_probs, logits, sampling_metadata):
     counts = list(metadata.num_draft_tokens)
     batch, k = len(counts), metadata.max_spec_len
     want_logprobs = sm.max_num_logprobs is not None
-    keep_raw = want_logprobs and not self.is_processed_logprobs_mode
-    bonus_raw = logits[metadata.bonus_logits_indices].to(torch.float32)
-    target_raw = logits[metadata.target_logits_indices].to(torch.float32)
-    bonus = self.sampler.apply_logits_processors(bonus_raw.clone() if keep_raw else bonus_raw, sm,
-                                                 predict_bonus_token=True)
-    target = process_target_rows(self, target_raw.clone() if keep_raw else target_raw, sm, metadata)
-    scores = _scores(target, bonus, counts, k)
+    if _unprocessed(sm):  # nothing to apply before verification: read vLLM's logits as they are
+        scores = _scores_unprocessed(logits, counts, k)
+        target = bonus = None
+    else:
+        keep_raw = want_logprobs and not self.is_processed_logprobs_mode
+        bonus_raw = logits[metadata.bonus_logits_indices].to(torch.float32)
+        target_raw = logits[metadata.target_logits_indices].to(torch.float32)
+        bonus = self.sampler.apply_logits_processors(bonus_raw.clone() if keep_raw else bonus_raw, sm,
+                                                     predict_bonus_token=True)
+        target = process_target_rows(self, target_raw.clone() if keep_raw else target_raw, sm, metadata)
+        scores = _scores(target, bonus, counts, k)
     options = full = _options(sm, batch)
     temperature, top_k, top_p, min_p = options
     if min_p is not None and top_p is not None:  # vLLM applies min-p before top-k and top-p; specsampler after
-        mask_min_p(scores, temperature, min_p)
+        scores = mask_min_p(scores, temperature, min_p)
         options = (temperature, top_k, top_p, None)
     drafts = _drafts(metadata.draft_token_ids.to(torch.int64), counts, k)
     seeds = row_seeds(sm.generators, batch, logits.device)
@@ -158,10 +195,11 @@ def forward(self, metadata, draft_probs, logits, sampling_metadata):
     tokens = result.tokens.to(device=logits.device, dtype=torch.int32)
     logprobs_tensors = None
     if want_logprobs:
+        if target is None or not self.is_processed_logprobs_mode:  # raw (or nothing was processed)
+            target = logits[metadata.target_logits_indices].to(torch.float32)
+            bonus = logits[metadata.bonus_logits_indices].to(torch.float32)
         if self.is_processed_logprobs_mode:
             target, bonus = _processed(target, bonus, counts, sm, full)
-        else:
-            target, bonus = target_raw, bonus_raw
         logprobs_tensors = self._get_logprobs_tensors(sm.max_num_logprobs, metadata, logits, target, bonus, tokens)
     return SamplerOutput(sampled_token_ids=tokens, logprobs_tensors=logprobs_tensors)
 
