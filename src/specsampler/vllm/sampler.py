@@ -173,7 +173,7 @@ def forward(self, metadata, draft_probs, logits, sampling_metadata):
     counts = list(metadata.num_draft_tokens)
     batch, k = len(counts), metadata.max_spec_len
     want_logprobs = sm.max_num_logprobs is not None
-    if _unprocessed(sm):  # nothing to apply before verification: read vLLM's logits as they are
+    if logits.shape[0] == sum(counts) + batch and _unprocessed(sm):  # nothing to apply: vLLM's logits as they are
         scores = _scores_unprocessed(logits, counts, k)
         target = bonus = None
     else:
