@@ -147,3 +147,15 @@ def test_probabilistic_drafts(probabilistic_llm, plain_llm, spy):
     outs = probabilistic_llm.generate(PROMPTS[:2], sampled, use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 32 for o in outs)
     assert spy.calls > calls and spy.accepted > accepted  # SmolLM2 drafting for itself: most drafts accepted
+
+
+def test_penalties_and_bad_words_equal_vllm_without_speculation(ngram_llm, plain_llm, spy):
+    """vLLM's repetition / presence / frequency penalties and bad words at drafted positions, each with its prefix:
+    greedy output equals vLLM's without speculation."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=48, repetition_penalty=1.2, presence_penalty=0.3,
+                            frequency_penalty=0.2, bad_words=["banana"], ignore_eos=True)
+    ours = _token_ids(ngram_llm.generate(PROMPTS, params, use_tqdm=False))
+    assert ours == _token_ids(plain_llm.generate(PROMPTS, params, use_tqdm=False))
+    assert spy.drafts > 0
