@@ -29,12 +29,14 @@ _POSITIVE = (0.0, math.inf)
 
 
 def _verify_method(name: str, value) -> str:
-    """`value` if it is one of :data:`specsampler._api.METHODS` ("token", "block"), else a ValueError naming `name`
-    (a TypeError-and-ValueError for a non-string)."""
+    """`value` if it is one of :data:`specsampler._api.METHODS` ("token", "block") or "traversal" (Traversal
+    Verification of trees; block verification of chains, the same rule there), else a ValueError naming `name` (a
+    TypeError-and-ValueError for a non-string)."""
     if not isinstance(value, str):
-        raise _checks.OptionTypeError(f"{name} must be 'token' or 'block', got {value!r} ({type(value).__name__})")
-    if value not in METHODS:
-        raise ValueError(f"{name} must be 'token' or 'block', got {value!r}")
+        raise _checks.OptionTypeError(f"{name} must be 'token', 'block' or 'traversal', got {value!r} "
+                                      f"({type(value).__name__})")
+    if value not in METHODS + ("traversal",):
+        raise ValueError(f"{name} must be 'token', 'block' or 'traversal', got {value!r}")
     return value
 
 
@@ -49,10 +51,10 @@ def _draft_tree(name: str, value) -> tuple[int, ...]:
 
 
 def _tree_sampling(name: str, value) -> str:
-    """`value` if it is "top" or "iid", else an error naming `name`."""
-    if not isinstance(value, str) or value not in ("top", "iid"):
+    """`value` if it is "top", "iid" or "without_replacement", else an error naming `name`."""
+    if not isinstance(value, str) or value not in ("top", "iid", "without_replacement"):
         error = ValueError if isinstance(value, str) else _checks.OptionTypeError
-        raise error(f"{name} must be 'top' or 'iid', got {value!r}")
+        raise error(f"{name} must be 'top', 'iid' or 'without_replacement', got {value!r}")
     return value
 
 
@@ -336,10 +338,11 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
     if tree is None and given_min_prob is not None:
         raise ValueError(f"draft_tree_min_prob={given_min_prob!r} prunes a draft_tree: it needs draft_tree= (the "
                          f"branching per depth)")
-    if budget is not None and (tree is None or budget < len(tree) or sampling == "iid"):
+    if budget is not None and (tree is None or budget < len(tree) or sampling in ("iid", "without_replacement")):
         why = ("caps a draft_tree: it needs draft_tree=" if tree is None else
-               "caps a tree of top candidates: not with draft_tree_sampling='iid' (a cap would drop i.i.d. draws)"
-               if sampling == "iid" else f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
+               f"caps a tree of top candidates: not with draft_tree_sampling={sampling!r} (a cap would drop draws)"
+               if sampling in ("iid", "without_replacement") else
+               f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
         raise ValueError(f"draft_tree_budget={budget} {why}")
     if tree is not None:
         for name, value in (("num_draft_tokens", num_draft_tokens), ("num_assistant_tokens", num_assistant_tokens)):
@@ -353,9 +356,9 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
                          f"PromptLookupDrafter); a draft model takes draft_tree=")
     name = "draft_tree" if tree is not None else f"prompt_lookup_num_candidates={m}"
     if tree is not None or (m or 1) > 1:
-        if verify_method is not None:
+        if verify_method == "block":
             raise ValueError(f"verify_method={verify_method!r} does not apply with {name}: a token tree is verified "
-                             f"by its own rule (specsampler.verify_tree)")
+                             f"by specsampler.verify_tree ('token' or 'traversal')")
         if schedule != "constant" and tree is not None:  # (a lookup trie's depth is K, which a schedule can vary)
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a draft tree "
                              f"has a fixed shape (only 'constant')")
