@@ -425,3 +425,19 @@ def test_bad_rules_are_refused_by_name():
     with pytest.raises(ValueError, match="draft_sampling='without_replacement' has no Triton kernel"):
         specsampler.verify_tree(target, tokens, parents, target, draft_sampling="without_replacement",
                                 backend="triton")
+
+
+def test_no_nodes_and_empty_batches(device):
+    """N = 0: the next token from p at the root; B = 0: empty outputs (logprobs too)."""
+    none = torch.empty(3, 0, dtype=torch.int64, device=device)
+    target = torch.full((3, 1, 6), float("-inf"), device=device)
+    target[:, 0, 4] = 0.0  # p is the point mass at 4
+    for draft in (None, torch.randn(3, 1, 6, device=device)):
+        for sampling in ("iid", "without_replacement"):
+            res = specsampler.verify_tree(target, none, none, draft, seed=0, method="traversal",
+                                          draft_sampling=sampling, return_logprobs=True)
+            assert res.tokens.tolist() == [[4]] * 3 and res.num_accepted.tolist() == [0] * 3
+            assert tuple(res.path.shape) == (3, 0) and res.logprobs.tolist() == [[0.0]] * 3
+    empty = specsampler.verify_tree(torch.randn(0, 3, 6, device=device), none[:0, :2].new_empty(0, 2),
+                                    none.new_empty(0, 2), max_depth=2, method="traversal", return_logprobs=True)
+    assert [tuple(t.shape) for t in empty] == [(0, 3), (0,), (0, 2), (0, 3)]

@@ -229,7 +229,7 @@ def speculative_generate(model, input_ids, logits_processor=None, stopping_crite
     tokenizer : optional
         Accepted for transformers' stop strings (the stopping criteria arrive prepared; the patched ``generate`` turns
         ``stop_strings`` with ``tokenizer=`` into one, since transformers 5.25 does not hand the tokenizer over).
-    verify_method : {"token", "block"}, optional
+    verify_method : {"token", "block", "traversal"}, optional
         specsampler's own option, as in :func:`specsampler.generate` (``model.generate(..., verify_method="block")``
         hands it here, under the patch too). None: "token".
     draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates : optional

@@ -124,14 +124,16 @@ class Settings:
     drafter : object
         The draft model or PromptLookupDrafter of the call (None where the caller brings its own).
     verify_method : str
-        "token" or "block": :func:`specsampler.verify`'s ``method`` at every step (greedy rows are the same either way).
+        "token", "block" or "traversal": the rule at every step (greedy rows are the same either way; "traversal"
+        verifies trees by Traversal Verification, chains by block verification).
     output_scores, output_logits : bool
         Whether the call keeps each new token's scores, raw logits (:class:`~.outputs.ScoreRecorder`).
     draft_tree : tuple of int or None
         Children per node at each depth of the draft model's token tree (:mod:`.tree_loop`); None: chains.
         ``num_draft_tokens`` is its depth then.
     draft_tree_sampling : str
-        "top" (the draft's top tokens) or "iid" (i.i.d. draws; greedy runs take the top tokens).
+        "top" (the draft's top tokens), "iid" (i.i.d. draws) or "without_replacement" (draws without replacement;
+        greedy runs take the top tokens).
     draft_tree_min_prob : float or None
         Confidence pruning of the draft tree (:func:`.trees.expand_tree`'s ``min_prob``): nodes whose path
         probability under the draft is below it are not expanded (with "top" candidates, not kept); None: the full
@@ -418,14 +420,16 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     num_draft_tokens, num_assistant_tokens : int, optional
         K under specsampler's and transformers' names.
     seed : int, optional
-    verify_method : {"token", "block"}, optional
+    verify_method : {"token", "block", "traversal"}, optional
         specsampler's own option (transformers has none): how each step's drafts are verified
-        (:func:`specsampler.verify`'s ``method``). None: "token".
+        (:func:`specsampler.verify`'s ``method``; "traversal": trees by Traversal Verification, chains by block
+        verification). None: "token".
     draft_tree : tuple or list of int, optional
         specsampler's own: the draft model's token tree, children per node at each depth (its length the depth; it
-        replaces num_draft_tokens; verify_method and schedules other than "constant" are refused with it).
-    draft_tree_sampling : {"top", "iid"}, optional
-        The tree's candidates: the draft's top tokens ("top", None) or i.i.d. draws ("iid"). Needs draft_tree.
+        replaces num_draft_tokens; verify_method="block" and schedules other than "constant" are refused with it).
+    draft_tree_sampling : {"top", "iid", "without_replacement"}, optional
+        The tree's candidates: the draft's top tokens ("top", None), i.i.d. draws ("iid") or draws without
+        replacement ("without_replacement"). Needs draft_tree.
     draft_tree_min_prob : float, optional
         specsampler's own: confidence pruning of draft_tree, a number in [0, 1] (None or 0: the full tree). Needs
         draft_tree.
