@@ -97,8 +97,10 @@ def _codes(tokens, length):
     return code
 
 
-def _emit_three(tables, rows, seed, branching, *, sampling="iid", method="traversal", warp=None, device="cpu"):
-    """Verify trees until every row has 3 tokens: [rows, 3] tokens and the first call's accepted depths."""
+def _emit_three(tables, rows, seed, branching, *, sampling="iid", method="traversal", warp=None, device="cpu",
+                ragged=False):
+    """Verify trees until every row has 3 tokens: [rows, 3] tokens and the first call's accepted depths. `ragged`:
+    each row keeps a random number of its nodes (breadth-first, so a tree), drawn before the tokens."""
     warp = warp or {}
     g = torch.Generator().manual_seed(seed)
     out = torch.full((rows, 8), -1, dtype=torch.int64)
@@ -111,9 +113,11 @@ def _emit_three(tables, rows, seed, branching, *, sampling="iid", method="traver
         tokens, codes, parents = _draft_trees(tables, _codes(out[active], length[active]), length[active],
                                               branching, g, sampling, warp)
         target = tables[0][codes].to(device)
+        nodes = torch.randint(0, tokens.shape[1] + 1, (active.numel(),), generator=g).to(device) if ragged else None
         draft = None if sampling == "top" else tables[1][codes].to(device)
         res = specsampler.verify_tree(target, tokens.to(device), parents.expand(active.numel(), -1).contiguous()
-                                      .to(device), draft, seed=seed * 100 + call, method=method, backend="torch",
+                                      .to(device), draft, num_nodes=nodes, seed=seed * 100 + call, method=method,
+                                      backend="torch",
                                       draft_sampling="without_replacement" if sampling == "wor" else "iid", **warp)
         res = type(res)(*(t.cpu() for t in res))
         if first is None:
@@ -136,15 +140,16 @@ def _target_joint(tables, warp):
 
 
 JOINT_CASES = [("traversal", s, w) for s in ("iid", "wor") for w in ("plain", "top-k", "top-p")]
-JOINT_CASES += [("traversal", "top", "plain"), ("token", "wor", "plain"), ("token", "wor", "top-p")]
-WARPS = {"plain": {}, "top-k": dict(top_k=3), "top-p": dict(top_p=0.8)}
+JOINT_CASES += [("traversal", "top", "plain"), ("token", "wor", "plain"), ("token", "wor", "top-p"),
+                ("traversal", "iid", "ragged"), ("traversal", "wor", "ragged")]
+WARPS = {"plain": {}, "top-k": dict(top_k=3), "top-p": dict(top_p=0.8), "ragged": {}}
 
 
 @pytest.mark.parametrize("method,sampling,warp", JOINT_CASES, ids=["-".join(c) for c in JOINT_CASES])
 def test_joint_of_three_tokens_is_the_targets(method, sampling, warp, device):
     tables = _tables(seed=1)
     tokens, _ = _emit_three(tables, 20000, seed=2, branching=(2, 2), sampling=sampling, method=method,
-                            warp=WARPS[warp], device=device)
+                            warp=WARPS[warp], device=device, ragged=warp == "ragged")
     assert bool(((tokens >= 0) & (tokens < V)).all())
     cells = tokens[:, 0] * V * V + tokens[:, 1] * V + tokens[:, 2]
     p_value = chi2_pvalue(torch.bincount(cells, minlength=V**3), _target_joint(tables, WARPS[warp]).float())
