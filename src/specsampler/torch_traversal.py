@@ -185,15 +185,38 @@ class _Traversal:
         weight = torch.clamp(self.alpha[self.rows, v + 1] * ratio, max=1.0)
         self.alpha[self.rows, c + 1] = torch.where(on, weight, self.alpha[self.rows, c + 1])
 
-    def descend(self, start, on, levels):
-        """From the nodes `start` [B] (-1: the root) down their first children: the leaves reached, entered."""
-        node = start
-        for _ in range(levels):
-            child = self.first_child[self.rows, node + 1]
-            go = on & (child >= 0)
-            self.enter(child, go)
-            node = torch.where(go, child, node)
-        return node
+    def chains(self, levels):
+        """Each node's first-child chain below it [B, N+1, levels] (column v + 1 for node v; -1 past its leaf), and
+        each node's weight ratio p_v(x_c) / Q_c(x_c) as a first child c, whose parent v is fresh then [B, N]."""
+        batch, n_plus_1 = self.alpha.shape
+        links = [self.first_child]
+        for _ in range(1, levels):
+            below = self.first_child.gather(1, (links[-1] + 1).clamp(min=0))
+            links.append(torch.where(links[-1] >= 0, below, -1))
+        self.chain = torch.stack(links, dim=2) if levels else self.first_child.new_zeros(batch, n_plus_1, 0)
+        parents = self.a.clamp(min=-1, max=n_plus_1 - 2)
+        p_x = self.p.reshape(batch, -1).gather(1, (parents + 1) * self.p.shape[2] + self.xs)
+        q_x = torch.ones_like(p_x) if self.q_at is None else torch.where(self.q_at > 0, self.q_at, 1.0)
+        self.fresh_ratio = torch.where(self.valid, p_x / q_x, 0.0)
+
+    def descend(self, start, on):
+        """From the nodes `start` [B] (-1: the root), entered, down their first children (each the first child of a
+        fresh node: alpha_c = min(1, alpha_v p_v(x_c) / Q_c(x_c))): the leaves reached."""
+        chain = self.chain[self.rows, start + 1]  # [B, levels]
+        if chain.shape[1] == 0:
+            return start
+        ratio = self.fresh_ratio.gather(1, chain.clamp(min=0))
+        weight, weights = self.alpha[self.rows, start + 1], []
+        for k in range(chain.shape[1]):
+            weight = torch.clamp(weight * ratio[:, k], max=1.0)
+            weights.append(weight)
+        there = on[:, None] & (chain >= 0)
+        columns = torch.where(there, chain + 1, 0)  # (column 0, the root's, is written back unchanged)
+        old = self.alpha.gather(1, columns)
+        self.alpha.scatter_(1, columns, torch.where(there, torch.stack(weights, dim=1), old))
+        depth = there.sum(dim=1)
+        leaf = chain.gather(1, (depth - 1).clamp(min=0)[:, None])[:, 0]
+        return torch.where(depth > 0, leaf, start)
 
     def reject(self, c, on):
         """Delete the nodes c [B] where `on`: their parents' alpha, P and removed ids updated."""
@@ -235,7 +258,8 @@ class _Traversal:
         """The accepted node [B] (-1: the root) and the distribution [B, V] (unnormalised) to draw the next from."""
         batch, n = self.a.shape
         everyone = torch.ones(batch, dtype=torch.bool, device=self.a.device)
-        node = self.descend(torch.full_like(self.rows, -1), everyone, levels)
+        self.chains(levels)
+        node = self.descend(torch.full_like(self.rows, -1), everyone)
         done = node < 0
         found = torch.full_like(self.rows, -1)
         for _ in range(n):
@@ -249,7 +273,7 @@ class _Traversal:
             sibling = self.next_sibling[self.rows, c]
             across = drop & (sibling >= 0)
             self.enter(sibling, across)
-            leaf = self.descend(torch.where(across, sibling, -1), across, levels)
+            leaf = self.descend(torch.where(across, sibling, -1), across)
             up = drop & (sibling < 0)
             parent = self.a[self.rows, c]
             node = torch.where(across, leaf, torch.where(up, parent, node))
