@@ -43,11 +43,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--late-scale", type=float, default=0.02,
+                   help="bench_generate's --late-scale (default 0.02, its default; larger: less agreement)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     margs = argparse.Namespace(vocab=8192, hidden=768, heads=12, layers=12, draft_layers=1, head_scale=4.0,
-                               late_scale=0.02, device="cpu", dtype=torch.float32)
+                               late_scale=args.late_scale, device="cpu", dtype=torch.float32)
     target, draft = build_models(margs)
     ids, mask = make_prompts(args.prompts, margs.vocab, 16, 48)
     rows = []
@@ -59,7 +61,8 @@ def main():
                 for method, sampling in CONFIGS:
                     tokens, steps, accepted = run(target, draft, ids, mask, batch, method, sampling, warp,
                                                   args.new_tokens, seed=100)
-                    rows.append(dict(sampling_options=wname, batch=batch, method=method, candidates=sampling,
+                    rows.append(dict(late_scale=args.late_scale, sampling_options=wname, batch=batch, method=method,
+                                     candidates=sampling,
                                      new_tokens=tokens, row_steps=steps, accepted=accepted,
                                      tokens_per_forward=round((accepted + steps) / steps, 4)))
                     print(rows[-1], flush=True)
