@@ -36,8 +36,11 @@ draws below it).
   float32 operations on the same uniforms (node i's u[i] is block's eta_{i+1}, u[N] draws the next token), so the
   tokens are equal.
 - Point-mass candidates (``draft_logits=None``, such as the draft's top tokens): each node's Q_c is the point mass at
-  x_c, a (trivially independent) draw from it; the claim above holds as is, so traversal runs on them too (no fallback
-  to the token rule is needed). So where the draft gives x_c no probability (the convention of both other rules).
+  x_c, where x_c is a function of its path and its rank (not of any random draw), so c is a draw from Q_c that does
+  not depend on the walk; the claim holds as is, and traversal runs on them too (no fallback to the token rule is
+  needed). A node whose draft row gives x_c no probability is treated the same way (the convention of the token
+  rule and of block verification); with candidates drawn without replacement this covers the ids that fill a node's
+  slots once the warped draft has no mass left (chosen from the draft row alone, lowest id first).
 - Without replacement: the children of v are drawn one after another from q_v with the earlier siblings' tokens
   removed (Gumbel-top-k gives this order); Q_c is then q_v without the earlier siblings' tokens, renormalised, which
   depends on the earlier siblings' tokens only: the claim covers it (Jeon et al., arXiv 2402.14160, for the token
