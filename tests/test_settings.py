@@ -310,7 +310,7 @@ def test_verify_method_refused_by_name(models, value):
     """A bad verify_method raises a ValueError naming the option, at every entry point, before any step runs."""
     target, draft = models
     ids = _prompts()
-    with pytest.raises(ValueError, match="verify_method must be 'token' or 'block'"):
+    with pytest.raises(ValueError, match="verify_method must be 'token', 'block' or 'traversal'"):
         resolve_settings(target, draft=draft, verify_method=value, max_new_tokens=4)
     with pytest.raises(ValueError, match="verify_method"):
         specsampler.generate(target, draft, ids, verify_method=value, **KW)

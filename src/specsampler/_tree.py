@@ -24,7 +24,11 @@ from ._api import (
     _warp,
 )
 from .torch_backend import GREEDY_BELOW
+from .torch_block import emitted_logprobs
+from .torch_traversal import DRAFT_SAMPLINGS, verify_tree_rule_torch
 from .torch_tree import tree_depths, verify_tree_torch
+
+TREE_METHODS = ("token", "traversal")
 
 
 class TreeResult(NamedTuple):
@@ -45,9 +49,21 @@ class TreeResult(NamedTuple):
     path: torch.Tensor
 
 
+class TreeLogprobsResult(NamedTuple):
+    """Output of :func:`verify_tree` with ``return_logprobs=True``: :class:`TreeResult` and ``logprobs`` [B, D+1]
+    float32, each emitted token's log-probability under the target at its position (as :func:`specsampler.verify`'s;
+    0 at padding)."""
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+    path: torch.Tensor
+    logprobs: torch.Tensor
+
+
 def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, num_nodes=None, temperature=1.0,
                 top_k=None, top_p=None, min_p=None, seed=None, generator=None, backend="auto",
-                max_depth=None) -> TreeResult:
+                max_depth=None, method="token", draft_sampling="iid",
+                return_logprobs=False) -> TreeResult | TreeLogprobsResult:
     """Verify a tree of drafted candidates per row: the deepest accepted path, then one more token.
 
     At the current node (the root first) with residual r (the target's warped p there), each child x in node order is
@@ -57,6 +73,11 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
     tokens follow p exactly when each node's children are i.i.d. draws from its q (SpecInfer's multi-step
     speculative sampling) or point masses (any deterministic choice, such as the draft's top tokens). A chain is
     token verification; greedy rows (T = 0) follow the child equal to argmax p.
+
+    ``method="traversal"``: Traversal Verification (Weng et al., NeurIPS 2025, arXiv 2505.12398), which tests the nodes
+    from the leaves up on sequence-level weights (``specsampler.torch_traversal`` states the rule and its proof): as
+    exact, on a chain exactly :func:`specsampler.verify`'s ``method="block"``, and it keeps paths below a rejected
+    node that the token rule discards. Torch backend only ("auto" picks it on CUDA too).
 
     Parameters
     ----------
@@ -84,21 +105,34 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
     max_depth : int, optional
         The output width D: nodes deeper than it are never reached. None: the deepest path of the trees (one host
         synchronisation on CUDA; pass it under CUDA-graph capture).
+    method : {"token", "traversal"}
+        The rule: "token" as above, "traversal" Traversal Verification (torch backend; "auto" picks torch for it).
+    draft_sampling : {"iid", "without_replacement"}
+        How each node's children were drawn from its draft row: "iid", or "without_replacement" (one after another,
+        each without the earlier siblings' tokens: Gumbel-top-k), verified with Q the draft's row without the earlier
+        siblings' tokens, renormalised (Jeon et al., arXiv 2402.14160; torch backend). Nothing changes for point-mass
+        candidates (``draft_logits=None``).
+    return_logprobs : bool
+        Also return the emitted tokens' log-probabilities (:class:`TreeLogprobsResult`).
 
     Returns
     -------
-    TreeResult
-        ``tokens`` [B, D+1], ``num_accepted`` [B] and ``path`` [B, D], int64.
+    TreeResult or TreeLogprobsResult
+        ``tokens`` [B, D+1], ``num_accepted`` [B] and ``path`` [B, D], int64; ``logprobs`` [B, D+1] float32 too
+        with `return_logprobs`.
     """
     return _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes=num_nodes,
                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                        generator=generator, backend=backend, max_depth=max_depth)
+                        generator=generator, backend=backend, max_depth=max_depth, method=method,
+                        draft_sampling=draft_sampling, return_logprobs=return_logprobs)
 
 
 def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, num_nodes=None, temperature=1.0,
                  top_k=None, top_p=None, min_p=None, seed=None, generator=None, backend="auto", max_depth=None,
-                 hooks: Hooks = NO_HOOKS) -> TreeResult:
+                 method="token", draft_sampling="iid", return_logprobs=False,
+                 hooks: Hooks = NO_HOOKS) -> TreeResult | TreeLogprobsResult:
     """:func:`verify_tree`, with the `hooks` only ``specsampler._testing`` sets ([B, N] uniforms, [B, V] noise)."""
+    _check_rule(method, draft_sampling, return_logprobs)
     _check_scores("target_logits", target_logits, None, None)
     batch, n_plus_1, vocab = target_logits.shape
     device = target_logits.device
@@ -121,7 +155,8 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
     if max_depth is not None and (not isinstance(max_depth, numbers.Integral) or isinstance(max_depth, bool)
                                   or max_depth < 0):
         raise ValueError(f"max_depth must be None or an integer >= 0, got {max_depth!r}")
-    backend = _pick_backend(backend, device)
+    special = method == "traversal" or (draft_sampling == "without_replacement" and draft_logits is not None)
+    backend = _tree_backend(backend, device, method, draft_sampling if special else "iid")
     seed = _seed(seed, generator, batch, device)
     if hooks is not NO_HOOKS:
         _check_hooks(hooks, batch, n, vocab, device)
@@ -129,7 +164,22 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
     if batch == 0:
         width = 0 if max_depth is None else int(max_depth)
         empty = torch.empty(0, width + 1, dtype=torch.int64, device=device)
-        return TreeResult(empty, torch.empty(0, dtype=torch.int64, device=device), empty[:, :width])
+        out = TreeResult(empty, torch.empty(0, dtype=torch.int64, device=device), empty[:, :width])
+        return _with_logprobs(out, target_logits, temperature, warp) if return_logprobs else out
+    out = _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, hooks, warp,
+                    max_depth, backend, method if special else None, draft_sampling == "without_replacement")
+    return _with_logprobs(out, target_logits, temperature, warp) if return_logprobs else out
+
+
+def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, hooks, warp,
+              max_depth, backend, rule, without_replacement) -> TreeResult:
+    """The chosen backend and rule (None: the token rule on i.i.d. or point-mass candidates) on validated
+    arguments."""
+    if rule is not None:
+        return TreeResult(*verify_tree_rule_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
+                                                  temperature, seed, hooks.uniforms, hooks.noise, warp,
+                                                  None if max_depth is None else int(max_depth), method=rule,
+                                                  without_replacement=without_replacement))
     if backend == "triton":
         if max_depth is None:  # the deepest path of the trees: one host synchronisation on CUDA
             depth = tree_depths(tree_parents, num_nodes)
@@ -140,6 +190,35 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
     return TreeResult(*verify_tree_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
                                          temperature, seed, hooks.uniforms, hooks.noise, warp,
                                          None if max_depth is None else int(max_depth)))
+
+
+def _check_rule(method, draft_sampling, return_logprobs) -> None:
+    if method not in TREE_METHODS:
+        raise ValueError(f"method must be 'token' or 'traversal', got {method!r}")
+    if draft_sampling not in DRAFT_SAMPLINGS:
+        raise ValueError(f"draft_sampling must be 'iid' or 'without_replacement', got {draft_sampling!r}")
+    if not isinstance(return_logprobs, bool):
+        raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
+
+
+def _tree_backend(backend, device: torch.device, method: str, draft_sampling: str) -> str:
+    """The backend: "auto" picks torch where the rule has no kernel; "triton" is refused there, by name."""
+    if backend == "triton" and method == "traversal":
+        raise ValueError("method='traversal' has no Triton kernel yet; use backend='torch' (or 'auto')")
+    if backend == "triton" and draft_sampling == "without_replacement":
+        raise ValueError("draft_sampling='without_replacement' has no Triton kernel yet; use backend='torch' "
+                         "(or 'auto')")
+    picked = _pick_backend(backend, device)
+    return "torch" if method == "traversal" or draft_sampling == "without_replacement" else picked
+
+
+def _with_logprobs(out: TreeResult, target_logits, temperature, warp) -> TreeLogprobsResult:
+    """Each emitted token's log-probability: the target's row of its position (the root, then the path's nodes)."""
+    batch, width = out.tokens.shape
+    rows = torch.cat([torch.zeros(batch, 1, dtype=torch.int64, device=out.path.device), out.path.clamp(min=-1) + 1],
+                     dim=1)
+    scores = target_logits.gather(1, rows[:, :, None].expand(batch, width, target_logits.shape[2]))
+    return TreeLogprobsResult(*out, emitted_logprobs(scores, out.tokens, out.num_accepted, temperature, warp, False))
 
 
 def _check_nodes(name: str, x, batch: int, n: int, device: torch.device) -> None:

@@ -214,7 +214,7 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
     tokenizer : optional
         Accepted for transformers' stop strings (the stopping criteria arrive prepared, a StopStringCriteria among
         them: transformers gets the tokenizer through :func:`keep_tokenizer_for_speculative_generate`).
-    verify_method : {"token", "block"}, optional
+    verify_method : {"token", "block", "traversal"}, optional
         specsampler's own option, as in :func:`specsampler.generate` (``model.generate(..., verify_method="block")``
         hands it here, under the patch too). None: "token".
     draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates : optional

@@ -72,8 +72,9 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-tree", type=_branching, metavar="3,2,1,1",
                    help="verify a token tree per step instead of a chain: the draft's candidates per node at each "
                         "depth (the depth replaces --num-draft-tokens); needs --draft")
-    g.add_argument("--draft-tree-sampling", choices=("top", "iid"),
-                   help="the tree's candidates when sampling: the draft's top tokens (default) or i.i.d. draws")
+    g.add_argument("--draft-tree-sampling", choices=("top", "iid", "without_replacement"),
+                   help="the tree's candidates when sampling: the draft's top tokens (default), i.i.d. draws, or "
+                        "draws without replacement (Gumbel-top-k)")
     g.add_argument("--draft-tree-min-prob", type=float, metavar="P",
                    help="prune the tree (exactly): a node whose path probability under the draft is below P is not "
                         "expanded (with top candidates, not scored); the draft's top-1 chain is always kept "
@@ -88,10 +89,11 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
                    help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
                         "or per step from measured forward times and acceptance (0 to 2K; sampled tokens then vary "
                         "between runs with one seed)")
-    g.add_argument("--verify-method", choices=("token", "block"),
+    g.add_argument("--verify-method", choices=("token", "block", "traversal"),
                    help="how each step's drafts are verified: token by token (the default), or block verification "
                         "(Sun et al. 2025: as exact, in expectation at least as many tokens per target forward; "
-                        "greedy output is the same either way)")
+                        "greedy output is the same either way), or traversal verification (trees: Weng et al. 2025, "
+                        "leaf to root; a chain: block)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
                    "generation config samples or a sampling option is given)")
     g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")

@@ -132,22 +132,25 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         rows whose prefixes have the same length). Warpers are refused: pass temperature, top_k, top_p, min_p.
     prefix_allowed_tokens_fn : callable, optional
         ``fn(batch_id, input_ids) -> list of allowed ids``, as in ``model.generate`` (batch_id: the prompt's index).
-    verify_method : {"token", "block"}, optional
+    verify_method : {"token", "block", "traversal"}, optional
         specsampler's own option (transformers has none): how each step's drafts are verified, the ``method`` of
         :func:`specsampler.verify`. "token" (None, the default): each draft on its own. "block": block verification
         (Sun et al., ICLR 2025), which decides a row's drafts together: as exact, and in expectation at least as many
         tokens per target forward. Greedy rows are the same either way; prompt lookup's one-hot drafts work with both.
+        "traversal": token trees by Traversal Verification (:func:`specsampler.verify_tree`'s ``method``; Weng et
+        al., NeurIPS 2025), chains by block verification (the same rule on a chain). "block" is refused with a tree.
     draft_tree : tuple or list of int, optional
         specsampler's own: verify a token tree per step instead of a chain. ``(3, 2, 1, 1)``: the draft's 3
         candidates for the next token, 2 under each, then 1 and 1 (21 nodes, depth 4). The draft model grows it with
         one forward per depth, the target scores it in one forward (a 4D attention mask: eager or sdpa attention;
         other models are refused by name) and :func:`specsampler.verify_tree` accepts the deepest path it can, exact
-        as a chain. It replaces `num_draft_tokens` (giving both is refused); `verify_method` and schedules other than
-        "constant" are refused with it. Needs a draft model.
-    draft_tree_sampling : {"top", "iid"}, optional
+        as a chain. It replaces `num_draft_tokens` (giving both is refused); `verify_method="block"` and schedules
+        other than "constant" are refused with it. Needs a draft model.
+    draft_tree_sampling : {"top", "iid", "without_replacement"}, optional
         The tree's candidates when sampling: "top" (None, the default) the draft's top tokens at each node (point
-        masses), "iid" i.i.d. draws from the draft's warped distribution (verified against it). Greedy runs take the
-        top tokens. Needs `draft_tree`.
+        masses), "iid" i.i.d. draws from the draft's warped distribution (verified against it), "without_replacement"
+        draws without replacement from it in draw order (Gumbel-top-k; verified with each child's q the draft's
+        without its earlier siblings). Greedy runs take the top tokens. Needs `draft_tree`.
     draft_tree_min_prob : float, optional
         specsampler's own: confidence pruning (EAGLE-2's idea, kept exact), a number in [0, 1]; `draft_tree` is then
         the largest tree. A node's path probability is the product along its path of the draft's probability of each
@@ -165,7 +168,7 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
     prompt_lookup_num_candidates : int, optional
         specsampler's own, with prompt lookup: the continuations of up to m distinct n-gram matches per row, merged
         into a trie and verified as a token tree (point-mass candidates). None or 1: one continuation, a chain.
-        m > 1 refuses `verify_method`; a schedule sets each row's trie depth (K_b) as it sets a chain's length.
+        m > 1 refuses `verify_method="block"`; a schedule sets each row's trie depth (K_b) as it sets a chain's length.
     **generation_kwargs
         Any other ``GenerationConfig`` option (e.g. ``repetition_penalty=1.0`` to override a model's config, or
         ``max_length``, ``max_time``, ``max_matching_ngram_size``); refused ones raise a ValueError when set, other

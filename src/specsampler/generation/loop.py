@@ -245,6 +245,7 @@ def verify_chain(lm: CachedModel, proposal: Proposal, last: torch.Tensor, sampli
         logits = processors(logits, drafts, 0, counts)
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
     vseed = rng.getrandbits(62)
+    method = "block" if method == "traversal" else method  # traversal verification of a chain is block verification
     if sampling is None:
         res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed,
                      method=method)

@@ -39,12 +39,14 @@ MAX_TREE_NODES = 1024
 
 
 def _verify_method(name: str, value) -> str:
-    """`value` if it is one of :data:`specsampler._api.METHODS` ("token", "block"), else a ValueError naming `name`
-    (a TypeError-and-ValueError for a non-string)."""
+    """`value` if it is one of :data:`specsampler._api.METHODS` ("token", "block") or "traversal" (Traversal
+    Verification of trees; block verification of chains, the same rule there), else a ValueError naming `name` (a
+    TypeError-and-ValueError for a non-string)."""
     if not isinstance(value, str):
-        raise _checks.OptionTypeError(f"{name} must be 'token' or 'block', got {value!r} ({type(value).__name__})")
-    if value not in METHODS:
-        raise ValueError(f"{name} must be 'token' or 'block', got {value!r}")
+        raise _checks.OptionTypeError(f"{name} must be 'token', 'block' or 'traversal', got {value!r} "
+                                      f"({type(value).__name__})")
+    if value not in METHODS + ("traversal",):
+        raise ValueError(f"{name} must be 'token', 'block' or 'traversal', got {value!r}")
     return value
 
 
@@ -59,10 +61,10 @@ def _draft_tree(name: str, value) -> tuple[int, ...]:
 
 
 def _tree_sampling(name: str, value) -> str:
-    """`value` if it is "top" or "iid", else an error naming `name`."""
-    if not isinstance(value, str) or value not in ("top", "iid"):
+    """`value` if it is "top", "iid" or "without_replacement", else an error naming `name`."""
+    if not isinstance(value, str) or value not in ("top", "iid", "without_replacement"):
         error = ValueError if isinstance(value, str) else _checks.OptionTypeError
-        raise error(f"{name} must be 'top' or 'iid', got {value!r}")
+        raise error(f"{name} must be 'top', 'iid' or 'without_replacement', got {value!r}")
     return value
 
 
@@ -135,14 +137,16 @@ class Settings:
     drafter : object
         The draft model or PromptLookupDrafter of the call (None where the caller brings its own).
     verify_method : str
-        "token" or "block": :func:`specsampler.verify`'s ``method`` at every step (greedy rows are the same either way).
+        "token", "block" or "traversal": the rule at every step (greedy rows are the same either way; "traversal"
+        verifies trees by Traversal Verification, chains by block verification).
     output_scores, output_logits : bool
         Whether the call keeps each new token's scores, raw logits (:class:`~.outputs.ScoreRecorder`).
     draft_tree : tuple of int or None
         Children per node at each depth of the draft model's token tree (:mod:`.tree_loop`); None: chains.
         ``num_draft_tokens`` is its depth then.
     draft_tree_sampling : str
-        "top" (the draft's top tokens) or "iid" (i.i.d. draws; greedy runs take the top tokens).
+        "top" (the draft's top tokens), "iid" (i.i.d. draws) or "without_replacement" (draws without replacement;
+        greedy runs take the top tokens).
     draft_tree_min_prob : float or None
         Confidence pruning of the draft tree (:func:`.trees.expand_tree`'s ``min_prob``): nodes whose path
         probability under the draft is below it are not expanded (with "top" candidates, not kept); None: the full
@@ -349,10 +353,11 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
     if tree is None and given_min_prob is not None:
         raise ValueError(f"draft_tree_min_prob={given_min_prob!r} prunes a draft_tree: it needs draft_tree= (the "
                          f"branching per depth)")
-    if budget is not None and (tree is None or budget < len(tree) or sampling == "iid"):
+    if budget is not None and (tree is None or budget < len(tree) or sampling in ("iid", "without_replacement")):
         why = ("caps a draft_tree: it needs draft_tree=" if tree is None else
-               "caps a tree of top candidates: not with draft_tree_sampling='iid' (a cap would drop i.i.d. draws)"
-               if sampling == "iid" else f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
+               f"caps a tree of top candidates: not with draft_tree_sampling={sampling!r} (a cap would drop draws)"
+               if sampling in ("iid", "without_replacement") else
+               f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
         raise ValueError(f"draft_tree_budget={budget} {why}")
     if tree is not None:
         _check_tree_nodes(tree, budget)
@@ -367,9 +372,9 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
                          f"PromptLookupDrafter); a draft model takes draft_tree=")
     name = "draft_tree" if tree is not None else f"prompt_lookup_num_candidates={m}"
     if tree is not None or (m or 1) > 1:
-        if verify_method is not None:
+        if verify_method == "block":
             raise ValueError(f"verify_method={verify_method!r} does not apply with {name}: a token tree is verified "
-                             f"by its own rule (specsampler.verify_tree)")
+                             f"by specsampler.verify_tree ('token' or 'traversal')")
         if schedule != "constant" and tree is not None:  # (a lookup trie's depth is K, which a schedule can vary)
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a draft tree "
                              f"has a fixed shape (only 'constant')")
@@ -417,14 +422,16 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     num_draft_tokens, num_assistant_tokens : int, optional
         K under specsampler's and transformers' names.
     seed : int, optional
-    verify_method : {"token", "block"}, optional
+    verify_method : {"token", "block", "traversal"}, optional
         specsampler's own option (transformers has none): how each step's drafts are verified
-        (:func:`specsampler.verify`'s ``method``). None: "token".
+        (:func:`specsampler.verify`'s ``method``; "traversal": trees by Traversal Verification, chains by block
+        verification). None: "token".
     draft_tree : tuple or list of int, optional
         specsampler's own: the draft model's token tree, children per node at each depth (its length the depth; it
-        replaces num_draft_tokens; verify_method and schedules other than "constant" are refused with it).
-    draft_tree_sampling : {"top", "iid"}, optional
-        The tree's candidates: the draft's top tokens ("top", None) or i.i.d. draws ("iid"). Needs draft_tree.
+        replaces num_draft_tokens; verify_method="block" and schedules other than "constant" are refused with it).
+    draft_tree_sampling : {"top", "iid", "without_replacement"}, optional
+        The tree's candidates: the draft's top tokens ("top", None), i.i.d. draws ("iid") or draws without
+        replacement ("without_replacement"). Needs draft_tree.
     draft_tree_min_prob : float, optional
         specsampler's own: confidence pruning of draft_tree, a number in [0, 1] (None or 0: the full tree). Needs
         draft_tree.

@@ -76,8 +76,9 @@ class TreeDraftModel:
         The target's vocabulary size V.
     sampling : dict or None
         :func:`specsampler.sample`'s options; None: greedy (top tokens).
-    candidates : {"top", "iid"}
-        Top tokens (point masses) or i.i.d. draws ("iid" needs `sampling`; greedy runs take the top tokens).
+    candidates : {"top", "iid", "without_replacement"}
+        Top tokens (point masses), i.i.d. draws or draws without replacement (both need `sampling`; greedy runs take
+        the top tokens).
     rng : random.Random or None
     processors : PrefixProcessors, optional
     min_prob, budget : optional
@@ -244,8 +245,9 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
               recorder: ScoreRecorder | None = None) -> Step:
     """Propose a tree per row, score it with the target in one forward, verify it, keep the accepted path.
 
-    The signature is :func:`.loop.step`'s (`method` is unused: a tree has its own rule; `watch` marks the same four
-    points). `limits[b]` is the deepest path row b may accept (a draft-length schedule's K_b for a lookup trie).
+    The signature is :func:`.loop.step`'s (`method`: "traversal" verifies by Traversal Verification, a chain of
+    point masses then by block verification, the same rule; anything else by the token rule; `watch` marks the same
+    four points). `limits[b]` is the deepest path row b may accept (a draft-length schedule's K_b for a lookup trie).
 
     Returns
     -------
@@ -259,7 +261,8 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
     if watch is not None:
         watch.mark()
     if prop.scores is None and prop.depths == prop.counts:  # every row's nodes a chain: token verification
-        return _chain_step(lm, drafter, prop, last, sampling, rng, processors, watch, recorder)
+        return _chain_step(lm, drafter, prop, last, sampling, rng, processors, watch, recorder,
+                           "block" if method == "traversal" else "token")
     n = prop.tokens.shape[1]
     counts = torch.tensor(prop.counts, device=lm.device)
     tokens, parents, valid = tree_inputs(last.to(lm.device), prop.tokens.to(lm.device), prop.parents.to(lm.device),
@@ -272,8 +275,11 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
         paths, depths = node_paths(tokens, parents, max(max(limits), 0))
         logits = processors.nodes(logits, paths, depths.tolist(), prop.counts)
     dscores = None if prop.scores is None else prop.scores.to(logits.device)
+    without = getattr(drafter, "candidates", "top") == "without_replacement"
     res = verify_tree(logits, prop.tokens.to(logits.device), prop.parents.to(logits.device), dscores,
                       num_nodes=counts.to(logits.device), seed=rng.getrandbits(62),
+                      method="traversal" if method == "traversal" else "token",
+                      draft_sampling="without_replacement" if without else "iid",
                       **(sampling if sampling is not None else {"temperature": 0.0}))
     n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()  # the step's one synchronisation
     if watch is not None:
@@ -289,13 +295,14 @@ def tree_step(lm: CachedModel, drafter, last: torch.Tensor, limits: list[int], s
 
 
 def _chain_step(lm: CachedModel, drafter, prop: TreeProposal, last: torch.Tensor, sampling: dict | None,
-                rng: random.Random, processors: PrefixProcessors | None, watch, recorder: ScoreRecorder | None) -> Step:
+                rng: random.Random, processors: PrefixProcessors | None, watch, recorder: ScoreRecorder | None,
+                method: str = "token") -> Step:
     """A step whose point-mass trees are all chains (row b's nodes 0..counts[b]-1, each the child of the one before:
     a lookup trie of one continuation, a draft tree pruned to its top-1 chain): the chain step's forward and token
     verification (:func:`.loop.verify_chain`, the same rule for a chain, without the tree's mask and walk); the
     drafter keeps the accepted nodes as the path they are."""
     step = verify_chain(lm, Proposal(prop.tokens, None, prop.counts), last, sampling, rng, processors, watch,
-                        "token", recorder)
+                        method, recorder)
     nodes = torch.arange(prop.tokens.shape[1], device=step.n.device)
     drafter.accept(torch.where(nodes < step.n[:, None], nodes, -1), step.accepted)
     return dataclasses.replace(step, depths=prop.depths)

@@ -39,7 +39,8 @@ from typing import NamedTuple
 
 import torch
 
-from .._api import sample
+from .._api import _warp, sample
+from ..torch_backend import GREEDY_BELOW, warp_scores
 from .kv_cache import CachedModel
 
 __all__ = ["DraftTree", "LookupTree", "accept_tree", "expand_tree", "lookup_candidates", "path_keep",
@@ -237,13 +238,46 @@ def _per_draw(sampling: dict, batch: int, reps: int) -> dict:
 def _children(scores: torch.Tensor, c: int, candidates: str, sampling: dict | None,
               rng: random.Random | None) -> torch.Tensor:
     """[B, M, V'] scores -> [B, M, c] children per frontier node: the top c tokens (the argmax, lowest id on ties,
-    for c = 1), or c i.i.d. draws of :func:`specsampler.sample` (one call, one seed from `rng`)."""
+    for c = 1), c i.i.d. draws of :func:`specsampler.sample` (one call, one seed from `rng`), or c draws without
+    replacement (:func:`_without_replacement`)."""
     batch, m, vocab = scores.shape
     if candidates == "top":
         return scores.argmax(dim=-1, keepdim=True) if c == 1 else scores.topk(c, dim=-1).indices
+    if candidates == "without_replacement":
+        return _without_replacement(scores, c, sampling, rng)
     flat = scores.repeat_interleave(c, dim=1).reshape(batch * m * c, vocab)
     draws = sample(flat, seed=rng.getrandbits(62), **_per_draw(sampling, batch, m * c))
     return draws.view(batch, m, c)
+
+
+def _without_replacement(scores: torch.Tensor, c: int, sampling: dict, rng: random.Random) -> torch.Tensor:
+    """[B, M, V'] scores -> [B, M, c] draws without replacement from the warped draft distribution, in the order of
+    sequential draws (Gumbel-top-k: the c largest warped scores / T + Gumbel noise, one seed from `rng`). Ids the
+    warpers remove come after the others, lowest id first (a choice fixed by the warped distribution alone, which
+    ``verify_tree`` treats as a point mass); greedy rows (T below 2**-126) take the top c tokens."""
+    batch, m, vocab = scores.shape
+    options = _per_draw(sampling, batch, m)
+    temperature = options.get("temperature", 1.0)
+    flat = scores.float().reshape(batch * m, 1, vocab)
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.to(scores.device, torch.float32)
+        greedy = temperature < GREEDY_BELOW
+        scale = torch.where(greedy, 1.0, temperature)[:, None]
+    else:
+        greedy = torch.full((batch * m,), temperature < GREEDY_BELOW, device=scores.device)
+        scale = 1.0 if temperature < GREEDY_BELOW else float(temperature)
+    warp = _warp(options.get("top_k"), options.get("top_p"), options.get("min_p"), temperature, batch * m,
+                 scores.device)
+    if warp is not None:
+        flat = warp_scores(flat, temperature, warp, host=False)
+    flat = flat[:, 0]
+    generator = torch.Generator(device=scores.device)
+    generator.manual_seed(rng.getrandbits(62))
+    gumbel = -torch.empty_like(flat).exponential_(generator=generator).log()
+    keys = torch.where(greedy[:, None], flat, flat / scale + gumbel)
+    rank = torch.arange(vocab, device=scores.device, dtype=torch.float32) / vocab
+    keys = torch.where(keys > float("-inf"), keys, -1e30 * (1.0 + rank))  # removed ids: lowest first
+    return keys.topk(c, dim=-1).indices.view(batch, m, c)
 
 
 def _compact(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,9 +322,11 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
     sampling : dict, optional
         :func:`specsampler.sample`'s options (temperature, top_k, top_p, min_p; numbers or [B] tensors) for
         ``candidates="iid"``.
-    candidates : {"top", "iid"}
+    candidates : {"top", "iid", "without_replacement"}
         "top": each node's children are the draft's top tokens there (distinct; point masses for verification);
-        "iid": i.i.d. draws from the draft's warped distribution there (needs `sampling` and `rng`).
+        "iid": i.i.d. draws from the draft's warped distribution there (needs `sampling` and `rng`);
+        "without_replacement": draws without replacement from it, in draw order (Gumbel-top-k; verified with
+        ``draft_sampling="without_replacement"``). An expanded node keeps all its draws, as with "iid".
     rng : random.Random, optional
         Draws one seed per depth ("iid").
     processors : PrefixProcessors, optional
@@ -345,16 +381,16 @@ def expand_tree(draft: CachedModel, last: torch.Tensor, branching: Sequence[int]
         count = count + level.width
         if last_level or front.tokens.shape[1] == 0:  # (pruning left nothing to expand)
             break
-    return _assemble(blocks, rows, widths, len(branching), prune, candidates == "iid")
+    return _assemble(blocks, rows, widths, len(branching), prune, candidates != "top")
 
 
 def _check_expand(branching, candidates: str, sampling, rng, min_prob, budget) -> tuple[int, ...]:
     """:func:`expand_tree`'s argument checks; returns `branching` as a tuple."""
     branching = _check_branching(branching)
-    if candidates not in ("top", "iid"):
-        raise ValueError(f"candidates must be 'top' or 'iid', got {candidates!r}")
-    if candidates == "iid" and (sampling is None or rng is None):
-        raise ValueError("candidates='iid' draws samples: pass sampling= (sample's options) and rng=")
+    if candidates not in ("top", "iid", "without_replacement"):
+        raise ValueError(f"candidates must be 'top', 'iid' or 'without_replacement', got {candidates!r}")
+    if candidates != "top" and (sampling is None or rng is None):
+        raise ValueError(f"candidates={candidates!r} draws samples: pass sampling= (sample's options) and rng=")
     if min_prob is not None and not 0.0 <= min_prob <= 1.0:
         raise ValueError(f"min_prob must be None or a number in [0, 1], got {min_prob!r}")
     if budget is not None and (candidates != "top" or budget < len(branching)):

@@ -1,0 +1,152 @@
+"""The expected accepted length of each tree rule on the trees generation drafts (issue #30): a paired, low-variance
+companion of bench_traversal.py's counts.
+
+generate runs with the token rule on the synthetic pair ((3, 2, 1, 1) trees, sampled); at every verify_tree call, for
+every row, the expected number of accepted nodes given that tree is computed exactly (float64, the rules' own
+recursions: the token rule top-down, traversal's tests in post-order with their weights) for both rules, on the same
+tree. Means over all calls and rows; tokens per forward = 1 + E[accepted].
+
+    python bench/bench_traversal_exact.py --out bench/results/traversal_cpu-2026-12-07/exact.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_generate import build_models, make_prompts  # noqa: E402
+
+import specsampler  # noqa: E402
+from specsampler._api import _warp  # noqa: E402
+from specsampler.generation import tree_loop  # noqa: E402
+from specsampler.torch_backend import warp_scores  # noqa: E402
+
+
+def _q_child(q, tokens, parents, c, wor):
+    q_c = q.clone()
+    if wor:
+        for j in range(c):
+            if parents[j] == parents[c]:
+                q_c[tokens[j]] = 0.0
+        q_c = q_c / q_c.sum() if q_c.sum() > 0 else q_c
+    if not q_c[tokens[c]] > 0:
+        q_c = torch.zeros_like(q_c)
+        q_c[tokens[c]] = 1.0
+    return q_c
+
+
+def traversal_expectation(p, q, tokens, parents, wor):
+    """E[accepted depth]: p, q [N+1, V] float64 (row v + 1: node v's), tokens and parents lists."""
+    n = len(parents)
+    kids = {v: [i for i in range(n) if parents[i] == v] for v in range(-1, n)}
+    alpha, dist, tests = {-1: 1.0}, {-1: p[0]}, []
+
+    def walk(v):
+        for c in kids[v]:
+            q_c = _q_child(q[v + 1], tokens, parents, c, wor)
+            alpha[c] = min(1.0, alpha[v] * float(dist[v][tokens[c]]) / float(q_c[tokens[c]]))
+            dist[c] = p[c + 1]
+            walk(c)
+            tests.append((c, alpha[c]))
+            res = (alpha[v] * dist[v] - q_c).clamp_min(0.0)
+            r = float(res.sum())
+            alpha[v] = r / (r + 1.0 - alpha[v]) if r + 1.0 - alpha[v] > 0 else 1.0
+            if r > 0:
+                dist[v] = res / r
+
+    walk(-1)
+    stay, total = 1.0, 0.0
+    for node, a in tests:
+        depth, v = 0, node
+        while v >= 0:
+            depth, v = depth + 1, parents[v]
+        total += stay * a * depth
+        stay *= 1.0 - a
+    return total
+
+
+def token_expectation(p, q, tokens, parents, wor, node=-1):
+    r, stay, total = p[node + 1].clone(), 1.0, 0.0
+    for c in (i for i in range(len(parents)) if parents[i] == node):
+        q_c = _q_child(q[node + 1], tokens, parents, c, wor)
+        x = tokens[c]
+        a = min(1.0, float(r[x]) / float(q_c[x]))
+        total += stay * a * (1.0 + token_expectation(p, q, tokens, parents, wor, c))
+        stay *= 1.0 - a
+        rest = (r - q_c).clamp_min(0.0)
+        if float(rest.sum()) > 0:
+            r = rest / rest.sum()
+    return total
+
+
+def probs(scores, warp_kw):
+    t = warp_kw["temperature"]
+    warp = _warp(warp_kw.get("top_k"), warp_kw.get("top_p"), None, t, scores.shape[0], scores.device)
+    s = scores.float() if warp is None else warp_scores(scores.float(), t, warp, host=False)
+    return (s.double() / t).softmax(-1)
+
+
+def _spy(real, warp_kw, sums):
+    """verify_tree, adding each row's exact expectations under both rules to `sums` first."""
+
+    def spy(logits, tokens, parents, dscores, *a, **kw):
+        wor = kw.get("draft_sampling") == "without_replacement"
+        pp, qq = probs(logits, warp_kw), probs(dscores, warp_kw)
+        nn = kw["num_nodes"].tolist()
+        for b in range(logits.shape[0]):
+            tok, par = tokens[b, :nn[b]].tolist(), parents[b, :nn[b]].tolist()
+            sums["token"] += token_expectation(pp[b], qq[b], tok, par, wor)
+            sums["traversal"] += traversal_expectation(pp[b], qq[b], tok, par, wor)
+            sums["trees"] += 1
+        return real(logits, tokens, parents, dscores, *a, **kw)
+
+    return spy
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--late-scale", type=float, default=0.02)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    margs = argparse.Namespace(vocab=8192, hidden=768, heads=12, layers=12, draft_layers=1, head_scale=4.0,
+                               late_scale=args.late_scale, device="cpu", dtype=torch.float32)
+    target, draft = build_models(margs)
+    ids, mask = make_prompts(args.prompts, margs.vocab, 16, 48)
+    warps = {"T=1": dict(temperature=1.0, top_k=None), "T=0.7,top_p=0.9": dict(temperature=0.7, top_p=0.9,
+                                                                                 top_k=None)}
+    real, rows = tree_loop.verify_tree, []
+    for wname, warp_kw in warps.items():
+        for sampling in ("iid", "without_replacement"):
+            sums = {"token": 0.0, "traversal": 0.0, "trees": 0}
+            spy = _spy(real, warp_kw, sums)
+            tree_loop.verify_tree = spy
+            try:
+                with torch.no_grad():
+                    specsampler.generate(target, draft, ids, mask, max_new_tokens=args.new_tokens, do_sample=True,
+                                         seed=100, draft_tree=(3, 2, 1, 1), draft_tree_sampling=sampling,
+                                         eos_token_id=[], pad_token_id=0, **warp_kw)
+            finally:
+                tree_loop.verify_tree = real
+            for method in ("token", "traversal"):
+                rows.append(dict(late_scale=args.late_scale, sampling_options=wname, candidates=sampling,
+                                 method=method, trees=sums["trees"],
+                                 tokens_per_forward=round(1 + sums[method] / sums["trees"], 4)))
+                print(rows[-1], flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
