@@ -45,6 +45,9 @@ def main():
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--late-scale", type=float, default=0.02,
                    help="bench_generate's --late-scale (default 0.02, its default; larger: less agreement)")
+    p.add_argument("--configs", nargs="+", default=[f"{m}:{c}" for m, c in CONFIGS],
+                   help="method:candidates pairs (candidates: top, iid or without_replacement)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -57,8 +60,8 @@ def main():
                                                                                  top_k=None)}
     with torch.no_grad():
         for wname, warp in warps.items():
-            for batch in (1, 8):
-                for method, sampling in CONFIGS:
+            for batch in args.batches:
+                for method, sampling in (c.split(":") for c in args.configs):
                     tokens, steps, accepted = run(target, draft, ids, mask, batch, method, sampling, warp,
                                                   args.new_tokens, seed=100)
                     rows.append(dict(late_scale=args.late_scale, sampling_options=wname, batch=batch, method=method,

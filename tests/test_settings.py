@@ -369,7 +369,7 @@ def test_output_option_types_refused_by_name(models):
 
 # ------------------------------------------------------------ token trees: resolved once, refused by name everywhere
 def test_tree_options_resolved(models):
-    """draft_tree (a list too) becomes a tuple and the depth K; draft_tree_sampling defaults to "top";
+    """draft_tree (a list too) becomes a tuple and the depth K; draft_tree_sampling defaults to "top" when greedy;
     prompt_lookup_num_candidates defaults to 1 (the chain) and needs prompt lookup."""
     target, draft = models
     s = resolve_settings(target, draft=draft, draft_tree=[3, 2, 1], max_new_tokens=4)
@@ -381,6 +381,20 @@ def test_tree_options_resolved(models):
     assert (s.num_draft_tokens, s.lookup_candidates, s.tree) == (5, 3, True)
     s = resolve_settings(target, prompt_lookup_num_tokens=5, prompt_lookup_num_candidates=1, max_new_tokens=4)
     assert not s.tree
+
+
+def test_tree_candidates_default_to_draws_without_replacement_when_sampling(models):
+    """Sampled trees draw their candidates without replacement unless pruned or capped (which keep top candidates);
+    greedy trees take the top tokens; a value given is kept."""
+    target, draft = models
+    resolve = lambda **kw: resolve_settings(target, draft=draft, draft_tree=(2, 2), max_new_tokens=4,  # noqa: E731
+                                            **kw).draft_tree_sampling
+    assert resolve(do_sample=True) == "without_replacement"
+    assert resolve(do_sample=False) == "top"
+    assert resolve(do_sample=True, draft_tree_budget=4) == "top"
+    assert resolve(do_sample=True, draft_tree_min_prob=0.01) == "top"
+    assert resolve(do_sample=True, draft_tree_sampling="iid") == "iid"
+    assert resolve(do_sample=True, draft_tree_sampling="top") == "top"
 
 
 def test_tree_options_refused_by_name_at_every_entry_point(models):

@@ -73,8 +73,8 @@ def _add_decoding(g: argparse.ArgumentParser) -> None:
                    help="verify a token tree per step instead of a chain: the draft's candidates per node at each "
                         "depth (the depth replaces --num-draft-tokens); needs --draft")
     g.add_argument("--draft-tree-sampling", choices=("top", "iid", "without_replacement"),
-                   help="the tree's candidates when sampling: the draft's top tokens (default), i.i.d. draws, or "
-                        "draws without replacement (Gumbel-top-k)")
+                   help="the tree's candidates when sampling: the draft's top tokens, i.i.d. draws, or draws without "
+                        "replacement (Gumbel-top-k; the default when sampling, unless the tree is pruned or capped)")
     g.add_argument("--draft-tree-min-prob", type=float, metavar="P",
                    help="prune the tree (exactly): a node whose path probability under the draft is below P is not "
                         "expanded (with top candidates, not scored); the draft's top-1 chain is always kept "

@@ -147,10 +147,11 @@ def generate(target, draft=None, input_ids: torch.Tensor | None = None, attentio
         as a chain. It replaces `num_draft_tokens` (giving both is refused); `verify_method="block"` and schedules
         other than "constant" are refused with it. Needs a draft model.
     draft_tree_sampling : {"top", "iid", "without_replacement"}, optional
-        The tree's candidates when sampling: "top" (None, the default) the draft's top tokens at each node (point
-        masses), "iid" i.i.d. draws from the draft's warped distribution (verified against it), "without_replacement"
-        draws without replacement from it in draw order (Gumbel-top-k; verified with each child's q the draft's
-        without its earlier siblings). Greedy runs take the top tokens. Needs `draft_tree`.
+        The tree's candidates when sampling: "top" the draft's top tokens at each node (point masses), "iid"
+        i.i.d. draws from the draft's warped distribution (verified against it), "without_replacement" draws without
+        replacement from it in draw order (Gumbel-top-k; verified with each child's q the draft's without its earlier
+        siblings). None: "without_replacement" when sampling (they accept the most), "top" with draft_tree_min_prob
+        or draft_tree_budget (they prune top candidates). Greedy runs take the top tokens. Needs `draft_tree`.
     draft_tree_min_prob : float, optional
         specsampler's own: confidence pruning (EAGLE-2's idea, kept exact), a number in [0, 1]; `draft_tree` is then
         the largest tree. A node's path probability is the product along its path of the draft's probability of each

@@ -378,7 +378,15 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
         if schedule != "constant" and tree is not None:  # (a lookup trie's depth is K, which a schedule can vary)
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a draft tree "
                              f"has a fixed shape (only 'constant')")
-    return tree, sampling or "top", min_prob, budget, m or 1
+    return tree, sampling, min_prob, budget, m or 1
+
+
+def _default_tree_sampling(tree, do_sample: bool, min_prob, budget) -> str:
+    """The candidates of a tree whose draft_tree_sampling was not given: draws without replacement when sampling (they
+    accept the most: top tokens treated as point masses waste the draft's probabilities), the draft's top tokens
+    when greedy or when the tree is pruned or capped (which apply to top candidates)."""
+    sampled = tree is not None and do_sample and min_prob is None and budget is None
+    return "without_replacement" if sampled else "top"
 
 
 def _check_tree_nodes(tree: tuple[int, ...], budget: int | None) -> None:
@@ -430,8 +438,9 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         specsampler's own: the draft model's token tree, children per node at each depth (its length the depth; it
         replaces num_draft_tokens; verify_method="block" and schedules other than "constant" are refused with it).
     draft_tree_sampling : {"top", "iid", "without_replacement"}, optional
-        The tree's candidates: the draft's top tokens ("top", None), i.i.d. draws ("iid") or draws without
-        replacement ("without_replacement"). Needs draft_tree.
+        The tree's candidates: the draft's top tokens ("top"), i.i.d. draws ("iid") or draws without
+        replacement ("without_replacement"). None: "without_replacement" when sampling, "top" when greedy or when
+        draft_tree_min_prob or draft_tree_budget is given. Needs draft_tree.
     draft_tree_min_prob : float, optional
         specsampler's own: confidence pruning of draft_tree, a number in [0, 1] (None or 0: the full tree). Needs
         draft_tree.
@@ -481,6 +490,7 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     tree, tree_sampling, min_prob, budget, m = _tree_options(
         draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates,
         drafter, num_draft_tokens, num_assistant_tokens, verify_method, schedule)
+    tree_sampling = tree_sampling or _default_tree_sampling(tree, do_sample, min_prob, budget)
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
         num_draft_tokens=len(tree) if tree is not None else _draft_length(num_draft_tokens, num_assistant_tokens,
