@@ -3,9 +3,9 @@
 
 Token for token on identical hooks (uniforms [B, N], noise [B, V]): i.i.d., point-mass and mixed candidates, ragged
 trees, greedy rows beside sampled ones, the warpers, Vd < V, out-of-range tokens, a chain, wide and deep trees, odd V,
-max_depth, two tile widths. With the kernel's own Philox numbers: a chain is token verification (``verify``'s kernel
-on the same seed), the same seed gives the same tokens, and the first emitted token follows p (chi-square at ALPHA on
-fixed small trees: the interpreter allows few rows). CUDA graph capture runs on CUDA only.
+max_depth, two tile widths, and a chain is token verification (``verify``'s kernel on the same hooks). With the
+kernel's own Philox numbers: the same seed gives the same tokens, and the first emitted token follows p (chi-square at
+ALPHA on fixed small trees: the interpreter allows few rows). CUDA graph capture runs on CUDA only.
 """
 
 import pytest
@@ -142,16 +142,20 @@ def test_launch_configurations(device, block_v):
         assert torch.equal(a, b.cpu())
 
 
-def test_chain_is_token_verification_on_the_same_seed(device):
-    """Philox as verify's kernel: a chain gives verify's tokens (K drafts, one more draft row for the tree), and the
-    same seed gives the same tokens twice."""
+def test_chain_is_token_verification_on_the_same_numbers(device):
+    """On the same injected numbers a chain gives verify's kernel's tokens (K drafts, one more draft row for the
+    tree); with the kernel's own Philox the same seed gives the same tokens twice (verify_tree draws from its own
+    stream of a seed, so verify on that seed draws other numbers: tests/test_edges_exact.py)."""
     target, tokens, parents, draft = _tree_case(5, list(range(-1, 3)), 40, seed=12, noise=0.5)
-    target, tokens, parents, draft = (x.to(device) for x in (target, tokens, parents, draft))
-    want = specsampler.verify(target, tokens, draft[:, :4], seed=77, backend="triton")
-    got = specsampler.verify_tree(target, tokens, parents, draft, seed=77, backend="triton", max_depth=4)
+    u, e = _hooks(5, 4, 40)
+    target, tokens, parents, draft, u, e = (x.to(device) for x in (target, tokens, parents, draft, u, e))
+    want = _testing.verify_with_hooks(target, tokens, draft[:, :4], _uniforms=u, _noise=e, seed=77, backend="triton")
+    got = _testing.verify_tree_with_hooks(target, tokens, parents, draft, _uniforms=u, _noise=e, seed=77,
+                                          backend="triton", max_depth=4)
     assert torch.equal(want.tokens, got.tokens) and torch.equal(want.num_accepted, got.num_accepted)
+    first = specsampler.verify_tree(target, tokens, parents, draft, seed=77, backend="triton", max_depth=4)
     again = specsampler.verify_tree(target, tokens, parents, draft, seed=77, backend="triton", max_depth=4)
-    assert torch.equal(got.tokens, again.tokens)
+    assert torch.equal(first.tokens, again.tokens)
 
 
 @pytest.mark.parametrize("iid", [True, False])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .constants import GREEDY_BELOW
+from .constants import GREEDY_BELOW, STREAM_KEYS
 
 try:  # grid dependency control (programmatic dependent launch, sm_90+): Triton 3.3 and later
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -23,6 +23,8 @@ INT32_MAX = tl.constexpr(2147483647)
 INT64_MAX = tl.constexpr(9223372036854775807)
 UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2**-24: uniforms are multiples of it
 RNG_GROUP = tl.constexpr(4)  # vocabulary ids per Philox call (its four 32-bit outputs)
+STREAM_KEY_1 = tl.constexpr(STREAM_KEYS[1])  # the Philox key of stream s is the seed XOR STREAM_KEYS[s]
+STREAM_KEY_2 = tl.constexpr(STREAM_KEYS[2])
 
 
 @triton.jit
@@ -54,15 +56,21 @@ def _num_drafts(num_draft_ptr, b, K, RAGGED: tl.constexpr):
 
 
 @triton.jit
-def _philox_key(seed_ptr, b, seed, ROW_SEED: tl.constexpr):
-    """(seed, row counter) of row b's Philox streams: with ROW_SEED its own seed of `seed_ptr` [B] int64 and 0 (a row's
-    numbers do not depend on its place in the batch), else the call's `seed` and b."""
+def _philox_key(seed_ptr, b, seed, ROW_SEED: tl.constexpr, STREAM: tl.constexpr):
+    """(key, row counter) of row b's Philox streams: with ROW_SEED its own seed of `seed_ptr` [B] int64 and 0 (a row's
+    numbers do not depend on its place in the batch), else the call's `seed` and b. The key is the seed XOR
+    STREAM_KEYS[STREAM] (``constants``: each entry point, verify, sample or verify_tree, its own stream of a seed;
+    stream 0 the seed itself)."""
     if ROW_SEED:
         seed_b = tl.load(seed_ptr + b)
         row_key = b * 0
     else:
         seed_b = seed
         row_key = b
+    if STREAM == 1:
+        seed_b = seed_b ^ STREAM_KEY_1
+    elif STREAM == 2:
+        seed_b = seed_b ^ STREAM_KEY_2
     return seed_b, row_key
 
 

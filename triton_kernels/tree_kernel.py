@@ -25,10 +25,14 @@ residual row is ever materialised:
 R is held in registers ([BLOCK_R] ids, BLOCK_R >= N): each tile of a pass clears the removed ids with one compare per
 removed id (point-mass trees remove at most a node's children).
 
-Randomness as verify's token verification: node i's acceptance uniform is Philox stream 0 at position i, the race
-Philox stream 1 at position cur + 1 (the target row raced), ids 4g .. 4g+3 from group g; an int seed with the row
-index, or [B] per-row seeds. A chain (a_i = i - 1) therefore gives verify's tokens on the same seed. The testing entry
-replaces them with uniforms [B, N] and noise [B, V], which the oracle accepts too.
+Randomness laid out as verify's token verification: node i's acceptance uniform is Philox stream 0 at position i, the
+race Philox stream 1 at position cur + 1 (the target row raced), ids 4g .. 4g+3 from group g; an int seed with the row
+index, or [B] per-row seeds; but keyed by the seed XOR STREAM_KEYS[STREAM_TREE] (``constants``: verify_tree's numbers
+are independent of verify's and sample's on the same seed). The testing entry replaces them with uniforms [B, N] and
+noise [B, V], which the oracle accepts too (a chain then gives verify's tokens).
+
+A token outside [0, V) ends its row's nodes there, as a smaller num_nodes would: that node and every later one of the
+row are never tried (the oracle: ``torch_tree.nodes_in_range``).
 
 Bytes (s the scores' element size): launch 1 reads every target row t <= num_nodes_b and draft row t < num_nodes_b
 once (at most B*(N+1)*V*s + B*N*Vd*s) and writes 8 * rows * S1 of statistics; the cut launch (warpers only) as in
@@ -65,7 +69,7 @@ import triton.language as tl
 from triton.language.random import philox
 
 from . import launching
-from .constants import BLOCK_S, RESIDUAL_EPS
+from .constants import BLOCK_S, RESIDUAL_EPS, STREAM_TREE
 from .jit_helpers import (
     INT32_MAX,
     RNG_GROUP,
@@ -80,6 +84,7 @@ from .verify_race import RACE_RESIDUAL, RACE_UNIFORM, _race_tiles
 
 BLOCK_D = tl.constexpr(16)  # output positions written per store
 GPU_BLOCK_V = 1024  # one program per row: 1024-wide tiles, 8 warps (not yet timed on a GPU)
+TREE_STREAM = tl.constexpr(STREAM_TREE)  # verify_tree's own random stream of a seed (``constants``)
 GPU_WARPS = 8  # (at 4: 92-128 registers, and Triton 3.6 spilled outside the loops; at 8: 64-101, none)
 
 
@@ -234,7 +239,7 @@ def _tree_kernel(
     temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
     greedy = temp == 0.0
     sampled = ~greedy
-    seed_b, row_key = _philox_key(seed_ptr, b, seed, ROW_SEED)
+    seed_b, row_key = _philox_key(seed_ptr, b, seed, ROW_SEED, TREE_STREAM)
     t_row = target_ptr + b * stride_tb
     d_row = draft_ptr + b * stride_db
     t_stats = b * (N + 1)  # launch 1's rows: target b*(N+1) + t, then draft B*(N+1) + b*N + t
@@ -257,11 +262,13 @@ def _tree_kernel(
     slots = tl.arange(0, BLOCK_R)
     removed = slots * 0 - 1
     n_removed = (b * 0).to(tl.int32)
+    ended = b < 0  # a token outside [0, V) ends the row's nodes there, as a smaller num_nodes would
     for i0 in range(0, n_b):
         i = b * 0 + i0  # (an int64 tensor: the interpreter's loop counter is a Python int)
         x = tl.load(nodes_ptr + b * stride_xb + i * stride_xn).to(tl.int64)
         a = tl.load(parents_ptr + b * stride_ab + i * stride_an).to(tl.int64)
-        if (a == cur) & (x >= 0) & (x < V) & (depth < D):
+        ended = ended | (x < 0) | (x >= V)
+        if (a == cur) & ~ended & (depth < D):
             if greedy:
                 take = x == arg_p
             else:

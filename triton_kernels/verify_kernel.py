@@ -13,12 +13,18 @@ then folds its race into the row's workspace, and the row's last program (an acq
 (``verify_race``: the exponential race, the workspace, the fallbacks). The values per position, the log-probabilities
 (LOGPROBS) and the row writers are in ``verify_positions``.
 
-Randomness is counter-based: Philox keyed by the seed (per batch or per row, ``jit_helpers._philox_key``). One Philox
-call (10 rounds) gives the four uniforms of vocabulary ids 4g .. 4g+3 (counters: group g, position n, row, stream 1);
-the acceptance uniforms use stream 0. The mapping from ids to numbers does not depend on the tile width or the splits:
-the same seed gives the same tokens in every launch configuration, and a [B] seed makes a row's tokens independent of
-its place in the batch. The testing entry (``specsampler._testing``) replaces Philox with given uniforms [B, K] and
-noise [B, V], which the torch backend accepts too, so both can be compared token for token.
+Randomness is counter-based: Philox keyed by the seed (per batch or per row, ``jit_helpers._philox_key``) XOR the
+entry point's stream key (STREAM: verify's 0, the seed itself; sample's 1, so that drafts drawn and verified on one
+seed get independent numbers). One Philox call (10 rounds) gives the four uniforms of vocabulary ids 4g .. 4g+3
+(counters: group g, position n, row, stream 1); the acceptance uniforms use stream 0. The mapping from ids to numbers
+does not depend on the tile width or the splits: the same seed gives the same tokens in every launch configuration,
+and a [B] seed makes a row's tokens independent of its place in the batch. The testing entry (``specsampler._testing``)
+replaces Philox with given uniforms [B, K] and noise [B, V], which the torch backend accepts too, so both can be
+compared token for token.
+
+A draft id outside [0, V) at an active position ends the row's drafts there, exactly as a smaller num_draft_tokens
+would (the oracle: ``torch_backend.drafts_in_range``): token verification rejects it and draws the bonus from p_n,
+block verification decides with K_b that position.
 
 Bytes, with s the element size of the scores and S1, S2 the split counts: reads the statistics (8 * B*(2K+1) * S1 per
 program, from cache), 2K gathered scores, the K drafts, and for each sampled row one residual row pair, (V + Vd) * s
@@ -45,7 +51,7 @@ import triton
 import triton.language as tl
 
 from . import launching
-from .constants import BLOCK_K, BLOCK_S, RESIDUAL_EPS
+from .constants import BLOCK_K, BLOCK_S, RESIDUAL_EPS, STREAM_VERIFY
 from .jit_helpers import _num_drafts, _philox_key, _scaled_temperature, gdc_wait
 from .verify_block import _at, _block_row
 from .verify_positions import _gather_drafts, _logprob, _position_probs, _score_at, _write_logprobs, _write_row
@@ -77,14 +83,14 @@ def _verify_kernel(
     EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     FROM_PROBS: tl.constexpr, HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr,
     ROW_SEED: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, PDL: tl.constexpr, MANY_K: tl.constexpr,
-    BLOCK: tl.constexpr, LOGPROBS: tl.constexpr,
+    BLOCK: tl.constexpr, LOGPROBS: tl.constexpr, STREAM: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
     k_b = _num_drafts(num_draft_ptr, b, K, RAGGED)
     temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
     greedy = temp == 0.0
-    seed_b, row_key = _philox_key(seed_ptr, b, seed, ROW_SEED)
+    seed_b, row_key = _philox_key(seed_ptr, b, seed, ROW_SEED, STREAM)
     t_row = target_ptr + b * stride_tb
     d_row = draft_ptr + b * stride_db
     log_v = 0.0
@@ -100,6 +106,8 @@ def _verify_kernel(
         gdc_wait()
     if BLOCK:  # (one block of positions: the launcher makes BLOCK_K >= K + 1)
         t = tl.arange(0, BLOCK_K)
+        # A draft id outside [0, V) ends the row's drafts there, as a smaller num_draft_tokens would.
+        k_b = tl.minimum(k_b, tl.min(tl.where((t < k_b) & ((x_first < 0) | (x_first >= V)), t, K + 1), axis=0))
         m_t, z_t, ct_t, arg_t, mq_t, zq_t, cq_t, p_x, q_x, one_hot_t, gather = _position_probs(
             t, x_first, lp_first, lq_first, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd, S1,
             k_b, greedy, scale, BLOCK_K, BLOCK_S, FROM_PROBS, HAS_DRAFT, WARP, 2 if LOGPROBS else 1)
@@ -132,6 +140,9 @@ def _verify_kernel(
             uniform_ptr, stride_ub, stride_ut, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b, B, K, V, Vd,
             S1, k_b, greedy, scale, seed_b, row_key, x_first, lp_first, lq_first, log_v, BLOCK_K, BLOCK_S,
             FROM_PROBS, HAS_DRAFT, GIVEN_RANDOM, WARP, MANY_K, LOGPROBS)
+        # A draft id outside [0, V) is never accepted, and it ends the row's drafts there, as a smaller
+        # num_draft_tokens would: rejected there, the next token is the bonus from p_n (never a residual of q_n).
+        k_b = tl.where((n < k_b) & ((x_n < 0) | (x_n >= V)), n, k_b)
         if greedy:
             if split == 0:
                 _write_row(out_ptr, stride_ob, stride_ot, tokens_ptr, stride_xb, stride_xt, nacc_ptr, b, K, n, arg_p,
@@ -166,7 +177,7 @@ def _seed_arg(seed: int) -> int:
 
 def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed, stats=None, uniforms=None,
                 noise=None, block_v=None, num_splits=None, tokens=None, cuts=None, pdl=None, block=False,
-                logprobs=False):
+                logprobs=False, stream=STREAM_VERIFY):
     """Launch 2: acceptance, first rejection and the correction or bonus token of every row.
 
     Parameters
@@ -202,6 +213,8 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     logprobs : bool
         Also return the emitted tokens' log-probabilities; from logits, `stats` must come from
         :func:`~.stats_kernel.row_stats` with ``logprobs=True`` (greedy rows' sums).
+    stream : int
+        The entry point's random stream (``constants.STREAM_*``; Philox keyed by the seed XOR its key).
 
     Returns
     -------
@@ -251,7 +264,7 @@ def verify_rows(target, draft_tokens, draft, num_draft_tokens, temperature, seed
     constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_K=block_k, BLOCK_S=BLOCK_S, FROM_PROBS=stats is None,
                       HAS_DRAFT=draft is not None, RAGGED=num_draft_tokens is not None, ROW_TEMP=row_temp,
                       ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None, PDL=pdl,
-                      MANY_K=k_plus_1 > block_k, BLOCK=bool(block), LOGPROBS=bool(logprobs))
+                      MANY_K=k_plus_1 > block_k, BLOCK=bool(block), LOGPROBS=bool(logprobs), STREAM=int(stream))
     # Block verification: S2 programs for each position of a row (a raced row each, at most; the rest only count).
     parts = s2 * k_plus_1 if block and not greedy_only else s2
     launching.launch(_verify_kernel, (batch, parts), args, constexprs, num_warps, device, launch_pdl=pdl)

@@ -19,6 +19,7 @@ import torch
 from . import _checks
 from .torch_backend import GREEDY_BELOW, Warp, hash_seed, verify_torch
 from .torch_block import emitted_logprobs
+from .triton_kernels.constants import STREAM_SAMPLE, STREAM_VERIFY
 
 _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKEN_DTYPES = (torch.int32, torch.int64)
@@ -303,7 +304,9 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     target_logits : torch.Tensor
         [B, K+1, V] float32, bfloat16 or float16: the target's scores at the K draft positions and one more.
     draft_tokens : torch.Tensor
-        [B, K] int32 or int64: the drafted tokens. Positions at or past a row's K_b are ignored (-1 is fine).
+        [B, K] int32 or int64: the drafted tokens. Positions at or past a row's K_b are ignored (-1 is fine). An id
+        outside [0, V) at an active position (vLLM's -1 placeholder) ends the row's drafts there, exactly as a
+        num_draft_tokens of its position would: the next token there is the bonus, drawn from p.
     draft_logits : torch.Tensor, optional
         [B, K, Vd] (Vd <= V; ids >= Vd have q = 0): the scores the drafts were sampled from (before warping: the
         warpers are applied here). None means one-hot drafts (greedy or n-gram drafters): x_t is accepted with
@@ -328,7 +331,9 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
     seed : int or torch.Tensor, optional
         Any Python or numpy integer (hashed whole: distinct seeds give independent streams), or [B] int64 per-row
         seeds (a row's tokens then do not depend on its place in the batch). None draws a seed from torch's default
-        CPU generator. Under CUDA-graph capture pass a device tensor and advance it.
+        CPU generator. Under CUDA-graph capture pass a device tensor and advance it. Each entry point draws from its
+        own stream of a seed (:func:`sample`, :func:`verify` and :func:`verify_probs`, ``verify_tree``): drafts drawn
+        with ``sample(..., seed=s)`` may be verified with ``seed=s``, their numbers are independent.
     generator : torch.Generator, optional
         Instead of `seed`: [B] per-row seeds are drawn from it (on its device; no host synchronisation).
     backend : {"auto", "triton", "torch"}
@@ -374,10 +379,10 @@ def _empty_result(batch: int, k_plus_1: int, device: torch.device, logprobs: boo
 
 
 def _torch_verify(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, hooks: Hooks, warp, from_probs,
-                  method, return_logprobs):
+                  method, return_logprobs, stream=STREAM_VERIFY):
     """The torch backend: token or block verification, then the log-probabilities when asked for."""
     tokens, n = verify_torch(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=from_probs,
-                             uniforms=hooks.uniforms, noise=hooks.noise, warp=warp, method=method)
+                             uniforms=hooks.uniforms, noise=hooks.noise, warp=warp, method=method, stream=stream)
     if not return_logprobs:
         return VerifyResult(tokens, n)
     tokens, n = tokens.to(scores.device), n.to(scores.device)
@@ -390,8 +395,9 @@ def _kernel_result(out, return_logprobs: bool):
 
 def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
             top_p=None, min_p=None, seed=None, generator=None, backend="auto", method="token", return_logprobs=False,
-            hooks: Hooks = NO_HOOKS):
-    """:func:`verify`, with the `hooks` only ``specsampler._testing`` sets."""
+            hooks: Hooks = NO_HOOKS, stream: int = STREAM_VERIFY):
+    """:func:`verify`, with the `hooks` only ``specsampler._testing`` sets; `stream` the random stream
+    (``constants.STREAM_*``: :func:`sample` draws from its own)."""
     _check_method(method, return_logprobs)
     num_draft_tokens, temperature, seed, backend, warp = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
@@ -401,7 +407,7 @@ def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=
         return _empty_result(batch, k_plus_1, target_logits.device, return_logprobs)
     if backend == "torch":
         return _torch_verify(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed, hooks,
-                             warp, False, method, return_logprobs)
+                             warp, False, method, return_logprobs, stream)
     kernels = _kernels()
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
     stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
@@ -412,7 +418,7 @@ def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=
     return _kernel_result(kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens,
                                               temperature, seed, stats[:2], hooks.uniforms, hooks.noise,
                                               hooks.block_v, hooks.num_splits, tokens, cuts,
-                                              block=method == "block", logprobs=return_logprobs),
+                                              block=method == "block", logprobs=return_logprobs, stream=stream),
                           return_logprobs)
 
 
@@ -428,7 +434,8 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=
     logits : torch.Tensor
         [B, V] float32, bfloat16 or float16.
     temperature, top_k, top_p, min_p, seed, generator, backend
-        As in :func:`verify`; temperature 0 (per row with a tensor) takes the argmax, lowest id on ties.
+        As in :func:`verify`; temperature 0 (per row with a tensor) takes the argmax, lowest id on ties. A draw has
+        its own random stream (``constants.STREAM_SAMPLE``): ``verify`` on the same seed draws independent numbers.
 
     Returns
     -------
@@ -456,7 +463,7 @@ def _sample(logits, *, hooks: Hooks = NO_HOOKS, **options) -> torch.Tensor:
     if hooks.noise is not None:
         hooks = hooks._replace(uniforms=torch.empty(batch, 0, dtype=torch.float32, device=logits.device))
     try:
-        res = _verify(logits[:, None, :], drafts, hooks=hooks, **options)
+        res = _verify(logits[:, None, :], drafts, hooks=hooks, stream=STREAM_SAMPLE, **options)
     except (TypeError, ValueError) as err:  # name the argument as the caller wrote it
         raise type(err)(str(err).replace("target_logits", "logits")) from None
     return res.tokens[:, 0]

@@ -26,7 +26,7 @@ from ._api import (
 from .torch_backend import GREEDY_BELOW
 from .torch_block import emitted_logprobs
 from .torch_traversal import DRAFT_SAMPLINGS, verify_tree_rule_torch
-from .torch_tree import tree_depths, verify_tree_torch
+from .torch_tree import nodes_in_range, tree_depths, verify_tree_torch
 
 TREE_METHODS = ("token", "traversal")
 
@@ -85,7 +85,8 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
         [B, N+1, V] float32, bfloat16 or float16: row 0 the target's scores at the root (after the last committed
         token), row i + 1 its scores after node i's path.
     tree_tokens : torch.Tensor
-        [B, N] int32 or int64: each node's token.
+        [B, N] int32 or int64: each node's token. A token outside [0, V) (a -1 placeholder) ends its row's nodes
+        there, exactly as a num_nodes of its index would: it and every later node of the row are never reached.
     tree_parents : torch.Tensor
         [B, N] int32 or int64: each node's parent in [-1, i) (-1: a child of the root), so nodes are in topological
         order; siblings are tried in node order. Checked on CPU tensors; on CUDA a node with another parent is never
@@ -96,12 +97,12 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
     num_nodes : torch.Tensor or sequence of int, optional
         [B] in [0, N]: the nodes each row really has. None: N.
     temperature, top_k, top_p, min_p, seed, generator
-        As in :func:`specsampler.verify`.
+        As in :func:`specsampler.verify`; the tree has its own random stream of a seed (``constants.STREAM_TREE``),
+        independent of :func:`specsampler.sample`'s and :func:`specsampler.verify`'s on the same seed.
     backend : {"auto", "triton", "torch"}
         "auto": the Triton kernel on CUDA tensors when triton is installed, else torch; "triton" also runs on CPU
-        tensors under TRITON_INTERPRET=1. The kernel's random numbers are Philox (a chain gives
-        :func:`specsampler.verify`'s tokens on the same seed), the torch backend's torch.Generator: the same seed
-        gives the same distribution, not the same tokens.
+        tensors under TRITON_INTERPRET=1. The kernel's random numbers are Philox, the torch backend's
+        torch.Generator: the same seed gives the same distribution, not the same tokens.
     max_depth : int, optional
         The output width D: nodes deeper than it are never reached. None: the deepest path of the trees (one host
         synchronisation on CUDA; pass it under CUDA-graph capture).
@@ -182,7 +183,7 @@ def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
                                                   without_replacement=without_replacement))
     if backend == "triton":
         if max_depth is None:  # the deepest path of the trees: one host synchronisation on CUDA
-            depth = tree_depths(tree_parents, num_nodes)
+            depth = tree_depths(tree_parents, nodes_in_range(tree_tokens, target_logits.shape[-1], num_nodes))
             max_depth = int(depth.max()) if depth.numel() else 0
         return TreeResult(*_kernels().verify_tree_rows(target_logits, tree_tokens, tree_parents, draft_logits,
                                                        num_nodes, temperature, seed, warp, int(max_depth),

@@ -6,6 +6,10 @@ Notation: p target, q draft; x_t the drafted token at position t; K_b the drafts
    iff x_t == argmax p_t). n = the first rejected position, K_b if none.
 2. At n < K_b the correction is drawn from r = max(0, p_n - q_n) (from p_n when r has no mass, sum r <= EPS); at
    n = K_b the bonus token is drawn from p_{K_b}; greedy rows take argmax p_n.
+K_b is num_draft_tokens[b] (K without it), and at most the position of the row's first draft id outside [0, V)
+(vLLM's -1 placeholder): such an id ends the row's drafts exactly as num_draft_tokens would (:func:`drafts_in_range`).
+The uniforms come from the entry point's own stream of the seed (:func:`draw_uniforms`): a draw (`sample`) and a
+verification on one seed use independent numbers.
 
 Two paths compute exactly this:
 - On the CPU, where `exp` is slow and every torch call costs microseconds, rows and positions go one at a time with
@@ -48,7 +52,7 @@ import torch
 # RESIDUAL_EPS: a residual with at most this much mass is rounding noise (p equals q), the next token is then drawn
 # from p; GREEDY_BELOW: temperatures below the smallest normal float32 make a row greedy (1 / T would overflow). One
 # definition for both backends, in a module that imports no triton.
-from .triton_kernels.constants import GREEDY_BELOW, RESIDUAL_EPS
+from .triton_kernels.constants import GREEDY_BELOW, RESIDUAL_EPS, STREAM_KEYS, STREAM_VERIFY
 
 _FMAX = torch.finfo(torch.float32).max
 LOG2_E = 1.4426950408889634
@@ -99,7 +103,8 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torch.device) -> torch.Tensor:
+def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torch.device,
+                  stream: int = STREAM_VERIFY) -> torch.Tensor:
     """The backend's uniforms: from a generator seeded with an int seed, or counter-based from per-row seeds.
 
     Parameters
@@ -110,6 +115,10 @@ def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torc
     batch, count : int
         B and the number of uniforms per row.
     device : torch.device
+    stream : int
+        The entry point's stream (``constants.STREAM_*``): an int seed's generator is seeded with seed XOR
+        ``STREAM_KEYS[stream]``, per-row seeds count positions from ``stream * 2**32``; the same seed gives
+        independent numbers in each stream (stream 0, verify's: the seed as it is).
 
     Returns
     -------
@@ -118,9 +127,9 @@ def draw_uniforms(seed: int | torch.Tensor, batch: int, count: int, device: torc
     """
     if not isinstance(seed, torch.Tensor):
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+        generator.manual_seed(seed ^ STREAM_KEYS[stream])
         return torch.rand(batch, count, generator=generator, device=device)
-    pos = torch.arange(count, device=device, dtype=torch.int64)
+    pos = torch.arange(stream << 32, (stream << 32) + count, device=device, dtype=torch.int64)
     bits = _mix(_mix(seed.to(device=device, dtype=torch.int64))[:, None] ^ pos[None, :])
     return _shr(bits, 40).to(torch.float32) * (2.0**-24)
 
@@ -315,6 +324,7 @@ def verify_torch(
     vectorized: bool | None = None,
     warp: Warp | None = None,
     method: str = "token",
+    stream: int = STREAM_VERIFY,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify B rows of K drafts each; arguments already validated by :func:`specsampler.verify`.
 
@@ -327,7 +337,8 @@ def verify_torch(
     draft : torch.Tensor or None
         [B, K, Vd] (Vd <= V) scores the drafts were sampled from; None for one-hot drafts.
     num_draft_tokens : torch.Tensor or None
-        [B] int in [0, K]; None means K for every row.
+        [B] int in [0, K]; None means K for every row. A draft id outside [0, V) ends its row's drafts there, as a
+        smaller num_draft_tokens would (:func:`drafts_in_range`).
     temperature : float or torch.Tensor
         A float, or [B] float32; 0 marks a greedy row. Ignored when `from_probs`.
     seed : int or torch.Tensor
@@ -342,6 +353,8 @@ def verify_torch(
     method : {"token", "block"}
         Token verification (this module), or block verification (``torch_block``: the same paths, the same random
         numbers, another decision).
+    stream : int
+        The random stream of the entry point (:func:`draw_uniforms`): ``constants.STREAM_SAMPLE`` for a draw.
 
     Returns
     -------
@@ -359,7 +372,7 @@ def verify_torch(
         temperature = 1.0
     if num_draft_tokens is not None:  # as the kernel does: no value reads out of bounds
         num_draft_tokens = num_draft_tokens.to(torch.int64).clamp(0, k)
-    u = draw_uniforms(seed, batch, k_plus_1, device)
+    u = draw_uniforms(seed, batch, k_plus_1, device, stream)
     if uniforms is not None:
         u = torch.cat([uniforms.float(), u[:, k:]], dim=1)
     verify_batch, verify_row = _verify_batch, _verify_row
@@ -374,6 +387,7 @@ def verify_torch(
         target = warp_scores(target, temperature, warp, host=False)
         draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
     if vectorized:
+        num_draft_tokens = drafts_in_range(draft_tokens, target.shape[2], num_draft_tokens)
         args = (target, draft_tokens, draft, num_draft_tokens, temperature, u, noise, from_probs)
         tokens, n, clean = verify_batch(*args, scrub=device.type != "cpu")
         if device.type != "cpu":  # scrubbed already: no host synchronisation (CUDA graphs, torch.compile)
@@ -382,6 +396,9 @@ def verify_torch(
 
     drafts = draft_tokens.tolist()
     k_rows = [k] * batch if num_draft_tokens is None else num_draft_tokens.tolist()
+    vocab = target.shape[2]
+    k_rows = [next((t for t in range(k_b) if not 0 <= x[t] < vocab), k_b)  # (an out-of-range id ends the drafts)
+              for x, k_b in zip(drafts, k_rows, strict=True)]
     temps = temperature.tolist() if isinstance(temperature, torch.Tensor) else [temperature] * batch
     u_rows = u.tolist()
     tokens = np.empty((batch, k_plus_1), dtype=np.int64)
@@ -406,6 +423,16 @@ def verify_torch(
         tokens[b, n] = token
         counts[b] = n
     return torch.from_numpy(tokens), torch.from_numpy(counts)
+
+
+def drafts_in_range(draft_tokens: torch.Tensor, vocab: int, num_draft_tokens: torch.Tensor | None) -> torch.Tensor:
+    """[B] int64: each row's drafts up to its first id outside [0, `vocab`) (vLLM's -1 placeholder, or any other),
+    and at most `num_draft_tokens` (None: K). An out-of-range id ends its row's drafts exactly as a smaller
+    num_draft_tokens does: the next token there is the bonus from p, never a residual of a position never drafted.
+    No host synchronisation. `draft_tokens` [B, K] int (K may be 0)."""
+    x = draft_tokens.to(torch.int64)
+    leading = ((x >= 0) & (x < vocab)).to(torch.int64).cumprod(dim=1).sum(dim=1)
+    return leading if num_draft_tokens is None else torch.minimum(leading, num_draft_tokens.to(leading.device))
 
 
 def _row_scores(rows: torch.Tensor, t: int, temperature: float, warp: Warp | None, first) -> torch.Tensor:

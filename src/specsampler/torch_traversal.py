@@ -46,8 +46,8 @@ draws below it).
   depends on the earlier siblings' tokens only: the claim covers it (Jeon et al., arXiv 2402.14160, for the token
   rule; the token rule with it is :func:`walk_token_without_replacement`).
 - Ragged rows, `max_depth`, bad parents: a node that cannot be reached (``tree_depths`` = 0) is not in the tree; the
-  tree that remains is a tree of the same kind, its shape fixed before the draws. An id outside [0, V): weight 0 (never
-  accepted), and Q_c the draft's row (the empty point mass without draft scores), as block verification does.
+  tree that remains is a tree of the same kind, its shape fixed before the draws. An id outside [0, V) ends its row's nodes
+  there, as a num_nodes of its index would (``torch_tree.nodes_in_range``, the token rule's convention too).
 - Warpers: p and q are both warped (the target to be followed is the warped p; the candidates were drawn from the warped
   q). A row without mass draws the next token uniformly, as the other rules. Greedy rows follow the token rule's argmax
   walk (traversal's limit at T -> 0 is the same path: the first child on the argmax path, as deep as it goes).
@@ -63,7 +63,8 @@ from __future__ import annotations
 import torch
 
 from .torch_backend import GREEDY_BELOW, RESIDUAL_EPS, Warp, _argmax, _draw, _softmax, draw_uniforms, warp_scores
-from .torch_tree import _outputs, _walk_greedy, tree_depths
+from .torch_tree import _outputs, _walk_greedy, nodes_in_range, tree_depths
+from .triton_kernels.constants import STREAM_TREE
 
 DRAFT_SAMPLINGS = ("iid", "without_replacement")
 
@@ -88,7 +89,7 @@ def verify_tree_rule_torch(target, tokens, parents, draft, num_nodes, temperatur
     device = target.device
     target = target.detach()
     draft = None if draft is None else draft.detach()
-    u = draw_uniforms(seed, batch, n_plus_1, device)
+    u = draw_uniforms(seed, batch, n_plus_1, device, STREAM_TREE)
     if uniforms is not None:
         u = torch.cat([uniforms.float(), u[:, n:]], dim=1)
     if warp is not None:
@@ -102,6 +103,7 @@ def verify_tree_rule_torch(target, tokens, parents, draft, num_nodes, temperatur
     elif all_greedy:
         greedy[:], temperature = True, 1.0
     best = _argmax(target)
+    num_nodes = nodes_in_range(tokens, vocab, num_nodes)
     depth = tree_depths(parents, num_nodes)
     if max_depth is not None:
         depth = tree_depths(torch.where(depth > max_depth, -2, parents.to(torch.int64)), num_nodes)

@@ -16,8 +16,10 @@ verification, on the same random numbers. Greedy rows follow the first child equ
 
 Randomness: node i's acceptance uniform is u[i] (a node is tried at most once), the next token is drawn with u[N]
 by the inverse CDF, or by the race argmax r / E with the test hook's noise E [B, V]; the same [B, N + 1] uniforms as
-``torch_backend.draw_uniforms``. A node at or past its row's num_nodes, or whose parent lies outside [-1, i), is never
-reached; a token outside [0, V) is never accepted and changes nothing.
+``torch_backend.draw_uniforms``, in verify_tree's own stream of the seed (``constants.STREAM_TREE``). A node at or
+past its row's num_nodes, or whose parent lies outside [-1, i), is never reached; a token outside [0, V) ends its
+row's nodes there, exactly as a num_nodes of its index would (it and every later node of the row are never reached:
+:func:`nodes_in_range`).
 
 One pass over the nodes in order with [B, V] tensors (a node's children come after it, so the pass reaches them after
 it; no host synchronisation but the output width when `max_depth` is not given).
@@ -27,7 +29,24 @@ from __future__ import annotations
 
 import torch
 
-from .torch_backend import GREEDY_BELOW, RESIDUAL_EPS, Warp, _argmax, _draw, _softmax, draw_uniforms, warp_scores
+from .torch_backend import (
+    GREEDY_BELOW,
+    RESIDUAL_EPS,
+    Warp,
+    _argmax,
+    _draw,
+    _softmax,
+    drafts_in_range,
+    draw_uniforms,
+    warp_scores,
+)
+from .triton_kernels.constants import STREAM_TREE
+
+
+def nodes_in_range(tokens: torch.Tensor, vocab: int, num_nodes: torch.Tensor | None) -> torch.Tensor:
+    """[B] int64: each row's nodes up to its first token outside [0, `vocab`), and at most `num_nodes` (None: N).
+    The kernel applies the same rule as it walks; no host synchronisation."""
+    return drafts_in_range(tokens, vocab, num_nodes)
 
 
 def tree_depths(parents: torch.Tensor, num_nodes: torch.Tensor | None) -> torch.Tensor:
@@ -60,11 +79,11 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
     draft : torch.Tensor or None
         [B, N+1, Vd] logits (row i + 1: node i's children's distribution); None: point-mass candidates.
     num_nodes : torch.Tensor or None
-        [B] int64 in [0, N].
+        [B] int64 in [0, N]; a token outside [0, V) ends its row's nodes there (:func:`nodes_in_range`).
     temperature : float or torch.Tensor
         A float or [B] float32; below 2**-126 greedy.
     seed : int or torch.Tensor
-        Key of the uniforms (:func:`torch_backend.draw_uniforms`).
+        Key of the uniforms (:func:`torch_backend.draw_uniforms`, stream ``STREAM_TREE``).
     uniforms, noise : torch.Tensor or None
         Test hooks: [B, N] acceptance uniforms and [B, V] exponential noise.
     warp : Warp or None
@@ -87,9 +106,10 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
     device = target.device
     target = target.detach()
     draft = None if draft is None else draft.detach()
-    u = draw_uniforms(seed, batch, n_plus_1, device)
+    u = draw_uniforms(seed, batch, n_plus_1, device, STREAM_TREE)
     if uniforms is not None:
         u = torch.cat([uniforms.float(), u[:, n:]], dim=1)
+    num_nodes = nodes_in_range(tokens, vocab, num_nodes)
     if warp is not None:  # (greedy rows come back unwarped)
         target = warp_scores(target, temperature, warp, host=False)
         draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
