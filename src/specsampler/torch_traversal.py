@@ -46,8 +46,8 @@ draws below it).
   depends on the earlier siblings' tokens only: the claim covers it (Jeon et al., arXiv 2402.14160, for the token
   rule; the token rule with it is :func:`walk_token_without_replacement`).
 - Ragged rows, `max_depth`, bad parents: a node that cannot be reached (``tree_depths`` = 0) is not in the tree; the
-  tree that remains is a tree of the same kind, its shape fixed before the draws. An id outside [0, V) ends its row's nodes
-  there, as a num_nodes of its index would (``torch_tree.nodes_in_range``, the token rule's convention too).
+  tree that remains is a tree of the same kind, its shape fixed before the draws. An id outside [0, V) ends its row's
+  nodes there, as a num_nodes of its index would (``torch_tree.nodes_in_range``, the token rule's convention too).
 - Warpers: p and q are both warped (the target to be followed is the warped p; the candidates were drawn from the warped
   q). A row without mass draws the next token uniformly, as the other rules. Greedy rows follow the token rule's argmax
   walk (traversal's limit at T -> 0 is the same path: the first child on the argmax path, as deep as it goes).
