@@ -15,10 +15,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from specsampler.triton_kernels.constants import STREAM_TREE
 from util import chi2_pvalue
 
 import specsampler
-from specsampler import _testing
+from specsampler import _api, _testing
 from specsampler.torch_block import emitted_logprobs
 
 ALPHA = 1e-3
@@ -340,8 +341,11 @@ def test_a_chain_is_block_verification(case, device):
     target, drafts, u = target.to(device), drafts.to(device), u.to(device)
     draft = None if draft is None else draft.to(device)
     noise = None if noise is None else noise.to(device)
-    hooks = dict(seed=7) if noise is None else dict(_uniforms=u, _noise=noise)  # cdf: the same seeded uniforms
-    want = _testing.verify_with_hooks(target, drafts, draft, backend="torch", method="block", **hooks, **on)
+    hooks = dict(seed=7) if noise is None else dict(_uniforms=u, _noise=noise)
+    if noise is None:  # cdf: the same seeded uniforms, verify_tree's stream of the seed
+        want = _api._verify(target, drafts, draft, backend="torch", method="block", seed=7, stream=STREAM_TREE, **on)
+    else:
+        want = _testing.verify_with_hooks(target, drafts, draft, backend="torch", method="block", **hooks, **on)
     parents = torch.arange(-1, k - 1, device=device).expand(batch, k).contiguous()
     tree_draft = None if draft is None else torch.cat([draft, torch.zeros(batch, 1, vocab, device=device)], dim=1)
     if "num_draft_tokens" in on:
