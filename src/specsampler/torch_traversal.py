@@ -62,9 +62,8 @@ from __future__ import annotations
 
 import torch
 
-from .torch_backend import GREEDY_BELOW, RESIDUAL_EPS, Warp, _argmax, _draw, _softmax, draw_uniforms, warp_scores
-from .torch_tree import _outputs, _walk_greedy, nodes_in_range, tree_depths
-from .triton_kernels.constants import STREAM_TREE
+from .torch_backend import RESIDUAL_EPS, Warp, _draw, _softmax
+from .torch_tree import _outputs, _walk_greedy, prepare_tree
 
 DRAFT_SAMPLINGS = ("iid", "without_replacement")
 
@@ -86,32 +85,10 @@ def verify_tree_rule_torch(target, tokens, parents, draft, num_nodes, temperatur
     """
     batch, n_plus_1, vocab = target.shape
     n = n_plus_1 - 1
-    device = target.device
-    target = target.detach()
-    draft = None if draft is None else draft.detach()
-    u = draw_uniforms(seed, batch, n_plus_1, device, STREAM_TREE)
-    if uniforms is not None:
-        u = torch.cat([uniforms.float(), u[:, n:]], dim=1)
-    if warp is not None:
-        target = warp_scores(target, temperature, warp, host=False)
-        draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
-    greedy = torch.zeros(batch, dtype=torch.bool, device=device)
-    all_greedy = not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW
-    if isinstance(temperature, torch.Tensor):
-        greedy = temperature < GREEDY_BELOW
-        temperature = torch.where(greedy, 1.0, temperature)
-    elif all_greedy:
-        greedy[:], temperature = True, 1.0
-    best = _argmax(target)
-    num_nodes = nodes_in_range(tokens, vocab, num_nodes)
-    depth = tree_depths(parents, num_nodes)
-    if max_depth is not None:
-        depth = tree_depths(torch.where(depth > max_depth, -2, parents.to(torch.int64)), num_nodes)
+    target, draft, u, greedy, temperature, best, depth, reachable, x, a, rows, all_greedy = prepare_tree(
+        target, tokens, parents, draft, num_nodes, temperature, seed, uniforms, warp, max_depth)
     if max_depth is None:
         max_depth = int(depth.max()) if depth.numel() else 0
-    reachable = depth > 0
-    x, a = tokens.to(torch.int64), parents.to(torch.int64)
-    rows = torch.arange(batch, device=device)
     current = _walk_greedy(best, x, a, reachable)
     if all_greedy:
         next_token = best[rows, current + 1]

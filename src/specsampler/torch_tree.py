@@ -27,6 +27,8 @@ it; no host synchronisation but the output width when `max_depth` is not given).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .torch_backend import (
@@ -47,6 +49,53 @@ def nodes_in_range(tokens: torch.Tensor, vocab: int, num_nodes: torch.Tensor | N
     """[B] int64: each row's nodes up to its first token outside [0, `vocab`), and at most `num_nodes` (None: N).
     The kernel applies the same rule as it walks; no host synchronisation."""
     return drafts_in_range(tokens, vocab, num_nodes)
+
+
+class TreeInputs(NamedTuple):
+    """What both torch tree rules walk (:func:`prepare_tree`); [B, N+1, V] scores, [B, N] nodes, [B] rows."""
+
+    target: torch.Tensor  # [B, N+1, V], warped on sampled rows
+    draft: torch.Tensor | None  # [B, N+1, Vd], warped likewise; None: point masses
+    u: torch.Tensor  # [B, N+1] uniforms: node i's test, then the draw
+    greedy: torch.Tensor  # [B] bool
+    temperature: float | torch.Tensor  # 1.0 on greedy rows
+    best: torch.Tensor  # [B, N+1] argmax of the target
+    depth: torch.Tensor  # [B, N] node depths (0: not in the tree)
+    reachable: torch.Tensor  # [B, N] bool
+    x: torch.Tensor  # [B, N] int64 tokens
+    a: torch.Tensor  # [B, N] int64 parents
+    rows: torch.Tensor  # [B] arange
+    all_greedy: bool  # every row greedy (a float temperature below GREEDY_BELOW)
+
+
+def prepare_tree(target, tokens, parents, draft, num_nodes, temperature, seed, uniforms, warp: Warp | None,
+                 max_depth: int | None) -> TreeInputs:
+    """verify_tree's inputs as the torch rules walk them: detached and warped scores, the uniforms of the tree's stream
+    (`uniforms` [B, N] replacing the nodes' part), greedy rows, and the nodes in the tree (a token outside [0, V)
+    ends its row's nodes, :func:`nodes_in_range`; nodes deeper than `max_depth` are never reached)."""
+    batch, n_plus_1, vocab = target.shape
+    device = target.device
+    target = target.detach()
+    draft = None if draft is None else draft.detach()
+    u = draw_uniforms(seed, batch, n_plus_1, device, STREAM_TREE)
+    if uniforms is not None:
+        u = torch.cat([uniforms.float(), u[:, n_plus_1 - 1:]], dim=1)
+    num_nodes = nodes_in_range(tokens, vocab, num_nodes)
+    if warp is not None:  # (greedy rows come back unwarped)
+        target = warp_scores(target, temperature, warp, host=False)
+        draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
+    greedy = torch.zeros(batch, dtype=torch.bool, device=device)
+    all_greedy = not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW
+    if isinstance(temperature, torch.Tensor):
+        greedy = temperature < GREEDY_BELOW
+        temperature = torch.where(greedy, 1.0, temperature)
+    elif all_greedy:
+        greedy[:], temperature = True, 1.0
+    depth = tree_depths(parents, num_nodes)
+    if max_depth is not None:  # nodes deeper than the output can hold are never reached
+        depth = tree_depths(torch.where(depth > max_depth, -2, parents.to(torch.int64)), num_nodes)
+    return TreeInputs(target, draft, u, greedy, temperature, _argmax(target), depth, depth > 0,
+                      tokens.to(torch.int64), parents.to(torch.int64), torch.arange(batch, device=device), all_greedy)
 
 
 def tree_depths(parents: torch.Tensor, num_nodes: torch.Tensor | None) -> torch.Tensor:
@@ -103,31 +152,9 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
     """
     batch, n_plus_1, vocab = target.shape
     n = n_plus_1 - 1
-    device = target.device
-    target = target.detach()
-    draft = None if draft is None else draft.detach()
-    u = draw_uniforms(seed, batch, n_plus_1, device, STREAM_TREE)
-    if uniforms is not None:
-        u = torch.cat([uniforms.float(), u[:, n:]], dim=1)
-    num_nodes = nodes_in_range(tokens, vocab, num_nodes)
-    if warp is not None:  # (greedy rows come back unwarped)
-        target = warp_scores(target, temperature, warp, host=False)
-        draft = None if draft is None else warp_scores(draft, temperature, warp, host=False)
-    greedy = torch.zeros(batch, dtype=torch.bool, device=device)
-    temperature_is_greedy = not isinstance(temperature, torch.Tensor) and temperature < GREEDY_BELOW
-    if isinstance(temperature, torch.Tensor):
-        greedy = temperature < GREEDY_BELOW
-        temperature = torch.where(greedy, 1.0, temperature)
-    elif temperature < GREEDY_BELOW:
-        greedy[:], temperature = True, 1.0
-    best = _argmax(target)  # [B, N+1]
-    depth = tree_depths(parents, num_nodes)
-    if max_depth is not None:  # nodes deeper than the output can hold are never reached
-        depth = tree_depths(torch.where(depth > max_depth, -2, parents.to(torch.int64)), num_nodes)
-    reachable = depth > 0
-    x, a = tokens.to(torch.int64), parents.to(torch.int64)
-    rows = torch.arange(batch, device=device)
-    if temperature_is_greedy:  # every row greedy: the argmax path, no probabilities
+    target, draft, u, greedy, temperature, best, depth, reachable, x, a, rows, all_greedy = prepare_tree(
+        target, tokens, parents, draft, num_nodes, temperature, seed, uniforms, warp, max_depth)
+    if all_greedy:  # every row greedy: the argmax path, no probabilities
         current = _walk_greedy(best, x, a, reachable)
         next_token = best[rows, current + 1]
     else:
