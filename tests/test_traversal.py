@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import tree_toys as toys
 from specsampler.triton_kernels.constants import STREAM_TREE
 from util import chi2_pvalue
 
@@ -23,16 +24,6 @@ from specsampler import _api, _testing
 from specsampler.torch_block import emitted_logprobs
 
 ALPHA = 1e-3
-V = 4
-DIGITS = V + 1
-TABLE_ROWS = DIGITS**6  # prefixes of up to 5 tokens
-
-
-def _tables(seed: int, spread: float = 1.5):
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(TABLE_ROWS, V, generator=g) * spread
-    draft = target + torch.randn(TABLE_ROWS, V, generator=g) * spread
-    return target, draft
 
 
 def _warped(logits, top_k=None, top_p=None):
@@ -44,18 +35,6 @@ def _warped(logits, top_k=None, top_p=None):
         drop = (probs.cumsum(-1) - probs) >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
-
-
-def _shape(branching):
-    parents, frontier = [], [-1]
-    for width in branching:
-        nxt = []
-        for node in frontier:
-            for _ in range(width):
-                parents.append(node)
-                nxt.append(len(parents) - 1)
-        frontier = nxt
-    return parents
 
 
 def _draw_children(q, taken, g, sampling):
@@ -74,7 +53,7 @@ def _draw_children(q, taken, g, sampling):
 
 def _draft_trees(tables, codes, length, branching, g, sampling, warp):
     draft_t = tables[1]
-    parents = _shape(branching)
+    parents = toys.shape(branching)
     rows = codes.shape[0]
     node_codes, node_depth = [codes], []
     tokens = torch.empty(rows, len(parents), dtype=torch.int64)
@@ -82,20 +61,13 @@ def _draft_trees(tables, codes, length, branching, g, sampling, warp):
         depth = 1 if parent < 0 else node_depth[parent] + 1
         node_depth.append(depth)
         q = _warped(draft_t[node_codes[parent + 1]], **warp)
-        taken = torch.zeros(rows, V, dtype=torch.bool)
+        taken = torch.zeros(rows, toys.V, dtype=torch.bool)
         for j in range(i):
             if parents[j] == parent and sampling != "iid":
                 taken[torch.arange(rows), tokens[:, j]] = True
         tokens[:, i] = _draw_children(q, taken, g, sampling)
-        node_codes.append(node_codes[parent + 1] + (tokens[:, i] + 1) * DIGITS ** (length + depth - 1))
+        node_codes.append(node_codes[parent + 1] + (tokens[:, i] + 1) * toys.DIGITS ** (length + depth - 1))
     return tokens, torch.stack(node_codes, dim=1), torch.tensor(parents)
-
-
-def _codes(tokens, length):
-    code = torch.zeros(tokens.shape[0], dtype=torch.int64)
-    for i in range(tokens.shape[1]):
-        code += torch.where(i < length, (tokens[:, i] + 1) * DIGITS**i, 0)
-    return code
 
 
 def _emit_three(tables, rows, seed, branching, *, sampling="iid", method="traversal", warp=None, device="cpu",
@@ -111,7 +83,7 @@ def _emit_three(tables, rows, seed, branching, *, sampling="iid", method="traver
         active = torch.nonzero(length < 3)[:, 0]
         if active.numel() == 0:
             break
-        tokens, codes, parents = _draft_trees(tables, _codes(out[active], length[active]), length[active],
+        tokens, codes, parents = _draft_trees(tables, toys.codes(out[active], length[active]), length[active],
                                               branching, g, sampling, warp)
         target = tables[0][codes].to(device)
         nodes = torch.randint(0, tokens.shape[1] + 1, (active.numel(),), generator=g).to(device) if ragged else None
@@ -130,14 +102,10 @@ def _emit_three(tables, rows, seed, branching, *, sampling="iid", method="traver
     return out[:, :3], first
 
 
-def _code(prefix):
-    return sum((t + 1) * DIGITS**i for i, t in enumerate(prefix))
-
-
 def _target_joint(tables, warp):
     p = _warped(tables[0].double(), **warp).softmax(-1)
-    return torch.tensor([p[_code(())][a] * p[_code((a,))][b] * p[_code((a, b))][c]
-                         for a, b, c in itertools.product(range(V), repeat=3)], dtype=torch.float64)
+    return torch.tensor([p[toys.code(())][a] * p[toys.code((a,))][b] * p[toys.code((a, b))][c]
+                         for a, b, c in itertools.product(range(toys.V), repeat=3)], dtype=torch.float64)
 
 
 JOINT_CASES = [("traversal", s, w) for s in ("iid", "wor") for w in ("plain", "top-k", "top-p")]
@@ -148,18 +116,18 @@ WARPS = {"plain": {}, "top-k": dict(top_k=3), "top-p": dict(top_p=0.8), "ragged"
 
 @pytest.mark.parametrize("method,sampling,warp", JOINT_CASES, ids=["-".join(c) for c in JOINT_CASES])
 def test_joint_of_three_tokens_is_the_targets(method, sampling, warp, device):
-    tables = _tables(seed=1)
+    tables = toys.tables(seed=1)
     tokens, _ = _emit_three(tables, 20000, seed=2, branching=(2, 2), sampling=sampling, method=method,
                             warp=WARPS[warp], device=device, ragged=warp == "ragged")
-    assert bool(((tokens >= 0) & (tokens < V)).all())
-    cells = tokens[:, 0] * V * V + tokens[:, 1] * V + tokens[:, 2]
-    p_value = chi2_pvalue(torch.bincount(cells, minlength=V**3), _target_joint(tables, WARPS[warp]).float())
+    assert bool(((tokens >= 0) & (tokens < toys.V)).all())
+    cells = tokens[:, 0] * toys.V * toys.V + tokens[:, 1] * toys.V + tokens[:, 2]
+    p_value = chi2_pvalue(torch.bincount(cells, minlength=toys.V**3), _target_joint(tables, WARPS[warp]).float())
     assert p_value > ALPHA, p_value
 
 
 def test_joint_check_catches_a_wrong_rule():
     """The same check fails both rules told "iid" for children drawn without replacement."""
-    tables = _tables(seed=1)
+    tables = toys.tables(seed=1)
     g = torch.Generator().manual_seed(9)
     rows = 20000
     root = torch.zeros(rows, dtype=torch.int64)
@@ -168,13 +136,13 @@ def test_joint_check_catches_a_wrong_rule():
     for method in ("token", "traversal"):
         res = specsampler.verify_tree(tables[0][codes], tokens, parents.expand(rows, -1).contiguous(),
                                       tables[1][codes], seed=3, method=method, draft_sampling="iid")
-        assert chi2_pvalue(torch.bincount(res.tokens[:, 0], minlength=V), p.float()) < 1e-6
+        assert chi2_pvalue(torch.bincount(res.tokens[:, 0], minlength=toys.V), p.float()) < 1e-6
 
 
 # ------------------------------------------------------------------ exact expectations (float64 references)
 
 def _dist(table, prefix):
-    return table[_code(prefix)]
+    return table[toys.code(prefix)]
 
 
 def _q_rows(q, tokens, parents, c, wor):
@@ -186,7 +154,7 @@ def _q_rows(q, tokens, parents, c, wor):
                 q_c[tokens[j]] = 0.0
         q_c = q_c / q_c.sum() if q_c.sum() > 0 else q_c
     if not q_c[tokens[c]] > 0:
-        q_c = np.eye(V)[tokens[c]]
+        q_c = np.eye(toys.V)[tokens[c]]
     return q_c
 
 
@@ -244,9 +212,9 @@ def _exact_depth(tables, branching, rule, wor):
     """E[accepted depth] of one call at the root: every tree of candidates, weighted by its probability."""
     p_t = tables[0].double().softmax(-1).numpy()
     q_t = tables[1].double().softmax(-1).numpy()
-    parents = _shape(branching)
+    parents = toys.shape(branching)
     e = 0.0
-    for combo in itertools.product(range(V), repeat=len(parents)):
+    for combo in itertools.product(range(toys.V), repeat=len(parents)):
         prob = 1.0
         for i, x in enumerate(combo):
             prefix = tuple(combo[j] for j in _ancestors(parents, i))
@@ -273,7 +241,7 @@ def _ancestors(parents, i):
 
 @pytest.mark.parametrize("sampling", ["iid", "wor"])
 def test_mean_depth_is_the_rules_and_traversal_beats_token(sampling, device):
-    tables = _tables(seed=3)
+    tables = toys.tables(seed=3)
     wor = sampling == "wor"
     e_trav = _exact_depth(tables, (2, 2), _traversal_depth, wor)
     e_token = _exact_depth(tables, (2, 2), _token_depth, wor)
@@ -286,7 +254,7 @@ def test_mean_depth_is_the_rules_and_traversal_beats_token(sampling, device):
 
 
 def test_without_replacement_accepts_more_than_iid_here():
-    tables = _tables(seed=3)
+    tables = toys.tables(seed=3)
     for rule in (_traversal_depth, _token_depth):
         iid, wor = (_exact_depth(tables, (2, 2), rule, w) for w in (False, True))
         assert wor > iid, (rule.__name__, iid, wor)
@@ -310,22 +278,11 @@ def test_the_papers_example_sequence_level_acceptance(device):
 
 # ------------------------------------------------------------------ chains, structure
 
-def _chain_case(batch, k, vocab, seed, one_hot=False):
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(batch, k + 1, vocab, generator=g) * 2
-    draft = target[:, :k] + torch.randn(batch, k, vocab, generator=g)
-    drafts = torch.multinomial(draft.reshape(-1, vocab).softmax(-1), 1, generator=g).reshape(batch, k)
-    if one_hot:
-        drafts = target[:, :k].argmax(-1)
-    return target, drafts, None if one_hot else draft, torch.rand(batch, k, generator=g), \
-        torch.empty(batch, vocab).exponential_(generator=g)
-
-
 @pytest.mark.parametrize("case", ["sampled", "one-hot", "ragged", "mixed-temperature", "warped", "cdf",
                                   "without-replacement", "out-of-range"])
 def test_a_chain_is_block_verification(case, device):
     batch, k, vocab = 48, 4, 37
-    target, drafts, draft, u, noise = _chain_case(batch, k, vocab, seed=5, one_hot=case == "one-hot")
+    target, drafts, draft, u, noise = toys.chain_case(batch, k, vocab, seed=5, one_hot=case == "one-hot")
     options = {}
     if case == "ragged":
         options["num_draft_tokens"] = torch.randint(0, k + 1, (batch,), generator=torch.Generator().manual_seed(1))

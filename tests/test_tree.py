@@ -12,22 +12,13 @@ import math
 
 import pytest
 import torch
+import tree_toys as toys
 from util import chi2_pvalue
 
 import specsampler
 from specsampler import _testing
 
 ALPHA = 1e-4
-V = 4
-DIGITS = V + 1
-TABLE_ROWS = DIGITS**6  # prefixes of up to 5 tokens: 2 committed, a tree of depth 3
-
-
-def _tables(seed: int, spread: float = 1.5):
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(TABLE_ROWS, V, generator=g) * spread
-    draft = target + torch.randn(TABLE_ROWS, V, generator=g) * spread
-    return target, draft
 
 
 def _warped(logits, top_k):
@@ -36,23 +27,10 @@ def _warped(logits, top_k):
     return logits.masked_fill(logits < logits.topk(top_k, dim=-1).values[..., -1:], float("-inf"))
 
 
-def _shape(branching):
-    """Parents [N] of the tree with `branching` children per node at each depth, in breadth-first order."""
-    parents, frontier = [], [-1]
-    for width in branching:
-        nxt = []
-        for node in frontier:
-            for _ in range(width):
-                parents.append(node)
-                nxt.append(len(parents) - 1)
-        frontier = nxt
-    return parents
-
-
 def _draft_trees(tables, codes, length, branching, g, iid, top_k):
     """Tokens [R, N] and the prefix codes [R, N+1] (root first) of one tree per row."""
     draft_t = tables[1]
-    parents = _shape(branching)
+    parents = toys.shape(branching)
     rows = codes.shape[0]
     node_codes = [codes]
     node_depth = []
@@ -67,15 +45,8 @@ def _draft_trees(tables, codes, length, branching, g, iid, top_k):
         else:  # the draft's top tokens, a distinct one per sibling
             x = q.argsort(dim=-1, descending=True, stable=True)[:, len(siblings)]
         tokens[:, i] = x
-        node_codes.append(node_codes[parent + 1] + (x + 1) * DIGITS ** (length + depth - 1))
+        node_codes.append(node_codes[parent + 1] + (x + 1) * toys.DIGITS ** (length + depth - 1))
     return tokens, torch.stack(node_codes, dim=1), torch.tensor(parents)
-
-
-def _codes(tokens, length):
-    code = torch.zeros(tokens.shape[0], dtype=torch.int64)
-    for i in range(tokens.shape[1]):
-        code += torch.where(i < length, (tokens[:, i] + 1) * DIGITS**i, 0)
-    return code
 
 
 def _emit_three(tables, rows, seed, branching, *, iid=True, top_k=None):
@@ -88,7 +59,7 @@ def _emit_three(tables, rows, seed, branching, *, iid=True, top_k=None):
         active = torch.nonzero(length < 3)[:, 0]
         if active.numel() == 0:
             break
-        tokens, codes, parents = _draft_trees(tables, _codes(out[active], length[active]), length[active],
+        tokens, codes, parents = _draft_trees(tables, toys.codes(out[active], length[active]), length[active],
                                               branching, g, iid, top_k)
         target = tables[0][codes]
         draft = tables[1][codes] if iid else None
@@ -103,25 +74,21 @@ def _emit_three(tables, rows, seed, branching, *, iid=True, top_k=None):
     return out[:, :3], first
 
 
-def _code(prefix):
-    return sum((t + 1) * DIGITS**i for i, t in enumerate(prefix))
-
-
 def _target_joint(tables, top_k=None):
     p = _warped(tables[0], top_k).double().softmax(-1)
-    return torch.tensor([p[_code(())][a] * p[_code((a,))][b] * p[_code((a, b))][c]
-                         for a, b, c in itertools.product(range(V), repeat=3)], dtype=torch.float64)
+    return torch.tensor([p[toys.code(())][a] * p[toys.code((a,))][b] * p[toys.code((a, b))][c]
+                         for a, b, c in itertools.product(range(toys.V), repeat=3)], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("case", ["iid", "point-mass", "iid-top-k", "point-mass-wide"])
 def test_tree_joint_of_three_tokens_is_the_targets(case):
-    tables = _tables(seed=1)
+    tables = toys.tables(seed=1)
     top_k = 3 if case == "iid-top-k" else None
     branching = (3, 2) if case == "point-mass-wide" else (2, 2)
     tokens, _ = _emit_three(tables, 20000, seed=2, branching=branching, iid=case.startswith("iid"), top_k=top_k)
-    assert bool(((tokens >= 0) & (tokens < V)).all())
-    cells = tokens[:, 0] * V * V + tokens[:, 1] * V + tokens[:, 2]
-    p_value = chi2_pvalue(torch.bincount(cells, minlength=V**3), _target_joint(tables, top_k).float())
+    assert bool(((tokens >= 0) & (tokens < toys.V)).all())
+    cells = tokens[:, 0] * toys.V * toys.V + tokens[:, 1] * toys.V + tokens[:, 2]
+    p_value = chi2_pvalue(torch.bincount(cells, minlength=toys.V**3), _target_joint(tables, top_k).float())
     assert p_value > ALPHA, p_value
 
 
@@ -130,19 +97,19 @@ def _exact_depth(tables, branching, iid):
     enumerated (i.i.d.: weighted by its probability; point mass: the one tree of top tokens)."""
     p_t = tables[0].double().softmax(-1)
     q_t = tables[1].double().softmax(-1)
-    parents = _shape(branching)
+    parents = toys.shape(branching)
     n = len(parents)
 
     def children(node):
         return [i for i in range(n) if parents[i] == node]
 
     def expected(node, prefix, tokens):
-        r = p_t[_code(prefix)].clone()
-        q = q_t[_code(prefix)]
+        r = p_t[toys.code(prefix)].clone()
+        q = q_t[toys.code(prefix)]
         stay, total = 1.0, 0.0
         for c in children(node):
             x = tokens[c]
-            q_c = q if iid else torch.nn.functional.one_hot(torch.tensor(x), V).double()
+            q_c = q if iid else torch.nn.functional.one_hot(torch.tensor(x), toys.V).double()
             a = min(1.0, float(r[x]) / float(q_c[x]))
             total += stay * a * (1.0 + expected(c, prefix + (x,), tokens))
             stay *= 1.0 - a
@@ -156,12 +123,12 @@ def _exact_depth(tables, branching, iid):
         for i, parent in enumerate(parents):
             prefix = _path(parent, parents, tokens)
             rank = len([j for j in range(i) if parents[j] == parent])
-            tokens[i] = int(q_t[_code(prefix)].argsort(descending=True, stable=True)[rank])
+            tokens[i] = int(q_t[toys.code(prefix)].argsort(descending=True, stable=True)[rank])
         return expected(-1, (), tokens)
     e = 0.0
-    for combo in itertools.product(range(V), repeat=n):
+    for combo in itertools.product(range(toys.V), repeat=n):
         tokens = dict(enumerate(combo))
-        prob = math.prod(float(q_t[_code(_path(parents[i], parents, tokens))][combo[i]]) for i in range(n))
+        prob = math.prod(float(q_t[toys.code(_path(parents[i], parents, tokens))][combo[i]]) for i in range(n))
         e += prob * expected(-1, (), tokens)
     return e
 
@@ -177,7 +144,7 @@ def _path(node, parents, tokens):
 
 @pytest.mark.parametrize("iid", [True, False], ids=["iid", "point-mass"])
 def test_mean_depth_is_the_rules_and_beats_the_chain(iid):
-    tables = _tables(seed=3)
+    tables = toys.tables(seed=3)
     tree, chain = (2, 2), (1, 1)
     e_tree, e_chain = _exact_depth(tables, tree, iid), _exact_depth(tables, chain, iid)
     assert e_tree > e_chain + 0.1, (e_tree, e_chain)
@@ -187,21 +154,10 @@ def test_mean_depth_is_the_rules_and_beats_the_chain(iid):
         assert abs(float(mean) - expected) < 5 * float(se), (branching, float(mean), expected)
 
 
-def _chain_case(batch, k, vocab, seed, one_hot=False):
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(batch, k + 1, vocab, generator=g) * 2
-    draft = target[:, :k] + torch.randn(batch, k, vocab, generator=g)
-    drafts = torch.multinomial(draft.reshape(-1, vocab).softmax(-1), 1, generator=g).reshape(batch, k)
-    if one_hot:
-        drafts = target[:, :k].argmax(-1)
-    return target, drafts, None if one_hot else draft, torch.rand(batch, k, generator=g), \
-        torch.empty(batch, vocab).exponential_(generator=g)
-
-
 @pytest.mark.parametrize("case", ["sampled", "one-hot", "ragged", "mixed-temperature", "warped"])
 def test_a_chain_is_token_verification(case):
     batch, k, vocab = 9, 4, 97
-    target, drafts, draft, u, noise = _chain_case(batch, k, vocab, seed=5, one_hot=case == "one-hot")
+    target, drafts, draft, u, noise = toys.chain_case(batch, k, vocab, seed=5, one_hot=case == "one-hot")
     options = {}
     if case == "ragged":
         options["num_draft_tokens"] = torch.tensor([0, 1, 2, 3, 4, 4, 2, 1, 0])
