@@ -16,6 +16,8 @@ Run: ``python bench/bench_generate.py`` (about two minutes on two CPU cores); ``
 ``--profile`` adds, per B, a breakdown of specsampler's time by part of the step (:class:`StepProfile`);
 ``--sample --verify-method token block`` runs token and block verification side by side (tokens per target forward
 and tokens/s of each); ``--draft-tree 3,2,1,1 2,1,1,1`` adds a token-tree row per tree beside the chain, and
+``--tree-verify-method token traversal --tree-sampling iid without_replacement`` a tree row per rule and way of
+drawing the candidates (issue #30: tokens per forward and tokens/s of each, interleaved with --repeats), and
 ``--draft-tree-min-prob 0.01 0.03`` / ``--draft-tree-budget 5`` a pruned row per tree and value
 (``draft_tree_min_prob=`` / ``draft_tree_budget=``)
 (``--prompt-lookup --lookup-candidates 3``: prompt lookup's tries beside its chain). With ``--repeats`` the methods'
@@ -148,6 +150,10 @@ def run_specsampler(target, drafter, ids, mask, args, schedule=None, method=None
                                 **processor_kwargs(args))
 
 
+#: Short row tags of draft_tree_sampling values (None: generate's default, no tag).
+_SAMPLING_TAGS = {"top": "top", "iid": "iid", "without_replacement": "wor"}
+
+
 def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
     """(row name, schedule, verify method, tree options) of every specsampler row: one per schedule x verify method
     given (the name says the schedule and the method where several were given), then a tree row per --draft-tree
@@ -158,7 +164,13 @@ def specsampler_variants(args) -> list[tuple[str, str, str, dict | None]]:
             tags = ([schedule] if len(args.schedule) > 1 else []) + ([method] if len(args.verify_method) > 1 else [])
             out.append((f"specsampler ({', '.join(tags)})" if tags else "specsampler", schedule, method, None))
     for tree in args.draft_tree or [] if not args.prompt_lookup else []:
-        out.append((f"specsampler tree {','.join(map(str, tree))}", "constant", None, {"draft_tree": tree}))
+        for method in args.tree_verify_method:
+            for sampling in args.tree_sampling:
+                tags = "".join(f" {t}" for t in (method, _SAMPLING_TAGS.get(sampling)) if t)
+                options = {"draft_tree": tree}
+                options.update({"verify_method": method} if method else {})
+                options.update({"draft_tree_sampling": sampling} if sampling else {})
+                out.append((f"specsampler tree {','.join(map(str, tree))}{tags}", "constant", None, options))
         for p in args.draft_tree_min_prob or []:
             out.append((f"specsampler tree {','.join(map(str, tree))} p>={p:g}", "constant", None,
                         {"draft_tree": tree, "draft_tree_min_prob": p}))
@@ -425,6 +437,11 @@ def main():
     p.add_argument("--draft-tree", type=lambda t: tuple(int(c) for c in t.split(",")), metavar="3,2,1,1",
                    nargs="+", help="also a specsampler row drafting each token tree given (draft_tree=) beside the "
                                    "chain of K")
+    p.add_argument("--tree-verify-method", nargs="+", default=[None], choices=("token", "traversal"),
+                   help="with --draft-tree: a tree row per method (verify_method=; default: generate's, token)")
+    p.add_argument("--tree-sampling", nargs="+", default=[None], choices=tuple(_SAMPLING_TAGS),
+                   help="with --draft-tree: a tree row per draft_tree_sampling value (default: generate's: "
+                        "without_replacement when sampling, top when greedy); rows tagged top / iid / wor")
     p.add_argument("--draft-tree-min-prob", type=float, nargs="+", metavar="P",
                    help="with --draft-tree: also a row per tree and P, pruned with draft_tree_min_prob=P")
     p.add_argument("--draft-tree-budget", type=int, nargs="+", metavar="N",
