@@ -296,6 +296,13 @@ def check_given(given: dict, names=None) -> None:
             check(name, value)
 
 
+def passed(options: dict) -> dict:
+    """The options a call sets: `options` without the declared ones given as None where None means "not passed"
+    (:attr:`Option.none_unsets`; top_p=None stays: off, as in transformers)."""
+    return {name: value for name, value in options.items()
+            if value is not None or name not in OPTIONS or not OPTIONS[name].none_unsets}
+
+
 def flagged() -> list[Option]:
     """The options with a command-line flag, in the declaration's order."""
     return [option for option in OPTIONS.values() if option.cli_flag is not None]
@@ -306,16 +313,27 @@ def flagged() -> list[Option]:
 PLAIN_OPTIONS = tuple(WARPERS) + PROCESSOR_OPTIONS
 
 
+class _Unset:
+    """The default shown in a signature for an option whose None means "off" (left out: the configs decide)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET = _Unset()
+
+
 def signature_of(function, names, default=None) -> inspect.Signature:
-    """`function`'s signature with the options `names` inserted as keyword-only parameters (default `default`)
-    before its ``**kwargs`` (for ``help()``, editors and transformers, which reads a ``custom_generate`` callable's
-    signature to know which keywords it takes)."""
+    """`function`'s signature with the options `names` inserted as keyword-only parameters (default `default`, or
+    :data:`UNSET` where None would mean "off") before its ``**kwargs`` (for ``help()``, editors and transformers,
+    which reads a ``custom_generate`` callable's signature to know which keywords it takes)."""
     sig = inspect.signature(function)
     params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
     tail = [p for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD]
     taken = {p.name for p in params}
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default) for name in names
-               if name not in taken]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                 default=default if OPTIONS[name].none_unsets else UNSET)
+               for name in names if name not in taken]
     return sig.replace(parameters=params + tail)
 
 
@@ -328,7 +346,7 @@ def parameters_doc(names, indent: str = "    ") -> str:
         option = OPTIONS[name]
         lines.append(f"{indent}{name} : optional")
         lines += textwrap.wrap(option.doc or option.help[0].upper() + option.help[1:] + ".", 116 - len(indent),
-                               initial_indent=indent * 2, subsequent_indent=indent * 2)
+                               initial_indent=indent * 2, subsequent_indent=indent * 2, break_on_hyphens=False)
     return "\n".join(lines)
 
 
