@@ -70,6 +70,16 @@ def _draft_tree(name: str, value) -> tuple[int, ...]:
     return tuple(_checks.integer(f"{name}[{d}]", c, 1) for d, c in enumerate(value))
 
 
+def _branching(text: str) -> tuple[int, ...]:
+    """``--draft-tree 3,2,1,1`` -> (3, 2, 1, 1) (the values are checked by the option's check)."""
+    import argparse
+
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 3,2,1,1; got {text!r}") from None
+
+
 def _tree_min_prob(name: str, value) -> float | None:
     """`value` as a float in [0, 1] (0: no pruning, returned as None), else an error naming `name`."""
     value = _checks.real(name, value, 0.0, 1.0, what="(a path probability under the draft)")
@@ -163,7 +173,7 @@ _OPTIONS = [
                "global default 20 is meant for its confidence-threshold stop, which specsampler does not have)."),
     Option("draft_tree", "verify a token tree per step instead of a chain: the draft's candidates per node at each "
            "depth (the depth replaces --num-draft-tokens); needs --draft", _draft_tree,
-           cli=dict(metavar="3,2,1,1"),
+           cli=dict(type=_branching, metavar="3,2,1,1"),
            doc="specsampler's own: verify a token tree per step instead of a chain. ``(3, 2, 1, 1)``: the draft's 3 "
                "candidates for the next token, 2 under each, then 1 and 1 (21 nodes, depth 4). The draft model grows "
                "it with one forward per depth, the target scores it in one forward (a 4D attention mask: eager or "
