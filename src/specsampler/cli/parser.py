@@ -60,9 +60,10 @@ def _add_models_and_prompts(g: argparse.ArgumentParser) -> None:
 
 def _add_decoding(g: argparse.ArgumentParser) -> None:
     """A flag for each declared option that has one (:func:`specsampler.generation.declared.flagged`: its help,
-    choices, type and default from there), and ``--greedy``."""
+    type and default from there), and ``--greedy``. Choices are shown, not enforced by argparse: a bad value gets
+    the option's declared check and message, as through ``specsampler.generate``."""
     for option in flagged():
-        extra = dict(option.cli) | ({"choices": option.choices} if option.choices else {})
+        extra = dict(option.cli) | ({"metavar": "{" + ",".join(option.choices) + "}"} if option.choices else {})
         g.add_argument(option.cli_flag, dest=option.name, help=option.help, **extra)
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
                    "generation config samples or a sampling option is given)")

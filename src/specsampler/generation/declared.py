@@ -288,6 +288,10 @@ _OPTIONS = [
 OPTIONS: dict[str, Option] = {option.name: option for option in _OPTIONS}
 #: specsampler's own options (no ``GenerationConfig`` attribute of that name): keywords of ``speculative_generate``.
 OWN: tuple[str, ...] = tuple(name for name, option in OPTIONS.items() if option.own)
+#: The declared ``GenerationConfig`` options checked wherever their values come from (an argument or a config), by
+#: name: all but ``num_assistant_tokens``, checked where it is used (under its name or num_draft_tokens').
+CONFIG_CHECKED: tuple[str, ...] = tuple(name for name, option in OPTIONS.items()
+                                        if not option.own and name != "num_assistant_tokens")
 #: The options ``generate`` names in its signature (the others of ``GenerationConfig`` go through ``**kwargs``).
 NAMED: tuple[str, ...] = tuple(name for name, option in OPTIONS.items() if option.doc)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from .declared import OWN, check
+from .declared import CONFIG_CHECKED, OWN, check
 from .drafters import PromptLookupDrafter
 from .inputs import check_inputs, check_models
 from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, WARPERS, global_defaults, is_off, same
@@ -258,21 +258,17 @@ def _schedule(value) -> str:
     return "heuristic" if value == "heuristic_transient" else value
 
 
-def _tree_options(own: dict, drafter, num_assistant_tokens, schedule: str) -> dict:
-    """The tree options of `own` (specsampler's own options, checked) with their combinations checked by name (a
-    budget caps a tree of top candidates, at no fewer nodes than its depth): a tree replaces num_draft_tokens, needs
-    a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own verification rule (verify_method
-    "block" is refused with any tree) and a constant shape (schedules other than "constant" are refused with it; a
-    lookup trie's depth follows the schedule)."""
-    tree, sampling, min_prob, budget, m = (own[name] for name in (
-        "draft_tree", "draft_tree_sampling", "draft_tree_min_prob", "draft_tree_budget",
-        "prompt_lookup_num_candidates"))
-    lookup = isinstance(drafter, PromptLookupDrafter)
-    if tree is None:
-        for name in ("draft_tree_sampling", "draft_tree_min_prob", "draft_tree_budget"):
-            if own.given[name] is not None:
-                raise ValueError(f"{name}={own.given[name]!r} {_NEEDS_TREE[name]}: it needs draft_tree= (the "
-                                 f"branching per depth)")
+def _check_tree_options(own: dict, drafter, num_assistant_tokens, schedule: str) -> None:
+    """The combinations of the tree options in `own` (specsampler's own options, checked), each refused by name: the
+    pruning and sampling options need a tree, a budget caps a tree of top candidates at no fewer nodes than its
+    depth, a tree replaces num_draft_tokens, needs a draft model (prompt lookup takes prompt_lookup_num_candidates)
+    and has its own verification rule (verify_method "block" is refused with any tree) and a constant shape
+    (schedules other than "constant" are refused with it; a lookup trie's depth follows the schedule)."""
+    tree, sampling, budget = own["draft_tree"], own["draft_tree_sampling"], own["draft_tree_budget"]
+    m, lookup = own["prompt_lookup_num_candidates"], isinstance(drafter, PromptLookupDrafter)
+    for name, why in _NEEDS_TREE.items():
+        if tree is None and own.given[name] is not None:
+            raise ValueError(f"{name}={own.given[name]!r} {why}: it needs draft_tree= (the branching per depth)")
     if budget is not None and (budget < len(tree) or sampling in ("iid", "without_replacement")):
         why = (f"caps a tree of top candidates: not with draft_tree_sampling={sampling!r} (a cap would drop draws)"
                if sampling in ("iid", "without_replacement") else
@@ -298,13 +294,12 @@ def _tree_options(own: dict, drafter, num_assistant_tokens, schedule: str) -> di
         if schedule != "constant" and tree is not None:  # (a lookup trie's depth is K, which a schedule can vary)
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a draft tree "
                              f"has a fixed shape (only 'constant')")
-    return dict(draft_tree=tree, draft_tree_min_prob=min_prob, draft_tree_budget=budget, lookup_candidates=m or 1,
-                draft_tree_sampling=sampling)
 
 
-#: Why each pruning or sampling option of a tree needs ``draft_tree``.
+#: The options of a tree's candidates, each with why it needs ``draft_tree``; pruning ones ask for top candidates.
 _NEEDS_TREE = {"draft_tree_sampling": "picks the candidates of a draft_tree",
                "draft_tree_min_prob": "prunes a draft_tree", "draft_tree_budget": "caps a draft_tree"}
+_PRUNING = tuple(_NEEDS_TREE)[1:]
 
 
 class _Own(dict):
@@ -315,12 +310,12 @@ class _Own(dict):
         self.given = {name: given.get(name) for name in OWN}
 
 
-def _default_tree_sampling(tree, do_sample: bool, min_prob, budget) -> str:
+def _default_tree_sampling(own: dict, do_sample: bool) -> str:
     """The candidates of a tree whose draft_tree_sampling was not given: draws without replacement when sampling (they
     accept the most: top tokens treated as point masses waste the draft's probabilities), the draft's top tokens
     when greedy or when the tree is pruned or capped (which apply to top candidates)."""
-    sampled = tree is not None and do_sample and min_prob is None and budget is None
-    return "without_replacement" if sampled else "top"
+    pruned = any(own[name] is not None for name in _PRUNING)
+    return "without_replacement" if own["draft_tree"] is not None and do_sample and not pruned else "top"
 
 
 def _check_tree_nodes(tree: tuple[int, ...], budget: int | None) -> None:
@@ -396,23 +391,27 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     if n_seq > 1 and not do_sample:
         raise ValueError(f"Greedy methods (do_sample != True) without beam search do not support "
                          f"`num_return_sequences` different than 1 (got {n_seq}).")
-    for name in ("repetition_penalty", "no_repeat_ngram_size", "max_time"):
+    for name in CONFIG_CHECKED:  # (the declared GenerationConfig options, wherever their values come from)
         opt(name)
     temperature = opt("temperature")
     eos, pad = _eos_and_pad(options)
     outputs = bool(opt("return_dict_in_generate")) or returns_dict
     schedule = _schedule(options["num_assistant_tokens_schedule"][0])
     own = _Own(given_own)
-    tree = _tree_options(own, drafter, num_assistant_tokens, schedule)
-    tree["draft_tree_sampling"] = tree["draft_tree_sampling"] or _default_tree_sampling(
-        tree["draft_tree"], do_sample, tree["draft_tree_min_prob"], tree["draft_tree_budget"])
-    depth = None if tree["draft_tree"] is None else len(tree["draft_tree"])
+    _check_tree_options(own, drafter, num_assistant_tokens, schedule)
+    own["draft_tree_sampling"] = own["draft_tree_sampling"] or _default_tree_sampling(own, do_sample)
+    depth = None if own["draft_tree"] is None else len(own["draft_tree"])
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
         num_draft_tokens=depth or _draft_length(own["num_draft_tokens"], num_assistant_tokens, lookup_k, options),
         schedule=schedule, do_sample=do_sample,
         temperature=1.0 if temperature is None else temperature, top_k=opt("top_k"), top_p=opt("top_p"),
-        min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq,
-        seed=own["seed"], drafter=drafter, verify_method=own["verify_method"] or "token",
+        min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq, drafter=drafter,
+        verify_method=own["verify_method"] or "token", lookup_candidates=own["prompt_lookup_num_candidates"] or 1,
         output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
-        options=options, **tree)
+        options=options, **{name: own[name] for name in _SETTINGS_AS_DECLARED})
+
+
+#: specsampler's own options a :class:`Settings` field of the same name holds as checked (seed and the tree's).
+_SETTINGS_AS_DECLARED = tuple(f.name for f in fields(Settings) if f.name in OWN and f.name not in (
+    "num_draft_tokens", "verify_method"))
