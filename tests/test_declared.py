@@ -194,6 +194,20 @@ def test_cli_bad_value_before_loading(name, tmp_path, capsys):
     assert rc == 2 and err == f"specsampler: error: {option.cli_flag}: {body}\n", err
 
 
+@pytest.mark.parametrize("name, text, value", [("max_new_tokens", "0", 0), ("seed", "-1", -1),
+                                               ("seed", str(2**63), 2**63)])
+def test_cli_stricter_rules_are_declared(name, text, value, tmp_path, capsys):
+    """The command line's own rules (no 0 new tokens: target.generate refuses it; a seed a 64-bit generator takes)
+    are the option's declared cli_check, with its message."""
+    option = OPTIONS[name]
+    with pytest.raises(ValueError) as info:
+        option.cli_check(name, option.validate(value))
+    rc = cli.main(["generate", "--target", str(tmp_path / "missing"), "--prompt-lookup", "--prompt", "w5",
+                   option.cli_flag, text])
+    body = str(info.value)[len(name) + 1:]
+    assert rc == 2 and capsys.readouterr().err == f"specsampler: error: {option.cli_flag}: {body}\n"
+
+
 COMBINATIONS = [  # (flags, the same options for the resolver, the drafter: "draft" or "lookup")
     (["--draft-tree-budget", "4"], dict(draft_tree_budget=4), "draft"),
     (["--draft-tree-sampling", "iid"], dict(draft_tree_sampling="iid"), "draft"),

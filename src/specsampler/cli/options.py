@@ -50,19 +50,19 @@ def check_options(args) -> torch.device:
     for option in flagged():
         if getattr(args, option.name) is not None:
             _check(option.name, getattr(args, option.name))
-    if args.max_new_tokens < 1:  # transformers refuses 0 (GenerationConfig.validate)
-        raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
-    if args.seed is not None and not 0 <= args.seed < 2**63:  # torch seeds 64-bit generators; batches add their row
-        raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
     _check_run_options(args)
     resolve_flags(args)  # every combination, by the library's resolver, before a model is loaded
     return resolve_device(args.device)
 
 
 def _check(name: str, value) -> None:
-    """The option's declared check, its error turned into a CLIError naming the flag."""
+    """The option's declared check (and the command line's stricter rule where it declares one), its error turned
+    into a CLIError naming the flag."""
+    option = OPTIONS[name]
     try:
-        OPTIONS[name].validate(value)
+        value = option.validate(value)
+        if option.cli_check is not None:
+            option.cli_check(name, value)
     except (TypeError, ValueError) as exc:
         message = str(exc)
         if message.startswith(f"{name} "):  # "top_p must be ...": the flag is named in front instead

@@ -108,6 +108,8 @@ class Option:
         The command-line flag; "" derives it from the name (``--top-p``), None: no flag.
     cli : dict
         argparse's extras for the flag (type, metavar, default).
+    cli_check : callable, optional
+        The command line's stricter rule for the flag's value, after `check` (same form).
     transformers : str or None
         Its ``GenerationConfig`` name: the same name for transformers' options (resolved from the configs, as
         ``model.generate`` does), another where specsampler's own name has a transformers twin (num_draft_tokens:
@@ -127,6 +129,7 @@ class Option:
     default: object = None
     flag: str | None = ""
     cli: dict = field(default_factory=dict)
+    cli_check: Callable | None = None
     transformers: str | None = None
     none_unsets: bool = True
     doc: str = ""
@@ -164,6 +167,7 @@ _WARPER_DOC = ("As transformers' warpers, in their order (temperature, top-k, to
 
 _OPTIONS = [
     _config("max_new_tokens", "per prompt (default 128)", _count, cli=dict(type=int, default=128),
+            cli_check=lambda n, v: _checks.integer(n, v, 1, what="(target.generate refuses 0)"),
             doc="The most new tokens per row. None: the configs' max_new_tokens, else their max_length minus P."),
     Option("num_draft_tokens", "K, drafts per step (default 4)", _positive_int, default=4, cli=dict(type=int),
            transformers="num_assistant_tokens",
@@ -258,8 +262,9 @@ _OPTIONS = [
     _config("no_repeat_ngram_size", "never repeat an n-gram of this size, >= 0 (0: off; default: the target's "
             "generation config)", _count, cli=dict(type=int), none_unsets=False),
     Option("seed", "seeds drafting, verification and the --compare baseline", lambda n, v: _checks.seed(v, n),
-           cli=dict(type=int), doc="Seeds the draft sampling and the verification; None draws from torch's default "
-                                   "generator."),
+           cli=dict(type=int), cli_check=lambda n, v: _checks.integer(
+               n, v, 0, 2**63 - 1, what="(a 64-bit generator's seed; batches add their first prompt's index)"),
+           doc="Seeds the draft sampling and the verification; None draws from torch's default generator."),
     _config("eos_token_id", "stop a row at any of these", _as_given, flag=None,
             doc="int or list of int: stop a row at any of these ([]: never). None: the configs' (as transformers "
                 "does)."),
