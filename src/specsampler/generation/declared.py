@@ -105,7 +105,7 @@ class Option:
     default : object
         What applies when the option is set nowhere (None: transformers' default, or off).
     flag : str or None
-        The command-line flag; "" derives it from the name (``--top-p``), None: no flag.
+        The command-line flag; "" derives it from the name (``--top-k`` for top_k), None: no flag.
     cli : dict
         argparse's extras for the flag (type, metavar, default).
     cli_check : callable, optional
@@ -141,7 +141,7 @@ class Option:
 
     @property
     def cli_flag(self) -> str | None:
-        """The flag (``--draft-tree-budget``), or None."""
+        """The flag (``--top-k``), or None."""
         return None if self.flag is None else self.flag or "--" + self.name.replace("_", "-")
 
     def validate(self, value, name: str | None = None):
