@@ -268,7 +268,7 @@ def _check_tree_options(own: dict, drafter, num_assistant_tokens, schedule: str)
     m, lookup = own["prompt_lookup_num_candidates"], isinstance(drafter, PromptLookupDrafter)
     for name, why in _NEEDS_TREE.items():
         if tree is None and own.given[name] is not None:
-            raise ValueError(f"{name}={own.given[name]!r} {why}: it needs draft_tree= (the branching per depth)")
+            raise ValueError(f"{name}={own.given[name]!r} {why}")
     if budget is not None and (budget < len(tree) or sampling in ("iid", "without_replacement")):
         why = (f"caps a tree of top candidates: not with draft_tree_sampling={sampling!r} (a cap would drop draws)"
                if sampling in ("iid", "without_replacement") else
@@ -297,8 +297,9 @@ def _check_tree_options(own: dict, drafter, num_assistant_tokens, schedule: str)
 
 
 #: The options of a tree's candidates, each with why it needs ``draft_tree``; pruning ones ask for top candidates.
-_NEEDS_TREE = {"draft_tree_sampling": "picks the candidates of a draft_tree",
-               "draft_tree_min_prob": "prunes a draft_tree", "draft_tree_budget": "caps a draft_tree"}
+_NEEDS_TREE = {"draft_tree_sampling": "needs draft_tree= (the branching per depth)",
+               "draft_tree_min_prob": "prunes a draft_tree: it needs draft_tree= (the branching per depth)",
+               "draft_tree_budget": "caps a draft_tree: it needs draft_tree="}
 _PRUNING = tuple(_NEEDS_TREE)[1:]
 
 
