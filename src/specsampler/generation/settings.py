@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .declared import CONFIG_CHECKED, OWN, check
+from .declared import CONFIG_CHECKED, OPTIONS, OWN, check
 from .drafters import PromptLookupDrafter
 from .inputs import check_inputs, check_models
 from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, WARPERS, global_defaults, is_off, same
@@ -254,7 +254,7 @@ def _as_list(x) -> list[int]:
 
 def _schedule(value) -> str:
     """The schedule for a ``num_assistant_tokens_schedule`` value (None: "constant"), checked by its entry."""
-    value = check_option("num_assistant_tokens_schedule", value) or "constant"
+    value = check_option("num_assistant_tokens_schedule", value) or OPTIONS["num_assistant_tokens_schedule"].default
     return "heuristic" if value == "heuristic_transient" else value
 
 
@@ -309,6 +309,10 @@ class _Own(dict):
     def __init__(self, given: dict):
         super().__init__({name: check_option(name, given.get(name)) for name in OWN})
         self.given = {name: given.get(name) for name in OWN}
+
+    def value(self, name: str):
+        """The checked value, else the option's declared default."""
+        return OPTIONS[name].default if self[name] is None else self[name]
 
 
 def _default_tree_sampling(own: dict, do_sample: bool) -> str:
@@ -408,7 +412,7 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
         schedule=schedule, do_sample=do_sample,
         temperature=1.0 if temperature is None else temperature, top_k=opt("top_k"), top_p=opt("top_p"),
         min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq, drafter=drafter,
-        verify_method=own["verify_method"] or "token", lookup_candidates=own["prompt_lookup_num_candidates"] or 1,
+        verify_method=own.value("verify_method"), lookup_candidates=own.value("prompt_lookup_num_candidates"),
         output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
         options=options, **{name: own[name] for name in _SETTINGS_AS_DECLARED})
 
