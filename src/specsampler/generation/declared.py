@@ -117,6 +117,8 @@ class Option:
     none_unsets : bool
         ``None`` passed to ``generate`` means "not passed" (the configs decide); False: None is passed on (top_p=None
         is off, as in transformers).
+    kind : str
+        Its type in the docstring ("" : read from `choices`, the flag's type or the check).
     doc : str
         Its entry in ``generate``'s docstring (numpy style, after the name line), where ``generate`` names the option
         in its signature; "": not named there (a ``GenerationConfig`` option passed through its ``**kwargs``).
@@ -132,6 +134,7 @@ class Option:
     cli_check: Callable | None = None
     transformers: str | None = None
     none_unsets: bool = True
+    kind: str = ""
     doc: str = ""
 
     @property
@@ -144,6 +147,14 @@ class Option:
         """The flag (``--top-k``), or None."""
         return None if self.flag is None else self.flag or "--" + self.name.replace("_", "-")
 
+    @property
+    def doc_type(self) -> str:
+        """Its type as ``generate``'s docstring names it (``int``, ``{"token", "block", "traversal"}``, ...)."""
+        if self.kind or self.choices:
+            return self.kind or "{" + ", ".join(f'"{c}"' for c in self.choices) + "}"
+        kind = self.cli.get("type")
+        return kind.__name__ if kind in (int, float) else _KINDS.get(self.check, "object")
+
     def validate(self, value, name: str | None = None):
         """The checked value (None: None), errors naming `name` (default: the option's name)."""
         if value is None:
@@ -152,6 +163,11 @@ class Option:
         if self.check is not None:
             return self.check(name, value)
         return _checks.choice(name, value, self.choices) if self.choices else value
+
+
+#: The docstring type of the shared checks.
+_KINDS = {_count: "int", _positive_int: "int", _positive_real: "float", _checks.boolean: "bool",
+          _draft_tree: "tuple or list of int"}
 
 
 def _config(name: str, help: str, check=None, **kw) -> Option:
@@ -265,10 +281,10 @@ _OPTIONS = [
            cli=dict(type=int), cli_check=lambda n, v: _checks.integer(
                n, v, 0, 2**63 - 1, what="(a 64-bit generator's seed; batches add their first prompt's index)"),
            doc="Seeds the draft sampling and the verification; None draws from torch's default generator."),
-    _config("eos_token_id", "stop a row at any of these", _as_given, flag=None,
-            doc="int or list of int: stop a row at any of these ([]: never). None: the configs' (as transformers "
+    _config("eos_token_id", "stop a row at any of these", _as_given, flag=None, kind="int or list of int",
+            doc="Stop a row at any of these ([]: never). None: the configs' (as transformers "
                 "does)."),
-    _config("pad_token_id", "fills rows that finished early", _as_given, flag=None,
+    _config("pad_token_id", "fills rows that finished early", _as_given, flag=None, kind="int",
             doc="Fills rows that finished early. None: the configs', else the first EOS id, else 0."),
     _config("num_return_sequences", "rows per prompt", _positive_int, flag=None,
             doc="n: each prompt gives n rows (consecutive, as transformers orders them); n > 1 needs sampling. None: "
@@ -279,7 +295,8 @@ _OPTIONS = [
             doc="Draft by prompt lookup (a :class:`PromptLookupDrafter`, its longest n-gram the configs' "
                 "``max_matching_ngram_size`` or 3) with K = this."),
     _config("stop_strings", "transformers' StopStringCriteria (needs tokenizer)", _as_given, flag=None,
-            none_unsets=False, doc="str or list of str: transformers' StopStringCriteria (needs `tokenizer`). Unset: "
+            kind="str or list of str",
+            none_unsets=False, doc="transformers' StopStringCriteria (needs `tokenizer`). Unset: "
                                    "the configs'."),
     _config("max_matching_ngram_size", "the prompt-lookup drafter's longest n-gram", _positive_int, flag=None,
             none_unsets=False),
@@ -363,7 +380,7 @@ def parameters_doc(names, indent: str = "    ") -> str:
     lines = []
     for name in names:
         option = OPTIONS[name]
-        lines.append(f"{indent}{name} : optional")
+        lines.append(f"{indent}{name} : {option.doc_type}, optional")
         lines += textwrap.wrap(option.doc or option.help[0].upper() + option.help[1:] + ".", 116 - len(indent),
                                initial_indent=indent * 2, subsequent_indent=indent * 2, break_on_hyphens=False)
     return "\n".join(lines)
