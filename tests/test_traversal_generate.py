@@ -127,5 +127,6 @@ def test_cli_flags_take_the_new_values():
     assert options.speculative_options(args) == {"draft_tree": (3, 2, 1, 1),
                                                  "draft_tree_sampling": "without_replacement",
                                                  "verify_method": "traversal"}
-    with pytest.raises(CLIError, match="--verify-method: invalid choice: 'leaf'"):
-        cli.build_parser().parse_args(["generate", "--target", "t", "--prompt", "x", "--verify-method", "leaf"])
+    bad = cli.build_parser().parse_args(["generate", "--target", "t", "--prompt", "x", "--verify-method", "leaf"])
+    with pytest.raises(CLIError, match=r"^--verify-method: must be 'token', 'block' or 'traversal', got 'leaf'$"):
+        options.check_options(bad)  # (the option's declared check and message, as through specsampler.generate)

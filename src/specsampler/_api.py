@@ -182,13 +182,10 @@ def _warp_option(name: str, value, batch: int, device: torch.device, integral: b
         if device.type == "cpu" and bool(bad.any()):
             raise ValueError(f"{name} must be {'>= 0' if integral else 'in [0, 1]'}, got {value.tolist()}")
         return value
-    if integral:
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be None, an integer >= 0 (0: off) or a [B] tensor, got {value!r}")
-        return min(int(value), 2**31 - 1)  # anything >= V keeps every logit; this fits every backend's integers
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be None, a number in [0, 1] or a [B] tensor, got {value!r}")
-    return float(value)
+    value = getattr(_checks, name)(value, name)  # the option's one check and message (generate's too)
+    if value is None:  # (0 / 1 / 0: off)
+        return off
+    return min(value, 2**31 - 1) if integral else value  # a top_k >= V keeps every logit; this fits every backend
 
 
 def _warp(top_k, top_p, min_p, temperature, batch: int, device: torch.device) -> Warp | None:

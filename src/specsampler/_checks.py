@@ -61,6 +61,17 @@ def boolean(name: str, value) -> bool:
     return bool(value)
 
 
+def choice(name: str, value, choices) -> str:
+    """`value` if it is one of the strings `choices`, else a ValueError naming `name` (an OptionTypeError for a
+    non-string) that lists them."""
+    listed = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
+    if not isinstance(value, str):
+        raise OptionTypeError(f"{name} must be {listed}, got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        raise ValueError(f"{name} must be {listed}, got {value!r}")
+    return value
+
+
 def temperature(value, name: str = "temperature") -> float:
     """A temperature: finite and >= 0 (0: greedy)."""
     return real(name, value, 0.0, math.inf, what="(0: greedy)")

@@ -27,6 +27,7 @@ import functools
 import inspect
 
 from ._api import verify
+from .generation.declared import OWN, check_given, signature_of
 
 __all__ = ["keep_tokenizer_for_speculative_generate", "patch_transformers", "patched_transformers",  # noqa: F822
            "speculative_generate", "unpatch_transformers"]  # (speculative_generate: reached through __getattr__)
@@ -166,11 +167,7 @@ NO_DRAFTER = ("speculative_generate needs a drafter: pass draft_model=<the draft
 
 
 def _speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                         draft_model=None, num_draft_tokens: int | None = None, seed: int | None = None,
-                         token_streamer=None, tokenizer=None, verify_method: str | None = None, draft_tree=None,
-                         draft_tree_sampling: str | None = None, draft_tree_min_prob: float | None = None,
-                         draft_tree_budget: int | None = None, prompt_lookup_num_candidates: int | None = None,
-                         **model_kwargs):
+                         draft_model=None, token_streamer=None, tokenizer=None, **model_kwargs):
     """Batched speculative decoding as a ``custom_generate`` callable.
 
     Use: ``model.generate(input_ids, attention_mask=mask, custom_generate=speculative_generate, draft_model=draft,
@@ -201,12 +198,6 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
         The drafter. Without it ``prompt_lookup_num_tokens=N`` (a generation option: it arrives in
         `generation_config`, with ``max_matching_ngram_size``) drafts by prompt lookup; without either a ValueError
         says why ``assistant_model=`` cannot reach this function (nothing falls back silently).
-    num_draft_tokens : int, optional
-        K; default the generation config's ``prompt_lookup_num_tokens`` with prompt lookup, else its
-        ``num_assistant_tokens``, else 4. The draft length follows the generation config's
-        ``num_assistant_tokens_schedule`` (default "constant"), as in :func:`specsampler.generate`.
-    seed : int, optional
-        Seeds the sampling.
     token_streamer : BaseStreamer, optional
         A transformers streamer for a single row (``generate`` keeps its own ``streamer=`` from a ``custom_generate``
         callable, so it travels under this name; the patched ``generate`` passes it so): the prompt, then each
@@ -214,12 +205,12 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
     tokenizer : optional
         Accepted for transformers' stop strings (the stopping criteria arrive prepared, a StopStringCriteria among
         them: transformers gets the tokenizer through :func:`keep_tokenizer_for_speculative_generate`).
-    verify_method : {"token", "block", "traversal"}, optional
-        specsampler's own option, as in :func:`specsampler.generate` (``model.generate(..., verify_method="block")``
-        hands it here, under the patch too). None: "token".
-    draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates : optional
-        specsampler's own token trees, as in :func:`specsampler.generate` (``model.generate(..., draft_tree=(3, 2,
-        1, 1))`` hands them here, under the patch too).
+    {own} : optional
+        specsampler's own options (:data:`specsampler.generation.declared.OWN`), as in :func:`specsampler.generate`
+        (``model.generate(..., draft_tree=(3, 2, 1, 1))`` hands them here, under the patch too: transformers reads
+        them from this function's signature). ``num_draft_tokens`` None: the generation config's
+        ``prompt_lookup_num_tokens`` with prompt lookup, else its ``num_assistant_tokens``, else 4; the draft length
+        follows its ``num_assistant_tokens_schedule``.
     **model_kwargs
         ``attention_mask`` is used; the rest (the cache ``generate`` prepared, position ids) is ignored.
 
@@ -238,12 +229,12 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
         WARPER_OPTIONS,
         check_inputs,
         check_models,
-        check_option,
         refuse_unsupported,
         resolve_generation_options,
         resolve_settings,
     )
 
+    own = {name: model_kwargs.pop(name) for name in OWN if name in model_kwargs}
     check_models(model, draft_model, who="speculative_generate")
     cfg = generation_config if generation_config is not None else model.generation_config
     if draft_model is None and not getattr(cfg, "prompt_lookup_num_tokens", None):
@@ -258,17 +249,13 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
     # an option specsampler cannot apply is named first (before the processor it built), then the warpers' values go
     # to sample / verify and the other processors are applied position by position
     refuse_unsupported(resolve_generation_options(model, cfg), "speculative_generate")
-    for name in WARPER_OPTIONS:  # checked as specsampler.generate checks them, with its message (transformers builds
-        check_option(name, getattr(cfg, name, None))  # no warper for top_p >= 1: 1.5 would pass unchecked)
+    # the warpers' values as the config holds them, by their declared checks (transformers builds no warper for
+    # top_p >= 1: 1.5 would pass unchecked); those read back from the warpers get the same checks in the resolver
+    check_given({name: getattr(cfg, name, None) for name in WARPER_OPTIONS})
     processors, warpers = split_processors(logits_processor)
-    settings = resolve_settings(model, cfg, prompt_width=input_ids.shape[1], draft=draft_model,
-                                num_draft_tokens=num_draft_tokens, seed=seed, verify_method=verify_method,
-                                draft_tree=draft_tree, draft_tree_sampling=draft_tree_sampling,
-                                draft_tree_min_prob=draft_tree_min_prob, draft_tree_budget=draft_tree_budget,
-                                prompt_lookup_num_candidates=prompt_lookup_num_candidates, returns_dict=False,
-                                who="speculative_generate",
-                                max_new_tokens=max_new, eos_token_id=_prepared_eos(cfg),
-                                pad_token_id=_prepared_pad(cfg),
+    settings = resolve_settings(model, cfg, prompt_width=input_ids.shape[1], draft=draft_model, returns_dict=False,
+                                who="speculative_generate", max_new_tokens=max_new, eos_token_id=_prepared_eos(cfg),
+                                pad_token_id=_prepared_pad(cfg), **own,
                                 **(dict(temperature=1.0, top_k=None, top_p=None, min_p=None) | warpers))
     # (transformers has repeated the prompts for num_return_sequences already, and prepared the stopping criteria)
     out = run_streamed(model, settings.drafter, input_ids, attention_mask, settings, processors=processors,
@@ -281,6 +268,11 @@ def _speculative_generate(model, input_ids, logits_processor=None, stopping_crit
 
 
 _speculative_generate.__name__ = _speculative_generate.__qualname__ = "speculative_generate"
+# specsampler's own options in its signature (transformers hands a custom_generate callable the keywords its
+# signature names) and docstring, from the declaration
+_speculative_generate.__signature__ = signature_of(_speculative_generate, OWN)
+if _speculative_generate.__doc__:
+    _speculative_generate.__doc__ = _speculative_generate.__doc__.replace("{own}", ", ".join(OWN))
 
 
 def keep_tokenizer_for_speculative_generate() -> bool:
@@ -310,6 +302,8 @@ def keep_tokenizer_for_speculative_generate() -> bool:
 
     @functools.wraps(original)
     def _extract_generation_mode_kwargs(self, custom_generate, kwargs, *args, **more):
+        if custom_generate is _speculative_generate:  # (before transformers builds its config and warpers from them)
+            check_given({name: value for name, value in kwargs.items() if name not in OWN})
         tokenizer = kwargs.get("tokenizer") if custom_generate is _speculative_generate else None
         out = original(self, custom_generate, kwargs, *args, **more)
         if tokenizer is not None:

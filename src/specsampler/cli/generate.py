@@ -123,7 +123,7 @@ def make_job(args, loaded: Loaded, device: torch.device, settings: Settings) -> 
     """What every run shares: the options given (the rest both sides resolve alike), the resolved EOS and pad ids."""
     ids = dict(eos_token_id=settings.eos_token_ids or None, pad_token_id=settings.pad_token_id)
     speculative = given_options(args) | ids | speculative_options(args) | dict(
-        num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.schedule)
+        num_draft_tokens=args.num_draft_tokens, num_assistant_tokens_schedule=args.num_assistant_tokens_schedule)
     return Job(loaded.target, loaded.drafter, loaded.rows, device, args.max_new_tokens, args.batch_size, args.seed,
                settings.eos_token_ids, settings.pad_token_id, speculative, given_options(args) | ids)
 
@@ -213,7 +213,7 @@ def make_result(args, loaded: Loaded, prompts, texts, outs, stats, seconds: floa
         "draft_tree": settings.draft_tree, "draft_tree_min_prob": settings.draft_tree_min_prob,
         "draft_tree_budget": settings.draft_tree_budget,
         "prompt_lookup_candidates": settings.lookup_candidates,
-        "schedule": args.schedule, "verify_method": settings.verify_method, "device": str(device),
+        "schedule": args.num_assistant_tokens_schedule, "verify_method": settings.verify_method, "device": str(device),
         "dtype": args.dtype, "backend": backend,
         "backend_reason": why,
         "sampling": sampling_json(settings), "eos_token_ids": settings.eos_token_ids,

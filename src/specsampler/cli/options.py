@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import torch
 
+from ..generation.declared import OPTIONS, PLAIN_OPTIONS, flagged
 from ..generation.drafters import PromptLookupDrafter
-from ..generation.settings import Settings, check_option, resolve_settings
+from ..generation.options import PROCESSOR_OPTIONS, WARPERS
+from ..generation.settings import Settings, resolve_settings
 from .display import warn
 from .errors import CLIError, first_line
 
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p")  # any of them means sampling (temperature 0: greedy)
-CHECKED = SAMPLING_FLAGS + ("repetition_penalty", "no_repeat_ngram_size", "max_new_tokens", "num_draft_tokens",
-                            "seed")  # the generation options the flags set, checked as the library checks them
+SAMPLING_FLAGS = tuple(WARPERS)  # any of them means sampling (temperature 0: greedy)
+#: The declared options whose flags the command line passes itself, with its defaults (``--max-new-tokens 128``,
+#: ``--schedule constant``), rather than only when given; ``--seed`` is seed + the batch's first prompt.
+RUN_OPTIONS = ("max_new_tokens", "seed", "num_draft_tokens", "num_assistant_tokens_schedule")
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """The flag of a declared option (:data:`specsampler.generation.declared.OPTIONS`)."""
+    return OPTIONS[name].cli_flag
 
 
 def check_options(args) -> torch.device:
-    """Reject bad option values, all before any model is loaded: the generation options with the library's own range
-    checks (:func:`specsampler.generation.settings.check_option`), the command line's with its.
+    """Reject bad option values, all before any model is loaded: each flag of a declared option by its declared check
+    (:data:`specsampler.generation.declared.OPTIONS`), the command line's own with its, then every combination by the
+    library's resolver.
 
     Parameters
     ----------
@@ -42,22 +47,22 @@ def check_options(args) -> torch.device:
     given = [name for name in SAMPLING_FLAGS if getattr(args, name) is not None]
     if args.greedy and given:
         raise CLIError("--greedy", f"not allowed with {_flag(given[0])}")
-    for name in CHECKED:
-        if getattr(args, name) is not None:
-            _check(name, getattr(args, name))
-    if args.max_new_tokens < 1:  # transformers refuses 0 (GenerationConfig.validate)
-        raise CLIError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
-    if args.seed is not None and not 0 <= args.seed < 2**63:  # torch seeds 64-bit generators; batches add their row
-        raise CLIError("--seed", f"must be in [0, 2**63), got {args.seed}")
+    for option in flagged():
+        if getattr(args, option.name) is not None:
+            _check(option.name, getattr(args, option.name))
     _check_run_options(args)
     resolve_flags(args)  # every combination, by the library's resolver, before a model is loaded
     return resolve_device(args.device)
 
 
 def _check(name: str, value) -> None:
-    """:func:`check_option`, its error turned into a CLIError naming the flag."""
+    """The option's declared check (and the command line's stricter rule where it declares one), its error turned
+    into a CLIError naming the flag."""
+    option = OPTIONS[name]
     try:
-        check_option(name, value)
+        value = option.validate(value)
+        if option.cli_check is not None:
+            option.cli_check(name, value)
     except (TypeError, ValueError) as exc:
         message = str(exc)
         if message.startswith(f"{name} "):  # "top_p must be ...": the flag is named in front instead
@@ -140,23 +145,18 @@ def option_flags(args) -> dict[str, str]:
     return flags
 
 
-#: specsampler's own options (not ``GenerationConfig``'s) -> their flags.
-SPECULATIVE_FLAGS = {"verify_method": "--verify-method", "draft_tree": "--draft-tree",
-                     "draft_tree_sampling": "--draft-tree-sampling", "draft_tree_min_prob": "--draft-tree-min-prob",
-                     "draft_tree_budget": "--draft-tree-budget",
-                     "prompt_lookup_num_candidates": "--prompt-lookup-candidates"}
-
-
 def speculative_options(args) -> dict:
-    """specsampler's own options given on the command line (not ``GenerationConfig`` options: plain
-    ``target.generate`` of ``--compare`` does not get them): ``verify_method``, ``draft_tree``,
-    ``draft_tree_sampling``, ``draft_tree_min_prob``, ``draft_tree_budget``, ``prompt_lookup_num_candidates``, each
-    only when its flag is given."""
-    given = {"verify_method": args.verify_method, "draft_tree": args.draft_tree,
-             "draft_tree_sampling": args.draft_tree_sampling, "draft_tree_min_prob": args.draft_tree_min_prob,
-             "draft_tree_budget": args.draft_tree_budget,
-             "prompt_lookup_num_candidates": args.prompt_lookup_candidates}
-    return {name: value for name, value in given.items() if value is not None}
+    """The options given on the command line that only ``specsampler.generate`` takes (plain ``target.generate`` of
+    ``--compare`` does not get them): the declared options with a flag, other than the warpers' and processors'
+    (:data:`~specsampler.generation.declared.PLAIN_OPTIONS`) and those the command line passes itself
+    (:data:`RUN_OPTIONS`), each only when its flag is given (``verify_method``, ``draft_tree``, ...)."""
+    names = [o.name for o in flagged() if o.name not in PLAIN_OPTIONS and o.name not in RUN_OPTIONS]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_options(args) -> dict:
+    """The options of :data:`RUN_OPTIONS` as the flags (or their defaults) set them."""
+    return {name: getattr(args, name) for name in RUN_OPTIONS}
 
 
 class UnloadedDraft:
@@ -182,10 +182,8 @@ def resolve_flags(args, target=None, drafter=None, prompt_width: int | None = No
     if drafter is None:
         drafter = PromptLookupDrafter() if args.prompt_lookup else UnloadedDraft()
     try:
-        return resolve_settings(target, prompt_width=prompt_width, draft=drafter,
-                                num_draft_tokens=args.num_draft_tokens, seed=args.seed,
-                                max_new_tokens=args.max_new_tokens, num_assistant_tokens_schedule=args.schedule,
-                                who="specsampler generate", **speculative_options(args), **given_options(args))
+        return resolve_settings(target, prompt_width=prompt_width, draft=drafter, who="specsampler generate",
+                                **run_options(args), **speculative_options(args), **given_options(args))
     except (TypeError, ValueError) as exc:
         raise CLIError(_flag_of(str(exc), "--target" if target is not None else "generate"), str(exc)) from None
 
@@ -193,8 +191,7 @@ def resolve_flags(args, target=None, drafter=None, prompt_width: int | None = No
 def _flag_of(message: str, fallback: str) -> str:
     """The flag of the option a resolver message starts with (the longest name: draft_tree_sampling, not
     draft_tree), else `fallback`."""
-    flags = SPECULATIVE_FLAGS | {"num_assistant_tokens_schedule": "--schedule"}
-    flags |= {name: _flag(name) for name in CHECKED}
+    flags = {option.name: option.cli_flag for option in flagged()}
     named = max((n for n in flags if message.startswith(n)), key=len, default=None)
     return flags.get(named, fallback)
 
@@ -202,8 +199,8 @@ def _flag_of(message: str, fallback: str) -> str:
 def processor_options(args) -> dict:
     """The logits-processor options given on the command line (the others come from the target's generation config,
     on both sides of --compare)."""
-    given = dict(repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
-    return {name: value for name, value in given.items() if value is not None}
+    names = [o.name for o in flagged() if o.name in PROCESSOR_OPTIONS]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def check_context(rows: list[list[int]], max_new_tokens: int, overflow: str, model, whose: str) -> None:

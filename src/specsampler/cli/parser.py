@@ -9,7 +9,7 @@ import sys
 import torch
 
 from .. import __version__
-from ..generation.schedules import SCHEDULES
+from ..generation.declared import flagged
 from .bench import cmd_bench
 from .compare import DEFAULT_REPEATS
 from .errors import EXIT_BAD_OPTION, EXIT_INTERRUPTED, CLIError
@@ -58,54 +58,15 @@ def _add_models_and_prompts(g: argparse.ArgumentParser) -> None:
     g.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
 
 
-def _branching(text: str) -> tuple[int, ...]:
-    """``--draft-tree 3,2,1,1`` -> (3, 2, 1, 1) (the library checks the values)."""
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 3,2,1,1; got {text!r}") from None
-
-
 def _add_decoding(g: argparse.ArgumentParser) -> None:
-    g.add_argument("--max-new-tokens", type=int, default=128, help="per prompt (default 128)")
-    g.add_argument("--num-draft-tokens", type=int, help="K, drafts per step (default 4)")
-    g.add_argument("--draft-tree", type=_branching, metavar="3,2,1,1",
-                   help="verify a token tree per step instead of a chain: the draft's candidates per node at each "
-                        "depth (the depth replaces --num-draft-tokens); needs --draft")
-    g.add_argument("--draft-tree-sampling", choices=("top", "iid", "without_replacement"),
-                   help="the tree's candidates when sampling: the draft's top tokens, i.i.d. draws, or draws without "
-                        "replacement (Gumbel-top-k; the default when sampling, unless the tree is pruned or capped)")
-    g.add_argument("--draft-tree-min-prob", type=float, metavar="P",
-                   help="prune the tree (exactly): a node whose path probability under the draft is below P is not "
-                        "expanded (with top candidates, not scored); the draft's top-1 chain is always kept "
-                        "(default: the full tree)")
-    g.add_argument("--draft-tree-budget", type=int, metavar="N",
-                   help="at most N nodes per row of the tree (top candidates; >= its depth): the top-1 chain first, "
-                        "then the likeliest candidates under the draft (default: no cap)")
-    g.add_argument("--prompt-lookup-candidates", type=int, metavar="M",
-                   help="with --prompt-lookup: the continuations of up to M n-gram matches, merged as a tree "
-                        "(default 1: one continuation, a chain)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="constant",
-                   help="draft length: K every step (default), adapted per row (transformers' heuristic, up to 2K), "
-                        "or per step from measured forward times and acceptance (0 to 2K; sampled tokens then vary "
-                        "between runs with one seed)")
-    g.add_argument("--verify-method", choices=("token", "block", "traversal"),
-                   help="how each step's drafts are verified: token by token (the default), or block verification "
-                        "(Sun et al. 2025: as exact, in expectation at least as many tokens per target forward; "
-                        "greedy output is the same either way), or traversal verification (trees: Weng et al. 2025, "
-                        "leaf to root; a chain: block)")
+    """A flag for each declared option that has one (:func:`specsampler.generation.declared.flagged`: its help,
+    type and default from there), and ``--greedy``. Choices are shown, not enforced by argparse: a bad value gets
+    the option's declared check and message, as through ``specsampler.generate``."""
+    for option in flagged():
+        extra = dict(option.cli) | ({"metavar": "{" + ",".join(option.choices) + "}"} if option.choices else {})
+        g.add_argument(option.cli_flag, dest=option.name, help=option.help, **extra)
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the target's "
                    "generation config samples or a sampling option is given)")
-    g.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
-    g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: off)")
-    g.add_argument("--top-p", type=float, help="nucleus sampling, in [0, 1] (0 keeps the most likely token)")
-    g.add_argument("--min-p", type=float, help="keep tokens at least this times as likely as the top one, in [0, 1] "
-                   "(0: off)")
-    g.add_argument("--repetition-penalty", type=float,
-                   help="transformers' repetition penalty, > 0 (1: off; default: the target's generation config)")
-    g.add_argument("--no-repeat-ngram-size", type=int,
-                   help="never repeat an n-gram of this size, >= 0 (0: off; default: the target's generation config)")
-    g.add_argument("--seed", type=int, help="seeds drafting, verification and the --compare baseline")
 
 
 def _add_run(g: argparse.ArgumentParser) -> None:

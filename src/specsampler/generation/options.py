@@ -115,7 +115,7 @@ _NOT_QUANTIZED = {"cache_implementation": lambda v: "quantized" not in str(v)}
 
 #: The sampling warpers, in ``model.generate``'s order: option -> (transformers' class in ``logits_process``, whose
 #: attribute of the option's name holds the value; the value's type; whether a value makes ``model.generate`` build
-#: the warper). :func:`.outputs.warpers_of` builds them, :func:`.processors.split_processors` reads them back.
+#: the warper). :func:`warpers_of` builds them, :func:`warper_values` reads a built one back (both directions here).
 WARPERS = {
     "temperature": ("TemperatureLogitsWarper", float, lambda v: v != 1.0),
     "top_k": ("TopKLogitsWarper", int, bool),
@@ -129,6 +129,28 @@ PROCESSOR_OPTIONS = ("min_length", "min_new_tokens", "repetition_penalty", "enco
                      "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias",
                      "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
                      "exponential_decay_length_penalty", "remove_invalid_values")
+
+
+def warpers_of(sampling: dict | None) -> list:
+    """transformers' warpers for :attr:`~.settings.Settings.sampling` (temperature, top_k, top_p, min_p), in
+    ``model.generate``'s order and with its conditions (:data:`WARPERS`); [] when greedy."""
+    if sampling is None:
+        return []
+    from transformers.generation import logits_process as lp
+
+    # (each built with its option's value alone: top-k, top-p and min-p keep at least 1 token, as generate's do)
+    return [getattr(lp, cls)(sampling[name]) for name, (cls, _, applies) in WARPERS.items() if applies(sampling[name])]
+
+
+def warper_values(proc) -> dict | None:
+    """The option a built warper holds ({"temperature": T}, ...; the inverse of :func:`warpers_of`), None for any
+    other processor. The value is checked where it is used, by the option's declared check."""
+    from transformers.generation import logits_process as lp
+
+    for name, (cls, kind, _) in WARPERS.items():
+        if isinstance(proc, getattr(lp, cls)):
+            return {name: kind(getattr(proc, name))}
+    return None
 
 
 def same(a, b) -> bool:

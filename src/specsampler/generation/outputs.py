@@ -20,20 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .options import WARPERS
+from .options import warpers_of  # (kept importable here: what the recorder applies)
 
 __all__ = ["ScoreRecorder", "make_recorder", "warpers_of"]
-
-
-def warpers_of(sampling: dict | None) -> list:
-    """transformers' warpers for :attr:`Settings.sampling` (temperature, top_k, top_p, min_p), in ``model.generate``'s
-    order and with its conditions (:data:`~.options.WARPERS`); [] when greedy."""
-    if sampling is None:
-        return []
-    from transformers.generation import logits_process as lp
-
-    # (each built with its option's value alone: top-k, top-p and min-p keep at least 1 token, as generate's do)
-    return [getattr(lp, cls)(sampling[name]) for name, (cls, _, applies) in WARPERS.items() if applies(sampling[name])]
 
 
 class ScoreRecorder:

@@ -30,7 +30,7 @@ import copy
 import torch
 
 from .kv_cache import input_device
-from .options import PROCESSOR_OPTIONS, WARPERS
+from .options import PROCESSOR_OPTIONS, warper_values
 
 __all__ = ["PrefixProcessors", "build_processors", "split_processors"]
 
@@ -51,16 +51,6 @@ UNSUPPORTED = {
     "WhisperTimeStampLogitsProcessor": "an encoder-decoder processor",
     "WhisperNoSpeechDetection": "an encoder-decoder processor",
 }
-
-
-def _warper_options(proc) -> dict | None:
-    """The option a warper sets ({"temperature": T}, ...; :data:`~.options.WARPERS`), None for anything else."""
-    from transformers.generation import logits_process as lp
-
-    for name, (cls, kind, _) in WARPERS.items():
-        if isinstance(proc, getattr(lp, cls)):
-            return {name: kind(getattr(proc, name))}
-    return None
 
 
 def split_processors(logits_processor) -> tuple[list, dict]:
@@ -90,7 +80,7 @@ def split_processors(logits_processor) -> tuple[list, dict]:
         name = type(proc).__name__
         if name in UNSUPPORTED:
             raise ValueError(f"specsampler cannot apply {name}: {UNSUPPORTED[name]}")
-        options = _warper_options(proc)
+        options = warper_values(proc)
         if options is not None:
             warp |= options
         elif isinstance(proc, LogitNormalization) and warp:

@@ -10,24 +10,19 @@ wrote it), the options specsampler cannot apply exactly are refused by name
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from .. import _checks
-from .._api import METHODS
+from .declared import CONFIG_CHECKED, OPTIONS, OWN, check
 from .drafters import PromptLookupDrafter
 from .inputs import check_inputs, check_models
 from .options import GENERATION_CONFIG_OPTIONS, HONOURED, IRRELEVANT, WARPERS, global_defaults, is_off, same
-from .schedules import SCHEDULES
 from .trees import tree_size
 
 __all__ = ["Settings", "check_inputs", "check_option", "resolve_generation_options", "resolve_settings"]
-
-_POSITIVE = (0.0, math.inf)
 
 #: The most nodes a row's draft tree may verify per step (``draft_tree``'s node count, or ``draft_tree_budget`` where
 #: it caps the tree): a step gains at most depth + 1 tokens, while the target's forward scores every node (its cost
@@ -37,81 +32,15 @@ _POSITIVE = (0.0, math.inf)
 #: 7.5 s for 4 tokens of a tiny model on the CPU, (10, 10, 10, 10) (11,110) over 5 minutes.
 MAX_TREE_NODES = 1024
 
-
-def _verify_method(name: str, value) -> str:
-    """`value` if it is one of :data:`specsampler._api.METHODS` ("token", "block") or "traversal" (Traversal
-    Verification of trees; block verification of chains, the same rule there), else a ValueError naming `name` (a
-    TypeError-and-ValueError for a non-string)."""
-    if not isinstance(value, str):
-        raise _checks.OptionTypeError(f"{name} must be 'token', 'block' or 'traversal', got {value!r} "
-                                      f"({type(value).__name__})")
-    if value not in METHODS + ("traversal",):
-        raise ValueError(f"{name} must be 'token', 'block' or 'traversal', got {value!r}")
-    return value
-
-
-def _draft_tree(name: str, value) -> tuple[int, ...]:
-    """`value` (a tuple or list of ints >= 1, at least one) as a tuple, else an error naming `name`."""
-    if not isinstance(value, (tuple, list)):
-        raise _checks.OptionTypeError(f"{name} must be a tuple or list of integers >= 1 (children per node at each "
-                                      f"depth, e.g. (3, 2, 1, 1)), got {value!r} ({type(value).__name__})")
-    if not value:
-        raise ValueError(f"{name} must hold at least one depth (children per node at each depth), got {value!r}")
-    return tuple(_checks.integer(f"{name}[{d}]", c, 1) for d, c in enumerate(value))
-
-
-def _tree_sampling(name: str, value) -> str:
-    """`value` if it is "top", "iid" or "without_replacement", else an error naming `name`."""
-    if not isinstance(value, str) or value not in ("top", "iid", "without_replacement"):
-        error = ValueError if isinstance(value, str) else _checks.OptionTypeError
-        raise error(f"{name} must be 'top', 'iid' or 'without_replacement', got {value!r}")
-    return value
-
-
-def _tree_min_prob(name: str, value) -> float | None:
-    """`value` as a float in [0, 1] (0: no pruning, returned as None), else an error naming `name`."""
-    value = _checks.real(name, value, 0.0, 1.0, what="(a path probability under the draft)")
-    return value or None
-
-
 #: The sampling warpers' options, in transformers' order (:data:`~.options.WARPERS`).
 WARPER_OPTIONS = tuple(WARPERS)
 
-#: The range check of each option that has one: name -> check(name, value) -> the normalised value.
-_CHECKS = {
-    "max_new_tokens": lambda n, v: _checks.integer(n, v, 0),
-    "num_draft_tokens": lambda n, v: _checks.integer(n, v, 1),
-    "num_assistant_tokens": lambda n, v: _checks.integer(n, v, 1),
-    "prompt_lookup_num_tokens": lambda n, v: _checks.integer(n, v, 1),
-    "max_matching_ngram_size": lambda n, v: _checks.integer(n, v, 1),
-    "num_return_sequences": lambda n, v: _checks.integer(n, v, 1),
-    "no_repeat_ngram_size": lambda n, v: _checks.integer(n, v, 0),
-    "do_sample": _checks.boolean,
-    "temperature": lambda n, v: _checks.temperature(v, n),
-    "top_k": lambda n, v: _checks.top_k(v, n),
-    "top_p": lambda n, v: _checks.top_p(v, n),
-    "min_p": lambda n, v: _checks.min_p(v, n),
-    "seed": lambda n, v: _checks.seed(v, n),
-    "repetition_penalty": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
-    "max_time": lambda n, v: _checks.real(n, v, *_POSITIVE, low_open=True),
-    "verify_method": _verify_method,
-    "draft_tree": _draft_tree,
-    "draft_tree_sampling": _tree_sampling,
-    "draft_tree_min_prob": _tree_min_prob,
-    "draft_tree_budget": lambda n, v: _checks.integer(n, v, 1),
-    "prompt_lookup_num_candidates": lambda n, v: _checks.integer(n, v, 1),
-    "output_scores": _checks.boolean,
-    "output_logits": _checks.boolean,
-    "return_dict_in_generate": _checks.boolean,
-}
-
-
 
 def check_option(name: str, value):
-    """The range check `name` gets in :func:`resolve_settings`: the value normalised (top_k 0, top_p 1 and min_p 0
-    become None, "off"), or a TypeError / ValueError naming `name`. Options without a check are returned as given."""
-    check = _CHECKS.get(name)
-    return value if check is None or value is None else check(name, value)
+    """The check `name` gets everywhere (:data:`~.declared.OPTIONS`' entry): the value normalised (top_k 0, top_p 1
+    and min_p 0 become None, "off"), or a TypeError / ValueError naming `name`. Options not declared are returned as
+    given."""
+    return check(name, value)
 
 
 @dataclass(frozen=True)
@@ -324,44 +253,31 @@ def _as_list(x) -> list[int]:
 
 
 def _schedule(value) -> str:
-    """The schedule for a ``num_assistant_tokens_schedule`` value (None: "constant"); a ValueError names the option
-    for any other value."""
-    value = value or "constant"
-    if value not in SCHEDULES:
-        raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
-                         f"{value!r}")
+    """The schedule for a ``num_assistant_tokens_schedule`` value (None: "constant"), checked by its entry."""
+    value = check_option("num_assistant_tokens_schedule", value) or OPTIONS["num_assistant_tokens_schedule"].default
     return "heuristic" if value == "heuristic_transient" else value
 
 
-def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates, drafter, num_draft_tokens,
-                  num_assistant_tokens, verify_method, schedule: str
-                  ) -> tuple[tuple[int, ...] | None, str, float | None, int | None, int]:
-    """(draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, lookup candidates m) checked by
-    name (a budget caps a tree of top candidates, at no fewer nodes than its depth): a tree replaces
-    num_draft_tokens, needs a draft model (prompt lookup takes prompt_lookup_num_candidates) and has its own
-    verification rule (verify_method is refused with any tree) and a constant shape (schedules other than
-    "constant" are refused with it; a lookup trie's depth follows the schedule)."""
-    tree = check_option("draft_tree", draft_tree)
-    sampling = check_option("draft_tree_sampling", draft_tree_sampling)
-    given_min_prob = min_prob
-    min_prob = check_option("draft_tree_min_prob", min_prob)
-    budget = check_option("draft_tree_budget", budget)
-    m = check_option("prompt_lookup_num_candidates", candidates)
-    lookup = isinstance(drafter, PromptLookupDrafter)
-    if tree is None and sampling is not None:
-        raise ValueError(f"draft_tree_sampling={sampling!r} needs draft_tree= (the branching per depth)")
-    if tree is None and given_min_prob is not None:
-        raise ValueError(f"draft_tree_min_prob={given_min_prob!r} prunes a draft_tree: it needs draft_tree= (the "
-                         f"branching per depth)")
-    if budget is not None and (tree is None or budget < len(tree) or sampling in ("iid", "without_replacement")):
-        why = ("caps a draft_tree: it needs draft_tree=" if tree is None else
-               f"caps a tree of top candidates: not with draft_tree_sampling={sampling!r} (a cap would drop draws)"
+def _check_tree_options(own: dict, drafter, num_assistant_tokens, schedule: str) -> None:
+    """The combinations of the tree options in `own` (specsampler's own options, checked), each refused by name: the
+    pruning and sampling options need a tree, a budget caps a tree of top candidates at no fewer nodes than its
+    depth, a tree replaces num_draft_tokens, needs a draft model (prompt lookup takes prompt_lookup_num_candidates)
+    and has its own verification rule (verify_method "block" is refused with any tree) and a constant shape
+    (schedules other than "constant" are refused with it; a lookup trie's depth follows the schedule)."""
+    tree, sampling, budget = own["draft_tree"], own["draft_tree_sampling"], own["draft_tree_budget"]
+    m, lookup = own["prompt_lookup_num_candidates"], isinstance(drafter, PromptLookupDrafter)
+    for name, why in _NEEDS_TREE.items():
+        if tree is None and own.given[name] is not None:
+            raise ValueError(f"{name}={own.given[name]!r} {why}")
+    if budget is not None and (budget < len(tree) or sampling in ("iid", "without_replacement")):
+        why = (f"caps a tree of top candidates: not with draft_tree_sampling={sampling!r} (a cap would drop draws)"
                if sampling in ("iid", "without_replacement") else
                f"is below the tree's depth {len(tree)} (the draft's top-1 chain alone)")
         raise ValueError(f"draft_tree_budget={budget} {why}")
     if tree is not None:
         _check_tree_nodes(tree, budget)
-        for name, value in (("num_draft_tokens", num_draft_tokens), ("num_assistant_tokens", num_assistant_tokens)):
+        for name, value in (("num_draft_tokens", own["num_draft_tokens"]),
+                            ("num_assistant_tokens", num_assistant_tokens)):
             if value is not None:
                 raise ValueError(f"draft_tree={tree} replaces {name} (the tree's depth is its length): give one")
         if lookup:
@@ -372,21 +288,39 @@ def _tree_options(draft_tree, draft_tree_sampling, min_prob, budget, candidates,
                          f"PromptLookupDrafter); a draft model takes draft_tree=")
     name = "draft_tree" if tree is not None else f"prompt_lookup_num_candidates={m}"
     if tree is not None or (m or 1) > 1:
-        if verify_method == "block":
-            raise ValueError(f"verify_method={verify_method!r} does not apply with {name}: a token tree is verified "
-                             f"by specsampler.verify_tree ('token' or 'traversal')")
+        if own["verify_method"] == "block":
+            raise ValueError(f"verify_method='block' does not apply with {name}: a token tree is verified by "
+                             f"specsampler.verify_tree ('token' or 'traversal')")
         if schedule != "constant" and tree is not None:  # (a lookup trie's depth is K, which a schedule can vary)
             raise ValueError(f"num_assistant_tokens_schedule={schedule!r} does not apply with {name}: a draft tree "
                              f"has a fixed shape (only 'constant')")
-    return tree, sampling, min_prob, budget, m or 1
 
 
-def _default_tree_sampling(tree, do_sample: bool, min_prob, budget) -> str:
+#: The options of a tree's candidates, each with why it needs ``draft_tree``; pruning ones ask for top candidates.
+_NEEDS_TREE = {"draft_tree_sampling": "needs draft_tree= (the branching per depth)",
+               "draft_tree_min_prob": "prunes a draft_tree: it needs draft_tree= (the branching per depth)",
+               "draft_tree_budget": "caps a draft_tree: it needs draft_tree="}
+_PRUNING = tuple(_NEEDS_TREE)[1:]
+
+
+class _Own(dict):
+    """specsampler's own options of a call, checked (name -> value, None where not given); ``given``: as passed."""
+
+    def __init__(self, given: dict):
+        super().__init__({name: check_option(name, given.get(name)) for name in OWN})
+        self.given = {name: given.get(name) for name in OWN}
+
+    def value(self, name: str):
+        """The checked value, else the option's declared default."""
+        return OPTIONS[name].default if self[name] is None else self[name]
+
+
+def _default_tree_sampling(own: dict, do_sample: bool) -> str:
     """The candidates of a tree whose draft_tree_sampling was not given: draws without replacement when sampling (they
     accept the most: top tokens treated as point masses waste the draft's probabilities), the draft's top tokens
     when greedy or when the tree is pruned or capped (which apply to top candidates)."""
-    sampled = tree is not None and do_sample and min_prob is None and budget is None
-    return "without_replacement" if sampled else "top"
+    pruned = any(own[name] is not None for name in _PRUNING)
+    return "without_replacement" if own["draft_tree"] is not None and do_sample and not pruned else "top"
 
 
 def _check_tree_nodes(tree: tuple[int, ...], budget: int | None) -> None:
@@ -409,10 +343,8 @@ def _eos_and_pad(options) -> tuple[list[int], int]:
 
 
 def resolve_settings(target, generation_config=None, *, prompt_width: int | None = None, draft=None,
-                     assistant_model=None, num_draft_tokens=None, num_assistant_tokens=None, seed=None,
-                     verify_method=None, draft_tree=None, draft_tree_sampling=None, draft_tree_min_prob=None,
-                     draft_tree_budget=None, prompt_lookup_num_candidates=None, returns_dict: bool = True,
-                     who: str = "specsampler.generate", **explicit) -> Settings:
+                     assistant_model=None, returns_dict: bool = True, who: str = "specsampler.generate",
+                     **options) -> Settings:
     """Resolve and check every option of a call, as ``target.generate`` would resolve them.
 
     Parameters
@@ -427,36 +359,16 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     draft, assistant_model : optional
         The drafter (a model or a PromptLookupDrafter; at most one); neither: ``prompt_lookup_num_tokens`` decides.
         Pass ``draft=False`` where the caller brings its drafter itself (no drafter is chosen then).
-    num_draft_tokens, num_assistant_tokens : int, optional
-        K under specsampler's and transformers' names.
-    seed : int, optional
-    verify_method : {"token", "block", "traversal"}, optional
-        specsampler's own option (transformers has none): how each step's drafts are verified
-        (:func:`specsampler.verify`'s ``method``; "traversal": trees by Traversal Verification, chains by block
-        verification). None: "token".
-    draft_tree : tuple or list of int, optional
-        specsampler's own: the draft model's token tree, children per node at each depth (its length the depth; it
-        replaces num_draft_tokens; verify_method="block" and schedules other than "constant" are refused with it).
-    draft_tree_sampling : {"top", "iid", "without_replacement"}, optional
-        The tree's candidates: the draft's top tokens ("top"), i.i.d. draws ("iid") or draws without
-        replacement ("without_replacement"). None: "without_replacement" when sampling, "top" when greedy or when
-        draft_tree_min_prob or draft_tree_budget is given. Needs draft_tree.
-    draft_tree_min_prob : float, optional
-        specsampler's own: confidence pruning of draft_tree, a number in [0, 1] (None or 0: the full tree). Needs
-        draft_tree.
-    draft_tree_budget : int, optional
-        specsampler's own: the most nodes per row of draft_tree with top candidates (>= its depth). Needs
-        draft_tree.
-    prompt_lookup_num_candidates : int, optional
-        specsampler's own: prompt lookup's continuations per row (m >= 1), merged as a trie when m > 1. None: 1.
     returns_dict : bool
         Whether the entry point always returns an output object (:func:`specsampler.generate`'s GenerateOutput):
         then ``output_scores`` / ``output_logits`` alone ask for scores / logits; False (``speculative_generate``):
         only together with ``return_dict_in_generate``, as in transformers.
     who : str
         The entry point, in messages.
-    **explicit
-        ``GenerationConfig`` options passed as arguments (only those the caller set).
+    **options
+        The options the caller set: specsampler's own (:data:`~.declared.OWN`: ``num_draft_tokens``, ``seed``,
+        ``verify_method``, the tree options; None: not given), ``num_assistant_tokens``, and ``GenerationConfig``
+        options passed as arguments. Each is checked by its entry in :data:`~.declared.OPTIONS`.
 
     Returns
     -------
@@ -467,7 +379,10 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     TypeError, ValueError
         Naming the option (or model) at fault.
     """
+    given_own = {name: options.pop(name) for name in OWN if name in options}
+    num_assistant_tokens = options.pop("num_assistant_tokens", None)
     check_models(target, draft, assistant_model, who=who)
+    explicit = options
     options = resolve_generation_options(target, generation_config, **explicit)
     refuse_unsupported(options, who)
     drafter, lookup_k = (None, None) if draft is False else _drafter_of(
@@ -481,26 +396,27 @@ def resolve_settings(target, generation_config=None, *, prompt_width: int | None
     if n_seq > 1 and not do_sample:
         raise ValueError(f"Greedy methods (do_sample != True) without beam search do not support "
                          f"`num_return_sequences` different than 1 (got {n_seq}).")
-    for name in ("repetition_penalty", "no_repeat_ngram_size", "max_time"):
+    for name in CONFIG_CHECKED:  # (the declared GenerationConfig options, wherever their values come from)
         opt(name)
     temperature = opt("temperature")
     eos, pad = _eos_and_pad(options)
     outputs = bool(opt("return_dict_in_generate")) or returns_dict
     schedule = _schedule(options["num_assistant_tokens_schedule"][0])
-    tree, tree_sampling, min_prob, budget, m = _tree_options(
-        draft_tree, draft_tree_sampling, draft_tree_min_prob, draft_tree_budget, prompt_lookup_num_candidates,
-        drafter, num_draft_tokens, num_assistant_tokens, verify_method, schedule)
-    tree_sampling = tree_sampling or _default_tree_sampling(tree, do_sample, min_prob, budget)
+    own = _Own(given_own)
+    _check_tree_options(own, drafter, num_assistant_tokens, schedule)
+    own["draft_tree_sampling"] = own["draft_tree_sampling"] or _default_tree_sampling(own, do_sample)
+    depth = None if own["draft_tree"] is None else len(own["draft_tree"])
     return Settings(
         max_new_tokens=_max_new_tokens(options, prompt_width),
-        num_draft_tokens=len(tree) if tree is not None else _draft_length(num_draft_tokens, num_assistant_tokens,
-                                                                         lookup_k, options),
+        num_draft_tokens=depth or _draft_length(own["num_draft_tokens"], num_assistant_tokens, lookup_k, options),
         schedule=schedule, do_sample=do_sample,
         temperature=1.0 if temperature is None else temperature, top_k=opt("top_k"), top_p=opt("top_p"),
-        min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq,
-        seed=check_option("seed", seed), drafter=drafter,
-        verify_method="token" if verify_method is None else check_option("verify_method", verify_method),
+        min_p=opt("min_p"), eos_token_ids=eos, pad_token_id=pad, num_return_sequences=n_seq, drafter=drafter,
+        verify_method=own.value("verify_method"), lookup_candidates=own.value("prompt_lookup_num_candidates"),
         output_scores=outputs and bool(opt("output_scores")), output_logits=outputs and bool(opt("output_logits")),
-        draft_tree=tree, draft_tree_sampling=tree_sampling, draft_tree_min_prob=min_prob,
-        draft_tree_budget=budget, lookup_candidates=m,
-        options=options)
+        options=options, **{name: own[name] for name in _SETTINGS_AS_DECLARED})
+
+
+#: specsampler's own options a :class:`Settings` field of the same name holds as checked (seed and the tree's).
+_SETTINGS_AS_DECLARED = tuple(f.name for f in fields(Settings) if f.name in OWN and f.name not in (
+    "num_draft_tokens", "verify_method"))
