@@ -3,8 +3,9 @@ companion of bench_traversal.py's counts.
 
 generate runs with the token rule on the synthetic pair ((3, 2, 1, 1) trees, sampled); at every verify_tree call, for
 every row, the expected number of accepted nodes given that tree is computed exactly (float64, the rules' own
-recursions: the token rule top-down, traversal's tests in post-order with their weights) for both rules, on the same
-tree. Means over all calls and rows; tokens per forward = 1 + E[accepted].
+recursions: the token rule top-down, traversal's tests in post-order with their weights; specsampler._tree_reference,
+the reference tests/test_traversal.py checks the rules against) for both rules, on the same tree. Means over all
+calls and rows; tokens per forward = 1 + E[accepted].
 
     python bench/bench_traversal_exact.py --out bench/results/traversal_cpu-2026-12-07/exact.csv
 """
@@ -23,65 +24,9 @@ from bench_generate import build_models, make_prompts  # noqa: E402
 
 import specsampler  # noqa: E402
 from specsampler._api import _warp  # noqa: E402
+from specsampler._tree_reference import token_expected_depth, traversal_expected_depth  # noqa: E402
 from specsampler.generation import tree_loop  # noqa: E402
 from specsampler.torch_backend import warp_scores  # noqa: E402
-
-
-def _q_child(q, tokens, parents, c, wor):
-    q_c = q.clone()
-    if wor:
-        for j in range(c):
-            if parents[j] == parents[c]:
-                q_c[tokens[j]] = 0.0
-        q_c = q_c / q_c.sum() if q_c.sum() > 0 else q_c
-    if not q_c[tokens[c]] > 0:
-        q_c = torch.zeros_like(q_c)
-        q_c[tokens[c]] = 1.0
-    return q_c
-
-
-def traversal_expectation(p, q, tokens, parents, wor):
-    """E[accepted depth]: p, q [N+1, V] float64 (row v + 1: node v's), tokens and parents lists."""
-    n = len(parents)
-    kids = {v: [i for i in range(n) if parents[i] == v] for v in range(-1, n)}
-    alpha, dist, tests = {-1: 1.0}, {-1: p[0]}, []
-
-    def walk(v):
-        for c in kids[v]:
-            q_c = _q_child(q[v + 1], tokens, parents, c, wor)
-            alpha[c] = min(1.0, alpha[v] * float(dist[v][tokens[c]]) / float(q_c[tokens[c]]))
-            dist[c] = p[c + 1]
-            walk(c)
-            tests.append((c, alpha[c]))
-            res = (alpha[v] * dist[v] - q_c).clamp_min(0.0)
-            r = float(res.sum())
-            alpha[v] = r / (r + 1.0 - alpha[v]) if r + 1.0 - alpha[v] > 0 else 1.0
-            if r > 0:
-                dist[v] = res / r
-
-    walk(-1)
-    stay, total = 1.0, 0.0
-    for node, a in tests:
-        depth, v = 0, node
-        while v >= 0:
-            depth, v = depth + 1, parents[v]
-        total += stay * a * depth
-        stay *= 1.0 - a
-    return total
-
-
-def token_expectation(p, q, tokens, parents, wor, node=-1):
-    r, stay, total = p[node + 1].clone(), 1.0, 0.0
-    for c in (i for i in range(len(parents)) if parents[i] == node):
-        q_c = _q_child(q[node + 1], tokens, parents, c, wor)
-        x = tokens[c]
-        a = min(1.0, float(r[x]) / float(q_c[x]))
-        total += stay * a * (1.0 + token_expectation(p, q, tokens, parents, wor, c))
-        stay *= 1.0 - a
-        rest = (r - q_c).clamp_min(0.0)
-        if float(rest.sum()) > 0:
-            r = rest / rest.sum()
-    return total
 
 
 def probs(scores, warp_kw):
@@ -100,8 +45,8 @@ def _spy(real, warp_kw, sums):
         nn = kw["num_nodes"].tolist()
         for b in range(logits.shape[0]):
             tok, par = tokens[b, :nn[b]].tolist(), parents[b, :nn[b]].tolist()
-            sums["token"] += token_expectation(pp[b], qq[b], tok, par, wor)
-            sums["traversal"] += traversal_expectation(pp[b], qq[b], tok, par, wor)
+            sums["token"] += token_expected_depth(pp[b], qq[b], tok, par, wor)
+            sums["traversal"] += traversal_expected_depth(pp[b], qq[b], tok, par, wor)
             sums["trees"] += 1
         return real(logits, tokens, parents, dscores, *a, **kw)
 

@@ -6,6 +6,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter without its redundant re-patching: about 2x faster
+    from specsampler._interpret import skip_repatching
+
+    skip_repatching()
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: one torch thread each
     torch.set_num_threads(1)
 

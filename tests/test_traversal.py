@@ -12,7 +12,6 @@ verification token for token on the same uniforms. Structure, log-probabilities,
 import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 import tree_toys as toys
@@ -21,6 +20,7 @@ from util import chi2_pvalue
 
 import specsampler
 from specsampler import _api, _testing
+from specsampler._tree_reference import expected_depth
 from specsampler.torch_block import emitted_logprobs
 
 ALPHA = 1e-3
@@ -141,93 +141,37 @@ def test_joint_check_catches_a_wrong_rule():
 
 # ------------------------------------------------------------------ exact expectations (float64 references)
 
-def _dist(table, prefix):
-    return table[toys.code(prefix)]
+def _rows(table, parents, tokens):
+    """[N + 1, V] float64: the table's distribution at the root, then after each node's path."""
+    prefixes = [()]
+    for i, parent in enumerate(parents):
+        prefixes.append(prefixes[parent + 1] + (tokens[i],))
+    return table[[toys.code(prefix) for prefix in prefixes]]
 
 
-def _q_rows(q, tokens, parents, c, wor):
-    """Q_c: the draft's row at c's parent, without the earlier siblings' tokens when drawn without replacement."""
-    q_c = q.copy()
-    if wor:
-        for j in range(c):
-            if parents[j] == parents[c]:
-                q_c[tokens[j]] = 0.0
-        q_c = q_c / q_c.sum() if q_c.sum() > 0 else q_c
-    if not q_c[tokens[c]] > 0:
-        q_c = np.eye(toys.V)[tokens[c]]
-    return q_c
-
-
-def _traversal_tests(p_t, q_t, parents, tokens, wor):
-    """(node, weight) in test order, every earlier test rejected (the order and weights are then fixed)."""
-    n = len(parents)
-    prefix = {-1: ()}
-    for i in range(n):
-        prefix[i] = prefix[parents[i]] + (tokens[i],)
-    alpha, dist, tests = {-1: 1.0}, {-1: _dist(p_t, ())}, []
-
-    def walk(v):
-        for c in (i for i in range(n) if parents[i] == v):
-            q_c = _q_rows(_dist(q_t, prefix[v]), tokens, parents, c, wor)
-            alpha[c] = min(1.0, alpha[v] * dist[v][tokens[c]] / q_c[tokens[c]])
-            dist[c] = _dist(p_t, prefix[c])
-            walk(c)
-            tests.append((c, alpha[c]))
-            res = np.maximum(alpha[v] * dist[v] - q_c, 0.0)
-            r = res.sum()
-            alpha[v] = r / (r + 1.0 - alpha[v]) if r + 1.0 - alpha[v] > 0 else 1.0
-            if r > 0:
-                dist[v] = res / r
-
-    walk(-1)
-    return tests
-
-
-def _traversal_depth(p_t, q_t, parents, tokens, wor):
-    stay, total = 1.0, 0.0
-    for node, a in _traversal_tests(p_t, q_t, parents, tokens, wor):
-        depth, v = 0, node
-        while v >= 0:
-            depth, v = depth + 1, parents[v]
-        total += stay * a * depth
-        stay *= 1.0 - a
-    return total
-
-
-def _token_depth(p_t, q_t, parents, tokens, wor, node=-1, prefix=()):
-    r, stay, total = _dist(p_t, prefix).copy(), 1.0, 0.0
-    for c in (i for i in range(len(parents)) if parents[i] == node):
-        q_c = _q_rows(_dist(q_t, prefix), tokens, parents, c, wor)
-        x = tokens[c]
-        a = min(1.0, r[x] / q_c[x])
-        total += stay * a * (1.0 + _token_depth(p_t, q_t, parents, tokens, wor, c, prefix + (x,)))
-        stay *= 1.0 - a
-        rest = np.maximum(r - q_c, 0.0)
-        if rest.sum() > 0:
-            r = rest / rest.sum()
-    return total
-
-
-def _exact_depth(tables, branching, rule, wor):
-    """E[accepted depth] of one call at the root: every tree of candidates, weighted by its probability."""
-    p_t = tables[0].double().softmax(-1).numpy()
-    q_t = tables[1].double().softmax(-1).numpy()
+def _exact_depth(tables, branching, method, wor):
+    """E[accepted depth] of one call at the root: every tree of candidates, weighted by its probability, each tree's
+    expectation from :mod:`specsampler._tree_reference` (the reference bench/bench_traversal_exact.py uses too)."""
+    p_t = tables[0].double().softmax(-1)
+    q_t = tables[1].double().softmax(-1)
     parents = toys.shape(branching)
     e = 0.0
     for combo in itertools.product(range(toys.V), repeat=len(parents)):
         prob = 1.0
         for i, x in enumerate(combo):
             prefix = tuple(combo[j] for j in _ancestors(parents, i))
-            q = _dist(q_t, prefix).copy()
+            q = q_t[toys.code(prefix)].clone()
             if wor:
                 earlier = [combo[j] for j in range(i) if parents[j] == parents[i]]
                 if x in earlier:
                     prob = 0.0
                     break
-                q = q / (1.0 - sum(q[e_] for e_ in earlier))
-            prob *= q[x]
+                q = q / (1.0 - sum(float(q[e_]) for e_ in earlier))
+            prob *= float(q[x])
         if prob > 0:
-            e += prob * rule(p_t, q_t, parents, list(combo), wor)
+            tokens = list(combo)
+            e += prob * expected_depth(method, _rows(p_t, parents, tokens), _rows(q_t, parents, tokens), tokens,
+                                       parents, wor)
     return e
 
 
@@ -243,8 +187,8 @@ def _ancestors(parents, i):
 def test_mean_depth_is_the_rules_and_traversal_beats_token(sampling, device):
     tables = toys.tables(seed=3)
     wor = sampling == "wor"
-    e_trav = _exact_depth(tables, (2, 2), _traversal_depth, wor)
-    e_token = _exact_depth(tables, (2, 2), _token_depth, wor)
+    e_trav = _exact_depth(tables, (2, 2), "traversal", wor)
+    e_token = _exact_depth(tables, (2, 2), "token", wor)
     assert e_trav > e_token + 0.005, (e_trav, e_token)
     for method, expected in (("traversal", e_trav), ("token", e_token)):
         _, depth = _emit_three(tables, 20000, seed=4, branching=(2, 2), sampling=sampling, method=method,
@@ -255,9 +199,9 @@ def test_mean_depth_is_the_rules_and_traversal_beats_token(sampling, device):
 
 def test_without_replacement_accepts_more_than_iid_here():
     tables = toys.tables(seed=3)
-    for rule in (_traversal_depth, _token_depth):
-        iid, wor = (_exact_depth(tables, (2, 2), rule, w) for w in (False, True))
-        assert wor > iid, (rule.__name__, iid, wor)
+    for method in ("traversal", "token"):
+        iid, wor = (_exact_depth(tables, (2, 2), method, w) for w in (False, True))
+        assert wor > iid, (method, iid, wor)
 
 
 def test_the_papers_example_sequence_level_acceptance(device):
