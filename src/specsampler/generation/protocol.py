@@ -110,7 +110,7 @@ class TargetStep(NamedTuple):
             return torch.where(ar[None, :] <= self.n[:, None], ar[None, :], 0)
         path = self.path.to(self.n.device)
         slots = torch.where(path >= 0, path + 1, 0)
-        return torch.cat([torch.zeros_like(slots[:, :1]), slots], dim=1)
+        return torch.cat([slots.new_zeros(slots.shape[0], 1), slots], dim=1)  # (D may be 0)
 
     def at_end(self, values: torch.Tensor) -> torch.Tensor:
         """[B, S, ...] values at the fed slots -> [B, ...] each row's at its last accepted slot: the slot whose scores
