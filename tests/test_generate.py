@@ -613,11 +613,12 @@ def test_generate_validates_every_option(option, value, error):
 def test_prompt_lookup_run_follows_the_drafter_protocol():
     """The per-call prompt-lookup state: drafts capped by each row's limit and padded, token lists kept per row."""
     from specsampler.generation.drafters import PromptLookupRun
+    from specsampler.generation.protocol import TargetStep
 
     run = PromptLookupRun(PromptLookupDrafter(max_ngram=2), [[1, 2, 3, 1, 2], [4, 5]], k=3, fill=0)
     drafts, scores, counts = run.propose(torch.tensor([2, 5]), [2, 3])
     assert drafts.tolist() == [[3, 1], [0, 0]] and scores is None and counts == [2, 0]
-    run.accept(torch.tensor([1, 0]), [[3, 7], [4]])
+    run.accept(TargetStep(torch.tensor([1, 0]), [[3, 7], [4]], torch.zeros(2, 3, V)))
     assert run.seqs == [[1, 2, 3, 1, 2, 3, 7], [4, 5, 4]]
     run.select_rows(torch.tensor([1]))
     assert run.seqs == [[4, 5, 4]] and run.forwards == 0

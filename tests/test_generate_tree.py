@@ -84,7 +84,7 @@ def test_lookup_candidates_take_draft_length_schedules(pair, schedule, monkeypat
     """prompt_lookup_num_candidates=3 with a draft-length schedule (scripted times for "cost"): row b's trie is at
     most K_b deep, the schedule's, which varies from step to step; the depth each trie reports is its deepest path;
     rows equal target.generate."""
-    from specsampler.generation import tree_loop
+    from specsampler.generation import tree_drafters
     from specsampler.generation.schedules import CostSchedule, HeuristicSchedule
 
     target, _ = pair
@@ -93,14 +93,14 @@ def test_lookup_candidates_take_draft_length_schedules(pair, schedule, monkeypat
     mask = (torch.arange(9) >= torch.tensor([2, 0, 5, 3])[:, None]).long()
     if schedule == "cost":
         scripted_cost_schedule()
-    seen, propose = [], tree_loop.TreeLookupRun.propose
+    seen, propose = [], tree_drafters.TreeLookupRun.propose
 
     def recorded(self, last, limits):
         proposal = propose(self, last, limits)
         seen.append((list(limits), proposal))
         return proposal
 
-    monkeypatch.setattr(tree_loop.TreeLookupRun, "propose", recorded)
+    monkeypatch.setattr(tree_drafters.TreeLookupRun, "propose", recorded)
     cls = HeuristicSchedule if schedule == "heuristic" else CostSchedule
     levels, observe = [], cls.observe
 
@@ -154,11 +154,11 @@ def test_steps_whose_trees_are_chains_take_token_verification(llama_pair, drafte
     """A step where every row's point-mass tree is a chain (draft_tree=(1, 1, 1); a lookup trie of one continuation,
     or none) runs the chain's forward and token verification; the other steps verify_tree: rows equal
     target.generate, and both kinds of step happen with lookup tries."""
-    from specsampler.generation import tree_loop
+    from specsampler.generation import loop, tree_loop
 
     target, draft = llama_pair
-    kinds, chain, tree = [], tree_loop.verify_chain, tree_loop.verify_tree
-    monkeypatch.setattr(tree_loop, "verify_chain", lambda *a, **k: kinds.append("chain") or chain(*a, **k))
+    kinds, chain, tree = [], loop.verify_chain, tree_loop.verify_tree
+    monkeypatch.setattr(loop, "verify_chain", lambda *a, **k: kinds.append("chain") or chain(*a, **k))
     monkeypatch.setattr(tree_loop, "verify_tree", lambda *a, **k: kinds.append("tree") or tree(*a, **k))
     if drafter == "model":
         ids, mask = _ragged([9, 4, 1, 7])
@@ -180,18 +180,18 @@ def test_steps_whose_trees_are_chains_take_token_verification(llama_pair, drafte
 def test_lookup_step_without_any_match(llama_pair, monkeypatch):
     """A step where no row's n-gram matches (a tree of N = 0 nodes: verify_tree draws from the root's p) commits one
     token per row, as target.generate would."""
-    from specsampler.generation import tree_loop
+    from specsampler.generation import tree_drafters
 
     target, _ = llama_pair
     ids, mask = _ragged([3, 1], seed=7)
-    widths, propose = [], tree_loop.TreeLookupRun.propose
+    widths, propose = [], tree_drafters.TreeLookupRun.propose
 
     def recorded(self, *args):
         proposal = propose(self, *args)
         widths.append(proposal.tokens.shape[1])
         return proposal
 
-    monkeypatch.setattr(tree_loop.TreeLookupRun, "propose", recorded)
+    monkeypatch.setattr(tree_drafters.TreeLookupRun, "propose", recorded)
     out = specsampler.generate(target, PromptLookupDrafter(max_ngram=2, min_ngram=2), ids, mask, max_new_tokens=4,
                                num_draft_tokens=2, prompt_lookup_num_candidates=2, eos_token_id=[], pad_token_id=0)
     _check_rows(target, out, ids, mask, 4)
@@ -326,21 +326,21 @@ def test_sampled_pruned_tree_follows_target_distribution(candidates, prune, monk
     new tokens follow the warped target's joint (chi-square, p > 1e-4); power: the draft's own joint is told apart.
     The first step's trees are pruned: "top" (the same tree in every row) keeps the root's 2 candidates and the
     chain's next one (3 of 6 nodes), "iid" prunes some rows and not others."""
-    from specsampler.generation import tree_loop
+    from specsampler.generation import tree_drafters
 
     vocab, n, warp_kw = 8, 3000, dict(temperature=0.8, top_k=6)
     target = _peaked(tiny_config("llama", vocab, 1, 16), 0, 8.0)
     draft = perturbed(target, 0.05)
     prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
                              pad_token_id=0)
-    counts_seen, propose = [], tree_loop.TreeDraftModel.propose
+    counts_seen, propose = [], tree_drafters.TreeDraftModel.propose
 
     def recorded(self, *args):
         proposal = propose(self, *args)
         counts_seen.append(proposal.counts)
         return proposal
 
-    monkeypatch.setattr(tree_loop.TreeDraftModel, "propose", recorded)
+    monkeypatch.setattr(tree_drafters.TreeDraftModel, "propose", recorded)
     out = specsampler.generate(target, draft, prompt.repeat(n, 1), max_new_tokens=3, do_sample=True, seed=4321,
                                eos_token_id=[], draft_tree=(2, 2), draft_tree_sampling=candidates,
                                **prune, **warp_kw)

@@ -262,7 +262,7 @@ def test_tree_size():
 def test_proposal_counts_the_nodes_within_each_rows_limit(draft, prune):
     """Row b verifies the nodes of its first limits[b] levels, its first nodes (breadth-first): 0, 3, 9, 21 of a full
     (3, 2, 1, 1) tree at limits 0, 1, 2, 4; of a pruned one, the nodes that deep."""
-    from specsampler.generation.tree_loop import TreeDraftModel
+    from specsampler.generation.tree_drafters import TreeDraftModel
 
     g = torch.Generator().manual_seed(11)
     vocab = draft.config.vocab_size

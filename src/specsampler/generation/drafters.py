@@ -1,10 +1,18 @@
-"""Drafters for :func:`specsampler.generate`: the protocol a drafter implements during one call, and prompt lookup.
+"""Drafters for :func:`specsampler.generate`: the one factory, the draft model and prompt lookup.
 
-During one :func:`specsampler.generate` call the drafter is an object with the :class:`Drafter` protocol: each step it
-``propose``-s up to K tokens per running row, is told which of them were ``accept``-ed (with the token drawn after
-them), and drops finished rows on ``select_rows``. Two implement it: :class:`DraftModel` (a KV cache with holes,
-raw draft scores when sampling) and :class:`PromptLookupRun`, the per-call state of a :class:`PromptLookupDrafter`
-(n-gram matches in the rows' token lists, one-hot drafts). :func:`start_drafter` makes the one a call needs.
+During one :func:`specsampler.generate` call the drafter is an object with the :class:`~.protocol.Drafter` protocol
+(:class:`~.protocol.TreeDrafter` for token trees): each step it ``propose``-s up to K tokens per running row, is
+handed the target's step (``accept``: which drafts were accepted, the token drawn after them, the target's scores and,
+when it asks, hidden states), and drops finished rows on ``select_rows``. :func:`start_drafter` starts the one a call
+needs from what was passed as ``draft=``: a model gives a :class:`DraftModel` (a KV cache with holes, raw draft
+scores when sampling; :class:`.tree_drafters.TreeDraftModel` for ``draft_tree``), a :class:`PromptLookupDrafter`
+its :class:`PromptLookupRun` (n-gram matches in the rows' token lists, one-hot drafts; a trie of them,
+:class:`.tree_drafters.TreeLookupRun`), and any other :class:`~.protocol.DrafterSource` its own drafter.
+
+Writing a drafter: a class with ``start_drafter(call)`` (:class:`~.protocol.DraftCall` in, a drafter out) is a
+``draft=`` for :func:`specsampler.generate`; tests/test_hidden_drafter.py trains a small MLP head on the target's last
+hidden states (EAGLE's idea) and drafts from them without any change to the loop. The output stays exact whatever a
+drafter proposes: only its drafts (and, if it samples them, the scores they were drawn from) reach verification.
 
 The draft model's cache works as the target's (:mod:`.kv_cache`); its forward over [last, d_1..d_{K-1}] does not
 contain d_K, so a row that accepted all K drafts feeds [d_K, last] at the next step (a hole in place of d_K for the
@@ -15,76 +23,16 @@ from __future__ import annotations
 
 import math
 import random
-from typing import NamedTuple, Protocol
 
 import torch
 
 from .._api import sample
 from .kv_cache import CachedModel
 from .processors import PrefixProcessors
+from .protocol import DraftCall, Drafter, DrafterSource, Proposal, TargetStep, TreeDrafter
+from .tree_drafters import TreeLookupRun, start_tree_draft_model
 
 __all__ = ["DraftModel", "Drafter", "PromptLookupDrafter", "PromptLookupRun", "Proposal", "start_drafter"]
-
-
-class Proposal(NamedTuple):
-    """One step's drafts for the running rows.
-
-    Attributes
-    ----------
-    drafts : torch.Tensor
-        [B, K'] int64 draft tokens (K' <= K; a row's drafts past its count are filler).
-    scores : torch.Tensor or None
-        [B, K', V'] float32 raw draft scores the drafts were drawn from with :func:`specsampler.sample` (sampling with
-        a draft model; verify applies the same temperature and warpers to them, giving q), else None (greedy, or
-        one-hot drafts).
-    counts : list of int
-        B numbers of drafts to verify per row, each <= K' and <= the row's limit.
-    """
-
-    drafts: torch.Tensor
-    scores: torch.Tensor | None
-    counts: list[int]
-
-
-class Drafter(Protocol):
-    """What :func:`specsampler.generate` asks of a drafter during one call (state for the rows still running).
-
-    Attributes
-    ----------
-    forwards : int
-        Draft-model forwards so far (0 without a draft model).
-    """
-
-    forwards: int
-
-    def propose(self, last: torch.Tensor, limits: list[int]) -> Proposal:
-        """Drafts for every running row.
-
-        Parameters
-        ----------
-        last : torch.Tensor
-            [B] int64 each row's last token (not yet in any cache).
-        limits : list of int
-            B: the most drafts each row can use (its remaining budget minus the token verify draws).
-
-        Returns
-        -------
-        Proposal
-        """
-
-    def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
-        """Row b kept the first n_b of its proposed drafts, then the token verify drew.
-
-        Parameters
-        ----------
-        n : torch.Tensor
-            [B] int64 accepted drafts per row (on the target's device).
-        accepted : list of list of int
-            B lists of n_b + 1 tokens: the accepted drafts and the drawn token.
-        """
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the running rows `rows` ([B'] int64 indices into the current B rows)."""
 
 
 class PromptLookupDrafter:
@@ -107,6 +55,21 @@ class PromptLookupDrafter:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram, self.min_ngram, self.max_lookback = max_ngram, min_ngram, max_lookback
+
+    @property
+    def cost_key(self) -> tuple:
+        """Its setting: the "cost" schedule measures drafters with the same key together (:mod:`.schedules`)."""
+        return type(self), self.max_ngram, self.min_ngram, self.max_lookback
+
+    def start_drafter(self, call: DraftCall) -> PromptLookupRun | TreeLookupRun:
+        """The call's drafter over the prompts' tokens: a :class:`PromptLookupRun` of up to ``call.max_k`` drafts, or
+        with ``prompt_lookup_num_candidates`` > 1 a :class:`.tree_drafters.TreeLookupRun` (a trie of continuations)."""
+        seqs = [[t for t, m in zip(r, mk, strict=True) if m]
+                for r, mk in zip(call.input_ids.tolist(), call.attention_mask.tolist(), strict=True)]
+        settings = call.settings
+        if settings.tree:
+            return TreeLookupRun(self, seqs, call.max_k, settings.lookup_candidates, settings.pad_token_id)
+        return PromptLookupRun(self, seqs, call.max_k, settings.pad_token_id)
 
     def propose_row(self, seq: list[int], k: int) -> list[int]:
         """Up to `k` draft tokens for the token list `seq` ([] when the tail occurs nowhere earlier)."""
@@ -155,6 +118,8 @@ class PromptLookupRun:
         The token that pads a row's drafts past its count (never verified).
     """
 
+    wants_hidden = False
+
     def __init__(self, lookup: PromptLookupDrafter, seqs: list[list[int]], k: int, fill: int):
         self.lookup, self.seqs, self.k, self.fill = lookup, seqs, k, fill
         self.forwards = 0
@@ -167,9 +132,9 @@ class PromptLookupRun:
         drafts = torch.tensor([d[:k] + [self.fill] * (k - len(d[:k])) for d in drafts], dtype=torch.long)
         return Proposal(drafts.view(len(self.seqs), k), None, counts)
 
-    def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
+    def accept(self, target: TargetStep) -> None:
         """Append each row's n_b + 1 new tokens to its token list."""
-        for seq, tokens in zip(self.seqs, accepted, strict=True):
+        for seq, tokens in zip(self.seqs, target.accepted, strict=True):
             seq += tokens
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -200,6 +165,8 @@ class DraftModel:
         Applied to each draft forward's scores (with the row's sequence and the drafts before it) before a draft is
         chosen from them; the processed scores are the q that verify sees.
     """
+
+    wants_hidden = False
 
     def __init__(self, model, batch: int, k: int, vocab: int, sampling: dict | None, rng: random.Random | None,
                  processors: PrefixProcessors | None = None):
@@ -268,15 +235,15 @@ class DraftModel:
         before = torch.stack(drafts, dim=1) if drafts else None
         return self.processors(logits[:, None], before, len(drafts))[:, 0]
 
-    def accept(self, n: torch.Tensor, accepted: list[list[int]]) -> None:
-        """Row b accepted `n` [B] of its drafts: holes over the rest of this step's slots, which hold
+    def accept(self, target: TargetStep) -> None:
+        """Row b accepted n_b of its drafts: holes over the rest of this step's slots, which hold
         [last, d_1..d_{K'-1}]; d_K' is fed at the next step where all K' were accepted."""
         k = self.k_step
         if k == 0:  # no forward ran: nothing to trim
             return
-        n_max = max(len(tokens) for tokens in accepted) - 1
-        n_min = min(len(tokens) for tokens in accepted) - 1
-        n = n.to(self.lm.device)
+        n_max = max(len(tokens) for tokens in target.accepted) - 1
+        n_min = min(len(tokens) for tokens in target.accepted) - 1
+        n = target.n.to(self.lm.device)
         self.lm.keep(n, k, n_max, n_min)
         self.behind = torch.where(n == k, self.drafts[:, -1].to(n.device).clamp(max=self.max_id), -1)
         self.any_behind = n_max == k
@@ -289,18 +256,30 @@ class DraftModel:
             self.behind = self.behind[rows.to(self.behind.device)]
 
 
-def start_drafter(draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, vocab: int,
-                   sampling: dict | None, rng: random.Random, pad_token_id: int,
-                   processors: PrefixProcessors | None = None) -> Drafter:
-    """The drafter for this call, prefilled with the [B, P] prompts: a :class:`PromptLookupRun` over the prompts'
-    tokens, or a :class:`DraftModel` (sampling: its own random.Random, seeded from `rng`; its scores processed by
-    `processors`) over prompt[:, :-1]."""
-    if isinstance(draft, PromptLookupDrafter):
-        seqs = [[t for t, m in zip(r, mk, strict=True) if m]
-                for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]
-        return PromptLookupRun(draft, seqs, k, pad_token_id)
-    draft_rng = None if sampling is None else random.Random(rng.getrandbits(62))
-    drafter = DraftModel(draft, input_ids.shape[0], k, vocab, sampling, draft_rng, processors)
-    drafter.prefill(input_ids[:, :-1], attention_mask[:, :-1])
-    return drafter
+def start_drafter(draft, call: DraftCall) -> Drafter | TreeDrafter:
+    """The one drafter factory: the drafter of this call, prefilled with ``call.input_ids``.
 
+    Parameters
+    ----------
+    draft : transformers.PreTrainedModel or DrafterSource
+        A draft model: a :class:`DraftModel` (its own random.Random seeded from ``call.rng`` when sampling, its
+        scores processed by ``call.processors``), or with ``draft_tree`` a :class:`.tree_drafters.TreeDraftModel`.
+        Anything with ``start_drafter(call)`` (a :class:`PromptLookupDrafter`, a drafter of one's own): what that
+        returns.
+    call : DraftCall
+
+    Returns
+    -------
+    Drafter or TreeDrafter
+        A :class:`~.protocol.TreeDrafter` when ``call.settings.tree``.
+    """
+    if isinstance(draft, DrafterSource):
+        return draft.start_drafter(call)
+    if call.settings.tree:
+        return start_tree_draft_model(draft, call)
+    sampling = call.settings.sampling
+    draft_rng = None if sampling is None else random.Random(call.rng.getrandbits(62))
+    drafter = DraftModel(draft, call.input_ids.shape[0], call.max_k, call.vocab, sampling, draft_rng,
+                         call.processors)
+    drafter.prefill(call.input_ids[:, :-1], call.attention_mask[:, :-1])
+    return drafter

@@ -141,6 +141,9 @@ class CachedModel:
         # The open tree slots (the cache's last S), fed by forward_tree since the last keep_path: (parents [B, S]
         # int64 in [-1, i) over those slots, valid [B, S] bool); None when no tree is open
         self.open = None
+        # [B, T, H] the last hidden states (what the output layer reads) of the last forward's returned positions,
+        # when that forward was asked for them (hidden=True); else None
+        self.hidden = None
 
     def defer(self, tokens: torch.Tensor, valid: torch.Tensor, holes: bool | None = None) -> None:
         """Feed [B, P] `tokens` (`valid` [B, P], 0 for padding or a hole) at the start of the next forward, after any
@@ -156,9 +159,10 @@ class CachedModel:
             self.pending = (tokens, valid)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, last_only: bool = False,
-                holes: bool | None = None) -> torch.Tensor:
+                holes: bool | None = None, hidden: bool = False) -> torch.Tensor:
         """Append [B, T] `tokens` (`valid` [B, T]: 0 marks a hole; None: every token is real) to the cache; return
-        their [B, T or 1, V] logits. `holes`: whether `valid` has a 0, when the caller knows (else it is read)."""
+        their [B, T or 1, V] logits. `holes`: whether `valid` has a 0, when the caller knows (else it is read).
+        `hidden`: keep their last hidden states in :attr:`hidden` ([B, T or 1, H]; else it is None)."""
         self._closed("forward")
         if valid is None:
             valid = torch.ones_like(tokens, dtype=torch.long)
@@ -174,8 +178,11 @@ class CachedModel:
         kwargs = {self.cache_arg: self.cache, "use_cache": True}
         if last_only and self.keep_arg:
             kwargs["logits_to_keep"] = width
+        if hidden:
+            kwargs["output_hidden_states"] = True
         out = self.model(input_ids=tokens, attention_mask=self.mask if self.holes else None, position_ids=positions,
                          **kwargs)
+        self.hidden = out.hidden_states[-1][:, -width:] if hidden else None
         return out.logits[:, -width:] if last_only else out.logits
 
     def keep(self, n: torch.Tensor, width: int, n_max: int, n_min: int) -> None:
@@ -203,8 +210,8 @@ class CachedModel:
         if self.open is not None:
             raise RuntimeError(f"CachedModel.{what}: a token tree is open (forward_tree without keep_path)")
 
-    def forward_tree(self, tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+    def forward_tree(self, tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor | None = None,
+                     hidden: bool = False) -> torch.Tensor:
         """Feed a token tree (or the next level of an open one) in one forward; return its tokens' logits.
 
         Each fed token sees the cache's valid slots (a deferred prefill included, fed first as a sequence), its
@@ -224,6 +231,8 @@ class CachedModel:
         valid : torch.Tensor, optional
             [B, T] bool or int: 0 marks a fed token as a hole (a row's padding node): no other token sees it, and it
             is never kept. Its descendants must be holes too. None: every token is real.
+        hidden : bool
+            Keep the fed tokens' last hidden states in :attr:`hidden` ([B, T, H]; else it is None).
 
         Returns
         -------
@@ -250,9 +259,12 @@ class CachedModel:
         kwargs = {self.cache_arg: self.cache, "use_cache": True}
         if self.keep_arg and pend_tokens.shape[1]:
             kwargs["logits_to_keep"] = t
+        if hidden:
+            kwargs["output_hidden_states"] = True
         dtype = self.model.get_input_embeddings().weight.dtype
         out = self.model(input_ids=torch.cat([pend_tokens, tokens], dim=1), attention_mask=_additive(allowed, dtype),
                          position_ids=positions, **kwargs)
+        self.hidden = out.hidden_states[-1][:, -t:] if hidden else None
         return out.logits[:, -t:]
 
     def _tree_mask(self, tree_parents: torch.Tensor, tree_valid: torch.Tensor, pend_valid: torch.Tensor, t: int

@@ -10,11 +10,15 @@ One step, for every unfinished row b at once (gpt-fast's loop, batched):
    keeps the scores of the positions kept).
 
 :func:`run` prefills (:func:`prefill`; each model holds its prompt, fed in front of its first forward, as
-transformers' assisted generation does: one forward fewer per model) and loops over :func:`step` (steps 1-3, then
-both caches trimmed to what each row accepted: holes, :mod:`.kv_cache`) and :func:`commit_rows` (append, EOS,
-stopping criteria, length) with :func:`evict` (finished rows leave the batch). The schedule (:mod:`.schedules`) sets
-K_b before each step. With ``draft_tree`` or ``prompt_lookup_num_candidates`` > 1 a step verifies a token tree
-instead (:func:`.tree_loop.tree_step`, the same :class:`Step` out).
+transformers' assisted generation does: one forward fewer per model), starts the drafter
+(:func:`.drafters.start_drafter`, the one factory: a :class:`~.protocol.Drafter` or :class:`~.protocol.TreeDrafter`),
+builds the step once (:func:`make_step`: a :class:`ChainStep`, steps 1-3, then both caches trimmed to what each row
+accepted: holes, :mod:`.kv_cache`; with ``draft_tree`` or ``prompt_lookup_num_candidates`` > 1 a
+:class:`.tree_loop.TreeStep`, a token tree per step, the same :class:`~.protocol.Step` out) and loops: the step,
+:func:`commit_rows` (append, EOS, stopping criteria, length), :func:`evict` (finished rows leave the batch). The
+schedule (:mod:`.schedules`) sets K_b before each step. Each step hands the drafter the target's step
+(:class:`~.protocol.TargetStep`: accepted tokens, the target's scores and, for a drafter that asks, its last hidden
+states).
 
 Exactness: greedy rows accept a draft iff it is the target's argmax. Sampling draws each draft with
 :func:`specsampler.sample` from the draft's processed scores and hands :func:`specsampler.verify` the processed target
@@ -35,13 +39,15 @@ import torch
 
 from .._api import verify
 from .._distributed import run_seed
-from .drafters import Drafter, Proposal, start_drafter
+from .drafters import start_drafter
 from .kv_cache import CachedModel, check_tree_attention
 from .outputs import ScoreRecorder, make_recorder
 from .processors import PrefixProcessors
+from .protocol import DraftCall, Drafter, Proposal, Step, TargetStep, TreeDrafter
 from .schedules import make_schedule
+from .tree_loop import TreeStep
 
-__all__ = ["GenerateOutput", "GenerationStats", "run"]
+__all__ = ["ChainStep", "GenerateOutput", "GenerationStats", "Step", "make_step", "run", "verify_chain"]
 
 
 @dataclass
@@ -136,45 +142,6 @@ class Rows:
         return [max_new_tokens - len(self.new[r]) for r in self.ids]
 
 
-@dataclass
-class Step:
-    """One verified step, on the host (the step's one synchronisation) and on the target's device.
-
-    Attributes
-    ----------
-    counts : list of int
-        B': drafts verified per row (K_b).
-    width : int
-        K' + 1, the new slots in the target cache this step.
-    n : torch.Tensor
-        [B'] int64 accepted drafts per row, on the target's device.
-    accepted : list of list of int
-        B' lists of n_b + 1 tokens: the accepted drafts, then the token verify drew.
-    last : torch.Tensor
-        [B'] int64 that drawn token, on the target's device.
-    raw, processed : torch.Tensor or None
-        [B', K'+1, V] float32 the target's raw scores and the processed ones (logits processors applied), kept only
-        for a :class:`~.outputs.ScoreRecorder` (output_logits, output_scores).
-    depths : list of int or None
-        B': a token tree's deepest proposed path per row (what a schedule's K_b bounds); None for a chain, whose
-        depths are its counts (:attr:`levels`).
-    """
-
-    counts: list[int]
-    width: int
-    n: torch.Tensor
-    accepted: list[list[int]]
-    last: torch.Tensor
-    raw: torch.Tensor | None = None
-    processed: torch.Tensor | None = None
-    depths: list[int] | None = None
-
-    @property
-    def levels(self) -> list[int]:
-        """B': the drafts each row proposed in sequence (a chain's counts, a tree's depths): what schedules see."""
-        return self.counts if self.depths is None else self.depths
-
-
 def prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[CachedModel, int]:
     """The target and its cache, holding [B, P - 1] prompts for its first forward (the first step feeds them in front
     of the last prompt token and the drafts), and its vocabulary size V (its output layer's rows)."""
@@ -185,74 +152,90 @@ def prefill(target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
     return lm, vocab
 
 
-def step(lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int], sampling: dict | None,
-          rng: random.Random, processors: PrefixProcessors | None = None, watch=None, method: str = "token",
-          recorder: ScoreRecorder | None = None) -> Step:
-    """Draft, score [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
+@dataclass
+class ChainStep:
+    """The chain step of a call, built once from the settings (:func:`make_step`): draft, score
+    [last, d_1..d_K'] with the target, verify, and trim both caches to what each row accepted.
 
-    Parameters
+    Attributes
     ----------
-    lm : CachedModel
-        The target and its cache.
-    drafter : Drafter
-    last : torch.Tensor
-        [B'] int64 each running row's last token (target device).
-    limits : list of int
-        B': the most drafts each row can use.
     sampling : dict or None
         Temperature and warpers for :func:`specsampler.verify` when sampling; None: greedy.
     rng : random.Random
-        Draws the verification seed.
+        Draws the verification seeds.
+    method : {"token", "block", "traversal"}
+        ``verify_method`` (greedy rows are the same either way; "traversal" verifies a chain by block verification,
+        the same rule).
     processors : PrefixProcessors, optional
         Applied to the target's K' + 1 rows of scores, each with its prefix (the drafts before it).
     watch : Stopwatch, optional
         Marks the start, the drafts proposed, the target's forward done and the step's synchronisation (the "cost"
         schedule's measurements).
-    method : {"token", "block"}
-        :func:`specsampler.verify`'s ``method`` (greedy rows are the same either way).
     recorder : ScoreRecorder, optional
         Asks for the step's raw and processed scores (:attr:`Step.raw`, :attr:`Step.processed`).
+    hidden : bool
+        Whether the drafter reads the target's last hidden states (``drafter.wants_hidden``): the target's forward
+        then returns them, in :attr:`~.protocol.TargetStep.hidden`.
+    """
+
+    sampling: dict | None
+    rng: random.Random
+    method: str = "token"
+    processors: PrefixProcessors | None = None
+    watch: object = None
+    recorder: ScoreRecorder | None = None
+    hidden: bool = False
+
+    def __call__(self, lm: CachedModel, drafter: Drafter, last: torch.Tensor, limits: list[int]) -> Step:
+        """One step for the running rows: `last` [B'] int64 their last tokens (target device), `limits[b]` the most
+        drafts row b can use."""
+        if self.watch is not None:
+            self.watch.mark()
+        proposal = drafter.propose(last, limits)
+        if self.watch is not None:
+            self.watch.mark()
+        step, target = self.verify(lm, proposal, last)
+        drafter.accept(target)
+        return step
+
+    def verify(self, lm: CachedModel, proposal: Proposal, last: torch.Tensor) -> tuple[Step, TargetStep]:
+        """The step once the drafts are proposed (:func:`verify_chain`)."""
+        return verify_chain(lm, proposal, last, self)
+
+
+def verify_chain(lm: CachedModel, proposal: Proposal, last: torch.Tensor, chain: ChainStep) -> tuple[Step, TargetStep]:
+    """The rest of a :class:`ChainStep` once the drafts are proposed: score [last, d_1..d_K'] with the target, verify,
+    keep in the target's cache what each row accepted (the drafter's cache is the caller's: ``drafter.accept``).
+    `chain.watch` marks the forward done and the synchronisation.
 
     Returns
     -------
     Step
+    TargetStep
+        For the drafter: the accepted counts and tokens, the scores at [last, d_1..d_K'] (and the hidden states if
+        ``chain.hidden``).
     """
-    if watch is not None:
-        watch.mark()
-    proposal = drafter.propose(last, limits)
-    if watch is not None:
-        watch.mark()
-    out = verify_chain(lm, proposal, last, sampling, rng, processors, watch, method, recorder)
-    drafter.accept(out.n, out.accepted)
-    return out
-
-
-def verify_chain(lm: CachedModel, proposal: Proposal, last: torch.Tensor, sampling: dict | None, rng: random.Random,
-                 processors: PrefixProcessors | None = None, watch=None, method: str = "token",
-                 recorder: ScoreRecorder | None = None) -> Step:
-    """The rest of :func:`step` once the drafts are proposed: score [last, d_1..d_K'] with the target, verify, keep in
-    the target's cache what each row accepted (the drafter's cache is the caller's: ``drafter.accept``). `watch`
-    marks the forward done and the synchronisation; the other arguments are :func:`step`'s."""
     drafts, scores, counts = proposal
+    processors, recorder, watch = chain.processors, chain.recorder, chain.watch
     k = drafts.shape[1]
     drafts = drafts.to(lm.device)
     tokens = torch.cat([last[:, None], drafts], dim=1)
-    logits = lm.forward(tokens, None).float()
+    logits = lm.forward(tokens, None, hidden=chain.hidden).float()
     if watch is not None:
         watch.mark()
     raw = None if recorder is None else recorder.raw(logits, processed_in_place=processors is not None)
     if processors is not None:
         logits = processors(logits, drafts, 0, counts)
     nd = None if all(c == k for c in counts) else torch.tensor(counts, device=logits.device)
-    vseed = rng.getrandbits(62)
-    method = "block" if method == "traversal" else method  # traversal verification of a chain is block verification
-    if sampling is None:
+    vseed = chain.rng.getrandbits(62)
+    method = "block" if chain.method == "traversal" else chain.method  # traversal of a chain: block verification
+    if chain.sampling is None:
         res = verify(logits, drafts.to(logits.device), None, num_draft_tokens=nd, temperature=0.0, seed=vseed,
                      method=method)
     else:  # raw scores: verify warps target and draft alike
         dscores = None if scores is None else scores.to(logits.device)
         res = verify(logits, drafts.to(logits.device), dscores, num_draft_tokens=nd, seed=vseed, method=method,
-                     **sampling)
+                     **chain.sampling)
     # the one host synchronisation per step: stopping (EOS, length) and the caches' crop need the counts
     n_host, tok_host = res.num_accepted.tolist(), res.tokens.tolist()
     if watch is not None:
@@ -262,7 +245,16 @@ def verify_chain(lm: CachedModel, proposal: Proposal, last: torch.Tensor, sampli
     step = Step(counts, k + 1, res.num_accepted.to(lm.device), accepted, drawn.to(lm.device), raw,
                 logits if recorder is not None and recorder.scores else None)
     lm.keep(step.n, step.width, max(n_host), min(n_host))
-    return step
+    return step, TargetStep(step.n, accepted, logits, lm.hidden)
+
+
+def make_step(settings, rng: random.Random, drafter: Drafter | TreeDrafter, processors: PrefixProcessors | None,
+              watch, recorder: ScoreRecorder | None) -> ChainStep | TreeStep:
+    """The call's step, built once: a :class:`ChainStep`, or with ``settings.tree`` a :class:`.tree_loop.TreeStep`
+    around it; the target returns its hidden states where the drafter asks for them (``wants_hidden``)."""
+    chain = ChainStep(settings.sampling, rng, settings.verify_method, processors, watch, recorder,
+                      bool(getattr(drafter, "wants_hidden", False)))
+    return TreeStep(chain) if settings.tree else chain
 
 
 def commit_rows(rows: Rows, step: Step, budget: list[int], eos: list[int], stats: GenerationStats,
@@ -363,14 +355,9 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
     prefix = None if not processors else PrefixProcessors(processors, input_ids,
                                                           input_ids.shape[1] + max_new + schedule.max_k + 1, lm.device)
     if settings.tree:  # a token tree per step (:mod:`.tree_loop`): the same commit, evict and stream
-        from .tree_loop import start_tree_drafter, tree_step
-
         check_tree_attention(target)
-        drafter = start_tree_drafter(draft, input_ids, attention_mask, settings, vocab, rng, prefix, schedule.max_k)
-        step_fn = tree_step
-    else:
-        drafter, step_fn = start_drafter(draft, input_ids, attention_mask, schedule.max_k, vocab, settings.sampling,
-                                         rng, settings.pad_token_id, prefix), step
+    drafter = start_drafter(draft, DraftCall(input_ids, attention_mask, settings, vocab, schedule.max_k, rng, prefix))
+    step_fn = make_step(settings, rng, drafter, prefix, schedule.watch, recorder)
     rows = Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device))
     stats = GenerationStats()
     while rows.ids:
@@ -380,8 +367,7 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
         if prefix is not None:
             prefix.start_step(rows.ids, rows.new)
         prefill_rows = lm.pending[0].numel() if lm.pending is not None else 0
-        done = step_fn(lm, drafter, rows.last, [min(m, n) for m, n in zip(limits, lengths, strict=True)],
-                    settings.sampling, rng, prefix, schedule.watch, settings.verify_method, recorder)
+        done = step_fn(lm, drafter, rows.last, [min(m, n) for m, n in zip(limits, lengths, strict=True)])
         schedule.observe(done, prefill_rows)
         keep = commit_rows(rows, done, budget, settings.eos_token_ids, stats, callback, stop)
         if recorder is not None:

@@ -27,7 +27,6 @@ from typing import Protocol
 import torch
 
 from .._distributed import rank0_choice
-from .drafters import PromptLookupDrafter
 
 __all__ = ["COSTS", "SCHEDULES", "ConstantSchedule", "CostRegistry", "CostSchedule", "CostTuning", "Costs",
            "HeuristicSchedule", "Schedule", "Stopwatch", "make_schedule"]
@@ -346,8 +345,9 @@ class CostSchedule:
 class CostRegistry:
     """The owner of the "cost" schedule's measurements: one :class:`Costs` per (target, drafter) pair, kept while both
     models live (weak references: the registry holds no model), so that a pair's next calls choose from their first
-    step. Prompt-lookup drafters with the same setting count as one (``prompt_lookup_num_tokens=`` makes a new one per
-    call): the registry holds one stand-in per setting. Bound: one entry per live pair and per lookup setting (per
+    step. Drafters with the same ``cost_key`` (a :class:`~.drafters.PromptLookupDrafter`'s setting:
+    ``prompt_lookup_num_tokens=`` makes a new one per call) count as one: the registry holds one stand-in per key.
+    Bound: one entry per live pair and per lookup setting (per
     :meth:`scoped` key).
 
     Parameters
@@ -364,13 +364,13 @@ class CostRegistry:
     def reset(self) -> None:
         """Forget every measurement."""
         self._pairs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._lookups: dict[tuple, PromptLookupDrafter] = {}
+        self._lookups: dict[tuple, object] = {}  # cost_key -> the drafter standing for it
         self._scopes: dict = {}  # key -> (pairs, lookups) of :meth:`scoped` blocks
 
     def costs_of(self, target, drafter) -> Costs:
         """The measured times of this (target, drafter) pair: new ones for a pair not seen since the last reset."""
-        if isinstance(drafter, PromptLookupDrafter):
-            key = (type(drafter), drafter.max_ngram, drafter.min_ngram, drafter.max_lookback)
+        key = getattr(drafter, "cost_key", None)  # a drafter's setting (PromptLookupDrafter's): one per setting
+        if key is not None:
             drafter = self._lookups.setdefault(key, drafter)
         return self._pairs.setdefault(target, weakref.WeakKeyDictionary()).setdefault(drafter, Costs(self.tuning))
 
