@@ -176,7 +176,7 @@ def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
               max_depth, backend, rule, without_replacement) -> TreeResult:
     """The chosen backend and rule (None: the token rule on i.i.d. or point-mass candidates) on validated
     arguments."""
-    if rule is not None:
+    if rule is not None and backend != "triton":
         return TreeResult(*verify_tree_rule_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
                                                   temperature, seed, hooks.uniforms, hooks.noise, warp,
                                                   None if max_depth is None else int(max_depth), method=rule,
@@ -185,6 +185,11 @@ def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
         if max_depth is None:  # the deepest path of the trees: one host synchronisation on CUDA
             depth = tree_depths(tree_parents, nodes_in_range(tree_tokens, target_logits.shape[-1], num_nodes))
             max_depth = int(depth.max()) if depth.numel() else 0
+        if rule is not None:
+            return TreeResult(*_kernels().verify_tree_rule_rows(
+                target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, warp,
+                int(max_depth), hooks.uniforms, hooks.noise, traversal=rule == "traversal",
+                without_replacement=without_replacement))
         return TreeResult(*_kernels().verify_tree_rows(target_logits, tree_tokens, tree_parents, draft_logits,
                                                        num_nodes, temperature, seed, warp, int(max_depth),
                                                        hooks.uniforms, hooks.noise))
@@ -203,14 +208,8 @@ def _check_rule(method, draft_sampling, return_logprobs) -> None:
 
 
 def _tree_backend(backend, device: torch.device, method: str, draft_sampling: str) -> str:
-    """The backend: "auto" picks torch where the rule has no kernel; "triton" is refused there, by name."""
-    if backend == "triton" and method == "traversal":
-        raise ValueError("method='traversal' has no Triton kernel yet; use backend='torch' (or 'auto')")
-    if backend == "triton" and draft_sampling == "without_replacement":
-        raise ValueError("draft_sampling='without_replacement' has no Triton kernel yet; use backend='torch' "
-                         "(or 'auto')")
-    picked = _pick_backend(backend, device)
-    return "torch" if method == "traversal" or draft_sampling == "without_replacement" else picked
+    """The backend: every rule has a kernel (``tree_kernel``, ``tree_traversal``), so "auto" picks it on CUDA."""
+    return _pick_backend(backend, device)
 
 
 def _with_logprobs(out: TreeResult, target_logits, temperature, warp) -> TreeLogprobsResult:

@@ -1,0 +1,559 @@
+"""Traversal Verification of token trees, and the token rule on candidates drawn without replacement,
+``_traversal_kernel`` (after launch 1 and, with warpers, the cut launch; the oracle is ``specsampler.torch_traversal``).
+
+Conventions as ``tree_kernel``: grid (B,), ONE program per row; node i holds token x_i and parent a_i in [-1, i); p_v
+is the warped target distribution after node v's path (target row v + 1), q_v the draft's that v's children were
+drawn from (draft row v + 1).
+
+Traversal (TRAVERSAL on; Weng et al., NeurIPS 2025, arXiv 2505.12398; the rule and its proof are in
+``torch_traversal``): every node v keeps a weight alpha_v and a next-token distribution P_v; the nodes are tested in
+post-order (children in node order), each once all its children were rejected. Entering child c of v:
+alpha_c = min(1, alpha_v P_v(x_c) / Q_c(x_c)); testing c: accept when u_c < alpha_c (the path root..c is accepted and
+the next token is drawn from P_c); else c is deleted: r = sum max(alpha_v P_v - Q_c, 0), alpha_v <- r / (r + 1 -
+alpha_v) (1 where that is 0 / 0), P_v <- norm(max(alpha_v P_v - Q_c, 0)) (kept when r <= EPS: rounding); then the
+walk enters c's next sibling and its first children down to a leaf, or, without one, tests v (the root is never
+tested: its last child deleted, the next token is drawn from P_root). Token rule (TRAVERSAL off, for WOR): the nodes
+in order, child c of the current node accepted when u_c Q_c(x_c) < P(x_c), a rejection P <- norm(max(P - Q_c, 0)).
+
+No residual row is materialised: P_v = num_v / Z_v with
+
+    num_v(y) = max(p_v(y) - c_v q_v(y), 0)   for y not removed at v,   max(p_v(y) - c_y q_v(y), 0) for y removed,
+
+a scalar c_v per node (0 when fresh) and Z_v its sum (1 when fresh), because a rejection of a child drawn from q_v
+(i.i.d., Q_c = q_v; without replacement, Q_c = q_v without the earlier siblings' tokens / kept_v, kept_v the draft
+mass left) maps max(s p - t q, 0) to the same form: c_v <- c_v + Z_v / (alpha_v kept_v) (one pass over the node's p
+and q rows for the new Z_v; r = alpha_v Z_new / Z_old). A point-mass child (no draft logits, or Q_c(x_c) = 0: an id the
+draft gives nothing, or one removed at v already) removes x_c with the value 0 (c_y = +inf), Z_v -= num_v(x_c),
+r = alpha_v (Z_v - num_v(x_c)) / Z_v: no pass. Without replacement, a rejected child's id is removed at v with the c_v
+after its rejection (Q gives it nothing any more, so its value is frozen). Removed ids are entries (id, c_y, owner
+node) in registers ([BLOCK_R], BLOCK_R >= N: at most one entry per rejected node); per-node scalars (alpha, c, Z,
+kept) in [BLOCK_N] vectors (BLOCK_N >= N + 1), the tree's tokens and parents in [BLOCK_N] vectors (first child and
+next sibling found by one reduction each).
+
+The next token: the exponential race argmax num_f(y) / E_y over the accepted node f's numerator (the root's when
+none), its removed ids raced apart (their keys from the same E_y, folded in after the tile loop); uniform when the
+numerator has no mass. Greedy rows walk the argmax path as ``tree_kernel`` (the first child equal to argmax p) and
+emit the argmax.
+
+Randomness as ``tree_kernel``: node i's acceptance uniform Philox stream 0 at position i, the race stream 1 at
+position f + 1, keyed by seed XOR STREAM_KEYS[STREAM_TREE]; the testing entry replaces them with uniforms [B, N] and
+noise [B, V] (the oracle takes the same). On a chain the weights are block verification's (``verify_block``): the
+tokens equal ``verify(method="block")``'s on the same uniforms and noise.
+
+Bytes (s the scores' element size): launch 1 and the cut launch as for ``tree_kernel``. This launch reads the row's
+N tokens and parents once (8 * 2N), per node entered or deleted its parent's statistics (16 * S1) and 2 gathered
+scores, one (V + Vd) * s pass per deletion of a child drawn from the draft (traversal: every such deletion, the root's
+last included; the token rule: as ``tree_kernel`` without its deferral), and the race's pass (V * s at a fresh node,
+(V + Vd) * s after a deletion), and writes 8 * (2D + 2) bytes a row. No workspace, no host synchronisation when
+`max_depth` is given. Cost against the token rule: traversal tests below a deleted node (the token rule never looks
+there), so a row whose drafts are all rejected makes a pass per deleted node drawn from the draft, serially in its one
+program; rows that accept deep make as few as the token rule.
+
+Compiled offline for sm_90 (bench/compile_offline_tree.py; bench/results/compile_offline_traversal_triton*.txt).
+
+References: Weng et al. 2025 (arXiv 2505.12398); Jeon et al. 2024 (arXiv 2402.14160, without replacement); Sun et al.
+2025 (block verification, arXiv 2403.10444); ``tree_kernel`` (the walk, Philox layout, the race).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.random import philox
+
+from . import launching
+from .constants import BLOCK_S, RESIDUAL_EPS
+from .jit_helpers import (
+    RNG_GROUP,
+    _finite_logits,
+    _num_drafts,
+    _philox_key,
+    _scaled_temperature,
+    _splat,
+    _to_uniform,
+)
+from .tree_kernel import (
+    BLOCK_D,
+    GPU_BLOCK_V,
+    GPU_WARPS,
+    TREE_STREAM,
+    _node_stats,
+    _prob,
+    _race_numerator,
+    _scalar_load,
+    _seed_arg,
+    _uniform,
+)
+from .verify_race import RACE_RESIDUAL, RACE_UNIFORM, _race_tiles
+
+FAR = tl.constexpr(1 << 30)  # past any node index
+
+
+@triton.jit
+def _pick(vec, slots, j):
+    """vec[j] as a scalar (one reduction)."""
+    return tl.sum(tl.where(slots == j, vec, 0), axis=0)
+
+
+@triton.jit
+def _num(p, q, c):
+    """max(p - c q, 0); 0 where c is +inf (an id removed as a point mass)."""
+    finite = c < float("inf")
+    return tl.where(finite, tl.maximum(p - tl.where(finite, c, 0.0) * q, 0.0), 0.0)
+
+
+@triton.jit
+def _stats(row, v, BLOCK_S: tl.constexpr, WARP: tl.constexpr):
+    """Node v's statistics (v = -1: the root): (m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q) of its target and draft rows.
+    `row`: (t_row, stride_tn, stride_tv, d_row, stride_dn, stride_dv, stats_ptr, stride_sp, stride_sr, cut_ptr,
+    stride_cp, t_stats, d_stats, n_b, sampled, S1, scale, V, Vd)."""
+    (_t, _stn, _stv, _d, _sdn, _sdv, stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, t_stats, d_stats, n_b,
+     sampled, S1, scale, _v, _vd) = row
+    m_p, z_p, cut_p, arg_p = _node_stats(stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, t_stats + v + 1,
+                                         v >= -1, sampled, S1, scale, BLOCK_S, WARP)
+    m_q, z_q, cut_q, _ = _node_stats(stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, d_stats + v + 1,
+                                     sampled & (v + 1 < n_b), sampled, S1, scale, BLOCK_S, WARP)
+    return m_p, z_p, cut_p, arg_p, m_q, z_q, cut_q
+
+
+@triton.jit
+def _probs_at(row, st, v, y, HAS_DRAFT: tl.constexpr, WARP: tl.constexpr):
+    """(p_v(y), q_v(y)) for an id y in [0, V) (q 0 past Vd and without a draft)."""
+    t_row, stride_tn, stride_tv, d_row, stride_dn, stride_dv = row[0], row[1], row[2], row[3], row[4], row[5]
+    scale, Vd = row[16], row[18]
+    m_p, z_p, cut_p, _arg, m_q, z_q, cut_q = st
+    p_y = _prob(_finite_logits(_scalar_load(t_row + (v + 1) * stride_tn + y * stride_tv, y >= 0, -float("inf"))),
+                m_p, z_p, scale, cut_p, WARP)
+    q_y = p_y * 0.0
+    if HAS_DRAFT:
+        l_q = _finite_logits(_scalar_load(d_row + (v + 1) * stride_dn + y * stride_dv, y < Vd, -float("inf")))
+        q_y = tl.where(y < Vd, _prob(l_q, m_q, z_q, scale, cut_q, WARP), 0.0)
+    return p_y, q_y
+
+
+@triton.jit
+def _child_terms(row, st, v, x, c_v, kept_v, entries, BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr,
+                 WOR: tl.constexpr, WARP: tl.constexpr):
+    """A child of node v with token x: (num_v(x), Q_c(x) (0: a point mass), q_v(x), its entry's slot or -1)."""
+    rid, rc, rown, n_rem = entries
+    k = tl.arange(0, BLOCK_R)
+    hit = (k < n_rem) & (rown == v + 1) & (rid == x)
+    slot = tl.max(tl.where(hit, k, -1), axis=0)
+    gone = slot >= 0
+    p_x, q_x = _probs_at(row, st, v, x, HAS_DRAFT, WARP)
+    num_x = _num(p_x, q_x, tl.where(gone, _pick(rc, k, slot), c_v))
+    big_q = q_x
+    if WOR:
+        big_q = tl.where(gone, 0.0, q_x / tl.where(kept_v > 0.0, kept_v, 1.0))
+    if not HAS_DRAFT:
+        big_q = q_x * 0.0
+    return num_x, big_q, q_x, slot
+
+
+@triton.jit
+def _mass(row, st, v, c, entries, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr,
+          WARP: tl.constexpr):
+    """Z of node v's numerator with scalar `c`: one pass over its p and q rows (per-lane sums, one reduction), then
+    each removed id's own value in place of the pass's."""
+    t_row, stride_tn, stride_tv, d_row, stride_dn, stride_dv = row[0], row[1], row[2], row[3], row[4], row[5]
+    scale, V, Vd = row[16], row[17], row[18]
+    m_p, z_p, cut_p, _arg, m_q, z_q, cut_q = st
+    p_row = t_row + (v + 1) * stride_tn
+    q_row = d_row + (v + 1) * stride_dn
+    lanes = tl.arange(0, BLOCK_V)
+    acc = tl.zeros([BLOCK_V], tl.float32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + lanes
+        mask = offs < V
+        p = _prob(_finite_logits(tl.load(p_row + offs * stride_tv, mask=mask, other=-float("inf"))), m_p, z_p, scale,
+                  cut_p, WARP)
+        if HAS_DRAFT:
+            q_mask = mask & (offs < Vd)
+            q = _prob(_finite_logits(tl.load(q_row + offs * stride_dv, mask=q_mask, other=-float("inf"))), m_q, z_q,
+                      scale, cut_q, WARP)
+            p = tl.maximum(p - c * tl.where(q_mask, q, 0.0), 0.0)
+        acc += tl.where(mask, p, 0.0)
+    total = tl.sum(acc, axis=0)
+    rid, rc, rown, n_rem = entries
+    k = tl.arange(0, BLOCK_R)
+    for j in range(0, n_rem):
+        if _pick(rown, k, j) == v + 1:
+            p_y, q_y = _probs_at(row, st, v, _pick(rid, k, j), HAS_DRAFT, WARP)
+            total += _num(p_y, q_y, _pick(rc, k, j)) - tl.maximum(p_y - c * q_y, 0.0)
+    return tl.maximum(total, 0.0)
+
+
+@triton.jit
+def _reject(row, v, x, state, entries, EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr, WOR: tl.constexpr,
+            WARP: tl.constexpr):
+    """Delete a child (token x) of node v: v's alpha, c, Z, kept and removed ids updated. Returns the new state's
+    (alpha, c, Z, kept) vectors and entries (ids, c, owners, count), flat."""
+    alpha_vec, c_vec, z_vec, kept_vec = state
+    rid, rc, rown, n_rem = entries
+    slots = tl.arange(0, BLOCK_N)
+    k = tl.arange(0, BLOCK_R)
+    alpha = _pick(alpha_vec, slots, v + 1)
+    c_v = _pick(c_vec, slots, v + 1)
+    z_v = _pick(z_vec, slots, v + 1)
+    kept = _pick(kept_vec, slots, v + 1)
+    st = _stats(row, v, BLOCK_S, WARP)
+    num_x, big_q, q_x, slot = _child_terms(row, st, v, x, c_v, kept, entries, BLOCK_R, HAS_DRAFT, WOR, WARP)
+    drawn = big_q > 0.0  # else a point mass
+    point = ~drawn
+    c_new = c_v
+    z_new = z_v - num_x
+    r = alpha * (z_new / z_v)
+    if drawn:  # c += Z / (alpha kept): one pass for the new Z (none when alpha = 0: r = 0, P kept)
+        if alpha > 0.0:
+            c_new = c_v + z_v / (alpha * tl.where(kept > 0.0, kept, 1.0))
+            z_new = _mass(row, st, v, c_new, entries, BLOCK_V, BLOCK_R, HAS_DRAFT, WARP)
+            r = alpha * (z_new / z_v)
+        else:
+            r = alpha * 0.0
+    keep = r > EPS
+    denom = r + 1.0 - alpha
+    here = slots == v + 1
+    alpha_vec = tl.where(here, tl.where(denom > 0.0, r / tl.where(denom > 0.0, denom, 1.0), 1.0), alpha_vec)
+    c_after = tl.where(keep, c_new, c_v)
+    c_vec = tl.where(here, c_after, c_vec)
+    z_vec = tl.where(here, tl.where(keep, z_new, z_v), z_vec)
+    # Removed ids: a point mass deleted (kept) takes the value 0; without replacement, a draft child's id is frozen
+    # at the c after its deletion (Q gives it nothing from now on).
+    add = point & keep
+    if WOR:
+        add = add | drawn
+        kept_vec = tl.where(here & _splat(drawn, slots), kept - q_x, kept_vec)
+    c_entry = tl.where(point, float("inf"), c_after)
+    if add & (slot >= 0):
+        rc = tl.where(k == slot, c_entry, rc)
+    if add & (slot < 0):
+        rid = tl.where(k == n_rem, x, rid)
+        rc = tl.where(k == n_rem, c_entry, rc)
+        rown = tl.where(k == n_rem, v + 1, rown)
+        n_rem += 1
+    return alpha_vec, c_vec, z_vec, kept_vec, rid, rc, rown, n_rem
+
+
+@triton.jit
+def _enter(row, c, tok, par, state, entries, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+           BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr, WOR: tl.constexpr, WARP: tl.constexpr):
+    """alpha_c = min(1, alpha_v P_v(x_c) / Q_c(x_c)) for node c, child of v (Q 1 for a point mass): the new alpha
+    vector."""
+    alpha_vec, c_vec, z_vec, kept_vec = state
+    slots = tl.arange(0, BLOCK_N)
+    v = _pick(par, slots, c)
+    x = _pick(tok, slots, c)
+    st = _stats(row, v, BLOCK_S, WARP)
+    num_x, big_q, _q, _slot = _child_terms(row, st, v, x, _pick(c_vec, slots, v + 1), _pick(kept_vec, slots, v + 1),
+                                           entries, BLOCK_R, HAS_DRAFT, WOR, WARP)
+    ratio = num_x / _pick(z_vec, slots, v + 1) / tl.where(big_q > 0.0, big_q, 1.0)
+    weight = tl.minimum(_pick(alpha_vec, slots, v + 1) * ratio, 1.0)
+    return tl.where(slots == c + 1, weight, alpha_vec)
+
+
+@triton.jit
+def _first_child(node, depth, D, tok, par, live, BLOCK_N: tl.constexpr):
+    """Node `node`'s first child in the tree (-1: none, or at depth D already)."""
+    idx = tl.arange(0, BLOCK_N)
+    child = tl.min(tl.where(live & (par == node) & (idx > node), idx, FAR), axis=0).to(tl.int64)
+    return tl.where((child < FAR) & (depth < D), child, -1)
+
+
+@triton.jit
+def _descend(row, node, depth, D, tok, par, live, state, entries, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr, WOR: tl.constexpr, WARP: tl.constexpr):
+    """From `node` (entered; -1 the root) down its first children, each entered: (the leaf, its depth, alpha)."""
+    alpha_vec = state[0]
+    for _level in range(0, D):
+        child = _first_child(node, depth, D, tok, par, live, BLOCK_N)
+        if child >= 0:
+            alpha_vec = _enter(row, child, tok, par, (alpha_vec, state[1], state[2], state[3]), entries, BLOCK_S,
+                               BLOCK_N, BLOCK_R, HAS_DRAFT, WOR, WARP)
+            node = child
+            depth += 1
+    return node, depth, alpha_vec
+
+
+@triton.jit
+def _exp_at(y, pos, noise_row, stride_ev, seed_b, row_key, GIVEN_RANDOM: tl.constexpr):
+    """E_y of the race at row position `pos` (``verify_race``'s: Philox group y // 4, output y % 4), or noise[y]."""
+    lane = tl.arange(0, 2)
+    if GIVEN_RANDOM:
+        e = tl.max(tl.load(noise_row + (y + lane * 0) * stride_ev), axis=0)
+    else:
+        zero = (lane * 0).to(tl.uint32)
+        r0, r1, r2, r3 = philox(seed_b, zero + (y // RNG_GROUP).to(tl.uint32), zero + pos.to(tl.uint32),
+                                zero + row_key.to(tl.uint32), zero + 1)
+        j = y % RNG_GROUP
+        bits = tl.where(j == 0, r0, tl.where(j == 1, r1, tl.where(j == 2, r2, r3)))
+        e = tl.max(-tl.log(_to_uniform(bits, True)), axis=0)
+    return e
+
+
+@triton.jit
+def _next_token(row, f, c_f, entries, noise_row, stride_ev, seed_b, row_key, BLOCK_V: tl.constexpr,
+                BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr, GIVEN_RANDOM: tl.constexpr,
+                WARP: tl.constexpr):
+    """The race over node f's numerator (its removed ids raced apart, then folded in by key, lower id on ties);
+    uniform over [0, V) when it has no mass."""
+    t_row, stride_tn, stride_tv, d_row, stride_dn, stride_dv = row[0], row[1], row[2], row[3], row[4], row[5]
+    scale, V, Vd = row[16], row[17], row[18]
+    st = _stats(row, f, BLOCK_S, WARP)
+    m_p, z_p, cut_p, _arg, m_q, z_q, cut_q = st
+    rid, rc, rown, n_rem = entries
+    k = tl.arange(0, BLOCK_R)
+    dropped = tl.where(rown == f + 1, rid, -1)
+    dist_args = (t_row + (f + 1) * stride_tn, stride_tv, d_row + (f + 1) * stride_dn, stride_dv, Vd, m_p, z_p, cut_p,
+                 m_q, z_q, cut_q, scale, c_f, dropped, k, n_rem)
+    top, first, mass = _race_tiles(dist_args, noise_row, stride_ev, 0, V, f + 1, seed_b, row_key, _race_numerator,
+                                   RACE_RESIDUAL, BLOCK_V, False, HAS_DRAFT, GIVEN_RANDOM, WARP, True)
+    first = first.to(tl.int64)
+    for j in range(0, n_rem):
+        if _pick(rown, k, j) == f + 1:
+            y = _pick(rid, k, j)
+            p_y, q_y = _probs_at(row, st, f, y, HAS_DRAFT, WARP)
+            value = _num(p_y, q_y, _pick(rc, k, j))
+            key = value / _exp_at(y, f + 1, noise_row, stride_ev, seed_b, row_key, GIVEN_RANDOM)
+            better = (key > top) | ((key == top) & (y < first))
+            first = tl.where(better, y, first)
+            top = tl.where(better, key, top)
+            mass += value
+    if ~(mass > 0.0):
+        _top, uniform_id, _mass = _race_tiles(dist_args, noise_row, stride_ev, 0, V, f + 1, seed_b, row_key,
+                                              _race_numerator, RACE_UNIFORM, BLOCK_V, False, HAS_DRAFT, GIVEN_RANDOM,
+                                              WARP, True)
+        first = uniform_id.to(tl.int64)
+    return tl.minimum(tl.maximum(first, 0), V - 1)
+
+
+@triton.jit
+def _traverse(row, D, lim, tok, par, live, uni, state, entries, EPS: tl.constexpr, BLOCK_V: tl.constexpr,
+              BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr,
+              WOR: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+    """Traversal's walk of a sampled row: (accepted node, -1 the root; its depth; its c; entries). `uni`:
+    (uniform_ptr, stride_ub, stride_un, b, seed_b, row_key); at most `lim` tests, one per node."""
+    uniform_ptr, stride_ub, stride_un, b, seed_b, row_key = uni
+    alpha_vec, c_vec, z_vec, kept_vec = state
+    rid, rc, rown, n_rem = entries
+    slots = tl.arange(0, BLOCK_N)
+    node, depth, alpha_vec = _descend(row, b * 0 - 1, b * 0, D, tok, par, live, state, entries, BLOCK_S, BLOCK_N,
+                                      BLOCK_R, HAS_DRAFT, WOR, WARP)
+    done = node < 0
+    found = b * 0 - 1
+    for _step in range(0, lim):
+        if ~done:
+            u = _uniform(uniform_ptr, stride_ub, stride_un, b, node, seed_b, row_key, GIVEN_RANDOM)
+            if u < _pick(alpha_vec, slots, node + 1):
+                found = node
+                done = done | True
+            else:
+                v = _pick(par, slots, node)
+                alpha_vec, c_vec, z_vec, kept_vec, rid, rc, rown, n_rem = _reject(
+                    row, v, _pick(tok, slots, node), (alpha_vec, c_vec, z_vec, kept_vec), (rid, rc, rown, n_rem),
+                    EPS, BLOCK_V, BLOCK_S, BLOCK_N, BLOCK_R, HAS_DRAFT, WOR, WARP)
+                idx = tl.arange(0, BLOCK_N)
+                sibling = tl.min(tl.where(live & (par == v) & (idx > node), idx, FAR), axis=0).to(tl.int64)
+                if sibling < FAR:
+                    alpha_vec = _enter(row, sibling, tok, par, (alpha_vec, c_vec, z_vec, kept_vec),
+                                       (rid, rc, rown, n_rem), BLOCK_S, BLOCK_N, BLOCK_R, HAS_DRAFT, WOR, WARP)
+                    node, depth, alpha_vec = _descend(row, sibling, depth, D, tok, par, live,
+                                                      (alpha_vec, c_vec, z_vec, kept_vec), (rid, rc, rown, n_rem),
+                                                      BLOCK_S, BLOCK_N, BLOCK_R, HAS_DRAFT, WOR, WARP)
+                else:
+                    node = v
+                    depth -= 1
+                    done = done | (v < 0)
+    return found, depth, _pick(c_vec, slots, found + 1), rid, rc, rown, n_rem
+
+
+@triton.jit
+def _token_walk(row, D, lim, tok, par, uni, state, entries, EPS: tl.constexpr, BLOCK_V: tl.constexpr,
+                BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, HAS_DRAFT: tl.constexpr,
+                WOR: tl.constexpr, GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr):
+    """The token rule's walk of a sampled row (the nodes in order; child c of the current node accepted when
+    u_c Q_c(x_c) < P(x_c)): (current node, its depth, its c, entries)."""
+    uniform_ptr, stride_ub, stride_un, b, seed_b, row_key = uni
+    alpha_vec, c_vec, z_vec, kept_vec = state
+    rid, rc, rown, n_rem = entries
+    slots = tl.arange(0, BLOCK_N)
+    cur = b * 0 - 1
+    depth = b * 0
+    for i0 in range(0, lim):
+        i = b * 0 + i0  # (an int64 tensor: the interpreter's loop counter is a Python int)
+        if (_pick(par, slots, i) == cur) & (depth < D):
+            x = _pick(tok, slots, i)
+            st = _stats(row, cur, BLOCK_S, WARP)
+            num_x, big_q, _q, _slot = _child_terms(row, st, cur, x, _pick(c_vec, slots, cur + 1),
+                                                   _pick(kept_vec, slots, cur + 1), (rid, rc, rown, n_rem), BLOCK_R,
+                                                   HAS_DRAFT, WOR, WARP)
+            u = _uniform(uniform_ptr, stride_ub, stride_un, b, i, seed_b, row_key, GIVEN_RANDOM)
+            if u * tl.where(big_q > 0.0, big_q, 1.0) < num_x / _pick(z_vec, slots, cur + 1):
+                cur = i
+                depth += 1
+            else:
+                alpha_vec, c_vec, z_vec, kept_vec, rid, rc, rown, n_rem = _reject(
+                    row, cur, x, (alpha_vec, c_vec, z_vec, kept_vec), (rid, rc, rown, n_rem), EPS, BLOCK_V, BLOCK_S,
+                    BLOCK_N, BLOCK_R, HAS_DRAFT, WOR, WARP)
+    return cur, depth, _pick(c_vec, slots, cur + 1), rid, rc, rown, n_rem
+
+
+@triton.jit
+def _greedy_walk(row, D, lim, tok, par, b, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, WARP: tl.constexpr):
+    """A greedy row: from the root, the first child equal to the argmax at each node. (node, depth, its argmax)."""
+    slots = tl.arange(0, BLOCK_N)
+    cur = b * 0 - 1
+    depth = b * 0
+    arg_p = _stats(row, cur, BLOCK_S, WARP)[3]
+    for i0 in range(0, lim):
+        i = b * 0 + i0
+        if (_pick(par, slots, i) == cur) & (depth < D) & (_pick(tok, slots, i) == arg_p):
+            cur = i
+            depth += 1
+            arg_p = _stats(row, cur, BLOCK_S, WARP)[3]
+    return cur, depth, arg_p
+
+
+@triton.jit(do_not_specialize=["B", "N", "V", "Vd", "D", "S1", "temperature", "seed", "stride_xb", "stride_xn",
+                               "stride_ab", "stride_an", "stride_ub", "stride_un", "stride_eb", "stride_ev",
+                               "stride_sp", "stride_sr", "stride_cp", "stride_ob", "stride_od", "stride_pb",
+                               "stride_pd"])
+def _traversal_kernel(
+    target_ptr, stride_tb, stride_tn, stride_tv,  # [B, N+1, V] logits
+    draft_ptr, stride_db, stride_dn, stride_dv,  # [B, N+1, Vd] logits, read when HAS_DRAFT (row N never)
+    nodes_ptr, stride_xb, stride_xn,  # [B, N] int32/int64 node tokens
+    parents_ptr, stride_ab, stride_an,  # [B, N] int32/int64 node parents in [-1, i)
+    num_nodes_ptr,  # [B] int64, read when RAGGED
+    temp_ptr,  # [B] float32, read when ROW_TEMP
+    seed_ptr,  # [B] int64, read when ROW_SEED
+    uniform_ptr, stride_ub, stride_un,  # [B, N] float32 acceptance uniforms, read when GIVEN_RANDOM
+    noise_ptr, stride_eb, stride_ev,  # [B, V] float32 exponential noise, read when GIVEN_RANDOM
+    stats_ptr, stride_sp, stride_sr,  # [2 (3), B*(N+1) + B*N, S1] float32 launch 1's split statistics (K = N)
+    cut_ptr, stride_cp,  # [2, B*(N+1) + B*N] float32 the cut launch's cuts and kept masses, read when WARP
+    out_ptr, stride_ob, stride_od,  # [B, D+1] int64 tokens out
+    nacc_ptr,  # [B] int64 accepted depth out
+    path_ptr, stride_pb, stride_pd,  # [B, >= D] int64 accepted nodes out
+    B, N, V, Vd, D, S1, temperature, seed,
+    EPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    HAS_DRAFT: tl.constexpr, RAGGED: tl.constexpr, ROW_TEMP: tl.constexpr, ROW_SEED: tl.constexpr,
+    GIVEN_RANDOM: tl.constexpr, WARP: tl.constexpr, TRAVERSAL: tl.constexpr, WOR: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    n_b = _num_drafts(num_nodes_ptr, b, N, RAGGED)
+    temp, scale = _scaled_temperature(temp_ptr, b, temperature, ROW_TEMP)
+    sampled = ~(temp == 0.0)
+    seed_b, row_key = _philox_key(seed_ptr, b, seed, ROW_SEED, TREE_STREAM)
+    # The row's tree: tokens and parents in registers; a token outside [0, V) ends the row's nodes there (lim).
+    idx = tl.arange(0, BLOCK_N).to(tl.int64)
+    in_row = idx < n_b
+    tok = tl.load(nodes_ptr + b * stride_xb + idx * stride_xn, mask=in_row, other=-1).to(tl.int64)
+    par = tl.load(parents_ptr + b * stride_ab + idx * stride_an, mask=in_row, other=-2).to(tl.int64)
+    lim = tl.min(tl.where(in_row & ((tok < 0) | (tok >= V)), idx, n_b), axis=0)
+    live = idx < lim
+    row = (target_ptr + b * stride_tb, stride_tn, stride_tv, draft_ptr + b * stride_db, stride_dn, stride_dv,
+           stats_ptr, stride_sp, stride_sr, cut_ptr, stride_cp, b * (N + 1), B * (N + 1) + b * N, n_b, sampled, S1,
+           scale, V, Vd)
+    if sampled:
+        ones = tl.full([BLOCK_N], 1.0, tl.float32)
+        state = (ones, ones * 0.0, ones, ones)  # alpha, c, Z, kept per node (slot v + 1)
+        k = tl.arange(0, BLOCK_R).to(tl.int64)
+        entries = (k * 0 - 1, tl.zeros([BLOCK_R], tl.float32), k * 0 - 1, (b * 0).to(tl.int32))
+        uni = (uniform_ptr, stride_ub, stride_un, b, seed_b, row_key)
+        if TRAVERSAL:
+            node, depth, c_f, rid, rc, rown, n_rem = _traverse(row, D, lim, tok, par, live, uni, state, entries, EPS,
+                                                               BLOCK_V, BLOCK_S, BLOCK_N, BLOCK_R, HAS_DRAFT, WOR,
+                                                               GIVEN_RANDOM, WARP)
+        else:
+            node, depth, c_f, rid, rc, rown, n_rem = _token_walk(row, D, lim, tok, par, uni, state, entries, EPS,
+                                                                 BLOCK_V, BLOCK_S, BLOCK_N, BLOCK_R, HAS_DRAFT, WOR,
+                                                                 GIVEN_RANDOM, WARP)
+        next_token = _next_token(row, node, c_f, (rid, rc, rown, n_rem), noise_ptr + b * stride_eb, stride_ev, seed_b,
+                                 row_key, BLOCK_V, BLOCK_S, BLOCK_R, HAS_DRAFT, GIVEN_RANDOM, WARP)
+    else:
+        node, depth, next_token = _greedy_walk(row, D, lim, tok, par, b, BLOCK_S, BLOCK_N, WARP)
+    _write_row(out_ptr + b * stride_ob, stride_od, path_ptr + b * stride_pb, stride_pd, nacc_ptr + b, node, depth,
+               next_token, tok, par, D, BLOCK_N)
+
+
+@triton.jit
+def _write_row(out_row, stride_od, path_row, stride_pd, nacc_ptr, node, depth, next_token, tok, par, D,
+               BLOCK_N: tl.constexpr):
+    """The accepted path (node's ancestors, stored from the deepest up), the next token, -1 past it; the depth."""
+    slots = tl.arange(0, BLOCK_N)
+    for k0 in range(0, D):
+        level = depth - 1 - k0
+        if level >= 0:
+            tl.store(out_row + level * stride_od, _pick(tok, slots, node))
+            tl.store(path_row + level * stride_pd, node)
+            node = _pick(par, slots, node)
+    for d0 in range(0, D + 1, BLOCK_D):
+        pos = d0 + tl.arange(0, BLOCK_D)
+        tl.store(out_row + pos * stride_od, tl.where(pos == depth, next_token, -1), mask=(pos >= depth) & (pos <= D))
+        tl.store(path_row + pos * stride_pd, tl.full([BLOCK_D], -1, tl.int64), mask=(pos >= depth) & (pos < D))
+    tl.store(nacc_ptr, depth)
+
+
+def verify_tree_rule_rows(target, tree_tokens, tree_parents, draft, num_nodes, temperature, seed, warp, max_depth,
+                          uniforms=None, noise=None, block_v=None, *, traversal=True, without_replacement=False):
+    """Traversal Verification (`traversal`), or the token rule on candidates drawn `without_replacement`, from logits:
+    launch 1 (``row_stats``, K = N), the cut launch with warpers, then ``_traversal_kernel``, one program per row.
+
+    Parameters
+    ----------
+    target, tree_tokens, tree_parents, draft, num_nodes, temperature, seed, warp, max_depth, uniforms, noise, block_v
+        As ``tree_kernel.verify_tree_rows``.
+    traversal : bool
+        Traversal Verification; False: the token rule (with `without_replacement`).
+    without_replacement : bool
+        Each node's children were drawn one after another without the earlier siblings' tokens (Q_c the draft's row
+        without them, renormalised); nothing changes without draft logits.
+
+    Returns
+    -------
+    tuple
+        tokens [B, D+1], num_accepted [B] and path [B, D], int64.
+    """
+    from .cut_kernel import warp_cuts
+    from .stats_kernel import row_stats
+
+    batch, n_plus_1, vocab = target.shape
+    n = n_plus_1 - 1
+    device = target.device
+    depth = int(max_depth)
+    given = uniforms is not None
+    if given and (tuple(uniforms.shape) != (batch, n) or noise is None or tuple(noise.shape) != (batch, vocab)):
+        raise ValueError(f"uniforms must be [B, N] = {(batch, n)} and noise [B, V] = {(batch, vocab)}")
+    if block_v is None:
+        block_v = GPU_BLOCK_V if device.type == "cuda" else launching.CPU_BLOCK_V
+    if block_v < RNG_GROUP.value or block_v & (block_v - 1):
+        raise ValueError(f"block_v must be a power of 2 >= {RNG_GROUP.value}, got {block_v}")
+    tokens = torch.empty(batch, depth + 1, dtype=torch.int64, device=device)
+    num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
+    path = torch.empty(batch, max(depth, 1), dtype=torch.int64, device=device)  # (never a zero-size pointer)
+    if not batch:
+        return tokens, num_accepted, path[:, :depth]
+    draft_rows = None if draft is None else draft[:, :n]  # node N - 1 has no children: K = N draft rows
+    stats = row_stats(target, draft_rows, num_nodes, temperature, None, None, None, candidates=warp is not None)
+    cuts = None if warp is None else warp_cuts(target, draft_rows, num_nodes, temperature, warp, stats)
+    stats_t, s1 = stats[:2]
+    row_temp = isinstance(temperature, torch.Tensor)
+    row_seed = isinstance(seed, torch.Tensor)
+    nodes = tree_tokens if n else target  # (absent or empty tensors: a dummy pointer, never read)
+    parents = tree_parents if n else target
+    d = draft if draft is not None else target
+    u = uniforms if given and n else target
+    e = noise if given else target
+    c = cuts if cuts is not None else stats_t
+    args = (target, *target.stride(), d, *d.stride(), nodes, *nodes.stride()[:2], parents, *parents.stride()[:2],
+            num_nodes if num_nodes is not None else target, temperature if row_temp else target,
+            seed if row_seed else target, u, *u.stride()[:2], e, *e.stride()[:2], stats_t, *stats_t.stride()[:2],
+            c, c.stride(0), tokens, *tokens.stride(), num_accepted, path, *path.stride(), batch, n, vocab,
+            d.shape[2], depth, s1, 0.0 if row_temp else float(temperature), 0 if row_seed else _seed_arg(seed))
+    constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_S=BLOCK_S,
+                      BLOCK_N=max(2, triton.next_power_of_2(n + 1)), BLOCK_R=max(2, triton.next_power_of_2(max(n, 1))),
+                      HAS_DRAFT=draft is not None, RAGGED=num_nodes is not None, ROW_TEMP=row_temp,
+                      ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None, TRAVERSAL=bool(traversal),
+                      WOR=bool(without_replacement) and draft is not None)
+    launching.launch(_traversal_kernel, (batch, 1), args, constexprs, GPU_WARPS, device)
+    return tokens, num_accepted, path[:, :depth]
