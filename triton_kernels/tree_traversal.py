@@ -49,7 +49,9 @@ last included; the token rule: as ``tree_kernel`` without its deferral), and the
 there), so a row whose drafts are all rejected makes a pass per deleted node drawn from the draft, serially in its one
 program; rows that accept deep make as few as the token rule.
 
-Compiled offline for sm_90 (bench/compile_offline_tree.py; bench/results/compile_offline_traversal_triton*.txt).
+Compiled offline for sm_90 (bench/compile_offline_tree.py; bench/results/compile_offline_traversal_triton*.txt): 8
+warps, 63-80 registers with Triton 3.9, 98-128 with 3.6, no spill inside a loop (a few outside in the warped variant);
+node indices, depths and ids are int32 (at int64, 3.6 spilled inside the walk's loop). Not yet timed on a GPU.
 
 References: Weng et al. 2025 (arXiv 2505.12398); Jeon et al. 2024 (arXiv 2402.14160, without replacement); Sun et al.
 2025 (block verification, arXiv 2403.10444); ``tree_kernel`` (the walk, Philox layout, the race).
