@@ -68,10 +68,13 @@ run: K = 2, V = 1000), fresh inputs per B, every variant on the same ones:
 - ``block``: ``verify(..., method="block")`` against ``method="token"``, B in {1, 64, 256} (dry: 1);
 - ``logprobs``: ``verify(..., return_logprobs=True)`` against the plain call (token verification), B = 64 (dry: 1);
 - ``tree``: ``verify_tree`` of a (3, 2, 1, 1) tree (N = 21 nodes; dry: (2, 1), N = 4) with point-mass candidates
-  (the draft's top tokens, ``tree-top``) and i.i.d. ones (``tree-iid``) against token verification of a chain of K
-  drafts, B in {1, 8, 64} (dry: 1); ``K`` holds the drafts verified (N for the trees), ``accepted`` the mean depth.
+  (the draft's top tokens, ``tree-top``), i.i.d. ones (``tree-iid``) and ones drawn without replacement
+  (Gumbel-top-k, ``tree-wor``), verified by the token rule, and the same three by Traversal Verification
+  (``trav-top``, ``trav-iid``, ``trav-wor``), against token verification of a chain of K drafts, B in {1, 8, 64}
+  (dry: 1); ``K`` holds the drafts verified (N for the trees), ``accepted`` the mean depth.
 Timed like the grid (CUDA graphs up to ``--graph-mib``); ``over_token``: the variant's median over token
-verification's (without log-probabilities) on the same inputs; the mean accepted drafts per row of both methods
+verification's (without log-probabilities) on the same inputs; ``over_tree`` (traversal only): its median over the
+token rule's on the same tree and candidates (the goal: at most 1.3); the mean accepted drafts per row of both methods
 (``accepted``) on those inputs with the timed seeds.
 
 Outputs, under ``--out`` (default ``$OUT``, else ``bench/out``), the CSV flushed after every case so that a run cut
@@ -83,7 +86,7 @@ short keeps what it measured:
   host_between_us, host_launch2_us, host_post_us, provider`` (see above; empty where not measured);
 - ``warped_<gpu>.csv``: ``device, what, B, K, V, dtype, provider, median_us, peer_over_ours, how`` (``what``:
   verify or sample; ``peer_over_ours``: the peer's median over specsampler's, on the peer's row);
-- ``methods_<gpu>.csv``: ``device, what, B, K, V, dtype, variant, median_us, over_token, accepted, how``;
+- ``methods_<gpu>.csv``: ``device, what, B, K, V, dtype, variant, median_us, over_token, accepted, how, over_tree``;
 - ``resources_<gpu>.csv``: registers and spills of every compiled variant of the two kernels;
 - ``verify_<gpu>.png``: the roofline plot (with matplotlib: the optional extra ``plot``);
 - printed: the launches table as it is measured; at the end notes (skipped providers and why, scaled timings), the
@@ -119,7 +122,8 @@ WARPED = dict(B=(1, 64), K=4, V=128256)
 DRY_WARPED = dict(B=(1, 2), K=2, V=1000)
 METHODS = dict(block=(1, 64, 256), logprobs=(64,), tree=(1, 8, 64), K=4, V=128256, TREE=(3, 2, 1, 1))
 DRY_METHODS = dict(block=(1,), logprobs=(1,), tree=(1,), K=2, V=1000, TREE=(2, 1))  # (the interpreter: seconds)
-METHODS_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "variant", "median_us", "over_token", "accepted", "how")
+METHODS_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "variant", "median_us", "over_token", "accepted", "how",
+                   "over_tree")
 WARPED_COLUMNS = ("device", "what", "B", "K", "V", "dtype", "provider", "median_us", "peer_over_ours", "how")
 KERNEL_NAMES = ("_row_stats_kernel", "_verify_kernel")
 
@@ -577,7 +581,8 @@ def tree_parents(branching) -> list[int]:
 def tree_inputs(batch: int, branching, vocab: int, device, seed: int) -> dict:
     """verify_tree()'s inputs for the tree case, built as methods_inputs builds the chain's (target logits, a draft
     close to them): for each node, the target's and the draft's rows after its path; the children of a node are the
-    draft's top tokens there (point masses, ``top_tokens``) or i.i.d. draws from it (``iid_tokens``)."""
+    draft's top tokens there (point masses, ``top_tokens``), i.i.d. draws from it (``iid_tokens``) or draws without
+    replacement (Gumbel-top-k of its row, ``wor_tokens``)."""
     import torch
 
     parents = tree_parents(branching)
@@ -591,16 +596,25 @@ def tree_inputs(batch: int, branching, vocab: int, device, seed: int) -> dict:
     top_tokens = top[:, rows, rank]
     gumbel = torch.empty(batch, n, vocab).exponential_(generator=g).log().neg()
     iid_tokens = (draft[:, rows] + gumbel).argmax(-1)
+    del gumbel
+    keys = draft + torch.empty_like(draft).exponential_(generator=g).log().neg()
+    wor_tokens = keys.topk(max(branching), dim=-1).indices[:, rows, rank]
+    del keys
     as_device = dict(dtype=torch.bfloat16, device=device)
     return dict(target_logits=target.to(**as_device), draft_logits=draft.to(**as_device),
                 tree_parents=torch.tensor(parents, device=device).repeat(batch, 1), top_tokens=top_tokens.to(device),
-                iid_tokens=iid_tokens.to(device), seed=torch.arange(batch, dtype=torch.int64, device=device) + seed,
+                iid_tokens=iid_tokens.to(device), wor_tokens=wor_tokens.to(device),
+                seed=torch.arange(batch, dtype=torch.int64, device=device) + seed,
                 max_depth=len(branching))
 
 
 METHOD_VARIANTS = dict(block=dict(token={}, block=dict(method="block")),
                        logprobs=dict(token={}, logprobs=dict(return_logprobs=True)),
-                       tree={"token": {}, "tree-top": dict(draft_logits=None), "tree-iid": {}})
+                       tree={"token": {}, "tree-top": dict(draft_logits=None), "tree-iid": {},
+                             "tree-wor": dict(draft_sampling="without_replacement"),
+                             "trav-top": dict(draft_logits=None, method="traversal"),
+                             "trav-iid": dict(method="traversal"),
+                             "trav-wor": dict(draft_sampling="without_replacement", method="traversal")})
 
 
 def _method_call(what: str, variant: str, options: dict, inputs: dict):
@@ -611,8 +625,8 @@ def _method_call(what: str, variant: str, options: dict, inputs: dict):
         return lambda: specsampler.verify(**inputs, backend="triton", **options)
     if variant == "token":  # the chain K = 4 on the same sizes, for scale
         return lambda: specsampler.verify(**inputs["chain"], backend="triton")
-    tree = {k: v for k, v in inputs.items() if k not in ("chain", "top_tokens", "iid_tokens")}
-    tokens = inputs["top_tokens"] if variant == "tree-top" else inputs["iid_tokens"]
+    tree = {k: v for k, v in inputs.items() if k not in ("chain", "top_tokens", "iid_tokens", "wor_tokens")}
+    tokens = inputs[variant.split("-")[1] + "_tokens"]  # (tree-top, trav-iid, ...: the candidates)
     return lambda: specsampler.verify_tree(**dict(tree, **options), tree_tokens=tokens, backend="triton")
 
 
@@ -659,7 +673,8 @@ def run_methods(timer, state, args, path: Path, started: float) -> list[dict]:
                             V=vocab, dtype="bfloat16",
                             variant=variant, median_us=_sig(ms * 1e3),
                             over_token=_sig(ms / token[0]) if token and variant != "token" else "",
-                            accepted=_sig(accepted[variant]), how=how) for variant, (ms, how) in timed.items()]
+                            accepted=_sig(accepted[variant]), how=how, over_tree=_over_tree(variant, ms, timed))
+                       for variant, (ms, how) in timed.items()]
                 del inputs
                 writer.writerows(new)
                 f.flush()
@@ -669,15 +684,22 @@ def run_methods(timer, state, args, path: Path, started: float) -> list[dict]:
     return rows
 
 
+def _over_tree(variant: str, ms: float, timed: dict):
+    """A traversal variant's median over the token rule's on the same candidates (trav-iid over tree-iid); ''."""
+    token_rule = timed.get(variant.replace("trav-", "tree-")) if variant.startswith("trav-") else None
+    return _sig(ms / token_rule[0]) if token_rule else ""
+
+
 def methods_table_lines(rows: list[dict]) -> list[str]:
     """The methods table: header, then one line per (what, B, variant): the median (us; * = CUDA graph), its ratio
-    to token verification's, the mean accepted drafts."""
+    to token verification's, the mean accepted drafts, and a traversal's ratio to the token rule on its tree."""
     out = [f"{'what':<9} {'B':>4} {'K':>2} {'V':>7} {'variant':<9} {'median_us':>10} {'over_token':>10} "
-           f"{'accepted':>8}"]
+           f"{'accepted':>8} {'over_tree':>9}"]
     for r in rows:
         star = "*" if r["how"] == "graph" else ""
         out.append(f"{r['what']:<9} {r['B']:>4} {r['K']:>2} {r['V']:>7} {r['variant']:<9} "
-                   f"{str(r['median_us']) + star:>10} {str(r['over_token']):>10} {str(r['accepted']):>8}")
+                   f"{str(r['median_us']) + star:>10} {str(r['over_token']):>10} {str(r['accepted']):>8} "
+                   f"{str(r.get('over_tree', '')):>9}")
     return out
 
 

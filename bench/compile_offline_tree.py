@@ -1,8 +1,10 @@
-"""Compile the token-tree kernel (``triton_kernels/tree_kernel.py``) for an NVIDIA GPU offline, with
-``bench/compile_offline.py``'s driver and cubin readers: registers, spills (in all and inside loops) and the loops.
+"""Compile the token-tree kernels (``triton_kernels/tree_kernel.py``, ``triton_kernels/tree_traversal.py``) for an
+NVIDIA GPU offline, with ``bench/compile_offline.py``'s driver and cubin readers: registers, spills (in all and inside
+loops) and the loops.
 
-Each configuration runs the real launcher ``verify_tree_rows`` on CPU tensors (never read) with the GPU tile width, so
-launch 1 and the cut launch compile too; only ``_tree_kernel`` is reported (compile_offline.py covers the others).
+Each configuration runs the real launcher (``verify_tree_rows``, or ``verify_tree_rule_rows`` for the ``trav-`` and
+``wor-`` configurations) on CPU tensors (never read) with the GPU tile width, so launch 1 and the cut launch compile
+too; only ``_tree_kernel`` and ``_traversal_kernel`` are reported (compile_offline.py covers the others).
 
     python bench/compile_offline_tree.py --arch 90 > bench/results/compile_offline_tree_triton3.9.txt
 
@@ -29,10 +31,19 @@ CONFIGS = [
     ("rows-bf16", dict(dtype=torch.bfloat16, row_temp=True, row_seed=True, ragged=True)),
     ("warp-bf16", dict(dtype=torch.bfloat16, warp=True)),
     ("given-f32", dict(dtype=torch.float32, given=True)),
+    # _traversal_kernel: traversal (i.i.d., without replacement, point masses), the token rule without replacement
+    ("trav-iid-bf16", dict(dtype=torch.bfloat16, rule="traversal")),
+    ("trav-wor-bf16", dict(dtype=torch.bfloat16, rule="traversal", wor=True)),
+    ("trav-point-bf16", dict(dtype=torch.bfloat16, rule="traversal", draft=False)),
+    ("trav-rows-bf16", dict(dtype=torch.bfloat16, rule="traversal", wor=True, row_temp=True, row_seed=True,
+                            ragged=True)),
+    ("trav-warp-bf16", dict(dtype=torch.bfloat16, rule="traversal", wor=True, warp=True)),
+    ("trav-given-f32", dict(dtype=torch.float32, rule="traversal", given=True)),
+    ("wor-token-bf16", dict(dtype=torch.bfloat16, rule="token", wor=True)),
 ]
 
 
-def _call(opt, verify_tree_rows, batch=4, n=8, vocab=128256):
+def _call(opt, verify_tree_rows, verify_tree_rule_rows, batch=4, n=8, vocab=128256):
     from specsampler.triton_kernels.tree_kernel import GPU_BLOCK_V
 
     from specsampler.torch_backend import Warp
@@ -48,22 +59,29 @@ def _call(opt, verify_tree_rows, batch=4, n=8, vocab=128256):
     warp = Warp(50, 0.9, float("-inf")) if opt.get("warp") else None
     uniforms = torch.zeros(batch, n) if opt.get("given") else None
     noise = torch.ones(batch, vocab) if opt.get("given") else None
-    verify_tree_rows(target, tokens, parents, draft, ragged, temperature, seed, warp, 4, uniforms, noise,
-                     block_v=GPU_BLOCK_V)
+    args = (target, tokens, parents, draft, ragged, temperature, seed, warp, 4, uniforms, noise)
+    if "rule" in opt:
+        verify_tree_rule_rows(*args, block_v=GPU_BLOCK_V, traversal=opt["rule"] == "traversal",
+                              without_replacement=opt.get("wor", False))
+    else:
+        verify_tree_rows(*args, block_v=GPU_BLOCK_V)
 
 
 def compile_tree(arch: int) -> list:
-    """(config name, kernel name, CompiledKernel, BLOCK_V) of ``_tree_kernel`` in every configuration."""
-    from specsampler.triton_kernels import verify_tree_rows
+    """(config name, kernel name, CompiledKernel, BLOCK_V) of ``_tree_kernel`` and ``_traversal_kernel`` in every
+    configuration."""
+    from specsampler.triton_kernels import verify_tree_rows, verify_tree_rule_rows
 
     from specsampler import triton_kernels as kernels
 
     results = []
-    with co.offline(arch, (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._tree_kernel)) as compiled:
+    launched = (kernels._row_stats_kernel, kernels._warp_cut_kernel, kernels._tree_kernel, kernels._traversal_kernel)
+    with co.offline(arch, launched) as compiled:
         for name, opt in CONFIGS:
             start = len(compiled)
-            _call(opt, verify_tree_rows)
-            results += [(name, *entry) for entry in compiled[start:] if entry[0] == "_tree_kernel"]
+            _call(opt, verify_tree_rows, verify_tree_rule_rows)
+            results += [(name, *entry) for entry in compiled[start:] if entry[0] in ("_tree_kernel",
+                                                                                      "_traversal_kernel")]
     return results
 
 
@@ -81,7 +99,7 @@ def main(argv=None) -> int:
     disassembler = co._tool("nvdisasm")
     print(f"triton {triton.__version__}, torch {torch.__version__}; cuobjdump: {tool or 'not found'}; "
           f"nvdisasm: {disassembler or 'not found'}")
-    print(f"{'arch':<6} {'config':<12} {'kernel':<14} {'warps':>5} {'regs':>5} {'stack':>5} {'local':>5} "
+    print(f"{'arch':<6} {'config':<15} {'kernel':<17} {'warps':>5} {'regs':>5} {'stack':>5} {'local':>5} "
           f"{'spills':>6} {'inloop':>6} {'smem':>6}")
     failures, loop_rows = [], []
     for arch in args.arch or [90]:
@@ -100,15 +118,15 @@ def main(argv=None) -> int:
                 loops = co.loop_table(sass, co.line_info(disassembly, sources), block_v, warps)
             if use.get("LOOP_SPILLS", 0) > 0 or use.get("LOCAL", 0) > 0:
                 failures.append(f"sm_{arch} {config} {kernel_name}: spills in a loop ({use})")
-            print(f"sm_{arch:<3} {config:<12} {kernel_name:<14} {warps:>5} {use.get('REG', '?')!s:>5} "
+            print(f"sm_{arch:<3} {config:<15} {kernel_name:<17} {warps:>5} {use.get('REG', '?')!s:>5} "
                   f"{use.get('STACK', '?')!s:>5} {use.get('LOCAL', '?')!s:>5} {use.get('SPILLS', '?')!s:>6} "
                   f"{use.get('LOOP_SPILLS', '?')!s:>6} {use.get('SHARED', '?')!s:>6}")
             loop_rows += [(arch, config, kernel_name, warps, block_v, loop) for loop in loops]
     print()
-    print(f"{'arch':<6} {'config':<12} {'loop':<9} {'kind':<5} {'source':<22} {'BLOCK_V':>7} {'instrs':>6} "
+    print(f"{'arch':<6} {'config':<15} {'loop':<9} {'kind':<5} {'source':<22} {'BLOCK_V':>7} {'instrs':>6} "
           f"{'/elem':>6} {'bar':>4} {'shfl':>4} {'LDG':>4} {'MUFU':>4} {'philox':>6}")
     for arch, config, _, _, block_v, loop in loop_rows:
-        print(f"sm_{arch:<3} {config:<12} {loop['lo']:04x}-{loop['hi']:04x} {loop['kind']:<5} {loop['source']:<22} "
+        print(f"sm_{arch:<3} {config:<15} {loop['lo']:04x}-{loop['hi']:04x} {loop['kind']:<5} {loop['source']:<22} "
               f"{block_v if block_v is not None else '?'!s:>7} {loop['instrs']:>6} "
               f"{co._fmt(loop['instrs_per_elem']):>6} {loop['barriers']:>4} {loop['shfl']:>4} {loop['ldg']:>4} "
               f"{loop['mufu']:>4} {co._fmt(loop['philox']):>6}")

@@ -108,23 +108,29 @@ def test_dry_run_launches_csv(dry_run):
 
 def test_dry_run_methods_csv(dry_run):
     """The methods case: block against token verification at each B, token with and without log-probabilities,
-    verify_tree (top and i.i.d. candidates) against a chain; the same inputs for every variant of a B (the ratio to
-    token verification's median beside each)."""
+    verify_tree (top, i.i.d. and without-replacement candidates; the token rule and traversal) against a chain; the
+    same inputs for every variant of a B (the ratio to token verification's median beside each, and a traversal's
+    to the token rule's on the same candidates)."""
     rows = _csv(dry_run.out / "methods_cpu.csv")
     keys = [(r["what"], r["B"], r["variant"]) for r in rows]
+    trees = ["tree-top", "tree-iid", "tree-wor", "trav-top", "trav-iid", "trav-wor"]
     assert keys == [("block", "1", "token"), ("block", "1", "block"), ("logprobs", "1", "token"),
-                    ("logprobs", "1", "logprobs"), ("tree", "1", "token"), ("tree", "1", "tree-top"),
-                    ("tree", "1", "tree-iid")]
+                    ("logprobs", "1", "logprobs"), ("tree", "1", "token")] + [("tree", "1", v) for v in trees]
     for r in rows:  # (the dry run's tree (2, 1) has 4 nodes, 2 deep)
-        k = "4" if r["variant"].startswith("tree") else "2"
+        k = "4" if r["variant"] in trees else "2"
         assert (r["device"], r["K"], r["V"], r["dtype"], r["how"]) == ("cpu", k, "1000", "bfloat16", "wall")
         assert float(r["median_us"]) > 0 and 0 <= float(r["accepted"]) <= 2
         assert (r["over_token"] == "") == (r["variant"] == "token")
+        assert (r["over_tree"] == "") == (not r["variant"].startswith("trav-"))
     by = {(r["what"], r["B"], r["variant"]): r for r in rows}
     for what, batch, variant in keys:
         if variant != "token":
             ratio = float(by[what, batch, variant]["median_us"]) / float(by[what, batch, "token"]["median_us"])
             assert abs(float(by[what, batch, variant]["over_token"]) - ratio) <= 1e-3 * ratio
+        if variant.startswith("trav-"):
+            token_rule = by[what, batch, variant.replace("trav-", "tree-")]
+            ratio = float(by[what, batch, variant]["median_us"]) / float(token_rule["median_us"])
+            assert abs(float(by[what, batch, variant]["over_tree"]) - ratio) <= 1e-3 * ratio
     bench_log = (dry_run.out / "bench.log").read_text()
     assert "methods case (us; * = timed as a CUDA graph" in bench_log
 

@@ -10,6 +10,7 @@ ALPHA on fixed small trees: the interpreter allows few rows). CUDA graph capture
 
 import pytest
 import torch
+import tree_toys as toys
 from util import chi2_pvalue
 
 import specsampler
@@ -222,3 +223,126 @@ def test_a_residual_of_rounding_keeps_r(device):
     assert results[1].num_accepted.tolist() == [0, 0]
     # r kept: the next token is p's race winner
     assert results[1].tokens[:, 0].cpu().tolist() == winner.tolist()
+
+
+# ------------------------------------------------------------ Traversal Verification and candidates without replacement
+# (``triton_kernels/tree_traversal.py`` against ``specsampler.torch_traversal`` on the same hooks)
+
+RULES = [("traversal", "iid"), ("traversal", "without_replacement"), ("token", "without_replacement")]
+RULE_IDS = ["trav-iid", "trav-wor", "token-wor"]
+
+
+def _wor_case(batch, parents, vocab, *, seed, spread=2.0, noise=0.7):
+    """:func:`_tree_case` with each node's children drawn without replacement (Gumbel-top-k order of its parent's
+    draft row), so that siblings hold distinct tokens."""
+    target, _, par, draft = _tree_case(batch, parents, vocab, seed=seed, spread=spread, noise=noise)
+    g = torch.Generator().manual_seed(seed + 1000)
+    keys = draft + torch.empty(draft.shape).exponential_(generator=g).log().neg()  # [B, N+1, V] Gumbel keys
+    order = keys.argsort(dim=-1, descending=True)
+    rank = [sum(1 for j in range(i) if parents[j] == a) for i, a in enumerate(parents)]
+    tokens = torch.stack([order[:, a + 1, r] for a, r in zip(parents, rank, strict=True)], dim=1) if parents else \
+        torch.empty(batch, 0, dtype=torch.int64)
+    return target, tokens, par, draft
+
+
+@pytest.mark.parametrize("warpers", [{}, dict(top_k=4, temperature=0.9), dict(top_p=0.8)], ids=["plain", "top-k",
+                                                                                                "top-p"])
+@pytest.mark.parametrize("method,sampling", RULES, ids=RULE_IDS)
+def test_rules_match_the_oracle(device, method, sampling, warpers):
+    """Traversal and the token rule without replacement, token for token against the torch oracle: children drawn
+    i.i.d. (duplicates among siblings: point masses once removed) or without replacement, plain and warped."""
+    make = _wor_case if sampling == "without_replacement" else _tree_case
+    res = _compare(device, *make(4, WIDE_DEEP[:9], 24, seed=20), method=method, draft_sampling=sampling, **warpers)
+    assert int(res.num_accepted.max()) >= 1
+
+
+@pytest.mark.parametrize("method,sampling", RULES, ids=RULE_IDS)
+def test_rules_ragged_greedy_point_masses_and_bad_tokens(device, method, sampling):
+    """Ragged rows, greedy rows beside sampled ones, a draft that gives some children nothing (point masses among
+    draws), out-of-range tokens, point-mass trees (no draft logits), a row of no mass, max_depth."""
+    target, tokens, parents, draft = _wor_case(6, WIDE_DEEP, 20, seed=21)
+    draft[torch.arange(6), 1, tokens[:, 3]] = float("-inf")  # node 3's token: nothing under its parent's draft row
+    tokens[4, 6] = 20  # row 4's nodes end at node 6
+    target[5] = float("-inf")  # row 5 has no mass: its next token is uniform
+    options = dict(method=method, draft_sampling=sampling, num_nodes=torch.tensor([12, 0, 5, 9, 12, 3]),
+                   temperature=torch.tensor([1.0, 0.8, 0.0, 1.2, 0.0, 1.0]))
+    res = _compare(device, target, tokens, parents, draft, **options)
+    assert int(res.num_accepted.max()) >= 2
+    _compare(device, target, tokens, parents, None, **options)
+    _compare(device, target, tokens, parents, draft, max_depth=2, **options)
+
+
+def test_traversal_log_probabilities(device):
+    """return_logprobs on the kernel's traversal: the oracle's tokens and log-probabilities (computed from the same
+    outputs), greedy and warped rows."""
+    target, tokens, parents, draft = _wor_case(4, WIDE_DEEP[:8], 30, seed=22)
+    u, e = _hooks(4, 8, 30)
+    options = dict(method="traversal", draft_sampling="without_replacement", top_k=6, return_logprobs=True, seed=0,
+                   temperature=torch.tensor([0.0, 0.7, 1.0, 1.3], device=device))
+    moved = [x.to(device) for x in (target, tokens, parents, draft, u, e)]
+    want, got = (_testing.verify_tree_with_hooks(*moved[:4], _uniforms=moved[4], _noise=moved[5], backend=backend,
+                                                 **options) for backend in ("torch", "triton"))
+    for a, b in zip(want[:3], got[:3], strict=True):
+        assert torch.equal(a, b)
+    assert torch.allclose(want.logprobs, got.logprobs) and bool((got.logprobs[:, 0] < 0).all())
+
+
+@pytest.mark.parametrize("case", ["sampled", "ragged-warped", "one-hot"])
+def test_kernel_traversal_of_a_chain_is_kernel_block_verification(device, case):
+    """On the same injected numbers, a chain's traversal (without replacement too: one child per node) gives what
+    verify(method="block") gives on the kernel, token for token."""
+    batch, k, vocab = 12, 4, 29
+    target, drafts, draft, u, e = toys.chain_case(batch, k, vocab, seed=23, one_hot=case == "one-hot")
+    options = {}
+    if case == "ragged-warped":
+        options = dict(num_draft_tokens=torch.tensor([0, 1, 2, 3, 4, 4] * 2), temperature=0.8, top_k=8, top_p=0.9)
+    on = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in options.items()}
+    target, drafts, u, e = (x.to(device) for x in (target, drafts, u, e))
+    draft = None if draft is None else draft.to(device)
+    want = _testing.verify_with_hooks(target, drafts, draft, _uniforms=u, _noise=e, backend="triton", method="block",
+                                      **on)
+    if "num_draft_tokens" in on:
+        on["num_nodes"] = on.pop("num_draft_tokens")
+    parents = torch.arange(-1, k - 1, device=device).expand(batch, k).contiguous()
+    tree_draft = None if draft is None else torch.cat([draft, torch.zeros_like(draft[:, :1])], dim=1)
+    for sampling in ("iid", "without_replacement"):
+        got = _testing.verify_tree_with_hooks(target, drafts, parents, tree_draft, _uniforms=u, _noise=e, seed=0,
+                                              max_depth=k, method="traversal", draft_sampling=sampling,
+                                              backend="triton", **on)
+        assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
+    assert len(set(want.num_accepted.tolist())) >= 2
+
+
+def test_traversal_first_token_follows_p(device):
+    """The first emitted token of each row against p at the root, traversal on children drawn without replacement
+    (fresh draws per row), the kernel's own Philox numbers (96 rows on the CPU, 8192 on CUDA), chi-square at ALPHA."""
+    rows, vocab = (96 if device.type == "cpu" else 8192), 5  # (the interpreter: ~0.1 s a row)
+    g = torch.Generator().manual_seed(24)
+    base = torch.tensor([1.0, 0.3, -0.2, 0.6, -1.0])
+    target = base.expand(rows, 4, vocab).clone() + torch.randn(rows, 4, vocab, generator=g) * 0.3
+    target[:, 0] = base  # the same root distribution for every row
+    draft = target.clone()
+    draft[:, 0] = torch.tensor([-0.5, 1.0, 0.4, -0.3, 0.2])
+    parents = torch.tensor([[-1, -1, 0]]).expand(rows, 3).clone()
+    keys = draft[:, parents[0] + 1] + torch.empty(rows, 3, vocab).exponential_(generator=g).log().neg()
+    first_two = keys[:, 0].topk(2, dim=-1).indices  # the root's children: Gumbel-top-2 of its draft row
+    tokens = torch.stack([first_two[:, 0], first_two[:, 1], keys[:, 2].argmax(-1)], dim=1)
+    res = specsampler.verify_tree(target.to(device), tokens.to(device), parents.to(device), draft.to(device),
+                                  seed=2025, backend="triton", max_depth=2, method="traversal",
+                                  draft_sampling="without_replacement")
+    counts = torch.bincount(res.tokens[:, 0].cpu(), minlength=vocab).double()
+    assert chi2_pvalue(counts, torch.softmax(base.double(), dim=0)) > ALPHA
+
+
+def test_auto_runs_traversal_on_the_kernel_on_cuda(device):
+    """backend="auto" runs traversal and the without-replacement token rule on the kernel on CUDA, on torch
+    elsewhere."""
+    from specsampler.triton_kernels import tree_traversal
+
+    target, tokens, parents, draft = (x.to(device) for x in _wor_case(2, WIDE_DEEP[:4], 16, seed=25))
+    for method in ("traversal", "token"):
+        with _testing.recorded_launches() as launches:
+            specsampler.verify_tree(target, tokens, parents, draft, seed=0, method=method,
+                                    draft_sampling="without_replacement", max_depth=3)
+        ran = [r["kernel"] for r in launches]
+        assert (tree_traversal._traversal_kernel in ran) == (device.type == "cuda"), ran

@@ -6,7 +6,8 @@ node by node (i.i.d. children, children without replacement, or the draft's top 
 verify_tree calls, and the joint of the first 3 emitted tokens against the enumerated target joint (chi-square,
 p > ALPHA, fixed seeds). Depth: the mean accepted depth of one call against the rule's exact expectation (a float64
 reference of each rule, every tree of candidates enumerated), traversal >= token. A chain: traversal equals block
-verification token for token on the same uniforms. Structure, log-probabilities, refusals.
+verification token for token on the same uniforms. Structure, log-probabilities, refusals. The kernel
+(``triton_kernels/tree_traversal.py``) against this oracle: tests/test_kernel_tree.py.
 """
 
 import itertools
@@ -330,11 +331,6 @@ def test_bad_rules_are_refused_by_name():
         specsampler.verify_tree(target, tokens, parents, draft_sampling="top")
     with pytest.raises(TypeError, match="return_logprobs"):
         specsampler.verify_tree(target, tokens, parents, return_logprobs=1)
-    with pytest.raises(ValueError, match="method='traversal' has no Triton kernel"):
-        specsampler.verify_tree(target, tokens, parents, method="traversal", backend="triton")
-    with pytest.raises(ValueError, match="draft_sampling='without_replacement' has no Triton kernel"):
-        specsampler.verify_tree(target, tokens, parents, target, draft_sampling="without_replacement",
-                                backend="triton")
 
 
 def test_no_nodes_and_empty_batches(device):

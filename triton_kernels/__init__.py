@@ -34,13 +34,15 @@ _LAZY = {
     "_verify_kernel": "verify_kernel",
     "verify_tree_rows": "tree_kernel",
     "_tree_kernel": "tree_kernel",
+    "verify_tree_rule_rows": "tree_traversal",
+    "_traversal_kernel": "tree_traversal",
     "gdc_wait": "jit_helpers",
 }
 
-_SUBMODULES = ("constants", "cut_kernel", "jit_helpers", "launching", "stats_kernel", "tree_kernel",
-               "verify_block", "verify_kernel", "verify_positions", "verify_race", "verify_token")
+_SUBMODULES = ("constants", "cut_kernel", "jit_helpers", "launching", "stats_kernel", "tree_kernel", "tree_residual",
+               "tree_traversal", "verify_block", "verify_kernel", "verify_positions", "verify_race", "verify_token")
 
-__all__ = ["row_stats", "verify_rows", "verify_tree_rows", "warp_cuts"]
+__all__ = ["row_stats", "verify_rows", "verify_tree_rows", "verify_tree_rule_rows", "warp_cuts"]
 
 
 def __getattr__(name: str):

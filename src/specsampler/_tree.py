@@ -77,7 +77,7 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
     ``method="traversal"``: Traversal Verification (Weng et al., NeurIPS 2025, arXiv 2505.12398), which tests the nodes
     from the leaves up on sequence-level weights (``specsampler.torch_traversal`` states the rule and its proof): as
     exact, on a chain exactly :func:`specsampler.verify`'s ``method="block"``, and it keeps paths below a rejected
-    node that the token rule discards. Torch backend only ("auto" picks it on CUDA too).
+    node that the token rule discards. Both backends (the kernel: ``triton_kernels/tree_traversal.py``).
 
     Parameters
     ----------
@@ -107,11 +107,11 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
         The output width D: nodes deeper than it are never reached. None: the deepest path of the trees (one host
         synchronisation on CUDA; pass it under CUDA-graph capture).
     method : {"token", "traversal"}
-        The rule: "token" as above, "traversal" Traversal Verification (torch backend; "auto" picks torch for it).
+        The rule: "token" as above, "traversal" Traversal Verification.
     draft_sampling : {"iid", "without_replacement"}
         How each node's children were drawn from its draft row: "iid", or "without_replacement" (one after another,
         each without the earlier siblings' tokens: Gumbel-top-k), verified with Q the draft's row without the earlier
-        siblings' tokens, renormalised (Jeon et al., arXiv 2402.14160; torch backend). Nothing changes for point-mass
+        siblings' tokens, renormalised (Jeon et al., arXiv 2402.14160). Nothing changes for point-mass
         candidates (``draft_logits=None``).
     return_logprobs : bool
         Also return the emitted tokens' log-probabilities (:class:`TreeLogprobsResult`).
@@ -157,7 +157,7 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
                                   or max_depth < 0):
         raise ValueError(f"max_depth must be None or an integer >= 0, got {max_depth!r}")
     special = method == "traversal" or (draft_sampling == "without_replacement" and draft_logits is not None)
-    backend = _tree_backend(backend, device, method, draft_sampling if special else "iid")
+    backend = _pick_backend(backend, device)  # (every rule has a kernel: tree_kernel, tree_traversal)
     seed = _seed(seed, generator, batch, device)
     if hooks is not NO_HOOKS:
         _check_hooks(hooks, batch, n, vocab, device)
@@ -176,7 +176,7 @@ def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
               max_depth, backend, rule, without_replacement) -> TreeResult:
     """The chosen backend and rule (None: the token rule on i.i.d. or point-mass candidates) on validated
     arguments."""
-    if rule is not None:
+    if rule is not None and backend != "triton":
         return TreeResult(*verify_tree_rule_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
                                                   temperature, seed, hooks.uniforms, hooks.noise, warp,
                                                   None if max_depth is None else int(max_depth), method=rule,
@@ -185,6 +185,11 @@ def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
         if max_depth is None:  # the deepest path of the trees: one host synchronisation on CUDA
             depth = tree_depths(tree_parents, nodes_in_range(tree_tokens, target_logits.shape[-1], num_nodes))
             max_depth = int(depth.max()) if depth.numel() else 0
+        if rule is not None:
+            return TreeResult(*_kernels().verify_tree_rule_rows(
+                target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, warp,
+                int(max_depth), hooks.uniforms, hooks.noise, traversal=rule == "traversal",
+                without_replacement=without_replacement))
         return TreeResult(*_kernels().verify_tree_rows(target_logits, tree_tokens, tree_parents, draft_logits,
                                                        num_nodes, temperature, seed, warp, int(max_depth),
                                                        hooks.uniforms, hooks.noise))
@@ -200,17 +205,6 @@ def _check_rule(method, draft_sampling, return_logprobs) -> None:
         raise ValueError(f"draft_sampling must be 'iid' or 'without_replacement', got {draft_sampling!r}")
     if not isinstance(return_logprobs, bool):
         raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
-
-
-def _tree_backend(backend, device: torch.device, method: str, draft_sampling: str) -> str:
-    """The backend: "auto" picks torch where the rule has no kernel; "triton" is refused there, by name."""
-    if backend == "triton" and method == "traversal":
-        raise ValueError("method='traversal' has no Triton kernel yet; use backend='torch' (or 'auto')")
-    if backend == "triton" and draft_sampling == "without_replacement":
-        raise ValueError("draft_sampling='without_replacement' has no Triton kernel yet; use backend='torch' "
-                         "(or 'auto')")
-    picked = _pick_backend(backend, device)
-    return "torch" if method == "traversal" or draft_sampling == "without_replacement" else picked
 
 
 def _with_logprobs(out: TreeResult, target_logits, temperature, warp) -> TreeLogprobsResult:
