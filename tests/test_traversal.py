@@ -21,7 +21,7 @@ from util import chi2_pvalue
 
 import specsampler
 from specsampler import _api, _testing
-from specsampler.torch_block import emitted_logprobs
+from specsampler.torch_backend import emitted_logprobs
 
 ALPHA = 1e-3
 
