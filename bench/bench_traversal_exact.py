@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_generate import build_models, make_prompts  # noqa: E402
 
 import specsampler  # noqa: E402
-from specsampler._api import _warp  # noqa: E402
 from specsampler._tree_reference import token_expected_depth, traversal_expected_depth  # noqa: E402
+from specsampler._validation import warp_options as _warp  # noqa: E402
 from specsampler.generation import tree_loop  # noqa: E402
 from specsampler.torch_backend import warp_scores  # noqa: E402
 

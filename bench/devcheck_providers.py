@@ -9,7 +9,7 @@ torch
 torch_compile
     :func:`race_verify` under ``torch.compile(dynamic=True)`` (inductor; the dry run uses backend="eager", which
     checks that it traces without a C++ build): the torch backend's batched path rewritten without any scan, as
-    Inductor in torch 2.11 cannot generate the cumsum of ``verify_torch(..., vectorized=True)`` (its ``SplitScan``:
+    Inductor in torch 2.11 cannot generate the cumsum of ``verify_token(..., vectorized=True)`` (its ``SplitScan``:
     "InductorError: TypeError: list indices must be integers or slices, not NoneType"). The first rejection is a
     min-reduction instead of a cumprod, and the correction or bonus token is drawn by the exponential race
     argmax r(x) / E_x, E_x ~ Exp(1) (the kernel's method, the same distribution as the inverse CDF), instead of

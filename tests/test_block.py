@@ -16,7 +16,7 @@ from util import chi2_pvalue
 
 import specsampler
 from specsampler import _testing
-from specsampler.torch_block import emitted_logprobs
+from specsampler.torch_backend import emitted_logprobs
 
 ALPHA = 1e-4
 V, K = 4, 3
@@ -315,7 +315,7 @@ def test_per_row_and_batched_paths_agree(case):
     """The CPU's per-row path (masses only where they can decide) and the batched path (every mass) give the same
     tokens on the same random numbers."""
     from specsampler import torch_backend
-    from specsampler._api import _warp
+    from specsampler._validation import warp_options as _warp
 
     batch, k, vocab = 12, 4, 257
     args = _hooked(batch, k, vocab, seed=12, num_draft_tokens=torch.tensor([4, 4, 4, 3, 2, 1, 0, 4, 4, 4, 3, 4]))
@@ -336,9 +336,9 @@ def test_per_row_and_batched_paths_agree(case):
         args["draft_logits"] = args["draft_logits"][:, :, :200].contiguous()
         args["draft_tokens"][::3, 1] = 250
     warp = _warp(20, 0.9, None, temperature, batch, torch.device("cpu")) if case == "warped" else None
-    out = [torch_backend.verify_torch(args["target_logits"], args["draft_tokens"], args["draft_logits"],
+    out = [torch_backend.verify_block(args["target_logits"], args["draft_tokens"], args["draft_logits"],
                                       args["num_draft_tokens"], temperature, 0, uniforms=args["_uniforms"],
-                                      noise=args["_noise"], vectorized=vectorized, warp=warp, method="block")
+                                      noise=args["_noise"], vectorized=vectorized, warp=warp)
            for vectorized in (False, True)]
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
     assert len(set(out[0][1].tolist())) >= 3  # several decisions, not all tau = 0

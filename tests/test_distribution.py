@@ -13,6 +13,7 @@ from util import chi2_pvalue, expected_accepted
 
 import specsampler
 from specsampler import torch_backend
+from specsampler.torch_backend.sample import draw_row
 
 ALPHA = 1e-4
 # p_t [K+1, V] and q_t [K, V]: a token the target gives 0 that the draft likes (x=4 at t=0), tokens the draft gives 0
@@ -71,14 +72,14 @@ def _check(tokens, n, nd, q):
 @pytest.mark.parametrize("vectorized", [False, True], ids=["per-row", "batched"])
 def test_torch_backend_follows_p(temperature, vectorized):
     target, drafts, draft, _ = _rows(20000, temperature, seed=1)
-    tokens, n = torch_backend.verify_torch(target, drafts, draft, None, temperature, 7, vectorized=vectorized)
+    tokens, n = torch_backend.verify_token(target, drafts, draft, None, temperature, 7, vectorized=vectorized)
     _check(tokens, n, None, Q)
 
 
 @pytest.mark.parametrize("vectorized", [False, True], ids=["per-row", "batched"])
 def test_torch_backend_one_hot_and_ragged(vectorized):
     target, drafts, _, nd = _rows(20000, 1.0, seed=2, one_hot=True, ragged=True)
-    tokens, n = torch_backend.verify_torch(target, drafts, None, nd, 1.0, 11, vectorized=vectorized)
+    tokens, n = torch_backend.verify_token(target, drafts, None, nd, 1.0, 11, vectorized=vectorized)
     _check(tokens, n, nd, None)
     # One-hot q: x_t is accepted with probability p_t(x_t), so E[n] = sum_i prod_{j<i} p_j(2) over full rows.
     full = nd == Q.shape[0]
@@ -121,7 +122,7 @@ def _broken_draft_rows(n_rows, seed):
 @pytest.mark.parametrize("vectorized", [False, True], ids=["per-row", "batched"])
 def test_torch_backend_follows_p_with_a_broken_draft(vectorized):
     target, drafts, draft = _broken_draft_rows(20000, seed=12)
-    tokens, n = torch_backend.verify_torch(target, drafts, draft, None, 1.0, 13, vectorized=vectorized)
+    tokens, n = torch_backend.verify_token(target, drafts, draft, None, 1.0, 13, vectorized=vectorized)
     _check_positions(tokens, n)
 
 
@@ -140,7 +141,7 @@ def _check_positions(tokens, n):
         assert p_value > ALPHA, f"position {i}: counts {counts.tolist()} vs p {P[i].tolist()}, p-value {p_value}"
 
 
-# The CPU's inverse CDF walks the vocabulary in chunks (torch_backend._CHUNK): mass on both sides of every chunk
+# The CPU's inverse CDF walks the vocabulary in chunks (torch_backend.sample._CHUNK): mass on both sides of every chunk
 # boundary, in the tail past the last full chunk, and whole chunks without mass.
 _V_CHUNKED = 1100
 _HEAVY = [0, 255, 256, 511, 1023, 1024, 1099]
@@ -157,7 +158,7 @@ def test_cpu_inverse_cdf_follows_dist():
     dist = _chunked_dist()
     g = torch.Generator().manual_seed(8)
     uniforms = torch.rand(20000, generator=g).tolist()
-    ids = torch.tensor([torch_backend._draw_row(dist, u, None)[0] for u in uniforms])
+    ids = torch.tensor([draw_row(dist, u, None)[0] for u in uniforms])
     assert bool((dist[ids] > 0).all()), "an id without mass was drawn"
     band = torch.zeros(_V_CHUNKED, dtype=torch.bool)
     band[300:400] = True
@@ -171,15 +172,15 @@ def test_cpu_inverse_cdf_follows_dist():
 def test_cpu_inverse_cdf_edges():
     dist = _chunked_dist()
     last_u = 1.0 - 2.0**-24  # the largest float32 uniform
-    assert torch_backend._draw_row(dist, 0.0, None)[0] == 0
-    assert torch_backend._draw_row(dist, last_u, None)[0] == 1099
+    assert draw_row(dist, 0.0, None)[0] == 0
+    assert draw_row(dist, last_u, None)[0] == 1099
     dist[1099] = 0.0  # the last id with mass is then 1024, the tail's first
-    assert torch_backend._draw_row(dist, last_u, None)[0] == 1024
+    assert draw_row(dist, last_u, None)[0] == 1024
     dist[1024] = 0.0  # a tail without mass: the last id of chunk 3
-    assert torch_backend._draw_row(dist, last_u, None)[0] == 1023
-    token, total = torch_backend._draw_row(torch.zeros(_V_CHUNKED), 0.5, None)  # no mass: uniform
+    assert draw_row(dist, last_u, None)[0] == 1023
+    token, total = draw_row(torch.zeros(_V_CHUNKED), 0.5, None)  # no mass: uniform
     assert (token, total) == (550, 0.0)
     dist[7] = float("nan")
-    assert math.isnan(torch_backend._draw_row(dist, 0.5, None)[1])
+    assert math.isnan(draw_row(dist, 0.5, None)[1])
     for vocab in (1, 7, 256, 512):  # no tail, or nothing but the tail
-        assert torch_backend._draw_row(torch.ones(vocab), last_u, None)[0] == vocab - 1
+        assert draw_row(torch.ones(vocab), last_u, None)[0] == vocab - 1

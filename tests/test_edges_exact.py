@@ -20,7 +20,7 @@ import torch
 from util import chi2_pvalue, make_case
 
 import specsampler
-from specsampler import _testing, torch_backend
+from specsampler import _testing, methods
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 INF = float("inf")
@@ -68,8 +68,8 @@ def test_placeholder_draft_torch_backend_is_exact(device, method, path):
     if path == "public":
         res = specsampler.verify(target, drafts, draft, seed=3, backend="torch", method=method)
     else:
-        res = specsampler.VerifyResult(*torch_backend.verify_torch(target, drafts, draft, None, 1.0, 3,
-                                                                   vectorized=True, method=method))
+        res = specsampler.VerifyResult(*methods.get(method).chain.torch(target, drafts, draft, None, 1.0, 3,
+                                                                                vectorized=True))
     _check_exact(res, expected)
 
 

@@ -19,7 +19,7 @@ def _both(args, **extra):
     kernel = verify_with_hooks(**moved, backend="triton", _block_v=512, _num_splits=2, **extra)
     oracle = verify_with_hooks(**args, backend="torch", **extra)
     temperature = args.get("temperature", 1.0)
-    batched = torch_backend.verify_torch(
+    batched = torch_backend.verify_token(
         args["target_logits"], args["draft_tokens"], args.get("draft_logits"), args.get("num_draft_tokens"),
         temperature.float() if isinstance(temperature, torch.Tensor) else float(temperature), 0,
         uniforms=args["_uniforms"], noise=args["_noise"], vectorized=True)

@@ -11,8 +11,9 @@ import torch
 from specsampler.triton_kernels import launching
 from util import STATS_TOL, check_structure, make_case
 
-from specsampler import _api, _testing, torch_backend, triton_kernels
+from specsampler import _testing, torch_backend, triton_kernels
 from specsampler._testing import verify_probs_with_hooks, verify_with_hooks
+from specsampler._validation import warp_options
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
@@ -50,7 +51,7 @@ def test_kernel_matches_torch_oracle(case, device):
     assert torch.equal(kernel.tokens.cpu(), oracle.tokens.cpu())
     assert torch.equal(kernel.num_accepted.cpu(), oracle.num_accepted.cpu())
     # The oracle's two paths agree with each other too.
-    batched = torch_backend.verify_torch(
+    batched = torch_backend.verify_token(
         args["target_logits"], args["draft_tokens"], args["draft_logits"], args.get("num_draft_tokens"),
         args["temperature"] if isinstance(args["temperature"], torch.Tensor) else float(args["temperature"]), 0,
         uniforms=args["_uniforms"], noise=args["_noise"], vectorized=True)
@@ -478,7 +479,7 @@ def _cuts(scores, temperature, warp, device):
     """The kernel's cuts and kept masses for [B, 1, V] scores, and the torch backend's kept sets and masses."""
     stats = triton_kernels.row_stats(scores, None, None, temperature)
     batch = scores.shape[0]
-    w = _api._warp(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, scores.device)
+    w = warp_options(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, scores.device)
     cuts = triton_kernels.warp_cuts(scores, None, None, temperature, w, stats).cpu()
     warped = torch_backend.warp_scores(scores, temperature, w)[:, 0].cpu()
     flat = torch.nan_to_num(scores[:, 0].float().cpu(), nan=float("-inf"), neginf=float("-inf"))
@@ -549,7 +550,7 @@ def test_warp_cuts_from_launch_1_candidates(warp, device):
     batch, k, vocab, temperature = 2, 1, 20000, 0.7
     target = (torch.randn(batch, k + 1, vocab, generator=g) * 3).to(device)
     draft = target[:, :k] + 0.5 * torch.randn(batch, k, vocab, generator=g).to(device)
-    w = _api._warp(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, target.device)
+    w = warp_options(warp.get("top_k"), warp.get("top_p"), warp.get("min_p"), temperature, batch, target.device)
     stats = triton_kernels.row_stats(target, draft, None, temperature, 256, 1, None, candidates=True)
     assert stats[2] is not None and stats[2].shape == (batch * (2 * k + 1), 4 * 256)
     cuts = triton_kernels.warp_cuts(target, draft, None, temperature, w, stats)

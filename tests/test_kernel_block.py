@@ -1,5 +1,5 @@
 """The Triton kernel's block verification (``method="block"``) and log-probabilities (``return_logprobs=True``)
-against the torch oracle (``specsampler.torch_block``): token for token on identical random numbers (the testing
+against the torch oracle (``specsampler.torch_backend.block``): token for token on identical random numbers (the testing
 entry's uniforms and noise), the log-probabilities within a per-dtype tolerance; the kernel's own Philox numbers in
 distribution; its workspace left zero; CUDA-graph capture (CUDA only)."""
 

@@ -1,5 +1,5 @@
 """The Triton path of ``specsampler.verify_tree`` (``triton_kernels/tree_kernel.py``) against the torch oracle
-(``specsampler.torch_tree``).
+(``specsampler.torch_backend.tree``).
 
 Token for token on identical hooks (uniforms [B, N], noise [B, V]): i.i.d., point-mass and mixed candidates, ragged
 trees, greedy rows beside sampled ones, the warpers, Vd < V, out-of-range tokens, a chain, wide and deep trees, odd V,
@@ -226,7 +226,7 @@ def test_a_residual_of_rounding_keeps_r(device):
 
 
 # ------------------------------------------------------------ Traversal Verification and candidates without replacement
-# (``triton_kernels/tree_traversal.py`` against ``specsampler.torch_traversal`` on the same hooks)
+# (``triton_kernels/tree_traversal.py`` against ``specsampler.torch_backend.traversal`` on the same hooks)
 
 RULES = [("traversal", "iid"), ("traversal", "without_replacement"), ("token", "without_replacement")]
 RULE_IDS = ["trav-iid", "trav-wor", "token-wor"]

@@ -22,7 +22,7 @@ from util import chi2_pvalue
 import specsampler
 from specsampler import _api, _testing
 from specsampler._tree_reference import expected_depth
-from specsampler.torch_block import emitted_logprobs
+from specsampler.torch_backend import emitted_logprobs
 
 ALPHA = 1e-3
 

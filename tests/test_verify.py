@@ -392,13 +392,13 @@ def _zero_probability_cases():
 def test_uniform_zero_never_accepts_a_draft_of_probability_zero(path, case):
     """u = 0 with p(x) = 0: u * q(x) < p(x) is false, so the draft is rejected (written u * q <= p it was accepted,
     and no test saw it). The torch backend's per-row (CPU) and batched paths; the kernel's in test_kernel.py."""
-    from specsampler import _api, torch_backend
+    from specsampler import _validation, torch_backend
 
     target, drafts, draft, options = _zero_probability_cases()[case]
     uniforms = torch.zeros(1, 2)
     noise = torch.ones(1, 8)
-    warp = _api._warp(options.get("top_k"), options.get("top_p"), None, 1.0, 1, target.device)
-    tokens, n = torch_backend.verify_torch(target, drafts, draft, None, 1.0, 0, uniforms=uniforms, noise=noise,
+    warp = _validation.warp_options(options.get("top_k"), options.get("top_p"), None, 1.0, 1, target.device)
+    tokens, n = torch_backend.verify_token(target, drafts, draft, None, 1.0, 0, uniforms=uniforms, noise=noise,
                                            vectorized=path == "batched", warp=warp)
     assert int(n[0]) == 0 and int(tokens[0, 0]) != 0
     res = verify_with_hooks(target, drafts, draft, backend="torch", _uniforms=uniforms, _noise=noise, **options)
@@ -422,6 +422,6 @@ def test_a_small_residual_is_drawn_from(path):
     from specsampler import torch_backend
 
     p, drafts, q, uniforms, noise = _small_residual_case()
-    tokens, n = torch_backend.verify_torch(p, drafts, q, None, 1.0, 0, from_probs=True, uniforms=uniforms, noise=noise,
+    tokens, n = torch_backend.verify_token(p, drafts, q, None, 1.0, 0, from_probs=True, uniforms=uniforms, noise=noise,
                                            vectorized=path == "batched")
     assert int(n[0]) == 0 and tokens[0].tolist() == [2, -1]

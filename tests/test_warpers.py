@@ -22,8 +22,8 @@ from util import check_structure, chi2_pvalue, make_case
 
 import specsampler
 from specsampler import torch_backend
-from specsampler._api import _warp
 from specsampler._testing import sample_with_hooks, verify_with_hooks
+from specsampler._validation import warp_options as _warp
 from specsampler.torch_backend import warp_scores
 
 ALPHA = 1e-4  # as tests/test_distribution.py
@@ -451,7 +451,7 @@ def test_batched_path_follows_the_warped_target(device):
     d, _ = _draft_dists(draft, temperature, option, "unwarped")
     drafts = torch.multinomial(d, n_rows, replacement=True, generator=g).T.contiguous()
     warp = _warp(option["top_k"], option["top_p"], option["min_p"], temperature, n_rows, torch.device(device))
-    tokens, n = torch_backend.verify_torch(
+    tokens, n = torch_backend.verify_token(
         target.expand(n_rows, -1, -1).contiguous().to(device), drafts.to(device),
         draft.expand(n_rows, -1, -1).contiguous().to(device), None, temperature, 77, vectorized=True, warp=warp)
     tokens, n = tokens.cpu(), n.cpu()
@@ -551,7 +551,7 @@ def test_property_tokens_lie_in_the_warped_support(device, args):
     batch = args["target_logits"].shape[0]
     warp = _warp(args["top_k"], args["top_p"], args["min_p"], temperature, batch, device)
     seed = args["seed"] if isinstance(args["seed"], torch.Tensor) else torch_backend.hash_seed(args["seed"])
-    tokens, n = torch_backend.verify_torch(args["target_logits"], args["draft_tokens"], args["draft_logits"],
+    tokens, n = torch_backend.verify_token(args["target_logits"], args["draft_tokens"], args["draft_logits"],
                                            args.get("num_draft_tokens"), temperature, seed, vectorized=True, warp=warp)
     _check_support(args, tokens, n, device)
     # sample(): the bonus row alone

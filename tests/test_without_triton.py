@@ -19,7 +19,7 @@ class NoTriton(importlib.abc.MetaPathFinder):  # as if triton were not installed
 
 sys.meta_path.insert(0, NoTriton())
 import torch, specsampler
-from specsampler._api import triton_available
+from specsampler._validation import triton_available
 assert not triton_available()
 target = torch.randn(3, 3, 50)
 drafts = target[:, :2].argmax(-1)

@@ -1,47 +1,33 @@
-"""`specsampler.verify`, `specsampler.verify_probs` and `specsampler.sample`: validation and dispatch to a backend.
+"""`specsampler.verify`, `specsampler.verify_probs` and `specsampler.sample`: validation (``_validation``, shared with
+``verify_tree``) and dispatch to the method's rule (``methods``) on a backend.
 
 The public functions call internal implementations (`_verify`, `_verify_probs`, `_sample`) with no :class:`Hooks`;
-only ``specsampler._testing`` passes hooks. Process-wide state here: two answers asked once per process, whether
-triton imports (:func:`triton_available`) and the kernel package (:func:`_kernels`); ``_testing.reset_kernel_state``
-clears them with the kernels' own caches (``triton_kernels/launching.py``)."""
+only ``specsampler._testing`` passes hooks."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import math
-import numbers
-import os
 from typing import NamedTuple
 
 import torch
 
-from . import _checks
-from .torch_backend import GREEDY_BELOW, Warp, hash_seed, verify_torch
-from .torch_block import emitted_logprobs
+from . import methods
+from ._validation import (
+    NO_HOOKS,
+    Hooks,
+    check_draft_scores,
+    check_flag,
+    check_hooks,
+    check_ids,
+    check_scores,
+    counts,
+    kernels,
+    rule_backend,
+    seed_value,
+    temperature_value,
+    warp_options,
+)
+from .torch_backend import emitted_logprobs
 from .triton_kernels.constants import STREAM_SAMPLE, STREAM_VERIFY
-
-_SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_TOKEN_DTYPES = (torch.int32, torch.int64)
-
-
-class Hooks(NamedTuple):
-    """What the testing entry (``specsampler._testing``) may set, and the public functions never do.
-
-    uniforms, noise : torch.Tensor or None
-        [B, K] acceptance uniforms and [B, V] exponential noise replacing both backends' own random numbers (so that
-        they can be compared token for token); given together or not at all.
-    block_v, num_splits : int or None
-        The kernel's tile width and vocabulary splits (None: the launch table's).
-    """
-
-    uniforms: torch.Tensor | None = None
-    noise: torch.Tensor | None = None
-    block_v: int | None = None
-    num_splits: int | None = None
-
-
-NO_HOOKS = Hooks()
 
 
 class VerifyResult(NamedTuple):
@@ -80,208 +66,30 @@ class VerifyLogprobsResult(NamedTuple):
     logprobs: torch.Tensor
 
 
-METHODS = ("token", "block")
-
-
-def _check_method(method, return_logprobs) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be 'token' or 'block', got {method!r}")
-    if not isinstance(return_logprobs, bool):
-        raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
-
-
-def _check_scores(name: str, x: torch.Tensor, batch: int | None, rows: int | None) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"{name} must have shape [B, {'K' if rows is None else rows}, V], got {tuple(x.shape)}")
-    if x.dtype not in _SCORE_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-    if batch is not None and (x.shape[0], x.shape[1]) != (batch, rows):
-        raise ValueError(f"{name} must have shape [B, K, *] = [{batch}, {rows}, *], got {tuple(x.shape)}")
-    if x.shape[2] == 0:
-        raise ValueError(f"{name} has an empty vocabulary: shape {tuple(x.shape)}")
-
-
-def _check_device(name: str, x: torch.Tensor, device: torch.device) -> None:
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device}, but the target's scores are on {device}")
-
-
-def _row_tensor(name: str, value, batch: int, device: torch.device, dtypes: tuple) -> torch.Tensor:
-    if value.dim() != 1 or value.shape[0] != batch:
-        raise ValueError(f"{name} must have shape [B] = [{batch}], got {tuple(value.shape)}")
-    if value.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {value.dtype}")
-    _check_device(name, value, device)
-    return value.contiguous()  # the kernel reads row b at offset b
-
-
-@functools.cache
-def _kernels():
-    """The Triton launchers, imported on first use (an import statement per call costs microseconds)."""
-    from . import triton_kernels
-
-    return triton_kernels
-
-
-@functools.cache
-def triton_available() -> bool:
-    """Whether the triton package imports (it ships wheels for Linux only; elsewhere the torch backend runs)."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):  # a broken or blocked install counts as absent
-        return False
-
-
-NO_TRITON = ("backend='triton' needs the triton package, which is not installed here (triton has wheels for Linux "
-             "only: pip install triton there); backend='auto' or 'torch' runs the torch backend")
-
-
-def _pick_backend(backend: str, device: torch.device) -> str:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
-    if backend == "triton":
-        if not triton_available():
-            raise ValueError(NO_TRITON)
-        if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-            raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got "
-                             f"{device}")
-    return backend
-
-
-def _seed(seed, generator, batch: int, device: torch.device):
-    """The seed as the backends take it: an int in [0, 2**62) (any integer, hashed whole: distinct seeds give
-    independent streams) or [B] int64 per-row seeds (a tensor as given, or drawn from `generator` on its device)."""
-    if generator is not None:
-        if seed is not None:
-            raise ValueError("pass seed or generator, not both")
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        draws = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device, dtype=torch.int64)
-        return draws.to(device, non_blocking=True)
-    if seed is None:
-        return int(torch.randint(0, 2**62, ()))
-    if isinstance(seed, torch.Tensor):
-        return _row_tensor("seed", seed, batch, device, _TOKEN_DTYPES).to(torch.int64)
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        return hash_seed(int(seed))
-    raise TypeError(f"seed must be None, an integer or a [B] int64 tensor, got {type(seed).__name__}")
-
-
-def _warp_option(name: str, value, batch: int, device: torch.device, integral: bool, off):
-    """One warper as a number or a [B] tensor (None: `off`), range-checked where that needs no host synchronisation."""
-    if value is None:
-        return off
-    if isinstance(value, torch.Tensor):
-        dtypes = _TOKEN_DTYPES if integral else _SCORE_DTYPES
-        value = _row_tensor(name, value, batch, device, dtypes).to(torch.int64 if integral else torch.float32)
-        bad = (value < 0) if integral else ~((value >= 0) & (value <= 1))
-        if device.type == "cpu" and bool(bad.any()):
-            raise ValueError(f"{name} must be {'>= 0' if integral else 'in [0, 1]'}, got {value.tolist()}")
-        return value
-    value = getattr(_checks, name)(value, name)  # the option's one check and message (generate's too)
-    if value is None:  # (0 / 1 / 0: off)
-        return off
-    return min(value, 2**31 - 1) if integral else value  # a top_k >= V keeps every logit; this fits every backend
-
-
-def _warp(top_k, top_p, min_p, temperature, batch: int, device: torch.device) -> Warp | None:
-    """The warpers as the backends take them; None when all three are off for every row."""
-    if top_k is None and top_p is None and min_p is None:  # (the usual call: nothing to check)
-        return None
-    top_k = _warp_option("top_k", top_k, batch, device, True, 0)
-    top_p = _warp_option("top_p", top_p, batch, device, False, 1.0)
-    min_p = _warp_option("min_p", min_p, batch, device, False, 0.0)
-    if not isinstance(top_k, torch.Tensor) and not isinstance(top_p, torch.Tensor) and \
-            not isinstance(min_p, torch.Tensor) and top_k == 0 and top_p == 1.0 and min_p == 0.0:
-        return None
-    # The min-p cut is max + T * ln(min_p), compared in float32 by both backends: the offset is computed once, here.
-    if isinstance(min_p, torch.Tensor) or isinstance(temperature, torch.Tensor):
-        min_p = torch.as_tensor(min_p, dtype=torch.float32, device=device)
-        offset = torch.where(min_p > 0, temperature * torch.log(min_p), float("-inf")).float()
-        offset = offset.expand(batch).contiguous()
-    else:
-        offset = float(torch.tensor(temperature * math.log(min_p), dtype=torch.float32)) if min_p > 0 and \
-            temperature > 0 else float("-inf")
-    return Warp(top_k, top_p, offset)
-
-
-def _integer_rows(name: str, value, device: torch.device) -> torch.Tensor:
-    """A sequence of integers as an int64 tensor; floats (1.5, or 2.0) are refused by name rather than truncated."""
-    try:
-        rows = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"{name} must be a [B] integer tensor or a sequence of integers, got {value!r}") from err
-    integral = rows.dtype in _TOKEN_DTYPES or rows.dtype in (torch.int8, torch.int16, torch.uint8)
-    if not integral and rows.numel() > 0:  # (an empty list reads as float32: B = 0 has no counts to check)
-        raise TypeError(f"{name} must be a [B] integer tensor or a sequence of integers, got {value!r} "
-                        f"({rows.dtype})")
-    return rows.to(device=device, dtype=torch.int64)
-
-
-def _check_hooks(hooks: Hooks, batch: int, k: int, vocab: int, device: torch.device) -> None:
-    """The test hooks are read by the kernel through raw pointers: a wrong device, shape or dtype would fault or read
-    garbage there instead of failing here (metadata only, no host synchronisation)."""
-    for name, hook, dims, shape in (("_uniforms", hooks.uniforms, "[B, K]", (batch, k)),
-                                    ("_noise", hooks.noise, "[B, V]", (batch, vocab))):
-        if hook is None:
-            continue
-        if not isinstance(hook, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(hook).__name__}")
-        if tuple(hook.shape) != shape:
-            raise ValueError(f"{name} must have shape {dims} = {list(shape)}, got {tuple(hook.shape)}")
-        if hook.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32, got {hook.dtype}")
-        _check_device(name, hook, device)
-    if (hooks.uniforms is None) != (hooks.noise is None):
-        missing = "_noise" if hooks.noise is None else "_uniforms"
-        raise ValueError(f"{missing} is missing: _uniforms and _noise go together")
+#: The methods :func:`verify` and :func:`verify_probs` run (``methods.REGISTRY``'s chain rules).
+METHODS = methods.names(methods.CHAIN)
 
 
 def _prepare(names, target, draft_tokens, draft, num_draft_tokens, temperature, seed, backend, hooks: Hooks,
-             generator=None, top_k=None, top_p=None, min_p=None):
+             method: methods.Method, generator=None, top_k=None, top_p=None, min_p=None):
     """Validate metadata (no host synchronisation on CUDA) and normalise the arguments; `names` are the two score
-    arguments' names."""
+    arguments' names; the backend is the one `method`'s chain rule runs on."""
     target_name, draft_name = names
-    _check_scores(target_name, target, None, None)
+    check_scores(target_name, target, None, None)
     batch, k_plus_1, vocab = target.shape
     k = k_plus_1 - 1
     device = target.device
-    if not isinstance(draft_tokens, torch.Tensor):
-        raise TypeError(f"draft_tokens must be a torch.Tensor, got {type(draft_tokens).__name__}")
-    if draft_tokens.dtype not in _TOKEN_DTYPES:
-        raise TypeError(f"draft_tokens must be int32 or int64, got {draft_tokens.dtype}")
-    if draft_tokens.dim() != 2 or tuple(draft_tokens.shape) != (batch, k):
-        raise ValueError(f"draft_tokens must have shape [B, K] = [{batch}, {k}] ({target_name} is [B, K+1, V]), "
-                         f"got {tuple(draft_tokens.shape)}")
-    _check_device("draft_tokens", draft_tokens, device)
+    check_ids("draft_tokens", draft_tokens, batch, k, "K", target_name, device)
     if draft is not None:
-        _check_scores(draft_name, draft, batch, k)
-        _check_device(draft_name, draft, device)
-        if draft.shape[2] > vocab:
-            raise ValueError(f"{draft_name} has a larger vocabulary ({draft.shape[2]}) than {target_name} ({vocab})")
-    if num_draft_tokens is not None:
-        if not isinstance(num_draft_tokens, torch.Tensor):
-            num_draft_tokens = _integer_rows("num_draft_tokens", num_draft_tokens, device)
-        num_draft_tokens = _row_tensor("num_draft_tokens", num_draft_tokens, batch, device, _TOKEN_DTYPES)
-        if device.type == "cpu" and bool(((num_draft_tokens < 0) | (num_draft_tokens > k)).any()):
-            raise ValueError(f"num_draft_tokens must lie in [0, K] = [0, {k}], got {num_draft_tokens.tolist()}")
-    if isinstance(temperature, torch.Tensor):
-        temperature = _row_tensor("temperature", temperature, batch, device, _SCORE_DTYPES).float()
-        if device.type == "cpu" and not bool(((temperature >= 0) & (temperature < math.inf)).all()):
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature.tolist()}")
-    else:
-        temperature = _checks.temperature(temperature)
-        if temperature < GREEDY_BELOW:  # 1 / T would overflow float32: greedy, as on both backends for a tensor
-            temperature = 0.0
-    seed = _seed(seed, generator, batch, device)
+        check_draft_scores(names, draft, batch, k, vocab, device)
+    num_draft_tokens = counts("num_draft_tokens", num_draft_tokens, batch, k, "K", device)
+    temperature = temperature_value(temperature, batch, device)
+    seed = seed_value(seed, generator, batch, device)
     if hooks is not NO_HOOKS:
-        _check_hooks(hooks, batch, k, vocab, device)
-    warp = _warp(top_k, top_p, min_p, temperature, batch, device)
-    return num_draft_tokens, temperature, seed, _pick_backend(backend, device), warp
+        check_hooks(hooks, batch, k, vocab, device)
+    warp = warp_options(top_k, top_p, min_p, temperature, batch, device)
+    backend = rule_backend(backend, device, method.chain.backends, f"method={method.name!r}")
+    return num_draft_tokens, temperature, seed, backend, warp
 
 
 def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=None, temperature=1.0, top_k=None,
@@ -369,21 +177,26 @@ def verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=N
 def _empty_result(batch: int, k_plus_1: int, device: torch.device, logprobs: bool):
     """The result of a batch of no rows (B = 0): no launch, no draw."""
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=device)
-    counts = torch.empty(batch, dtype=torch.int64, device=device)
+    accepted = torch.empty(batch, dtype=torch.int64, device=device)
     if logprobs:
-        return VerifyLogprobsResult(tokens, counts, torch.empty(batch, k_plus_1, dtype=torch.float32, device=device))
-    return VerifyResult(tokens, counts)
+        return VerifyLogprobsResult(tokens, accepted, torch.empty(batch, k_plus_1, dtype=torch.float32, device=device))
+    return VerifyResult(tokens, accepted)
 
 
-def _torch_verify(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, hooks: Hooks, warp, from_probs,
-                  method, return_logprobs, stream=STREAM_VERIFY):
-    """The torch backend: token or block verification, then the log-probabilities when asked for."""
-    tokens, n = verify_torch(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=from_probs,
-                             uniforms=hooks.uniforms, noise=hooks.noise, warp=warp, method=method, stream=stream)
+def _torch_verify(rule: methods.Rule, scores, draft_tokens, draft, num_draft_tokens, temperature, seed, hooks: Hooks,
+                  warp, from_probs, return_logprobs, stream=STREAM_VERIFY):
+    """The torch backend: the method's chain rule, then the log-probabilities when asked for."""
+    tokens, n = rule.torch(scores, draft_tokens, draft, num_draft_tokens, temperature, seed, from_probs=from_probs,
+                           uniforms=hooks.uniforms, noise=hooks.noise, warp=warp, stream=stream)
     if not return_logprobs:
         return VerifyResult(tokens, n)
     tokens, n = tokens.to(scores.device), n.to(scores.device)
     return VerifyLogprobsResult(tokens, n, emitted_logprobs(scores, tokens, n, temperature, warp, from_probs))
+
+
+def _launch(rule: methods.Rule, *args, **options):
+    """The method's kernel launcher on `args`, with its options (the rule's, then `options`)."""
+    return getattr(kernels(), rule.kernel.launcher)(*args, **dict(rule.kernel.options), **options)
 
 
 def _kernel_result(out, return_logprobs: bool):
@@ -395,27 +208,27 @@ def _verify(target_logits, draft_tokens, draft_logits=None, *, num_draft_tokens=
             hooks: Hooks = NO_HOOKS, stream: int = STREAM_VERIFY):
     """:func:`verify`, with the `hooks` only ``specsampler._testing`` sets; `stream` the random stream
     (``constants.STREAM_*``: :func:`sample` draws from its own)."""
-    _check_method(method, return_logprobs)
+    method = methods.get(method, methods.CHAIN)
+    check_flag("return_logprobs", return_logprobs)
     num_draft_tokens, temperature, seed, backend, warp = _prepare(
         ("target_logits", "draft_logits"), target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
-        seed, backend, hooks, generator, top_k, top_p, min_p)
+        seed, backend, hooks, method, generator, top_k, top_p, min_p)
     batch, k_plus_1, _ = target_logits.shape
     if batch == 0:
         return _empty_result(batch, k_plus_1, target_logits.device, return_logprobs)
     if backend == "torch":
-        return _torch_verify(target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature, seed, hooks,
-                             warp, False, method, return_logprobs, stream)
-    kernels = _kernels()
+        return _torch_verify(method.chain, target_logits, draft_tokens, draft_logits, num_draft_tokens, temperature,
+                             seed, hooks, warp, False, return_logprobs, stream)
+    launchers = kernels()
     tokens = torch.empty(batch, k_plus_1, dtype=torch.int64, device=target_logits.device)  # launch 1 sets it to -1
-    stats = kernels.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
-                              hooks.num_splits, tokens, candidates=warp is not None, logprobs=return_logprobs)
+    stats = launchers.row_stats(target_logits, draft_logits, num_draft_tokens, temperature, hooks.block_v,
+                                hooks.num_splits, tokens, candidates=warp is not None, logprobs=return_logprobs)
     cuts = None
     if warp is not None:
-        cuts = kernels.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
-    return _kernel_result(kernels.verify_rows(target_logits, draft_tokens, draft_logits, num_draft_tokens,
-                                              temperature, seed, stats[:2], hooks.uniforms, hooks.noise,
-                                              hooks.block_v, hooks.num_splits, tokens, cuts,
-                                              block=method == "block", logprobs=return_logprobs, stream=stream),
+        cuts = launchers.warp_cuts(target_logits, draft_logits, num_draft_tokens, temperature, warp, stats)
+    return _kernel_result(_launch(method.chain, target_logits, draft_tokens, draft_logits, num_draft_tokens,
+                                  temperature, seed, stats[:2], hooks.uniforms, hooks.noise, hooks.block_v,
+                                  hooks.num_splits, tokens, cuts, logprobs=return_logprobs, stream=stream),
                           return_logprobs)
 
 
@@ -492,17 +305,18 @@ def verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_toke
 def _verify_probs(target_probs, draft_tokens, draft_probs=None, *, num_draft_tokens=None, seed=None, generator=None,
                   backend="auto", method="token", return_logprobs=False, hooks: Hooks = NO_HOOKS):
     """:func:`verify_probs`, with the `hooks` only ``specsampler._testing`` sets."""
-    _check_method(method, return_logprobs)
+    method = methods.get(method, methods.CHAIN)
+    check_flag("return_logprobs", return_logprobs)
     num_draft_tokens, _, seed, backend, _ = _prepare(
         ("target_probs", "draft_probs"), target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, backend,
-        hooks, generator)
+        hooks, method, generator)
     batch, k_plus_1, _ = target_probs.shape
     if batch == 0:
         return _empty_result(batch, k_plus_1, target_probs.device, return_logprobs)
     if backend == "torch":
-        return _torch_verify(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, hooks, None, True,
-                             method, return_logprobs)
-    return _kernel_result(_kernels().verify_rows(target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
-                                                 None, hooks.uniforms, hooks.noise, hooks.block_v, hooks.num_splits,
-                                                 block=method == "block", logprobs=return_logprobs),
+        return _torch_verify(method.chain, target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed, hooks,
+                             None, True, return_logprobs)
+    return _kernel_result(_launch(method.chain, target_probs, draft_tokens, draft_probs, num_draft_tokens, 1.0, seed,
+                                  None, hooks.uniforms, hooks.noise, hooks.block_v, hooks.num_splits,
+                                  logprobs=return_logprobs),
                           return_logprobs)

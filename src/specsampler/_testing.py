@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 
-from ._api import Hooks, VerifyResult, _sample, _verify, _verify_probs
+from ._api import VerifyResult, _sample, _verify, _verify_probs
 from ._tree import TreeResult, _verify_tree
+from ._validation import Hooks
 
 
 def _hooks(uniforms, noise, block_v, num_splits) -> Hooks:
@@ -72,10 +73,10 @@ def kernel_settings(*, fast_launch: bool | None = None, pdl: bool | None = None)
 def reset_kernel_state() -> None:
     """Empty the kernels' process-wide caches (compiled launchers, workspaces, launch configurations: see
     ``specsampler.triton_kernels.launching``), and ask again whether triton imports."""
-    from . import _api
+    from . import _validation
 
-    _api.triton_available.cache_clear()
-    _api._kernels.cache_clear()
+    _validation.triton_available.cache_clear()
+    _validation.kernels.cache_clear()
     _launching().reset()
 
 

@@ -1,4 +1,5 @@
-"""`specsampler.verify_tree`: validation and dispatch for token-tree verification (the rule: ``torch_tree``)."""
+"""`specsampler.verify_tree`: validation (``_validation``, shared with ``verify``) and dispatch to the method's tree
+rule (``methods``: ``torch_backend.tree``, ``torch_backend.traversal``) on a backend."""
 
 from __future__ import annotations
 
@@ -7,28 +8,26 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks
-from ._api import (
-    _SCORE_DTYPES,
-    _TOKEN_DTYPES,
+from . import methods
+from ._validation import (
     NO_HOOKS,
     Hooks,
-    _check_device,
-    _check_hooks,
-    _check_scores,
-    _integer_rows,
-    _kernels,
-    _pick_backend,
-    _row_tensor,
-    _seed,
-    _warp,
+    check_draft_scores,
+    check_flag,
+    check_hooks,
+    check_ids,
+    check_scores,
+    counts,
+    kernels,
+    rule_backend,
+    seed_value,
+    temperature_value,
+    warp_options,
 )
-from .torch_backend import GREEDY_BELOW
-from .torch_block import emitted_logprobs
-from .torch_traversal import DRAFT_SAMPLINGS, verify_tree_rule_torch
-from .torch_tree import nodes_in_range, tree_depths, verify_tree_torch
+from .torch_backend import emitted_logprobs, nodes_in_range, tree_depths
 
-TREE_METHODS = ("token", "traversal")
+#: The methods :func:`verify_tree` runs (``methods.REGISTRY``'s tree rules).
+TREE_METHODS = methods.names(methods.TREE)
 
 
 class TreeResult(NamedTuple):
@@ -75,7 +74,8 @@ def verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *, 
     token verification; greedy rows (T = 0) follow the child equal to argmax p.
 
     ``method="traversal"``: Traversal Verification (Weng et al., NeurIPS 2025, arXiv 2505.12398), which tests the nodes
-    from the leaves up on sequence-level weights (``specsampler.torch_traversal`` states the rule and its proof): as
+    from the leaves up on sequence-level weights (``specsampler.torch_backend.traversal`` states the rule and its
+    proof): as
     exact, on a chain exactly :func:`specsampler.verify`'s ``method="block"``, and it keeps paths below a rejected
     node that the token rule discards. Both backends (the kernel: ``triton_kernels/tree_traversal.py``).
 
@@ -133,78 +133,78 @@ def _verify_tree(target_logits, tree_tokens, tree_parents, draft_logits=None, *,
                  method="token", draft_sampling="iid", return_logprobs=False,
                  hooks: Hooks = NO_HOOKS) -> TreeResult | TreeLogprobsResult:
     """:func:`verify_tree`, with the `hooks` only ``specsampler._testing`` sets ([B, N] uniforms, [B, V] noise)."""
-    _check_rule(method, draft_sampling, return_logprobs)
-    _check_scores("target_logits", target_logits, None, None)
+    method = _check_rule(method, draft_sampling, return_logprobs)
+    check_scores("target_logits", target_logits, None, None)
     batch, n_plus_1, vocab = target_logits.shape
     device = target_logits.device
     n = n_plus_1 - 1
-    _check_nodes("tree_tokens", tree_tokens, batch, n, device)
-    _check_nodes("tree_parents", tree_parents, batch, n, device)
-    if device.type == "cpu" and n > 0:
-        bad = (tree_parents < -1) | (tree_parents >= torch.arange(n))
-        if bool(bad.any()):
-            raise ValueError(f"tree_parents must hold, at node i, a parent in [-1, i) (topological order); got "
-                             f"{tree_parents.tolist()}")
+    _check_tree(tree_tokens, tree_parents, batch, n, device)
     if draft_logits is not None:
-        _check_scores("draft_logits", draft_logits, batch, n_plus_1)
-        _check_device("draft_logits", draft_logits, device)
-        if draft_logits.shape[2] > vocab:
-            raise ValueError(f"draft_logits has a larger vocabulary ({draft_logits.shape[2]}) than target_logits "
-                             f"({vocab})")
-    num_nodes = _num_nodes(num_nodes, batch, n, device)
-    temperature = _temperature(temperature, batch, device)
+        check_draft_scores(("target_logits", "draft_logits"), draft_logits, batch, n_plus_1, vocab, device)
+    num_nodes = counts("num_nodes", num_nodes, batch, n, "N", device)
+    num_nodes = None if num_nodes is None else num_nodes.to(torch.int64)
+    temperature = temperature_value(temperature, batch, device)
     if max_depth is not None and (not isinstance(max_depth, numbers.Integral) or isinstance(max_depth, bool)
                                   or max_depth < 0):
         raise ValueError(f"max_depth must be None or an integer >= 0, got {max_depth!r}")
-    special = method == "traversal" or (draft_sampling == "without_replacement" and draft_logits is not None)
-    backend = _pick_backend(backend, device)  # (every rule has a kernel: tree_kernel, tree_traversal)
-    seed = _seed(seed, generator, batch, device)
+    without_replacement = draft_sampling == "without_replacement" and draft_logits is not None
+    backend = _tree_backend(backend, device, method, without_replacement)
+    seed = seed_value(seed, generator, batch, device)
     if hooks is not NO_HOOKS:
-        _check_hooks(hooks, batch, n, vocab, device)
-    warp = _warp(top_k, top_p, min_p, temperature, batch, device)
+        check_hooks(hooks, batch, n, vocab, device)
+    warp = warp_options(top_k, top_p, min_p, temperature, batch, device)
     if batch == 0:
         width = 0 if max_depth is None else int(max_depth)
         empty = torch.empty(0, width + 1, dtype=torch.int64, device=device)
         out = TreeResult(empty, torch.empty(0, dtype=torch.int64, device=device), empty[:, :width])
         return _with_logprobs(out, target_logits, temperature, warp) if return_logprobs else out
     out = _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, hooks, warp,
-                    max_depth, backend, method if special else None, draft_sampling == "without_replacement")
+                    max_depth, backend, method.tree, draft_sampling == "without_replacement")
     return _with_logprobs(out, target_logits, temperature, warp) if return_logprobs else out
 
 
 def _run_tree(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, hooks, warp,
-              max_depth, backend, rule, without_replacement) -> TreeResult:
-    """The chosen backend and rule (None: the token rule on i.i.d. or point-mass candidates) on validated
-    arguments."""
-    if rule is not None and backend != "triton":
-        return TreeResult(*verify_tree_rule_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
-                                                  temperature, seed, hooks.uniforms, hooks.noise, warp,
-                                                  None if max_depth is None else int(max_depth), method=rule,
-                                                  without_replacement=without_replacement))
+              max_depth, backend, rule: methods.Rule, without_replacement) -> TreeResult:
+    """The method's tree rule on the chosen backend, on validated arguments."""
     if backend == "triton":
         if max_depth is None:  # the deepest path of the trees: one host synchronisation on CUDA
             depth = tree_depths(tree_parents, nodes_in_range(tree_tokens, target_logits.shape[-1], num_nodes))
             max_depth = int(depth.max()) if depth.numel() else 0
-        if rule is not None:
-            return TreeResult(*_kernels().verify_tree_rule_rows(
-                target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed, warp,
-                int(max_depth), hooks.uniforms, hooks.noise, traversal=rule == "traversal",
-                without_replacement=without_replacement))
-        return TreeResult(*_kernels().verify_tree_rows(target_logits, tree_tokens, tree_parents, draft_logits,
-                                                       num_nodes, temperature, seed, warp, int(max_depth),
-                                                       hooks.uniforms, hooks.noise))
-    return TreeResult(*verify_tree_torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes,
-                                         temperature, seed, hooks.uniforms, hooks.noise, warp,
-                                         None if max_depth is None else int(max_depth)))
+        kernel = rule.kernel_for(without_replacement)
+        launcher = getattr(kernels(), kernel.launcher)
+        return TreeResult(*launcher(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature,
+                                    seed, warp, int(max_depth), hooks.uniforms, hooks.noise, **dict(kernel.options)))
+    return TreeResult(*rule.torch(target_logits, tree_tokens, tree_parents, draft_logits, num_nodes, temperature, seed,
+                                  hooks.uniforms, hooks.noise, warp, None if max_depth is None else int(max_depth),
+                                  without_replacement=without_replacement))
 
 
-def _check_rule(method, draft_sampling, return_logprobs) -> None:
-    if method not in TREE_METHODS:
-        raise ValueError(f"method must be 'token' or 'traversal', got {method!r}")
-    if draft_sampling not in DRAFT_SAMPLINGS:
+def _check_rule(method, draft_sampling, return_logprobs) -> methods.Method:
+    """The method (a tree rule of the registry), the draft sampling and the flag, checked by name."""
+    method = methods.get(method, methods.TREE)
+    if draft_sampling not in methods.DRAFT_SAMPLINGS:
         raise ValueError(f"draft_sampling must be 'iid' or 'without_replacement', got {draft_sampling!r}")
-    if not isinstance(return_logprobs, bool):
-        raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
+    check_flag("return_logprobs", return_logprobs)
+    return method
+
+
+def _tree_backend(backend, device: torch.device, method: methods.Method, without_replacement: bool) -> str:
+    """The backend: "auto" picks the kernel on CUDA where the rule has one for these candidates (i.i.d. or drawn
+    without replacement), torch elsewhere; "triton" is refused by name where there is none."""
+    backends = method.tree.backends_for(without_replacement)
+    what = f"method={method.name!r}" + (" with draft_sampling='without_replacement'" if without_replacement else "")
+    return rule_backend(backend, device, backends, what)
+
+
+def _check_tree(tree_tokens, tree_parents, batch: int, n: int, device: torch.device) -> None:
+    """The nodes' tokens and parents [B, N]; on CPU tensors, every parent in [-1, i) (topological order)."""
+    check_ids("tree_tokens", tree_tokens, batch, n, "N", "target_logits", device)
+    check_ids("tree_parents", tree_parents, batch, n, "N", "target_logits", device)
+    if device.type == "cpu" and n > 0:
+        bad = (tree_parents < -1) | (tree_parents >= torch.arange(n))
+        if bool(bad.any()):
+            raise ValueError(f"tree_parents must hold, at node i, a parent in [-1, i) (topological order); got "
+                             f"{tree_parents.tolist()}")
 
 
 def _with_logprobs(out: TreeResult, target_logits, temperature, warp) -> TreeLogprobsResult:
@@ -214,35 +214,3 @@ def _with_logprobs(out: TreeResult, target_logits, temperature, warp) -> TreeLog
                      dim=1)
     scores = target_logits.gather(1, rows[:, :, None].expand(batch, width, target_logits.shape[2]))
     return TreeLogprobsResult(*out, emitted_logprobs(scores, out.tokens, out.num_accepted, temperature, warp, False))
-
-
-def _check_nodes(name: str, x, batch: int, n: int, device: torch.device) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _TOKEN_DTYPES:
-        raise TypeError(f"{name} must be int32 or int64, got {x.dtype}")
-    if tuple(x.shape) != (batch, n):
-        raise ValueError(f"{name} must have shape [B, N] = [{batch}, {n}] (target_logits is [B, N+1, V]), got "
-                         f"{tuple(x.shape)}")
-    _check_device(name, x, device)
-
-
-def _num_nodes(value, batch: int, n: int, device: torch.device):
-    if value is None:
-        return None
-    if not isinstance(value, torch.Tensor):
-        value = _integer_rows("num_nodes", value, device)
-    value = _row_tensor("num_nodes", value, batch, device, _TOKEN_DTYPES).to(torch.int64)
-    if device.type == "cpu" and bool(((value < 0) | (value > n)).any()):
-        raise ValueError(f"num_nodes must lie in [0, N] = [0, {n}], got {value.tolist()}")
-    return value
-
-
-def _temperature(value, batch: int, device: torch.device):
-    if isinstance(value, torch.Tensor):
-        value = _row_tensor("temperature", value, batch, device, _SCORE_DTYPES).float()
-        if device.type == "cpu" and not bool(((value >= 0) & (value < float("inf"))).all()):
-            raise ValueError(f"temperature must be finite and >= 0, got {value.tolist()}")
-        return value
-    value = _checks.temperature(value)
-    return 0.0 if value < GREEDY_BELOW else value

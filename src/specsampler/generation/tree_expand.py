@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import torch
 
-from .._api import _warp, sample
+from .._api import sample
+from .._validation import warp_options as _warp
 from ..torch_backend import GREEDY_BELOW, warp_scores
 from .kv_cache import CachedModel
 

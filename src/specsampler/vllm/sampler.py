@@ -119,7 +119,7 @@ def _drafts(flat: torch.Tensor, counts: list[int], k: int, rows: int | None = No
 def _verify(scores, drafts, draft_probs, counts, k, options, seeds, state):
     """The one verification call (two shapes: from logits, or from probabilities where q and a warper meet)."""
     import specsampler
-    from specsampler._api import _warp
+    from specsampler._validation import warp_options as _warp
     from specsampler.torch_backend import warp_scores
 
     temperature, top_k, top_p, min_p = options

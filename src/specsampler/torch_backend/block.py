@@ -1,4 +1,5 @@
-"""Block verification and the emitted tokens' log-probabilities in torch: the oracle for the Triton kernel's block mode.
+"""Block verification in torch (the rule of :func:`specsampler.verify`'s ``method="block"``): the oracle for the
+Triton kernel's block mode.
 
 Block verification (Sun, Mendlovic, Leviathan, Aharoni, Beirami, Ro, Suresh, "Block Verification Accelerates
 Speculative Decoding", ICLR 2025, arXiv 2403.10444, Algorithm 2) decides a block of K_b drafts at once. Positions are
@@ -14,42 +15,31 @@ drafts.
 With K_b = 1 this is token verification (eta_1 < min(1, p/q)); in expectation it never accepts fewer drafts. Strict
 comparisons, as token verification's u q < p: a weight of 0 never accepts.
 
-The same conventions as token verification (``torch_backend``): a position whose draft gives its own token no
-probability (and every position of one-hot drafts) has q_t the point mass at x_t; an id outside [0, V) has ratio 0;
-greedy rows (T below 2**-126) accept the argmax prefix; the warpers apply to p and q alike; the random numbers are
-the same [B, K+1] uniforms (the last one draws the next token by the inverse CDF) or, with the test hook, the
-exponential race on the given noise [B, V].
-
-:func:`emitted_logprobs` gives the log-probability of each emitted token under the target's distribution at its
-position, for either method: softmax of the warped scores / T_b on sampled rows, of the unwarped scores at T = 1 on
-greedy rows (as transformers' ``compute_transition_scores(..., normalize_logits=True)`` gives for greedy search), the
-given probabilities with `from_probs`; -log V where the row has no mass (a uniform draw); 0 at padding.
-
-This path computes every row's softmax and residual at once ([B, K+1, V] float32 temporaries, no host
-synchronisation): an oracle, and the backend on devices without the kernel.
+The same conventions as token verification (``token``): a position whose draft gives its own token no probability
+(and every position of one-hot drafts) has q_t the point mass at x_t; an id outside [0, V) has ratio 0; greedy rows
+(T below 2**-126) accept the argmax prefix; the warpers apply to p and q alike; the random numbers are the same
+[B, K+1] uniforms (the last one draws the next token by the inverse CDF) or, with the test hook, the exponential race
+on the given noise [B, V]; the same two paths (``chain``). The batched path computes every row's softmax and residual
+at once ([B, K+1, V] float32 temporaries, no host synchronisation).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .torch_backend import (
-    GREEDY_BELOW,
-    RESIDUAL_EPS,
-    Warp,
-    _argmax,
-    _draw,
-    _draw_row,
-    _row_scores,
-    _softmax,
-    warp_scores,
-)
+from .chain import ChainRule, verify_chain
+from .common import GREEDY_BELOW, RESIDUAL_EPS, argmax, softmax
+from .sample import draw, draw_row
+from .warp import row_scores
+
+
+def verify_block(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block verification of B rows of K drafts: :func:`~.chain.verify_chain`'s arguments, this rule."""
+    return verify_chain(RULE, *args, **kwargs)
 
 
 def block_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_probs, scrub):
-    """The batched path (any device, no host synchronisation), as ``torch_backend._verify_batch``: `target`
+    """The batched path (any device, no host synchronisation), as ``token.token_batch``: `target`
     [B, K+1, V] and `draft` [B, K, Vd] already warped, `nd` [B] or None, `u` [B, K+1] (the eta_i, then the sampling
     uniform). Returns (tokens [B, K+1], tau [B], whether the rows were free of NaN)."""
     batch, k_plus_1, vocab = target.shape
@@ -66,7 +56,7 @@ def block_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_pro
     x = draft_tokens.to(device=device, dtype=torch.int64)
     xs = x.clamp(0, vocab - 1)
     valid = xs == x
-    p = _softmax(target, temperature, from_probs, vocab, scrub)  # [B, K+1, V]
+    p = softmax(target, temperature, from_probs, vocab, scrub)  # [B, K+1, V]
     q = _effective_draft(draft, xs, valid, temperature, from_probs, vocab, scrub)  # [B, K, V]
     p_x = p[:, :k].gather(2, xs[:, :, None])[:, :, 0]
     q_x = q.gather(2, xs[:, :, None])[:, :, 0]
@@ -82,9 +72,9 @@ def block_batch(target, draft_tokens, draft, nd, temperature, u, noise, from_pro
     total = dist.sum(dim=1, keepdim=True)
     clean = ~(total.isnan().any() | p_x.isnan().any() | q_x.isnan().any())
     dist = torch.where(total > 0, dist, 1.0)  # p has no mass either: uniform
-    next_token = _draw(dist, u[:, k], None if noise is None else noise.float())
+    next_token = draw(dist, u[:, k], None if noise is None else noise.float())
 
-    best = _argmax(target)  # greedy rows: the argmax prefix, then the argmax
+    best = argmax(target)  # greedy rows: the argmax prefix, then the argmax
     pos = torch.arange(k_plus_1, device=device)
     hits = (xs == best[:, :k]) & valid & (pos[None, :k] < nd[:, None])
     n_greedy = hits.to(torch.int64).cumprod(dim=1).sum(dim=1)
@@ -103,7 +93,7 @@ def _effective_draft(draft, xs, valid, temperature, from_probs, vocab, scrub) ->
     point.scatter_(2, xs[:, :, None], valid[:, :, None].float())
     if draft is None:
         return point
-    q = _softmax(draft, temperature, from_probs, vocab, scrub)
+    q = softmax(draft, temperature, from_probs, vocab, scrub)
     q_x = q.gather(2, xs[:, :, None])[:, :, 0]
     one_hot = valid & ~(q_x > 0)
     return torch.where(one_hot[:, :, None], point, q)
@@ -130,7 +120,7 @@ def _block_decision(p, q, ratio, nd, eta):
 
 
 def block_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, first, scrub):
-    """One row on the CPU, as ``torch_backend._verify_row``: target [K+1, V], x K ints, draft [K, Vd] or None, k_b,
+    """One row on the CPU, as ``token.token_row``: target [K+1, V], x K ints, draft [K, Vd] or None, k_b,
     temperature (0: greedy), u K+1 floats, noise [V] or None. Returns (tau, next token, whether the row was free of
     NaN).
 
@@ -139,7 +129,7 @@ def block_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, fi
     with eta_i >= w_i is passed over, and the first i with eta_i < h_i is tau."""
     vocab = target.shape[-1]
     if temperature < GREEDY_BELOW and not from_probs:
-        best = _argmax(target[: k_b + 1]).tolist()
+        best = argmax(target[: k_b + 1]).tolist()
         n = next((t for t in range(k_b) if x[t] != best[t]), k_b)
         return n, best[n], True
     p_all = _probs(target, k_b, temperature, warp, first and first[0], from_probs, vocab, scrub)
@@ -167,11 +157,11 @@ def block_row(target, x, draft, k_b, temperature, u, noise, from_probs, warp, fi
     else:
         tau, dist = _descend(p_rows, q_rows, x, w, u, vocab)
     if dist is None:
-        dist = _softmax(_row_scores(target, tau, temperature, warp, first and first[0]), temperature, from_probs, vocab,
+        dist = softmax(row_scores(target, tau, temperature, warp, first and first[0]), temperature, from_probs, vocab,
                         scrub)
-    token, total = _draw_row(dist, u[-1], noise)
+    token, total = draw_row(dist, u[-1], noise)
     if tau < k_b and total <= RESIDUAL_EPS:  # a residual of (almost) no mass: from p_tau
-        token, total = _draw_row(p_rows[tau], u[-1], noise)
+        token, total = draw_row(p_rows[tau], u[-1], noise)
     return tau, token, total == total
 
 
@@ -179,8 +169,8 @@ def _probs(rows, n, temperature, warp, first, from_probs, vocab, scrub):
     """Softmax of the first n of `rows` [R, V']: in one call ([n, vocab]; block verification reads every position's),
     or a list of rows where each is warped on its own."""
     if warp is None or temperature < GREEDY_BELOW:
-        return _softmax(rows[:n], temperature, from_probs, vocab, scrub)
-    return [_softmax(_row_scores(rows, t, temperature, warp, first), temperature, from_probs, vocab, scrub)
+        return softmax(rows[:n], temperature, from_probs, vocab, scrub)
+    return [softmax(row_scores(rows, t, temperature, warp, first), temperature, from_probs, vocab, scrub)
             for t in range(n)]
 
 
@@ -207,29 +197,4 @@ def _descend(p_rows, q_rows, x, w, u, vocab):
     return 0, _residual(p_rows[0], q_rows[0], x[0], 1.0, vocab)
 
 
-def emitted_logprobs(target, tokens, num_accepted, temperature, warp: Warp | None, from_probs: bool) -> torch.Tensor:
-    """[B, K+1] float32: the log-probability of each emitted token under the target's distribution at its position
-    (see the module docstring); 0 at padding. `target` [B, K+1, V] logits (probabilities with `from_probs`), `tokens`
-    [B, K+1] int64 with -1 padding, `num_accepted` [B]."""
-    batch, k_plus_1, vocab = target.shape
-    device = target.device
-    ids = tokens.to(device).clamp(min=0)
-    emitted = torch.arange(k_plus_1, device=device)[None, :] <= num_accepted.to(device)[:, None]
-    if from_probs:
-        probs = torch.nan_to_num(target.detach().float(), nan=0.0).clamp_(0.0, 1.0)
-        chosen = probs.gather(2, ids[:, :, None])[:, :, 0]
-        out = torch.where(probs.sum(dim=2) > 0, torch.log(chosen), -math.log(vocab))
-        return torch.where(emitted, out, 0.0)
-    temp = temperature if isinstance(temperature, torch.Tensor) else torch.full((batch,), float(temperature),
-                                                                                device=device)
-    greedy = temp < GREEDY_BELOW
-    scores = target.detach().float()
-    if warp is not None:  # (greedy rows come back unwarped)
-        scores = warp_scores(scores, temp, warp, host=False)
-    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
-    top = scores.amax(dim=2, keepdim=True)
-    scores = (scores - torch.where(top > float("-inf"), top, 0.0)) / torch.where(greedy, 1.0, temp)[:, None, None]
-    lse = torch.logsumexp(scores, dim=2)
-    chosen = scores.gather(2, ids[:, :, None])[:, :, 0]
-    out = torch.where(lse > float("-inf"), chosen - lse, -math.log(vocab))
-    return torch.where(emitted, out, 0.0)
+RULE = ChainRule(batch=block_batch, row=block_row)

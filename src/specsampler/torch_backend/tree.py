@@ -1,4 +1,5 @@
-"""Token-tree verification in torch: the oracle of :func:`specsampler.verify_tree`.
+"""Token-tree verification in torch (the rule of :func:`specsampler.verify_tree`'s ``method="token"``): the kernel's
+oracle, and what every tree rule shares (the prepared inputs, the depths, the greedy walk, the outputs).
 
 A row's tree has N nodes in topological order: node i holds token x_i and parent a_i in [-1, i) (-1: a child of the
 root, the last committed token); siblings are tried in node order. Target row 0 is p at the root, row i + 1 p after
@@ -12,11 +13,13 @@ rounding). An accepted child becomes the current node with r = its p; when every
 rejected (or it has none), the next token is drawn from r. Exact when a node's children are i.i.d. draws from q or
 point masses (then it is drawing y ~ p and following the child equal to y). A chain (a_i = i - 1) is token
 verification, on the same random numbers. Greedy rows follow the first child equal to argmax p, then emit the argmax
-(a call whose rows are all greedy walks the argmax alone, without softmaxes).
+(a call whose rows are all greedy walks the argmax alone, without softmaxes). Children drawn without replacement
+(:func:`walk_without_replacement`): q is the draft's row without the earlier siblings' tokens, renormalised (Jeon et
+al., arXiv 2402.14160).
 
 Randomness: node i's acceptance uniform is u[i] (a node is tried at most once), the next token is drawn with u[N]
 by the inverse CDF, or by the race argmax r / E with the test hook's noise E [B, V]; the same [B, N + 1] uniforms as
-``torch_backend.draw_uniforms``, in verify_tree's own stream of the seed (``constants.STREAM_TREE``). A node at or
+``sample.draw_uniforms``, in verify_tree's own stream of the seed (``constants.STREAM_TREE``). A node at or
 past its row's num_nodes, or whose parent lies outside [-1, i), is never reached; a token outside [0, V) ends its
 row's nodes there, exactly as a num_nodes of its index would (it and every later node of the row are never reached:
 :func:`nodes_in_range`).
@@ -27,22 +30,15 @@ it; no host synchronisation but the output width when `max_depth` is not given).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from .torch_backend import (
-    GREEDY_BELOW,
-    RESIDUAL_EPS,
-    Warp,
-    _argmax,
-    _draw,
-    _softmax,
-    drafts_in_range,
-    draw_uniforms,
-    warp_scores,
-)
-from .triton_kernels.constants import STREAM_TREE
+from ..triton_kernels.constants import STREAM_TREE
+from .common import GREEDY_BELOW, RESIDUAL_EPS, argmax, drafts_in_range, softmax
+from .sample import draw, draw_uniforms
+from .warp import Warp, warp_scores
 
 
 def nodes_in_range(tokens: torch.Tensor, vocab: int, num_nodes: torch.Tensor | None) -> torch.Tensor:
@@ -94,7 +90,7 @@ def prepare_tree(target, tokens, parents, draft, num_nodes, temperature, seed, u
     depth = tree_depths(parents, num_nodes)
     if max_depth is not None:  # nodes deeper than the output can hold are never reached
         depth = tree_depths(torch.where(depth > max_depth, -2, parents.to(torch.int64)), num_nodes)
-    return TreeInputs(target, draft, u, greedy, temperature, _argmax(target), depth, depth > 0,
+    return TreeInputs(target, draft, u, greedy, temperature, argmax(target), depth, depth > 0,
                       tokens.to(torch.int64), parents.to(torch.int64), torch.arange(batch, device=device), all_greedy)
 
 
@@ -115,9 +111,9 @@ def tree_depths(parents: torch.Tensor, num_nodes: torch.Tensor | None) -> torch.
     return depth
 
 
-def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, seed, uniforms=None, noise=None,
-                      warp: Warp | None = None, max_depth: int | None = None):
-    """Verify B token trees; arguments validated by :func:`specsampler.verify_tree`.
+def verify_tree_token(target, tokens, parents, draft, num_nodes, temperature, seed, uniforms=None, noise=None,
+                      warp: Warp | None = None, max_depth: int | None = None, *, without_replacement: bool = False):
+    """Verify B token trees by the token rule; arguments validated by :func:`specsampler.verify_tree`.
 
     Parameters
     ----------
@@ -132,7 +128,7 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
     temperature : float or torch.Tensor
         A float or [B] float32; below 2**-126 greedy.
     seed : int or torch.Tensor
-        Key of the uniforms (:func:`torch_backend.draw_uniforms`, stream ``STREAM_TREE``).
+        Key of the uniforms (:func:`~.sample.draw_uniforms`, stream ``STREAM_TREE``).
     uniforms, noise : torch.Tensor or None
         Test hooks: [B, N] acceptance uniforms and [B, V] exponential noise.
     warp : Warp or None
@@ -140,6 +136,9 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
     max_depth : int or None
         The output width D (nodes deeper than D are never reached); None: the deepest path of the trees (one host
         synchronisation on CUDA).
+    without_replacement : bool
+        Each node's children were drawn from its draft row one after another without the earlier siblings' tokens
+        (:func:`walk_without_replacement`); nothing changes for point-mass candidates (`draft` None).
 
     Returns
     -------
@@ -150,26 +149,29 @@ def verify_tree_torch(target, tokens, parents, draft, num_nodes, temperature, se
     path : torch.Tensor
         [B, D] int64: the accepted nodes, -1 padded.
     """
+    if without_replacement and draft is not None:
+        return walk_tree(_token_without_replacement, target, tokens, parents, draft, num_nodes, temperature, seed,
+                         uniforms, noise, warp, max_depth)
     batch, n_plus_1, vocab = target.shape
     n = n_plus_1 - 1
     target, draft, u, greedy, temperature, best, depth, reachable, x, a, rows, all_greedy = prepare_tree(
         target, tokens, parents, draft, num_nodes, temperature, seed, uniforms, warp, max_depth)
     if all_greedy:  # every row greedy: the argmax path, no probabilities
-        current = _walk_greedy(best, x, a, reachable)
+        current = walk_greedy(best, x, a, reachable)
         next_token = best[rows, current + 1]
     else:
-        p = _softmax(target, temperature, False, vocab, scrub=True)  # [B, N+1, V]
-        q = None if draft is None else _softmax(draft, temperature, False, vocab, scrub=True)
-        current, residual, accepted = _walk(p, q, best, x, a, reachable, greedy, u[:, :n])
+        p = softmax(target, temperature, False, vocab, scrub=True)  # [B, N+1, V]
+        q = None if draft is None else softmax(draft, temperature, False, vocab, scrub=True)
+        current, residual, accepted = walk_iid(p, q, best, x, a, reachable, greedy, u[:, :n])
         mass = residual.sum(dim=1, keepdim=True)
-        next_token = _draw(torch.where(mass > 0, residual, 1.0), u[:, n], None if noise is None else noise.float())
+        next_token = draw(torch.where(mass > 0, residual, 1.0), u[:, n], None if noise is None else noise.float())
         next_token = torch.where(greedy, best[rows, current + 1], next_token)
     if max_depth is None:
         max_depth = int(depth.max()) if depth.numel() else 0
-    return _outputs(tokens.to(torch.int64), parents.to(torch.int64), current, depth, next_token, max_depth)
+    return outputs(tokens.to(torch.int64), parents.to(torch.int64), current, depth, next_token, max_depth)
 
 
-def _walk(p, q, best, x, a, reachable, greedy, u):
+def walk_iid(p, q, best, x, a, reachable, greedy, u):
     """One pass over the nodes: the current node [B] (-1: the root), the residual [B, V] to draw from, and the
     accepted flags [B, N]."""
     batch, n_plus_1, vocab = p.shape
@@ -201,8 +203,8 @@ def _walk(p, q, best, x, a, reachable, greedy, u):
     return current, residual, accepted
 
 
-def _walk_greedy(best, x, a, reachable):
-    """:func:`_walk` for greedy rows only: the current node [B] after following, from the root, the first child
+def walk_greedy(best, x, a, reachable):
+    """:func:`walk_iid` for greedy rows only: the current node [B] after following, from the root, the first child
     equal to the argmax at each node."""
     rows = torch.arange(x.shape[0], device=x.device)
     current = torch.full_like(rows, -1)
@@ -212,7 +214,7 @@ def _walk_greedy(best, x, a, reachable):
     return current
 
 
-def _outputs(x, a, current, depth, next_token, max_depth):
+def outputs(x, a, current, depth, next_token, max_depth):
     """tokens [B, D+1], num_accepted [B] and path [B, D] from the last accepted node of each row."""
     batch = x.shape[0]
     device = x.device
@@ -232,3 +234,71 @@ def _outputs(x, a, current, depth, next_token, max_depth):
         tokens[:, :max_depth] = torch.where(path >= 0, x.gather(1, path.clamp(min=0)), -1)
     tokens.scatter_(1, node_depth[:, None], next_token[:, None])
     return tokens, node_depth, path
+
+
+
+def walk_tree(walk: Callable, target, tokens, parents, draft, num_nodes, temperature, seed, uniforms=None, noise=None,
+              warp: Warp | None = None, max_depth: int | None = None):
+    """A tree rule given by its walk over the sampled rows, the rest shared: the prepared inputs, greedy rows'
+    argmax walk, the draw of the next token, the outputs. Arguments and results as :func:`verify_tree_token`'s.
+
+    `walk(p, q, x, a, reachable, u, max_depth)` -> (the accepted node [B], -1 the root; the unnormalised
+    distribution [B, V] to draw the next token from), from p [B, N+1, V], q [B, N+1, V] or None, the nodes' tokens,
+    parents and reachability [B, N], the uniforms [B, N+1] and the output width."""
+    batch, n_plus_1, vocab = target.shape
+    n = n_plus_1 - 1
+    target, draft, u, greedy, temperature, best, depth, reachable, x, a, rows, all_greedy = prepare_tree(
+        target, tokens, parents, draft, num_nodes, temperature, seed, uniforms, warp, max_depth)
+    if max_depth is None:
+        max_depth = int(depth.max()) if depth.numel() else 0
+    current = walk_greedy(best, x, a, reachable)
+    if all_greedy:
+        next_token = best[rows, current + 1]
+    else:
+        p = softmax(target, temperature, False, vocab, scrub=True)
+        q = None if draft is None else softmax(draft, temperature, False, vocab, scrub=True)
+        found, dist = walk(p, q, x, a, reachable, u, max_depth)
+        total = dist.sum(dim=1, keepdim=True)
+        next_token = draw(torch.where(total > 0, dist, 1.0), u[:, n], None if noise is None else noise.float())
+        current = torch.where(greedy, current, found)
+        next_token = torch.where(greedy, best[rows, current + 1], next_token)
+    return outputs(x, a, current, depth, next_token, max_depth)
+
+
+def walk_without_replacement(p, q, x, a, reachable, u):
+    """The token rule (:func:`walk_iid`) for children drawn without replacement: child c of the current node is
+    accepted with probability min(1, r(x_c) / Q_c(x_c)), Q_c the draft's row without the earlier siblings' tokens,
+    renormalised; a rejection sets r <- norm(max(r - Q_c, 0)). Returns the accepted node [B] and the residual [B, V]."""
+    batch, n_plus_1, vocab = p.shape
+    rows = torch.arange(batch, device=p.device)
+    current = torch.full((batch,), -1, dtype=torch.int64, device=p.device)
+    residual = p[:, 0].clone()
+    removed = torch.zeros(batch, vocab, dtype=torch.bool, device=p.device)
+    for i in range(n_plus_1 - 1):
+        xs = x[:, i].clamp(0, vocab - 1)
+        tried = reachable[:, i] & (a[:, i] == current) & (xs == x[:, i])
+        point = torch.nn.functional.one_hot(xs, vocab).float()
+        if q is None:
+            q_row = point
+        else:
+            q_row = torch.where(removed, 0.0, q[rows, (a[:, i] + 1).clamp(0, n_plus_1 - 1)])
+            kept = q_row.sum(dim=1, keepdim=True)
+            q_row = q_row / torch.where(kept > 0, kept, 1.0)
+            q_row = torch.where(~(q_row.gather(1, xs[:, None]) > 0), point, q_row)
+        r_x = residual.gather(1, xs[:, None])[:, 0]
+        q_x = q_row.gather(1, xs[:, None])[:, 0]
+        take = tried & (u[:, i] * q_x < r_x)
+        rest = (residual - q_row).clamp_min_(0.0)
+        total = rest.sum(dim=1, keepdim=True)
+        rest = rest / torch.where(total > 0, total, 1.0)
+        reject = tried & ~take
+        residual = torch.where((reject & (total[:, 0] > RESIDUAL_EPS))[:, None], rest, residual)
+        residual = torch.where(take[:, None], p[:, i + 1], residual)
+        removed = (removed | (point.bool() & reject[:, None])) & ~take[:, None]
+        current = torch.where(take, i, current)
+    return current, residual
+
+
+def _token_without_replacement(p, q, x, a, reachable, u, max_depth):
+    """:func:`walk_without_replacement` as :func:`walk_tree` calls a walk (it needs no output width)."""
+    return walk_without_replacement(p, q, x, a, reachable, u)

@@ -1,6 +1,6 @@
 """Traversal Verification of token trees, and trees drawn without replacement, in torch.
 
-Conventions as in ``torch_tree``: node i holds token x_i and parent a_i in [-1, i); p_v is the target's warped
+Conventions as in ``tree``: node i holds token x_i and parent a_i in [-1, i); p_v is the target's warped
 distribution after node v's path (v = -1 the root), q_v the draft's that v's children were drawn from.
 
 Traversal Verification (Weng, Hu, Chen, Liu, Mei, Qiu, Tian, Shi, "Traversal Verification for Speculative Tree
@@ -32,7 +32,7 @@ decisions) as long as Q_c is c's distribution given them; c's subtree's shape ma
 draws below it).
 
 - Chains: the post-order tests the deepest node first, and node i's weight when tested is Sun et al.'s h_{i+1} (block
-  verification, ``torch_block``; w_{i+1} for the last node): traversal is block verification, computed with the same
+  verification, ``block``; w_{i+1} for the last node): traversal is block verification, computed with the same
   float32 operations on the same uniforms (node i's u[i] is block's eta_{i+1}, u[N] draws the next token), so the
   tokens are equal.
 - Point-mass candidates (``draft_logits=None``, such as the draft's top tokens): each node's Q_c is the point mass at
@@ -44,67 +44,43 @@ draws below it).
 - Without replacement: the children of v are drawn one after another from q_v with the earlier siblings' tokens
   removed (Gumbel-top-k gives this order); Q_c is then q_v without the earlier siblings' tokens, renormalised, which
   depends on the earlier siblings' tokens only: the claim covers it (Jeon et al., arXiv 2402.14160, for the token
-  rule; the token rule with it is :func:`walk_token_without_replacement`).
-- Ragged rows, `max_depth`, bad parents: a node that cannot be reached (``tree_depths`` = 0) is not in the tree; the
-  tree that remains is a tree of the same kind, its shape fixed before the draws. An id outside [0, V) ends its row's
-  nodes there, as a num_nodes of its index would (``torch_tree.nodes_in_range``, the token rule's convention too).
+  rule; the token rule with it is ``tree.walk_without_replacement``).
+- Ragged rows, `max_depth`, bad parents: a node that cannot be reached (``tree.tree_depths`` = 0) is not in the
+  tree; the tree that remains is a tree of the same kind, its shape fixed before the draws. An id outside [0, V) ends
+  its row's nodes there, as a num_nodes of its index would (``tree.nodes_in_range``, the token rule's convention
+  too).
 - Warpers: p and q are both warped (the target to be followed is the warped p; the candidates were drawn from the warped
   q). A row without mass draws the next token uniformly, as the other rules. Greedy rows follow the token rule's argmax
   walk (traversal's limit at T -> 0 is the same path: the first child on the argmax path, as deep as it goes).
 
 Randomness: node i is tested with u[i] (at most once), the next token drawn with u[N] by the inverse CDF of the
-unnormalised P (the race with the test hook's noise), as ``torch_tree``. One loop of N steps over [B, V] rows, each
+unnormalised P (the race with the test hook's noise), as ``tree``. One loop of N steps over [B, V] rows, each
 step testing one node per row and entering the next leaf (a loop over the depth with [B] gathers); no host
 synchronisation beyond the output width when `max_depth` is not given.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .torch_backend import RESIDUAL_EPS, Warp, _draw, _softmax
-from .torch_tree import _outputs, _walk_greedy, prepare_tree
+from .common import RESIDUAL_EPS
+from .tree import walk_tree
+from .warp import Warp
 
-DRAFT_SAMPLINGS = ("iid", "without_replacement")
+
+def verify_traversal(target, tokens, parents, draft, num_nodes, temperature, seed, uniforms=None, noise=None,
+                     warp: Warp | None = None, max_depth: int | None = None, *, without_replacement: bool = False):
+    """Verify B token trees by Traversal Verification; arguments and results as ``tree.verify_tree_token``'s
+    (`without_replacement`: each node's Q_c is its parent's draft row without the earlier siblings' tokens)."""
+    return walk_tree(functools.partial(_traverse, without_replacement), target, tokens, parents, draft, num_nodes,
+                     temperature, seed, uniforms, noise, warp, max_depth)
 
 
-def verify_tree_rule_torch(target, tokens, parents, draft, num_nodes, temperature, seed, uniforms=None, noise=None,
-                           warp: Warp | None = None, max_depth: int | None = None, *, method: str = "traversal",
-                           without_replacement: bool = False):
-    """Verify B token trees by traversal (`method` "traversal") or by the token rule with candidates drawn without
-    replacement (`method` "token", `without_replacement`); arguments as ``torch_tree.verify_tree_torch``.
-
-    Returns
-    -------
-    tokens : torch.Tensor
-        [B, D+1] int64: the accepted path's tokens, the next token, then -1.
-    num_accepted : torch.Tensor
-        [B] int64.
-    path : torch.Tensor
-        [B, D] int64: the accepted nodes, -1 padded.
-    """
-    batch, n_plus_1, vocab = target.shape
-    n = n_plus_1 - 1
-    target, draft, u, greedy, temperature, best, depth, reachable, x, a, rows, all_greedy = prepare_tree(
-        target, tokens, parents, draft, num_nodes, temperature, seed, uniforms, warp, max_depth)
-    if max_depth is None:
-        max_depth = int(depth.max()) if depth.numel() else 0
-    current = _walk_greedy(best, x, a, reachable)
-    if all_greedy:
-        next_token = best[rows, current + 1]
-    else:
-        p = _softmax(target, temperature, False, vocab, scrub=True)
-        q = None if draft is None else _softmax(draft, temperature, False, vocab, scrub=True)
-        if method == "traversal":
-            walk = _Traversal(p, q, x, a, reachable, without_replacement)
-            found, dist = walk.run(u, max_depth)
-        else:
-            found, dist = walk_token_without_replacement(p, q, x, a, reachable, u)
-        total = dist.sum(dim=1, keepdim=True)
-        next_token = _draw(torch.where(total > 0, dist, 1.0), u[:, n], None if noise is None else noise.float())
-        current = torch.where(greedy, current, found)
-        next_token = torch.where(greedy, best[rows, current + 1], next_token)
-    return _outputs(x, a, current, depth, next_token, max_depth)
+def _traverse(without_replacement, p, q, x, a, reachable, u, max_depth):
+    """The walk of :func:`~.tree.walk_tree`: the accepted node [B] and the distribution [B, V] to draw from."""
+    return _Traversal(p, q, x, a, reachable, without_replacement).run(u, max_depth)
 
 
 def _links(a: torch.Tensor, reachable: torch.Tensor):
@@ -262,36 +238,3 @@ class _Traversal:
             done = done | (up & (parent < 0))
         return found, self.dist[self.rows, found + 1]
 
-
-def walk_token_without_replacement(p, q, x, a, reachable, u):
-    """The token rule (``torch_tree._walk``) for children drawn without replacement: child c of the current node is
-    accepted with probability min(1, r(x_c) / Q_c(x_c)), Q_c the draft's row without the earlier siblings' tokens,
-    renormalised; a rejection sets r <- norm(max(r - Q_c, 0)). Returns the accepted node [B] and the residual [B, V]."""
-    batch, n_plus_1, vocab = p.shape
-    rows = torch.arange(batch, device=p.device)
-    current = torch.full((batch,), -1, dtype=torch.int64, device=p.device)
-    residual = p[:, 0].clone()
-    removed = torch.zeros(batch, vocab, dtype=torch.bool, device=p.device)
-    for i in range(n_plus_1 - 1):
-        xs = x[:, i].clamp(0, vocab - 1)
-        tried = reachable[:, i] & (a[:, i] == current) & (xs == x[:, i])
-        point = torch.nn.functional.one_hot(xs, vocab).float()
-        if q is None:
-            q_row = point
-        else:
-            q_row = torch.where(removed, 0.0, q[rows, (a[:, i] + 1).clamp(0, n_plus_1 - 1)])
-            kept = q_row.sum(dim=1, keepdim=True)
-            q_row = q_row / torch.where(kept > 0, kept, 1.0)
-            q_row = torch.where(~(q_row.gather(1, xs[:, None]) > 0), point, q_row)
-        r_x = residual.gather(1, xs[:, None])[:, 0]
-        q_x = q_row.gather(1, xs[:, None])[:, 0]
-        take = tried & (u[:, i] * q_x < r_x)
-        rest = (residual - q_row).clamp_min_(0.0)
-        total = rest.sum(dim=1, keepdim=True)
-        rest = rest / torch.where(total > 0, total, 1.0)
-        reject = tried & ~take
-        residual = torch.where((reject & (total[:, 0] > RESIDUAL_EPS))[:, None], rest, residual)
-        residual = torch.where(take[:, None], p[:, i + 1], residual)
-        removed = (removed | (point.bool() & reject[:, None])) & ~take[:, None]
-        current = torch.where(take, i, current)
-    return current, residual
