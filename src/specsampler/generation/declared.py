@@ -25,20 +25,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import _checks
-from .._api import METHODS
+from .. import _checks, methods
 from .options import PROCESSOR_OPTIONS, WARPERS
 from .schedules import SCHEDULES
 
 __all__ = ["CHAIN_METHODS", "OPTIONS", "OWN", "TREE_SAMPLINGS", "VERIFY_METHODS", "VLLM_ENV", "EnvOption", "Option",
            "check", "check_given", "env_value", "flagged", "parameters_doc", "signature_of"]
 
-#: The verification rules of chains (:func:`specsampler.verify`'s ``method``; vLLM's choices): the one place the
-#: options take them from.
-CHAIN_METHODS: tuple[str, ...] = tuple(METHODS)
-#: ``verify_method``'s choices: the chain rules and "traversal" (token trees by Traversal Verification; a chain by
-#: block verification, the same rule there).
-VERIFY_METHODS: tuple[str, ...] = CHAIN_METHODS + ("traversal",)
+#: The verification rules of chains (:func:`specsampler.verify`'s ``method``; vLLM's choices), from the registry.
+CHAIN_METHODS: tuple[str, ...] = methods.names(methods.CHAIN)
+#: ``verify_method``'s choices: every method of the registry (:data:`specsampler.methods.NAMES`): the chain rules,
+#: and "traversal" (token trees by Traversal Verification; a chain by block verification, the same rule there).
+VERIFY_METHODS: tuple[str, ...] = methods.NAMES
 #: ``draft_tree_sampling``'s choices.
 TREE_SAMPLINGS = ("top", "iid", "without_replacement")
 
