@@ -147,6 +147,10 @@ def throughput(engines: dict, batches, max_tokens: int, rounds: int, plain: bool
                      "tokens_per_s_min": min(x["tokens_per_s"] for x in res),
                      "tokens_per_s_max": max(x["tokens_per_s"] for x in res),
                      "acceptance": statistics.median(x["acceptance"] for x in res)})
+    for row in rows:
+        print(f"median of {row['rounds']} rounds: {row['mode']:7s} B={row['batch']:2d} {row['side']:6s} "
+              f"{row['tokens_per_s']:8.1f} tok/s (min {row['tokens_per_s_min']:.1f}, max {row['tokens_per_s_max']:.1f})"
+              f" acceptance {row['acceptance']:.3f}", flush=True)
     return rows
 
 

@@ -128,6 +128,30 @@ def test_greedy_rows(backend):
     assert res.tokens[2, 1].item() == 4
 
 
+@pytest.mark.parametrize("method", ["token", "block"])
+def test_greedy_rows_wide_vocabulary(backend, method):
+    """Greedy rows over a vocabulary of several 256-id chunks and a partial one (the CPU argmax works chunk by chunk):
+    the lowest index of the maximum, ties across chunks, the maximum in the last partial chunk, +inf, a row of -inf,
+    NaN read as -inf (row 0; rows 1 and 2 hold none)."""
+    vocab = 700
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(-3, 3, (3, 3, vocab), generator=g).float()
+    target[0, 0, 7] = target[0, 2, 300] = float("nan")
+    target[1, 0, [300, 600, 610]] = 9.0  # tied maxima in two chunks: 300
+    target[1, 1, 650] = 9.0  # in the partial chunk
+    target[1, 2, [0, 699]] = 9.0
+    target[2, 0] = -INF
+    target[2, 0, [410, 411]] = -1.0
+    target[2, 1, [520, 260]] = INF
+    target[2, 2] = -INF  # no maximum but -inf: id 0
+    best = torch.nan_to_num(target, nan=-INF).argmax(-1)
+    assert best[1].tolist() == [300, 650, 0] and best[2].tolist() == [410, 260, 0]
+    res = _verify(backend, target, best[:, :2].clone(), None, temperature=0.0, seed=0, method=method)
+    assert res.num_accepted.tolist() == [2, 2, 2] and res.tokens.cpu().tolist() == best.tolist()
+    res = _verify(backend, target, (best[:, :2] + 1) % vocab, None, temperature=0.0, seed=0, method=method)
+    assert res.num_accepted.tolist() == [0, 0, 0] and res.tokens[:, 0].cpu().tolist() == best[:, 0].tolist()
+
+
 def test_seeds(backend):
     args = make_case(6, 4, 300, seed=8)
     del args["_uniforms"], args["_noise"]

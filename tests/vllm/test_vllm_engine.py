@@ -36,7 +36,7 @@ def test_plugin_is_installed(ngram_llm):
     assert RejectionSampler.forward is sampler.forward
 
 
-@pytest.mark.parametrize("which", ["ngram_llm", "draft_llm"])
+@pytest.mark.parametrize("which", ["ngram_llm", "draft_llm", "eagle_llm"])
 def test_greedy_equals_vllm_without_speculation(which, plain_llm, request, spy):
     from vllm import SamplingParams
 
@@ -50,7 +50,8 @@ def test_greedy_equals_vllm_without_speculation(which, plain_llm, request, spy):
     print(f"{which}: greedy tokens equal {100 * _equal_fraction(ours, reference):.1f}%, steps {spy.calls}, drafts "
           f"{spy.drafts}, accepted {spy.accepted}")
     assert ours == reference
-    assert spy.forwards == {sampler.forward} and spy.drafts > 0 and spy.accepted > 0
+    assert spy.forwards == {sampler.forward} and spy.drafts > 0
+    assert spy.accepted > 0 or which == "eagle_llm"  # (a random EAGLE head's drafts may all be rejected)
 
 
 @pytest.mark.parametrize("which", ["ngram_llm", "draft_llm"])
