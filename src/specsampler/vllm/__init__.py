@@ -19,20 +19,21 @@ Modules: ``patch.py`` (what is replaced, the version check), ``sampler.py`` (the
 from __future__ import annotations
 
 import logging
-import os
+
+from ..generation.declared import VLLM_ENV, env_value
+from .state import log as _log
 
 __all__ = ["ENV_BACKEND", "ENV_ENABLE", "ENV_METHOD", "SUPPORTED_VLLM", "register", "settings"]
 
-ENV_ENABLE = "SPECSAMPLER_VLLM"  # "0": do nothing
-ENV_METHOD = "SPECSAMPLER_VLLM_METHOD"  # "token" (default) or "block"
-ENV_BACKEND = "SPECSAMPLER_VLLM_BACKEND"  # "auto" (default), "torch" or "triton"
+ENV_ENABLE = VLLM_ENV["enable"].variable  # "0": do nothing
+ENV_METHOD = VLLM_ENV["method"].variable  # the chain methods of the registry: "token" (default) or "block"
+ENV_BACKEND = VLLM_ENV["backend"].variable  # "auto" (default), "torch" or "triton"
 SUPPORTED_VLLM = ("0.32.0",)  # versions whose rejection sampler, logits processors and checks this patch knows
-
-_log = logging.getLogger("specsampler.vllm")
 
 
 def settings() -> tuple[str, str]:
-    """The verification method and backend the environment asks for.
+    """The verification method and backend the environment asks for (declared in
+    :data:`specsampler.generation.declared.VLLM_ENV`: their one check and message).
 
     Returns
     -------
@@ -44,13 +45,7 @@ def settings() -> tuple[str, str]:
     ValueError
         Naming the variable, for a value other than the ones listed in the module docstring.
     """
-    method = os.environ.get(ENV_METHOD, "token").strip() or "token"
-    backend = os.environ.get(ENV_BACKEND, "auto").strip() or "auto"
-    if method not in ("token", "block"):
-        raise ValueError(f"{ENV_METHOD} must be 'token' or 'block', got {method!r}")
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"{ENV_BACKEND} must be 'auto', 'torch' or 'triton', got {backend!r}")
-    return method, backend
+    return env_value("method"), env_value("backend")
 
 
 def _vllm_version() -> str | None:
@@ -71,7 +66,7 @@ def register() -> None:
     Does nothing when ``SPECSAMPLER_VLLM=0`` or vLLM is not installed; warns and does nothing on an unknown vLLM
     version; logs one line when it acts. Safe to call more than once (vLLM loads plugins in every process).
     """
-    if os.environ.get(ENV_ENABLE, "1").strip() == "0":
+    if env_value("enable") == "0":
         return
     version = _vllm_version()
     if version is None:

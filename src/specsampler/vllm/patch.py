@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .state import STATE, log
+
 _ORIGINALS: dict[tuple[object, str], object] = {}
-STATE = {"method": "token", "backend": "auto"}  # what the replacement forward reads on every call
 
 _REQUIRED = {
     "vllm.v1.sample.rejection_sampler": ("RejectionSampler", "PLACEHOLDER_TOKEN_ID"),
@@ -82,9 +83,7 @@ def install(method: str = "token", backend: str = "auto") -> bool:
         return True
     missing = _missing()
     if missing:
-        from . import _log
-
-        _log.warning("specsampler.vllm: this vLLM lacks %s: its own rejection sampler is left in place",
+        log.warning("specsampler.vllm: this vLLM lacks %s: its own rejection sampler is left in place",
                      ", ".join(missing))
         return False
     from vllm.sampling_params import SamplingParams

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .logits import mask_min_p, min_p_values, process_target_rows, processed_logits
+from .state import STATE
 
 _SAMPLING_EPS = 1e-5  # vLLM's: a request with temperature below it is greedy
 _SEED_LOW, _SEED_HIGH = -(2**63), 2**63 - 1
@@ -167,7 +168,6 @@ def forward(self, metadata, draft_probs, logits, sampling_metadata):
     """
     from vllm.v1.outputs import SamplerOutput
 
-    from .patch import STATE
 
     sm = sampling_metadata
     counts = list(metadata.num_draft_tokens)
