@@ -112,3 +112,36 @@ def test_greedy_lookup_tries_with_cost_width_match_target_generate(monkeypatch):
     assert {w for w, _ in seen} == {1, 3}
     assert all(p.counts == p.depths for w, p in seen if w == 1)
     assert any(c > d for w, p in seen if w == 3 for c, d in zip(p.counts, p.depths, strict=True))
+
+
+def test_sampled_lookup_tries_with_cost_width_follow_target_distribution(monkeypatch):
+    """3000 copies of one prompt, sampled (T = 1.3, top-p 0.9), prompt_lookup_num_candidates=3 under the "cost"
+    schedule (scripted times): the first step is wide (nothing measured), the next ones chains until a target line is
+    known; the first two new tokens follow the warped target's joint (chi-square, p > 1e-4)."""
+    from test_generate import _exact_two_tokens, _peaked, hf_warp
+    from util import chi2_pvalue_pooled
+
+    from specsampler.generation import tree_drafters
+
+    vocab, n, warp_kw = 8, 3000, dict(temperature=1.3, top_p=0.9)
+    target = _peaked(tiny_config("llama", vocab, 1, 16), 0, 8.0)
+    prompt = target.generate(torch.tensor([[1, 2]]), do_sample=False, max_new_tokens=10, eos_token_id=None,
+                             pad_token_id=0)
+    widths, propose = [], tree_drafters.TreeLookupRun.propose
+
+    def recorded(self, last, limits):
+        widths.append(self.width)
+        return propose(self, last, limits)
+
+    monkeypatch.setattr(tree_drafters.TreeLookupRun, "propose", recorded)
+    with scripted_costs():
+        out = specsampler.generate(target, PromptLookupDrafter(max_ngram=2), input_ids=prompt.repeat(n, 1),
+                                   max_new_tokens=3, do_sample=True, seed=1234, eos_token_id=[], num_draft_tokens=2,
+                                   prompt_lookup_num_candidates=3, num_assistant_tokens_schedule="cost", **warp_kw)
+    assert widths[:2] == [3, 1]
+    new = out.sequences[:, prompt.shape[1]:prompt.shape[1] + 2]
+    counts = torch.bincount(new[:, 0] * vocab + new[:, 1], minlength=vocab * vocab)
+    exact = _exact_two_tokens(target, prompt, lambda x: hf_warp(x, **warp_kw)).flatten()
+    assert counts[exact == 0].sum() == 0
+    assert chi2_pvalue_pooled(counts, exact) > 1e-4
+    assert 0 < out.stats.accepted < out.stats.drafted
