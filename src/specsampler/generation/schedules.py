@@ -183,6 +183,8 @@ class Costs:
         alone would have had, levels of depth proposed], summed over rows, decayed as the acceptance counts.
     extra : dict of int to float
         Running rows B' -> seconds per level of depth such a step took beyond a chain step of its depth (smoothed).
+    narrow, wide_every : int
+        Steps drafting a chain since the last wide one, and how many before a wide probe (doubling while it loses).
     """
 
     def __init__(self, tuning: CostTuning | None = None):
@@ -195,6 +197,7 @@ class Costs:
         self.rejected: list[float] = [0.0]
         self.gain: list[float] = [0.0, 0.0]
         self.extra: dict[int, float] = {}
+        self.narrow, self.wide_every = 0, self.tuning.probe_every  # chain steps since a wide one; before a probe
 
     def count_acceptance(self, counts: list[int], accepted: list[list[int]]) -> None:
         """Add a step's drafts (`counts`: K_b per row; `accepted`: each row's accepted drafts and drawn token)."""
@@ -278,8 +281,8 @@ class CostSchedule:
     chain is priced as above, with the first continuations' acceptance (on a wide step: their common prefix with the
     accepted path); the wide step adds g tokens and e seconds per level of depth, g the tokens the other candidates
     added per level proposed and e the time a wide step took beyond a chain step of its depth, both measured on wide
-    steps. Before g is known a step drafting goes wide; after ``probe_every`` chain steps one goes wide again (the wait
-    doubling while chains win). Only which drafts are proposed changes: verification, and so exactness, does not.
+    steps. Before g is known a step goes wide; so does one after ``wide_every`` chain steps (the wait doubling while
+    chains win). Only which drafts are proposed changes, not verification (exact).
     Other trees (``draft_tree``) are priced at B' (1 + b K') token rows, b their nodes per level (smoothed).
 
     Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a
@@ -314,8 +317,6 @@ class CostSchedule:
         self.breadth = 1.0  # token rows a row feeds per level of depth (a lookup trie's nodes / its depth), smoothed
         self.lookup = None  # a lookup trie drafter whose width this schedule sets (see attach)
         self.wide = False  # whether the next step verifies the trie's other candidates
-        self.narrow = 0  # steps that drafted a chain since the last wide one
-        self.wide_every = self.tuning.probe_every  # such steps before a wide probe (doubles while it loses)
 
     def attach(self, drafter) -> None:
         """Set the width of a lookup trie drafter (``prompt_lookup_num_candidates`` > 1) step by step."""
@@ -418,14 +419,14 @@ class CostSchedule:
         return best[0]
 
     def _wide_probe(self, best: tuple[int, bool], gain: float | None) -> bool:
-        """Whether a step drafting a chain verifies the trie's other candidates anyway: before any wide step was
-        measured, and after ``wide_every`` chain steps (the wait doubling while chains keep winning)."""
+        """Whether the step is wide: where it pays, before a wide step was measured, after `wide_every` chain steps."""
         if self.lookup is None or best[0] == 0:
             return False
-        self.narrow = 0 if best[1] else self.narrow + 1
-        if best[1] or gain is None or self.narrow >= self.wide_every:
-            self.wide_every = self.tuning.probe_every if best[1] or gain is None else 2 * self.wide_every
-            self.narrow = 0
+        c = self.costs  # (the wait carries over to the pair's next calls)
+        c.narrow = 0 if best[1] else c.narrow + 1
+        if best[1] or gain is None or c.narrow >= c.wide_every:
+            c.wide_every = self.tuning.probe_every if best[1] or gain is None else 2 * c.wide_every
+            c.narrow = 0
             return True
         return False
 
@@ -435,8 +436,7 @@ class CostRegistry:
     models live (weak references: the registry holds no model), so that a pair's next calls choose from their first
     step. Drafters with the same ``cost_key`` (a :class:`~.drafters.PromptLookupDrafter`'s setting:
     ``prompt_lookup_num_tokens=`` makes a new one per call) count as one: the registry holds one stand-in per key.
-    Bound: one entry per live pair and per lookup setting (per
-    :meth:`scoped` key).
+    Bound: one entry per live pair and per lookup setting (per :meth:`scoped` key).
 
     Parameters
     ----------
