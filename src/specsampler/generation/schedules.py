@@ -60,6 +60,9 @@ class Schedule(Protocol):
     def select(self, keep: list[int]) -> None:
         """Keep the state of the running rows `keep` (indices into them) only."""
 
+    def attach(self, drafter) -> None:
+        """The call's drafter, once started (a schedule that sets a lookup trie's width keeps it)."""
+
 
 class ConstantSchedule:
     """K drafts for every row at every step."""
@@ -76,6 +79,9 @@ class ConstantSchedule:
         pass
 
     def select(self, keep: list[int]) -> None:
+        pass
+
+    def attach(self, drafter) -> None:
         pass
 
 
@@ -101,6 +107,9 @@ class HeuristicSchedule:
 
     def select(self, keep: list[int]) -> None:
         self.k = [self.k[i] for i in keep]
+
+    def attach(self, drafter) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,15 @@ class Costs:
         Running rows B' -> smoothed seconds per draft forward, and of the rest of a step (verify, processors, host).
     verified, rejected : list of float
         Per draft position i (index i, 1 up): drafts verified there (the ones before it accepted) and rejected there,
-        summed over rows; older steps count less (``CostTuning.acceptance_memory`` per step that drafted).
+        summed over rows; older steps count less (``CostTuning.acceptance_memory`` per step that drafted). With a
+        lookup trie whose width the schedule sets, its first continuation's (the chain's) acceptance.
+    gain : list of float
+        Steps that verified a lookup trie's other candidates: [tokens accepted beyond what its first continuation
+        alone would have had, levels of depth proposed], summed over rows, decayed as the acceptance counts.
+    extra : dict of int to float
+        Running rows B' -> seconds per level of depth such a step took beyond a chain step of its depth (smoothed).
+    narrow, wide_every : int
+        Steps drafting a chain since the last wide one, and how many before a wide probe (doubling while it loses).
     """
 
     def __init__(self, tuning: CostTuning | None = None):
@@ -178,6 +195,9 @@ class Costs:
         self.rest: dict[int, float] = {}
         self.verified: list[float] = [0.0]
         self.rejected: list[float] = [0.0]
+        self.gain: list[float] = [0.0, 0.0]
+        self.extra: dict[int, float] = {}
+        self.narrow, self.wide_every = 0, self.tuning.probe_every  # chain steps since a wide one; before a probe
 
     def count_acceptance(self, counts: list[int], accepted: list[list[int]]) -> None:
         """Add a step's drafts (`counts`: K_b per row; `accepted`: each row's accepted drafts and drawn token)."""
@@ -194,6 +214,15 @@ class Costs:
                 self.verified[i] += 1.0
             if n < count:
                 self.rejected[n + 1] += 1.0
+
+    def count_gain(self, tokens: int, levels: int) -> None:
+        """Add a wide step's `tokens` accepted beyond the first continuations' and its `levels` of depth."""
+        memory = self.tuning.acceptance_memory
+        self.gain = [memory * self.gain[0] + tokens, memory * self.gain[1] + levels]
+
+    def gain_per_level(self) -> float | None:
+        """Tokens the other candidates add per level of depth (None before a wide step proposed any)."""
+        return self.gain[0] / self.gain[1] if self.gain[1] > 0 else None
 
     def survival(self, max_k: int) -> list[float]:
         """S(0..max_k): the chance that a row's drafts 1..i are all accepted (Kaplan-Meier over the positions, each
@@ -231,7 +260,6 @@ def _smooth(times: dict[int, float], key: int, seconds: float, w: float) -> None
     times[key] = seconds if key not in times else (1 - w) * times[key] + w * seconds
 
 
-
 class CostSchedule:
     """The "cost" schedule: each step drafts the K' in [0, max_k] that maximises the expected tokens per second,
 
@@ -248,9 +276,14 @@ class CostSchedule:
     its next calls (:class:`Costs`); until they suffice (a target line; a draft time measured in this call, or in an
     earlier one within a factor 2 of B': a draft forward's time depends on B) a step drafts K.
 
-    With prompt-lookup tries (``prompt_lookup_num_candidates``) K' is the tries' depth: acceptance is counted by depth
-    (:attr:`.loop.Step.levels`) and a depth K' is priced at B' (1 + b K') token rows, b the tries' nodes per level of
-    depth so far (smoothed; 1 for chains).
+    With prompt-lookup tries (``prompt_lookup_num_candidates`` = m) it also chooses the width: each step verifies
+    either the first continuation only (a chain) or all m, whichever has the most expected tokens per second. The
+    chain is priced as above, with the first continuations' acceptance (on a wide step: their common prefix with the
+    accepted path); the wide step adds g tokens and e seconds per level of depth, g the tokens the other candidates
+    added per level proposed and e the time a wide step took beyond a chain step of its depth, both measured on wide
+    steps. Before g is known a step goes wide; so does one after ``wide_every`` chain steps (the wait doubling while
+    chains win). Only which drafts are proposed changes, not verification (exact).
+    Other trees (``draft_tree``) are priced at B' (1 + b K') token rows, b their nodes per level (smoothed).
 
     Where a forward's cost grows with its rows (a CPU, a large batch) the schedule drafts less, down to K' = 0 (a
     step of plain decoding: the target's next token; the draft model is fed what it skipped in its next forward).
@@ -282,10 +315,22 @@ class CostSchedule:
         self.timed_draft = False  # whether this call measured a draft forward
         self.probed = False
         self.breadth = 1.0  # token rows a row feeds per level of depth (a lookup trie's nodes / its depth), smoothed
+        self.lookup = None  # a lookup trie drafter whose width this schedule sets (see attach)
+        self.wide = False  # whether the next step verifies the trie's other candidates
+
+    def attach(self, drafter) -> None:
+        """Set the width of a lookup trie drafter (``prompt_lookup_num_candidates`` > 1) step by step."""
+        if getattr(drafter, "m", 1) > 1 and hasattr(drafter, "firsts"):
+            self.lookup = drafter
 
     def lengths(self, limits: list[int]) -> list[int]:
-        """K' for every running row (one value: the step's forwards are shared), the same on every rank."""
-        return [rank0_choice(self.choose(limits), self.target)] * len(limits)
+        """K' for every running row (one value: the step's forwards are shared), the same on every rank; a lookup
+        trie's width (all its candidates, or its first only) likewise."""
+        code = rank0_choice(2 * self.choose(limits) + self.wide, self.target)
+        k, self.wide = code // 2, bool(code % 2)
+        if self.lookup is not None:
+            self.lookup.width = self.lookup.m if self.wide else 1
+        return [k] * len(limits)
 
     def select(self, keep: list[int]) -> None:
         pass
@@ -295,7 +340,10 @@ class CostSchedule:
         stopwatch); `prefill_rows`: the prompt's token rows the target's forward also fed (the first step: a draft
         forward then fed the prompt too)."""
         spans = self.watch.spans() if spans is None else spans
-        if step.width > 1:  # (a step without drafts says nothing about acceptance)
+        wide = self.lookup is not None and self.wide and step.width > 1
+        if wide:
+            self._count_wide(step)
+        elif step.width > 1:  # (a step without drafts says nothing about acceptance)
             self.costs.count_acceptance(step.levels, step.accepted)
             if sum(step.levels):  # a tree's nodes per level of depth (1 for chains)
                 w = self.tuning.smoothing
@@ -307,6 +355,13 @@ class CostSchedule:
         if prefill_rows:
             self.costs.prefill = (prefill_rows + fed, forward)
             return
+        if wide:  # a wide step's time beyond a chain step of its depth (none where every row's trie was a chain)
+            expected = 0.0 if step.counts == step.levels else self._chain_seconds(rows, max(step.levels))
+            if expected is not None:
+                seconds = (sum(spans) - expected) / max(step.levels) if expected else 0.0
+                _smooth(self.costs.extra, rows, seconds, self.tuning.smoothing)
+            if step.counts != step.levels:
+                return
         w = self.tuning.smoothing
         _smooth(self.costs.target, fed, forward, w)
         if step.width > 1:  # (K' = 0 ran no draft forward)
@@ -314,32 +369,66 @@ class CostSchedule:
             self.timed_draft = True
         _smooth(self.costs.rest, rows, rest, w)
 
-    def choose(self, limits: list[int]) -> int:
-        """K' for the next step, given each running row's most drafts `limits`."""
-        rows = len(limits)
+    def _count_wide(self, step) -> None:
+        """A step that verified a trie's other candidates: its first continuations' acceptance (what the chain
+        would have accepted: their common prefix with the accepted path; exact for greedy rows, the schedule's
+        estimate for sampled ones) and the tokens the other candidates added."""
+        firsts = self.lookup.firsts
+        chain = [next((i for i, (x, y) in enumerate(zip(f, a, strict=False)) if x != y), min(len(f), len(a) - 1))
+                 for f, a in zip(firsts, step.accepted, strict=True)]
+        self.costs.count_acceptance([len(f) for f in firsts], [a[:n + 1] for n, a in zip(chain, step.accepted,
+                                                                                        strict=True)])
+        self.costs.count_gain(sum(len(a) - 1 for a in step.accepted) - sum(chain), sum(step.levels))
+
+    def _chain_seconds(self, rows: int, k: int, breadth: float = 1.0) -> float | None:
+        """The modelled seconds of a step drafting K' = `k` for `rows` rows (None before the measurements suffice)."""
         line = self.costs.target_line()
         draft = _nearest(self.costs.draft, rows, math.inf if self.timed_draft else self.tuning.draft_time_reach)
         if line is None or draft is None:
-            return self.k0
-        base, per_row = line
+            return None
+        fed = round(rows * (1 + breadth * k))  # (B' (K' + 1) for chains)
         rest = _nearest(self.costs.rest, rows) or 0.0
+        return self.costs.target.get(fed, line[0] + line[1] * fed) + k * draft + rest
+
+    def choose(self, limits: list[int]) -> int:
+        """K' for the next step, given each running row's most drafts `limits` (and :attr:`wide`)."""
+        rows = len(limits)
+        if self._chain_seconds(rows, 0) is None:  # (wide until a wide step was measured)
+            self.wide = self.lookup is not None and self.costs.gain[1] == 0
+            return self.k0
+        self.wide = False
         if self.plain >= self.probe_every:  # a probe: one draft per row measures acceptance again
             self.probed = True
             return 1
         expected = list(itertools.accumulate(self.costs.survival(self.max_k)))  # E(k) = S(0) + ... + S(k)
-        best, best_rate = 0, -1.0
-        for k in range(self.max_k + 1):
-            tokens = sum(expected[min(k, lim)] for lim in limits)
-            fed = round(rows * (1 + self.breadth * k))  # (B' (K' + 1) for chains)
-            seconds = self.costs.target.get(fed, base + per_row * fed) + k * draft + rest
+        gain, extra = self.costs.gain_per_level(), max(_nearest(self.costs.extra, rows) or 0.0, 0.0)
+        breadth = 1.0 if self.lookup is not None else self.breadth
+        best, best_rate = (0, False), -1.0
+        for k, wide in itertools.product(range(self.max_k + 1), (False, True)):
+            if wide and (self.lookup is None or gain is None or k == 0):
+                continue
+            tokens = sum(expected[min(k, lim)] + (gain * min(k, lim) if wide else 0.0) for lim in limits)
+            seconds = self._chain_seconds(rows, k, breadth) + (k * extra if wide else 0.0)
             rate = tokens / max(seconds, 1e-12)
             if rate > best_rate:
-                best, best_rate = k, rate
+                best, best_rate = (k, wide), rate
         if self.probed:  # the step after a probe: back to no drafts doubles the wait for the next one
-            self.probe_every = 2 * self.probe_every if best == 0 else self.tuning.probe_every
+            self.probe_every = 2 * self.probe_every if best[0] == 0 else self.tuning.probe_every
             self.probed = False
-        return best
+        self.wide = self._wide_probe(best, gain)
+        return best[0]
 
+    def _wide_probe(self, best: tuple[int, bool], gain: float | None) -> bool:
+        """Whether the step is wide: where it pays, before a wide step was measured, after `wide_every` chain steps."""
+        if self.lookup is None or best[0] == 0:
+            return False
+        c = self.costs  # (the wait carries over to the pair's next calls)
+        c.narrow = 0 if best[1] else c.narrow + 1
+        if best[1] or gain is None or c.narrow >= c.wide_every:
+            c.wide_every = self.tuning.probe_every if best[1] or gain is None else 2 * c.wide_every
+            c.narrow = 0
+            return True
+        return False
 
 
 class CostRegistry:
@@ -347,8 +436,7 @@ class CostRegistry:
     models live (weak references: the registry holds no model), so that a pair's next calls choose from their first
     step. Drafters with the same ``cost_key`` (a :class:`~.drafters.PromptLookupDrafter`'s setting:
     ``prompt_lookup_num_tokens=`` makes a new one per call) count as one: the registry holds one stand-in per key.
-    Bound: one entry per live pair and per lookup setting (per
-    :meth:`scoped` key).
+    Bound: one entry per live pair and per lookup setting (per :meth:`scoped` key).
 
     Parameters
     ----------

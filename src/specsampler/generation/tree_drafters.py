@@ -98,17 +98,29 @@ class TreeLookupRun:
         The most distinct continuations per row.
     fill : int
         The token of a row's padding nodes (never verified).
+
+    Attributes
+    ----------
+    width : int
+        The most continuations per row at the next proposal, at most `m` (a schedule may lower it: 1 proposes the
+        first continuation only, a chain).
+    firsts : list of list of int
+        Each row's first continuation in the last proposal (the chain the trie contains; what the "cost" schedule
+        weighs the other candidates against).
     """
 
     wants_hidden = False
 
     def __init__(self, lookup, seqs: list[list[int]], k: int, m: int, fill: int):
         self.lookup, self.seqs, self.k, self.m, self.fill = lookup, seqs, k, m, fill
+        self.width = m
+        self.firsts: list[list[int]] = [[] for _ in seqs]
         self.forwards = 0
 
     def propose(self, last: torch.Tensor, limits: list[int]) -> TreeProposal:
         """Each row's trie of continuations, at most min(K, limits[b]) tokens deep."""
         rows = [self._trie(seq, min(self.k, limit)) for seq, limit in zip(self.seqs, limits, strict=True)]
+        self.firsts = [_first_chain(t, p) for t, p, _ in rows]
         n = max(len(t) for t, _, _ in rows)  # (0 where no row has any: verify_tree draws from the root's p)
         tokens = torch.tensor([t + [self.fill] * (n - len(t)) for t, _, _ in rows], dtype=torch.long)
         parents = torch.tensor([p + [-1] * (n - len(p)) for _, p, _ in rows], dtype=torch.long)
@@ -120,7 +132,8 @@ class TreeLookupRun:
         if depth < 1:
             return [], [], 0
         lk = self.lookup
-        tree = lookup_candidates([seq], self.m, lk.max_ngram, depth, lk.min_ngram, lk.max_lookback, self.fill)
+        m = min(self.width, self.m)
+        tree = lookup_candidates([seq], m, lk.max_ngram, depth, lk.min_ngram, lk.max_lookback, self.fill)
         n = int(tree.num_nodes[0])
         parents = tree.parents[0, :n].tolist()
         levels: list[int] = []
@@ -135,6 +148,16 @@ class TreeLookupRun:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         self.seqs = [self.seqs[i] for i in rows.tolist()]
+        self.firsts = [self.firsts[i] for i in rows.tolist()]
+
+
+def _first_chain(tokens: list[int], parents: list[int]) -> list[int]:
+    """A trie's first continuation (:func:`.trees.lookup_candidates` inserts it first: nodes 0, 1, .. each the
+    child of the one before)."""
+    n = 0
+    while n < len(parents) and parents[n] == n - 1:
+        n += 1
+    return tokens[:n]
 
 
 def start_tree_draft_model(model, call: DraftCall) -> TreeDraftModel:
