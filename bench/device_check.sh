@@ -14,6 +14,9 @@
 # Installs nothing. Runs the working tree whether or not specsampler is installed: a symlink tree maps src/specsampler
 # and triton_kernels/ (as specsampler.triton_kernels, like the installed package) and goes first on PYTHONPATH.
 # The test suite runs without -x (every failure shows), with -n 8 when pytest-xdist imports; then the benchmarks.
+# Then the vLLM plugin's verification step (bench/bench_vllm_gpu.py: vLLM's flattened [num_tokens, V] float32 logits,
+# B = 1, 8, 32, 64, K = 4 uniform and ragged, V = 151936, greedy and T = 0.8, backend triton, against vLLM's Triton
+# rejection_sample when vLLM imports; VLLM_GPU_SECONDS, default 45).
 # Then end-to-end generation (bench/bench_generate.py --preset gpu: a 0.85B Llama in bf16 with an early-exit draft,
 # B = 1, 8, 32, 64, K = 4 constant and the "cost" schedule, against transformers plain and assisted; E2E_SECONDS of
 # the whole, default 120; --skip-e2e), and the same models with a draft that agrees about 30% of the time
@@ -23,10 +26,12 @@
 # (E2E_TREE_SECONDS, 60).
 # Results go to $OUT (default bench/out): verify_<gpu>.csv, launches_<gpu>.csv, warped_<gpu>.csv, methods_<gpu>.csv
 # (block against token verification, log-probabilities, verify_tree against a chain), verify_<gpu>.png,
+# vllm_verify_<gpu>.csv, vllm_verify.log,
 # resources_<gpu>.csv, generate_<gpu>.csv, generate_low_<gpu>.csv, generate_tree_<gpu>.csv, tests.log, bench.log,
 # generate.log, generate_low.log, generate_tree.log, sweep_<gpu>.csv (--sweep).
 # Environment: PYTHON (default python3), DEVICE_CHECK_SECONDS (whole run, default 330), TEST_TIMEOUT (default 150),
 # E2E_SECONDS (default 120), E2E_LOW_SECONDS (default 50), E2E_TREE_SECONDS (default 60), TREE_MIN_PROB (0.01),
+# VLLM_GPU_SECONDS (default 45),
 # DEVICE_CHECK_WHEELS (a folder with a flashinfer*.whl to unpack, default bench/wheels).
 # Exit status: 0 if the tests and the benchmarks passed, 1 otherwise (the benchmarks run even if the tests fail).
 set -u -o pipefail
@@ -47,6 +52,7 @@ E2E=1
 E2E_SECONDS=${E2E_SECONDS:-120}
 E2E_LOW_SECONDS=${E2E_LOW_SECONDS:-50}
 E2E_TREE_SECONDS=${E2E_TREE_SECONDS:-60}
+VLLM_GPU_SECONDS=${VLLM_GPU_SECONDS:-45}
 BENCH_ARGS=()
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # the script cd's to the root below
 while [ $# -gt 0 ]; do
@@ -59,7 +65,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "--baseline-kernel needs a path"; exit 2; }
       shift; BENCH_ARGS+=(--baseline-kernel "$(absolute "$1")") ;;
     --baseline-kernel=*) BENCH_ARGS+=(--baseline-kernel "$(absolute "${1#*=}")") ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) BENCH_ARGS+=("$1") ;;
   esac
   shift
@@ -116,11 +122,20 @@ ELAPSED=$(( $(date +%s) - START ))
 BUDGET=$(( TOTAL - ELAPSED - 45 ))  # leave time for the plot, the table and the last case
 # (the dry run's end-to-end steps take seconds: its benchmarks keep the whole budget)
 [ "$E2E" = 1 ] && [ "$DRY" = 0 ] && BUDGET=$(( BUDGET - E2E_SECONDS - E2E_LOW_SECONDS - E2E_TREE_SECONDS ))
+[ "$DRY" = 0 ] && BUDGET=$(( BUDGET - VLLM_GPU_SECONDS ))
 [ "$BUDGET" -ge 60 ] || BUDGET=60
 echo "== 2-4. copy ceiling and benchmarks (budget ${BUDGET}s)"
 timeout -s INT -k 20 $(( BUDGET + 60 )) "$PY" bench/bench_verify_gpu.py --budget-seconds "$BUDGET" "${BENCH_ARGS[@]}" \
   2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
+
+# The vLLM plugin's verification call (in a dry run: B = 1, 2, V = 300 on the CPU, the kernel interpreted).
+VLLM_ARGS=(--budget-seconds $(( VLLM_GPU_SECONDS - 20 )))
+[ "$DRY" = 1 ] && VLLM_ARGS=(--dry-run)
+echo "== 4b. the vLLM plugin's verification step against vLLM's rejection_sample (budget ${VLLM_GPU_SECONDS}s)"
+timeout -s INT -k 10 "$VLLM_GPU_SECONDS" "$PY" bench/bench_vllm_gpu.py "${VLLM_ARGS[@]}" --out "$OUT" 2>&1 | \
+  tee "$OUT/vllm_verify.log"
+[ "${PIPESTATUS[0]}" = 0 ] || BENCH_RC=1
 
 # One end-to-end step: e2e NAME SECONDS "B ..." TITLE OPTION... runs bench/bench_generate.py for at most SECONDS with
 # the gpu preset (at those batch sizes; the preset's own when empty) or, in a dry run, tiny models on the CPU at

