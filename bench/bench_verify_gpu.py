@@ -984,6 +984,10 @@ def main(argv=None) -> int:
     from devcheck_bootstrap import ensure_importable
 
     where = ensure_importable()
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the dry run: the interpreter without its re-patching (about 2x)
+        from specsampler._interpret import skip_repatching
+
+        skip_repatching()
     import torch
     from devcheck_plot import write_plot
     from devcheck_resources import ResourceReport
