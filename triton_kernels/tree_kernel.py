@@ -63,6 +63,8 @@ References: Miao et al. 2023 (SpecInfer, arXiv 2305.09781); Leviathan et al. 202
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -385,6 +387,28 @@ def verify_tree_rows(target, tree_tokens, tree_parents, draft, num_nodes, temper
     tuple
         tokens [B, D+1], num_accepted [B] and path [B, D], int64.
     """
+    prepared = prepare_tree_launch(target, tree_tokens, tree_parents, draft, num_nodes, temperature, seed, warp,
+                                   max_depth, uniforms, noise, block_v)
+    if prepared.args is not None:  # (an empty batch launches nothing)
+        launching.launch(_tree_kernel, (target.shape[0], 1), prepared.args, prepared.constexprs, GPU_WARPS,
+                         target.device)
+    return prepared.outputs
+
+
+class TreeLaunch(NamedTuple):
+    """What every tree launcher (this module's, ``tree_traversal``'s) prepares alike: the outputs (tokens [B, D+1],
+    num_accepted [B], path [B, D]; returned as they are for an empty batch, where `args` is None), launch 1's and the
+    cut launch's results packed as the tree kernels' shared leading arguments, and their shared constexprs."""
+
+    outputs: tuple
+    args: tuple | None
+    constexprs: dict | None
+
+
+def prepare_tree_launch(target, tree_tokens, tree_parents, draft, num_nodes, temperature, seed, warp, max_depth,
+                        uniforms, noise, block_v) -> TreeLaunch:
+    """Validate the hooks and `block_v`, allocate the outputs, run launch 1 (``row_stats``) and, with warpers, the cut
+    launch, and pack the arguments every tree kernel takes (arguments as :func:`verify_tree_rows`)."""
     from .cut_kernel import warp_cuts
     from .stats_kernel import row_stats
 
@@ -403,12 +427,10 @@ def verify_tree_rows(target, tree_tokens, tree_parents, draft, num_nodes, temper
     num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
     path = torch.empty(batch, max(depth, 1), dtype=torch.int64, device=device)  # (never a zero-size pointer)
     if not batch:
-        return tokens, num_accepted, path[:, :depth]
+        return TreeLaunch((tokens, num_accepted, path[:, :depth]), None, None)
     draft_rows = None if draft is None else draft[:, :n]  # node N - 1 has no children: K = N draft rows
     stats = row_stats(target, draft_rows, num_nodes, temperature, None, None, None, candidates=warp is not None)
-    cuts = None
-    if warp is not None:
-        cuts = warp_cuts(target, draft_rows, num_nodes, temperature, warp, stats)
+    cuts = None if warp is None else warp_cuts(target, draft_rows, num_nodes, temperature, warp, stats)
     stats_t, s1 = stats[:2]
     row_temp = isinstance(temperature, torch.Tensor)
     row_seed = isinstance(seed, torch.Tensor)
@@ -427,5 +449,4 @@ def verify_tree_rows(target, tree_tokens, tree_parents, draft, num_nodes, temper
                       BLOCK_R=max(2, triton.next_power_of_2(max(n, 1))), HAS_DRAFT=draft is not None,
                       RAGGED=num_nodes is not None, ROW_TEMP=row_temp, ROW_SEED=row_seed, GIVEN_RANDOM=given,
                       WARP=cuts is not None)
-    launching.launch(_tree_kernel, (batch, 1), args, constexprs, GPU_WARPS, device)
-    return tokens, num_accepted, path[:, :depth]
+    return TreeLaunch((tokens, num_accepted, path[:, :depth]), args, constexprs)

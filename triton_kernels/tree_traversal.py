@@ -59,14 +59,12 @@ References: Weng et al. 2025 (arXiv 2505.12398); Jeon et al. 2024 (arXiv 2402.14
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from . import launching
-from .constants import BLOCK_S, RESIDUAL_EPS
-from .jit_helpers import RNG_GROUP, _num_drafts, _philox_key, _scaled_temperature
-from .tree_kernel import BLOCK_D, GPU_BLOCK_V, GPU_WARPS, TREE_STREAM, _seed_arg, _uniform
+from .jit_helpers import _num_drafts, _philox_key, _scaled_temperature
+from .tree_kernel import BLOCK_D, GPU_WARPS, TREE_STREAM, _uniform, prepare_tree_launch
 from .tree_residual import FAR, _child_terms, _descend, _enter, _next_token, _pick, _reject, _stats
 
 
@@ -259,46 +257,12 @@ def verify_tree_rule_rows(target, tree_tokens, tree_parents, draft, num_nodes, t
     tuple
         tokens [B, D+1], num_accepted [B] and path [B, D], int64.
     """
-    from .cut_kernel import warp_cuts
-    from .stats_kernel import row_stats
-
-    batch, n_plus_1, vocab = target.shape
-    n = n_plus_1 - 1
-    device = target.device
-    depth = int(max_depth)
-    given = uniforms is not None
-    if given and (tuple(uniforms.shape) != (batch, n) or noise is None or tuple(noise.shape) != (batch, vocab)):
-        raise ValueError(f"uniforms must be [B, N] = {(batch, n)} and noise [B, V] = {(batch, vocab)}")
-    if block_v is None:
-        block_v = GPU_BLOCK_V if device.type == "cuda" else launching.CPU_BLOCK_V
-    if block_v < RNG_GROUP.value or block_v & (block_v - 1):
-        raise ValueError(f"block_v must be a power of 2 >= {RNG_GROUP.value}, got {block_v}")
-    tokens = torch.empty(batch, depth + 1, dtype=torch.int64, device=device)
-    num_accepted = torch.empty(batch, dtype=torch.int64, device=device)
-    path = torch.empty(batch, max(depth, 1), dtype=torch.int64, device=device)  # (never a zero-size pointer)
-    if not batch:
-        return tokens, num_accepted, path[:, :depth]
-    draft_rows = None if draft is None else draft[:, :n]  # node N - 1 has no children: K = N draft rows
-    stats = row_stats(target, draft_rows, num_nodes, temperature, None, None, None, candidates=warp is not None)
-    cuts = None if warp is None else warp_cuts(target, draft_rows, num_nodes, temperature, warp, stats)
-    stats_t, s1 = stats[:2]
-    row_temp = isinstance(temperature, torch.Tensor)
-    row_seed = isinstance(seed, torch.Tensor)
-    nodes = tree_tokens if n else target  # (absent or empty tensors: a dummy pointer, never read)
-    parents = tree_parents if n else target
-    d = draft if draft is not None else target
-    u = uniforms if given and n else target
-    e = noise if given else target
-    c = cuts if cuts is not None else stats_t
-    args = (target, *target.stride(), d, *d.stride(), nodes, *nodes.stride()[:2], parents, *parents.stride()[:2],
-            num_nodes if num_nodes is not None else target, temperature if row_temp else target,
-            seed if row_seed else target, u, *u.stride()[:2], e, *e.stride()[:2], stats_t, *stats_t.stride()[:2],
-            c, c.stride(0), tokens, *tokens.stride(), num_accepted, path, *path.stride(), batch, n, vocab,
-            d.shape[2], depth, s1, 0.0 if row_temp else float(temperature), 0 if row_seed else _seed_arg(seed))
-    constexprs = dict(EPS=RESIDUAL_EPS, BLOCK_V=block_v, BLOCK_S=BLOCK_S,
-                      BLOCK_N=max(2, triton.next_power_of_2(n + 1)), BLOCK_R=max(2, triton.next_power_of_2(max(n, 1))),
-                      HAS_DRAFT=draft is not None, RAGGED=num_nodes is not None, ROW_TEMP=row_temp,
-                      ROW_SEED=row_seed, GIVEN_RANDOM=given, WARP=cuts is not None, TRAVERSAL=bool(traversal),
-                      WOR=bool(without_replacement) and draft is not None)
-    launching.launch(_traversal_kernel, (batch, 1), args, constexprs, GPU_WARPS, device)
-    return tokens, num_accepted, path[:, :depth]
+    prepared = prepare_tree_launch(target, tree_tokens, tree_parents, draft, num_nodes, temperature, seed, warp,
+                                   max_depth, uniforms, noise, block_v)
+    if prepared.args is not None:  # (an empty batch launches nothing)
+        n = target.shape[1] - 1
+        constexprs = dict(prepared.constexprs, BLOCK_N=max(2, triton.next_power_of_2(n + 1)),
+                          TRAVERSAL=bool(traversal), WOR=bool(without_replacement) and draft is not None)
+        launching.launch(_traversal_kernel, (target.shape[0], 1), prepared.args, constexprs, GPU_WARPS,
+                         target.device)
+    return prepared.outputs
